@@ -1,0 +1,19 @@
+#!/bin/sh
+# Installs the Debian packages the test suite needs, and only those missing:
+# protoc (generated-code check), redis-server (cluster tests), nginx with the
+# stream module (load-balancer tests).
+set -eu
+missing=""
+command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$missing libnginx-mod-stream"
+[ -z "$missing" ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "install-deps: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q >/dev/null
+# shellcheck disable=SC2086
+$sudo apt-get install -y -q --no-install-recommends $missing >/dev/null
