@@ -1,0 +1,138 @@
+package client
+
+import (
+	"context"
+	"time"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// Register creates an account and returns its user id.
+func (c *Client) Register(ctx context.Context, username, password string) (uint64, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Register{Register: &chatpb.Register{Username: username, Password: password}}})
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetRegisterOk().GetUserId(), nil
+}
+
+// Login logs in with a password. The server then pushes every message
+// waiting in the inbox, oldest first.
+func (c *Client) Login(ctx context.Context, username, password string) (*chatpb.LoginOK, error) {
+	return c.login(ctx, &chatpb.Login{Username: username, Password: password})
+}
+
+// LoginToken logs in with a token from an earlier LoginOK.
+func (c *Client) LoginToken(ctx context.Context, token string) (*chatpb.LoginOK, error) {
+	return c.login(ctx, &chatpb.Login{Token: token})
+}
+
+func (c *Client) login(ctx context.Context, req *chatpb.Login) (*chatpb.LoginOK, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Login{Login: req}})
+	if err != nil {
+		return nil, err
+	}
+	ok := resp.GetLoginOk()
+	c.mu.Lock()
+	c.token, c.stopRe = ok.GetToken(), c.closed
+	c.mu.Unlock()
+	return ok, nil
+}
+
+// Logout ends the session; the connection stays open, unauthenticated.
+func (c *Client) Logout(ctx context.Context) error {
+	c.mu.Lock()
+	c.token, c.stopRe = "", true
+	c.mu.Unlock()
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}})
+	return err
+}
+
+// Ping asks for the server's clock.
+func (c *Client) Ping(ctx context.Context) (time.Time, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Ping{Ping: &chatpb.Ping{}}})
+	if err != nil {
+		return time.Time{}, err
+	}
+	return time.UnixMilli(resp.GetPong().GetServerTimeMs()), nil
+}
+
+// Send sends a message as described by req (recipient, text, optional
+// client_msg_id). SendOK means it is stored for every recipient.
+func (c *Client) Send(ctx context.Context, req *chatpb.Send) (*chatpb.SendOK, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Send{Send: req}})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetSendOk(), nil
+}
+
+// SendToUser sends text to a user by name.
+func (c *Client) SendToUser(ctx context.Context, username, text string) (*chatpb.SendOK, error) {
+	return c.Send(ctx, &chatpb.Send{To: &chatpb.Send_Username{Username: username}, Text: text})
+}
+
+// SendToUserID sends text to a user by id.
+func (c *Client) SendToUserID(ctx context.Context, uid uint64, text string) (*chatpb.SendOK, error) {
+	return c.Send(ctx, &chatpb.Send{To: &chatpb.Send_UserId{UserId: uid}, Text: text})
+}
+
+// SendToGroup sends text to every other member of a group.
+func (c *Client) SendToGroup(ctx context.Context, gid uint64, text string) (*chatpb.SendOK, error) {
+	return c.Send(ctx, &chatpb.Send{To: &chatpb.Send_GroupId{GroupId: gid}, Text: text})
+}
+
+// Ack removes shown messages from the inbox. It has no response on
+// success; it only fails if the request cannot be written.
+func (c *Client) Ack(msgIDs ...uint64) error {
+	if len(msgIDs) == 0 {
+		return nil
+	}
+	_, err := c.write(&chatpb.Frame{Body: &chatpb.Frame_Ack{Ack: &chatpb.Ack{MsgIds: msgIDs}}}, false)
+	return err
+}
+
+// AddFriend befriends a user (both ways).
+func (c *Client) AddFriend(ctx context.Context, username string) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_AddFriend{AddFriend: &chatpb.AddFriend{Username: username}}})
+	return err
+}
+
+// ListFriends lists friends with their online state.
+func (c *Client) ListFriends(ctx context.Context) ([]*chatpb.Friend, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetFriendList().GetFriends(), nil
+}
+
+// CreateGroup creates a group with the caller as its creator and returns its id.
+func (c *Client) CreateGroup(ctx context.Context, name, description string) (uint64, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: name, Description: description}}})
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetGroupCreated().GetGroupId(), nil
+}
+
+// JoinGroup joins a group.
+func (c *Client) JoinGroup(ctx context.Context, gid uint64) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_JoinGroup{JoinGroup: &chatpb.JoinGroup{GroupId: gid}}})
+	return err
+}
+
+// LeaveGroup leaves a group.
+func (c *Client) LeaveGroup(ctx context.Context, gid uint64) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_LeaveGroup{LeaveGroup: &chatpb.LeaveGroup{GroupId: gid}}})
+	return err
+}
+
+// ListGroups lists the caller's groups with their members and who is online.
+func (c *Client) ListGroups(ctx context.Context) ([]*chatpb.Group, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListGroups{ListGroups: &chatpb.ListGroups{}}})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetGroupList().GetGroups(), nil
+}

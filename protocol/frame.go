@@ -1,0 +1,163 @@
+package protocol
+
+import (
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/loopchat/loopchat/codec"
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// ClientMaxFrame is the largest frame a client accepts from a server. It is
+// far above the server's request limit because some responses (a GroupList
+// of large groups) are big, and a client has no reason to be strict.
+const ClientMaxFrame = 16 << 20
+
+// AppendFrame appends f to dst as one length-prefixed frame.
+func AppendFrame(dst []byte, f *chatpb.Frame) ([]byte, error) {
+	start := len(dst)
+	dst = codec.AppendHeader(dst, 0)
+	dst, err := proto.MarshalOptions{}.MarshalAppend(dst, f)
+	if err != nil {
+		return dst[:start], fmt.Errorf("protocol: encode frame: %w", err)
+	}
+	codec.PutHeader(dst[start:])
+	return dst, nil
+}
+
+// Encode returns f as one length-prefixed frame in a new buffer.
+func Encode(f *chatpb.Frame) ([]byte, error) {
+	return AppendFrame(make([]byte, 0, 64), f)
+}
+
+// InvalidFrameError reports a payload that is well-formed protobuf but not
+// a valid Frame (invalid UTF-8 in a string, a wrong wire type for a known
+// field). The framing is intact, so a server answers the request's Seq with
+// an error and keeps the connection; any other decode error is garbage.
+type InvalidFrameError struct {
+	Seq uint64
+	Err error
+}
+
+func (e *InvalidFrameError) Error() string { return "protocol: invalid frame: " + e.Err.Error() }
+
+func (e *InvalidFrameError) Unwrap() error { return e.Err }
+
+// Decode parses one frame payload (without its length prefix). The result
+// does not alias payload. A payload that is valid protobuf but not a valid
+// Frame returns an *InvalidFrameError.
+func Decode(payload []byte) (*chatpb.Frame, error) {
+	f := new(chatpb.Frame)
+	if err := proto.Unmarshal(payload, f); err != nil {
+		if seq, ok := wireSeq(payload); ok {
+			return nil, &InvalidFrameError{Seq: seq, Err: err}
+		}
+		return nil, fmt.Errorf("protocol: payload is not a Frame: %w", err)
+	}
+	return f, nil
+}
+
+// wireSeq walks the top-level fields of payload and returns field 1 (seq)
+// if the whole payload is well-formed protobuf wire format.
+func wireSeq(payload []byte) (seq uint64, ok bool) {
+	for len(payload) > 0 {
+		num, typ, n := protowire.ConsumeTag(payload)
+		if n < 0 {
+			return 0, false
+		}
+		payload = payload[n:]
+		if num == 1 && typ == protowire.VarintType {
+			v, m := protowire.ConsumeVarint(payload)
+			if m < 0 {
+				return 0, false
+			}
+			seq, payload = v, payload[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, payload)
+		if m < 0 {
+			return 0, false
+		}
+		payload = payload[m:]
+	}
+	return seq, true
+}
+
+// Kind names the body of f: "register", "login", "send", "message", ...
+// "empty" when no body is set, which is also what an unknown (newer) body
+// type decodes to.
+func Kind(f *chatpb.Frame) string {
+	switch f.GetBody().(type) {
+	case *chatpb.Frame_Register:
+		return "register"
+	case *chatpb.Frame_Login:
+		return "login"
+	case *chatpb.Frame_Logout:
+		return "logout"
+	case *chatpb.Frame_Ping:
+		return "ping"
+	case *chatpb.Frame_Send:
+		return "send"
+	case *chatpb.Frame_Ack:
+		return "ack"
+	case *chatpb.Frame_AddFriend:
+		return "add_friend"
+	case *chatpb.Frame_ListFriends:
+		return "list_friends"
+	case *chatpb.Frame_CreateGroup:
+		return "create_group"
+	case *chatpb.Frame_JoinGroup:
+		return "join_group"
+	case *chatpb.Frame_LeaveGroup:
+		return "leave_group"
+	case *chatpb.Frame_ListGroups:
+		return "list_groups"
+	case *chatpb.Frame_RegisterOk:
+		return "register_ok"
+	case *chatpb.Frame_LoginOk:
+		return "login_ok"
+	case *chatpb.Frame_Ok:
+		return "ok"
+	case *chatpb.Frame_Pong:
+		return "pong"
+	case *chatpb.Frame_SendOk:
+		return "send_ok"
+	case *chatpb.Frame_FriendList:
+		return "friend_list"
+	case *chatpb.Frame_GroupCreated:
+		return "group_created"
+	case *chatpb.Frame_GroupList:
+		return "group_list"
+	case *chatpb.Frame_Error:
+		return "error"
+	case *chatpb.Frame_Message:
+		return "message"
+	case *chatpb.Frame_Kicked:
+		return "kicked"
+	}
+	return "empty"
+}
+
+// IsRequest reports whether f's body is a request a client may send.
+func IsRequest(f *chatpb.Frame) bool {
+	switch f.GetBody().(type) {
+	case *chatpb.Frame_Register, *chatpb.Frame_Login, *chatpb.Frame_Logout, *chatpb.Frame_Ping,
+		*chatpb.Frame_Send, *chatpb.Frame_Ack, *chatpb.Frame_AddFriend, *chatpb.Frame_ListFriends,
+		*chatpb.Frame_CreateGroup, *chatpb.Frame_JoinGroup, *chatpb.Frame_LeaveGroup,
+		*chatpb.Frame_ListGroups:
+		return true
+	}
+	return false
+}
+
+// NeedsLogin reports whether a request needs an authenticated session:
+// every request but Register, Login and Ping.
+func NeedsLogin(f *chatpb.Frame) bool {
+	switch f.GetBody().(type) {
+	case *chatpb.Frame_Register, *chatpb.Frame_Login, *chatpb.Frame_Ping:
+		return false
+	}
+	return true
+}

@@ -1,0 +1,126 @@
+package server
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// tokenVersion prefixes every token so the format can change later.
+const tokenVersion = "v1"
+
+// tokens issues and checks login tokens: "v1.<payload>.<mac>", where the
+// payload is base64url(user id | expiry unix seconds) and mac is
+// HMAC-SHA256 over "v1." + payload with the cluster's shared secret. Any
+// node with the secret can check a token without a store round trip.
+type tokens struct {
+	secret []byte
+	ttl    time.Duration
+}
+
+func (t tokens) issue(uid uint64, now time.Time) (token string, expires time.Time) {
+	expires = now.Add(t.ttl)
+	var p [16]byte
+	binary.BigEndian.PutUint64(p[:8], uid)
+	binary.BigEndian.PutUint64(p[8:], uint64(expires.Unix()))
+	payload := base64.RawURLEncoding.EncodeToString(p[:])
+	return tokenVersion + "." + payload + "." + t.mac(payload), expires
+}
+
+func (t tokens) mac(payload string) string {
+	h := hmac.New(sha256.New, t.secret)
+	h.Write([]byte(tokenVersion + "." + payload))
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+}
+
+// verify returns the user id a valid, unexpired token names.
+func (t tokens) verify(token string, now time.Time) (uint64, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 || parts[0] != tokenVersion {
+		return 0, ErrBadToken
+	}
+	if !hmac.Equal([]byte(parts[2]), []byte(t.mac(parts[1]))) {
+		return 0, ErrBadToken
+	}
+	p, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil || len(p) != 16 {
+		return 0, ErrBadToken
+	}
+	if now.Unix() >= int64(binary.BigEndian.Uint64(p[8:])) {
+		return 0, ErrBadToken
+	}
+	return binary.BigEndian.Uint64(p[:8]), nil
+}
+
+// loadOrCreateSecret reads the token secret kept in dir, creating a random
+// one (mode 0600) on first start, so tokens survive restarts.
+func loadOrCreateSecret(dir string) ([]byte, error) {
+	path := filepath.Join(dir, "token-secret")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		secret, err := hex.DecodeString(strings.TrimSpace(string(b)))
+		if err != nil || len(secret) < 16 {
+			return nil, fmt.Errorf("token secret %s is not at least 16 hex-encoded bytes", path)
+		}
+		return secret, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read token secret: %w", err)
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("write token secret: %w", err)
+	}
+	return secret, nil
+}
+
+// hasher runs bcrypt with at most one hash per CPU at a time, so a storm
+// of password logins cannot starve the workers serving everything else.
+type hasher struct {
+	cost  int
+	slots chan struct{}
+	dummy []byte // compared against for unknown users, so timing does not reveal them
+}
+
+func newHasher(cost, parallel int) *hasher {
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	dummy, _ := bcrypt.GenerateFromPassword([]byte("loopchat-dummy-password"), cost)
+	return &hasher{cost: cost, slots: make(chan struct{}, max(parallel, 1)), dummy: dummy}
+}
+
+func (h *hasher) hash(password string) ([]byte, error) {
+	h.slots <- struct{}{}
+	defer func() { <-h.slots }()
+	return bcrypt.GenerateFromPassword([]byte(password), h.cost)
+}
+
+// check reports whether password matches hash; a nil hash (unknown user)
+// costs the same time and never matches.
+func (h *hasher) check(hash []byte, password string) bool {
+	h.slots <- struct{}{}
+	defer func() { <-h.slots }()
+	if hash == nil {
+		_ = bcrypt.CompareHashAndPassword(h.dummy, []byte(password))
+		return false
+	}
+	return bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+}

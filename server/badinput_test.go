@@ -1,0 +1,226 @@
+package server
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/loopchat/loopchat/codec"
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// chatter keeps a pair of users exchanging messages until stopped, failing
+// the test if any message is refused or lost: bad input on one connection
+// must not harm anyone else.
+func chatter(t *testing.T, ts *testServer, a, b string) (stop func()) {
+	t.Helper()
+	alice, _ := ts.user(t, a)
+	bob, _ := ts.user(t, b)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	errs := make(chan string, 1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			text := fmt.Sprintf("still here %d", i)
+			seq := alice.sendFrame(sendTo(b, text))
+			resp, err := alice.tryRead(5 * time.Second)
+			if err != nil || resp.Seq != seq || resp.GetSendOk() == nil {
+				errs <- fmt.Sprintf("send %d: %v %v", i, resp, err)
+				return
+			}
+			m, err := bob.tryRead(5 * time.Second)
+			if err != nil || m.GetMessage().GetText() != text {
+				errs <- fmt.Sprintf("receive %d: %v %v", i, m, err)
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+		select {
+		case e := <-errs:
+			t.Fatalf("bystanders were harmed: %s", e)
+		default:
+		}
+	}
+}
+
+func TestBrokenFramingClosesOnlyThatConnection(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.MaxFrame = 1024
+		ts := startServer(t, opts)
+		stop := chatter(t, ts, "alice", "bob")
+
+		cases := []struct {
+			name  string
+			bytes []byte
+			kind  string
+		}{
+			{"zero length", codec.AppendHeader(nil, 0), "zero_length"},
+			{"oversize", codec.AppendHeader(nil, 1025), "too_large"},
+			{"huge", []byte{0xff, 0xff, 0xff, 0xff}, "too_large"},
+			{"garbage payload", codec.AppendFrame(nil, []byte("\xff\xff\xff\xff not protobuf")), "garbage"},
+			{"garbage after login", nil, "garbage"},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				var rc *rawConn
+				if tc.bytes == nil {
+					rc, _ = ts.user(t, "victim")
+					tc.bytes = codec.AppendFrame(nil, []byte{0x0a, 0xff}) // truncated field
+				} else {
+					rc = dial(t, ts.addr)
+					expectOK(t, rc.do(pingReq()))
+				}
+				before := testutil.ToFloat64(ts.metrics.frameErrors.WithLabelValues(tc.kind))
+				rc.writeRaw(tc.bytes)
+				f := rc.read()
+				if e := f.GetError(); e == nil || e.Code != codeProtocol || f.Seq != 0 {
+					t.Fatalf("first frame after %s = %v, want an Error{protocol} push", tc.name, f)
+				}
+				rc.expectKicked(chatpb.KickReason_KICK_REASON_PROTOCOL_ERROR)
+				if after := testutil.ToFloat64(ts.metrics.frameErrors.WithLabelValues(tc.kind)); after != before+1 {
+					t.Fatalf("frame_errors{%s} went %v -> %v", tc.kind, before, after)
+				}
+			})
+		}
+		// A frame of exactly the limit is fine.
+		rc := dial(t, ts.addr)
+		ping, _ := codecFrame(&chatpb.Frame{Seq: 7, Body: &chatpb.Frame_Ping{Ping: &chatpb.Ping{}}}, 1024)
+		rc.writeRaw(ping)
+		if f := rc.read(); f.Seq != 7 || f.GetPong() == nil {
+			t.Fatalf("exactly-max frame answered with %v", f)
+		}
+		stop()
+	})
+}
+
+// codecFrame encodes f padded with an unknown field to exactly size bytes of payload.
+func codecFrame(f *chatpb.Frame, size int) ([]byte, error) {
+	buf, err := encodeForTest(f)
+	if err != nil {
+		return nil, err
+	}
+	payload := buf[codec.HeaderSize:]
+	// Unknown field 1000, length-delimited: tag (2 bytes) + length varint + bytes.
+	pad := size - len(payload) - 2 - 2
+	field := append([]byte{0xc2, 0x3e}, byte(pad&0x7f|0x80), byte(pad>>7))
+	field = append(field, strings.Repeat("p", pad)...)
+	return codec.AppendFrame(nil, append(payload, field...)), nil
+}
+
+func TestBadRequestsKeepTheConnection(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startServer(t, testOptions(t, engine))
+		rc, _ := ts.user(t, "alice")
+
+		// A body type from a newer protocol (unknown field 200).
+		rc.writeRaw(codec.AppendFrame(nil, []byte{0x08, 0x63, 0xc0, 0x0c, 0x01}))
+		resp := rc.read()
+		if resp.Seq != 0x63 {
+			t.Fatalf("unknown type answered with seq %d", resp.Seq)
+		}
+		expectCode(t, resp, codeInvalid)
+		// An empty frame body, and a response type sent as a request.
+		expectCode(t, rc.do(&chatpb.Frame{}), codeInvalid)
+		expectCode(t, rc.do(&chatpb.Frame{Body: &chatpb.Frame_Pong{Pong: &chatpb.Pong{}}}), codeInvalid)
+		expectCode(t, rc.do(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: &chatpb.Message{Text: "forged"}}}), codeInvalid)
+		expectCode(t, rc.do(ackReq(make([]uint64, 1025)...)), codeInvalid)
+		// The connection still works.
+		if resp := rc.do(pingReq()); resp.GetPong() == nil {
+			t.Fatalf("ping after bad requests: %v", resp)
+		}
+	})
+}
+
+func TestFloodIsRateLimited(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.RateLimit = 50
+		opts.RateBurst = 20
+		ts := startServer(t, opts)
+		stop := chatter(t, ts, "alice", "bob")
+
+		flooder, _ := ts.user(t, "flooder")
+		var batch []byte
+		const n = 300
+		for i := range n {
+			buf, _ := encodeForTest(&chatpb.Frame{Seq: uint64(i + 1), Body: &chatpb.Frame_Ping{Ping: &chatpb.Ping{}}})
+			batch = append(batch, buf...)
+		}
+		before := testutil.ToFloat64(ts.metrics.rateLimited)
+		flooder.writeRaw(batch)
+		limited, pongs := 0, 0
+		for range n {
+			f := flooder.read()
+			switch {
+			case f.GetPong() != nil:
+				pongs++
+			case f.GetError().GetCode() == codeRateLimited:
+				limited++
+			default:
+				t.Fatalf("flood answered with %v", f)
+			}
+		}
+		if limited == 0 || pongs == 0 {
+			t.Fatalf("%d pongs, %d rate-limited: want both", pongs, limited)
+		}
+		if got := testutil.ToFloat64(ts.metrics.rateLimited) - before; got != float64(limited) {
+			t.Fatalf("rate_limited counter moved %v, client saw %d", got, limited)
+		}
+		stop()
+	})
+}
+
+func TestSlowReaderIsKicked(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.MaxOutbound = 256 << 10
+		ts := startServer(t, opts)
+		stop := chatter(t, ts, "alice", "bob")
+
+		sloth, _ := ts.user(t, "sloth")
+		// A fixed receive buffer stops the kernel from autotuning it up to tens
+		// of MiB (but stays above the loopback MSS, or window updates stall).
+		if tc, ok := sloth.c.(interface{ SetReadBuffer(int) error }); ok {
+			_ = tc.SetReadBuffer(256 << 10)
+		}
+		sender, _ := ts.user(t, "sender")
+		text := strings.Repeat("z", 4000)
+		before := testutil.ToFloat64(ts.metrics.kicks.WithLabelValues("slow_consumer"))
+		kicked := false
+		start := time.Now()
+		for i := 0; i < 20000 && !kicked; i++ {
+			resp := sender.do(sendTo("sloth", text))
+			expectOK(t, resp)
+			kicked = testutil.ToFloat64(ts.metrics.kicks.WithLabelValues("slow_consumer")) > before
+		}
+		if !kicked {
+			t.Fatal("a reader that never reads was not kicked")
+		}
+		t.Logf("kicked after %v", time.Since(start))
+		// sloth's connection is closed: reading drains what was sent, then EOF.
+		sloth.expectClosed()
+		t.Logf("closed after %v", time.Since(start))
+		// Messages to sloth are stored: it gets them at its next login.
+		sloth2, _ := ts.user(t, "sloth")
+		if m := sloth2.nextMessage(); m.Text != text {
+			t.Fatalf("sloth's replay = %v", m)
+		}
+		stop()
+	})
+}

@@ -1,0 +1,105 @@
+package server
+
+import (
+	"context"
+	"sync"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// Event is what travels on a user's channel: a chat message to push, or a
+// notice that the user logged in somewhere (so older sessions elsewhere
+// must go: newest login wins).
+type Event struct {
+	Message *chatpb.Message
+	Login   *LoginNotice
+
+	// frame is Message already encoded as a push, shared by every local
+	// recipient so a group fan-out encodes once. Nil means encode on delivery.
+	frame []byte
+}
+
+// LoginNotice names the session that logged in last.
+type LoginNotice struct {
+	NodeID string
+	ConnID uint64
+	AtMs   int64 // login time; only older sessions are kicked
+}
+
+// EventHandler receives events for users subscribed on this node. It is
+// called from the broker's goroutines and must not block.
+type EventHandler func(uid uint64, ev Event)
+
+// Broker routes events to users wherever they are logged in. The memory
+// broker serves one node; the Redis broker spans a cluster with one pub/sub
+// channel per user. Both pass the conformance suite in
+// broker_conformance_test.go. All methods are safe for concurrent use and
+// may block, so they are never called on an event loop.
+type Broker interface {
+	// Subscribe starts delivering uid's events to this node's handler.
+	Subscribe(ctx context.Context, uid uint64) error
+	// Unsubscribe stops it.
+	Unsubscribe(ctx context.Context, uid uint64) error
+	// Publish sends ev to each of uids and returns how many of them were
+	// subscribed somewhere (online) when it was sent.
+	Publish(ctx context.Context, uids []uint64, ev Event) (online int, err error)
+	// Online reports for each uid whether it is subscribed anywhere.
+	Online(ctx context.Context, uids []uint64) ([]bool, error)
+	// Close stops delivery.
+	Close() error
+}
+
+// MemoryBroker is the single-node Broker: subscriptions are a set, and
+// Publish calls the handler directly.
+type MemoryBroker struct {
+	handler EventHandler
+	mu      sync.RWMutex
+	subs    map[uint64]struct{}
+}
+
+// NewMemoryBroker returns a broker delivering to handler.
+func NewMemoryBroker(handler EventHandler) *MemoryBroker {
+	return &MemoryBroker{handler: handler, subs: make(map[uint64]struct{})}
+}
+
+func (b *MemoryBroker) Subscribe(_ context.Context, uid uint64) error {
+	b.mu.Lock()
+	b.subs[uid] = struct{}{}
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *MemoryBroker) Unsubscribe(_ context.Context, uid uint64) error {
+	b.mu.Lock()
+	delete(b.subs, uid)
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *MemoryBroker) Publish(_ context.Context, uids []uint64, ev Event) (int, error) {
+	online := 0
+	for _, uid := range uids {
+		b.mu.RLock()
+		_, ok := b.subs[uid]
+		b.mu.RUnlock()
+		if ok {
+			online++
+			b.handler(uid, ev)
+		}
+	}
+	return online, nil
+}
+
+func (b *MemoryBroker) Online(_ context.Context, uids []uint64) ([]bool, error) {
+	out := make([]bool, len(uids))
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for i, uid := range uids {
+		_, out[i] = b.subs[uid]
+	}
+	return out, nil
+}
+
+func (b *MemoryBroker) Close() error { return nil }
+
+var _ Broker = (*MemoryBroker)(nil)

@@ -1,0 +1,120 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// writeOp is one write waiting for a group commit. fn may run more than
+// once (a failed batch is retried one op at a time), so it must set its
+// outputs afresh on every run. A *protocol.Error from fn is the op's answer
+// and does not abort the batch: fn returns it before writing anything.
+type writeOp struct {
+	fn   func(*bolt.Tx) error
+	done chan error
+}
+
+// committer serialises every write into one goroutine that commits
+// whatever is queued as one transaction. Under load each fsync serves up to
+// maxBatch writes; with one write waiting it commits at once (no timer, so
+// no added latency when idle). The queue is bounded: writers wait when it is
+// full.
+type committer struct {
+	db       *bolt.DB
+	ops      chan *writeOp
+	maxBatch int
+	mu       sync.RWMutex // guards closed against sends on a closed channel
+	closed   bool
+	done     chan struct{}
+}
+
+func newCommitter(db *bolt.DB, maxBatch int) *committer {
+	c := &committer{db: db, ops: make(chan *writeOp, maxBatch), maxBatch: maxBatch, done: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+// do queues fn and waits until its batch is committed (or ctx ends: the
+// write may still be committed then, and the caller must treat the outcome
+// as unknown).
+func (c *committer) do(ctx context.Context, fn func(*bolt.Tx) error) error {
+	op := &writeOp{fn: fn, done: make(chan error, 1)}
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return fmt.Errorf("store closed: %w", errUnavailable)
+	}
+	select {
+	case c.ops <- op:
+	case <-ctx.Done():
+		c.mu.RUnlock()
+		return ctx.Err()
+	}
+	c.mu.RUnlock()
+	select {
+	case err := <-op.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *committer) close() {
+	c.mu.Lock()
+	c.closed = true
+	close(c.ops)
+	c.mu.Unlock()
+	<-c.done
+}
+
+func (c *committer) run() {
+	defer close(c.done)
+	batch := make([]*writeOp, 0, c.maxBatch)
+	for op := range c.ops {
+		batch = append(batch[:0], op)
+	fill:
+		for len(batch) < c.maxBatch {
+			select {
+			case op, ok := <-c.ops:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, op)
+			default:
+				break fill
+			}
+		}
+		c.commit(batch)
+	}
+}
+
+func (c *committer) commit(batch []*writeOp) {
+	results := make([]error, len(batch))
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		for i, op := range batch {
+			err := op.fn(tx)
+			if err != nil && !isDomainError(err) {
+				return err
+			}
+			results[i] = err
+		}
+		return nil
+	})
+	if err != nil {
+		if len(batch) == 1 {
+			batch[0].done <- fmt.Errorf("store: commit: %w", err)
+			return
+		}
+		// One op broke the transaction; give each its own so only it fails.
+		for _, op := range batch {
+			c.commit([]*writeOp{op})
+		}
+		return
+	}
+	for i, op := range batch {
+		op.done <- results[i]
+	}
+}

@@ -1,0 +1,215 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/loopchat/loopchat/codec"
+)
+
+// gnetEngine runs the handlers on gnet: the main reactor accepts and hands
+// connections round-robin (or to the least loaded) to Loops sub-reactors,
+// each an event loop locked to its OS thread. Callbacks only decode frames
+// and queue requests; everything that waits runs on the workers.
+type gnetEngine struct {
+	gnet.BuiltinEventEngine
+	srv    *Server
+	eng    gnet.Engine
+	booted chan struct{}
+	done   chan error
+}
+
+func newGnetEngine(s *Server) *gnetEngine {
+	return &gnetEngine{srv: s, booted: make(chan struct{}), done: make(chan error, 1)}
+}
+
+func (e *gnetEngine) start() (net.Addr, error) {
+	lb := gnet.RoundRobin
+	if e.srv.opts.LeastConnections {
+		lb = gnet.LeastConnections
+	}
+	go func() {
+		e.done <- gnet.Run(e, "tcp://"+e.srv.opts.Listen,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(e.srv.opts.Loops),
+			gnet.WithLoadBalancing(lb),
+			gnet.WithLockOSThread(true),
+			gnet.WithReusePort(false),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithLogger(gnetLogger{e.srv.log}),
+		)
+	}()
+	select {
+	case <-e.booted:
+	case err := <-e.done:
+		return nil, fmt.Errorf("gnet: listen %s: %w", e.srv.opts.Listen, err)
+	}
+	return listenerAddr(e.eng)
+}
+
+// listenerAddr asks the kernel which address the listener is bound to,
+// which tells the port when Listen asked for port 0.
+func listenerAddr(eng gnet.Engine) (net.Addr, error) {
+	fd, err := eng.Dup()
+	if err != nil {
+		return nil, fmt.Errorf("gnet: listener fd: %w", err)
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, fmt.Errorf("gnet: getsockname: %w", err)
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, nil
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, nil
+	}
+	return nil, errors.New("gnet: listener is not TCP")
+}
+
+func (e *gnetEngine) stop(ctx context.Context) error {
+	err := e.eng.Stop(ctx)
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+	}
+	return err
+}
+
+func (e *gnetEngine) OnBoot(eng gnet.Engine) gnet.Action {
+	e.eng = eng
+	close(e.booted)
+	return gnet.None
+}
+
+func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	if e.srv.closing.Load() {
+		return nil, gnet.Close
+	}
+	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound)}
+	s := e.srv.newSession(c.RemoteAddr().String(), t)
+	t.sess = s
+	c.SetContext(s)
+	e.srv.addConn(s)
+	return nil, gnet.None
+}
+
+func (e *gnetEngine) OnClose(c gnet.Conn, _ error) gnet.Action {
+	if s, ok := c.Context().(*session); ok {
+		s.closed(false)
+	}
+	return gnet.None
+}
+
+func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
+	s, ok := c.Context().(*session)
+	if !ok {
+		return gnet.Close
+	}
+	if s.broken {
+		// After a protocol error the rest of the stream is noise; drop it
+		// while the last frames are flushed and the close happens.
+		_, _ = c.Discard(c.InboundBuffered())
+		return gnet.None
+	}
+	s.lastSeen.Store(time.Now().UnixNano())
+	for {
+		payload, size, err := codec.PeekFrame(c, e.srv.opts.MaxFrame)
+		if err != nil {
+			s.frameError(err)
+			_, _ = c.Discard(c.InboundBuffered())
+			return gnet.None
+		}
+		if payload == nil {
+			return gnet.None
+		}
+		ok := s.received(payload, false) // decodes into a fresh Frame: nothing aliases the buffer
+		_, _ = c.Discard(size)
+		if !ok {
+			_, _ = c.Discard(c.InboundBuffered())
+			return gnet.None
+		}
+	}
+}
+
+// gnetTransport writes with AsyncWrite, which is safe from any goroutine.
+// gnet's outbound buffer is unbounded, so it tracks how much waits: bytes
+// handed to AsyncWrite not yet taken by the loop, plus the outbound buffer
+// as last seen on the loop. Over the limit the client is a slow consumer.
+type gnetTransport struct {
+	c        gnet.Conn
+	sess     *session
+	limit    int64
+	pending  atomic.Int64 // handed to AsyncWrite, callback not yet run
+	buffered atomic.Int64 // OutboundBuffered() at the last callback
+	closing  atomic.Bool
+}
+
+func (t *gnetTransport) send(frame []byte) {
+	if t.closing.Load() {
+		return
+	}
+	n := int64(len(frame))
+	if t.pending.Add(n)+t.buffered.Load() > t.limit {
+		t.pending.Add(-n)
+		t.sess.slowConsumer()
+		return
+	}
+	_ = t.c.AsyncWrite(frame, func(c gnet.Conn, err error) error {
+		t.pending.Add(-n)
+		if err != nil {
+			return nil
+		}
+		ob := int64(c.OutboundBuffered())
+		t.buffered.Store(ob)
+		if ob > t.limit {
+			t.sess.slowConsumer()
+		}
+		return nil
+	})
+}
+
+func (t *gnetTransport) sendAndClose(frame []byte) {
+	if !t.closing.CompareAndSwap(false, true) {
+		return
+	}
+	_ = t.c.AsyncWrite(frame, func(c gnet.Conn, _ error) error {
+		return c.Close()
+	})
+}
+
+func (t *gnetTransport) queued() int { return int(t.pending.Load() + t.buffered.Load()) }
+
+// refresh re-reads the outbound buffer size on the loop; a zero-byte
+// write is the cheapest way to run code there for this connection.
+func (t *gnetTransport) refresh() {
+	_ = t.c.AsyncWrite(nil, func(c gnet.Conn, err error) error {
+		if err == nil {
+			t.buffered.Store(int64(c.OutboundBuffered()))
+		}
+		return nil
+	})
+}
+
+func (t *gnetTransport) close() {
+	t.closing.Store(true)
+	_ = t.c.Close()
+}
+
+// gnetLogger sends gnet's own logs to slog.
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug(fmt.Sprintf(f, a...), "component", "gnet") }
+func (g gnetLogger) Infof(f string, a ...any)  { g.l.Info(fmt.Sprintf(f, a...), "component", "gnet") }
+func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn(fmt.Sprintf(f, a...), "component", "gnet") }
+func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "component", "gnet") }
+func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "component", "gnet") }

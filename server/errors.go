@@ -1,0 +1,63 @@
+package server
+
+import (
+	"errors"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+)
+
+// Errors a request can fail with. Each is a *protocol.Error, so it reaches
+// the client as is; errors.Is matches them by code.
+var (
+	// ErrUsernameTaken: Register with a name already registered (ignoring case).
+	ErrUsernameTaken = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, "username is taken")
+	// ErrUserNotFound: no user has that name or id.
+	ErrUserNotFound = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "no such user")
+	// ErrBadCredentials: unknown username or wrong password (deliberately not saying which).
+	ErrBadCredentials = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, "wrong username or password")
+	// ErrBadToken: the token is malformed, forged or expired.
+	ErrBadToken = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, "invalid or expired token")
+	// ErrNotLoggedIn: the request needs a logged-in session.
+	ErrNotLoggedIn = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, "log in first")
+	// ErrAlreadyLoggedIn: Login or Register on a session that is logged in; Logout first.
+	ErrAlreadyLoggedIn = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "already logged in; log out first")
+	// ErrFriendSelf: AddFriend naming the caller.
+	ErrFriendSelf = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "you cannot befriend yourself")
+	// ErrAlreadyFriends: AddFriend for an existing friendship.
+	ErrAlreadyFriends = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, "already friends")
+	// ErrGroupNotFound: no group has that id.
+	ErrGroupNotFound = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "no such group")
+	// ErrAlreadyMember: JoinGroup for a group the caller is in.
+	ErrAlreadyMember = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, "already a member of this group")
+	// ErrNotMember: LeaveGroup or a group Send for a group the caller is not in.
+	ErrNotMember = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "not a member of this group")
+	// ErrNoRecipient: Send without a user or group.
+	ErrNoRecipient = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "send needs a user_id, username or group_id")
+	// ErrNotARequest: a frame whose body is a response, a push, or unknown.
+	ErrNotARequest = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "unknown or missing request type")
+	// ErrTooManyPending: the connection has too many requests waiting to be handled.
+	ErrTooManyPending = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many requests in flight; wait for responses")
+	// ErrRateLimited: the connection exceeded its request rate.
+	ErrRateLimited = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "request rate limit exceeded")
+	// ErrShuttingDown: the server is stopping and takes no new work.
+	ErrShuttingDown = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE, "server is shutting down")
+)
+
+// clientError converts err into what the client is told: protocol errors
+// pass through; any other fault becomes ErrInternal or, for a dependency
+// that is down, ErrUnavailable, without leaking internals.
+func clientError(err error) *protocol.Error {
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	if errors.Is(err, errUnavailable) {
+		return protocol.ErrUnavailable
+	}
+	return protocol.ErrInternal
+}
+
+// errUnavailable marks storage or broker faults that are likely transient
+// (the store is closing, Redis is unreachable); the client may retry.
+var errUnavailable = errors.New("dependency unavailable")

@@ -1,0 +1,407 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+)
+
+// handle runs one request and writes its response. It runs off the event
+// loops, one request of a connection at a time.
+func (c *session) handle(f *chatpb.Frame) {
+	kind := protocol.Kind(f)
+	switch {
+	case !protocol.IsRequest(f):
+		c.fail(f.Seq, kind, ErrNotARequest)
+		return
+	case c.srv.closing.Load():
+		c.fail(f.Seq, kind, ErrShuttingDown)
+		return
+	case protocol.NeedsLogin(f) && c.user.Load() == nil:
+		c.fail(f.Seq, kind, ErrNotLoggedIn)
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.srv.ctx, requestTimeout)
+	defer cancel()
+
+	var resp *chatpb.Frame
+	var err error
+	var after func() // runs after the response is written
+	switch b := f.Body.(type) {
+	case *chatpb.Frame_Ping:
+		resp = &chatpb.Frame{Body: &chatpb.Frame_Pong{Pong: &chatpb.Pong{ServerTimeMs: time.Now().UnixMilli()}}}
+	case *chatpb.Frame_Register:
+		resp, err = c.register(ctx, b.Register)
+	case *chatpb.Frame_Login:
+		resp, after, err = c.login(ctx, b.Login)
+	case *chatpb.Frame_Logout:
+		resp, err = c.logout(ctx)
+	case *chatpb.Frame_Send:
+		resp, err = c.sendMessage(ctx, b.Send)
+	case *chatpb.Frame_Ack:
+		err = c.ack(ctx, b.Ack)
+	case *chatpb.Frame_AddFriend:
+		resp, err = c.addFriend(ctx, b.AddFriend)
+	case *chatpb.Frame_ListFriends:
+		resp, err = c.listFriends(ctx)
+	case *chatpb.Frame_CreateGroup:
+		resp, err = c.createGroup(ctx, b.CreateGroup)
+	case *chatpb.Frame_JoinGroup:
+		resp, err = c.joinGroup(ctx, b.JoinGroup)
+	case *chatpb.Frame_LeaveGroup:
+		resp, err = c.leaveGroup(ctx, b.LeaveGroup)
+	case *chatpb.Frame_ListGroups:
+		resp, err = c.listGroups(ctx)
+	}
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			err = errUnavailable
+		}
+		c.fail(f.Seq, kind, err)
+		return
+	}
+	c.srv.metrics.requests.WithLabelValues(kind, "ok").Inc()
+	if resp != nil {
+		resp.Seq = f.Seq
+		c.write(resp)
+	}
+	if after != nil {
+		after()
+	}
+}
+
+func okFrame() *chatpb.Frame { return &chatpb.Frame{Body: &chatpb.Frame_Ok{Ok: &chatpb.OK{}}} }
+
+func (c *session) register(ctx context.Context, req *chatpb.Register) (*chatpb.Frame, error) {
+	if err := protocol.ValidateUsername(req.Username); err != nil {
+		return nil, err
+	}
+	if err := protocol.ValidatePassword(req.Password); err != nil {
+		return nil, err
+	}
+	hash, err := c.srv.hasher.hash(req.Password)
+	if err != nil {
+		return nil, err
+	}
+	u, err := c.srv.store.CreateUser(ctx, req.Username, hash)
+	if err != nil {
+		return nil, err
+	}
+	c.logger().Info("registered", "user_id", u.ID, "user", u.Name)
+	return &chatpb.Frame{Body: &chatpb.Frame_RegisterOk{RegisterOk: &chatpb.RegisterOK{UserId: u.ID}}}, nil
+}
+
+// login authenticates, makes this the user's only session (newest wins),
+// answers LoginOK and then replays the inbox (the returned func).
+func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, func(), error) {
+	if c.user.Load() != nil {
+		return nil, nil, ErrAlreadyLoggedIn
+	}
+	u, err := c.authenticate(ctx, req)
+	if err != nil {
+		c.srv.metrics.loginFailures.Inc()
+		return nil, nil, err
+	}
+	now := time.Now()
+	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli()}
+
+	// Hold live pushes from the moment we subscribe until the replay is
+	// done: subscribe first, then read the inbox, so nothing falls between.
+	c.beginReplay()
+	c.user.Store(info)
+	old, err := c.srv.bindUser(ctx, u.ID, c)
+	if err != nil {
+		c.user.Store(nil)
+		c.pushMu.Lock()
+		c.replay = nil
+		c.pushMu.Unlock()
+		c.srv.metrics.loginFailures.Inc()
+		return nil, nil, err
+	}
+	if old != nil && old != c {
+		old.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in from another connection")
+	}
+	// Tell other nodes, whose older sessions of this user must go.
+	notice := Event{Login: &LoginNotice{NodeID: c.srv.opts.NodeID, ConnID: c.id, AtMs: info.loginAtMs}}
+	if _, err := c.srv.broker.Publish(ctx, []uint64{u.ID}, notice); err != nil {
+		c.logger().Warn("login notice not published", "err", err)
+	}
+	if c.isGone() {
+		// The connection closed while we logged in; its cleanup may have
+		// run before we bound the user, so undo it here.
+		c.cleanup()
+		return nil, nil, errUnavailable
+	}
+
+	ok := &chatpb.LoginOK{UserId: u.ID, Username: u.Name, NodeId: c.srv.opts.NodeID}
+	var expires time.Time
+	ok.Token, expires = c.srv.tokens.issue(u.ID, now)
+	ok.TokenExpiresAtMs = expires.UnixMilli()
+	if ok.Friends, ok.Groups, err = c.contacts(ctx, u.ID); err != nil {
+		c.logger().Warn("login: contacts unavailable", "err", err)
+	}
+	c.srv.metrics.logins.Inc()
+	c.logger().Info("logged in")
+	// The replay outlives this request's timeout: a big inbox to a slow
+	// reader takes as long as it takes (waitWritable bounds the stalls).
+	replay := func() { c.replayInbox(c.srv.ctx, u.ID) }
+	return &chatpb.Frame{Body: &chatpb.Frame_LoginOk{LoginOk: ok}}, replay, nil
+}
+
+func (c *session) authenticate(ctx context.Context, req *chatpb.Login) (User, error) {
+	if req.Token != "" {
+		if len(req.Token) > protocol.MaxTokenLength {
+			return User{}, ErrBadToken
+		}
+		uid, err := c.srv.tokens.verify(req.Token, time.Now())
+		if err != nil {
+			return User{}, err
+		}
+		u, err := c.srv.store.UserByID(ctx, uid)
+		if errors.Is(err, ErrUserNotFound) {
+			return User{}, ErrBadToken
+		}
+		return u, err
+	}
+	if err := protocol.ValidateUsername(req.Username); err != nil {
+		return User{}, err
+	}
+	if len(req.Password) > protocol.MaxPassword {
+		return User{}, ErrBadCredentials
+	}
+	u, err := c.srv.store.UserByName(ctx, req.Username)
+	if err != nil && !errors.Is(err, ErrUserNotFound) {
+		return User{}, err
+	}
+	// Unknown users cost a hash too, so timing does not reveal who exists.
+	if !c.srv.hasher.check(u.PasswordHash, req.Password) {
+		return User{}, ErrBadCredentials
+	}
+	return u, nil
+}
+
+// contacts lists uid's friends and groups with who is online now.
+func (c *session) contacts(ctx context.Context, uid uint64) ([]*chatpb.Friend, []*chatpb.Group, error) {
+	friends, err := c.srv.store.Friends(ctx, uid)
+	if err != nil {
+		return nil, nil, err
+	}
+	groups, err := c.srv.store.GroupsOf(ctx, uid)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ids []uint64
+	for _, f := range friends {
+		ids = append(ids, f.ID)
+	}
+	for _, g := range groups {
+		for _, m := range g.Members {
+			ids = append(ids, m.UserID)
+		}
+	}
+	online, err := c.onlineSet(ctx, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	return friendList(friends, online), groupList(groups, online), nil
+}
+
+func (c *session) onlineSet(ctx context.Context, ids []uint64) (map[uint64]bool, error) {
+	flags, err := c.srv.broker.Online(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[uint64]bool, len(ids))
+	for i, id := range ids {
+		set[id] = flags[i]
+	}
+	return set, nil
+}
+
+func friendList(friends []User, online map[uint64]bool) []*chatpb.Friend {
+	out := make([]*chatpb.Friend, 0, len(friends))
+	for _, f := range friends {
+		out = append(out, &chatpb.Friend{UserId: f.ID, Username: f.Name, Online: online[f.ID]})
+	}
+	return out
+}
+
+func groupList(groups []Group, online map[uint64]bool) []*chatpb.Group {
+	out := make([]*chatpb.Group, 0, len(groups))
+	for _, g := range groups {
+		pg := &chatpb.Group{GroupId: g.ID, Name: g.Name, Description: g.Description}
+		for _, m := range g.Members {
+			pg.Members = append(pg.Members, &chatpb.Member{UserId: m.UserID, Username: m.Username, Role: m.Role, Online: online[m.UserID]})
+		}
+		out = append(out, pg)
+	}
+	return out
+}
+
+func (c *session) logout(ctx context.Context) (*chatpb.Frame, error) {
+	if u := c.user.Swap(nil); u != nil {
+		c.srv.unbindUser(ctx, u.id, c)
+		c.logger().Info("logged out", "user_id", u.id)
+	}
+	return okFrame(), nil
+}
+
+func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (*chatpb.Frame, error) {
+	u := c.user.Load()
+	if err := protocol.ValidateText(req.Text); err != nil {
+		return nil, err
+	}
+	if err := protocol.ValidateClientMsgID(req.ClientMsgId); err != nil {
+		return nil, err
+	}
+	m := &chatpb.Message{FromUserId: u.id, FromUsername: u.name, Text: req.Text}
+	var recipients []uint64
+	switch to := req.To.(type) {
+	case *chatpb.Send_UserId:
+		target, err := c.srv.store.UserByID(ctx, to.UserId)
+		if err != nil {
+			return nil, err
+		}
+		m.ToUserId, recipients = target.ID, []uint64{target.ID}
+	case *chatpb.Send_Username:
+		if err := protocol.ValidateUsername(to.Username); err != nil {
+			return nil, err
+		}
+		target, err := c.srv.store.UserByName(ctx, to.Username)
+		if err != nil {
+			return nil, err
+		}
+		m.ToUserId, recipients = target.ID, []uint64{target.ID}
+	case *chatpb.Send_GroupId:
+		g, err := c.srv.store.Group(ctx, to.GroupId)
+		if err != nil {
+			return nil, err
+		}
+		if !g.HasMember(u.id) {
+			return nil, ErrNotMember
+		}
+		m.GroupId = g.ID
+		for _, mem := range g.Members {
+			if mem.UserID != u.id {
+				recipients = append(recipients, mem.UserID)
+			}
+		}
+	default:
+		return nil, ErrNoRecipient
+	}
+	m.MsgId, m.SentAtMs = c.srv.ids.next(time.Now())
+
+	res, err := c.srv.store.AppendMessage(ctx, m, recipients, req.ClientMsgId)
+	if err != nil {
+		return nil, err
+	}
+	c.srv.metrics.inboxTrimmed.Add(float64(res.Trimmed))
+	online := 0
+	if res.Duplicate {
+		flags, err := c.srv.broker.Online(ctx, recipients)
+		if err == nil {
+			for _, f := range flags {
+				if f {
+					online++
+				}
+			}
+		}
+	} else {
+		c.srv.metrics.messagesSent.Inc()
+		// Stored: SendOK is now true whatever happens to the live push.
+		ev := Event{Message: m}
+		if ev.frame, err = encodePush(m); err != nil {
+			return nil, err
+		}
+		if online, err = c.srv.broker.Publish(ctx, recipients, ev); err != nil {
+			c.logger().Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
+		}
+		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
+	}
+	stored := res.Message
+	return &chatpb.Frame{Body: &chatpb.Frame_SendOk{SendOk: &chatpb.SendOK{
+		MsgId: stored.MsgId, SentAtMs: stored.SentAtMs, Online: online > 0}}}, nil
+}
+
+func (c *session) ack(ctx context.Context, req *chatpb.Ack) error {
+	if len(req.MsgIds) > protocol.MaxAckIDs {
+		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "at most %d ids per Ack", protocol.MaxAckIDs)
+	}
+	if len(req.MsgIds) == 0 {
+		return nil
+	}
+	return c.srv.store.Ack(ctx, c.user.Load().id, req.MsgIds)
+}
+
+func (c *session) addFriend(ctx context.Context, req *chatpb.AddFriend) (*chatpb.Frame, error) {
+	if err := protocol.ValidateUsername(req.Username); err != nil {
+		return nil, err
+	}
+	u := c.user.Load()
+	target, err := c.srv.store.UserByName(ctx, req.Username)
+	if err != nil {
+		return nil, err
+	}
+	if target.ID == u.id {
+		return nil, ErrFriendSelf
+	}
+	if err := c.srv.store.AddFriend(ctx, u.id, target.ID); err != nil {
+		return nil, err
+	}
+	return okFrame(), nil
+}
+
+func (c *session) listFriends(ctx context.Context) (*chatpb.Frame, error) {
+	friends, err := c.srv.store.Friends(ctx, c.user.Load().id)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]uint64, len(friends))
+	for i, f := range friends {
+		ids[i] = f.ID
+	}
+	online, err := c.onlineSet(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	return &chatpb.Frame{Body: &chatpb.Frame_FriendList{FriendList: &chatpb.FriendList{Friends: friendList(friends, online)}}}, nil
+}
+
+func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*chatpb.Frame, error) {
+	if err := protocol.ValidateGroupName(req.Name); err != nil {
+		return nil, err
+	}
+	if err := protocol.ValidateGroupDescription(req.Description); err != nil {
+		return nil, err
+	}
+	g, err := c.srv.store.CreateGroup(ctx, c.user.Load().id, req.Name, req.Description)
+	if err != nil {
+		return nil, err
+	}
+	return &chatpb.Frame{Body: &chatpb.Frame_GroupCreated{GroupCreated: &chatpb.GroupCreated{GroupId: g.ID}}}, nil
+}
+
+func (c *session) joinGroup(ctx context.Context, req *chatpb.JoinGroup) (*chatpb.Frame, error) {
+	if err := c.srv.store.JoinGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
+		return nil, err
+	}
+	return okFrame(), nil
+}
+
+func (c *session) leaveGroup(ctx context.Context, req *chatpb.LeaveGroup) (*chatpb.Frame, error) {
+	if err := c.srv.store.LeaveGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
+		return nil, err
+	}
+	return okFrame(), nil
+}
+
+func (c *session) listGroups(ctx context.Context) (*chatpb.Frame, error) {
+	_, groups, err := c.contacts(ctx, c.user.Load().id)
+	if err != nil {
+		return nil, err
+	}
+	return &chatpb.Frame{Body: &chatpb.Frame_GroupList{GroupList: &chatpb.GroupList{Groups: groups}}}, nil
+}

@@ -1,0 +1,152 @@
+package server
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/loopchat/loopchat/codec"
+)
+
+// Engine names.
+const (
+	EngineGnet = "gnet" // epoll reactors: a main reactor accepts, sub-reactors serve (default)
+	EngineNet  = "net"  // one goroutine per connection on package net: the baseline
+)
+
+// Options configures a Server. Every zero value means the documented default.
+type Options struct {
+	// Listen is the TCP address to serve. Empty means 127.0.0.1:7000; port 0
+	// picks a free port (see Server.Addr).
+	Listen string
+	// DataDir holds the embedded store and the generated token secret.
+	// Empty means ./loopchat-data.
+	DataDir string
+	// Engine is EngineGnet or EngineNet. Empty means EngineGnet.
+	Engine string
+	// Loops is the number of gnet sub-reactors (event loops, one per OS
+	// thread). Zero means one per CPU.
+	Loops int
+	// LeastConnections hands new connections to the loop with the fewest
+	// instead of round-robin.
+	LeastConnections bool
+	// MaxFrame is the largest request payload accepted, in bytes. Zero means 64 KiB.
+	MaxFrame int
+	// IdleTimeout closes a connection silent for longer. Zero means 90s.
+	IdleTimeout time.Duration
+	// LoginTimeout closes a connection not logged in within it. Zero means 10s.
+	LoginTimeout time.Duration
+	// TokenSecret signs login tokens; every node of a cluster needs the
+	// same one. Nil means a random secret kept in DataDir/token-secret.
+	TokenSecret []byte
+	// TokenTTL is how long a login token is valid. Zero means 7 days.
+	TokenTTL time.Duration
+	// MaxOutbound is how many bytes may wait to be written to one client
+	// before it is kicked as a slow consumer. Zero means 4 MiB.
+	MaxOutbound int
+	// RateLimit is each connection's sustained request rate per second.
+	// Zero means 100.
+	RateLimit float64
+	// RateBurst is each connection's request burst. Zero means 2×RateLimit.
+	RateBurst int
+	// MaxPending caps one connection's requests waiting for a worker.
+	// Zero means 256.
+	MaxPending int
+	// Workers is the number of goroutines that run requests off the event
+	// loops. Zero means 64 per CPU.
+	Workers int
+	// InboxLimit caps each user's stored unacknowledged messages. Zero means 10,000.
+	InboxLimit int
+	// BcryptCost is the password hashing cost. Zero means bcrypt's default (10).
+	BcryptCost int
+	// NodeID names this node in LoginOK and logs. Empty means host:port.
+	NodeID string
+	// Logger receives the server's logs. Nil means slog.Default().
+	Logger *slog.Logger
+	// Store overrides the embedded store (cluster mode, tests). Nil means a
+	// BoltStore in DataDir, which the server closes on shutdown.
+	Store Store
+	// NewBroker builds the broker around the server's event handler. Nil
+	// means a MemoryBroker.
+	NewBroker func(EventHandler) (Broker, error)
+}
+
+func (o *Options) withDefaults() (Options, error) {
+	c := *o
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:7000"
+	}
+	if c.DataDir == "" {
+		c.DataDir = "loopchat-data"
+	}
+	switch c.Engine {
+	case "":
+		c.Engine = EngineGnet
+	case EngineGnet, EngineNet:
+	default:
+		return c, fmt.Errorf("unknown engine %q (want %q or %q)", c.Engine, EngineGnet, EngineNet)
+	}
+	if c.Loops <= 0 {
+		c.Loops = runtime.NumCPU()
+	}
+	if c.MaxFrame <= 0 {
+		c.MaxFrame = codec.DefaultMaxFrame
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 90 * time.Second
+	}
+	if c.LoginTimeout <= 0 {
+		c.LoginTimeout = 10 * time.Second
+	}
+	if c.TokenTTL <= 0 {
+		c.TokenTTL = 7 * 24 * time.Hour
+	}
+	if c.MaxOutbound <= 0 {
+		c.MaxOutbound = 4 << 20
+	}
+	if c.RateLimit <= 0 {
+		c.RateLimit = 100
+	}
+	if c.RateBurst <= 0 {
+		c.RateBurst = int(2 * c.RateLimit)
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 256
+	}
+	if c.Workers <= 0 {
+		c.Workers = 64 * runtime.GOMAXPROCS(0)
+	}
+	if c.InboxLimit <= 0 {
+		c.InboxLimit = 10000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.NodeID == "" {
+		host, _ := os.Hostname()
+		c.NodeID = host + ":" + portOf(c.Listen)
+	}
+	if c.TokenSecret == nil {
+		secret, err := loadOrCreateSecret(c.DataDir)
+		if err != nil {
+			return c, err
+		}
+		c.TokenSecret = secret
+	}
+	return c, nil
+}
+
+func portOf(addr string) string {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == ':' {
+			return addr[i+1:]
+		}
+	}
+	return addr
+}
+
+// storePath is where the embedded store lives inside DataDir.
+func (o *Options) storePath() string { return filepath.Join(o.DataDir, "loopchat.db") }

@@ -1,0 +1,307 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// Server is one loopchat node: an engine serving client connections, the
+// request handlers, a store and a broker.
+type Server struct {
+	opts      Options
+	log       *slog.Logger
+	store     Store
+	ownsStore bool
+	broker    Broker
+	tokens    tokens
+	hasher    *hasher
+	ids       *msgIDGen
+	metrics   *metrics
+	engine    engine
+	runq      *runQueue
+
+	nextConnID atomic.Uint64
+	closing    atomic.Bool
+
+	connsMu sync.Mutex
+	conns   map[uint64]*session // every open connection
+
+	users userTable // logged-in users on this node
+
+	// ctx is cancelled when the server has shut down; request handlers use it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	workers      sync.WaitGroup
+	sweepStop    chan struct{}
+	sweepDone    chan struct{}
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// engine accepts connections and moves bytes; the handlers are shared.
+type engine interface {
+	// start begins serving and returns once the listener accepts.
+	start() (net.Addr, error)
+	// stop stops accepting and closes every connection.
+	stop(ctx context.Context) error
+}
+
+// New prepares a server: it opens the store and builds the broker but does
+// not listen until Start.
+func New(o Options) (*Server, error) {
+	opts, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		opts:      opts,
+		log:       opts.Logger.With("node", opts.NodeID),
+		tokens:    tokens{secret: opts.TokenSecret, ttl: opts.TokenTTL},
+		hasher:    newHasher(opts.BcryptCost, max(1, opts.Loops)),
+		ids:       newMsgIDGen(0),
+		metrics:   newMetrics(),
+		conns:     make(map[uint64]*session),
+		sweepStop: make(chan struct{}),
+		sweepDone: make(chan struct{}),
+	}
+	s.users.init()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.store = opts.Store
+	if s.store == nil {
+		st, err := OpenBoltStore(BoltConfig{Path: opts.storePath(), InboxLimit: opts.InboxLimit})
+		if err != nil {
+			return nil, err
+		}
+		s.store, s.ownsStore = st, true
+	}
+	if opts.NewBroker != nil {
+		s.broker, err = opts.NewBroker(s.onEvent)
+		if err != nil {
+			s.closeStore()
+			return nil, fmt.Errorf("broker: %w", err)
+		}
+	} else {
+		s.broker = NewMemoryBroker(s.onEvent)
+	}
+	switch opts.Engine {
+	case EngineNet:
+		s.engine = newNetEngine(s)
+	default:
+		s.engine = newGnetEngine(s)
+	}
+	return s, nil
+}
+
+// Start listens and serves in the background; it returns once connections
+// are accepted.
+func (s *Server) Start() (net.Addr, error) {
+	s.runq = newRunQueue()
+	for range s.opts.Workers {
+		s.workers.Add(1)
+		go s.work()
+	}
+	go s.sweep()
+	addr, err := s.engine.start()
+	if err != nil {
+		s.stopBackground()
+		s.closeStore()
+		return nil, err
+	}
+	s.log.Info("serving", "addr", addr.String(), "engine", s.opts.Engine, "loops", s.opts.Loops)
+	return addr, nil
+}
+
+// NodeID is the name this node reports in LoginOK.
+func (s *Server) NodeID() string { return s.opts.NodeID }
+
+// Shutdown tells every client the server is going away (Kicked{server
+// shutting down}), waits up to ctx for them to be written and closed, then
+// stops the engine, finishes queued work and closes broker and store.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() { s.shutdownErr = s.shutdown(ctx) })
+	return s.shutdownErr
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
+	s.closing.Store(true)
+	for _, c := range s.snapshotConns() {
+		c.kick(chatpb.KickReason_KICK_REASON_SERVER_SHUTTING_DOWN, "server shutting down")
+	}
+	// Give the kicks a moment to reach clients before the engine closes.
+	grace := time.NewTimer(2 * time.Second)
+	defer grace.Stop()
+	for s.connCount() > 0 {
+		select {
+		case <-ctx.Done():
+		case <-grace.C:
+		case <-time.After(10 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	errEngine := s.engine.stop(stopCtx)
+	s.stopBackground()
+	s.cancel()
+	errBroker := s.broker.Close()
+	errStore := s.closeStore()
+	s.log.Info("stopped")
+	return errors.Join(errEngine, errBroker, errStore)
+}
+
+// stopBackground ends the sweeper and the workers after the work queued.
+func (s *Server) stopBackground() {
+	close(s.sweepStop)
+	<-s.sweepDone
+	s.runq.close()
+	s.workers.Wait()
+}
+
+func (s *Server) closeStore() error {
+	if s.ownsStore {
+		return s.store.Close()
+	}
+	return nil
+}
+
+func (s *Server) addConn(c *session) {
+	s.connsMu.Lock()
+	s.conns[c.id] = c
+	s.connsMu.Unlock()
+	s.metrics.connsOpen.Inc()
+	s.metrics.connsTotal.Inc()
+}
+
+func (s *Server) removeConn(c *session) {
+	s.connsMu.Lock()
+	delete(s.conns, c.id)
+	s.connsMu.Unlock()
+	s.metrics.connsOpen.Dec()
+}
+
+func (s *Server) connCount() int {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) snapshotConns() []*session {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	out := make([]*session, 0, len(s.conns))
+	for _, c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// sweep closes connections that missed the login deadline or went idle.
+// One pass over all connections per tick is far cheaper than a timer per
+// connection, and gnet has no deadlines of its own.
+func (s *Server) sweep() {
+	defer close(s.sweepDone)
+	interval := min(time.Second, s.opts.IdleTimeout/4, s.opts.LoginTimeout/4)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.sweepStop:
+			return
+		case now := <-t.C:
+			nowNs := now.UnixNano()
+			for _, c := range s.snapshotConns() {
+				switch {
+				case c.user.Load() == nil && nowNs-c.openedAt > int64(s.opts.LoginTimeout):
+					c.kick(chatpb.KickReason_KICK_REASON_LOGIN_TIMEOUT, "not logged in within "+s.opts.LoginTimeout.String())
+				case nowNs-c.lastSeen.Load() > int64(s.opts.IdleTimeout):
+					c.kick(chatpb.KickReason_KICK_REASON_IDLE_TIMEOUT, "silent for more than "+s.opts.IdleTimeout.String())
+				}
+			}
+		}
+	}
+}
+
+// onEvent is the broker's handler: route an event to this node's session
+// of uid, if any.
+func (s *Server) onEvent(uid uint64, ev Event) {
+	c := s.users.get(uid)
+	if c == nil {
+		return
+	}
+	switch {
+	case ev.Message != nil:
+		c.push(ev.Message, ev.frame)
+	case ev.Login != nil:
+		u := c.user.Load()
+		if u == nil || ev.Login.NodeID == s.opts.NodeID {
+			return // same-node logins replace sessions in the user table
+		}
+		if u.loginAtMs <= ev.Login.AtMs {
+			c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in on node "+ev.Login.NodeID)
+		}
+	}
+}
+
+// userTable maps logged-in users to their session on this node. Updates
+// for one user are serialised by a striped lock that is held across the
+// broker (un)subscribe, so a late Unsubscribe from an old session can never
+// undo a newer session's Subscribe.
+type userTable struct {
+	stripes [64]struct {
+		sync.Mutex
+		m map[uint64]*session
+	}
+}
+
+func (t *userTable) init() {
+	for i := range t.stripes {
+		t.stripes[i].m = make(map[uint64]*session)
+	}
+}
+
+func (t *userTable) get(uid uint64) *session {
+	st := &t.stripes[uid%uint64(len(t.stripes))]
+	st.Lock()
+	defer st.Unlock()
+	return st.m[uid]
+}
+
+// bind makes c the session of uid, subscribing the node when uid was not
+// here, and returns the session it replaced.
+func (s *Server) bindUser(ctx context.Context, uid uint64, c *session) (old *session, err error) {
+	st := &s.users.stripes[uid%uint64(len(s.users.stripes))]
+	st.Lock()
+	defer st.Unlock()
+	old = st.m[uid]
+	if old == nil {
+		if err := s.broker.Subscribe(ctx, uid); err != nil {
+			return nil, err
+		}
+	}
+	st.m[uid] = c
+	return old, nil
+}
+
+// unbindUser removes c as uid's session if it still is, unsubscribing.
+func (s *Server) unbindUser(ctx context.Context, uid uint64, c *session) {
+	st := &s.users.stripes[uid%uint64(len(s.users.stripes))]
+	st.Lock()
+	defer st.Unlock()
+	if st.m[uid] != c {
+		return
+	}
+	delete(st.m, uid)
+	if err := s.broker.Unsubscribe(ctx, uid); err != nil {
+		s.log.Warn("unsubscribe failed", "user_id", uid, "err", err)
+	}
+}

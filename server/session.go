@@ -1,0 +1,406 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/loopchat/loopchat/codec"
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+)
+
+// transport is an engine's write side of one connection. Every method is
+// safe for concurrent use and none blocks.
+type transport interface {
+	// send queues an encoded frame; the transport owns it afterwards. When
+	// more than the outbound limit is waiting, the connection is closed as a
+	// slow consumer instead.
+	send(frame []byte)
+	// sendAndClose queues a last frame and closes once it is written.
+	sendAndClose(frame []byte)
+	// queued estimates the bytes accepted but not yet written to the socket.
+	queued() int
+	// close closes the connection without a last frame.
+	close()
+}
+
+// sessionUser is who a session is logged in as.
+type sessionUser struct {
+	id        uint64
+	name      string
+	loginAtMs int64
+}
+
+// mailItem is one unit of a session's ordered work: a request, or the
+// notice that the connection closed (cleanup runs after earlier requests).
+type mailItem struct {
+	frame  *chatpb.Frame
+	closed bool
+}
+
+// replayState buffers live pushes while the inbox is being replayed at
+// login, so the client sees its inbox oldest first, then live messages,
+// each once.
+type replayState struct {
+	held     []Event
+	overflow bool
+	sent     map[uint64]struct{}
+}
+
+// maxHeldPushes bounds live pushes buffered during a replay; beyond it the
+// replay re-reads the inbox instead (the messages are stored there anyway).
+const maxHeldPushes = 4096
+
+// replayPage is how many inbox messages one store read returns.
+const replayPage = 256
+
+// requestTimeout bounds each request's store and broker calls.
+const requestTimeout = 10 * time.Second
+
+// session is the server's state for one client connection.
+//
+// Concurrency: the reading side (an event loop, or the net engine's reader
+// goroutine) owns limiter and broken. Requests run on one worker at a time
+// (mailbox), so handlers see each connection's requests in order. Fields
+// read by other goroutines (sweeper, event delivery) are atomics or under mu.
+type session struct {
+	srv      *Server
+	id       uint64
+	remote   string
+	out      transport
+	openedAt int64 // unix ns
+	lastSeen atomic.Int64
+	limiter  *rate.Limiter
+	broken   bool
+	kicked   atomic.Bool
+	user     atomic.Pointer[sessionUser]
+
+	mu      sync.Mutex
+	queue   []mailItem
+	running bool
+	gone    bool
+
+	pushMu sync.Mutex
+	replay *replayState
+}
+
+func (s *Server) newSession(remote string, out transport) *session {
+	now := time.Now().UnixNano()
+	c := &session{
+		srv:      s,
+		id:       s.nextConnID.Add(1),
+		remote:   remote,
+		out:      out,
+		openedAt: now,
+		limiter:  rate.NewLimiter(rate.Limit(s.opts.RateLimit), s.opts.RateBurst),
+	}
+	c.lastSeen.Store(now)
+	return c
+}
+
+func (c *session) logger() *slog.Logger {
+	l := c.srv.log.With("conn", c.id, "remote", c.remote)
+	if u := c.user.Load(); u != nil {
+		l = l.With("user_id", u.id, "user", u.name)
+	}
+	return l
+}
+
+// received handles one frame payload on the reading side. With inline the
+// request runs right here (net engine); otherwise it is queued for a worker
+// (gnet: the event loop must not wait). It returns false after a protocol
+// error: the connection is being closed and must not be read further.
+func (c *session) received(payload []byte, inline bool) bool {
+	f, err := protocol.Decode(payload)
+	var invalid *protocol.InvalidFrameError
+	switch {
+	case errors.As(err, &invalid):
+		f = &chatpb.Frame{Seq: invalid.Seq}
+	case err != nil:
+		c.protocolError("garbage", err)
+		return false
+	}
+	if !c.limiter.Allow() {
+		c.srv.metrics.rateLimited.Inc()
+		c.fail(f.GetSeq(), protocol.Kind(f), ErrRateLimited)
+		return true
+	}
+	if invalid != nil {
+		c.fail(invalid.Seq, "invalid", protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT,
+			"malformed request (strings must be valid UTF-8): %v", invalid.Err))
+		return true
+	}
+	if inline {
+		c.handle(f)
+		return true
+	}
+	if !c.enqueue(mailItem{frame: f}) {
+		c.srv.metrics.rateLimited.Inc()
+		c.fail(f.GetSeq(), protocol.Kind(f), ErrTooManyPending)
+	}
+	return true
+}
+
+// frameError is called by an engine when the framing itself is broken.
+func (c *session) frameError(err error) {
+	kind := "garbage"
+	switch {
+	case errors.Is(err, codec.ErrZeroLength):
+		kind = "zero_length"
+	case errors.Is(err, codec.ErrFrameTooLarge):
+		kind = "too_large"
+	}
+	c.protocolError(kind, err)
+}
+
+// protocolError tells the client what broke, then closes: the byte stream
+// cannot be trusted past this point.
+func (c *session) protocolError(kind string, err error) {
+	c.broken = true
+	c.srv.metrics.frameErrors.WithLabelValues(kind).Inc()
+	c.logger().Info("protocol error", "kind", kind, "err", err)
+	c.write(&chatpb.Frame{Body: &chatpb.Frame_Error{Error: &chatpb.Error{
+		Code: chatpb.ErrorCode_ERROR_CODE_PROTOCOL, Message: err.Error()}}})
+	c.kick(chatpb.KickReason_KICK_REASON_PROTOCOL_ERROR, err.Error())
+}
+
+func (c *session) enqueue(it mailItem) bool {
+	c.mu.Lock()
+	if !it.closed && len(c.queue) >= c.srv.opts.MaxPending {
+		c.mu.Unlock()
+		return false
+	}
+	c.queue = append(c.queue, it)
+	start := !c.running
+	c.running = true
+	c.mu.Unlock()
+	if start {
+		c.srv.runq.push(c)
+	}
+	return true
+}
+
+// drain runs the mailbox until it is empty; one worker at a time.
+func (c *session) drain() {
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 {
+			c.queue = nil // an idle connection keeps no buffer
+			c.running = false
+			c.mu.Unlock()
+			return
+		}
+		it := c.queue[0]
+		c.queue[0] = mailItem{}
+		c.queue = c.queue[1:]
+		gone := c.gone
+		c.mu.Unlock()
+		switch {
+		case it.closed:
+			c.cleanup()
+		case !gone:
+			c.handle(it.frame)
+		}
+	}
+}
+
+// closed is called once by the engine when the connection is gone. With
+// inline the cleanup runs now; otherwise after the requests already queued.
+func (c *session) closed(inline bool) {
+	c.mu.Lock()
+	c.gone = true
+	c.mu.Unlock()
+	c.srv.removeConn(c)
+	if inline {
+		c.cleanup()
+		return
+	}
+	c.enqueue(mailItem{closed: true})
+}
+
+func (c *session) isGone() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gone
+}
+
+// cleanup logs the user out of this node when the connection ends.
+func (c *session) cleanup() {
+	if u := c.user.Swap(nil); u != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		defer cancel()
+		c.srv.unbindUser(ctx, u.id, c)
+	}
+}
+
+// write encodes f and queues it.
+func (c *session) write(f *chatpb.Frame) {
+	buf, err := protocol.Encode(f)
+	if err != nil {
+		c.logger().Error("encode frame", "err", err)
+		return
+	}
+	c.out.send(buf)
+}
+
+func (c *session) fail(seq uint64, kind string, err error) {
+	pe := clientError(err)
+	if pe.Code == chatpb.ErrorCode_ERROR_CODE_INTERNAL || pe.Code == chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE {
+		c.logger().Warn("request failed", "type", kind, "err", err)
+	}
+	c.srv.metrics.requests.WithLabelValues(kind, protocol.CodeName(pe.Code)).Inc()
+	c.write(&chatpb.Frame{Seq: seq, Body: &chatpb.Frame_Error{Error: pe.Proto()}})
+}
+
+// kick sends Kicked{reason} and closes the connection, once.
+func (c *session) kick(reason chatpb.KickReason, msg string) {
+	if !c.kicked.CompareAndSwap(false, true) {
+		return
+	}
+	c.srv.metrics.kicks.WithLabelValues(protocol.KickReasonName(reason)).Inc()
+	c.logger().Info("kicked", "reason", protocol.KickReasonName(reason))
+	buf, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Kicked{Kicked: &chatpb.Kicked{Reason: reason, Message: msg}}})
+	if err != nil {
+		c.out.close()
+		return
+	}
+	c.out.sendAndClose(buf)
+}
+
+// slowConsumer is how transports report a client that does not read.
+func (c *session) slowConsumer() {
+	c.kick(chatpb.KickReason_KICK_REASON_SLOW_CONSUMER, "too much unread data")
+}
+
+// push delivers a live message, or holds it while the inbox replays.
+func (c *session) push(m *chatpb.Message, frame []byte) {
+	c.pushMu.Lock()
+	defer c.pushMu.Unlock()
+	if r := c.replay; r != nil {
+		if len(r.held) < maxHeldPushes {
+			r.held = append(r.held, Event{Message: m, frame: frame})
+		} else {
+			r.overflow = true
+		}
+		return
+	}
+	c.writePush(m, frame)
+	c.srv.metrics.deliveredLive.Inc()
+}
+
+func (c *session) writePush(m *chatpb.Message, frame []byte) {
+	if frame == nil {
+		var err error
+		if frame, err = encodePush(m); err != nil {
+			c.logger().Error("encode push", "err", err)
+			return
+		}
+	}
+	c.out.send(frame)
+}
+
+func encodePush(m *chatpb.Message) ([]byte, error) {
+	return protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+}
+
+// beginReplay starts holding live pushes; call before subscribing.
+func (c *session) beginReplay() {
+	c.pushMu.Lock()
+	c.replay = &replayState{sent: make(map[uint64]struct{})}
+	c.pushMu.Unlock()
+}
+
+// replayInbox pushes uid's stored messages oldest first, pacing itself by
+// the connection's outbound queue, then the live pushes held meanwhile that
+// the inbox did not already contain.
+func (c *session) replayInbox(ctx context.Context, uid uint64) {
+	defer func() {
+		c.pushMu.Lock()
+		c.replay = nil
+		c.pushMu.Unlock()
+	}()
+	var after uint64
+	for {
+		for {
+			page, err := c.srv.store.Inbox(ctx, uid, after, replayPage)
+			if err != nil {
+				c.logger().Warn("inbox replay failed; messages stay stored for the next login", "err", err)
+				break
+			}
+			for _, m := range page {
+				if !c.waitWritable() {
+					return
+				}
+				c.pushMu.Lock()
+				c.replay.sent[m.MsgId] = struct{}{}
+				c.writePush(m, nil)
+				c.pushMu.Unlock()
+				c.srv.metrics.deliveredReplay.Inc()
+				after = m.MsgId
+			}
+			if len(page) < replayPage {
+				break
+			}
+		}
+		c.pushMu.Lock()
+		r := c.replay
+		if r.overflow {
+			// Too many live pushes to hold: they are all in the inbox, so
+			// read it again; the sent set keeps each message to one push.
+			r.overflow, r.held, after = false, nil, 0
+			c.pushMu.Unlock()
+			continue
+		}
+		slices.SortFunc(r.held, func(a, b Event) int {
+			return compareU64(a.Message.MsgId, b.Message.MsgId)
+		})
+		for _, ev := range r.held {
+			if _, dup := r.sent[ev.Message.MsgId]; !dup {
+				c.writePush(ev.Message, ev.frame)
+				c.srv.metrics.deliveredLive.Inc()
+			}
+		}
+		c.replay = nil
+		c.pushMu.Unlock()
+		return
+	}
+}
+
+func compareU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// waitWritable blocks while half the outbound limit is queued, so a long
+// replay never turns a healthy client into a slow consumer. A client that
+// reads nothing for 30s is kicked as one.
+func (c *session) waitWritable() bool {
+	limit := c.srv.opts.MaxOutbound / 2
+	deadline := time.Now().Add(30 * time.Second)
+	for c.out.queued() > limit {
+		if c.isGone() || c.kicked.Load() {
+			return false
+		}
+		if time.Now().After(deadline) {
+			c.slowConsumer()
+			return false
+		}
+		if r, ok := c.out.(interface{ refresh() }); ok {
+			r.refresh()
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return !c.isGone()
+}

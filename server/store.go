@@ -1,0 +1,98 @@
+package server
+
+import (
+	"context"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// User is a registered account.
+type User struct {
+	ID           uint64
+	Name         string // as registered; lookups ignore case
+	PasswordHash []byte // bcrypt
+}
+
+// Member is one user's membership of a group.
+type Member struct {
+	UserID   uint64
+	Username string
+	Role     chatpb.Role
+}
+
+// Group is a chat group with its members, creator first.
+type Group struct {
+	ID          uint64
+	Name        string
+	Description string
+	Members     []Member
+}
+
+// HasMember reports whether uid is a member of g.
+func (g *Group) HasMember(uid uint64) bool {
+	for _, m := range g.Members {
+		if m.UserID == uid {
+			return true
+		}
+	}
+	return false
+}
+
+// AppendResult is what Store.AppendMessage did.
+type AppendResult struct {
+	// Message is the stored message. For a duplicate client_msg_id it is the
+	// first send's message, whose msg_id and sent_at the caller must report.
+	Message *chatpb.Message
+	// Duplicate is true when the (sender, client_msg_id) pair was seen
+	// before: nothing was stored and nothing must be delivered.
+	Duplicate bool
+	// Trimmed counts messages dropped from full inboxes to make room.
+	Trimmed int
+}
+
+// Store keeps users, friendships, groups and inboxes. Every method is safe
+// for concurrent use and may block on I/O, so it is never called on an event
+// loop. Errors the client should see are *protocol.Error values (ErrNotFound,
+// ErrAlreadyExists, ...); anything else is a storage fault.
+//
+// Two implementations share one conformance suite (store_conformance_test.go):
+// the embedded bbolt store and, in cluster mode, the Redis store.
+type Store interface {
+	// CreateUser adds a user; the name must be free, ignoring case.
+	CreateUser(ctx context.Context, name string, passwordHash []byte) (User, error)
+	// UserByName finds a user by name, ignoring case.
+	UserByName(ctx context.Context, name string) (User, error)
+	// UserByID finds a user by id.
+	UserByID(ctx context.Context, id uint64) (User, error)
+
+	// AddFriend makes a and b friends of each other.
+	AddFriend(ctx context.Context, a, b uint64) error
+	// Friends lists uid's friends in the order they were added.
+	Friends(ctx context.Context, uid uint64) ([]User, error)
+
+	// CreateGroup makes a group whose first member, with role creator, is creator.
+	CreateGroup(ctx context.Context, creator uint64, name, description string) (Group, error)
+	// JoinGroup adds uid to gid as a member.
+	JoinGroup(ctx context.Context, gid, uid uint64) error
+	// LeaveGroup removes uid from gid.
+	LeaveGroup(ctx context.Context, gid, uid uint64) error
+	// Group returns gid with its members.
+	Group(ctx context.Context, gid uint64) (Group, error)
+	// GroupsOf lists the groups uid belongs to, with their members.
+	GroupsOf(ctx context.Context, uid uint64) ([]Group, error)
+
+	// AppendMessage durably appends m to the inbox of every recipient. When
+	// clientMsgID is not empty and (m.FromUserId, clientMsgID) was appended
+	// before within the dedup window, nothing is stored and the earlier
+	// message is returned as a duplicate. Only once AppendMessage returns nil
+	// may the message be reported as sent.
+	AppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error)
+	// Inbox returns up to limit unacknowledged messages of uid with msg_id
+	// greater than after, oldest first.
+	Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error)
+	// Ack removes the given messages from uid's inbox; unknown ids are ignored.
+	Ack(ctx context.Context, uid uint64, msgIDs []uint64) error
+
+	// Close releases the store; pending writes finish first.
+	Close() error
+}

@@ -1,0 +1,548 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+)
+
+// Bucket layout of the embedded store. Ids are 8-byte big-endian so keys
+// sort numerically; composite keys concatenate them, so a prefix scan over
+// the first id lists everything that belongs to it.
+var (
+	bucketUsers      = []byte("users")       // uid -> userRecord JSON
+	bucketUsernames  = []byte("usernames")   // lower(name) -> uid
+	bucketFriends    = []byte("friends")     // uid|seq -> friend uid (seq keeps add order)
+	bucketFriendIdx  = []byte("friend_idx")  // uid|friend uid -> empty
+	bucketGroups     = []byte("groups")      // gid -> groupRecord JSON
+	bucketMembers    = []byte("members")     // gid|uid -> role byte
+	bucketMemberSeq  = []byte("member_seq")  // gid|seq -> uid (keeps join order)
+	bucketUserGroups = []byte("user_groups") // uid|gid -> empty
+	bucketInbox      = []byte("inbox")       // uid|msg_id -> chatpb.Message
+	bucketInboxCount = []byte("inbox_count") // uid -> count
+	bucketDedup      = []byte("dedup")       // sender|client_msg_id -> msg_id
+	bucketDedupAge   = []byte("dedup_age")   // msg_id|sender -> client_msg_id (for expiry)
+	bucketMessages   = []byte("dedup_msgs")  // msg_id -> chatpb.Message, kept while its dedup entry lives
+	allBuckets       = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
+		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
+		bucketDedupAge, bucketMessages}
+)
+
+type userRecord struct {
+	Name string `json:"name"`
+	Hash []byte `json:"hash"`
+}
+
+type groupRecord struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+	Creator     uint64 `json:"creator"`
+}
+
+// BoltConfig configures the embedded store. Zero values mean the default.
+type BoltConfig struct {
+	// Path of the database file; required.
+	Path string
+	// InboxLimit caps each user's inbox; the oldest are trimmed past it.
+	// Zero means 10,000.
+	InboxLimit int
+	// DedupWindow is how long a client_msg_id is remembered. Zero means 24h.
+	DedupWindow time.Duration
+	// MaxBatch caps how many writes share one commit. Zero means 1,000.
+	MaxBatch int
+}
+
+// BoltStore is the embedded single-node Store on bbolt. Writes from all
+// goroutines funnel into one committer that packs whatever is waiting into
+// one transaction (group commit): one fsync serves a whole batch, and an
+// idle store adds no delay to a lone write.
+type BoltStore struct {
+	db          *bolt.DB
+	cfg         BoltConfig
+	committer   *committer
+	stopJanitor chan struct{}
+	janitorDone chan struct{}
+}
+
+// OpenBoltStore opens (creating if needed) the database at cfg.Path.
+func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
+	if cfg.InboxLimit <= 0 {
+		cfg.InboxLimit = 10000
+	}
+	if cfg.DedupWindow <= 0 {
+		cfg.DedupWindow = 24 * time.Hour
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 1000
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{
+		Timeout:        2 * time.Second, // another process holds the file lock
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", cfg.Path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
+	}
+	s := &BoltStore{db: db, cfg: cfg, stopJanitor: make(chan struct{}), janitorDone: make(chan struct{})}
+	s.committer = newCommitter(db, cfg.MaxBatch)
+	go s.janitor()
+	return s, nil
+}
+
+// Close stops the committer after the writes already queued and closes the file.
+func (s *BoltStore) Close() error {
+	close(s.stopJanitor)
+	<-s.janitorDone
+	s.committer.close()
+	return s.db.Close()
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+func key2(a, b uint64) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), a), b)
+}
+
+func nameKey(name string) []byte { return []byte(strings.ToLower(name)) }
+
+func (s *BoltStore) CreateUser(ctx context.Context, name string, hash []byte) (User, error) {
+	var u User
+	err := s.committer.do(ctx, func(tx *bolt.Tx) error {
+		names := tx.Bucket(bucketUsernames)
+		if names.Get(nameKey(name)) != nil {
+			return ErrUsernameTaken
+		}
+		users := tx.Bucket(bucketUsers)
+		id, err := users.NextSequence()
+		if err != nil {
+			return err
+		}
+		rec, _ := json.Marshal(userRecord{Name: name, Hash: hash})
+		if err := users.Put(u64(id), rec); err != nil {
+			return err
+		}
+		if err := names.Put(nameKey(name), u64(id)); err != nil {
+			return err
+		}
+		u = User{ID: id, Name: name, PasswordHash: hash}
+		return nil
+	})
+	return u, err
+}
+
+func getUser(tx *bolt.Tx, id uint64) (User, error) {
+	v := tx.Bucket(bucketUsers).Get(u64(id))
+	if v == nil {
+		return User{}, ErrUserNotFound
+	}
+	var rec userRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return User{}, fmt.Errorf("store: user %d: %w", id, err)
+	}
+	return User{ID: id, Name: rec.Name, PasswordHash: rec.Hash}, nil
+}
+
+func (s *BoltStore) UserByName(_ context.Context, name string) (u User, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketUsernames).Get(nameKey(name))
+		if v == nil {
+			return ErrUserNotFound
+		}
+		u, err = getUser(tx, binary.BigEndian.Uint64(v))
+		return err
+	})
+	return u, err
+}
+
+func (s *BoltStore) UserByID(_ context.Context, id uint64) (u User, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		u, err = getUser(tx, id)
+		return err
+	})
+	return u, err
+}
+
+func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64) error {
+	if a == b {
+		return ErrFriendSelf
+	}
+	return s.committer.do(ctx, func(tx *bolt.Tx) error {
+		for _, id := range []uint64{a, b} {
+			if _, err := getUser(tx, id); err != nil {
+				return err
+			}
+		}
+		idx := tx.Bucket(bucketFriendIdx)
+		if idx.Get(key2(a, b)) != nil {
+			return ErrAlreadyFriends
+		}
+		friends := tx.Bucket(bucketFriends)
+		seq, err := friends.NextSequence()
+		if err != nil {
+			return err
+		}
+		for _, p := range [][2]uint64{{a, b}, {b, a}} {
+			if err := idx.Put(key2(p[0], p[1]), nil); err != nil {
+				return err
+			}
+			if err := friends.Put(key2(p[0], seq), u64(p[1])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s *BoltStore) Friends(_ context.Context, uid uint64) (out []User, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		prefix := u64(uid)
+		c := tx.Bucket(bucketFriends).Cursor()
+		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+			u, err := getUser(tx, binary.BigEndian.Uint64(v))
+			if err != nil {
+				return err
+			}
+			u.PasswordHash = nil
+			out = append(out, u)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *BoltStore) CreateGroup(ctx context.Context, creator uint64, name, desc string) (Group, error) {
+	var g Group
+	err := s.committer.do(ctx, func(tx *bolt.Tx) error {
+		u, err := getUser(tx, creator)
+		if err != nil {
+			return err
+		}
+		groups := tx.Bucket(bucketGroups)
+		gid, err := groups.NextSequence()
+		if err != nil {
+			return err
+		}
+		rec, _ := json.Marshal(groupRecord{Name: name, Description: desc, Creator: creator})
+		if err := groups.Put(u64(gid), rec); err != nil {
+			return err
+		}
+		if err := addMember(tx, gid, creator, chatpb.Role_ROLE_CREATOR); err != nil {
+			return err
+		}
+		g = Group{ID: gid, Name: name, Description: desc,
+			Members: []Member{{UserID: creator, Username: u.Name, Role: chatpb.Role_ROLE_CREATOR}}}
+		return nil
+	})
+	return g, err
+}
+
+func addMember(tx *bolt.Tx, gid, uid uint64, role chatpb.Role) error {
+	members := tx.Bucket(bucketMembers)
+	if members.Get(key2(gid, uid)) != nil {
+		return ErrAlreadyMember
+	}
+	seqs := tx.Bucket(bucketMemberSeq)
+	seq, err := seqs.NextSequence()
+	if err != nil {
+		return err
+	}
+	if err := members.Put(key2(gid, uid), []byte{byte(role)}); err != nil {
+		return err
+	}
+	if err := seqs.Put(key2(gid, seq), u64(uid)); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketUserGroups).Put(key2(uid, gid), nil)
+}
+
+func (s *BoltStore) JoinGroup(ctx context.Context, gid, uid uint64) error {
+	return s.committer.do(ctx, func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketGroups).Get(u64(gid)) == nil {
+			return ErrGroupNotFound
+		}
+		if _, err := getUser(tx, uid); err != nil {
+			return err
+		}
+		return addMember(tx, gid, uid, chatpb.Role_ROLE_MEMBER)
+	})
+}
+
+func (s *BoltStore) LeaveGroup(ctx context.Context, gid, uid uint64) error {
+	return s.committer.do(ctx, func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketGroups).Get(u64(gid)) == nil {
+			return ErrGroupNotFound
+		}
+		members := tx.Bucket(bucketMembers)
+		if members.Get(key2(gid, uid)) == nil {
+			return ErrNotMember
+		}
+		if err := members.Delete(key2(gid, uid)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketUserGroups).Delete(key2(uid, gid)); err != nil {
+			return err
+		}
+		prefix := u64(gid)
+		c := tx.Bucket(bucketMemberSeq).Cursor()
+		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+			if binary.BigEndian.Uint64(v) == uid {
+				return c.Delete()
+			}
+		}
+		return nil
+	})
+}
+
+func getGroup(tx *bolt.Tx, gid uint64) (Group, error) {
+	v := tx.Bucket(bucketGroups).Get(u64(gid))
+	if v == nil {
+		return Group{}, ErrGroupNotFound
+	}
+	var rec groupRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return Group{}, fmt.Errorf("store: group %d: %w", gid, err)
+	}
+	g := Group{ID: gid, Name: rec.Name, Description: rec.Description}
+	members := tx.Bucket(bucketMembers)
+	prefix := u64(gid)
+	c := tx.Bucket(bucketMemberSeq).Cursor()
+	for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+		uid := binary.BigEndian.Uint64(v)
+		role := members.Get(key2(gid, uid))
+		if role == nil {
+			continue
+		}
+		u, err := getUser(tx, uid)
+		if err != nil {
+			return Group{}, err
+		}
+		g.Members = append(g.Members, Member{UserID: uid, Username: u.Name, Role: chatpb.Role(role[0])})
+	}
+	return g, nil
+}
+
+func (s *BoltStore) Group(_ context.Context, gid uint64) (g Group, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		g, err = getGroup(tx, gid)
+		return err
+	})
+	return g, err
+}
+
+func (s *BoltStore) GroupsOf(_ context.Context, uid uint64) (out []Group, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		prefix := u64(uid)
+		c := tx.Bucket(bucketUserGroups).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
+			g, err := getGroup(tx, binary.BigEndian.Uint64(k[8:]))
+			if err != nil {
+				return err
+			}
+			out = append(out, g)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error) {
+	encoded, err := proto.Marshal(m)
+	if err != nil {
+		return AppendResult{}, fmt.Errorf("store: encode message: %w", err)
+	}
+	var res AppendResult
+	err = s.committer.do(ctx, func(tx *bolt.Tx) error {
+		res = AppendResult{Message: m}
+		var dedupKey []byte
+		if clientMsgID != "" {
+			dedupKey = append(u64(m.FromUserId), clientMsgID...)
+			if v := tx.Bucket(bucketDedup).Get(dedupKey); v != nil {
+				first := new(chatpb.Message)
+				if err := proto.Unmarshal(tx.Bucket(bucketMessages).Get(v), first); err != nil {
+					return fmt.Errorf("store: dedup message: %w", err)
+				}
+				res = AppendResult{Message: first, Duplicate: true}
+				return nil
+			}
+		}
+		inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
+		for _, uid := range recipients {
+			if err := inbox.Put(key2(uid, m.MsgId), encoded); err != nil {
+				return err
+			}
+			n := uint64(1)
+			if v := counts.Get(u64(uid)); v != nil {
+				n += binary.BigEndian.Uint64(v)
+			}
+			for n > uint64(s.cfg.InboxLimit) {
+				// Trim the oldest: the first key under this user's prefix.
+				c := inbox.Cursor()
+				k, _ := c.Seek(u64(uid))
+				if k == nil || !hasPrefix(k, u64(uid)) {
+					break
+				}
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n--
+				res.Trimmed++
+			}
+			if err := counts.Put(u64(uid), u64(n)); err != nil {
+				return err
+			}
+		}
+		if dedupKey != nil {
+			id := u64(m.MsgId)
+			if err := tx.Bucket(bucketDedup).Put(dedupKey, id); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketDedupAge).Put(key2(m.MsgId, m.FromUserId), []byte(clientMsgID)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketMessages).Put(id, encoded); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return res, err
+}
+
+func (s *BoltStore) Inbox(_ context.Context, uid, after uint64, limit int) (out []*chatpb.Message, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		prefix := u64(uid)
+		c := tx.Bucket(bucketInbox).Cursor()
+		k, v := c.Seek(key2(uid, after+1))
+		for ; k != nil && hasPrefix(k, prefix) && len(out) < limit; k, v = c.Next() {
+			m := new(chatpb.Message)
+			if err := proto.Unmarshal(v, m); err != nil {
+				return fmt.Errorf("store: inbox message: %w", err)
+			}
+			out = append(out, m)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
+	return s.committer.do(ctx, func(tx *bolt.Tx) error {
+		inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
+		removed := uint64(0)
+		for _, id := range ids {
+			k := key2(uid, id)
+			if inbox.Get(k) == nil {
+				continue
+			}
+			if err := inbox.Delete(k); err != nil {
+				return err
+			}
+			removed++
+		}
+		if removed == 0 {
+			return nil
+		}
+		var n uint64
+		if v := counts.Get(u64(uid)); v != nil {
+			n = binary.BigEndian.Uint64(v)
+		}
+		if removed >= n {
+			return counts.Delete(u64(uid))
+		}
+		return counts.Put(u64(uid), u64(n-removed))
+	})
+}
+
+// janitor expires client_msg_id entries older than the dedup window.
+func (s *BoltStore) janitor() {
+	defer close(s.janitorDone)
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopJanitor:
+			return
+		case <-t.C:
+			_ = s.expireDedup(context.Background(), time.Now().Add(-s.cfg.DedupWindow))
+		}
+	}
+}
+
+// expireDedup forgets client_msg_ids of messages sent before cutoff, at
+// most a bounded number per transaction so it never stalls other writes.
+func (s *BoltStore) expireDedup(ctx context.Context, cutoff time.Time) error {
+	limit := msgIDFloor(cutoff)
+	for {
+		more := false
+		err := s.committer.do(ctx, func(tx *bolt.Tx) error {
+			age, dedup, msgs := tx.Bucket(bucketDedupAge), tx.Bucket(bucketDedup), tx.Bucket(bucketMessages)
+			c := age.Cursor()
+			n := 0
+			for k, v := c.First(); k != nil; k, v = c.First() {
+				if binary.BigEndian.Uint64(k[:8]) >= limit {
+					return nil
+				}
+				if n == 1000 {
+					more = true
+					return nil
+				}
+				if err := dedup.Delete(append(append([]byte(nil), k[8:16]...), v...)); err != nil {
+					return err
+				}
+				if err := msgs.Delete(k[:8]); err != nil {
+					return err
+				}
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil || !more {
+			return err
+		}
+	}
+}
+
+func hasPrefix(k, prefix []byte) bool {
+	return len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix)
+}
+
+// Ensure BoltStore implements Store.
+var _ Store = (*BoltStore)(nil)
+
+// isDomainError reports whether err is an answer for the client (a
+// *protocol.Error) rather than a storage fault. Write functions check
+// before they write, so a domain error leaves the transaction clean.
+func isDomainError(err error) bool {
+	var pe *protocol.Error
+	return errors.As(err, &pe)
+}
