@@ -207,6 +207,10 @@ func (c *session) drain() {
 			c.cleanup()
 		case !gone:
 			c.handle(it.frame)
+		case it.frame.GetAck() != nil && c.user.Load() != nil:
+			// A client that acks and hangs up at once still means the ack;
+			// it needs no response, so run it though the connection is gone.
+			c.handle(it.frame)
 		}
 	}
 }

@@ -1,0 +1,422 @@
+// Package cli is the `loopchat client` command: an interactive prompt on a
+// terminal, or a script runner reading one command per line, with human
+// output or one JSON object per line (--json).
+package cli
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/loopchat/loopchat/client"
+	"github.com/loopchat/loopchat/protocol"
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// Usage lists the commands, one per line.
+const Usage = `/register USERNAME PASSWORD
+/login USERNAME PASSWORD
+/logout
+/msg USERNAME TEXT...
+/friend add USERNAME
+/friends
+/group create NAME [DESCRIPTION...]
+/group join GROUP_ID
+/group leave GROUP_ID
+/group msg GROUP_ID TEXT...
+/groups
+/ping
+/wait DURATION
+/quit`
+
+// Options configures a CLI session.
+type Options struct {
+	Client      client.Options
+	JSON        bool // one JSON object per line on Out
+	Interactive bool // print a prompt and help; otherwise run a script
+	Out         io.Writer
+}
+
+// ErrConnect wraps a failure to reach the server (exit status non-zero).
+var ErrConnect = errors.New("cannot connect")
+
+// Run executes commands from in until /quit or end of input.
+func Run(ctx context.Context, in io.Reader, opts Options) error {
+	c, err := client.Dial(ctx, opts.Client)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConnect, err)
+	}
+	s := &shell{c: c, opts: opts, out: opts.Out}
+	pushesDone := make(chan struct{})
+	go func() {
+		defer close(pushesDone)
+		s.pushes()
+	}()
+	defer func() {
+		c.Close()
+		<-pushesDone
+	}()
+
+	if opts.Interactive {
+		s.println("connected to " + opts.Client.Addr + "; /help lists commands")
+	}
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for {
+		if opts.Interactive {
+			s.prompt()
+		}
+		if !sc.Scan() {
+			break
+		}
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if line == "/quit" || line == "/exit" {
+			break
+		}
+		s.run(ctx, line)
+	}
+	return sc.Err()
+}
+
+type shell struct {
+	c    *client.Client
+	opts Options
+	out  io.Writer
+
+	mu sync.Mutex // one line at a time on out
+	me string     // logged-in username, for "to" in message events
+}
+
+func (s *shell) println(line string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintln(s.out, line)
+}
+
+func (s *shell) prompt() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprint(s.out, "> ")
+}
+
+func (s *shell) emit(obj map[string]any, human string) {
+	if s.opts.JSON {
+		s.println(marshalOrdered(obj))
+		return
+	}
+	s.println(human)
+}
+
+// pushes prints messages (then acknowledges them), kicks and disconnects.
+func (s *shell) pushes() {
+	for ev := range s.c.Events() {
+		switch {
+		case ev.Message != nil:
+			m := ev.Message
+			obj := map[string]any{"event": "message", "msg_id": m.MsgId, "from": m.FromUsername,
+				"text": m.Text, "sent_at_ms": m.SentAtMs}
+			when := time.UnixMilli(m.SentAtMs).Format("15:04:05")
+			var human string
+			if m.GroupId != 0 {
+				obj["group_id"] = m.GroupId
+				human = fmt.Sprintf("[%s] %s @ group %d: %s", when, m.FromUsername, m.GroupId, m.Text)
+			} else {
+				s.mu.Lock()
+				obj["to"] = s.me
+				s.mu.Unlock()
+				human = fmt.Sprintf("[%s] %s: %s", when, m.FromUsername, m.Text)
+			}
+			s.emit(obj, human)
+			_ = s.c.Ack(m.MsgId)
+		case ev.Kicked != nil:
+			reason := protocol.KickReasonName(ev.Kicked.Reason)
+			s.emit(map[string]any{"event": "kicked", "reason": reason, "message": ev.Kicked.Message},
+				"kicked by the server: "+strings.ReplaceAll(reason, "_", " "))
+		case ev.Error != nil:
+			s.emit(map[string]any{"event": "error", "error": errObj(ev.Error.Code, ev.Error.Message)},
+				"server error: "+ev.Error.Message)
+		case ev.Disconnected != nil || ev == (client.Event{}):
+			s.emit(map[string]any{"event": "disconnected"}, "disconnected")
+		case ev.Reconnected != nil:
+			s.emit(map[string]any{"event": "reconnected", "user_id": ev.Reconnected.UserId, "node_id": ev.Reconnected.NodeId},
+				"reconnected to node "+ev.Reconnected.NodeId)
+		}
+	}
+}
+
+func errObj(code chatpb.ErrorCode, msg string) map[string]any {
+	return map[string]any{"code": protocol.CodeName(code), "message": msg}
+}
+
+// run executes one command line and prints its response.
+func (s *shell) run(ctx context.Context, line string) {
+	words := strings.Fields(line)
+	cmd, args := words[0], words[1:]
+	name := strings.TrimPrefix(cmd, "/")
+	// Two-word commands: "/friend add", "/group create", ...
+	if (cmd == "/friend" || cmd == "/group") && len(args) > 0 {
+		name += " " + args[0]
+		args = args[1:]
+	}
+	fields, human, err := s.dispatch(ctx, name, args, line)
+	if errors.Is(err, errUsage) && name == "help" {
+		s.println(Usage)
+		return
+	}
+	if fields == nil && err == nil {
+		return // /wait prints nothing itself
+	}
+	obj := map[string]any{"event": "response", "cmd": name}
+	if err != nil {
+		obj["ok"] = false
+		var pe *protocol.Error
+		switch {
+		case errors.As(err, &pe):
+			obj["error"] = errObj(pe.Code, pe.Message)
+			human = fmt.Sprintf("error (%s): %s", protocol.CodeName(pe.Code), pe.Message)
+		case errors.Is(err, errUsage):
+			obj["error"] = map[string]any{"code": "usage", "message": err.Error()}
+			human = err.Error()
+		default:
+			obj["error"] = map[string]any{"code": "client", "message": err.Error()}
+			human = "error: " + err.Error()
+		}
+		s.emit(obj, human)
+		return
+	}
+	obj["ok"] = true
+	for k, v := range fields {
+		obj[k] = v
+	}
+	s.emit(obj, human)
+}
+
+var errUsage = errors.New("usage")
+
+func usage(form string) error { return fmt.Errorf("%w: %s", errUsage, form) }
+
+// restAfter returns the text of line after its first n words, spaces kept.
+func restAfter(line string, n int) string {
+	rest := strings.TrimSpace(line)
+	for range n {
+		i := strings.IndexFunc(rest, func(r rune) bool { return r == ' ' || r == '\t' })
+		if i < 0 {
+			return ""
+		}
+		rest = strings.TrimLeft(rest[i:], " \t")
+	}
+	return rest
+}
+
+func (s *shell) dispatch(ctx context.Context, name string, args []string, line string) (map[string]any, string, error) {
+	switch name {
+	case "register":
+		if len(args) != 2 {
+			return nil, "", usage("/register USERNAME PASSWORD")
+		}
+		id, err := s.c.Register(ctx, args[0], args[1])
+		return map[string]any{"user_id": id}, fmt.Sprintf("registered %s (user %d)", args[0], id), err
+	case "login":
+		if len(args) != 2 {
+			return nil, "", usage("/login USERNAME PASSWORD")
+		}
+		ok, err := s.c.Login(ctx, args[0], args[1])
+		if err != nil {
+			return nil, "", err
+		}
+		s.mu.Lock()
+		s.me = ok.Username
+		s.mu.Unlock()
+		return map[string]any{"user_id": ok.UserId, "username": ok.Username, "node_id": ok.NodeId,
+				"friends": friendsJSON(ok.Friends), "groups": groupsJSON(ok.Groups)},
+			fmt.Sprintf("logged in as %s (user %d) on node %s; %d friends, %d groups",
+				ok.Username, ok.UserId, ok.NodeId, len(ok.Friends), len(ok.Groups)), nil
+	case "logout":
+		err := s.c.Logout(ctx)
+		return map[string]any{}, "logged out", err
+	case "msg":
+		if len(args) < 2 {
+			return nil, "", usage("/msg USERNAME TEXT...")
+		}
+		ok, err := s.c.SendToUser(ctx, args[0], restAfter(line, 2))
+		return sendFields(ok, err)
+	case "friend add":
+		if len(args) != 1 {
+			return nil, "", usage("/friend add USERNAME")
+		}
+		err := s.c.AddFriend(ctx, args[0])
+		return map[string]any{}, args[0] + " is now your friend", err
+	case "friends":
+		fl, err := s.c.ListFriends(ctx)
+		var b strings.Builder
+		fmt.Fprintf(&b, "%d friends", len(fl))
+		for _, f := range fl {
+			fmt.Fprintf(&b, "\n  %s (user %d)%s", f.Username, f.UserId, onlineMark(f.Online))
+		}
+		return map[string]any{"friends": friendsJSON(fl)}, b.String(), err
+	case "group create":
+		if len(args) < 1 {
+			return nil, "", usage("/group create NAME [DESCRIPTION...]")
+		}
+		id, err := s.c.CreateGroup(ctx, args[0], restAfter(line, 3))
+		return map[string]any{"group_id": id}, fmt.Sprintf("created group %d", id), err
+	case "group join", "group leave":
+		if len(args) != 1 {
+			return nil, "", usage("/" + name + " GROUP_ID")
+		}
+		gid, err := strconv.ParseUint(args[0], 10, 64)
+		if err != nil {
+			return nil, "", usage("/" + name + " GROUP_ID (a number)")
+		}
+		if name == "group join" {
+			err = s.c.JoinGroup(ctx, gid)
+			return map[string]any{"group_id": gid}, fmt.Sprintf("joined group %d", gid), err
+		}
+		err = s.c.LeaveGroup(ctx, gid)
+		return map[string]any{"group_id": gid}, fmt.Sprintf("left group %d", gid), err
+	case "group msg":
+		if len(args) < 2 {
+			return nil, "", usage("/group msg GROUP_ID TEXT...")
+		}
+		gid, err := strconv.ParseUint(args[0], 10, 64)
+		if err != nil {
+			return nil, "", usage("/group msg GROUP_ID (a number) TEXT...")
+		}
+		ok, err := s.c.SendToGroup(ctx, gid, restAfter(line, 3))
+		return sendFields(ok, err)
+	case "groups":
+		gl, err := s.c.ListGroups(ctx)
+		var b strings.Builder
+		fmt.Fprintf(&b, "%d groups", len(gl))
+		for _, g := range gl {
+			fmt.Fprintf(&b, "\n  %d %s — %s", g.GroupId, g.Name, g.Description)
+			for _, m := range g.Members {
+				fmt.Fprintf(&b, "\n    %s%s%s", m.Username, roleMark(m.Role), onlineMark(m.Online))
+			}
+		}
+		return map[string]any{"groups": groupsJSON(gl)}, b.String(), err
+	case "ping":
+		start := time.Now()
+		t, err := s.c.Ping(ctx)
+		rtt := time.Since(start)
+		return map[string]any{"server_time_ms": t.UnixMilli(), "rtt_ms": float64(rtt.Microseconds()) / 1000},
+			fmt.Sprintf("pong in %v", rtt.Round(10*time.Microsecond)), err
+	case "wait":
+		if len(args) != 1 {
+			return nil, "", usage("/wait DURATION")
+		}
+		d, err := time.ParseDuration(args[0])
+		if err != nil || d < 0 {
+			return nil, "", usage("/wait DURATION (e.g. 2s)")
+		}
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+		return nil, "", nil
+	case "help":
+		return nil, "", errUsage
+	}
+	return nil, "", usage("unknown command " + strconv.Quote("/"+name) + "; /help lists them")
+}
+
+func sendFields(ok *chatpb.SendOK, err error) (map[string]any, string, error) {
+	if err != nil {
+		return nil, "", err
+	}
+	state := "delivered live"
+	if !ok.Online {
+		state = "stored for later"
+	}
+	return map[string]any{"msg_id": ok.MsgId, "sent_at_ms": ok.SentAtMs, "online": ok.Online},
+		fmt.Sprintf("sent (message %d, %s)", ok.MsgId, state), nil
+}
+
+func onlineMark(online bool) string {
+	if online {
+		return " — online"
+	}
+	return ""
+}
+
+func roleMark(r chatpb.Role) string {
+	if r == chatpb.Role_ROLE_CREATOR {
+		return " (creator)"
+	}
+	return ""
+}
+
+func friendsJSON(fl []*chatpb.Friend) []map[string]any {
+	out := make([]map[string]any, 0, len(fl))
+	for _, f := range fl {
+		out = append(out, map[string]any{"user_id": f.UserId, "username": f.Username, "online": f.Online})
+	}
+	return out
+}
+
+func groupsJSON(gl []*chatpb.Group) []map[string]any {
+	out := make([]map[string]any, 0, len(gl))
+	for _, g := range gl {
+		members := make([]map[string]any, 0, len(g.Members))
+		for _, m := range g.Members {
+			role := "member"
+			if m.Role == chatpb.Role_ROLE_CREATOR {
+				role = "creator"
+			}
+			members = append(members, map[string]any{"user_id": m.UserId, "username": m.Username, "role": role, "online": m.Online})
+		}
+		out = append(out, map[string]any{"group_id": g.GroupId, "name": g.Name, "description": g.Description, "members": members})
+	}
+	return out
+}
+
+// marshalOrdered encodes obj as one JSON line with "event", "cmd" and "ok"
+// first (easier to read and to grep), the rest in sorted order.
+func marshalOrdered(obj map[string]any) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	first := true
+	put := func(k string, v any) {
+		if !first {
+			b.WriteByte(',')
+		}
+		first = false
+		kb, _ := json.Marshal(k)
+		vb, err := json.Marshal(v)
+		if err != nil {
+			vb = []byte("null")
+		}
+		b.Write(kb)
+		b.WriteByte(':')
+		b.Write(vb)
+	}
+	lead := []string{"event", "cmd", "ok"}
+	for _, k := range lead {
+		if v, ok := obj[k]; ok {
+			put(k, v)
+		}
+	}
+	rest := make([]string, 0, len(obj))
+	for k := range obj {
+		if !slices.Contains(lead, k) {
+			rest = append(rest, k)
+		}
+	}
+	slices.Sort(rest)
+	for _, k := range rest {
+		put(k, obj[k])
+	}
+	b.WriteByte('}')
+	return b.String()
+}

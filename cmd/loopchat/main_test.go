@@ -1,0 +1,282 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the loopchat binary built once for these tests, which run it
+// as users do: real processes, real sockets.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "loopchat-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "loopchat")
+	args := []string{"build", "-o", binary}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, ".")...)
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		panic("building loopchat: " + err.Error())
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type node struct {
+	cmd    *exec.Cmd
+	addr   string
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+// startNode runs `loopchat serve` and waits until it accepts connections.
+func startNode(t *testing.T, dataDir string, extra ...string) *node {
+	t.Helper()
+	addr := freeAddr(t)
+	args := append([]string{"serve", "--listen", addr, "--data", dataDir, "--bcrypt-cost", "4", "--log-level", "debug"}, extra...)
+	cmd := exec.Command(binary, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &node{cmd: cmd, addr: addr, stderr: &stderr, done: make(chan error, 1)}
+	go func() { n.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-n.done
+		if t.Failed() {
+			t.Logf("node %s stderr:\n%s", addr, stderr.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node on %s did not start: %v\n%s", addr, err, stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// script runs `loopchat client --json` with the given lines on stdin and
+// returns the JSON objects it printed.
+func script(t *testing.T, addr string, lines ...string) []map[string]any {
+	t.Helper()
+	cmd := exec.Command(binary, "client", "--addr", addr, "--json")
+	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("client: %v\nstderr: %s", err, stderr.String())
+	}
+	var out []map[string]any
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		var obj map[string]any
+		dec := json.NewDecoder(strings.NewReader(sc.Text()))
+		dec.UseNumber()
+		if err := dec.Decode(&obj); err != nil {
+			t.Fatalf("stdout line is not JSON: %q: %v", sc.Text(), err)
+		}
+		out = append(out, obj)
+	}
+	return out
+}
+
+func responses(events []map[string]any) []map[string]any {
+	var out []map[string]any
+	for _, e := range events {
+		if e["event"] == "response" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func expectResp(t *testing.T, e map[string]any, cmd string, ok bool) {
+	t.Helper()
+	if e["cmd"] != cmd || e["ok"] != ok {
+		t.Fatalf("response = %v, want cmd %q ok %v", e, cmd, ok)
+	}
+}
+
+func TestClientScriptJSON(t *testing.T) {
+	for _, engine := range []string{"gnet", "net"} {
+		t.Run(engine, func(t *testing.T) {
+			n := startNode(t, t.TempDir(), "--engine", engine)
+			out := responses(script(t, n.addr,
+				"/register alice hunter2hunter2",
+				"/register bob hunter2hunter2",
+				"/register alice hunter2hunter2",
+				"/login alice hunter2hunter2",
+				"/friend add bob",
+				"/msg bob hello   there, bob",
+				"/group create hikers Weekend hikes",
+				"/groups",
+				"/friends",
+				"/ping",
+				"/bogus",
+			))
+			if len(out) != 11 {
+				t.Fatalf("got %d responses, want 11: %v", len(out), out)
+			}
+			expectResp(t, out[0], "register", true)
+			expectResp(t, out[2], "register", false)
+			if out[2]["error"].(map[string]any)["code"] != "already_exists" {
+				t.Fatalf("duplicate register error = %v", out[2]["error"])
+			}
+			expectResp(t, out[3], "login", true)
+			if out[3]["username"] != "alice" || out[3]["node_id"] == "" {
+				t.Fatalf("login response = %v", out[3])
+			}
+			expectResp(t, out[4], "friend add", true)
+			expectResp(t, out[5], "msg", true)
+			if out[5]["online"] != false || out[5]["msg_id"] == nil {
+				t.Fatalf("msg response = %v", out[5])
+			}
+			expectResp(t, out[6], "group create", true)
+			gid := out[6]["group_id"].(json.Number).String()
+			groups := out[7]["groups"].([]any)
+			g := groups[0].(map[string]any)
+			if g["name"] != "hikers" || g["description"] != "Weekend hikes" {
+				t.Fatalf("groups = %v", groups)
+			}
+			friends := out[8]["friends"].([]any)
+			if len(friends) != 1 || friends[0].(map[string]any)["username"] != "bob" {
+				t.Fatalf("friends = %v", friends)
+			}
+			expectResp(t, out[9], "ping", true)
+			expectResp(t, out[10], "bogus", false)
+
+			// bob logs in, gets the message sent while away (printed, then
+			// acked), joins the group and posts.
+			events := script(t, n.addr,
+				"/login bob hunter2hunter2",
+				"/wait 300ms",
+				"/group join "+gid,
+				"/group msg "+gid+" hi hikers",
+			)
+			var msgs []map[string]any
+			for _, e := range events {
+				if e["event"] == "message" {
+					msgs = append(msgs, e)
+				}
+			}
+			if len(msgs) != 1 || msgs[0]["from"] != "alice" || msgs[0]["to"] != "bob" || msgs[0]["text"] != "hello   there, bob" {
+				t.Fatalf("bob's messages = %v", msgs)
+			}
+			rs := responses(events)
+			expectResp(t, rs[1], "group join", true)
+			expectResp(t, rs[2], "group msg", true)
+
+			// alice gets the group message; bob's ack means he is not sent
+			// alice's message again.
+			events = script(t, n.addr, "/login alice hunter2hunter2", "/wait 300ms")
+			var got []string
+			for _, e := range events {
+				if e["event"] == "message" {
+					if e["group_id"].(json.Number).String() != gid || e["to"] != nil {
+						t.Fatalf("group message event = %v", e)
+					}
+					got = append(got, e["text"].(string))
+				}
+			}
+			if len(got) != 1 || got[0] != "hi hikers" {
+				t.Fatalf("alice's messages = %v", got)
+			}
+			events = script(t, n.addr, "/login bob hunter2hunter2", "/wait 300ms")
+			for _, e := range events {
+				if e["event"] == "message" {
+					t.Fatalf("acked message delivered again: %v", e)
+				}
+			}
+		})
+	}
+}
+
+func TestClientCannotConnect(t *testing.T) {
+	cmd := exec.Command(binary, "client", "--addr", freeAddr(t), "--json")
+	cmd.Stdin = strings.NewReader("/ping\n")
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	err := cmd.Run()
+	if err == nil {
+		t.Fatal("client exited 0 with no server")
+	}
+	if stdout.Len() != 0 {
+		t.Fatalf("stdout must stay JSON-only, got %q", stdout.String())
+	}
+}
+
+func TestServeShutsDownCleanlyOnSIGTERM(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, dir)
+	script(t, n.addr, "/register carol hunter2hunter2")
+
+	// A client waiting in script mode sees the kick, then the disconnect.
+	cmd := exec.Command(binary, "client", "--addr", n.addr, "--json", "--no-reconnect")
+	cmd.Stdin = strings.NewReader("/login carol hunter2hunter2\n/wait 5s\n")
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-n.done:
+		if err != nil {
+			t.Fatalf("serve exited with %v after SIGTERM\n%s", err, n.stderr.String())
+		}
+		n.done <- nil // for the cleanup
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve did not exit after SIGTERM")
+	}
+	_ = cmd.Wait()
+	if !strings.Contains(stdout.String(), `"reason":"server_shutting_down"`) {
+		t.Fatalf("client output lacks the shutdown kick:\n%s", stdout.String())
+	}
+	if !strings.Contains(stdout.String(), `{"event":"disconnected"}`) {
+		t.Fatalf("client output lacks the disconnect:\n%s", stdout.String())
+	}
+	// The store was closed properly: a new node opens it and knows carol.
+	n2 := startNode(t, dir)
+	out := responses(script(t, n2.addr, "/login carol hunter2hunter2"))
+	expectResp(t, out[0], "login", true)
+	if strings.Contains(n.stderr.String(), "hunter2") {
+		t.Fatal("a password reached the server log")
+	}
+}

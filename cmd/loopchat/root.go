@@ -1,0 +1,93 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// errSilent marks an error already reported to the user.
+var errSilent = errors.New("")
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "loopchat",
+		Short:         "A reactor chat server for native TCP clients",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applyEnv(cmd.Flags())
+		},
+	}
+	root.AddCommand(newServeCmd(), newClientCmd(), newVersionCmd())
+	for _, c := range root.Commands() {
+		describeEnv(c.Flags())
+	}
+	return root
+}
+
+func execute(args []string) int {
+	root := newRoot()
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		if !errors.Is(err, errSilent) {
+			fmt.Fprintln(os.Stderr, "loopchat:", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+// envName is the environment variable that can set a flag:
+// --idle-timeout reads LOOPCHAT_IDLE_TIMEOUT.
+func envName(flag string) string {
+	return "LOOPCHAT_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// describeEnv appends each flag's variable to its help text.
+func describeEnv(fs *pflag.FlagSet) {
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" {
+			f.Usage += " [$" + envName(f.Name) + "]"
+		}
+	})
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable, if set: flags win over the environment.
+func applyEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || err != nil || f.Name == "help" {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("$%s: %w", envName(f.Name), e)
+			}
+		}
+	})
+	return err
+}
+
+// newLogger builds the process logger from --log-level and --log-format.
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/loopchat/loopchat/codec"
+	"github.com/loopchat/loopchat/server"
+)
+
+func newServeCmd() *cobra.Command {
+	var (
+		o                   server.Options
+		secret              string
+		logLevel, logFormat string
+		shutdownTimeout     time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a loopchat node",
+		Long: `Run a loopchat node. With no --redis it runs alone on an embedded store in --data.
+
+Every flag can also be set from the environment variable shown beside it;
+a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
+--token-secret, which other users can see in the process list.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(os.Stderr, logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			o.Logger = log
+			if secret != "" {
+				if len(secret) < 16 {
+					log.Warn("token secret is shorter than 16 bytes; tokens are easier to forge")
+				}
+				o.TokenSecret = []byte(secret)
+			}
+			srv, err := server.New(o)
+			if err != nil {
+				return err
+			}
+			if _, err := srv.Start(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			log.Info("shutting down", "timeout", shutdownTimeout)
+			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				return fmt.Errorf("shutdown: %w", err)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:7000", "TCP address to accept clients on")
+	f.StringVar(&o.DataDir, "data", "./loopchat-data", "directory of the embedded store and the generated token secret")
+	f.StringVar(&o.Engine, "engine", server.EngineGnet, `network engine: "gnet" (epoll reactors) or "net" (goroutine per connection, the baseline)`)
+	f.IntVar(&o.Loops, "loops", 0, "gnet event loops (sub-reactors), one per OS thread; 0 means one per CPU")
+	f.BoolVar(&o.LeastConnections, "least-connections", false, "give new connections to the loop with the fewest, instead of round-robin")
+	f.IntVar(&o.MaxFrame, "max-frame", codec.DefaultMaxFrame, "largest request frame in bytes; bigger ones close the connection")
+	f.DurationVar(&o.IdleTimeout, "idle-timeout", 90*time.Second, "close connections silent for this long (clients ping every 30s)")
+	f.DurationVar(&o.LoginTimeout, "login-timeout", 10*time.Second, "close connections not logged in within this time")
+	f.StringVar(&secret, "token-secret", "", "secret that signs login tokens, the same on every node; empty means a random one kept in --data")
+	f.DurationVar(&o.TokenTTL, "token-ttl", 7*24*time.Hour, "how long a login token stays valid")
+	f.IntVar(&o.MaxOutbound, "max-outbound", 4<<20, "bytes allowed to wait for a client before it is kicked as a slow consumer")
+	f.Float64Var(&o.RateLimit, "rate-limit", 100, "requests per second allowed per connection (sustained)")
+	f.IntVar(&o.RateBurst, "rate-burst", 0, "requests per connection allowed in a burst; 0 means twice --rate-limit")
+	f.IntVar(&o.InboxLimit, "inbox-limit", 10000, "unacknowledged messages kept per user; the oldest are dropped beyond it")
+	f.IntVar(&o.Workers, "workers", 0, "goroutines running requests off the event loops; 0 means 64 per CPU")
+	f.IntVar(&o.BcryptCost, "bcrypt-cost", 0, "bcrypt cost for password hashes; 0 means bcrypt's default (10)")
+	f.StringVar(&o.NodeID, "node-id", "", "name of this node in LoginOK and logs; empty means host:port")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long to let clients receive their kick before closing")
+	return cmd
+}
