@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/loopchat/loopchat/client"
-	"github.com/loopchat/loopchat/protocol"
 	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // Usage lists the commands, one per line.
