@@ -43,6 +43,7 @@ func (e *gnetEngine) start() (net.Addr, error) {
 			gnet.WithLoadBalancing(lb),
 			gnet.WithLockOSThread(true),
 			gnet.WithReusePort(false),
+			gnet.WithReuseAddr(true), // restart on the same port while old sockets linger
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 			gnet.WithLogger(gnetLogger{e.srv.log}),
 		)

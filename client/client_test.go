@@ -1,0 +1,231 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/loopchat/loopchat/client"
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+	"github.com/loopchat/loopchat/server"
+)
+
+func startServer(t *testing.T, opts server.Options) (*server.Server, string) {
+	t.Helper()
+	if opts.Listen == "" {
+		opts.Listen = "127.0.0.1:0"
+	}
+	opts.BcryptCost = bcrypt.MinCost
+	opts.Logger = slog.New(slog.DiscardHandler)
+	srv, err := server.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := srv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	return srv, addr.String()
+}
+
+func dial(t *testing.T, opts client.Options) *client.Client {
+	t.Helper()
+	c, err := client.Dial(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func nextEvent(t *testing.T, c *client.Client) client.Event {
+	t.Helper()
+	select {
+	case ev, ok := <-c.Events():
+		if !ok {
+			t.Fatal("events closed")
+		}
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+	}
+	return client.Event{}
+}
+
+func TestChatThroughTheSDK(t *testing.T) {
+	_, addr := startServer(t, server.Options{DataDir: t.TempDir()})
+	ctx := context.Background()
+	alice := dial(t, client.Options{Addr: addr})
+	bob := dial(t, client.Options{Addr: addr})
+	if _, err := alice.Register(ctx, "alice", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Register(ctx, "bob", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := alice.Register(ctx, "bob", "password1")
+	var pe *protocol.Error
+	if !errors.As(err, &pe) || pe.Code != chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS {
+		t.Fatalf("duplicate register = %v, want a protocol error already_exists", err)
+	}
+	if _, err := alice.Login(ctx, "alice", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Login(ctx, "bob", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	if alice.Token() == "" {
+		t.Fatal("no token after login")
+	}
+	ok, err := alice.SendToUser(ctx, "bob", "hi bob")
+	if err != nil || !ok.Online {
+		t.Fatalf("send = %v, %v", ok, err)
+	}
+	ev := nextEvent(t, bob)
+	if ev.Message == nil || ev.Message.Text != "hi bob" || ev.Message.MsgId != ok.MsgId {
+		t.Fatalf("bob's event = %+v", ev)
+	}
+	if err := bob.Ack(ev.Message.MsgId); err != nil {
+		t.Fatal(err)
+	}
+	gid, err := alice.CreateGroup(ctx, "g", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.JoinGroup(ctx, gid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.SendToGroup(ctx, gid, "hi group"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, alice); ev.Message.GetGroupId() != gid {
+		t.Fatalf("alice's event = %+v", ev)
+	}
+	groups, err := alice.ListGroups(ctx)
+	if err != nil || len(groups) != 1 || len(groups[0].Members) != 2 {
+		t.Fatalf("groups = %v, %v", groups, err)
+	}
+	if err := alice.AddFriend(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if fl, err := bob.ListFriends(ctx); err != nil || len(fl) != 1 || !fl[0].Online {
+		t.Fatalf("friends = %v, %v", fl, err)
+	}
+	if _, err := alice.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReconnectsWithTokenAndGetsMissedMessages(t *testing.T) {
+	dir := t.TempDir()
+	srv, addr := startServer(t, server.Options{DataDir: dir})
+	ctx := context.Background()
+	bob := dial(t, client.Options{Addr: addr, Reconnect: true, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if _, err := bob.Register(ctx, "bob", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Login(ctx, "bob", "password1"); err != nil {
+		t.Fatal(err)
+	}
+
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, bob); ev.Kicked.GetReason() != chatpb.KickReason_KICK_REASON_SERVER_SHUTTING_DOWN {
+		t.Fatalf("first event = %+v, want the shutdown kick", ev)
+	}
+	if ev := nextEvent(t, bob); ev.Disconnected == nil {
+		t.Fatalf("second event = %+v, want Disconnected", ev)
+	}
+	// While bob is away a message is stored for him on the new server.
+	startServer(t, server.Options{DataDir: dir, Listen: addr})
+	alice := dial(t, client.Options{Addr: addr})
+	_, _ = alice.Register(ctx, "alice", "password1")
+	if _, err := alice.Login(ctx, "alice", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	sent, err := alice.SendToUser(ctx, "bob", "while you were away")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []client.Event
+	for len(got) < 2 {
+		got = append(got, nextEvent(t, bob))
+	}
+	reconnected, message := got[0], got[1]
+	if reconnected.Reconnected == nil {
+		reconnected, message = got[1], got[0]
+	}
+	if reconnected.Reconnected.GetUsername() != "bob" {
+		t.Fatalf("events after restart = %+v", got)
+	}
+	if message.Message.GetMsgId() != sent.MsgId {
+		t.Fatalf("missed message = %+v, want %d", message, sent.MsgId)
+	}
+	if _, err := bob.Ping(ctx); err != nil {
+		t.Fatalf("ping after reconnect: %v", err)
+	}
+}
+
+func TestNoReconnectWhenLoggedInElsewhere(t *testing.T) {
+	_, addr := startServer(t, server.Options{DataDir: t.TempDir()})
+	ctx := context.Background()
+	first := dial(t, client.Options{Addr: addr, Reconnect: true, MinBackoff: 20 * time.Millisecond})
+	_, _ = first.Register(ctx, "dup", "password1")
+	if _, err := first.Login(ctx, "dup", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	second := dial(t, client.Options{Addr: addr})
+	if _, err := second.LoginToken(ctx, first.Token()); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, first); ev.Kicked.GetReason() != chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE {
+		t.Fatalf("event = %+v", ev)
+	}
+	if ev := nextEvent(t, first); ev.Disconnected == nil {
+		t.Fatalf("event = %+v", ev)
+	}
+	select {
+	case ev := <-first.Events():
+		t.Fatalf("reconnected after being replaced: %+v", ev)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := second.Ping(ctx); err != nil {
+		t.Fatalf("the newer session was disturbed: %v", err)
+	}
+}
+
+func TestKeepalivePingsHoldTheConnection(t *testing.T) {
+	_, addr := startServer(t, server.Options{DataDir: t.TempDir(), IdleTimeout: 600 * time.Millisecond})
+	ctx := context.Background()
+	c := dial(t, client.Options{Addr: addr, PingInterval: 150 * time.Millisecond})
+	_, _ = c.Register(ctx, "pinger", "password1")
+	if _, err := c.Login(ctx, "pinger", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-c.Events():
+		t.Fatalf("event while pinging: %+v", ev)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	quiet := dial(t, client.Options{Addr: addr, PingInterval: -1})
+	_, _ = quiet.Register(ctx, "quiet", "password1")
+	if _, err := quiet.Login(ctx, "quiet", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, quiet); ev.Kicked.GetReason() != chatpb.KickReason_KICK_REASON_IDLE_TIMEOUT {
+		t.Fatalf("a client without pings got %+v, want the idle kick", ev)
+	}
+}

@@ -1,0 +1,144 @@
+package protocol
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/loopchat/loopchat/codec"
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+func TestValidation(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+	}{
+		{"abc", ValidateUsername("abc")},
+		{"a.b-c_9", ValidateUsername("a.b-c_9")},
+		{strings.Repeat("u", 32), ValidateUsername(strings.Repeat("u", 32))},
+		{"password 8", ValidatePassword("12345678")},
+		{"password 128", ValidatePassword(strings.Repeat("p", 128))},
+		{"text 1", ValidateText("x")},
+		{"text 4096", ValidateText(strings.Repeat("é", 2048))},
+		{"desc empty", ValidateGroupDescription("")},
+		{"no client msg id", ValidateClientMsgID("")},
+	}
+	for _, c := range cases {
+		if c.err != nil {
+			t.Errorf("%s: unexpected %v", c.name, c.err)
+		}
+	}
+	bad := []struct {
+		name string
+		err  error
+	}{
+		{"short username", ValidateUsername("ab")},
+		{"long username", ValidateUsername(strings.Repeat("u", 33))},
+		{"space in username", ValidateUsername("a b")},
+		{"unicode username", ValidateUsername("alicé")},
+		{"short password", ValidatePassword("1234567")},
+		{"long password", ValidatePassword(strings.Repeat("p", 129))},
+		{"empty text", ValidateText("")},
+		{"long text", ValidateText(strings.Repeat("x", 4097))},
+		{"invalid utf-8 text", ValidateText("ok\xffno")},
+		{"empty group name", ValidateGroupName("")},
+		{"long group name", ValidateGroupName(strings.Repeat("g", 65))},
+		{"long description", ValidateGroupDescription(strings.Repeat("d", 513))},
+		{"long client msg id", ValidateClientMsgID(strings.Repeat("k", 65))},
+	}
+	for _, c := range bad {
+		if !errors.Is(c.err, ErrInvalidArgument) {
+			t.Errorf("%s: got %v, want invalid_argument", c.name, c.err)
+		}
+	}
+}
+
+func TestEncodeDecodeRoundTrip(t *testing.T) {
+	in := &chatpb.Frame{Seq: 42, Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+		To: &chatpb.Send_GroupId{GroupId: 7}, Text: "héllo", ClientMsgId: "c1"}}}
+	buf, err := Encode(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := codec.NewReader(strings.NewReader(string(buf)), codec.DefaultMaxFrame)
+	payload, err := r.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Decode(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Seq != 42 || out.GetSend().GetGroupId() != 7 || out.GetSend().Text != "héllo" || Kind(out) != "send" {
+		t.Fatalf("round trip = %v", out)
+	}
+	// AppendFrame appends after existing bytes.
+	two, _ := AppendFrame(append([]byte(nil), buf...), in)
+	if len(two) != 2*len(buf) || string(two[len(buf):]) != string(buf) {
+		t.Fatal("AppendFrame did not append a second identical frame")
+	}
+}
+
+func TestDecodeDistinguishesInvalidFromGarbage(t *testing.T) {
+	// Well-formed wire format, but a string field holds invalid UTF-8.
+	invalid := []byte{0x08, 0x05, 0x72, 0x07, 0x12, 0x01, 'b', 0x22, 0x02, 0xff, 0xfe}
+	_, err := Decode(invalid)
+	var ife *InvalidFrameError
+	if !errors.As(err, &ife) || ife.Seq != 5 {
+		t.Fatalf("invalid UTF-8: %v, want InvalidFrameError with seq 5", err)
+	}
+	// Not protobuf at all.
+	_, err = Decode([]byte{0xff, 0xff, 0xff, 0xff, 0xff})
+	if err == nil || errors.As(err, &ife) {
+		t.Fatalf("garbage: %v, want a plain decode error", err)
+	}
+	// An unknown field decodes to an empty body: not a request.
+	f, err := Decode([]byte{0x08, 0x01, 0xc0, 0x0c, 0x01})
+	if err != nil || f.Body != nil || Kind(f) != "empty" || IsRequest(f) {
+		t.Fatalf("unknown body = %v, %v", f, err)
+	}
+}
+
+func TestRequestClassification(t *testing.T) {
+	reqs := map[string]*chatpb.Frame{
+		"register": {Body: &chatpb.Frame_Register{}},
+		"login":    {Body: &chatpb.Frame_Login{}},
+		"ping":     {Body: &chatpb.Frame_Ping{}},
+		"send":     {Body: &chatpb.Frame_Send{}},
+		"ack":      {Body: &chatpb.Frame_Ack{}},
+	}
+	for kind, f := range reqs {
+		if !IsRequest(f) || Kind(f) != kind {
+			t.Errorf("%s: IsRequest=%v Kind=%q", kind, IsRequest(f), Kind(f))
+		}
+	}
+	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_Register{}}, {Body: &chatpb.Frame_Login{}}, {Body: &chatpb.Frame_Ping{}}} {
+		if NeedsLogin(f) {
+			t.Errorf("%s needs login", Kind(f))
+		}
+	}
+	if !NeedsLogin(&chatpb.Frame{Body: &chatpb.Frame_Send{}}) {
+		t.Error("send does not need login")
+	}
+	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_Pong{}}, {Body: &chatpb.Frame_Message{}}, {Body: &chatpb.Frame_Kicked{}}, {}} {
+		if IsRequest(f) {
+			t.Errorf("%s counted as a request", Kind(f))
+		}
+	}
+}
+
+func TestErrorMatchesByCode(t *testing.T) {
+	err := Errorf(chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "no such group")
+	if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidArgument) {
+		t.Fatal("errors.Is does not match by code")
+	}
+	if err.Error() != "not_found: no such group" {
+		t.Fatalf("Error() = %q", err.Error())
+	}
+	for c := range chatpb.ErrorCode_name {
+		if CodeName(chatpb.ErrorCode(c)) == "" {
+			t.Errorf("code %d has no name", c)
+		}
+	}
+}

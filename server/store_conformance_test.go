@@ -1,0 +1,407 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+)
+
+// storeFactory opens a fresh, empty store with the given inbox limit.
+type storeFactory func(t *testing.T, inboxLimit int) Store
+
+// testStoreConformance is the contract every Store implementation meets.
+// The embedded store runs it here; the Redis store runs it in cluster mode.
+func testStoreConformance(t *testing.T, open storeFactory) {
+	ctx := context.Background()
+	t.Run("users", func(t *testing.T) {
+		s := open(t, 100)
+		u, err := s.CreateUser(ctx, "Alice", []byte("hash-a"))
+		if err != nil || u.ID == 0 || u.Name != "Alice" {
+			t.Fatalf("CreateUser = %v, %v", u, err)
+		}
+		if _, err := s.CreateUser(ctx, "alice", []byte("x")); !errors.Is(err, ErrUsernameTaken) {
+			t.Fatalf("duplicate (other case) = %v, want ErrUsernameTaken", err)
+		}
+		b, _ := s.CreateUser(ctx, "bob", []byte("hash-b"))
+		if b.ID == u.ID {
+			t.Fatal("two users share an id")
+		}
+		got, err := s.UserByName(ctx, "ALICE")
+		if err != nil || got.ID != u.ID || got.Name != "Alice" || string(got.PasswordHash) != "hash-a" {
+			t.Fatalf("UserByName = %v, %v", got, err)
+		}
+		if got, err := s.UserByID(ctx, b.ID); err != nil || got.Name != "bob" {
+			t.Fatalf("UserByID = %v, %v", got, err)
+		}
+		if _, err := s.UserByName(ctx, "carol"); !errors.Is(err, ErrUserNotFound) {
+			t.Fatalf("unknown name = %v", err)
+		}
+		if _, err := s.UserByID(ctx, 999999); !errors.Is(err, ErrUserNotFound) {
+			t.Fatalf("unknown id = %v", err)
+		}
+	})
+
+	t.Run("friends", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		c, _ := s.CreateUser(ctx, "c", nil)
+		if err := s.AddFriend(ctx, a.ID, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddFriend(ctx, b.ID, a.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddFriend(ctx, a.ID, b.ID); !errors.Is(err, ErrAlreadyFriends) {
+			t.Fatalf("repeat = %v", err)
+		}
+		if err := s.AddFriend(ctx, a.ID, a.ID); !errors.Is(err, ErrFriendSelf) {
+			t.Fatalf("self = %v", err)
+		}
+		if err := s.AddFriend(ctx, a.ID, 999999); !errors.Is(err, ErrUserNotFound) {
+			t.Fatalf("unknown = %v", err)
+		}
+		fa, _ := s.Friends(ctx, a.ID)
+		if len(fa) != 2 || fa[0].ID != c.ID || fa[1].ID != b.ID || fa[0].Name != "c" {
+			t.Fatalf("a's friends = %v (want c then b, in add order)", fa)
+		}
+		if fa[0].PasswordHash != nil {
+			t.Fatal("Friends leaks password hashes")
+		}
+		if fb, _ := s.Friends(ctx, b.ID); len(fb) != 1 || fb[0].ID != a.ID {
+			t.Fatalf("b's friends = %v", fb)
+		}
+		if fn, err := s.Friends(ctx, 999999); err != nil || len(fn) != 0 {
+			t.Fatalf("friends of nobody = %v, %v", fn, err)
+		}
+	})
+
+	t.Run("groups", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		c, _ := s.CreateUser(ctx, "c", nil)
+		g, err := s.CreateGroup(ctx, a.ID, "hikers", "weekends")
+		if err != nil || g.ID == 0 || len(g.Members) != 1 || g.Members[0].Role != chatpb.Role_ROLE_CREATOR {
+			t.Fatalf("CreateGroup = %v, %v", g, err)
+		}
+		g2, _ := s.CreateGroup(ctx, b.ID, "other", "")
+		if g2.ID == g.ID {
+			t.Fatal("two groups share an id")
+		}
+		if err := s.JoinGroup(ctx, g.ID, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.JoinGroup(ctx, g.ID, b.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.JoinGroup(ctx, g.ID, b.ID); !errors.Is(err, ErrAlreadyMember) {
+			t.Fatalf("join twice = %v", err)
+		}
+		if err := s.JoinGroup(ctx, 999999, b.ID); !errors.Is(err, ErrGroupNotFound) {
+			t.Fatalf("join unknown = %v", err)
+		}
+		got, err := s.Group(ctx, g.ID)
+		if err != nil || got.Name != "hikers" || got.Description != "weekends" || len(got.Members) != 3 {
+			t.Fatalf("Group = %v, %v", got, err)
+		}
+		order := []uint64{got.Members[0].UserID, got.Members[1].UserID, got.Members[2].UserID}
+		if order[0] != a.ID || order[1] != c.ID || order[2] != b.ID || got.Members[1].Username != "c" ||
+			got.Members[1].Role != chatpb.Role_ROLE_MEMBER {
+			t.Fatalf("members = %v (want a, c, b in join order)", got.Members)
+		}
+		if !got.HasMember(c.ID) || got.HasMember(999999) {
+			t.Fatal("HasMember is wrong")
+		}
+		if err := s.LeaveGroup(ctx, g.ID, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.LeaveGroup(ctx, g.ID, c.ID); !errors.Is(err, ErrNotMember) {
+			t.Fatalf("leave twice = %v", err)
+		}
+		if err := s.LeaveGroup(ctx, 999999, c.ID); !errors.Is(err, ErrGroupNotFound) {
+			t.Fatalf("leave unknown = %v", err)
+		}
+		got, _ = s.Group(ctx, g.ID)
+		if len(got.Members) != 2 || got.HasMember(c.ID) {
+			t.Fatalf("after leave = %v", got.Members)
+		}
+		// Rejoining puts c at the end.
+		_ = s.JoinGroup(ctx, g.ID, c.ID)
+		got, _ = s.Group(ctx, g.ID)
+		if got.Members[2].UserID != c.ID {
+			t.Fatalf("after rejoin = %v", got.Members)
+		}
+		bg, err := s.GroupsOf(ctx, b.ID)
+		if err != nil || len(bg) != 2 {
+			t.Fatalf("b's groups = %v, %v", bg, err)
+		}
+		if _, err := s.Group(ctx, 999999); !errors.Is(err, ErrGroupNotFound) {
+			t.Fatalf("unknown group = %v", err)
+		}
+	})
+
+	t.Run("inbox", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		c, _ := s.CreateUser(ctx, "c", nil)
+		ids := newMsgIDGen(1)
+		var sent []uint64
+		for i := range 10 {
+			m := testMessage(ids, a, fmt.Sprintf("m%d", i))
+			res, err := s.AppendMessage(ctx, m, []uint64{b.ID, c.ID}, "")
+			if err != nil || res.Duplicate || res.Message.MsgId != m.MsgId {
+				t.Fatalf("AppendMessage = %v, %v", res, err)
+			}
+			sent = append(sent, m.MsgId)
+		}
+		got, err := s.Inbox(ctx, b.ID, 0, 4)
+		if err != nil || len(got) != 4 || got[0].MsgId != sent[0] || got[0].Text != "m0" || got[0].FromUsername != "a" {
+			t.Fatalf("first page = %v, %v", got, err)
+		}
+		got, _ = s.Inbox(ctx, b.ID, got[3].MsgId, 100)
+		if len(got) != 6 || got[0].MsgId != sent[4] || got[5].MsgId != sent[9] {
+			t.Fatalf("second page = %v", got)
+		}
+		if err := s.Ack(ctx, b.ID, []uint64{sent[0], sent[2], 424242}); err != nil {
+			t.Fatal(err)
+		}
+		got, _ = s.Inbox(ctx, b.ID, 0, 100)
+		if len(got) != 8 || got[0].MsgId != sent[1] || got[1].MsgId != sent[3] {
+			t.Fatalf("after ack = %v", got)
+		}
+		// c's copy is independent of b's acks.
+		if got, _ := s.Inbox(ctx, c.ID, 0, 100); len(got) != 10 {
+			t.Fatalf("c's inbox = %d messages", len(got))
+		}
+		if got, _ := s.Inbox(ctx, a.ID, 0, 100); len(got) != 0 {
+			t.Fatalf("sender's inbox = %v", got)
+		}
+	})
+
+	t.Run("idempotent client_msg_id", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		ids := newMsgIDGen(1)
+		first := testMessage(ids, a, "once")
+		r1, err := s.AppendMessage(ctx, first, []uint64{b.ID}, "k1")
+		if err != nil || r1.Duplicate {
+			t.Fatal(r1, err)
+		}
+		retry := testMessage(ids, a, "once")
+		r2, err := s.AppendMessage(ctx, retry, []uint64{b.ID}, "k1")
+		if err != nil || !r2.Duplicate || r2.Message.MsgId != first.MsgId || r2.Message.SentAtMs != first.SentAtMs {
+			t.Fatalf("retry = %v, %v", r2, err)
+		}
+		// Another sender may use the same key.
+		other := testMessage(ids, b, "mine")
+		if r3, _ := s.AppendMessage(ctx, other, []uint64{a.ID}, "k1"); r3.Duplicate {
+			t.Fatal("client_msg_id leaked across senders")
+		}
+		if got, _ := s.Inbox(ctx, b.ID, 0, 100); len(got) != 1 {
+			t.Fatalf("b's inbox after retry = %d messages", len(got))
+		}
+	})
+
+	t.Run("inbox limit trims oldest", func(t *testing.T) {
+		s := open(t, 5)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		ids := newMsgIDGen(1)
+		trimmed := 0
+		var sent []uint64
+		for i := range 8 {
+			m := testMessage(ids, a, fmt.Sprint(i))
+			res, err := s.AppendMessage(ctx, m, []uint64{b.ID}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			trimmed += res.Trimmed
+			sent = append(sent, m.MsgId)
+		}
+		got, _ := s.Inbox(ctx, b.ID, 0, 100)
+		if len(got) != 5 || got[0].MsgId != sent[3] || trimmed != 3 {
+			t.Fatalf("kept %d from %v, trimmed %d; want the newest 5, 3 trimmed", len(got), got[0].GetMsgId(), trimmed)
+		}
+		// Acks free room: after acking two, two more fit without trimming.
+		_ = s.Ack(ctx, b.ID, []uint64{sent[3], sent[4]})
+		for i := range 2 {
+			res, _ := s.AppendMessage(ctx, testMessage(ids, a, fmt.Sprint("x", i)), []uint64{b.ID}, "")
+			if res.Trimmed != 0 {
+				t.Fatal("trimmed although acks made room")
+			}
+		}
+	})
+
+	t.Run("concurrent writes all land", func(t *testing.T) {
+		s := open(t, 100000)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		ids := newMsgIDGen(1)
+		var wg sync.WaitGroup
+		const writers, each = 16, 50
+		errs := make(chan error, writers)
+		for w := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range each {
+					if _, err := s.AppendMessage(ctx, testMessage(ids, a, fmt.Sprint(w, "-", i)), []uint64{b.ID}, fmt.Sprint(w, "-", i)); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		// Registrations racing for one name: exactly one wins.
+		wins := make(chan bool, 8)
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := s.CreateUser(ctx, "contested", nil)
+				wins <- err == nil
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		close(wins)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		n := 0
+		for w := range wins {
+			if w {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%d registrations of one name succeeded", n)
+		}
+		got, _ := s.Inbox(ctx, b.ID, 0, writers*each+1)
+		if len(got) != writers*each {
+			t.Fatalf("inbox holds %d of %d messages", len(got), writers*each)
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i].MsgId <= got[i-1].MsgId {
+				t.Fatal("inbox not in msg_id order")
+			}
+		}
+	})
+
+	t.Run("errors are protocol errors", func(t *testing.T) {
+		s := open(t, 10)
+		_, err := s.UserByName(ctx, "ghost")
+		var pe *protocol.Error
+		if !errors.As(err, &pe) || pe.Code != chatpb.ErrorCode_ERROR_CODE_NOT_FOUND {
+			t.Fatalf("error %v is not a not_found protocol error", err)
+		}
+	})
+}
+
+func testMessage(ids *msgIDGen, from User, text string) *chatpb.Message {
+	m := &chatpb.Message{FromUserId: from.ID, FromUsername: from.Name, Text: text}
+	m.MsgId, m.SentAtMs = ids.next(time.Now())
+	return m
+}
+
+func openTestBolt(t *testing.T, inboxLimit int) Store {
+	s, err := OpenBoltStore(BoltConfig{Path: filepath.Join(t.TempDir(), "test.db"), InboxLimit: inboxLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestBoltStoreConformance(t *testing.T) {
+	testStoreConformance(t, openTestBolt)
+}
+
+func TestBoltStoreSurvivesReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "test.db")
+	s, err := OpenBoltStore(BoltConfig{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := s.CreateUser(ctx, "a", []byte("h"))
+	b, _ := s.CreateUser(ctx, "b", []byte("h"))
+	m := testMessage(newMsgIDGen(0), a, "kept")
+	if _, err := s.AppendMessage(ctx, m, []uint64{b.ID}, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = OpenBoltStore(BoltConfig{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, _ := s.Inbox(ctx, b.ID, 0, 10)
+	if len(got) != 1 || got[0].Text != "kept" {
+		t.Fatalf("inbox after reopen = %v", got)
+	}
+	if res, _ := s.AppendMessage(ctx, testMessage(newMsgIDGen(0), a, "kept"), []uint64{b.ID}, "k"); !res.Duplicate {
+		t.Fatal("client_msg_id forgotten across reopen")
+	}
+	if c, err := s.CreateUser(ctx, "c", nil); err != nil || c.ID <= b.ID {
+		t.Fatalf("user ids restarted: %v %v", c, err)
+	}
+}
+
+func TestBoltStoreExpiresDedup(t *testing.T) {
+	ctx := context.Background()
+	s := openTestBolt(t, 10).(*BoltStore)
+	a, _ := s.CreateUser(ctx, "a", nil)
+	b, _ := s.CreateUser(ctx, "b", nil)
+	m := testMessage(newMsgIDGen(0), a, "old")
+	if _, err := s.AppendMessage(ctx, m, []uint64{b.ID}, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.expireDedup(ctx, time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := s.AppendMessage(ctx, testMessage(newMsgIDGen(0), a, "new"), []uint64{b.ID}, "k"); res.Duplicate {
+		t.Fatal("client_msg_id remembered past its window")
+	}
+	// The inbox itself is untouched by expiry.
+	if got, _ := s.Inbox(ctx, b.ID, 0, 10); len(got) != 2 {
+		t.Fatalf("inbox = %d messages", len(got))
+	}
+}
+
+func TestMsgIDsAreOrderedAndUnique(t *testing.T) {
+	g := newMsgIDGen(5)
+	now := time.Now()
+	seen := map[uint64]bool{}
+	var last uint64
+	for i := range 10000 { // far more than 4096 in one millisecond
+		id, ms := g.next(now)
+		if id <= last || seen[id] {
+			t.Fatalf("id %d at %d is not increasing", id, i)
+		}
+		if ms < now.UnixMilli() {
+			t.Fatalf("timestamp %d before now", ms)
+		}
+		seen[id], last = true, id
+	}
+	// The clock stepping back does not make ids go back.
+	id, _ := g.next(now.Add(-time.Hour))
+	if id <= last {
+		t.Fatal("id went back with the clock")
+	}
+	if floor := msgIDFloor(now.Add(time.Hour)); floor <= id {
+		t.Fatal("msgIDFloor of a later time is not above current ids")
+	}
+}
