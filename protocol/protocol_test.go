@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -140,5 +141,18 @@ func TestErrorMatchesByCode(t *testing.T) {
 		if CodeName(chatpb.ErrorCode(c)) == "" {
 			t.Errorf("code %d has no name", c)
 		}
+	}
+}
+
+// The byte-by-byte example in docs/protocol.md.
+func TestDocumentedBytes(t *testing.T) {
+	reg, _ := Encode(&chatpb.Frame{Seq: 1, Body: &chatpb.Frame_Register{Register: &chatpb.Register{Username: "alice", Password: "hunter2hunter2"}}})
+	want := "0000001b0801521 70a05616c69636512 0e68756e7465723268756e74657232"
+	if got := fmt.Sprintf("%x", reg); got != strings.ReplaceAll(want, " ", "") {
+		t.Fatalf("register = %s", got)
+	}
+	ok, _ := Encode(&chatpb.Frame{Seq: 1, Body: &chatpb.Frame_RegisterOk{RegisterOk: &chatpb.RegisterOK{UserId: 1}}})
+	if got := fmt.Sprintf("%x", ok); got != "000000070801c202020801" {
+		t.Fatalf("register_ok = %s", got)
 	}
 }

@@ -1,0 +1,24 @@
+// Package server is a loopchat node: the engines that accept connections
+// and move bytes (gnet reactors, or goroutine-per-connection on package
+// net), the sessions and request handlers, and the Store and Broker
+// implementations behind them.
+//
+// # Concurrency contract
+//
+//   - gnet event-loop callbacks (OnOpen, OnTraffic, OnClose) never wait: they
+//     decode frames, check the per-connection rate limit and queue requests.
+//     Nothing on a loop touches the store, the broker or bcrypt.
+//   - Each connection's requests run on the worker pool, one at a time and
+//     in arrival order (the connection's mailbox); different connections run
+//     in parallel. The net engine runs them inline on the connection's
+//     reader goroutine, which gives the same order.
+//   - Writes to a connection (responses, pushes, kicks) may come from any
+//     goroutine and never block: they are queued (gnet AsyncWrite, or the
+//     net engine's writer queue), bounded in bytes by Options.MaxOutbound.
+//   - Store and Broker methods are safe for concurrent use and may block.
+//     The Broker's EventHandler must not block.
+//   - Every queue is bounded: mailboxes by Options.MaxPending, the run queue
+//     by the number of connections, outbound bytes by Options.MaxOutbound,
+//     the store's commit queue by its batch size (writers wait), and the
+//     pushes held during an inbox replay by a fixed cap.
+package server
