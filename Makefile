@@ -1,15 +1,20 @@
 # loopchat developer targets. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: all build test deps generate check-generated vet fuzz clean
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build test deps generate check-generated vet lint fuzz clean
 
 all: build
 
-build:
-	$(GO) build -o bin/loopchat ./cmd/loopchat
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 
-## test: install missing system packages, check generated code, vet, run every test with -race.
-test: deps check-generated vet
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION) -X main.revision=$(REVISION)" -o bin/loopchat ./cmd/loopchat
+
+## test: install missing system packages, check generated code, vet and lint, run every test with -race.
+test: deps check-generated vet lint
 	$(GO) test -race -timeout 15m ./...
 
 deps:
@@ -23,6 +28,10 @@ check-generated:
 
 vet:
 	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt wants the files above rewritten"; exit 1; }
+
+lint:
+	$(GO) run $(STATICCHECK) ./...
 
 ## fuzz: run the codec fuzzer for FUZZTIME (default 30s); new finds land in codec/testdata/fuzz.
 FUZZTIME ?= 30s

@@ -372,7 +372,7 @@ func (c *Client) write(req *chatpb.Frame, wait bool) (chan *chatpb.Frame, error)
 		c.pending[req.Seq] = ch
 	}
 	_ = c.conn.SetWriteDeadline(time.Now().Add(c.opts.RequestTimeout))
-	if _, err := c.w.Write(buf); err == nil {
+	if _, err = c.w.Write(buf); err == nil {
 		err = c.w.Flush()
 	}
 	if err != nil {
