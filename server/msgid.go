@@ -62,3 +62,8 @@ func msgIDFloor(t time.Time) uint64 {
 	}
 	return uint64(ms) << (msgIDNodeBits + msgIDSeqBits)
 }
+
+// msgIDUnixMs is the send time encoded in a message id.
+func msgIDUnixMs(id uint64) int64 {
+	return int64(id>>(msgIDNodeBits+msgIDSeqBits)) + msgIDEpochMs
+}

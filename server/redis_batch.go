@@ -1,0 +1,146 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// pipeOp is one caller's commands waiting for a shared pipeline.
+type pipeOp struct {
+	build func(redis.Pipeliner) []redis.Cmder
+	cmds  []redis.Cmder
+	done  chan error
+}
+
+// redisBatcher packs the hot-path commands of many concurrent requests
+// (message appends, acks, publishes) into pipelines: a few pipelines in
+// flight, each carrying whatever was queued when it left. Under load one
+// round trip serves many messages; a lone command still leaves at once.
+type redisBatcher struct {
+	rdb     redis.UniversalClient
+	ops     chan *pipeOp
+	max     int
+	scripts []*redis.Script // loaded again when Redis restarts without them
+	wg      sync.WaitGroup
+	mu      sync.RWMutex
+	closed  bool
+}
+
+func newRedisBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, scripts ...*redis.Script) *redisBatcher {
+	b := &redisBatcher{rdb: rdb, ops: make(chan *pipeOp, maxBatch), max: maxBatch, scripts: scripts}
+	for range inFlight {
+		b.wg.Add(1)
+		go b.run()
+	}
+	return b
+}
+
+// do queues build's commands and waits for their pipeline. It returns the
+// commands (each with its own result) and the first error among them,
+// redis.Nil excepted.
+func (b *redisBatcher) do(ctx context.Context, build func(redis.Pipeliner) []redis.Cmder) ([]redis.Cmder, error) {
+	op := &pipeOp{build: build, done: make(chan error, 1)}
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		return nil, fmt.Errorf("redis batcher closed: %w", errUnavailable)
+	}
+	select {
+	case b.ops <- op:
+	case <-ctx.Done():
+		b.mu.RUnlock()
+		return nil, ctx.Err()
+	}
+	b.mu.RUnlock()
+	select {
+	case err := <-op.done:
+		return op.cmds, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (b *redisBatcher) close() {
+	b.mu.Lock()
+	b.closed = true
+	close(b.ops)
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
+func (b *redisBatcher) run() {
+	defer b.wg.Done()
+	batch := make([]*pipeOp, 0, b.max)
+	for op := range b.ops {
+		batch = append(batch[:0], op)
+	fill:
+		for len(batch) < b.max {
+			select {
+			case op, ok := <-b.ops:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, op)
+			default:
+				break fill
+			}
+		}
+		b.exec(batch, true)
+	}
+}
+
+func (b *redisBatcher) exec(batch []*pipeOp, retryNoScript bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pipe := b.rdb.Pipeline()
+	for _, op := range batch {
+		op.cmds = op.build(pipe)
+	}
+	_, _ = pipe.Exec(ctx)
+	var again []*pipeOp
+	for _, op := range batch {
+		err := firstErr(op.cmds)
+		if retryNoScript && isNoScript(err) {
+			// Redis restarted and lost its script cache; the script never
+			// ran, so running the op again is safe.
+			again = append(again, op)
+			continue
+		}
+		op.done <- redisErr(err)
+	}
+	if len(again) > 0 {
+		for _, s := range b.scripts {
+			_ = s.Load(ctx, b.rdb).Err()
+		}
+		b.exec(again, false)
+	}
+}
+
+func firstErr(cmds []redis.Cmder) error {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+	}
+	return nil
+}
+
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+// redisErr marks Redis failures as unavailability: whether the network,
+// a restart (LOADING) or a timeout, the request was not carried out and a
+// later retry may succeed.
+func redisErr(err error) error {
+	if err == nil || errors.Is(err, redis.Nil) {
+		return err
+	}
+	return fmt.Errorf("redis: %w: %w", errUnavailable, err)
+}

@@ -1,0 +1,63 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/loopchat/loopchat/internal/testproc"
+)
+
+// testRedis starts one redis-server for a test and returns a client.
+func testRedis(t *testing.T) (*testproc.Redis, *redis.Client) {
+	t.Helper()
+	r := testproc.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1,
+		DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second})
+	t.Cleanup(func() { rdb.Close() })
+	return r, rdb
+}
+
+func TestRedisStoreConformance(t *testing.T) {
+	_, rdb := testRedis(t)
+	var n atomic.Int64
+	testStoreConformance(t, func(t *testing.T, inboxLimit int) Store {
+		// Each store gets its own key prefix in the shared server.
+		s := NewRedisStore(RedisConfig{Client: rdb, Prefix: fmt.Sprintf("t%d:", n.Add(1)), InboxLimit: inboxLimit})
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+func TestRedisStoreSurvivesRedisRestart(t *testing.T) {
+	ctx := context.Background()
+	r, rdb := testRedis(t)
+	s := NewRedisStore(RedisConfig{Client: rdb})
+	defer s.Close()
+	a, _ := s.CreateUser(ctx, "a", []byte("h"))
+	b, _ := s.CreateUser(ctx, "b", []byte("h"))
+	m := testMessage(newMsgIDGen(0), a, "fsynced")
+	if _, err := s.AppendMessage(ctx, m, []uint64{b.ID}, ""); err != nil {
+		t.Fatal(err)
+	}
+	r.Kill() // SIGKILL: only what the AOF fsynced survives
+	if _, err := s.AppendMessage(ctx, testMessage(newMsgIDGen(0), a, "lost"), []uint64{b.ID}, ""); err == nil {
+		t.Fatal("append succeeded with Redis down")
+	} else if clientError(err).Code.String() != "ERROR_CODE_UNAVAILABLE" {
+		t.Fatalf("append with Redis down = %v, want unavailable", err)
+	}
+	r.Start()
+	// The script cache is gone after a restart; the batcher reloads it.
+	m2 := testMessage(newMsgIDGen(0), a, "after restart")
+	if _, err := s.AppendMessage(ctx, m2, []uint64{b.ID}, ""); err != nil {
+		t.Fatalf("append after restart: %v", err)
+	}
+	got, err := s.Inbox(ctx, b.ID, 0, 10)
+	if err != nil || len(got) != 2 || got[0].Text != "fsynced" || got[1].Text != "after restart" {
+		t.Fatalf("inbox after restart = %v, %v", got, err)
+	}
+}
