@@ -13,6 +13,9 @@ import (
 type Event struct {
 	Message *chatpb.Message
 	Login   *LoginNotice
+	// Resync says live events for the user may have been missed (the
+	// broker lost its connection); the user's inbox must be replayed.
+	Resync bool
 
 	// frame is Message already encoded as a push, shared by every local
 	// recipient so a group fan-out encodes once. Nil means encode on delivery.

@@ -7,20 +7,23 @@ import (
 // metrics are one server's counters, registered on its own registry (never
 // the global one) so several servers can live in one process.
 type metrics struct {
-	registry        *prometheus.Registry
-	connsOpen       prometheus.Gauge
-	connsTotal      prometheus.Counter
-	requests        *prometheus.CounterVec // kind, result
-	logins          prometheus.Counter
-	loginFailures   prometheus.Counter
-	messagesSent    prometheus.Counter
-	deliveredLive   prometheus.Counter
-	deliveredReplay prometheus.Counter
-	storedOffline   prometheus.Counter
-	inboxTrimmed    prometheus.Counter
-	frameErrors     *prometheus.CounterVec // kind: zero_length, too_large, garbage
-	kicks           *prometheus.CounterVec // reason
-	rateLimited     prometheus.Counter
+	registry         *prometheus.Registry
+	connsOpen        prometheus.Gauge
+	connsTotal       prometheus.Counter
+	requests         *prometheus.CounterVec // kind, result
+	logins           prometheus.Counter
+	loginFailures    prometheus.Counter
+	messagesSent     prometheus.Counter
+	deliveredLive    prometheus.Counter
+	deliveredReplay  prometheus.Counter
+	storedOffline    prometheus.Counter
+	inboxTrimmed     prometheus.Counter
+	frameErrors      *prometheus.CounterVec // kind: zero_length, too_large, garbage
+	kicks            *prometheus.CounterVec // reason
+	rateLimited      prometheus.Counter
+	externalPushes   prometheus.Counter
+	pubsubReconnects prometheus.Counter
+	channelErrors    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -55,8 +58,14 @@ func newMetrics() *metrics {
 			[]string{"reason"}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_rate_limited_total", Help: "Requests refused by the per-connection rate or in-flight limit."}),
+		externalPushes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_external_pushes_total", Help: "Messages published to user channels by other programs (pushed live, not stored)."}),
+		pubsubReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_pubsub_reconnects_total", Help: "Times the Redis pub/sub connection came back after a loss."}),
+		channelErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_channel_payload_errors_total", Help: "User channel payloads dropped as invalid JSON or events."}),
 	}
-	m.registry.MustRegister(m.connsOpen, m.connsTotal, m.requests, m.logins, m.loginFailures,
+	m.registry.MustRegister(m.externalPushes, m.pubsubReconnects, m.channelErrors, m.connsOpen, m.connsTotal, m.requests, m.logins, m.loginFailures,
 		m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline, m.inboxTrimmed,
 		m.frameErrors, m.kicks, m.rateLimited)
 	return m

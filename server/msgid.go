@@ -25,13 +25,20 @@ const (
 // counting from the last millisecond it used, so ids never go backwards.
 type msgIDGen struct {
 	mu     sync.Mutex
-	node   uint64
+	node   uint64 // guarded by mu: a cluster node may be renumbered
 	lastMs int64
 	seq    uint64
 }
 
 func newMsgIDGen(node uint64) *msgIDGen {
 	return &msgIDGen{node: node & msgIDMaxNode}
+}
+
+// setNode changes the node number for ids issued from now on.
+func (g *msgIDGen) setNode(node uint64) {
+	g.mu.Lock()
+	g.node = node & msgIDMaxNode
+	g.mu.Unlock()
 }
 
 // next returns a fresh id and the millisecond timestamp it encodes.

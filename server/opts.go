@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/loopchat/loopchat/codec"
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // Engine names.
@@ -66,6 +67,22 @@ type Options struct {
 	NodeID string
 	// Logger receives the server's logs. Nil means slog.Default().
 	Logger *slog.Logger
+	// Redis, when set, makes this node one of a cluster: users, groups and
+	// inboxes live in the Redis at this URL (redis://host:port/db) and
+	// messages route over its pub/sub. Empty means a single node on the
+	// embedded store.
+	Redis string
+	// RedisPrefix starts every Redis key and channel. Empty means "loopchat:".
+	RedisPrefix string
+	// Heartbeat is how often a cluster node refreshes its registry entry.
+	// Zero means 1s.
+	Heartbeat time.Duration
+	// NodeTTL is how long a registry entry outlives the last heartbeat.
+	// Zero means 3×Heartbeat.
+	NodeTTL time.Duration
+	// AdvertiseAddr is the client address the registry gives for this
+	// node. Empty means the address it listens on.
+	AdvertiseAddr string
 	// Store overrides the embedded store (cluster mode, tests). Nil means a
 	// BoltStore in DataDir, which the server closes on shutdown.
 	Store Store
@@ -129,7 +146,17 @@ func (o *Options) withDefaults() (Options, error) {
 		host, _ := os.Hostname()
 		c.NodeID = host + ":" + portOf(c.Listen)
 	}
-	if c.TokenSecret == nil {
+	if c.RedisPrefix == "" {
+		c.RedisPrefix = protocol.DefaultPrefix
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = time.Second
+	}
+	if c.NodeTTL <= 0 {
+		c.NodeTTL = 3 * c.Heartbeat
+	}
+	if c.TokenSecret == nil && c.Redis == "" {
+		// A cluster shares its secret through Redis instead (see New).
 		secret, err := loadOrCreateSecret(c.DataDir)
 		if err != nil {
 			return c, err

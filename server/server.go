@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
+
 	chatpb "github.com/loopchat/loopchat/proto"
 )
 
@@ -28,6 +31,11 @@ type Server struct {
 	engine    engine
 	runq      *runQueue
 
+	rdb      *redis.Client // cluster mode only
+	registry *registry     // cluster mode only
+	addr     net.Addr      // where the engine listens
+
+	startedAt  time.Time
 	nextConnID atomic.Uint64
 	closing    atomic.Bool
 
@@ -70,12 +78,20 @@ func New(o Options) (*Server, error) {
 		ids:       newMsgIDGen(0),
 		metrics:   newMetrics(),
 		conns:     make(map[uint64]*session),
+		startedAt: time.Now(),
 		sweepStop: make(chan struct{}),
 		sweepDone: make(chan struct{}),
 	}
 	s.users.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.store = opts.Store
+	if opts.Redis != "" {
+		if err := s.joinCluster(); err != nil {
+			return nil, err
+		}
+	}
+	if s.store == nil {
+		s.store = opts.Store
+	}
 	if s.store == nil {
 		st, err := OpenBoltStore(BoltConfig{Path: opts.storePath(), InboxLimit: opts.InboxLimit})
 		if err != nil {
@@ -83,13 +99,18 @@ func New(o Options) (*Server, error) {
 		}
 		s.store, s.ownsStore = st, true
 	}
-	if opts.NewBroker != nil {
+	if s.tokens.secret == nil {
+		return nil, errors.New("no token secret")
+	}
+	switch {
+	case s.broker != nil:
+	case opts.NewBroker != nil:
 		s.broker, err = opts.NewBroker(s.onEvent)
 		if err != nil {
 			s.closeStore()
 			return nil, fmt.Errorf("broker: %w", err)
 		}
-	} else {
+	default:
 		s.broker = NewMemoryBroker(s.onEvent)
 	}
 	switch opts.Engine {
@@ -113,8 +134,17 @@ func (s *Server) Start() (net.Addr, error) {
 	addr, err := s.engine.start()
 	if err != nil {
 		s.stopBackground()
-		s.closeStore()
+		s.closeDeps()
 		return nil, err
+	}
+	s.addr = addr
+	if s.registry != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.registry.start(ctx); err != nil {
+			_ = s.Shutdown(ctx)
+			return nil, fmt.Errorf("cluster registry: %w", err)
+		}
 	}
 	s.log.Info("serving", "addr", addr.String(), "engine", s.opts.Engine, "loops", s.opts.Loops)
 	return addr, nil
@@ -153,10 +183,26 @@ func (s *Server) shutdown(ctx context.Context) error {
 	errEngine := s.engine.stop(stopCtx)
 	s.stopBackground()
 	s.cancel()
-	errBroker := s.broker.Close()
-	errStore := s.closeStore()
+	if s.registry != nil {
+		s.registry.close(stopCtx)
+	}
+	errDeps := s.closeDeps()
 	s.log.Info("stopped")
-	return errors.Join(errEngine, errBroker, errStore)
+	return errors.Join(errEngine, errDeps)
+}
+
+// closeDeps closes the broker and what the server opened itself.
+func (s *Server) closeDeps() error {
+	var errBroker error
+	if s.broker != nil {
+		errBroker = s.broker.Close()
+	}
+	errStore := s.closeStore()
+	var errRedis error
+	if s.rdb != nil {
+		errRedis = s.rdb.Close()
+	}
+	return errors.Join(errBroker, errStore, errRedis)
 }
 
 // stopBackground ends the sweeper and the workers after the work queued.
@@ -168,7 +214,7 @@ func (s *Server) stopBackground() {
 }
 
 func (s *Server) closeStore() error {
-	if s.ownsStore {
+	if s.ownsStore && s.store != nil {
 		return s.store.Close()
 	}
 	return nil
@@ -239,8 +285,18 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 		return
 	}
 	switch {
+	case ev.Resync:
+		c.enqueue(mailItem{resync: true})
 	case ev.Message != nil:
-		c.push(ev.Message, ev.frame)
+		m := ev.Message
+		if m.MsgId == 0 {
+			// Published by another program: give it an id so the client
+			// can tell it apart (it is pushed live only, never stored).
+			m = proto.Clone(m).(*chatpb.Message)
+			m.MsgId, m.SentAtMs = s.ids.next(time.Now())
+			s.metrics.externalPushes.Inc()
+		}
+		c.push(m, ev.frame)
 	case ev.Login != nil:
 		u := c.user.Load()
 		if u == nil || ev.Login.NodeID == s.opts.NodeID {

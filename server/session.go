@@ -43,6 +43,7 @@ type sessionUser struct {
 type mailItem struct {
 	frame  *chatpb.Frame
 	closed bool
+	resync bool // replay the inbox: live pushes may have been missed
 }
 
 // replayState buffers live pushes while the inbox is being replayed at
@@ -173,7 +174,7 @@ func (c *session) protocolError(kind string, err error) {
 
 func (c *session) enqueue(it mailItem) bool {
 	c.mu.Lock()
-	if !it.closed && len(c.queue) >= c.srv.opts.MaxPending {
+	if it.frame != nil && len(c.queue) >= c.srv.opts.MaxPending {
 		c.mu.Unlock()
 		return false
 	}
@@ -205,6 +206,10 @@ func (c *session) drain() {
 		switch {
 		case it.closed:
 			c.cleanup()
+		case it.resync:
+			if !gone {
+				c.resync()
+			}
 		case !gone:
 			c.handle(it.frame)
 		case it.frame.GetAck() != nil && c.user.Load() != nil:
@@ -312,6 +317,24 @@ func (c *session) writePush(m *chatpb.Message, frame []byte) {
 
 func encodePush(m *chatpb.Message) ([]byte, error) {
 	return protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+}
+
+// resync replays the inbox of a logged-in session whose live pushes may
+// have been lost (the broker reconnected). The client drops the messages it
+// already has by msg_id.
+func (c *session) resync() {
+	u := c.user.Load()
+	if u == nil {
+		return
+	}
+	c.pushMu.Lock()
+	replaying := c.replay != nil
+	c.pushMu.Unlock()
+	if replaying {
+		return
+	}
+	c.beginReplay()
+	c.replayInbox(c.srv.ctx, u.id)
 }
 
 // beginReplay starts holding live pushes; call before subscribing.

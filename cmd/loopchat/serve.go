@@ -25,6 +25,9 @@ func newServeCmd() *cobra.Command {
 		Use:   "serve",
 		Short: "Run a loopchat node",
 		Long: `Run a loopchat node. With no --redis it runs alone on an embedded store in --data.
+With --redis every node shares users, groups and inboxes in that Redis and
+routes messages over its pub/sub (see docs/cluster.md); give every node the
+same --token-secret, or none and they share one kept in Redis.
 
 Every flag can also be set from the environment variable shown beside it;
 a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
@@ -78,7 +81,12 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.IntVar(&o.InboxLimit, "inbox-limit", 10000, "unacknowledged messages kept per user; the oldest are dropped beyond it")
 	f.IntVar(&o.Workers, "workers", 0, "goroutines running requests off the event loops; 0 means 64 per CPU")
 	f.IntVar(&o.BcryptCost, "bcrypt-cost", 0, "bcrypt cost for password hashes; 0 means bcrypt's default (10)")
-	f.StringVar(&o.NodeID, "node-id", "", "name of this node in LoginOK and logs; empty means host:port")
+	f.StringVar(&o.NodeID, "node-id", "", "name of this node in LoginOK, logs and the cluster registry; empty means host:port")
+	f.StringVar(&o.Redis, "redis", "", "Redis URL (redis://host:port/db) to run as one node of a cluster; empty means a single node on the embedded store")
+	f.StringVar(&o.RedisPrefix, "redis-prefix", "loopchat:", "prefix of every Redis key and pub/sub channel")
+	f.DurationVar(&o.Heartbeat, "heartbeat", time.Second, "how often a cluster node refreshes its registry entry")
+	f.DurationVar(&o.NodeTTL, "node-ttl", 0, "how long a registry entry outlives the last heartbeat; 0 means 3×--heartbeat")
+	f.StringVar(&o.AdvertiseAddr, "advertise-addr", "", "client address of this node in the registry; empty means the --listen address")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long to let clients receive their kick before closing")

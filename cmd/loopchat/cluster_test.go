@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/loopchat/loopchat/client"
+	"github.com/loopchat/loopchat/internal/testproc"
+)
+
+// TestClusterNodeKilled runs two real nodes on one real Redis, kills one
+// with SIGKILL, and checks what its users' friends see and that messages
+// sent to them wait for their next login, on the other node.
+func TestClusterNodeKilled(t *testing.T) {
+	r := testproc.StartRedis(t)
+	n1 := startNode(t, t.TempDir(), "--redis", r.URL, "--node-id", "n1", "--heartbeat", "200ms")
+	n2 := startNode(t, t.TempDir(), "--redis", r.URL, "--node-id", "n2", "--heartbeat", "200ms")
+
+	// Both nodes are in the registry.
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	waitNodes := func(want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var got []string
+			for _, id := range want {
+				v, err := rdb.Get(context.Background(), "loopchat:node:"+id).Result()
+				if err == nil {
+					var info struct {
+						NodeID string `json:"node_id"`
+						Addr   string `json:"addr"`
+					}
+					if json.Unmarshal([]byte(v), &info) == nil && info.Addr != "" {
+						got = append(got, info.NodeID)
+					}
+				}
+			}
+			if len(got) == len(want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("registry has %v, want %v", got, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitNodes("n1", "n2")
+
+	out := responses(script(t, n1.addr, "/register alice hunter2hunter2", "/register bob hunter2hunter2"))
+	expectResp(t, out[1], "register", true)
+
+	// bob stays logged in on n2.
+	bob, err := client.Dial(context.Background(), client.Options{Addr: n2.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.Close()
+	if _, err := bob.Login(context.Background(), "bob", "hunter2hunter2"); err != nil {
+		t.Fatal(err)
+	}
+
+	out = responses(script(t, n1.addr, "/login alice hunter2hunter2", "/friend add bob", "/friends"))
+	friends := out[2]["friends"].([]any)
+	if !friends[0].(map[string]any)["online"].(bool) {
+		t.Fatalf("bob on n2 not online: %v", friends)
+	}
+
+	if err := n2.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-n2.done
+	n2.done <- nil
+	killedAt := time.Now()
+	// Within the registry TTL bob shows offline, and n2 leaves the registry.
+	for {
+		out = responses(script(t, n1.addr, "/login alice hunter2hunter2", "/friends"))
+		f := out[1]["friends"].([]any)[0].(map[string]any)
+		if f["online"] == false {
+			break
+		}
+		if time.Since(killedAt) > 5*time.Second {
+			t.Fatal("bob still online 5s after his node was killed")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("bob shown offline %v after his node was killed", time.Since(killedAt).Round(time.Millisecond))
+	waitNodes("n1")
+	deadline := time.Now().Add(5 * time.Second)
+	for rdb.Exists(context.Background(), "loopchat:node:n2").Val() == 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("killed node still in the registry")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	out = responses(script(t, n1.addr, "/login alice hunter2hunter2", "/msg bob are you there?"))
+	expectResp(t, out[1], "msg", true)
+	if out[1]["online"] != false {
+		t.Fatalf("send to bob after his node died: %v", out[1])
+	}
+	// bob logs in on the surviving node and gets it.
+	events := script(t, n1.addr, "/login bob hunter2hunter2", "/wait 500ms")
+	var texts []string
+	for _, e := range events {
+		if e["event"] == "message" {
+			texts = append(texts, e["text"].(string))
+		}
+	}
+	if strings.Join(texts, "|") != "are you there?" {
+		t.Fatalf("bob's messages on the surviving node = %v", texts)
+	}
+}

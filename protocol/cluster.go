@@ -1,0 +1,113 @@
+package protocol
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// The JSON that crosses Redis between nodes, and that any program may use
+// to reach a logged-in user. See docs/cluster.md.
+
+// DefaultPrefix starts every Redis key and channel name.
+const DefaultPrefix = "loopchat:"
+
+// UserChannel is the pub/sub channel of a user: "<prefix>user:<id>".
+func UserChannel(prefix string, uid uint64) string {
+	return prefix + "user:" + strconv.FormatUint(uid, 10)
+}
+
+// ParseUserChannel returns the user id of a UserChannel name.
+func ParseUserChannel(prefix, channel string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(channel, prefix+"user:")
+	if !ok {
+		return 0, false
+	}
+	uid, err := strconv.ParseUint(rest, 10, 64)
+	return uid, err == nil
+}
+
+// Event types on a user channel.
+const (
+	EventMessage = "message" // a chat message to push to the user
+	EventLogin   = "login"   // the user logged in on node_id; older sessions must go
+)
+
+// ChannelEvent is one JSON object on a user channel. For "message" the
+// chat fields are used; a message published by a third party may leave
+// msg_id and sent_at_ms zero (the node fills them in) and is pushed live
+// only: it is not stored. For "login" node_id, conn_id and at_ms are used.
+type ChannelEvent struct {
+	Type string `json:"type"`
+
+	MsgID        Uint64 `json:"msg_id,omitempty"`
+	FromUserID   uint64 `json:"from_user_id,omitempty"`
+	FromUsername string `json:"from_username,omitempty"`
+	ToUserID     uint64 `json:"to_user_id,omitempty"`
+	GroupID      uint64 `json:"group_id,omitempty"`
+	Text         string `json:"text,omitempty"`
+	SentAtMs     int64  `json:"sent_at_ms,omitempty"`
+
+	NodeID string `json:"node_id,omitempty"`
+	ConnID uint64 `json:"conn_id,omitempty"`
+	AtMs   int64  `json:"at_ms,omitempty"`
+}
+
+// ParseChannelEvent decodes and validates a channel payload.
+func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
+	var ev ChannelEvent
+	if err := json.Unmarshal(payload, &ev); err != nil {
+		return nil, fmt.Errorf("protocol: channel event: %w", err)
+	}
+	switch ev.Type {
+	case EventMessage:
+		if err := ValidateText(ev.Text); err != nil {
+			return nil, fmt.Errorf("protocol: channel message: %w", err)
+		}
+	case EventLogin:
+		if ev.NodeID == "" {
+			return nil, fmt.Errorf("protocol: login event without node_id")
+		}
+	default:
+		return nil, fmt.Errorf("protocol: unknown channel event type %q", ev.Type)
+	}
+	return &ev, nil
+}
+
+// Uint64 is a JSON number that also accepts a quoted string, because
+// message ids exceed 2^53 and JavaScript publishers must send them quoted.
+// It is written as a plain number.
+type Uint64 uint64
+
+// UnmarshalJSON accepts 123 and "123".
+func (u *Uint64) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	if s == "null" || s == "" {
+		*u = 0
+		return nil
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("not an unsigned integer: %s", b)
+	}
+	*u = Uint64(v)
+	return nil
+}
+
+// NodeInfo is what a node heartbeats into the registry at NodeKey, with a
+// short TTL: it disappears a few seconds after the node dies.
+type NodeInfo struct {
+	NodeID    string `json:"node_id"`
+	Addr      string `json:"addr"`
+	Conns     int    `json:"conns"`
+	Draining  bool   `json:"draining"`
+	StartedAt int64  `json:"started_at_ms"`
+}
+
+// NodeKey is the registry key of one node; NodesKey is the sorted set of
+// node ids by last heartbeat (ms), for discovery.
+func NodeKey(prefix, nodeID string) string { return prefix + "node:" + nodeID }
+
+// NodesKey is the registry's index of node ids.
+func NodesKey(prefix string) string { return prefix + "nodes" }

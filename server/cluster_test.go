@@ -1,0 +1,230 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/loopchat/loopchat/internal/testproc"
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// clusterNodes starts n nodes sharing one Redis; no token secret is given,
+// so they must agree on the one kept in Redis.
+func clusterNodes(t *testing.T, r *testproc.Redis, n int, engine string) []*testServer {
+	var nodes []*testServer
+	for i := range n {
+		opts := testOptions(t, engine)
+		opts.Redis = r.URL
+		opts.NodeID = fmt.Sprintf("node-%d", i+1)
+		opts.Heartbeat = 200 * time.Millisecond
+		nodes = append(nodes, startServer(t, opts))
+	}
+	return nodes
+}
+
+func TestClusterChatAcrossNodes(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		r := testproc.StartRedis(t)
+		nodes := clusterNodes(t, r, 2, engine)
+		a, b := nodes[0], nodes[1]
+
+		alice, aliceOK := a.user(t, "alice")
+		bob, bobOK := b.user(t, "bob")
+		if aliceOK.NodeId != "node-1" || bobOK.NodeId != "node-2" {
+			t.Fatalf("node ids %q %q", aliceOK.NodeId, bobOK.NodeId)
+		}
+		// One to one, both ways.
+		resp := alice.do(sendTo("bob", "hi from node 1"))
+		expectOK(t, resp)
+		if !resp.GetSendOk().Online {
+			t.Fatal("bob on the other node counted offline")
+		}
+		if m := bob.nextMessage(); m.Text != "hi from node 1" || m.FromUserId != aliceOK.UserId || m.MsgId != resp.GetSendOk().MsgId {
+			t.Fatalf("bob got %v", m)
+		}
+		expectOK(t, bob.do(sendTo("alice", "hi from node 2")))
+		m := alice.nextMessage()
+		if m.Text != "hi from node 2" {
+			t.Fatalf("alice got %v", m)
+		}
+		alice.sendFrame(ackReq(m.MsgId))
+		// Friends and presence across nodes.
+		expectOK(t, alice.do(&chatpb.Frame{Body: &chatpb.Frame_AddFriend{AddFriend: &chatpb.AddFriend{Username: "bob"}}}))
+		fl := alice.do(&chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}}).GetFriendList().GetFriends()
+		if len(fl) != 1 || !fl[0].Online {
+			t.Fatalf("alice's friends = %v", fl)
+		}
+		// Groups across nodes, with an offline member who logs in on the
+		// other node.
+		carol, _ := b.user(t, "carol")
+		gid := alice.do(&chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: "g"}}}).GetGroupCreated().GetGroupId()
+		for _, rc := range []*rawConn{bob, carol} {
+			expectOK(t, rc.do(&chatpb.Frame{Body: &chatpb.Frame_JoinGroup{JoinGroup: &chatpb.JoinGroup{GroupId: gid}}}))
+		}
+		carol.c.Close()
+		waitFor(t, "carol offline", func() bool {
+			gl := alice.do(&chatpb.Frame{Body: &chatpb.Frame_ListGroups{ListGroups: &chatpb.ListGroups{}}}).GetGroupList().GetGroups()
+			return len(gl) == 1 && len(gl[0].Members) == 3 && !gl[0].Members[2].Online && gl[0].Members[1].Online
+		})
+		expectOK(t, alice.do(sendGroup(gid, "group across nodes")))
+		if m := bob.nextMessage(); m.GroupId != gid || m.Text != "group across nodes" {
+			t.Fatalf("bob got %v", m)
+		}
+		carol, _ = a.user(t, "carol")
+		if m := carol.nextMessage(); m.Text != "group across nodes" {
+			t.Fatalf("carol's replay on the other node = %v", m)
+		}
+		// A token from one node logs in on the other (shared secret), and
+		// the newest login wins across nodes.
+		alice2 := dial(t, b.addr)
+		expectOK(t, alice2.do(tokenReq(aliceOK.Token)))
+		alice.expectKicked(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE)
+		expectOK(t, bob.do(sendTo("alice", "to your new session")))
+		if m := alice2.nextMessage(); m.Text != "to your new session" {
+			t.Fatalf("alice's new session got %v", m)
+		}
+	})
+}
+
+func TestThirdPartyPublishReachesUser(t *testing.T) {
+	r, rdb := testRedis(t)
+	nodes := clusterNodes(t, r, 1, EngineGnet)
+	dave, ok := nodes[0].user(t, "dave")
+	payload := `{"type":"message","from_username":"billing","text":"your invoice is ready"}`
+	n, err := rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), payload).Result()
+	if err != nil || n != 1 {
+		t.Fatalf("PUBLISH = %d, %v", n, err)
+	}
+	m := dave.nextMessage()
+	if m.Text != "your invoice is ready" || m.FromUsername != "billing" || m.MsgId == 0 || m.SentAtMs == 0 {
+		t.Fatalf("dave got %v", m)
+	}
+	// A malformed payload is dropped and counted; dave is unharmed.
+	_ = rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), `{"type":"message","text":""}`).Err()
+	waitFor(t, "bad payload counted", func() bool { return testutil.ToFloat64(nodes[0].metrics.channelErrors) == 1 })
+	expectOK(t, dave.do(pingReq()))
+}
+
+// TestRedisCrashLosesNothingAcknowledged kills Redis with SIGKILL while
+// senders on both nodes write continuously, then restarts it. Every message
+// that got SendOK must reach its recipient exactly once after dedup by msg_id.
+func TestRedisCrashLosesNothingAcknowledged(t *testing.T) {
+	r := testproc.StartRedis(t)
+	nodes := clusterNodes(t, r, 2, EngineGnet)
+	const pairs = 4
+	type pair struct {
+		sender, receiver *rawConn
+		name             string
+	}
+	var ps []pair
+	for i := range pairs {
+		s, _ := nodes[i%2].user(t, fmt.Sprintf("sender%d", i))
+		rc, _ := nodes[(i+1)%2].user(t, fmt.Sprintf("receiver%d", i))
+		ps = append(ps, pair{s, rc, fmt.Sprintf("receiver%d", i)})
+	}
+
+	var sentOK, refused atomic.Int64
+	acked := make([]map[uint64]bool, pairs)   // msg ids that got SendOK
+	received := make([]map[uint64]int, pairs) // msg id -> times pushed
+	var mu sync.Mutex
+	stopSend := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		acked[i], received[i] = map[uint64]bool{}, map[uint64]int{}
+		wg.Add(1)
+		go func() { // sender: one request at a time, retrying with the same client_msg_id
+			defer wg.Done()
+			for k := 0; ; k++ {
+				select {
+				case <-stopSend:
+					return
+				default:
+				}
+				f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+					To: &chatpb.Send_Username{Username: p.name}, Text: fmt.Sprint("m", k), ClientMsgId: fmt.Sprint(i, "-", k)}}}
+				seq := p.sender.sendFrame(f)
+				resp, err := p.sender.tryRead(10 * time.Second)
+				if err != nil || resp.Seq != seq {
+					t.Errorf("sender %d: %v %v", i, resp, err)
+					return
+				}
+				if ok := resp.GetSendOk(); ok != nil {
+					sentOK.Add(1)
+					mu.Lock()
+					acked[i][ok.MsgId] = true
+					mu.Unlock()
+				} else {
+					refused.Add(1)
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}()
+		go func() { // receiver: count pushes by id, ack as it goes
+			for {
+				f, err := p.receiver.tryRead(30 * time.Second)
+				if err != nil {
+					return
+				}
+				if m := f.GetMessage(); m != nil {
+					mu.Lock()
+					received[i][m.MsgId]++
+					mu.Unlock()
+					p.receiver.sendFrame(ackReq(m.MsgId))
+				}
+			}
+		}()
+	}
+	time.Sleep(700 * time.Millisecond)
+	r.Kill()
+	time.Sleep(700 * time.Millisecond)
+	r.Start()
+	time.Sleep(1500 * time.Millisecond)
+	close(stopSend)
+	wg.Wait()
+
+	// Everything acknowledged arrives (the resync after the pub/sub
+	// reconnect delivers what was stored but not pushed live).
+	missing := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for i := range ps {
+			for id := range acked[i] {
+				if received[i][id] == 0 {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for missing() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	mu.Lock()
+	delivered, dups := 0, 0
+	for i := range ps {
+		for _, n := range received[i] {
+			delivered++
+			dups += n - 1
+		}
+	}
+	mu.Unlock()
+	t.Logf("sent with SendOK: %d, refused while Redis was down: %d, distinct delivered: %d, duplicate pushes dropped by msg_id: %d",
+		sentOK.Load(), refused.Load(), delivered, dups)
+	if m := missing(); m > 0 {
+		t.Fatalf("%d acknowledged messages never arrived", m)
+	}
+	if refused.Load() == 0 {
+		t.Fatal("no send was refused: Redis was not down while traffic flowed")
+	}
+	if sentOK.Load() < 20 {
+		t.Fatalf("only %d messages went through", sentOK.Load())
+	}
+}
