@@ -77,17 +77,18 @@ type Client struct {
 	opts   Options
 	events chan Event
 
-	mu      sync.Mutex
-	conn    net.Conn
-	w       *bufio.Writer
-	pending map[uint64]chan *chatpb.Frame
-	seq     uint64
-	token   string
-	stopRe  bool          // no reconnect (closed, logged out, kicked for a newer login)
-	backoff time.Duration // next reconnect delay; reset by a successful reconnect
-	closed  bool
-	done    chan struct{}
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	conn     net.Conn
+	w        *bufio.Writer
+	pending  map[uint64]chan *chatpb.Frame
+	seq      uint64
+	token    string
+	stopRe   bool          // no reconnect (closed, logged out, kicked for a newer login)
+	backoff  time.Duration // next reconnect delay; reset by a successful reconnect
+	username string        // from the last LoginOK
+	closed   bool
+	done     chan struct{}
+	wg       sync.WaitGroup
 }
 
 // Dial connects to opts.Addr.
@@ -163,6 +164,13 @@ func (c *Client) Token() string {
 	return c.token
 }
 
+// Username is who the last LoginOK said we are ("" before any login).
+func (c *Client) Username() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.username
+}
+
 // Close closes the connection and stops reconnecting; Events is closed once
 // the reader has stopped.
 func (c *Client) Close() error {
@@ -199,6 +207,11 @@ func (c *Client) readLoop(conn net.Conn) {
 		}
 		if f.Seq != 0 {
 			c.mu.Lock()
+			if ok := f.GetLoginOk(); ok != nil {
+				// Recorded before reading on, so pushes that follow the
+				// LoginOK already see who we are.
+				c.username = ok.Username
+			}
 			ch := c.pending[f.Seq]
 			delete(c.pending, f.Seq)
 			c.mu.Unlock()

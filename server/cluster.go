@@ -29,6 +29,8 @@ func (s *Server) joinCluster() error {
 	ropts.ReadTimeout = 3 * time.Second
 	ropts.WriteTimeout = 3 * time.Second
 	ropts.MaxRetries = -1
+	ropts.DialerRetries = 1
+	ropts.DialerRetryTimeout = 10 * time.Millisecond
 	ropts.PoolSize = max(ropts.PoolSize, 64)
 	s.rdb = redis.NewClient(ropts)
 

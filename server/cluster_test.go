@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -130,13 +131,14 @@ func TestRedisCrashLosesNothingAcknowledged(t *testing.T) {
 	}
 
 	var sentOK, refused atomic.Int64
-	acked := make([]map[uint64]bool, pairs)   // msg ids that got SendOK
+	acked := make([]map[uint64]bool, pairs) // msg ids that got SendOK
+	ackedOnline := make([]map[uint64]bool, pairs)
 	received := make([]map[uint64]int, pairs) // msg id -> times pushed
 	var mu sync.Mutex
 	stopSend := make(chan struct{})
 	var wg sync.WaitGroup
 	for i, p := range ps {
-		acked[i], received[i] = map[uint64]bool{}, map[uint64]int{}
+		acked[i], received[i], ackedOnline[i] = map[uint64]bool{}, map[uint64]int{}, map[uint64]bool{}
 		wg.Add(1)
 		go func() { // sender: one request at a time, retrying with the same client_msg_id
 			defer wg.Done()
@@ -158,6 +160,7 @@ func TestRedisCrashLosesNothingAcknowledged(t *testing.T) {
 					sentOK.Add(1)
 					mu.Lock()
 					acked[i][ok.MsgId] = true
+					ackedOnline[i][ok.MsgId] = ok.Online
 					mu.Unlock()
 				} else {
 					refused.Add(1)
@@ -181,9 +184,11 @@ func TestRedisCrashLosesNothingAcknowledged(t *testing.T) {
 		}()
 	}
 	time.Sleep(700 * time.Millisecond)
+	killedAt := time.Now()
 	r.Kill()
-	time.Sleep(700 * time.Millisecond)
+	time.Sleep(1500 * time.Millisecond)
 	r.Start()
+	restartedAt := time.Now()
 	time.Sleep(1500 * time.Millisecond)
 	close(stopSend)
 	wg.Wait()
@@ -219,6 +224,19 @@ func TestRedisCrashLosesNothingAcknowledged(t *testing.T) {
 	t.Logf("sent with SendOK: %d, refused while Redis was down: %d, distinct delivered: %d, duplicate pushes dropped by msg_id: %d",
 		sentOK.Load(), refused.Load(), delivered, dups)
 	if m := missing(); m > 0 {
+		mu.Lock()
+		for i := range ps {
+			for id, on := range ackedOnline[i] {
+				if received[i][id] == 0 {
+					dbg := redis.NewClient(&redis.Options{Addr: r.Addr})
+					ex := dbg.Exists(context.Background(), "loopchat:msg:"+msgMember(id)).Val()
+					dbg.Close()
+					t.Logf("pair %d missing msg %d (online=%v, sent at %v) in redis: %d", i, id, on, time.UnixMilli(msgIDUnixMs(id)).Format("15:04:05.000"), ex)
+				}
+			}
+		}
+		mu.Unlock()
+		t.Logf("redis killed at %v, restarted at %v", killedAt.Format("15:04:05.000"), restartedAt.Format("15:04:05.000"))
 		t.Fatalf("%d acknowledged messages never arrived", m)
 	}
 	if refused.Load() == 0 {

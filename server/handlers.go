@@ -172,7 +172,7 @@ func (c *session) authenticate(ctx context.Context, req *chatpb.Login) (User, er
 	if len(req.Password) > protocol.MaxPassword {
 		return User{}, ErrBadCredentials
 	}
-	u, err := c.srv.store.UserByName(ctx, req.Username)
+	u, err := c.srv.store.Credentials(ctx, req.Username)
 	if err != nil && !errors.Is(err, ErrUserNotFound) {
 		return User{}, err
 	}

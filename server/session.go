@@ -356,7 +356,7 @@ func (c *session) replayInbox(ctx context.Context, uid uint64) {
 	var after uint64
 	for {
 		for {
-			page, err := c.srv.store.Inbox(ctx, uid, after, replayPage)
+			page, err := c.readInbox(ctx, uid, after)
 			if err != nil {
 				c.logger().Warn("inbox replay failed; messages stay stored for the next login", "err", err)
 				break
@@ -397,6 +397,26 @@ func (c *session) replayInbox(ctx context.Context, uid uint64) {
 		c.replay = nil
 		c.pushMu.Unlock()
 		return
+	}
+}
+
+// readInbox reads one replay page, retrying for a while when the store is
+// unavailable: a replay often starts right after Redis came back, when
+// pooled connections to the old process still fail once.
+func (c *session) readInbox(ctx context.Context, uid, after uint64) ([]*chatpb.Message, error) {
+	backoff := 20 * time.Millisecond
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		page, err := c.srv.store.Inbox(ctx, uid, after, replayPage)
+		if err == nil || !errors.Is(err, errUnavailable) || time.Now().After(deadline) || c.isGone() {
+			return page, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
 	}
 }
 

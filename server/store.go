@@ -60,9 +60,13 @@ type AppendResult struct {
 type Store interface {
 	// CreateUser adds a user; the name must be free, ignoring case.
 	CreateUser(ctx context.Context, name string, passwordHash []byte) (User, error)
-	// UserByName finds a user by name, ignoring case.
+	// Credentials finds a user by name, ignoring case, with the password
+	// hash: the password login path.
+	Credentials(ctx context.Context, name string) (User, error)
+	// UserByName finds a user by name, ignoring case, without the hash.
+	// Users are never renamed or deleted, so implementations may cache.
 	UserByName(ctx context.Context, name string) (User, error)
-	// UserByID finds a user by id.
+	// UserByID finds a user by id, without the hash (cacheable likewise).
 	UserByID(ctx context.Context, id uint64) (User, error)
 
 	// AddFriend makes a and b friends of each other.

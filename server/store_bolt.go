@@ -169,7 +169,13 @@ func getUser(tx *bolt.Tx, id uint64) (User, error) {
 	return User{ID: id, Name: rec.Name, PasswordHash: rec.Hash}, nil
 }
 
-func (s *BoltStore) UserByName(_ context.Context, name string) (u User, err error) {
+func (s *BoltStore) UserByName(ctx context.Context, name string) (User, error) {
+	u, err := s.Credentials(ctx, name)
+	u.PasswordHash = nil
+	return u, err
+}
+
+func (s *BoltStore) Credentials(_ context.Context, name string) (u User, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketUsernames).Get(nameKey(name))
 		if v == nil {
@@ -186,6 +192,7 @@ func (s *BoltStore) UserByID(_ context.Context, id uint64) (u User, err error) {
 		u, err = getUser(tx, id)
 		return err
 	})
+	u.PasswordHash = nil
 	return u, err
 }
 

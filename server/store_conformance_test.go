@@ -33,9 +33,15 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		if b.ID == u.ID {
 			t.Fatal("two users share an id")
 		}
-		got, err := s.UserByName(ctx, "ALICE")
+		got, err := s.Credentials(ctx, "ALICE")
 		if err != nil || got.ID != u.ID || got.Name != "Alice" || string(got.PasswordHash) != "hash-a" {
+			t.Fatalf("Credentials = %v, %v", got, err)
+		}
+		if got, err := s.UserByName(ctx, "alice"); err != nil || got.ID != u.ID || got.Name != "Alice" {
 			t.Fatalf("UserByName = %v, %v", got, err)
+		}
+		if _, err := s.Credentials(ctx, "nobody"); !errors.Is(err, ErrUserNotFound) {
+			t.Fatalf("Credentials of nobody = %v", err)
 		}
 		if got, err := s.UserByID(ctx, b.ID); err != nil || got.Name != "bob" {
 			t.Fatalf("UserByID = %v, %v", got, err)
@@ -365,14 +371,15 @@ func TestBoltStoreExpiresDedup(t *testing.T) {
 	s := openTestBolt(t, 10).(*BoltStore)
 	a, _ := s.CreateUser(ctx, "a", nil)
 	b, _ := s.CreateUser(ctx, "b", nil)
-	m := testMessage(newMsgIDGen(0), a, "old")
+	ids := newMsgIDGen(0)
+	m := testMessage(ids, a, "old")
 	if _, err := s.AppendMessage(ctx, m, []uint64{b.ID}, "k"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.expireDedup(ctx, time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if res, _ := s.AppendMessage(ctx, testMessage(newMsgIDGen(0), a, "new"), []uint64{b.ID}, "k"); res.Duplicate {
+	if res, _ := s.AppendMessage(ctx, testMessage(ids, a, "new"), []uint64{b.ID}, "k"); res.Duplicate {
 		t.Fatal("client_msg_id remembered past its window")
 	}
 	// The inbox itself is untouched by expiry.

@@ -144,7 +144,8 @@ type RedisStore struct {
 	p     string
 	cfg   RedisConfig
 	batch *redisBatcher
-	names nameCache
+	names idCache[uint64, string] // user id -> name
+	ids   idCache[string, uint64] // lower-case name -> user id
 }
 
 // NewRedisStore returns a store on cfg.Client.
@@ -191,29 +192,65 @@ func (s *RedisStore) CreateUser(ctx context.Context, name string, hash []byte) (
 	return User{ID: id, Name: name, PasswordHash: hash}, nil
 }
 
-func (s *RedisStore) UserByName(ctx context.Context, name string) (User, error) {
-	id, err := s.rdb.Get(ctx, s.p+"username:"+strings.ToLower(name)).Uint64()
-	if errors.Is(err, redis.Nil) {
-		return User{}, ErrUserNotFound
+func (s *RedisStore) Credentials(ctx context.Context, name string) (User, error) {
+	id, err := s.userID(ctx, name)
+	if err != nil {
+		return User{}, err
 	}
+	v, err := s.rdb.HMGet(ctx, s.userKey(id), "name", "hash").Result()
 	if err != nil {
 		return User{}, redisErr(err)
+	}
+	n, ok := v[0].(string)
+	if !ok {
+		return User{}, ErrUserNotFound
+	}
+	hash, _ := v[1].(string)
+	return User{ID: id, Name: n, PasswordHash: []byte(hash)}, nil
+}
+
+// userID resolves a name, from the node's cache when it can: a name,
+// once registered, always means the same user.
+func (s *RedisStore) userID(ctx context.Context, name string) (uint64, error) {
+	lower := strings.ToLower(name)
+	if id, ok := s.ids.get(lower); ok {
+		return id, nil
+	}
+	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		return []redis.Cmder{p.Get(ctx, s.p+"username:"+lower)}
+	})
+	if err != nil {
+		return 0, err
+	}
+	id, err := cmds[0].(*redis.StringCmd).Uint64()
+	if errors.Is(err, redis.Nil) {
+		return 0, ErrUserNotFound
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: username %q: %w", name, err)
+	}
+	s.ids.put(lower, id)
+	return id, nil
+}
+
+func (s *RedisStore) UserByName(ctx context.Context, name string) (User, error) {
+	id, err := s.userID(ctx, name)
+	if err != nil {
+		return User{}, err
 	}
 	return s.UserByID(ctx, id)
 }
 
 func (s *RedisStore) UserByID(ctx context.Context, id uint64) (User, error) {
-	v, err := s.rdb.HMGet(ctx, s.userKey(id), "name", "hash").Result()
+	names, err := s.usernames(ctx, []uint64{id})
 	if err != nil {
-		return User{}, redisErr(err)
+		return User{}, err
 	}
-	name, ok := v[0].(string)
+	n, ok := names[id]
 	if !ok {
 		return User{}, ErrUserNotFound
 	}
-	hash, _ := v[1].(string)
-	s.names.put(id, name)
-	return User{ID: id, Name: name, PasswordHash: []byte(hash)}, nil
+	return User{ID: id, Name: n}, nil
 }
 
 // usernames resolves ids to names: names never change, so a node caches
@@ -231,16 +268,18 @@ func (s *RedisStore) usernames(ctx context.Context, ids []uint64) (map[uint64]st
 	if len(missing) == 0 {
 		return out, nil
 	}
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(missing))
-	for i, id := range missing {
-		cmds[i] = pipe.HGet(ctx, s.userKey(id), "name")
+	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		out := make([]redis.Cmder, len(missing))
+		for i, id := range missing {
+			out[i] = p.HGet(ctx, s.userKey(id), "name")
+		}
+		return out
+	})
+	if err != nil {
+		return nil, err
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, redisErr(err)
-	}
 	for i, id := range missing {
-		if n, err := cmds[i].Result(); err == nil {
+		if n, err := cmds[i].(*redis.StringCmd).Result(); err == nil {
 			out[id] = n
 			s.names.put(id, n)
 		}
@@ -360,19 +399,23 @@ func (s *RedisStore) groups(ctx context.Context, gids []uint64) ([]Group, error)
 	if len(gids) == 0 {
 		return nil, nil
 	}
-	pipe := s.rdb.Pipeline()
 	type cmds struct {
 		info    *redis.MapStringStringCmd
 		members *redis.StringSliceCmd
 		roles   *redis.MapStringStringCmd
 	}
 	cs := make([]cmds, len(gids))
-	for i, gid := range gids {
-		g := s.groupKey(gid)
-		cs[i] = cmds{pipe.HGetAll(ctx, g), pipe.ZRange(ctx, g+":members", 0, -1), pipe.HGetAll(ctx, g+":roles")}
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, redisErr(err)
+	_, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		out := make([]redis.Cmder, 0, 3*len(gids))
+		for i, gid := range gids {
+			g := s.groupKey(gid)
+			cs[i] = cmds{p.HGetAll(ctx, g), p.ZRange(ctx, g+":members", 0, -1), p.HGetAll(ctx, g+":roles")}
+			out = append(out, cs[i].info, cs[i].members, cs[i].roles)
+		}
+		return out
+	})
+	if err != nil {
+		return nil, err
 	}
 	var all []uint64
 	out := make([]Group, 0, len(gids))
@@ -497,29 +540,29 @@ func parseIDs(ss []string) []uint64 {
 	return out
 }
 
-// nameCache maps user ids to names; names never change, so entries never
-// go stale. It is bounded: past maxNames it starts over.
-type nameCache struct {
+// idCache remembers facts that never change (a user's id and name): no
+// entry ever goes stale. It is bounded: past maxCached it starts over.
+type idCache[K comparable, V any] struct {
 	mu sync.RWMutex
-	m  map[uint64]string
+	m  map[K]V
 }
 
-const maxNames = 1 << 18
+const maxCached = 1 << 18
 
-func (c *nameCache) get(id uint64) (string, bool) {
+func (c *idCache[K, V]) get(k K) (V, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	n, ok := c.m[id]
-	return n, ok
+	v, ok := c.m[k]
+	return v, ok
 }
 
-func (c *nameCache) put(id uint64, name string) {
+func (c *idCache[K, V]) put(k K, v V) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= maxNames {
-		c.m = make(map[uint64]string)
+	if c.m == nil || len(c.m) >= maxCached {
+		c.m = make(map[K]V)
 	}
-	c.m[id] = name
+	c.m[k] = v
 }
 
 var _ Store = (*RedisStore)(nil)

@@ -95,7 +95,6 @@ type shell struct {
 	out  io.Writer
 
 	mu sync.Mutex // one line at a time on out
-	me string     // logged-in username, for "to" in message events
 }
 
 func (s *shell) println(line string) {
@@ -132,9 +131,7 @@ func (s *shell) pushes() {
 				obj["group_id"] = m.GroupId
 				human = fmt.Sprintf("[%s] %s @ group %d: %s", when, m.FromUsername, m.GroupId, m.Text)
 			} else {
-				s.mu.Lock()
-				obj["to"] = s.me
-				s.mu.Unlock()
+				obj["to"] = s.c.Username()
 				human = fmt.Sprintf("[%s] %s: %s", when, m.FromUsername, m.Text)
 			}
 			s.emit(obj, human)
@@ -235,9 +232,6 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		if err != nil {
 			return nil, "", err
 		}
-		s.mu.Lock()
-		s.me = ok.Username
-		s.mu.Unlock()
 		return map[string]any{"user_id": ok.UserId, "username": ok.Username, "node_id": ok.NodeId,
 				"friends": friendsJSON(ok.Friends), "groups": groupsJSON(ok.Groups)},
 			fmt.Sprintf("logged in as %s (user %d) on node %s; %d friends, %d groups",
