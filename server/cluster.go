@@ -33,6 +33,7 @@ func (s *Server) joinCluster() error {
 	ropts.DialerRetryTimeout = 10 * time.Millisecond
 	ropts.PoolSize = max(ropts.PoolSize, 64)
 	s.rdb = redis.NewClient(ropts)
+	s.rdb.AddHook(redisMetricsHook{s.metrics})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

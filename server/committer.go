@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -24,6 +25,7 @@ type writeOp struct {
 // full.
 type committer struct {
 	db       *bolt.DB
+	observe  func(d time.Duration, batch int) // commit metrics; may be nil
 	ops      chan *writeOp
 	maxBatch int
 	mu       sync.RWMutex // guards closed against sends on a closed channel
@@ -31,8 +33,8 @@ type committer struct {
 	done     chan struct{}
 }
 
-func newCommitter(db *bolt.DB, maxBatch int) *committer {
-	c := &committer{db: db, ops: make(chan *writeOp, maxBatch), maxBatch: maxBatch, done: make(chan struct{})}
+func newCommitter(db *bolt.DB, maxBatch int, observe func(time.Duration, int)) *committer {
+	c := &committer{db: db, ops: make(chan *writeOp, maxBatch), maxBatch: maxBatch, observe: observe, done: make(chan struct{})}
 	go c.run()
 	return c
 }
@@ -92,6 +94,12 @@ func (c *committer) run() {
 }
 
 func (c *committer) commit(batch []*writeOp) {
+	start := time.Now()
+	defer func() {
+		if c.observe != nil {
+			c.observe(time.Since(start), len(batch))
+		}
+	}()
 	results := make([]error, len(batch))
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		for i, op := range batch {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,14 +23,17 @@ import (
 // and queue requests; everything that waits runs on the workers.
 type gnetEngine struct {
 	gnet.BuiltinEventEngine
-	srv    *Server
-	eng    gnet.Engine
-	booted chan struct{}
-	done   chan error
+	srv     *Server
+	loopsMu sync.Mutex
+	loops   map[gnet.EventLoop]string // metric label, numbered as first seen
+	eng     gnet.Engine
+	booted  chan struct{}
+	done    chan error
 }
 
 func newGnetEngine(s *Server) *gnetEngine {
-	return &gnetEngine{srv: s, booted: make(chan struct{}), done: make(chan error, 1)}
+	return &gnetEngine{srv: s, booted: make(chan struct{}), done: make(chan error, 1),
+		loops: make(map[gnet.EventLoop]string)}
 }
 
 func (e *gnetEngine) start() (net.Addr, error) {
@@ -101,11 +106,26 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	t.sess = s
 	c.SetContext(s)
 	e.srv.addConn(s)
+	e.srv.metrics.connsByLoop.WithLabelValues(e.loopLabel(c)).Inc()
 	return nil, gnet.None
+}
+
+// loopLabel names c's event loop for metrics ("0", "1", ...).
+func (e *gnetEngine) loopLabel(c gnet.Conn) string {
+	el := c.EventLoop()
+	e.loopsMu.Lock()
+	defer e.loopsMu.Unlock()
+	label, ok := e.loops[el]
+	if !ok {
+		label = strconv.Itoa(len(e.loops))
+		e.loops[el] = label
+	}
+	return label
 }
 
 func (e *gnetEngine) OnClose(c gnet.Conn, _ error) gnet.Action {
 	if s, ok := c.Context().(*session); ok {
+		e.srv.metrics.connsByLoop.WithLabelValues(e.loopLabel(c)).Dec()
 		s.closed(false)
 	}
 	return gnet.None

@@ -40,8 +40,6 @@ var (
 	ErrTooManyPending = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many requests in flight; wait for responses")
 	// ErrRateLimited: the connection exceeded its request rate.
 	ErrRateLimited = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "request rate limit exceeded")
-	// ErrShuttingDown: the server is stopping and takes no new work.
-	ErrShuttingDown = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE, "server is shutting down")
 )
 
 // clientError converts err into what the client is told: protocol errors

@@ -17,9 +17,6 @@ func (c *session) handle(f *chatpb.Frame) {
 	case !protocol.IsRequest(f):
 		c.fail(f.Seq, kind, ErrNotARequest)
 		return
-	case c.srv.closing.Load() && f.GetAck() == nil: // acks still land while draining
-		c.fail(f.Seq, kind, ErrShuttingDown)
-		return
 	case protocol.NeedsLogin(f) && c.user.Load() == nil:
 		c.fail(f.Seq, kind, ErrNotLoggedIn)
 		return

@@ -1,29 +1,44 @@
 package server
 
 import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 )
 
 // metrics are one server's counters, registered on its own registry (never
-// the global one) so several servers can live in one process.
+// the global one) so several servers can live in one process. Every metric
+// is described in docs/operations.md.
 type metrics struct {
 	registry         *prometheus.Registry
 	connsOpen        prometheus.Gauge
+	connsByLoop      *prometheus.GaugeVec // loop
 	connsTotal       prometheus.Counter
-	requests         *prometheus.CounterVec // kind, result
+	requests         *prometheus.CounterVec // type, result
 	logins           prometheus.Counter
 	loginFailures    prometheus.Counter
 	messagesSent     prometheus.Counter
 	deliveredLive    prometheus.Counter
 	deliveredReplay  prometheus.Counter
 	storedOffline    prometheus.Counter
+	inboxReplay      prometheus.Histogram
 	inboxTrimmed     prometheus.Counter
 	frameErrors      *prometheus.CounterVec // kind: zero_length, too_large, garbage
 	kicks            *prometheus.CounterVec // reason
+	slowConsumers    prometheus.Counter
 	rateLimited      prometheus.Counter
 	externalPushes   prometheus.Counter
 	pubsubReconnects prometheus.Counter
 	channelErrors    prometheus.Counter
+	storeCommit      prometheus.Histogram
+	storeBatch       prometheus.Histogram
+	redisLatency     *prometheus.HistogramVec // cmd
+	redisErrors      *prometheus.CounterVec   // cmd
 }
 
 func newMetrics() *metrics {
@@ -31,6 +46,9 @@ func newMetrics() *metrics {
 		registry: prometheus.NewRegistry(),
 		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "loopchat_connections_open", Help: "Client connections open now."}),
+		connsByLoop: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loopchat_loop_connections_open", Help: "Client connections open now, by gnet event loop."},
+			[]string{"loop"}),
 		connsTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_connections_total", Help: "Client connections accepted."}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -45,9 +63,12 @@ func newMetrics() *metrics {
 		deliveredLive: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_messages_delivered_live_total", Help: "Message pushes to online recipients."}),
 		deliveredReplay: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "loopchat_messages_delivered_replay_total", Help: "Message pushes replayed from inboxes at login."}),
+			Name: "loopchat_messages_delivered_replay_total", Help: "Message pushes replayed from inboxes at login or resync."}),
 		storedOffline: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_messages_stored_offline_total", Help: "Message copies stored for recipients that were offline."}),
+		inboxReplay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "loopchat_inbox_replay_messages", Help: "Inbox size replayed per login or resync.",
+			Buckets: []float64{0, 1, 10, 100, 1000, 10000}}),
 		inboxTrimmed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_inbox_trimmed_total", Help: "Oldest inbox messages dropped because an inbox was full."}),
 		frameErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -56,6 +77,8 @@ func newMetrics() *metrics {
 		kicks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "loopchat_kicks_total", Help: "Connections the server closed, by reason."},
 			[]string{"reason"}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_slow_consumers_total", Help: "Times a client's unread output passed the outbound limit."}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_rate_limited_total", Help: "Requests refused by the per-connection rate or in-flight limit."}),
 		externalPushes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -64,12 +87,64 @@ func newMetrics() *metrics {
 			Name: "loopchat_pubsub_reconnects_total", Help: "Times the Redis pub/sub connection came back after a loss."}),
 		channelErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_channel_payload_errors_total", Help: "User channel payloads dropped as invalid JSON or events."}),
+		storeCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "loopchat_store_commit_seconds", Help: "Embedded store group-commit duration (one fsync'd transaction).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		storeBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "loopchat_store_commit_batch_size", Help: "Writes per embedded store commit.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		redisLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "loopchat_redis_command_seconds", Help: "Redis command (or pipeline) latency, by command.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"cmd"}),
+		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loopchat_redis_errors_total", Help: "Redis commands that failed, by command."}, []string{"cmd"}),
 	}
-	m.registry.MustRegister(m.externalPushes, m.pubsubReconnects, m.channelErrors, m.connsOpen, m.connsTotal, m.requests, m.logins, m.loginFailures,
-		m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline, m.inboxTrimmed,
-		m.frameErrors, m.kicks, m.rateLimited)
+	m.registry.MustRegister(m.connsOpen, m.connsByLoop, m.connsTotal, m.requests, m.logins,
+		m.loginFailures, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
+		m.inboxReplay, m.inboxTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
+		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeCommit, m.storeBatch,
+		m.redisLatency, m.redisErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // Registry is the Prometheus registry holding this server's metrics.
 func (s *Server) Registry() *prometheus.Registry { return s.metrics.registry }
+
+// redisMetricsHook times every Redis command and pipeline.
+type redisMetricsHook struct{ m *metrics }
+
+func (h redisMetricsHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h redisMetricsHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmd)
+		h.observe(cmd.Name(), start, err)
+		return err
+	}
+}
+
+func (h redisMetricsHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmds)
+		h.observe("pipeline", start, err)
+		return err
+	}
+}
+
+func (h redisMetricsHook) observe(cmd string, start time.Time, err error) {
+	h.m.redisLatency.WithLabelValues(cmd).Observe(time.Since(start).Seconds())
+	var ne net.Error
+	if err != nil && !errors.Is(err, redis.Nil) && (errors.As(err, &ne) || !isRedisReply(err)) {
+		h.m.redisErrors.WithLabelValues(cmd).Inc()
+	}
+}
+
+// isRedisReply tells a server's error reply (a script's business) from a
+// transport failure.
+func isRedisReply(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
+}

@@ -83,6 +83,12 @@ type Options struct {
 	// AdvertiseAddr is the client address the registry gives for this
 	// node. Empty means the address it listens on.
 	AdvertiseAddr string
+	// DrainWindow spreads the shutdown kicks over this long, so clients
+	// reconnecting elsewhere do not all arrive at once. Zero means all at once.
+	DrainWindow time.Duration
+	// AdminAddr serves /metrics, /healthz, /readyz and /debug/pprof/ over
+	// HTTP. Empty means off.
+	AdminAddr string
 	// Store overrides the embedded store (cluster mode, tests). Nil means a
 	// BoltStore in DataDir, which the server closes on shutdown.
 	Store Store

@@ -34,6 +34,7 @@ type Server struct {
 	rdb      *redis.Client // cluster mode only
 	registry *registry     // cluster mode only
 	addr     net.Addr      // where the engine listens
+	admin    *AdminServer  // nil unless Options.AdminAddr
 
 	startedAt  time.Time
 	nextConnID atomic.Uint64
@@ -93,7 +94,11 @@ func New(o Options) (*Server, error) {
 		s.store = opts.Store
 	}
 	if s.store == nil {
-		st, err := OpenBoltStore(BoltConfig{Path: opts.storePath(), InboxLimit: opts.InboxLimit})
+		st, err := OpenBoltStore(BoltConfig{Path: opts.storePath(), InboxLimit: opts.InboxLimit,
+			ObserveCommit: func(d time.Duration, n int) {
+				s.metrics.storeCommit.Observe(d.Seconds())
+				s.metrics.storeBatch.Observe(float64(n))
+			}})
 		if err != nil {
 			return nil, err
 		}
@@ -138,6 +143,13 @@ func (s *Server) Start() (net.Addr, error) {
 		return nil, err
 	}
 	s.addr = addr
+	if s.opts.AdminAddr != "" {
+		if s.admin, err = StartAdmin(s.opts.AdminAddr, AdminMux(s.metrics.registry, s.Ready)); err != nil {
+			_ = s.Shutdown(context.Background())
+			return nil, err
+		}
+		s.log.Info("admin endpoints", "addr", s.admin.Addr().String())
+	}
 	if s.registry != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -162,22 +174,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) shutdown(ctx context.Context) error {
-	s.closing.Store(true)
-	for _, c := range s.snapshotConns() {
-		c.kick(chatpb.KickReason_KICK_REASON_SERVER_SHUTTING_DOWN, "server shutting down")
-	}
-	// Give the kicks a moment to reach clients before the engine closes.
-	grace := time.NewTimer(2 * time.Second)
-	defer grace.Stop()
-	for s.connCount() > 0 {
-		select {
-		case <-ctx.Done():
-		case <-grace.C:
-		case <-time.After(10 * time.Millisecond):
-			continue
+	s.closing.Store(true) // refuse new connections; /readyz turns 503
+	if s.registry != nil {
+		// Tell the registry (and so `loopchat lb`) at once, not a tick later.
+		hctx, cancel := context.WithTimeout(ctx, time.Second)
+		if err := s.registry.beat(hctx); err != nil {
+			s.log.Warn("could not mark this node draining", "err", err)
 		}
-		break
+		cancel()
 	}
+	s.drain(ctx)
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	errEngine := s.engine.stop(stopCtx)
@@ -187,6 +193,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 		s.registry.close(stopCtx)
 	}
 	errDeps := s.closeDeps()
+	if s.admin != nil {
+		_ = s.admin.Close(stopCtx)
+	}
 	s.log.Info("stopped")
 	return errors.Join(errEngine, errDeps)
 }
@@ -203,6 +212,44 @@ func (s *Server) closeDeps() error {
 		errRedis = s.rdb.Close()
 	}
 	return errors.Join(errBroker, errStore, errRedis)
+}
+
+// drain kicks every client with Kicked{server shutting down}, spread
+// evenly over DrainWindow so that their reconnects do not all land on the
+// other nodes in the same instant. Clients not yet kicked are served as
+// usual. It returns when every connection is gone, or two seconds after
+// the window ends, or when ctx ends.
+func (s *Server) drain(ctx context.Context) {
+	const tick = 50 * time.Millisecond
+	start := time.Now()
+	window := s.opts.DrainWindow
+	giveUp := start.Add(window + 2*time.Second)
+	total := s.connCount()
+	s.log.Info("draining", "connections", total, "window", window)
+	kicked := 0
+	for s.connCount() > 0 && time.Now().Before(giveUp) {
+		// By now, this share of the connections we started with should
+		// have been told to go (all of them once the window is over).
+		due := total
+		if elapsed := time.Since(start); elapsed < window {
+			due = int((int64(total)*int64(elapsed) + int64(window) - 1) / int64(window))
+		}
+		for _, c := range s.snapshotConns() {
+			if kicked >= due && time.Since(start) < window {
+				break
+			}
+			if c.kicked.Load() {
+				continue
+			}
+			c.kick(chatpb.KickReason_KICK_REASON_SERVER_SHUTTING_DOWN, "server shutting down")
+			kicked++
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(tick):
+		}
+	}
 }
 
 // stopBackground ends the sweeper and the workers after the work queued.
@@ -308,14 +355,19 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 	}
 }
 
-// userTable maps logged-in users to their session on this node. Updates
-// for one user are serialised by a striped lock that is held across the
-// broker (un)subscribe, so a late Unsubscribe from an old session can never
-// undo a newer session's Subscribe.
+// userTable maps logged-in users to their session on this node.
+//
+// Two locks per stripe: op serialises bind and unbind of a user, and is
+// held across the broker (un)subscribe, so a late Unsubscribe from an old
+// session can never undo a newer session's Subscribe; mu guards the map
+// itself and is never held across a call out. Event delivery (get) takes
+// only mu: the broker's receive loop must never wait for a login that is
+// itself waiting for that loop to confirm its subscription.
 type userTable struct {
 	stripes [64]struct {
-		sync.Mutex
-		m map[uint64]*session
+		op sync.Mutex
+		mu sync.RWMutex
+		m  map[uint64]*session
 	}
 }
 
@@ -327,36 +379,41 @@ func (t *userTable) init() {
 
 func (t *userTable) get(uid uint64) *session {
 	st := &t.stripes[uid%uint64(len(t.stripes))]
-	st.Lock()
-	defer st.Unlock()
+	st.mu.RLock()
+	defer st.mu.RUnlock()
 	return st.m[uid]
 }
 
-// bind makes c the session of uid, subscribing the node when uid was not
-// here, and returns the session it replaced.
+// bindUser makes c the session of uid, subscribing the node when uid was
+// not here, and returns the session it replaced.
 func (s *Server) bindUser(ctx context.Context, uid uint64, c *session) (old *session, err error) {
 	st := &s.users.stripes[uid%uint64(len(s.users.stripes))]
-	st.Lock()
-	defer st.Unlock()
-	old = st.m[uid]
+	st.op.Lock()
+	defer st.op.Unlock()
+	old = s.users.get(uid)
 	if old == nil {
 		if err := s.broker.Subscribe(ctx, uid); err != nil {
 			return nil, err
 		}
 	}
+	st.mu.Lock()
 	st.m[uid] = c
+	st.mu.Unlock()
 	return old, nil
 }
 
 // unbindUser removes c as uid's session if it still is, unsubscribing.
 func (s *Server) unbindUser(ctx context.Context, uid uint64, c *session) {
 	st := &s.users.stripes[uid%uint64(len(s.users.stripes))]
-	st.Lock()
-	defer st.Unlock()
+	st.op.Lock()
+	defer st.op.Unlock()
+	st.mu.Lock()
 	if st.m[uid] != c {
+		st.mu.Unlock()
 		return
 	}
 	delete(st.m, uid)
+	st.mu.Unlock()
 	if err := s.broker.Unsubscribe(ctx, uid); err != nil {
 		s.log.Warn("unsubscribe failed", "user_id", uid, "err", err)
 	}

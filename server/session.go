@@ -285,6 +285,9 @@ func (c *session) kick(reason chatpb.KickReason, msg string) {
 
 // slowConsumer is how transports report a client that does not read.
 func (c *session) slowConsumer() {
+	if !c.kicked.Load() {
+		c.srv.metrics.slowConsumers.Inc()
+	}
 	c.kick(chatpb.KickReason_KICK_REASON_SLOW_CONSUMER, "too much unread data")
 }
 
@@ -354,6 +357,8 @@ func (c *session) replayInbox(ctx context.Context, uid uint64) {
 		c.pushMu.Unlock()
 	}()
 	var after uint64
+	replayed := 0
+	defer func() { c.srv.metrics.inboxReplay.Observe(float64(replayed)) }()
 	for {
 		for {
 			page, err := c.readInbox(ctx, uid, after)
@@ -370,6 +375,7 @@ func (c *session) replayInbox(ctx context.Context, uid uint64) {
 				c.writePush(m, nil)
 				c.pushMu.Unlock()
 				c.srv.metrics.deliveredReplay.Inc()
+				replayed++
 				after = m.MsgId
 			}
 			if len(page) < replayPage {

@@ -97,6 +97,8 @@ type Store interface {
 	// Ack removes the given messages from uid's inbox; unknown ids are ignored.
 	Ack(ctx context.Context, uid uint64, msgIDs []uint64) error
 
+	// Ping reports whether the store answers (for /readyz).
+	Ping(ctx context.Context) error
 	// Close releases the store; pending writes finish first.
 	Close() error
 }

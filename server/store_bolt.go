@@ -62,6 +62,8 @@ type BoltConfig struct {
 	DedupWindow time.Duration
 	// MaxBatch caps how many writes share one commit. Zero means 1,000.
 	MaxBatch int
+	// ObserveCommit, if set, is told each commit's duration and size.
+	ObserveCommit func(d time.Duration, writes int)
 }
 
 // BoltStore is the embedded single-node Store on bbolt. Writes from all
@@ -111,9 +113,14 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
 	}
 	s := &BoltStore{db: db, cfg: cfg, stopJanitor: make(chan struct{}), janitorDone: make(chan struct{})}
-	s.committer = newCommitter(db, cfg.MaxBatch)
+	s.committer = newCommitter(db, cfg.MaxBatch, cfg.ObserveCommit)
 	go s.janitor()
 	return s, nil
+}
+
+// Ping checks the database file is open and readable.
+func (s *BoltStore) Ping(context.Context) error {
+	return s.db.View(func(*bolt.Tx) error { return nil })
 }
 
 // Close stops the committer after the writes already queued and closes the file.

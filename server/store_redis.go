@@ -166,6 +166,9 @@ func NewRedisStore(cfg RedisConfig) *RedisStore {
 		batch: newRedisBatcher(cfg.Client, cfg.Pipelines, 512, redisStoreScripts...)}
 }
 
+// Ping checks Redis answers.
+func (s *RedisStore) Ping(ctx context.Context) error { return redisErr(s.rdb.Ping(ctx).Err()) }
+
 // Close stops the batcher; the Redis client belongs to the caller.
 func (s *RedisStore) Close() error {
 	s.batch.close()

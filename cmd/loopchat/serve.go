@@ -89,6 +89,8 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.StringVar(&o.AdvertiseAddr, "advertise-addr", "", "client address of this node in the registry; empty means the --listen address")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGINT/SIGTERM, how long to let clients receive their kick before closing")
+	f.DurationVar(&o.DrainWindow, "drain-window", 2*time.Second, "on SIGINT/SIGTERM, kick clients (to reconnect elsewhere) spread over this long")
+	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 15*time.Second, "on SIGINT/SIGTERM, the most time to drain before closing anyway")
+	f.StringVar(&o.AdminAddr, "admin-addr", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ on this HTTP address; empty means off")
 	return cmd
 }
