@@ -43,7 +43,9 @@ type Options struct {
 	// RequestTimeout bounds a request whose context has no deadline. Zero means 10s.
 	RequestTimeout time.Duration
 	// PingInterval is the keepalive period (servers close connections idle
-	// for 90s by default). Zero means 30s; negative disables pings.
+	// for 90s by default). A ping unanswered within RequestTimeout drops
+	// the connection (and reconnects, if enabled). Zero means 30s; negative
+	// disables pings.
 	PingInterval time.Duration
 	// Reconnect re-dials after the connection drops and logs in again with
 	// the last token. It does not after Close, Logout, or a kick for
@@ -328,8 +330,17 @@ func (c *Client) keepalive() {
 			return
 		case <-t.C:
 			ctx, cancel := context.WithTimeout(context.Background(), c.opts.RequestTimeout)
-			_, _ = c.Ping(ctx)
+			_, err := c.Ping(ctx)
 			cancel()
+			if errors.Is(err, context.DeadlineExceeded) {
+				// The server (or the path to it) hangs: drop the connection
+				// so the reader reports it and, if enabled, we reconnect.
+				c.mu.Lock()
+				if c.conn != nil {
+					c.conn.Close()
+				}
+				c.mu.Unlock()
+			}
 		}
 	}
 }

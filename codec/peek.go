@@ -4,7 +4,8 @@ import "encoding/binary"
 
 // Peeker is the part of gnet.Conn's inbound buffer the decoder uses; a
 // gnet.Conn satisfies it. Its methods are not safe for concurrent use, so
-// call them only from the connection's event-loop callbacks.
+// call them only from the connection's event-loop callbacks. Beware that
+// gnet's Discard(0) discards everything buffered, not nothing.
 type Peeker interface {
 	Peek(n int) ([]byte, error)
 	Discard(n int) (int, error)

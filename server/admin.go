@@ -2,65 +2,15 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/loopchat/loopchat/internal/admin"
 )
-
-// AdminMux is the operator's HTTP interface, shared by `serve` and `lb`:
-// /metrics (Prometheus), /healthz (the process is up), /readyz (ready
-// reports nil: 200, otherwise 503 with the reason) and /debug/pprof/.
-func AdminMux(reg *prometheus.Registry, ready func(context.Context) error) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := ready(ctx); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
-}
-
-// AdminServer runs an AdminMux on its own listener.
-type AdminServer struct {
-	srv *http.Server
-	ln  net.Listener
-}
-
-// StartAdmin listens on addr and serves mux in the background.
-func StartAdmin(addr string, mux http.Handler) (*AdminServer, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("admin: %w", err)
-	}
-	a := &AdminServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}
-	go func() { _ = a.srv.Serve(ln) }()
-	return a, nil
-}
-
-// Addr is where the admin server listens.
-func (a *AdminServer) Addr() net.Addr { return a.ln.Addr() }
-
-// Close stops the admin server.
-func (a *AdminServer) Close(ctx context.Context) error { return a.srv.Shutdown(ctx) }
 
 // Errors /readyz reports.
 var (
@@ -91,4 +41,47 @@ func (s *Server) AdminAddr() net.Addr {
 		return nil
 	}
 	return s.admin.Addr()
+}
+
+func (s *Server) adminMux() http.Handler {
+	return admin.Mux(s.metrics.registry, s.Ready, map[string]http.Handler{
+		"GET /debug/conns": http.HandlerFunc(s.serveConns),
+	})
+}
+
+// ConnInfo is one connection in the /debug/conns view.
+type ConnInfo struct {
+	Conn     uint64 `json:"conn"`
+	Remote   string `json:"remote"`         // the client, as told by a PROXY header when trusted
+	Peer     string `json:"peer,omitempty"` // the TCP peer when it differs (the proxy)
+	UserID   uint64 `json:"user_id,omitempty"`
+	Username string `json:"user,omitempty"`
+	OpenSecs int64  `json:"open_seconds"`
+	IdleSecs int64  `json:"idle_seconds"`
+}
+
+// serveConns lists open connections (at most ?limit=N, default 1000).
+func (s *Server) serveConns(w http.ResponseWriter, r *http.Request) {
+	limit := 1000
+	if v := r.URL.Query().Get("limit"); v != "" {
+		fmt.Sscan(v, &limit)
+	}
+	now := time.Now().UnixNano()
+	out := []ConnInfo{}
+	for _, c := range s.snapshotConns() {
+		if len(out) >= limit {
+			break
+		}
+		info := ConnInfo{Conn: c.id, Remote: c.remoteAddr(), OpenSecs: (now - c.openedAt) / 1e9,
+			IdleSecs: (now - c.lastSeen.Load()) / 1e9}
+		if info.Remote != c.peer {
+			info.Peer = c.peer
+		}
+		if u := c.user.Load(); u != nil {
+			info.UserID, info.Username = u.id, u.name
+		}
+		out = append(out, info)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
 }

@@ -102,7 +102,7 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return nil, gnet.Close
 	}
 	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound)}
-	s := e.srv.newSession(c.RemoteAddr().String(), t)
+	s := e.srv.newSession(c.RemoteAddr(), t)
 	t.sess = s
 	c.SetContext(s)
 	e.srv.addConn(s)
@@ -143,6 +143,21 @@ func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.None
 	}
 	s.lastSeen.Store(time.Now().UnixNano())
+	if s.proxy != proxyDone {
+		buf, _ := c.Peek(min(c.InboundBuffered(), maxProxyHeader))
+		size, done, err := s.takeProxyHeader(buf)
+		switch {
+		case err != nil:
+			s.frameError(err)
+			_, _ = c.Discard(c.InboundBuffered())
+			return gnet.None
+		case !done:
+			return gnet.None
+		}
+		if size > 0 { // gnet's Discard(0) discards everything
+			_, _ = c.Discard(size)
+		}
+	}
 	for {
 		payload, size, err := codec.PeekFrame(c, e.srv.opts.MaxFrame)
 		if err != nil {

@@ -71,7 +71,7 @@ func (e *netEngine) accept() {
 func (e *netEngine) serve(conn net.Conn) {
 	defer e.wg.Done()
 	t := newNetTransport(conn, int64(e.srv.opts.MaxOutbound))
-	s := e.srv.newSession(conn.RemoteAddr().String(), t)
+	s := e.srv.newSession(conn.RemoteAddr(), t)
 	t.sess = s
 	e.srv.addConn(s)
 	go t.writeLoop()
@@ -82,7 +82,15 @@ func (e *netEngine) serve(conn net.Conn) {
 		e.mu.Unlock()
 		s.closed(true)
 	}()
-	r := codec.NewReader(bufio.NewReader(conn), e.srv.opts.MaxFrame)
+	br := bufio.NewReader(conn)
+	if err := s.readProxyHeader(br); err != nil {
+		if errors.Is(err, codec.ErrProxyHeader) {
+			s.frameError(err)
+			t.waitClosed(time.Second)
+		}
+		return
+	}
+	r := codec.NewReader(br, e.srv.opts.MaxFrame)
 	for {
 		payload, err := r.Next()
 		if err != nil {

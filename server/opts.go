@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -86,6 +87,11 @@ type Options struct {
 	// DrainWindow spreads the shutdown kicks over this long, so clients
 	// reconnecting elsewhere do not all arrive at once. Zero means all at once.
 	DrainWindow time.Duration
+	// ProxyProtocolFrom lists the proxies (e.g. nginx with proxy_protocol
+	// on) whose PROXY protocol header is honoured: the client address it
+	// carries is the one logs and debug views show. A header from anyone
+	// else is a protocol error. Empty means no one is trusted.
+	ProxyProtocolFrom []netip.Prefix
 	// AdminAddr serves /metrics, /healthz, /readyz and /debug/pprof/ over
 	// HTTP. Empty means off.
 	AdminAddr string

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/loopchat/loopchat/internal/admin"
 	chatpb "github.com/loopchat/loopchat/proto"
 )
 
@@ -34,7 +35,7 @@ type Server struct {
 	rdb      *redis.Client // cluster mode only
 	registry *registry     // cluster mode only
 	addr     net.Addr      // where the engine listens
-	admin    *AdminServer  // nil unless Options.AdminAddr
+	admin    *admin.Server // nil unless Options.AdminAddr
 
 	startedAt  time.Time
 	nextConnID atomic.Uint64
@@ -144,7 +145,7 @@ func (s *Server) Start() (net.Addr, error) {
 	}
 	s.addr = addr
 	if s.opts.AdminAddr != "" {
-		if s.admin, err = StartAdmin(s.opts.AdminAddr, AdminMux(s.metrics.registry, s.Ready)); err != nil {
+		if s.admin, err = admin.Start(s.opts.AdminAddr, s.adminMux()); err != nil {
 			_ = s.Shutdown(context.Background())
 			return nil, err
 		}

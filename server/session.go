@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -74,7 +75,9 @@ const requestTimeout = 10 * time.Second
 type session struct {
 	srv      *Server
 	id       uint64
-	remote   string
+	peer     string                 // the TCP peer address
+	remote   atomic.Pointer[string] // the client: peer, or what a trusted PROXY header said
+	proxy    proxyState             // reading side only
 	out      transport
 	openedAt int64 // unix ns
 	lastSeen atomic.Int64
@@ -92,22 +95,27 @@ type session struct {
 	replay *replayState
 }
 
-func (s *Server) newSession(remote string, out transport) *session {
+func (s *Server) newSession(peer net.Addr, out transport) *session {
 	now := time.Now().UnixNano()
 	c := &session{
 		srv:      s,
 		id:       s.nextConnID.Add(1),
-		remote:   remote,
+		peer:     peer.String(),
+		proxy:    s.proxyStateFor(peer),
 		out:      out,
 		openedAt: now,
 		limiter:  rate.NewLimiter(rate.Limit(s.opts.RateLimit), s.opts.RateBurst),
 	}
 	c.lastSeen.Store(now)
+	c.remote.Store(&c.peer)
 	return c
 }
 
+// remoteAddr is the client's address for logs and debug views.
+func (c *session) remoteAddr() string { return *c.remote.Load() }
+
 func (c *session) logger() *slog.Logger {
-	l := c.srv.log.With("conn", c.id, "remote", c.remote)
+	l := c.srv.log.With("conn", c.id, "remote", c.remoteAddr())
 	if u := c.user.Load(); u != nil {
 		l = l.With("user_id", u.id, "user", u.name)
 	}
@@ -157,6 +165,8 @@ func (c *session) frameError(err error) {
 		kind = "zero_length"
 	case errors.Is(err, codec.ErrFrameTooLarge):
 		kind = "too_large"
+	case errors.Is(err, codec.ErrProxyHeader):
+		kind = "proxy_header"
 	}
 	c.protocolError(kind, err)
 }

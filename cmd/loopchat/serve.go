@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -20,6 +21,7 @@ func newServeCmd() *cobra.Command {
 		secret              string
 		logLevel, logFormat string
 		shutdownTimeout     time.Duration
+		proxyFrom           []string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -39,6 +41,17 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 				return err
 			}
 			o.Logger = log
+			for _, cidr := range proxyFrom {
+				p, err := netip.ParsePrefix(cidr)
+				if err != nil {
+					if ip, err2 := netip.ParseAddr(cidr); err2 == nil {
+						p = netip.PrefixFrom(ip, ip.BitLen())
+					} else {
+						return fmt.Errorf("--proxy-protocol-from: %w", err)
+					}
+				}
+				o.ProxyProtocolFrom = append(o.ProxyProtocolFrom, p)
+			}
 			if secret != "" {
 				if len(secret) < 16 {
 					log.Warn("token secret is shorter than 16 bytes; tokens are easier to forge")
@@ -91,6 +104,7 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.DurationVar(&o.DrainWindow, "drain-window", 2*time.Second, "on SIGINT/SIGTERM, kick clients (to reconnect elsewhere) spread over this long")
 	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 15*time.Second, "on SIGINT/SIGTERM, the most time to drain before closing anyway")
+	f.StringSliceVar(&proxyFrom, "proxy-protocol-from", nil, "CIDRs (or IPs) of proxies whose PROXY protocol header is honoured, e.g. nginx at 127.0.0.1/32; a header from anyone else is an error")
 	f.StringVar(&o.AdminAddr, "admin-addr", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ on this HTTP address; empty means off")
 	return cmd
 }

@@ -1,0 +1,107 @@
+package server
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/loopchat/loopchat/codec"
+)
+
+// proxyState tracks the PROXY protocol header at the start of a connection.
+type proxyState uint8
+
+const (
+	// proxyNone: the peer is not a trusted proxy; a PROXY header from it
+	// is a protocol error (it would let anyone claim any address).
+	proxyNone proxyState = iota
+	// proxyMaybe: the peer is a trusted proxy; a header may come first
+	// (nginx sends one; `loopchat lb` probing the node directly does not).
+	proxyMaybe
+	// proxyDone: past the header, or no header came.
+	proxyDone
+)
+
+// maxProxyHeader bounds a PROXY header (v1 is at most 107 bytes; v2 with
+// address and a few TLVs fits easily).
+const maxProxyHeader = 1024
+
+func (s *Server) proxyStateFor(peer net.Addr) proxyState {
+	ap, err := netip.ParseAddrPort(peer.String())
+	if err != nil {
+		return proxyNone
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range s.opts.ProxyProtocolFrom {
+		if p.Contains(ip) {
+			return proxyMaybe
+		}
+	}
+	return proxyNone
+}
+
+// errUntrustedProxy: a PROXY header from a peer not in --proxy-protocol-from.
+var errUntrustedProxy = fmt.Errorf("%w: PROXY header from an address not in --proxy-protocol-from", codec.ErrProxyHeader)
+
+// takeProxyHeader looks at the first bytes of a connection. It returns the
+// header size to discard once complete (0 and done=false: wait for more).
+// With done and no error the stream continues as frames.
+func (c *session) takeProxyHeader(buf []byte) (size int, done bool, err error) {
+	if c.proxy == proxyDone {
+		return 0, true, nil
+	}
+	if len(buf) == 0 {
+		return 0, false, nil
+	}
+	if !codec.LooksLikeProxyHeader(buf) {
+		c.proxy = proxyDone
+		return 0, true, nil
+	}
+	if len(buf) < 6 {
+		return 0, false, nil // "PROXY " or the v2 signature, not yet sure
+	}
+	if c.proxy == proxyNone {
+		return 0, false, errUntrustedProxy
+	}
+	src, size, err := codec.ParseProxyHeader(buf)
+	switch {
+	case err != nil:
+		return 0, false, err
+	case size == 0 && len(buf) >= maxProxyHeader:
+		return 0, false, fmt.Errorf("%w: longer than %d bytes", codec.ErrProxyHeader, maxProxyHeader)
+	case size == 0:
+		return 0, false, nil
+	}
+	if src.IsValid() {
+		remote := src.String()
+		c.remote.Store(&remote)
+	}
+	c.proxy = proxyDone
+	return size, true, nil
+}
+
+// readProxyHeader does the same on a blocking reader (net engine).
+func (c *session) readProxyHeader(br *bufio.Reader) error {
+	want := 1
+	for c.proxy != proxyDone {
+		buf, err := br.Peek(want)
+		if err != nil && len(buf) == 0 {
+			return err
+		}
+		buf, _ = br.Peek(br.Buffered())
+		size, done, perr := c.takeProxyHeader(buf)
+		switch {
+		case perr != nil:
+			return perr
+		case done:
+			_, _ = br.Discard(size)
+			return nil
+		}
+		if err != nil {
+			return err // the stream ended inside a header
+		}
+		want = len(buf) + 1
+	}
+	return nil
+}
