@@ -3,7 +3,7 @@ GO ?= go
 
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test deps generate check-generated vet lint fuzz clean
+.PHONY: all build test deps generate check-generated vet lint fuzz cluster clean
 
 all: build
 
@@ -37,6 +37,10 @@ lint:
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./codec -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+
+## cluster: redis-server + 3 nodes + loopchat lb + nginx on loopback (CLUSTER_PORT, default 7000); Ctrl-C stops all.
+cluster: deps
+	nginx/local-cluster.sh
 
 clean:
 	rm -rf bin

@@ -140,31 +140,3 @@ func (r *registry) close(ctx context.Context) {
 	releaseNumberScript.Eval(ctx, pipe, []string{r.numKey(num)}, nodeID)
 	_, _ = pipe.Exec(ctx)
 }
-
-// ListNodes reads the registry: every node whose heartbeat has not expired.
-func ListNodes(ctx context.Context, rdb *redis.Client, prefix string) ([]protocol.NodeInfo, error) {
-	ids, err := rdb.ZRange(ctx, protocol.NodesKey(prefix), 0, -1).Result()
-	if err != nil || len(ids) == 0 {
-		return nil, redisErr(err)
-	}
-	keys := make([]string, len(ids))
-	for i, id := range ids {
-		keys[i] = protocol.NodeKey(prefix, id)
-	}
-	vals, err := rdb.MGet(ctx, keys...).Result()
-	if err != nil {
-		return nil, redisErr(err)
-	}
-	var out []protocol.NodeInfo
-	for _, v := range vals {
-		s, ok := v.(string)
-		if !ok {
-			continue // expired: the node is gone
-		}
-		var info protocol.NodeInfo
-		if json.Unmarshal([]byte(s), &info) == nil {
-			out = append(out, info)
-		}
-	}
-	return out, nil
-}

@@ -75,8 +75,7 @@ func TestClusterNodeKilled(t *testing.T) {
 	if err := n2.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	<-n2.done
-	n2.done <- nil
+	_ = n2.wait(t, 5*time.Second)
 	killedAt := time.Now()
 	// Within the registry TTL bob shows offline, and n2 leaves the registry.
 	for {

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -51,28 +53,36 @@ func freeAddr(t *testing.T) string {
 type node struct {
 	cmd    *exec.Cmd
 	addr   string
+	mu     sync.Mutex // guards reads of stderr against the writer
 	stderr *bytes.Buffer
 	done   chan error
 }
 
-// startNode runs `loopchat serve` and waits until it accepts connections.
+// startNode runs `loopchat serve` on a free port and waits until it
+// accepts connections.
 func startNode(t *testing.T, dataDir string, extra ...string) *node {
 	t.Helper()
-	addr := freeAddr(t)
+	return startNodeAt(t, freeAddr(t), dataDir, extra...)
+}
+
+// startNodeAt is startNode on a given address (to restart a node in place).
+func startNodeAt(t *testing.T, addr, dataDir string, extra ...string) *node {
+	t.Helper()
 	args := append([]string{"serve", "--listen", addr, "--data", dataDir, "--bcrypt-cost", "4", "--log-level", "debug"}, extra...)
 	cmd := exec.Command(binary, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	n := &node{cmd: cmd, addr: addr, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	cmd.Stderr = &lockedWriter{mu: &n.mu, w: n.stderr}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	n := &node{cmd: cmd, addr: addr, stderr: &stderr, done: make(chan error, 1)}
 	go func() { n.done <- cmd.Wait() }()
 	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
 		_ = cmd.Process.Kill()
 		<-n.done
+		n.done <- nil
 		if t.Failed() {
-			t.Logf("node %s stderr:\n%s", addr, stderr.String())
+			t.Logf("node %s stderr (last 4000 bytes):\n%s", addr, tail(n.log(), 4000))
 		}
 	})
 	deadline := time.Now().Add(10 * time.Second)
@@ -83,10 +93,48 @@ func startNode(t *testing.T, dataDir string, extra ...string) *node {
 			return n
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("node on %s did not start: %v\n%s", addr, err, stderr.String())
+			t.Fatalf("node on %s did not start: %v\n%s", addr, err, n.log())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// wait waits for the node process to exit (after a signal).
+func (n *node) wait(t *testing.T, within time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-n.done:
+		n.done <- err // for the cleanup
+		return err
+	case <-time.After(within):
+		t.Fatalf("node %s did not exit within %v", n.addr, within)
+	}
+	return nil
+}
+
+func (n *node) log() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.stderr.String()
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// lockedWriter lets a test read a process's output while it writes.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // script runs `loopchat client --json` with the given lines on stdin and
@@ -256,14 +304,8 @@ func TestServeShutsDownCleanlyOnSIGTERM(t *testing.T) {
 	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-n.done:
-		if err != nil {
-			t.Fatalf("serve exited with %v after SIGTERM\n%s", err, n.stderr.String())
-		}
-		n.done <- nil // for the cleanup
-	case <-time.After(15 * time.Second):
-		t.Fatal("serve did not exit after SIGTERM")
+	if err := n.wait(t, 15*time.Second); err != nil {
+		t.Fatalf("serve exited with %v after SIGTERM\n%s", err, n.log())
 	}
 	_ = cmd.Wait()
 	if !strings.Contains(stdout.String(), `"reason":"server_shutting_down"`) {
@@ -276,7 +318,7 @@ func TestServeShutsDownCleanlyOnSIGTERM(t *testing.T) {
 	n2 := startNode(t, dir)
 	out := responses(script(t, n2.addr, "/login carol hunter2hunter2"))
 	expectResp(t, out[0], "login", true)
-	if strings.Contains(n.stderr.String(), "hunter2") {
+	if strings.Contains(n.log(), "hunter2") {
 		t.Fatal("a password reached the server log")
 	}
 }

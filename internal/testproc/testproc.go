@@ -76,7 +76,9 @@ func Start(t testing.TB, name string, args ...string) *Proc {
 	cmd := exec.Command(name, args...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Its own process group, so Kill reaches children too (nginx workers,
+	// which would otherwise outlive the master and hold its output pipe).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -97,16 +99,18 @@ func Start(t testing.TB, name string, args ...string) *Proc {
 // Signal sends sig to the process.
 func (p *Proc) Signal(sig syscall.Signal) error { return p.Cmd.Process.Signal(sig) }
 
-// Kill ends the process with SIGKILL (after SIGCONT, in case it was
-// stopped) and waits for it.
+// Kill ends the process and its children with SIGKILL (after SIGCONT, in
+// case they were stopped) and waits for it.
 func (p *Proc) Kill() {
+	pgid := -p.Cmd.Process.Pid
 	select {
 	case <-p.done:
+		_ = syscall.Kill(pgid, syscall.SIGKILL) // children left behind
 		return
 	default:
 	}
-	_ = p.Cmd.Process.Signal(syscall.SIGCONT)
-	_ = p.Cmd.Process.Kill()
+	_ = syscall.Kill(pgid, syscall.SIGCONT)
+	_ = syscall.Kill(pgid, syscall.SIGKILL)
 	<-p.done
 }
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One-command local cluster on loopback: redis-server, NODES loopchat nodes,
+# `loopchat lb` and nginx, all in a temp dir. Ctrl-C stops every process it
+# started (by PID) and removes the temp dir.
+#
+#   make cluster                 # clients connect to 127.0.0.1:7000
+#   CLUSTER_PORT=7100 NODES=5 make cluster
+set -euo pipefail
+
+port=${CLUSTER_PORT:-7000}
+nodes=${NODES:-3}
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=$(mktemp -d -t loopchat-cluster.XXXXXX)
+pids=()
+
+say() { printf '%-10s %s\n' "$1" "$2"; }
+
+stop() {
+	trap - INT TERM EXIT
+	echo
+	say "stopping" "${#pids[@]} processes"
+	# Nodes first (they drain), then the rest; each by the PID we started.
+	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${pids[@]}"; do
+		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$pid" 2>/dev/null || true
+	done
+	rm -rf "$dir"
+	say "stopped" "nothing left listening"
+}
+trap stop INT TERM EXIT
+
+need() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || { echo "$1 is missing: run make deps" >&2; exit 1; }; }
+need redis-server
+need nginx
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; return 1; }
+
+(cd "$root" && go build -o "$dir/loopchat" ./cmd/loopchat)
+bin="$dir/loopchat"
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync always \
+	--save "" --daemonize no --loglevel warning >"$dir/redis.log" 2>&1 &
+pids+=($!)
+wait_port "$redis_port"
+redis="redis://127.0.0.1:$redis_port/0"
+
+printf '\nloopchat local cluster in %s\n\n' "$dir"
+say "redis" "127.0.0.1:$redis_port  (AOF, fsync always)  log: $dir/redis.log"
+for i in $(seq "$nodes"); do
+	np=$(free_port)
+	ap=$(free_port)
+	LOOPCHAT_TOKEN_SECRET=local-cluster-secret-0123456789 "$bin" serve --listen "127.0.0.1:$np" \
+		--data "$dir/n$i" --redis "$redis" --node-id "n$i" --proxy-protocol-from 127.0.0.0/8 \
+		--admin-addr "127.0.0.1:$ap" >"$dir/n$i.log" 2>&1 &
+	pids+=($!)
+	wait_port "$np"
+	say "node n$i" "127.0.0.1:$np  admin http://127.0.0.1:$ap/metrics  log: $dir/n$i.log"
+done
+
+sed -e "s|@PREFIX@|$dir|g" -e "s|@LISTEN@|127.0.0.1:$port|g" -e "s|@UPSTREAM@|$dir/upstream.conf|g" \
+	"$root/nginx/nginx.conf.tmpl" >"$dir/nginx.conf"
+echo "server 127.0.0.1:1 down;" >"$dir/upstream.conf"
+lbp=$(free_port)
+"$nginx_bin" -c "$dir/nginx.conf" -e stderr -g "daemon off;" >"$dir/nginx.out" 2>&1 &
+pids+=($!)
+wait_port "$port"
+"$bin" lb --redis "$redis" --upstream-file "$dir/upstream.conf" --nginx-conf "$dir/nginx.conf" \
+	--nginx-bin "$nginx_bin" --admin-addr "127.0.0.1:$lbp" >"$dir/lb.log" 2>&1 &
+pids+=($!)
+say "lb" "admin http://127.0.0.1:$lbp/debug/nodes  log: $dir/lb.log"
+say "nginx" "127.0.0.1:$port  conf: $dir/nginx.conf  logs: $dir/access.log $dir/error.log"
+
+for _ in $(seq 50); do grep -q '^server 127' "$dir/upstream.conf" && grep -vq 'down;' "$dir/upstream.conf" && break; sleep 0.1; done
+printf '\nready: %s client --addr 127.0.0.1:%s\n' "$bin" "$port"
+printf 'try: kill -STOP <node pid> and watch %s/lb.log; Ctrl-C stops everything.\n\n' "$dir"
+wait
