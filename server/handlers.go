@@ -141,6 +141,7 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 		c.logger().Warn("login: contacts unavailable", "err", err)
 	}
 	c.srv.metrics.logins.Inc()
+	c.loggedInOnce.Store(true)
 	c.logger().Info("logged in")
 	// The replay outlives this request's timeout: a big inbox to a slow
 	// reader takes as long as it takes (waitWritable bounds the stalls).

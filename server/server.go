@@ -315,7 +315,7 @@ func (s *Server) sweep() {
 			nowNs := now.UnixNano()
 			for _, c := range s.snapshotConns() {
 				switch {
-				case c.user.Load() == nil && nowNs-c.openedAt > int64(s.opts.LoginTimeout):
+				case !c.loggedInOnce.Load() && nowNs-c.openedAt > int64(s.opts.LoginTimeout):
 					c.kick(chatpb.KickReason_KICK_REASON_LOGIN_TIMEOUT, "not logged in within "+s.opts.LoginTimeout.String())
 				case nowNs-c.lastSeen.Load() > int64(s.opts.IdleTimeout):
 					c.kick(chatpb.KickReason_KICK_REASON_IDLE_TIMEOUT, "silent for more than "+s.opts.IdleTimeout.String())

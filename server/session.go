@@ -84,7 +84,10 @@ type session struct {
 	limiter  *rate.Limiter
 	broken   bool
 	kicked   atomic.Bool
-	user     atomic.Pointer[sessionUser]
+	// loggedInOnce lifts the login deadline for good: a client that logs
+	// out and in again (or registers users) is not a lurker.
+	loggedInOnce atomic.Bool
+	user         atomic.Pointer[sessionUser]
 
 	mu      sync.Mutex
 	queue   []mailItem

@@ -25,7 +25,7 @@ func newRoot() *cobra.Command {
 			return applyEnv(cmd.Flags())
 		},
 	}
-	root.AddCommand(newServeCmd(), newClientCmd(), newLBCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newClientCmd(), newLBCmd(), newBenchCmd(), newVersionCmd())
 	for _, c := range root.Commands() {
 		describeEnv(c.Flags())
 	}

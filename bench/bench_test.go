@@ -1,0 +1,109 @@
+package bench_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/loopchat/loopchat/bench"
+	"github.com/loopchat/loopchat/server"
+)
+
+// A tiny run of every scenario keeps the bench from rotting. It asserts
+// correctness — nothing lost, no errors — never speed.
+
+func startServer(t *testing.T) string {
+	t.Helper()
+	srv, err := server.New(server.Options{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Loops: 2,
+		BcryptCost: bcrypt.MinCost, RateLimit: 1e9, RateBurst: 1 << 30, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := srv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	return addr.String()
+}
+
+func tiny(addr string) bench.Config {
+	return bench.Config{Addrs: []string{addr}, Conns: 200, Rate: 500, Duration: time.Second,
+		GroupSize: 10, Groups: 3, ServerPID: os.Getpid(), Server: "gnet"}
+}
+
+func check(t *testing.T, r bench.Result, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: %.0f/s p50 %.2fms p99 %.2fms delivered %d", r.Scenario, r.MsgsPerSec, r.P50ms, r.P99ms, r.Delivered)
+	if r.Delivered == 0 || r.Lost != 0 || r.Errors != 0 || r.Duplicates != 0 {
+		t.Fatalf("%s: delivered %d lost %d errors %d duplicates %d", r.Scenario, r.Delivered, r.Lost, r.Errors, r.Duplicates)
+	}
+	if r.P50ms <= 0 || r.P99ms < r.P50ms {
+		t.Fatalf("%s: percentiles p50 %v p99 %v", r.Scenario, r.P50ms, r.P99ms)
+	}
+}
+
+func TestTinyScenarios(t *testing.T) {
+	ctx := context.Background()
+	addr := startServer(t)
+	for _, name := range []string{"conns", "login", "chat", "group"} {
+		t.Run(name, func(t *testing.T) {
+			cfg := tiny(addr)
+			cfg.Users = "t" + name
+			if name == "conns" {
+				cfg.ServerPID = 0 // this process is not only the server
+			}
+			r, err := bench.Scenarios[name](ctx, cfg)
+			check(t, r, err)
+			if name == "chat" && r.Sent != r.Delivered {
+				t.Fatalf("chat sent %d, delivered %d", r.Sent, r.Delivered)
+			}
+			if name == "group" && r.Delivered != r.Sent*9 {
+				t.Fatalf("group: %d sent to 9 others each, %d deliveries", r.Sent, r.Delivered)
+			}
+		})
+	}
+	t.Run("chat-step", func(t *testing.T) {
+		cfg := tiny(addr)
+		cfg.Users, cfg.Step, cfg.P99Bound, cfg.Rate, cfg.MaxRate, cfg.Duration = "tstep", true, time.Second, 200, 500, 500*time.Millisecond
+		r, err := bench.Chat(ctx, cfg)
+		check(t, r, err)
+		if r.OfferedRate < 300 {
+			t.Fatalf("stepping stopped at %v/s with a 1s p99 bound", r.OfferedRate)
+		}
+	})
+}
+
+func TestTinyEchoAndPlot(t *testing.T) {
+	ln := freeAddr(t)
+	es, err := bench.StartEchoServer(ln, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.Stop(context.Background())
+	cfg := tiny(ln)
+	cfg.Server = "echo"
+	r, err := bench.Echo(context.Background(), cfg)
+	check(t, r, err)
+	merged := bench.Merge([]bench.Result{r, r})
+	if merged.Delivered != 2*r.Delivered || merged.P99ms != r.P99ms {
+		t.Fatalf("merge of two equal runs: %+v", merged)
+	}
+	for _, ext := range []string{".png", ".svg"} {
+		file := filepath.Join(t.TempDir(), "plot"+ext)
+		if err := bench.Plot(file, []bench.Result{r}); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := os.Stat(file); err != nil || st.Size() < 1000 {
+			t.Fatalf("plot %s: %v %v", ext, st, err)
+		}
+	}
+}

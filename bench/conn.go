@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/loopchat/loopchat/codec"
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+)
+
+// errClosed: the connection is gone.
+var errClosed = errors.New("bench: connection closed")
+
+// Conn is one load-generator connection.
+type Conn struct {
+	c   net.Conn
+	wmu sync.Mutex
+	w   *bufio.Writer
+	seq atomic.Uint64
+
+	mu      sync.Mutex
+	pending map[uint64]func(*chatpb.Frame, error)
+
+	onPush atomic.Pointer[func(*chatpb.Frame)]
+	done   chan struct{}
+	err    error
+}
+
+// SourceIP returns the i-th client source address, spread over 127.0.0.0/8
+// (127.1.0.1, 127.1.0.2, ...): one address per connection keeps every
+// 4-tuple unique however many connections and generator processes run.
+func SourceIP(i int) string {
+	i %= 254 * 254 * 250
+	return fmt.Sprintf("127.%d.%d.%d", 1+i/(254*254), (i/254)%254, 1+i%254)
+}
+
+// dialer binds the source address with IP_BIND_ADDRESS_NO_PORT, so the
+// kernel picks the port at connect time per destination instead of
+// reserving one per source address at bind time.
+func dialer(src string) (*net.Dialer, error) {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if src == "" {
+		return d, nil
+	}
+	ip, err := netip.ParseAddr(src)
+	if err != nil {
+		return nil, fmt.Errorf("bench: source address %q: %w", src, err)
+	}
+	d.LocalAddr = &net.TCPAddr{IP: ip.AsSlice()}
+	d.Control = func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+	return d, nil
+}
+
+// Dial connects to addr from src ("" for any).
+func Dial(ctx context.Context, addr, src string) (*Conn, error) {
+	d, err := dialer(src)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{c: nc, w: bufio.NewWriterSize(nc, 4096), pending: make(map[uint64]func(*chatpb.Frame, error)),
+		done: make(chan struct{})}
+	go c.read()
+	return c, nil
+}
+
+// OnPush sets the handler of server pushes (seq 0); it runs on the reader.
+func (c *Conn) OnPush(f func(*chatpb.Frame)) { c.onPush.Store(&f) }
+
+func (c *Conn) read() {
+	r := codec.NewReader(bufio.NewReaderSize(c.c, 4096), protocol.ClientMaxFrame)
+	var err error
+	for {
+		var p []byte
+		if p, err = r.Next(); err != nil {
+			break
+		}
+		var f *chatpb.Frame
+		if f, err = protocol.Decode(p); err != nil {
+			break
+		}
+		if f.Seq == 0 {
+			if h := c.onPush.Load(); h != nil {
+				(*h)(f)
+			}
+			continue
+		}
+		c.mu.Lock()
+		cb := c.pending[f.Seq]
+		delete(c.pending, f.Seq)
+		c.mu.Unlock()
+		if cb != nil {
+			cb(f, nil)
+		}
+	}
+	c.mu.Lock()
+	c.err = err
+	pending := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	close(c.done)
+	for _, cb := range pending {
+		cb(nil, errClosed)
+	}
+}
+
+// Go sends a request; cb gets the response (or an error) on the reader.
+// flush=false lets several requests share one write (call Flush after).
+func (c *Conn) Go(f *chatpb.Frame, flush bool, cb func(*chatpb.Frame, error)) error {
+	f.Seq = c.seq.Add(1)
+	buf, err := protocol.Encode(f)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.pending == nil {
+		c.mu.Unlock()
+		return errClosed
+	}
+	if cb != nil {
+		c.pending[f.Seq] = cb
+	}
+	c.mu.Unlock()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if _, err := c.w.Write(buf); err != nil {
+		return err
+	}
+	if flush {
+		return c.w.Flush()
+	}
+	return nil
+}
+
+// Flush writes what Go buffered.
+func (c *Conn) Flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.w.Flush()
+}
+
+// Call sends a request and waits for its response; an Error response is
+// returned as a *protocol.Error.
+func (c *Conn) Call(ctx context.Context, f *chatpb.Frame) (*chatpb.Frame, error) {
+	type result struct {
+		f   *chatpb.Frame
+		err error
+	}
+	ch := make(chan result, 1)
+	if err := c.Go(f, true, func(r *chatpb.Frame, err error) { ch <- result{r, err} }); err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		if e := r.f.GetError(); e != nil {
+			return nil, &protocol.Error{Code: e.Code, Message: e.Message}
+		}
+		return r.f, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error {
+	err := c.c.Close()
+	<-c.done
+	return err
+}

@@ -1,0 +1,11 @@
+// Package bench is `loopchat bench`: a C10K load generator for loopchat
+// servers (and for a bare echo server with the same framing, the upper
+// bound of this stack), with scenarios, side-by-side comparisons, reports
+// and plots. See docs/BENCHMARKS.md.
+//
+// The generator is lean on purpose: one reader goroutine per connection,
+// writes under a mutex, no per-request channels, so that it is rarely the
+// bottleneck. Latency is measured from the time a message was due to be
+// sent (open loop), so a server stall shows up in the percentiles instead
+// of silently slowing the offered load.
+package bench

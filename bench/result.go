@@ -1,0 +1,196 @@
+package bench
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Result is one scenario run against one server.
+type Result struct {
+	Server   string `json:"server"`
+	Scenario string `json:"scenario"`
+	Conns    int    `json:"conns"`
+	// OfferedRate is the open-loop rate asked for (msgs or logins per
+	// second); 0 means as fast as possible.
+	OfferedRate float64 `json:"offered_rate,omitempty"`
+	// MsgsPerSec is what got through: delivered messages (chat, group
+	// deliveries, echoes) or logins, per second.
+	MsgsPerSec float64 `json:"msgs_per_sec"`
+	P50ms      float64 `json:"p50_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	P999ms     float64 `json:"p999_ms"`
+	// RSSBytesPerConn is the server's resident memory growth per
+	// connection after settling (conns scenario).
+	RSSBytesPerConn float64 `json:"rss_bytes_per_conn,omitempty"`
+	// CPUMicrosPerMsg is server CPU time per delivered message.
+	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg,omitempty"`
+	// IdleCPUPercent is server CPU use while the connections sit idle.
+	IdleCPUPercent float64 `json:"idle_cpu_percent,omitempty"`
+	ConnectPerSec  float64 `json:"connect_per_sec,omitempty"`
+	Sent           int64   `json:"sent"`
+	Delivered      int64   `json:"delivered"`
+	Lost           int64   `json:"lost"`
+	Duplicates     int64   `json:"duplicates"`
+	Errors         int64   `json:"errors"`
+	Seconds        float64 `json:"seconds"`
+	Timeline       []Point `json:"timeline,omitempty"`
+
+	hist *hdrhistogram.Histogram
+	// Hist carries the latency histogram between generator processes.
+	Hist *hdrhistogram.Snapshot `json:"hist,omitempty"`
+}
+
+// Point is one second of a run, for plots.
+type Point struct {
+	Second     float64 `json:"t"`
+	MsgsPerSec float64 `json:"msgs_per_sec"`
+	P50ms      float64 `json:"p50_ms"`
+	P99ms      float64 `json:"p99_ms"`
+}
+
+func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, 120_000_000, 3) } // 1µs .. 120s
+
+// recorder collects latencies (µs) from many goroutines, overall and per
+// second for the timeline.
+type recorder struct {
+	mu      sync.Mutex
+	start   time.Time
+	all     *hdrhistogram.Histogram
+	second  *hdrhistogram.Histogram
+	secIdx  int
+	count   int64
+	points  []Point
+	lastCnt int64
+}
+
+func newRecorder() *recorder {
+	return &recorder{start: time.Now(), all: newHist(), second: newHist()}
+}
+
+func (r *recorder) record(d time.Duration) {
+	us := max(d.Microseconds(), 1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.roll()
+	_ = r.all.RecordValue(us)
+	_ = r.second.RecordValue(us)
+	r.count++
+}
+
+// roll closes the seconds that have passed; r.mu held.
+func (r *recorder) roll() {
+	for int(time.Since(r.start)/time.Second) > r.secIdx {
+		r.points = append(r.points, Point{Second: float64(r.secIdx + 1), MsgsPerSec: float64(r.count - r.lastCnt),
+			P50ms: us2ms(r.second.ValueAtQuantile(50)), P99ms: us2ms(r.second.ValueAtQuantile(99))})
+		r.lastCnt = r.count
+		r.second.Reset()
+		r.secIdx++
+	}
+}
+
+func (r *recorder) snapshot() (count int64, p99 float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.count, us2ms(r.all.ValueAtQuantile(99))
+}
+
+// fill writes the latency figures into res.
+func (r *recorder) fill(res *Result) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.roll()
+	res.hist = r.all
+	res.P50ms = us2ms(r.all.ValueAtQuantile(50))
+	res.P99ms = us2ms(r.all.ValueAtQuantile(99))
+	res.P999ms = us2ms(r.all.ValueAtQuantile(99.9))
+	res.Timeline = append([]Point(nil), r.points...)
+}
+
+func us2ms(us int64) float64 { return float64(us) / 1000 }
+
+// Merge folds the results of several generator processes of one run.
+func Merge(parts []Result) Result {
+	if len(parts) == 0 {
+		return Result{}
+	}
+	out := parts[0]
+	out.Timeline = nil
+	h := newHist()
+	for i, p := range parts {
+		switch {
+		case p.Hist != nil:
+			h.Merge(hdrhistogram.Import(p.Hist))
+		case p.hist != nil:
+			h.Merge(p.hist)
+		}
+		if i == 0 {
+			continue
+		}
+		out.Conns += p.Conns
+		out.MsgsPerSec += p.MsgsPerSec
+		out.ConnectPerSec += p.ConnectPerSec
+		out.Sent += p.Sent
+		out.Delivered += p.Delivered
+		out.Lost += p.Lost
+		out.Duplicates += p.Duplicates
+		out.Errors += p.Errors
+		out.Seconds = max(out.Seconds, p.Seconds)
+	}
+	out.hist = h
+	out.P50ms = us2ms(h.ValueAtQuantile(50))
+	out.P99ms = us2ms(h.ValueAtQuantile(99))
+	out.P999ms = us2ms(h.ValueAtQuantile(99.9))
+	// Timelines add up second by second.
+	for _, p := range parts {
+		for i, pt := range p.Timeline {
+			if i >= len(out.Timeline) {
+				out.Timeline = append(out.Timeline, pt)
+				continue
+			}
+			out.Timeline[i].MsgsPerSec += pt.MsgsPerSec
+			out.Timeline[i].P50ms = max(out.Timeline[i].P50ms, pt.P50ms)
+			out.Timeline[i].P99ms = max(out.Timeline[i].P99ms, pt.P99ms)
+		}
+	}
+	return out
+}
+
+// ExportHist keeps the histogram in the JSON (for --procs merging).
+func (r *Result) ExportHist() {
+	if r.hist != nil {
+		r.Hist = r.hist.Export()
+	}
+}
+
+// procStats reads a process's resident memory (bytes) and CPU time.
+func procStats(pid int) (rss int64, cpu time.Duration, err error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			rss = kb * 1024
+		}
+	}
+	f.Close()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	// Fields after the command name (which may hold spaces) start at ')'.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	const clkTck = 100 // USER_HZ on Linux
+	return rss, time.Duration(utime+stime) * time.Second / clkTck, nil
+}

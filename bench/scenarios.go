@@ -1,0 +1,562 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// Scenarios by name.
+var Scenarios = map[string]func(context.Context, Config) (Result, error){
+	"conns": Conns,
+	"login": Login,
+	"chat":  Chat,
+	"group": GroupChat,
+	"echo":  Echo,
+}
+
+// Conns opens Conns connections, logs each in with a token and holds them
+// idle: connect and login rates, and for a server whose PID is known, RSS
+// growth per connection after settling and CPU use while idle.
+func Conns(ctx context.Context, cfg Config) (Result, error) {
+	cfg.defaults()
+	res := Result{Server: cfg.Server, Scenario: "conns", Conns: cfg.Conns}
+	toks, _, err := tokens(ctx, &cfg, cfg.Conns)
+	if err != nil {
+		return res, err
+	}
+	var rssBefore int64
+	if cfg.ServerPID > 0 {
+		time.Sleep(time.Second) // let setup garbage go
+		rssBefore, _, _ = procStats(cfg.ServerPID)
+	}
+	rec := newRecorder()
+	stop := make(chan struct{})
+	var done atomic.Int64
+	go progress(&cfg, "conns", stop, func() string { return fmt.Sprintf("logged in %d/%d", done.Load(), cfg.Conns) })
+	conns, took, err := connectAll(ctx, &cfg, toks, func(_ int, d time.Duration) { rec.record(d); done.Add(1) })
+	close(stop)
+	if err != nil {
+		return res, err
+	}
+	defer closeAll(conns)
+	res.ConnectPerSec = float64(cfg.Conns) / took.Seconds()
+	res.MsgsPerSec = res.ConnectPerSec // logins per second, connect included
+	res.Delivered = int64(cfg.Conns)
+	rec.fill(&res)
+	res.Seconds = took.Seconds()
+	if cfg.ServerPID > 0 {
+		time.Sleep(cfg.Duration) // settle: the server's GC and buffers calm down
+		rss, cpu0, err := procStats(cfg.ServerPID)
+		if err != nil {
+			return res, err
+		}
+		res.RSSBytesPerConn = float64(rss-rssBefore) / float64(cfg.Conns)
+		idle := 5 * time.Second
+		time.Sleep(idle)
+		_, cpu1, _ := procStats(cfg.ServerPID)
+		res.IdleCPUPercent = 100 * float64(cpu1-cpu0) / float64(idle)
+	}
+	return res, nil
+}
+
+// Login is a login storm: Conns connections each connect and log in with a
+// token, at Rate per second (open loop) or as fast as possible; latency is
+// connect to LoginOK, failures are counted.
+func Login(ctx context.Context, cfg Config) (Result, error) {
+	cfg.defaults()
+	res := Result{Server: cfg.Server, Scenario: "login", Conns: cfg.Conns, OfferedRate: cfg.Rate}
+	toks, _, err := tokens(ctx, &cfg, cfg.Conns)
+	if err != nil {
+		return res, err
+	}
+	rec := newRecorder()
+	conns := make([]*Conn, cfg.Conns)
+	defer func() { closeAll(conns) }()
+	var ok, failed atomic.Int64
+	stop := make(chan struct{})
+	go progress(&cfg, "login", stop, func() string {
+		return fmt.Sprintf("logged in %d, failed %d", ok.Load(), failed.Load())
+	})
+	start := time.Now()
+	sem := make(chan struct{}, 512)
+	var wg sync.WaitGroup
+	for i := range toks {
+		if cfg.Rate > 0 {
+			due := start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
+			time.Sleep(time.Until(due))
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			t0 := time.Now()
+			c, err := Dial(ctx, cfg.addr(i), SourceIP(cfg.SourceOffset+i))
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			conns[i] = c
+			if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: toks[i]}}}); err != nil {
+				failed.Add(1)
+				return
+			}
+			rec.record(time.Since(t0))
+			ok.Add(1)
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(stop)
+	res.Delivered, res.Errors, res.Seconds = ok.Load(), failed.Load(), took.Seconds()
+	res.MsgsPerSec = float64(ok.Load()) / took.Seconds()
+	rec.fill(&res)
+	return res, nil
+}
+
+// pair is one sender and one receiver of the chat scenario.
+type pair struct {
+	from, to *Conn
+	toID     uint64
+	mu       sync.Mutex
+	phase    int     // current step; late traffic of earlier steps is ignored
+	sentOK   []bool  // by message number: SendOK received
+	got      []uint8 // by message number: pushes received
+	acks     []uint64
+}
+
+func (p *pair) mark(list *[]bool, k int) {
+	for len(*list) <= k {
+		*list = append(*list, false)
+	}
+	(*list)[k] = true
+}
+
+// messageText encodes who sent message k and when it was due; the rest is
+// padding to the configured size.
+func messageText(phase, sender, k int, due time.Time, size int) string {
+	s := fmt.Sprintf("b %d %d %d %d ", phase, sender, k, due.UnixNano())
+	if len(s) < size {
+		s += strings.Repeat("x", size-len(s))
+	}
+	return s
+}
+
+func parseText(text string) (phase, sender, k int, due time.Time, ok bool) {
+	f := strings.SplitN(text, " ", 6)
+	if len(f) < 5 || f[0] != "b" {
+		return 0, 0, 0, time.Time{}, false
+	}
+	ph, err0 := strconv.Atoi(f[1])
+	s, err1 := strconv.Atoi(f[2])
+	n, err2 := strconv.Atoi(f[3])
+	ns, err3 := strconv.ParseInt(f[4], 10, 64)
+	return ph, s, n, time.Unix(0, ns), err0 == nil && err1 == nil && err2 == nil && err3 == nil
+}
+
+// Chat runs Pairs sender->receiver pairs among Conns logged-in connections,
+// open loop at Rate messages per second in all; latency is from when a
+// message was due to when its receiver got it. With Step it raises the rate
+// until p99 passes P99Bound (or anything is lost) and reports the last
+// rate that held.
+func Chat(ctx context.Context, cfg Config) (Result, error) {
+	cfg.defaults()
+	toks, ids, err := tokens(ctx, &cfg, cfg.Conns)
+	if err != nil {
+		return Result{}, err
+	}
+	conns, _, err := connectAll(ctx, &cfg, toks, nil)
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeAll(conns)
+	pairs := make([]*pair, cfg.Pairs)
+	for i := range pairs {
+		p := &pair{from: conns[i], to: conns[cfg.Pairs+i], toID: ids[cfg.Pairs+i]}
+		pairs[i] = p
+	}
+	phase := 0
+	return stepped(ctx, &cfg, "chat", func(rate float64) (Result, error) {
+		phase++
+		return chatPhase(ctx, &cfg, pairs, rate, phase)
+	})
+}
+
+// stepped runs one phase, or with cfg.Step a series of rising rates.
+func stepped(ctx context.Context, cfg *Config, name string, phase func(rate float64) (Result, error)) (Result, error) {
+	rate := cfg.Rate
+	if rate <= 0 {
+		rate = 1000
+	}
+	if !cfg.Step {
+		return phase(rate)
+	}
+	var best Result
+	for {
+		r, err := phase(rate)
+		if err != nil {
+			return best, err
+		}
+		held := r.P99ms <= float64(cfg.P99Bound)/float64(time.Millisecond) && r.Lost == 0 && r.Errors == 0 &&
+			r.MsgsPerSec >= 0.9*rate
+		if cfg.Progress != nil {
+			fmt.Fprintf(cfg.Progress, "[%s %s] step %.0f/s: got %.0f/s p99 %.2fms lost %d errors %d -> %v\n",
+				name, cfg.Server, rate, r.MsgsPerSec, r.P99ms, r.Lost, r.Errors, map[bool]string{true: "held", false: "limit"}[held])
+		}
+		if !held {
+			if best.Scenario == "" {
+				return r, nil // even the first step failed: report it
+			}
+			return best, nil
+		}
+		best = r
+		if ctx.Err() != nil || (cfg.MaxRate > 0 && rate*1.5 > cfg.MaxRate) {
+			return best, nil
+		}
+		rate *= 1.5
+	}
+}
+
+func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, phase int) (Result, error) {
+	res := Result{Server: cfg.Server, Scenario: "chat", Conns: cfg.Conns, OfferedRate: rate}
+	rec := newRecorder()
+	var delivered, dups, sentOK, errs atomic.Int64
+	for i, p := range pairs {
+		p.mu.Lock()
+		p.sentOK, p.got, p.phase = nil, nil, phase
+		p.mu.Unlock()
+		p.to.OnPush(func(f *chatpb.Frame) {
+			m := f.GetMessage()
+			if m == nil {
+				return
+			}
+			ph, sender, k, due, ok := parseText(m.Text)
+			if !ok || sender != i {
+				return
+			}
+			p.mu.Lock()
+			if ph != p.phase {
+				p.acks = append(p.acks, m.MsgId) // late from an earlier step: just ack it
+				p.mu.Unlock()
+				return
+			}
+			for len(p.got) <= k {
+				p.got = append(p.got, 0)
+			}
+			p.got[k]++
+			first := p.got[k] == 1
+			p.acks = append(p.acks, m.MsgId)
+			p.mu.Unlock()
+			if first {
+				rec.record(time.Since(due))
+				delivered.Add(1)
+			} else {
+				dups.Add(1)
+			}
+		})
+	}
+	var cpu0 time.Duration
+	if cfg.ServerPID > 0 {
+		_, cpu0, _ = procStats(cfg.ServerPID)
+	}
+	stop := make(chan struct{})
+	go progress(cfg, "chat", stop, func() string {
+		n, p99 := rec.snapshot()
+		return fmt.Sprintf("offered %.0f/s sent %d delivered %d p99 %.2fms errors %d", rate, sentOK.Load(), n, p99, errs.Load())
+	})
+	ackStop := make(chan struct{})
+	var ackWG sync.WaitGroup
+	ackWG.Add(1)
+	go func() { // receivers acknowledge in batches, as a client showing messages would
+		defer ackWG.Done()
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ackStop:
+				return
+			case <-t.C:
+			}
+			for _, p := range pairs {
+				p.mu.Lock()
+				ids := p.acks
+				p.acks = nil
+				p.mu.Unlock()
+				if len(ids) > 0 {
+					_ = p.to.Go(&chatpb.Frame{Body: &chatpb.Frame_Ack{Ack: &chatpb.Ack{MsgIds: ids}}}, true, nil)
+				}
+			}
+		}
+	}()
+
+	start := time.Now()
+	end := start.Add(cfg.Duration)
+	interval := time.Duration(float64(len(pairs)) / rate * float64(time.Second))
+	var wg sync.WaitGroup
+	for i, p := range pairs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Stagger the senders over one interval.
+			due := start.Add(interval * time.Duration(i) / time.Duration(len(pairs)))
+			for k := 0; due.Before(end) && ctx.Err() == nil; k++ {
+				if d := time.Until(due); d > 0 {
+					time.Sleep(d)
+				}
+				f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+					To: &chatpb.Send_UserId{UserId: p.toID}, Text: messageText(phase, i, k, due, cfg.TextSize)}}}
+				err := p.from.Go(f, true, func(r *chatpb.Frame, err error) {
+					if err != nil || r.GetSendOk() == nil {
+						errs.Add(1)
+						return
+					}
+					p.mu.Lock()
+					if p.phase == phase {
+						sentOK.Add(1)
+						p.mark(&p.sentOK, k)
+					}
+					p.mu.Unlock()
+				})
+				if err != nil {
+					errs.Add(1)
+				}
+				due = due.Add(interval)
+			}
+		}()
+	}
+	wg.Wait()
+	sendEnd := time.Since(start)
+	// Let what is in flight arrive (bounded).
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && delivered.Load() < sentOK.Load() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	close(ackStop)
+	ackWG.Wait()
+	var lost int64
+	for _, p := range pairs {
+		p.mu.Lock()
+		for k, ok := range p.sentOK {
+			if ok && (k >= len(p.got) || p.got[k] == 0) {
+				lost++
+			}
+		}
+		p.mu.Unlock()
+	}
+	res.Sent, res.Delivered, res.Duplicates, res.Errors, res.Lost = sentOK.Load(), delivered.Load(), dups.Load(), errs.Load(), lost
+	res.Seconds = sendEnd.Seconds()
+	res.MsgsPerSec = float64(res.Delivered) / sendEnd.Seconds()
+	rec.fill(&res)
+	if cfg.ServerPID > 0 && res.Delivered > 0 {
+		_, cpu1, _ := procStats(cfg.ServerPID)
+		res.CPUMicrosPerMsg = float64((cpu1 - cpu0).Microseconds()) / float64(res.Delivered)
+	}
+	return res, nil
+}
+
+// GroupChat makes Groups groups of GroupSize members; each group's first
+// member sends at Rate/Groups per second; latency is until the last
+// member got the message, and throughput counts every delivery.
+func GroupChat(ctx context.Context, cfg Config) (Result, error) {
+	cfg.defaults()
+	n := cfg.Groups * cfg.GroupSize
+	res := Result{Server: cfg.Server, Scenario: fmt.Sprintf("group%d", cfg.GroupSize), Conns: n, OfferedRate: cfg.Rate}
+	toks, _, err := tokens(ctx, &cfg, n)
+	if err != nil {
+		return res, err
+	}
+	conns, _, err := connectAll(ctx, &cfg, toks, nil)
+	if err != nil {
+		return res, err
+	}
+	defer closeAll(conns)
+	gids := make([]uint64, cfg.Groups)
+	for g := range cfg.Groups {
+		owner := conns[g*cfg.GroupSize]
+		resp, err := owner.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: fmt.Sprintf("bench%d", g)}}})
+		if err != nil {
+			return res, err
+		}
+		gids[g] = resp.GetGroupCreated().GetGroupId()
+		for m := 1; m < cfg.GroupSize; m++ {
+			if _, err := conns[g*cfg.GroupSize+m].Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_JoinGroup{JoinGroup: &chatpb.JoinGroup{GroupId: gids[g]}}}); err != nil {
+				return res, err
+			}
+		}
+	}
+	rate := cfg.Rate
+	if rate <= 0 {
+		rate = 100
+	}
+	rec := newRecorder()
+	type tally struct {
+		count int
+		worst time.Duration
+	}
+	var mu sync.Mutex
+	tallies := map[[2]int]*tally{} // (group, k) -> deliveries so far
+	var deliveries, complete, sentOK, errs atomic.Int64
+	for g := range cfg.Groups {
+		for m := 1; m < cfg.GroupSize; m++ {
+			c := conns[g*cfg.GroupSize+m]
+			c.OnPush(func(f *chatpb.Frame) {
+				msg := f.GetMessage()
+				if msg == nil {
+					return
+				}
+				_, sender, k, due, ok := parseText(msg.Text)
+				if !ok {
+					return
+				}
+				lat := time.Since(due)
+				deliveries.Add(1)
+				mu.Lock()
+				t := tallies[[2]int{sender, k}]
+				if t == nil {
+					t = &tally{}
+					tallies[[2]int{sender, k}] = t
+				}
+				t.count++
+				t.worst = max(t.worst, lat)
+				last := t.count == cfg.GroupSize-1
+				if last {
+					delete(tallies, [2]int{sender, k})
+				}
+				mu.Unlock()
+				if last {
+					rec.record(t.worst)
+					complete.Add(1)
+				}
+			})
+		}
+	}
+	stop := make(chan struct{})
+	go progress(&cfg, res.Scenario, stop, func() string {
+		return fmt.Sprintf("sent %d deliveries %d complete %d", sentOK.Load(), deliveries.Load(), complete.Load())
+	})
+	start := time.Now()
+	end := start.Add(cfg.Duration)
+	interval := time.Duration(float64(cfg.Groups) / rate * float64(time.Second))
+	var wg sync.WaitGroup
+	for g := range cfg.Groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			owner := conns[g*cfg.GroupSize]
+			due := start.Add(interval * time.Duration(g) / time.Duration(cfg.Groups))
+			for k := 0; due.Before(end) && ctx.Err() == nil; k++ {
+				time.Sleep(time.Until(due))
+				f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+					To: &chatpb.Send_GroupId{GroupId: gids[g]}, Text: messageText(0, g, k, due, cfg.TextSize)}}}
+				if err := owner.Go(f, true, func(r *chatpb.Frame, err error) {
+					if err != nil || r.GetSendOk() == nil {
+						errs.Add(1)
+						return
+					}
+					sentOK.Add(1)
+				}); err != nil {
+					errs.Add(1)
+				}
+				due = due.Add(interval)
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	want := func() int64 { return sentOK.Load() * int64(cfg.GroupSize-1) }
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && deliveries.Load() < want() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	res.Sent, res.Delivered, res.Errors = sentOK.Load(), deliveries.Load(), errs.Load()
+	res.Lost = max(0, want()-deliveries.Load())
+	res.Seconds = took.Seconds()
+	res.MsgsPerSec = float64(res.Delivered) / took.Seconds()
+	rec.fill(&res)
+	return res, nil
+}
+
+// Echo loads an echo server (same framing) the way Chat loads a chat
+// server: Conns connections, Pairs of them sending at Rate in all, with
+// frames the size of a chat message; latency is the round trip.
+func Echo(ctx context.Context, cfg Config) (Result, error) {
+	cfg.defaults()
+	conns := make([]*Conn, cfg.Conns)
+	defer func() { closeAll(conns) }()
+	for i := range conns {
+		c, err := Dial(ctx, cfg.addr(i), SourceIP(cfg.SourceOffset+i))
+		if err != nil {
+			return Result{}, err
+		}
+		conns[i] = c
+	}
+	return stepped(ctx, &cfg, "echo", func(rate float64) (Result, error) {
+		res := Result{Server: cfg.Server, Scenario: "echo", Conns: cfg.Conns, OfferedRate: rate}
+		rec := newRecorder()
+		var sent, got, errs atomic.Int64
+		var cpu0 time.Duration
+		if cfg.ServerPID > 0 {
+			_, cpu0, _ = procStats(cfg.ServerPID)
+		}
+		stop := make(chan struct{})
+		go progress(&cfg, "echo", stop, func() string {
+			n, p99 := rec.snapshot()
+			return fmt.Sprintf("offered %.0f/s echoed %d p99 %.2fms", rate, n, p99)
+		})
+		start := time.Now()
+		end := start.Add(cfg.Duration)
+		interval := time.Duration(float64(cfg.Pairs) / rate * float64(time.Second))
+		var wg sync.WaitGroup
+		for i := range cfg.Pairs {
+			c := conns[i]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				due := start.Add(interval * time.Duration(i) / time.Duration(cfg.Pairs))
+				for k := 0; due.Before(end) && ctx.Err() == nil; k++ {
+					time.Sleep(time.Until(due))
+					sentAt := due
+					f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+						To: &chatpb.Send_UserId{UserId: 1}, Text: messageText(0, i, k, due, cfg.TextSize)}}}
+					sent.Add(1)
+					if err := c.Go(f, true, func(_ *chatpb.Frame, err error) {
+						if err != nil {
+							errs.Add(1)
+							return
+						}
+						rec.record(time.Since(sentAt))
+						got.Add(1)
+					}); err != nil {
+						errs.Add(1)
+					}
+					due = due.Add(interval)
+				}
+			}()
+		}
+		wg.Wait()
+		took := time.Since(start)
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) && got.Load()+errs.Load() < sent.Load() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		close(stop)
+		res.Sent, res.Delivered, res.Errors = sent.Load(), got.Load(), errs.Load()
+		res.Lost = res.Sent - res.Delivered - res.Errors
+		res.Seconds = took.Seconds()
+		res.MsgsPerSec = float64(res.Delivered) / took.Seconds()
+		rec.fill(&res)
+		if cfg.ServerPID > 0 && res.Delivered > 0 {
+			_, cpu1, _ := procStats(cfg.ServerPID)
+			res.CPUMicrosPerMsg = float64((cpu1 - cpu0).Microseconds()) / float64(res.Delivered)
+		}
+		return res, nil
+	})
+}

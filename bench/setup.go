@@ -1,0 +1,202 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+)
+
+// Config is what every scenario takes. Zero values mean the default.
+type Config struct {
+	// Addrs are the servers (or nginx) to load, used round-robin.
+	Addrs []string
+	// Conns is the number of connections. Zero means 100.
+	Conns int
+	// Pairs is the number of sender->receiver pairs (chat, echo senders).
+	// Zero means Conns/2 (all connections busy).
+	Pairs int
+	// Rate is the total offered rate per second (messages, logins); zero
+	// means as fast as the server allows (login) or 1000/s (chat, echo).
+	Rate float64
+	// Step makes chat and echo search for the highest rate whose p99 stays
+	// under P99Bound: start at Rate, multiply by 1.5 per step.
+	Step bool
+	// MaxRate stops Step at this rate. Zero means no limit.
+	MaxRate float64
+	// P99Bound for Step. Zero means 10ms.
+	P99Bound time.Duration
+	// Duration of a measurement (of each step). Zero means 5s.
+	Duration time.Duration
+	// GroupSize is the member count for the group scenario. Zero means 10.
+	GroupSize int
+	// Groups is the number of groups. Zero means Conns/GroupSize.
+	Groups int
+	// TextSize is the message size in bytes. Zero means 64.
+	TextSize int
+	// ServerPID, when set, is sampled for RSS and CPU.
+	ServerPID int
+	// Server names the target in results ("gnet", "net", "echo", ...).
+	Server string
+	// Users prefixes user names, so runs do not collide. Empty means "b".
+	Users string
+	// Password of the bench users. Empty means a fixed one.
+	Password string
+	// SourceOffset shifts source addresses (one generator process each).
+	SourceOffset int
+	// Progress, when set, gets a live status line every second.
+	Progress io.Writer
+}
+
+func (c *Config) defaults() {
+	if c.Conns <= 0 {
+		c.Conns = 100
+	}
+	if c.Pairs <= 0 || 2*c.Pairs > c.Conns {
+		c.Pairs = c.Conns / 2
+	}
+	if c.P99Bound <= 0 {
+		c.P99Bound = 10 * time.Millisecond
+	}
+	if c.Duration <= 0 {
+		c.Duration = 5 * time.Second
+	}
+	if c.GroupSize <= 1 {
+		c.GroupSize = 10
+	}
+	if c.Groups <= 0 {
+		c.Groups = max(1, c.Conns/c.GroupSize)
+	}
+	if c.TextSize <= 0 {
+		c.TextSize = 64
+	}
+	if c.Users == "" {
+		c.Users = "b"
+	}
+	if c.Password == "" {
+		c.Password = "bench-password"
+	}
+	if c.Server == "" {
+		c.Server = "server"
+	}
+}
+
+func (c *Config) addr(i int) string { return c.Addrs[i%len(c.Addrs)] }
+func (c *Config) user(i int) string { return fmt.Sprintf("%s%d", c.Users, i) }
+
+// setupParallel bounds concurrent setup work (registrations hash passwords).
+const setupParallel = 64
+
+// tokens registers users [0,n) (a user that exists already is fine) and
+// logs each in once with its password to get a token; the measured phases
+// then log in with tokens, as reconnecting clients do.
+func tokens(ctx context.Context, cfg *Config, n int) ([]string, []uint64, error) {
+	toks := make([]string, n)
+	ids := make([]uint64, n)
+	var next atomic.Int64
+	g, ctx := errgroup.WithContext(ctx)
+	for w := range setupParallel {
+		g.Go(func() error {
+			c, err := Dial(ctx, cfg.addr(w), "")
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return nil
+				}
+				reg := &chatpb.Frame{Body: &chatpb.Frame_Register{Register: &chatpb.Register{Username: cfg.user(i), Password: cfg.Password}}}
+				if _, err := c.Call(ctx, reg); err != nil && !errors.Is(err, protocol.ErrAlreadyExists) {
+					return fmt.Errorf("register %s: %w", cfg.user(i), err)
+				}
+				login := &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Username: cfg.user(i), Password: cfg.Password}}}
+				resp, err := c.Call(ctx, login)
+				if err != nil {
+					return fmt.Errorf("login %s: %w", cfg.user(i), err)
+				}
+				toks[i], ids[i] = resp.GetLoginOk().Token, resp.GetLoginOk().UserId
+				if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}}); err != nil {
+					return err
+				}
+			}
+		})
+	}
+	return toks, ids, g.Wait()
+}
+
+// connectAll opens n connections (from distinct source addresses) and
+// logs each in with its token, at most `parallel` at once. It returns
+// the connections and how long connecting and logging in took.
+func connectAll(ctx context.Context, cfg *Config, toks []string, onLogin func(i int, d time.Duration)) ([]*Conn, time.Duration, error) {
+	conns := make([]*Conn, len(toks))
+	var next atomic.Int64
+	start := time.Now()
+	g, ctx := errgroup.WithContext(ctx)
+	for range min(256, len(toks)) {
+		g.Go(func() error {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(toks) {
+					return nil
+				}
+				t0 := time.Now()
+				c, err := Dial(ctx, cfg.addr(i), SourceIP(cfg.SourceOffset+i))
+				if err != nil {
+					return fmt.Errorf("connection %d: %w", i, err)
+				}
+				conns[i] = c
+				if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: toks[i]}}}); err != nil {
+					return fmt.Errorf("token login %d: %w", i, err)
+				}
+				if onLogin != nil {
+					onLogin(i, time.Since(t0))
+				}
+			}
+		})
+	}
+	err := g.Wait()
+	if err != nil {
+		closeAll(conns)
+	}
+	return conns, time.Since(start), err
+}
+
+func closeAll(conns []*Conn) {
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		if c != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); c.Close() }()
+		}
+	}
+	wg.Wait()
+}
+
+// progress prints a status line every second until stop is closed.
+func progress(cfg *Config, name string, stop <-chan struct{}, line func() string) {
+	if cfg.Progress == nil {
+		return
+	}
+	start := time.Now()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			fmt.Fprintf(cfg.Progress, "\r\033[K")
+			return
+		case <-t.C:
+			fmt.Fprintf(cfg.Progress, "\r\033[K[%s %s] %3.0fs %s", name, cfg.Server, time.Since(start).Seconds(), line())
+		}
+	}
+}

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/loopchat/loopchat/bench"
+)
+
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load-generate against loopchat servers, compare engines, report",
+		Long: `C10K load generation. Scenarios run against any address (a node, several, or nginx):
+
+  conns   open N connections, log each in with a token, hold them idle
+  login   a login storm at --rate per second, or as fast as possible
+  chat    --pairs sender->receiver pairs among N connections, open loop at --rate
+          (or --step to find the highest rate with p99 under --p99-bound)
+  group   groups of --group-size; latency until the last member has it
+  echo    the same framing against 'loopchat bench echo-server'
+
+'loopchat bench compare' starts the servers itself (gnet, net, echo), pinned
+apart from the generator, and prints ratios. See docs/BENCHMARKS.md.`,
+	}
+	for _, name := range []string{"conns", "login", "chat", "group", "echo"} {
+		cmd.AddCommand(newScenarioCmd(name))
+	}
+	cmd.AddCommand(newCompareCmd(), newEchoServerCmd())
+	return cmd
+}
+
+// scenarioFlags are shared by the scenarios and compare.
+func scenarioFlags(f *pflag.FlagSet, c *bench.Config) {
+	f.IntVar(&c.Conns, "conns", 100, "connections")
+	f.IntVar(&c.Pairs, "pairs", 0, "sender->receiver pairs (chat, echo); 0 means conns/2")
+	f.Float64Var(&c.Rate, "rate", 0, "offered rate per second in all (messages or logins); 0 means the scenario's default")
+	f.BoolVar(&c.Step, "step", false, "chat/echo: raise the rate ×1.5 per step until p99 passes --p99-bound; report the last that held")
+	f.DurationVar(&c.P99Bound, "p99-bound", 10*time.Millisecond, "latency bound for --step")
+	f.Float64Var(&c.MaxRate, "max-rate", 0, "stop --step at this rate; 0 means no limit")
+	f.DurationVar(&c.Duration, "duration", 5*time.Second, "length of a measurement (of each step)")
+	f.IntVar(&c.GroupSize, "group-size", 10, "members per group (group)")
+	f.IntVar(&c.Groups, "groups", 0, "number of groups (group); 0 means conns/group-size")
+	f.IntVar(&c.TextSize, "text-size", 64, "message size in bytes")
+	f.StringVar(&c.Users, "users", "", "user name prefix; empty means a fresh one per run")
+}
+
+type outputFlags struct {
+	json bool
+	plot string
+}
+
+func (o *outputFlags) add(f *pflag.FlagSet) {
+	f.BoolVar(&o.json, "json", false, "print the results as JSON on stdout")
+	f.StringVar(&o.plot, "plot", "", "draw throughput and latency over time into this .png or .svg file")
+}
+
+func (o *outputFlags) emit(w io.Writer, v any, results []bench.Result) error {
+	if o.plot != "" {
+		if err := bench.Plot(o.plot, results); err != nil {
+			return err
+		}
+	}
+	if o.json {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	bench.WriteTable(w, results)
+	return nil
+}
+
+func freshUsers() string { return fmt.Sprintf("b%06x", time.Now().UnixNano()&0xffffff) }
+
+func newScenarioCmd(name string) *cobra.Command {
+	var (
+		c      bench.Config
+		addrs  []string
+		out    outputFlags
+		procs  int
+		worker bool
+	)
+	cmd := &cobra.Command{
+		Use:   name,
+		Short: "Run the " + name + " scenario",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c.Addrs = addrs
+			if c.Users == "" {
+				c.Users = freshUsers()
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if !worker {
+				c.Progress = os.Stderr
+			}
+			var res bench.Result
+			var err error
+			if procs > 1 {
+				res, err = runProcs(ctx, name, c, procs)
+			} else {
+				res, err = bench.Scenarios[name](ctx, c)
+			}
+			if err != nil {
+				return err
+			}
+			if worker {
+				return json.NewEncoder(os.Stdout).Encode(exported(res))
+			}
+			return out.emit(os.Stdout, res, []bench.Result{res})
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&addrs, "addr", []string{"127.0.0.1:7000"}, "server addresses (comma-separated or repeated), used round-robin")
+	scenarioFlags(f, &c)
+	f.IntVar(&c.ServerPID, "server-pid", 0, "PID of the server, to sample its RSS and CPU (conns, chat)")
+	f.IntVar(&procs, "procs", 1, "generator processes (each may hold ~19,000 connections); their results are merged")
+	f.IntVar(&c.SourceOffset, "source-offset", 0, "first source address index (set for each --procs child)")
+	f.BoolVar(&worker, "worker", false, "internal: run as a --procs child")
+	_ = f.MarkHidden("worker")
+	_ = f.MarkHidden("source-offset")
+	out.add(f)
+	return cmd
+}
+
+func exported(r bench.Result) bench.Result {
+	r.ExportHist()
+	return r
+}
+
+// runProcs splits the connections over k child processes of this binary,
+// with disjoint users and source addresses, and merges their results.
+func runProcs(ctx context.Context, name string, c bench.Config, k int) (bench.Result, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return bench.Result{}, err
+	}
+	parts := make([]bench.Result, k)
+	errs := make([]error, k)
+	var wg sync.WaitGroup
+	for i := range k {
+		n := c.Conns / k
+		if i == k-1 {
+			n = c.Conns - n*(k-1)
+		}
+		args := []string{"bench", name, "--worker", "--addr", strings.Join(c.Addrs, ","),
+			"--conns", strconv.Itoa(n), "--pairs", strconv.Itoa(c.Pairs / k), "--rate", fmt.Sprint(c.Rate / float64(k)),
+			"--duration", c.Duration.String(), "--group-size", strconv.Itoa(c.GroupSize), "--groups", strconv.Itoa(c.Groups / k),
+			"--text-size", strconv.Itoa(c.TextSize), "--users", fmt.Sprintf("%sp%dx", c.Users, i),
+			"--source-offset", strconv.Itoa(c.SourceOffset + i*(c.Conns/k))}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := exec.CommandContext(ctx, self, args...)
+			cmd.Stderr = os.Stderr
+			outb, err := cmd.Output()
+			if err != nil {
+				errs[i] = fmt.Errorf("generator %d: %w", i, err)
+				return
+			}
+			errs[i] = json.Unmarshal(outb, &parts[i])
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return bench.Result{}, err
+	}
+	return bench.Merge(parts), nil
+}
+
+func newCompareCmd() *cobra.Command {
+	var (
+		cc      bench.CompareConfig
+		servers []string
+		genCPUs string
+		out     outputFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "compare",
+		Short: "Start gnet, net and echo servers and run the same scenario against each",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if genCPUs != "" && os.Getenv("LOOPCHAT_BENCH_PINNED") == "" {
+				if tp, err := exec.LookPath("taskset"); err == nil {
+					// Re-run this command pinned, so generator and servers do
+					// not share a CPU.
+					self, _ := os.Executable()
+					c := exec.Command(tp, append([]string{"-c", genCPUs, self}, os.Args[1:]...)...)
+					c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+					c.Env = append(os.Environ(), "LOOPCHAT_BENCH_PINNED=1")
+					return c.Run()
+				}
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cc.Binary, cc.Servers, cc.Progress = self, servers, os.Stderr
+			if cc.Users == "" {
+				cc.Users = freshUsers()
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cmp, err := bench.Compare(ctx, cc)
+			if err != nil {
+				return err
+			}
+			if err := out.emit(os.Stdout, cmp, cmp.Results); err != nil {
+				return err
+			}
+			if !out.json {
+				for k, v := range cmp.Ratios {
+					fmt.Printf("%s = %.2f\n", k, v)
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	scenarioFlags(f, &cc.Config)
+	f.StringVar(&cc.Scenario, "scenario", "chat", "scenario: chat, conns, login or group")
+	f.StringSliceVar(&servers, "servers", []string{"gnet", "net", "echo"}, "servers to compare")
+	f.IntVar(&cc.Loops, "loops", 1, "event loops of the gnet servers")
+	f.StringVar(&cc.ServerCPUs, "server-cpus", "0", "taskset CPU list for the servers; empty means no pinning")
+	f.StringVar(&genCPUs, "gen-cpus", "1", "taskset CPU list for the load generator; empty means no pinning")
+	out.add(f)
+	return cmd
+}
+
+func newEchoServerCmd() *cobra.Command {
+	var (
+		listen string
+		loops  int
+	)
+	cmd := &cobra.Command{
+		Use:   "echo-server",
+		Short: "A bare gnet echo server with loopchat's framing (the bench's upper bound)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := bench.StartEchoServer(listen, loops)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return s.Stop(sctx)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:7100", "address")
+	cmd.Flags().IntVar(&loops, "loops", 1, "event loops")
+	return cmd
+}
