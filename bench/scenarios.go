@@ -226,7 +226,7 @@ func stepped(ctx context.Context, cfg *Config, name string, phase func(rate floa
 func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, phase int) (Result, error) {
 	res := Result{Server: cfg.Server, Scenario: "chat", Conns: cfg.Conns, OfferedRate: rate}
 	rec := newRecorder()
-	var delivered, dups, sentOK, errs atomic.Int64
+	var delivered, dups, sentOK, errs, attempts atomic.Int64
 	for i, p := range pairs {
 		p.mu.Lock()
 		p.sentOK, p.got, p.phase = nil, nil, phase
@@ -311,6 +311,7 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 				}
 				f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
 					To: &chatpb.Send_UserId{UserId: p.toID}, Text: messageText(phase, i, k, due, cfg.TextSize)}}}
+				attempts.Add(1)
 				err := p.from.Go(f, true, func(r *chatpb.Frame, err error) {
 					if err != nil || r.GetSendOk() == nil {
 						errs.Add(1)
@@ -332,9 +333,10 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 	}
 	wg.Wait()
 	sendEnd := time.Since(start)
-	// Let what is in flight arrive (bounded).
+	// Let what is in flight arrive (bounded): every response, and every
+	// message that got SendOK.
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && delivered.Load() < sentOK.Load() {
+	for time.Now().Before(deadline) && (sentOK.Load()+errs.Load() < attempts.Load() || delivered.Load() < sentOK.Load()) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	close(stop)
@@ -402,7 +404,7 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 	}
 	var mu sync.Mutex
 	tallies := map[[2]int]*tally{} // (group, k) -> deliveries so far
-	var deliveries, complete, sentOK, errs atomic.Int64
+	var deliveries, complete, sentOK, errs, attempts atomic.Int64
 	for g := range cfg.Groups {
 		for m := 1; m < cfg.GroupSize; m++ {
 			c := conns[g*cfg.GroupSize+m]
@@ -455,6 +457,7 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 				time.Sleep(time.Until(due))
 				f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
 					To: &chatpb.Send_GroupId{GroupId: gids[g]}, Text: messageText(0, g, k, due, cfg.TextSize)}}}
+				attempts.Add(1)
 				if err := owner.Go(f, true, func(r *chatpb.Frame, err error) {
 					if err != nil || r.GetSendOk() == nil {
 						errs.Add(1)
@@ -472,7 +475,7 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 	took := time.Since(start)
 	want := func() int64 { return sentOK.Load() * int64(cfg.GroupSize-1) }
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && deliveries.Load() < want() {
+	for time.Now().Before(deadline) && (sentOK.Load()+errs.Load() < attempts.Load() || deliveries.Load() < want()) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	close(stop)

@@ -30,9 +30,10 @@ func startNode(t *testing.T) string {
 }
 
 func TestProbe(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	node := startNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := loadbalance.Probe(ctx, startNode(t)); err != nil {
+	if err := loadbalance.Probe(ctx, node); err != nil {
 		t.Fatalf("probe of a live node: %v", err)
 	}
 	if err := loadbalance.Probe(ctx, "127.0.0.1:1"); err == nil {

@@ -24,8 +24,11 @@ type writeOp struct {
 // no added latency when idle). The queue is bounded: writers wait when it is
 // full.
 type committer struct {
-	db       *bolt.DB
-	observe  func(d time.Duration, batch int) // commit metrics; may be nil
+	db      *bolt.DB
+	observe func(d time.Duration, batch int) // commit metrics; may be nil
+	// lazy returns pending writes that need no acknowledgement (nil when
+	// none): they join the next commit instead of causing one.
+	lazy     func() func(*bolt.Tx) error
 	ops      chan *writeOp
 	maxBatch int
 	mu       sync.RWMutex // guards closed against sends on a closed channel
@@ -33,8 +36,9 @@ type committer struct {
 	done     chan struct{}
 }
 
-func newCommitter(db *bolt.DB, maxBatch int, observe func(time.Duration, int)) *committer {
-	c := &committer{db: db, ops: make(chan *writeOp, maxBatch), maxBatch: maxBatch, observe: observe, done: make(chan struct{})}
+func newCommitter(db *bolt.DB, maxBatch int, observe func(time.Duration, int), lazy func() func(*bolt.Tx) error) *committer {
+	c := &committer{db: db, ops: make(chan *writeOp, maxBatch), maxBatch: maxBatch, observe: observe, lazy: lazy,
+		done: make(chan struct{})}
 	go c.run()
 	return c
 }
@@ -75,7 +79,23 @@ func (c *committer) close() {
 func (c *committer) run() {
 	defer close(c.done)
 	batch := make([]*writeOp, 0, c.maxBatch)
-	for op := range c.ops {
+	// Lazy writes (see piggyback) ride along with the next commit, or go
+	// on their own after lazyDelay when nothing else comes.
+	tick := time.NewTicker(lazyDelay)
+	defer tick.Stop()
+	for {
+		var op *writeOp
+		var ok bool
+		select {
+		case op, ok = <-c.ops:
+			if !ok {
+				c.flushLazy(batch)
+				return
+			}
+		case <-tick.C:
+			c.flushLazy(batch)
+			continue
+		}
 		batch = append(batch[:0], op)
 	fill:
 		for len(batch) < c.maxBatch {
@@ -89,7 +109,32 @@ func (c *committer) run() {
 				break fill
 			}
 		}
+		if lazy := c.takeLazy(); lazy != nil {
+			// First, so writes queued after an ack see it applied.
+			batch = append(batch, nil)
+			copy(batch[1:], batch)
+			batch[0] = lazy
+		}
 		c.commit(batch)
+	}
+}
+
+// lazyDelay bounds how long a lazy write waits for company.
+const lazyDelay = 50 * time.Millisecond
+
+func (c *committer) takeLazy() *writeOp {
+	if c.lazy == nil {
+		return nil
+	}
+	if fn := c.lazy(); fn != nil {
+		return &writeOp{fn: fn}
+	}
+	return nil
+}
+
+func (c *committer) flushLazy(batch []*writeOp) {
+	if op := c.takeLazy(); op != nil {
+		c.commit(append(batch[:0], op))
 	}
 }
 
@@ -113,7 +158,9 @@ func (c *committer) commit(batch []*writeOp) {
 	})
 	if err != nil {
 		if len(batch) == 1 {
-			batch[0].done <- fmt.Errorf("store: commit: %w", err)
+			if batch[0].done != nil {
+				batch[0].done <- fmt.Errorf("store: commit: %w", err)
+			}
 			return
 		}
 		// One op broke the transaction; give each its own so only it fails.
@@ -123,6 +170,8 @@ func (c *committer) commit(batch []*writeOp) {
 		return
 	}
 	for i, op := range batch {
-		op.done <- results[i]
+		if op.done != nil {
+			op.done <- results[i]
+		}
 	}
 }

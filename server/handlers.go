@@ -142,7 +142,7 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	}
 	c.srv.metrics.logins.Inc()
 	c.loggedInOnce.Store(true)
-	c.logger().Info("logged in")
+	c.debug("logged in") // debug: at C10K rates one line per login is noise
 	// The replay outlives this request's timeout: a big inbox to a slow
 	// reader takes as long as it takes (waitWritable bounds the stalls).
 	replay := func() { c.replayInbox(c.srv.ctx, u.ID) }
@@ -242,7 +242,7 @@ func groupList(groups []Group, online map[uint64]bool) []*chatpb.Group {
 func (c *session) logout(ctx context.Context) (*chatpb.Frame, error) {
 	if u := c.user.Swap(nil); u != nil {
 		c.srv.unbindUser(ctx, u.id, c)
-		c.logger().Info("logged out", "user_id", u.id)
+		c.debug("logged out", "user_id", u.id)
 	}
 	return okFrame(), nil
 }

@@ -125,6 +125,14 @@ func (c *session) logger() *slog.Logger {
 	return l
 }
 
+// debug logs at debug level, building the connection's attributes only
+// when that level is on.
+func (c *session) debug(msg string, args ...any) {
+	if c.srv.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.logger().Debug(msg, args...)
+	}
+}
+
 // received handles one frame payload on the reading side. With inline the
 // request runs right here (net engine); otherwise it is queued for a worker
 // (gnet: the event loop must not wait). It returns false after a protocol

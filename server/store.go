@@ -94,7 +94,9 @@ type Store interface {
 	// Inbox returns up to limit unacknowledged messages of uid with msg_id
 	// greater than after, oldest first.
 	Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error)
-	// Ack removes the given messages from uid's inbox; unknown ids are ignored.
+	// Ack removes the given messages from uid's inbox; unknown ids are
+	// ignored. It may be applied lazily (a lost ack is only a redelivery),
+	// but Inbox never returns a message acked before it was called.
 	Ack(ctx context.Context, uid uint64, msgIDs []uint64) error
 
 	// Ping reports whether the store answers (for /readyz).

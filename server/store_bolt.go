@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -71,6 +72,15 @@ type BoltConfig struct {
 // one transaction (group commit): one fsync serves a whole batch, and an
 // idle store adds no delay to a lone write.
 type BoltStore struct {
+	// Acks are applied lazily: they ride along with the next commit (or
+	// one within 50ms), so they never cost a commit of their own nor make
+	// the acking request wait for an fsync. An ack lost in a crash only
+	// means a redelivery, which clients drop by msg_id. Reads filter out
+	// pending acks, so an acked message is never replayed meanwhile.
+	acksMu   sync.Mutex
+	acks     map[uint64]map[uint64]struct{} // user -> msg ids acked, not yet written
+	ackCount int
+
 	db          *bolt.DB
 	cfg         BoltConfig
 	committer   *committer
@@ -93,9 +103,11 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{
-		Timeout:        2 * time.Second, // another process holds the file lock
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
+		Timeout: 2 * time.Second, // another process holds the file lock
+		// Map 256 MiB up front: growing the map blocks every transaction.
+		InitialMmapSize: 256 << 20,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", cfg.Path, err)
@@ -113,7 +125,7 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
 	}
 	s := &BoltStore{db: db, cfg: cfg, stopJanitor: make(chan struct{}), janitorDone: make(chan struct{})}
-	s.committer = newCommitter(db, cfg.MaxBatch, cfg.ObserveCommit)
+	s.committer = newCommitter(db, cfg.MaxBatch, cfg.ObserveCommit, s.takeAcks)
 	go s.janitor()
 	return s, nil
 }
@@ -455,6 +467,9 @@ func (s *BoltStore) Inbox(_ context.Context, uid, after uint64, limit int) (out 
 		c := tx.Bucket(bucketInbox).Cursor()
 		k, v := c.Seek(key2(uid, after+1))
 		for ; k != nil && hasPrefix(k, prefix) && len(out) < limit; k, v = c.Next() {
+			if s.acked(uid, binary.BigEndian.Uint64(k[8:])) {
+				continue
+			}
 			m := new(chatpb.Message)
 			if err := proto.Unmarshal(v, m); err != nil {
 				return fmt.Errorf("store: inbox message: %w", err)
@@ -466,32 +481,88 @@ func (s *BoltStore) Inbox(_ context.Context, uid, after uint64, limit int) (out 
 	return out, err
 }
 
+// maxPendingAcks bounds acks held in memory; past it Ack waits for a commit.
+const maxPendingAcks = 100_000
+
 func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
-	return s.committer.do(ctx, func(tx *bolt.Tx) error {
-		inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
-		removed := uint64(0)
-		for _, id := range ids {
-			k := key2(uid, id)
-			if inbox.Get(k) == nil {
-				continue
-			}
-			if err := inbox.Delete(k); err != nil {
+	s.acksMu.Lock()
+	m := s.acks[uid]
+	if m == nil {
+		if s.acks == nil {
+			s.acks = make(map[uint64]map[uint64]struct{})
+		}
+		m = make(map[uint64]struct{}, len(ids))
+		s.acks[uid] = m
+	}
+	for _, id := range ids {
+		if _, dup := m[id]; !dup {
+			m[id] = struct{}{}
+			s.ackCount++
+		}
+	}
+	full := s.ackCount >= maxPendingAcks
+	s.acksMu.Unlock()
+	if full {
+		// Too many waiting: write them now, and make this caller wait for
+		// it (backpressure instead of unbounded memory).
+		if fn := s.takeAcks(); fn != nil {
+			return s.committer.do(ctx, fn)
+		}
+	}
+	return nil
+}
+
+// takeAcks hands the pending acks to the committer as one write.
+func (s *BoltStore) takeAcks() func(*bolt.Tx) error {
+	s.acksMu.Lock()
+	pending := s.acks
+	s.acks, s.ackCount = nil, 0
+	s.acksMu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	return func(tx *bolt.Tx) error {
+		for uid, ids := range pending {
+			if err := applyAcks(tx, uid, ids); err != nil {
 				return err
 			}
-			removed++
 		}
-		if removed == 0 {
-			return nil
+		return nil
+	}
+}
+
+func applyAcks(tx *bolt.Tx, uid uint64, ids map[uint64]struct{}) error {
+	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
+	removed := uint64(0)
+	for id := range ids {
+		k := key2(uid, id)
+		if inbox.Get(k) == nil {
+			continue
 		}
-		var n uint64
-		if v := counts.Get(u64(uid)); v != nil {
-			n = binary.BigEndian.Uint64(v)
+		if err := inbox.Delete(k); err != nil {
+			return err
 		}
-		if removed >= n {
-			return counts.Delete(u64(uid))
-		}
-		return counts.Put(u64(uid), u64(n-removed))
-	})
+		removed++
+	}
+	if removed == 0 {
+		return nil
+	}
+	var n uint64
+	if v := counts.Get(u64(uid)); v != nil {
+		n = binary.BigEndian.Uint64(v)
+	}
+	if removed >= n {
+		return counts.Delete(u64(uid))
+	}
+	return counts.Put(u64(uid), u64(n-removed))
+}
+
+// acked reports whether uid's message id has an ack not yet written.
+func (s *BoltStore) acked(uid, id uint64) bool {
+	s.acksMu.Lock()
+	defer s.acksMu.Unlock()
+	_, ok := s.acks[uid][id]
+	return ok
 }
 
 // janitor expires client_msg_id entries older than the dedup window.
