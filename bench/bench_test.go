@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/loopchat/loopchat/bench"
+	"github.com/loopchat/loopchat/internal/testproc"
 	"github.com/loopchat/loopchat/server"
 )
 
@@ -83,7 +84,7 @@ func TestTinyScenarios(t *testing.T) {
 }
 
 func TestTinyEchoAndPlot(t *testing.T) {
-	ln := freeAddr(t)
+	ln := testproc.FreeAddr(t)
 	es, err := bench.StartEchoServer(ln, 1)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+
+	"github.com/loopchat/loopchat/internal/testproc"
 )
 
 // gnet.Conn is the Peeker the server decodes from.
@@ -45,19 +47,9 @@ func (s *echoServer) OnTraffic(c gnet.Conn) gnet.Action {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func TestDecodeFromGnetConn(t *testing.T) {
 	const max = 64
-	addr := freeAddr(t)
+	addr := testproc.FreeAddr(t)
 	srv := &echoServer{max: max, booted: make(chan gnet.Engine, 1), errs: make(chan error, 4)}
 	done := make(chan error, 1)
 	go func() { done <- gnet.Run(srv, "tcp://"+addr, gnet.WithMulticore(true)) }()

@@ -45,6 +45,11 @@ func FreePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// FreeAddr returns a 127.0.0.1 address that was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	return "127.0.0.1:" + strconv.Itoa(FreePort(t))
+}
+
 // WaitListening waits until something accepts TCP connections on addr.
 func WaitListening(t testing.TB, addr string, within time.Duration) {
 	t.Helper()
