@@ -333,25 +333,29 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 	}
 	wg.Wait()
 	sendEnd := time.Since(start)
-	// Let what is in flight arrive (bounded): every response, and every
-	// message that got SendOK.
+	// Let what is in flight arrive (bounded): every response, then every
+	// message that got SendOK. Counts alone could match while different
+	// messages are outstanding, so check message by message.
+	missing := func() (n int64) {
+		for _, p := range pairs {
+			p.mu.Lock()
+			for k, ok := range p.sentOK {
+				if ok && (k >= len(p.got) || p.got[k] == 0) {
+					n++
+				}
+			}
+			p.mu.Unlock()
+		}
+		return n
+	}
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && (sentOK.Load()+errs.Load() < attempts.Load() || delivered.Load() < sentOK.Load()) {
+	for time.Now().Before(deadline) && (sentOK.Load()+errs.Load() < attempts.Load() || missing() > 0) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	close(stop)
 	close(ackStop)
 	ackWG.Wait()
-	var lost int64
-	for _, p := range pairs {
-		p.mu.Lock()
-		for k, ok := range p.sentOK {
-			if ok && (k >= len(p.got) || p.got[k] == 0) {
-				lost++
-			}
-		}
-		p.mu.Unlock()
-	}
+	lost := missing()
 	res.Sent, res.Delivered, res.Duplicates, res.Errors, res.Lost = sentOK.Load(), delivered.Load(), dups.Load(), errs.Load(), lost
 	res.Seconds = sendEnd.Seconds()
 	res.MsgsPerSec = float64(res.Delivered) / sendEnd.Seconds()

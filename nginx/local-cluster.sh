@@ -5,6 +5,7 @@
 #
 #   make cluster                 # clients connect to 127.0.0.1:7000
 #   CLUSTER_PORT=7100 NODES=5 make cluster
+#   NODE_FLAGS="--rate-limit 1000" make cluster    # extra flags for every node
 set -euo pipefail
 
 port=${CLUSTER_PORT:-7000}
@@ -55,7 +56,7 @@ for i in $(seq "$nodes"); do
 	ap=$(free_port)
 	LOOPCHAT_TOKEN_SECRET=local-cluster-secret-0123456789 "$bin" serve --listen "127.0.0.1:$np" \
 		--data "$dir/n$i" --redis "$redis" --node-id "n$i" --proxy-protocol-from 127.0.0.0/8 \
-		--admin-addr "127.0.0.1:$ap" >"$dir/n$i.log" 2>&1 &
+		--admin-addr "127.0.0.1:$ap" ${NODE_FLAGS:-} >"$dir/n$i.log" 2>&1 &
 	pids+=($!)
 	wait_port "$np"
 	say "node n$i" "127.0.0.1:$np  admin http://127.0.0.1:$ap/metrics  log: $dir/n$i.log"
