@@ -434,3 +434,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestShutdownWithoutStart(t *testing.T) {
+	srv, err := New(testOptions(t, EngineGnet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatalf("shutdown of a server never started: %v", err)
+	}
+}

@@ -54,6 +54,7 @@ type Server struct {
 	sweepStop    chan struct{}
 	sweepDone    chan struct{}
 	shutdownOnce sync.Once
+	stopBgOnce   sync.Once
 	shutdownErr  error
 }
 
@@ -187,7 +188,10 @@ func (s *Server) shutdown(ctx context.Context) error {
 	s.drain(ctx)
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	errEngine := s.engine.stop(stopCtx)
+	var errEngine error
+	if s.addr != nil {
+		errEngine = s.engine.stop(stopCtx)
+	}
 	s.stopBackground()
 	s.cancel()
 	if s.registry != nil {
@@ -255,10 +259,15 @@ func (s *Server) drain(ctx context.Context) {
 
 // stopBackground ends the sweeper and the workers after the work queued.
 func (s *Server) stopBackground() {
-	close(s.sweepStop)
-	<-s.sweepDone
-	s.runq.close()
-	s.workers.Wait()
+	s.stopBgOnce.Do(func() {
+		if s.runq == nil {
+			return // never started
+		}
+		close(s.sweepStop)
+		<-s.sweepDone
+		s.runq.close()
+		s.workers.Wait()
+	})
 }
 
 func (s *Server) closeStore() error {
