@@ -160,6 +160,32 @@ func parseText(text string) (phase, sender, k int, due time.Time, ok bool) {
 	return ph, s, n, time.Unix(0, ns), err0 == nil && err1 == nil && err2 == nil && err3 == nil
 }
 
+// openLoop runs n senders for d at rate messages per second in all,
+// staggered over one interval: sender i calls send(i, k, due) for its k-th
+// message at the time it is due, whatever happened to the earlier ones (so
+// a stalled server shows as latency, not as a lower offered rate). It
+// returns how long sending took.
+func openLoop(ctx context.Context, n int, rate float64, d time.Duration, send func(i, k int, due time.Time)) time.Duration {
+	start := time.Now()
+	end := start.Add(d)
+	interval := time.Duration(float64(n) / rate * float64(time.Second))
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			due := start.Add(interval * time.Duration(i) / time.Duration(n))
+			for k := 0; due.Before(end) && ctx.Err() == nil; k++ {
+				time.Sleep(time.Until(due))
+				send(i, k, due)
+				due = due.Add(interval)
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
 // Chat runs Pairs sender->receiver pairs among Conns logged-in connections,
 // open loop at Rate messages per second in all; latency is from when a
 // message was due to when its receiver got it. With Step it raises the rate
@@ -295,44 +321,27 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 		}
 	}()
 
-	start := time.Now()
-	end := start.Add(cfg.Duration)
-	interval := time.Duration(float64(len(pairs)) / rate * float64(time.Second))
-	var wg sync.WaitGroup
-	for i, p := range pairs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// Stagger the senders over one interval.
-			due := start.Add(interval * time.Duration(i) / time.Duration(len(pairs)))
-			for k := 0; due.Before(end) && ctx.Err() == nil; k++ {
-				if d := time.Until(due); d > 0 {
-					time.Sleep(d)
-				}
-				f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
-					To: &chatpb.Send_UserId{UserId: p.toID}, Text: messageText(phase, i, k, due, cfg.TextSize)}}}
-				attempts.Add(1)
-				err := p.from.Go(f, true, func(r *chatpb.Frame, err error) {
-					if err != nil || r.GetSendOk() == nil {
-						errs.Add(1)
-						return
-					}
-					p.mu.Lock()
-					if p.phase == phase {
-						sentOK.Add(1)
-						p.mark(&p.sentOK, k)
-					}
-					p.mu.Unlock()
-				})
-				if err != nil {
-					errs.Add(1)
-				}
-				due = due.Add(interval)
+	sendEnd := openLoop(ctx, len(pairs), rate, cfg.Duration, func(i, k int, due time.Time) {
+		p := pairs[i]
+		f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+			To: &chatpb.Send_UserId{UserId: p.toID}, Text: messageText(phase, i, k, due, cfg.TextSize)}}}
+		attempts.Add(1)
+		err := p.from.Go(f, true, func(r *chatpb.Frame, err error) {
+			if err != nil || r.GetSendOk() == nil {
+				errs.Add(1)
+				return
 			}
-		}()
-	}
-	wg.Wait()
-	sendEnd := time.Since(start)
+			p.mu.Lock()
+			if p.phase == phase {
+				sentOK.Add(1)
+				p.mark(&p.sentOK, k)
+			}
+			p.mu.Unlock()
+		})
+		if err != nil {
+			errs.Add(1)
+		}
+	})
 	// Let what is in flight arrive (bounded): every response, then every
 	// message that got SendOK. Counts alone could match while different
 	// messages are outstanding, so check message by message.
@@ -447,36 +456,20 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 	go progress(&cfg, res.Scenario, stop, func() string {
 		return fmt.Sprintf("sent %d deliveries %d complete %d", sentOK.Load(), deliveries.Load(), complete.Load())
 	})
-	start := time.Now()
-	end := start.Add(cfg.Duration)
-	interval := time.Duration(float64(cfg.Groups) / rate * float64(time.Second))
-	var wg sync.WaitGroup
-	for g := range cfg.Groups {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			owner := conns[g*cfg.GroupSize]
-			due := start.Add(interval * time.Duration(g) / time.Duration(cfg.Groups))
-			for k := 0; due.Before(end) && ctx.Err() == nil; k++ {
-				time.Sleep(time.Until(due))
-				f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
-					To: &chatpb.Send_GroupId{GroupId: gids[g]}, Text: messageText(0, g, k, due, cfg.TextSize)}}}
-				attempts.Add(1)
-				if err := owner.Go(f, true, func(r *chatpb.Frame, err error) {
-					if err != nil || r.GetSendOk() == nil {
-						errs.Add(1)
-						return
-					}
-					sentOK.Add(1)
-				}); err != nil {
-					errs.Add(1)
-				}
-				due = due.Add(interval)
+	took := openLoop(ctx, cfg.Groups, rate, cfg.Duration, func(g, k int, due time.Time) {
+		f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+			To: &chatpb.Send_GroupId{GroupId: gids[g]}, Text: messageText(0, g, k, due, cfg.TextSize)}}}
+		attempts.Add(1)
+		if err := conns[g*cfg.GroupSize].Go(f, true, func(r *chatpb.Frame, err error) {
+			if err != nil || r.GetSendOk() == nil {
+				errs.Add(1)
+				return
 			}
-		}()
-	}
-	wg.Wait()
-	took := time.Since(start)
+			sentOK.Add(1)
+		}); err != nil {
+			errs.Add(1)
+		}
+	})
 	want := func() int64 { return sentOK.Load() * int64(cfg.GroupSize-1) }
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) && (sentOK.Load()+errs.Load() < attempts.Load() || deliveries.Load() < want()) {
@@ -518,38 +511,21 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 			n, p99 := rec.snapshot()
 			return fmt.Sprintf("offered %.0f/s echoed %d p99 %.2fms", rate, n, p99)
 		})
-		start := time.Now()
-		end := start.Add(cfg.Duration)
-		interval := time.Duration(float64(cfg.Pairs) / rate * float64(time.Second))
-		var wg sync.WaitGroup
-		for i := range cfg.Pairs {
-			c := conns[i]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				due := start.Add(interval * time.Duration(i) / time.Duration(cfg.Pairs))
-				for k := 0; due.Before(end) && ctx.Err() == nil; k++ {
-					time.Sleep(time.Until(due))
-					sentAt := due
-					f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
-						To: &chatpb.Send_UserId{UserId: 1}, Text: messageText(0, i, k, due, cfg.TextSize)}}}
-					sent.Add(1)
-					if err := c.Go(f, true, func(_ *chatpb.Frame, err error) {
-						if err != nil {
-							errs.Add(1)
-							return
-						}
-						rec.record(time.Since(sentAt))
-						got.Add(1)
-					}); err != nil {
-						errs.Add(1)
-					}
-					due = due.Add(interval)
+		took := openLoop(ctx, cfg.Pairs, rate, cfg.Duration, func(i, k int, due time.Time) {
+			f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+				To: &chatpb.Send_UserId{UserId: 1}, Text: messageText(0, i, k, due, cfg.TextSize)}}}
+			sent.Add(1)
+			if err := conns[i].Go(f, true, func(_ *chatpb.Frame, err error) {
+				if err != nil {
+					errs.Add(1)
+					return
 				}
-			}()
-		}
-		wg.Wait()
-		took := time.Since(start)
+				rec.record(time.Since(due))
+				got.Add(1)
+			}); err != nil {
+				errs.Add(1)
+			}
+		})
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) && got.Load()+errs.Load() < sent.Load() {
 			time.Sleep(10 * time.Millisecond)
