@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -16,6 +15,9 @@ import (
 type writeOp struct {
 	fn   func(*bolt.Tx) error
 	done chan error
+	// after, if set, is told the outcome once the op's commit is over (on
+	// the committer's goroutine, before the next commit starts).
+	after func(error)
 }
 
 // committer serialises every write into one goroutine that commits
@@ -28,16 +30,14 @@ type committer struct {
 	observe func(d time.Duration, batch int) // commit metrics; may be nil
 	// lazy returns pending writes that need no acknowledgement (nil when
 	// none): they join the next commit instead of causing one.
-	lazy     func() func(*bolt.Tx) error
-	ops      chan *writeOp
+	lazy     func() *writeOp
+	ops      *opQueue[*writeOp]
 	maxBatch int
-	mu       sync.RWMutex // guards closed against sends on a closed channel
-	closed   bool
 	done     chan struct{}
 }
 
-func newCommitter(db *bolt.DB, maxBatch int, observe func(time.Duration, int), lazy func() func(*bolt.Tx) error) *committer {
-	c := &committer{db: db, ops: make(chan *writeOp, maxBatch), maxBatch: maxBatch, observe: observe, lazy: lazy,
+func newCommitter(db *bolt.DB, maxBatch int, observe func(time.Duration, int), lazy func() *writeOp) *committer {
+	c := &committer{db: db, ops: newOpQueue[*writeOp]("store", maxBatch), maxBatch: maxBatch, observe: observe, lazy: lazy,
 		done: make(chan struct{})}
 	go c.run()
 	return c
@@ -48,18 +48,9 @@ func newCommitter(db *bolt.DB, maxBatch int, observe func(time.Duration, int), l
 // as unknown).
 func (c *committer) do(ctx context.Context, fn func(*bolt.Tx) error) error {
 	op := &writeOp{fn: fn, done: make(chan error, 1)}
-	c.mu.RLock()
-	if c.closed {
-		c.mu.RUnlock()
-		return fmt.Errorf("store closed: %w", errUnavailable)
+	if err := c.ops.send(ctx, op); err != nil {
+		return err
 	}
-	select {
-	case c.ops <- op:
-	case <-ctx.Done():
-		c.mu.RUnlock()
-		return ctx.Err()
-	}
-	c.mu.RUnlock()
 	select {
 	case err := <-op.done:
 		return err
@@ -69,10 +60,7 @@ func (c *committer) do(ctx context.Context, fn func(*bolt.Tx) error) error {
 }
 
 func (c *committer) close() {
-	c.mu.Lock()
-	c.closed = true
-	close(c.ops)
-	c.mu.Unlock()
+	c.ops.close()
 	<-c.done
 }
 
@@ -87,7 +75,7 @@ func (c *committer) run() {
 		var op *writeOp
 		var ok bool
 		select {
-		case op, ok = <-c.ops:
+		case op, ok = <-c.ops.ch:
 			if !ok {
 				c.flushLazy(batch)
 				return
@@ -96,19 +84,7 @@ func (c *committer) run() {
 			c.flushLazy(batch)
 			continue
 		}
-		batch = append(batch[:0], op)
-	fill:
-		for len(batch) < c.maxBatch {
-			select {
-			case op, ok := <-c.ops:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, op)
-			default:
-				break fill
-			}
-		}
+		batch = c.ops.fill(append(batch[:0], op), c.maxBatch)
 		if lazy := c.takeLazy(); lazy != nil {
 			// First, so writes queued after an ack see it applied.
 			batch = append(batch, nil)
@@ -126,10 +102,7 @@ func (c *committer) takeLazy() *writeOp {
 	if c.lazy == nil {
 		return nil
 	}
-	if fn := c.lazy(); fn != nil {
-		return &writeOp{fn: fn}
-	}
-	return nil
+	return c.lazy()
 }
 
 func (c *committer) flushLazy(batch []*writeOp) {
@@ -158,8 +131,12 @@ func (c *committer) commit(batch []*writeOp) {
 	})
 	if err != nil {
 		if len(batch) == 1 {
+			err = fmt.Errorf("store: commit: %w", err)
 			if batch[0].done != nil {
-				batch[0].done <- fmt.Errorf("store: commit: %w", err)
+				batch[0].done <- err
+			}
+			if batch[0].after != nil {
+				batch[0].after(err)
 			}
 			return
 		}
@@ -172,6 +149,9 @@ func (c *committer) commit(batch []*writeOp) {
 	for i, op := range batch {
 		if op.done != nil {
 			op.done <- results[i]
+		}
+		if op.after != nil {
+			op.after(results[i])
 		}
 	}
 }

@@ -24,16 +24,14 @@ type pipeOp struct {
 // round trip serves many messages; a lone command still leaves at once.
 type redisBatcher struct {
 	rdb     redis.UniversalClient
-	ops     chan *pipeOp
+	ops     *opQueue[*pipeOp]
 	max     int
 	scripts []*redis.Script // loaded again when Redis restarts without them
 	wg      sync.WaitGroup
-	mu      sync.RWMutex
-	closed  bool
 }
 
 func newRedisBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, scripts ...*redis.Script) *redisBatcher {
-	b := &redisBatcher{rdb: rdb, ops: make(chan *pipeOp, maxBatch), max: maxBatch, scripts: scripts}
+	b := &redisBatcher{rdb: rdb, ops: newOpQueue[*pipeOp]("redis batcher", maxBatch), max: maxBatch, scripts: scripts}
 	for range inFlight {
 		b.wg.Add(1)
 		go b.run()
@@ -46,18 +44,9 @@ func newRedisBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, scripts 
 // redis.Nil excepted.
 func (b *redisBatcher) do(ctx context.Context, build func(redis.Pipeliner) []redis.Cmder) ([]redis.Cmder, error) {
 	op := &pipeOp{build: build, done: make(chan error, 1)}
-	b.mu.RLock()
-	if b.closed {
-		b.mu.RUnlock()
-		return nil, fmt.Errorf("redis batcher closed: %w", errUnavailable)
+	if err := b.ops.send(ctx, op); err != nil {
+		return nil, err
 	}
-	select {
-	case b.ops <- op:
-	case <-ctx.Done():
-		b.mu.RUnlock()
-		return nil, ctx.Err()
-	}
-	b.mu.RUnlock()
 	select {
 	case err := <-op.done:
 		return op.cmds, err
@@ -67,30 +56,15 @@ func (b *redisBatcher) do(ctx context.Context, build func(redis.Pipeliner) []red
 }
 
 func (b *redisBatcher) close() {
-	b.mu.Lock()
-	b.closed = true
-	close(b.ops)
-	b.mu.Unlock()
+	b.ops.close()
 	b.wg.Wait()
 }
 
 func (b *redisBatcher) run() {
 	defer b.wg.Done()
 	batch := make([]*pipeOp, 0, b.max)
-	for op := range b.ops {
-		batch = append(batch[:0], op)
-	fill:
-		for len(batch) < b.max {
-			select {
-			case op, ok := <-b.ops:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, op)
-			default:
-				break fill
-			}
-		}
+	for op := range b.ops.ch {
+		batch = b.ops.fill(append(batch[:0], op), b.max)
 		b.exec(batch, true)
 	}
 }

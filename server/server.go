@@ -100,7 +100,8 @@ func New(o Options) (*Server, error) {
 			ObserveCommit: func(d time.Duration, n int) {
 				s.metrics.storeCommit.Observe(d.Seconds())
 				s.metrics.storeBatch.Observe(float64(n))
-			}})
+			},
+			ObserveTrim: func(n int) { s.metrics.inboxTrimmed.Add(float64(n)) }})
 		if err != nil {
 			return nil, err
 		}

@@ -46,7 +46,9 @@ type AppendResult struct {
 	// Duplicate is true when the (sender, client_msg_id) pair was seen
 	// before: nothing was stored and nothing must be delivered.
 	Duplicate bool
-	// Trimmed counts messages dropped from full inboxes to make room.
+	// Trimmed counts messages dropped from full inboxes to make room, when
+	// the store trims as it appends (the Redis store). The embedded store
+	// trims later and reports through BoltConfig.ObserveTrim.
 	Trimmed int
 }
 

@@ -36,9 +36,12 @@ var (
 	bucketDedup      = []byte("dedup")       // sender|client_msg_id -> msg_id
 	bucketDedupAge   = []byte("dedup_age")   // msg_id|sender -> client_msg_id (for expiry)
 	bucketMessages   = []byte("dedup_msgs")  // msg_id -> chatpb.Message, kept while its dedup entry lives
+	bucketMeta       = []byte("meta")        // keyWALApplied -> walPos
 	allBuckets       = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
-		bucketDedupAge, bucketMessages}
+		bucketDedupAge, bucketMessages, bucketMeta}
+	// keyWALApplied is where the message log has been copied up to.
+	keyWALApplied = []byte("wal_applied")
 )
 
 type userRecord struct {
@@ -65,6 +68,10 @@ type BoltConfig struct {
 	MaxBatch int
 	// ObserveCommit, if set, is told each commit's duration and size.
 	ObserveCommit func(d time.Duration, writes int)
+	// ObserveTrim, if set, is told how many messages were trimmed from
+	// full inboxes. Trimming happens when messages are copied from the
+	// message log, so AppendResult.Trimmed is always zero here.
+	ObserveTrim func(n int)
 }
 
 // BoltStore is the embedded single-node Store on bbolt. Writes from all
@@ -72,18 +79,31 @@ type BoltConfig struct {
 // one transaction (group commit): one fsync serves a whole batch, and an
 // idle store adds no delay to a lone write.
 type BoltStore struct {
-	// Acks are applied lazily: they ride along with the next commit (or
-	// one within 50ms), so they never cost a commit of their own nor make
-	// the acking request wait for an fsync. An ack lost in a crash only
-	// means a redelivery, which clients drop by msg_id. Reads filter out
-	// pending acks, so an acked message is never replayed meanwhile.
-	acksMu   sync.Mutex
-	acks     map[uint64]map[uint64]struct{} // user -> msg ids acked, not yet written
-	ackCount int
+	// Messages and acks reach bbolt lazily (see store_bolt_wal.go): a
+	// message is durable once its batch is in the message log, and the
+	// committer copies what the log holds into bbolt with its next commit
+	// (or within 50ms), leaving out recipients who acked meanwhile. Acks
+	// ride along the same way: an ack lost in a crash only means a
+	// redelivery, which clients drop by msg_id. mem guards what is waiting.
+	mem          sync.Mutex
+	acks         map[uint64]map[uint64]struct{} // user -> msg ids acked, not yet written
+	ackCount     int
+	takenAcks    map[uint64]map[uint64]struct{} // acks in the commit under way
+	unapplied    []*walEntry                    // logged, not yet in bbolt, in log order
+	unappliedFor map[uint64]int                 // user -> how many of unapplied are for them
+	dedupPending map[string]*walEntry           // dedupKey -> unapplied message
 
-	db          *bolt.DB
-	cfg         BoltConfig
-	committer   *committer
+	db        *bolt.DB
+	cfg       BoltConfig
+	committer *committer
+	appends   *opQueue[*appendOp]
+	log       *messageLog // owned by the log writer goroutine
+	logDone   chan struct{}
+	logLowest uint64 // oldest segment not yet removed; committer goroutine only
+	// Users are never renamed or deleted: the hot path (every send names
+	// its recipient) reads these instead of the database.
+	names       idCache[uint64, string] // user id -> name
+	ids         idCache[string, uint64] // lower-case name -> user id
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
 }
@@ -124,8 +144,16 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
 	}
-	s := &BoltStore{db: db, cfg: cfg, stopJanitor: make(chan struct{}), janitorDone: make(chan struct{})}
-	s.committer = newCommitter(db, cfg.MaxBatch, cfg.ObserveCommit, s.takeAcks)
+	s := &BoltStore{db: db, cfg: cfg, stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
+		unappliedFor: map[uint64]int{}, dedupPending: map[string]*walEntry{}}
+	if err := s.recoverLog(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.committer = newCommitter(db, cfg.MaxBatch, cfg.ObserveCommit, s.takePending)
+	s.appends = newOpQueue[*appendOp]("store", cfg.MaxBatch)
+	s.logDone = make(chan struct{})
+	go s.writeLog()
 	go s.janitor()
 	return s, nil
 }
@@ -135,12 +163,16 @@ func (s *BoltStore) Ping(context.Context) error {
 	return s.db.View(func(*bolt.Tx) error { return nil })
 }
 
-// Close stops the committer after the writes already queued and closes the file.
+// Close finishes the writes already queued, copies the message log into
+// bbolt and closes the files.
 func (s *BoltStore) Close() error {
 	close(s.stopJanitor)
 	<-s.janitorDone
+	s.appends.close()
+	<-s.logDone
 	s.committer.close()
-	return s.db.Close()
+	logErr := s.log.close()
+	return errors.Join(s.db.Close(), logErr)
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
@@ -189,6 +221,9 @@ func getUser(tx *bolt.Tx, id uint64) (User, error) {
 }
 
 func (s *BoltStore) UserByName(ctx context.Context, name string) (User, error) {
+	if id, ok := s.ids.get(strings.ToLower(name)); ok {
+		return s.UserByID(ctx, id)
+	}
 	u, err := s.Credentials(ctx, name)
 	u.PasswordHash = nil
 	return u, err
@@ -203,16 +238,30 @@ func (s *BoltStore) Credentials(_ context.Context, name string) (u User, err err
 		u, err = getUser(tx, binary.BigEndian.Uint64(v))
 		return err
 	})
+	if err == nil {
+		s.remember(u)
+	}
 	return u, err
 }
 
 func (s *BoltStore) UserByID(_ context.Context, id uint64) (u User, err error) {
+	if name, ok := s.names.get(id); ok {
+		return User{ID: id, Name: name}, nil
+	}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		u, err = getUser(tx, id)
 		return err
 	})
+	if err == nil {
+		s.remember(u)
+	}
 	u.PasswordHash = nil
 	return u, err
+}
+
+func (s *BoltStore) remember(u User) {
+	s.names.put(u.ID, u.Name)
+	s.ids.put(strings.ToLower(u.Name), u.ID)
 }
 
 func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64) error {
@@ -398,70 +447,63 @@ func (s *BoltStore) GroupsOf(_ context.Context, uid uint64) (out []Group, err er
 	return out, err
 }
 
-func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error) {
-	encoded, err := proto.Marshal(m)
-	if err != nil {
-		return AppendResult{}, fmt.Errorf("store: encode message: %w", err)
+// applyMessage copies a logged message into the inboxes of its recipients,
+// except those whose ack is in acks, and records its client_msg_id. It
+// returns how many older messages it trimmed from full inboxes.
+func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}) (int, error) {
+	trimmed := 0
+	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
+	for _, uid := range e.recipients {
+		if _, acked := acks[uid][e.msgID]; acked {
+			continue
+		}
+		if err := inbox.Put(key2(uid, e.msgID), e.message); err != nil {
+			return trimmed, err
+		}
+		n := uint64(1)
+		if v := counts.Get(u64(uid)); v != nil {
+			n += binary.BigEndian.Uint64(v)
+		}
+		for n > uint64(s.cfg.InboxLimit) {
+			// Trim the oldest: the first key under this user's prefix.
+			c := inbox.Cursor()
+			k, _ := c.Seek(u64(uid))
+			if k == nil || !hasPrefix(k, u64(uid)) {
+				break
+			}
+			if err := c.Delete(); err != nil {
+				return trimmed, err
+			}
+			n--
+			trimmed++
+		}
+		if err := counts.Put(u64(uid), u64(n)); err != nil {
+			return trimmed, err
+		}
 	}
-	var res AppendResult
-	err = s.committer.do(ctx, func(tx *bolt.Tx) error {
-		res = AppendResult{Message: m}
-		var dedupKey []byte
-		if clientMsgID != "" {
-			dedupKey = append(u64(m.FromUserId), clientMsgID...)
-			if v := tx.Bucket(bucketDedup).Get(dedupKey); v != nil {
-				first := new(chatpb.Message)
-				if err := proto.Unmarshal(tx.Bucket(bucketMessages).Get(v), first); err != nil {
-					return fmt.Errorf("store: dedup message: %w", err)
-				}
-				res = AppendResult{Message: first, Duplicate: true}
-				return nil
-			}
+	if e.clientMsgID != "" {
+		id := u64(e.msgID)
+		if err := tx.Bucket(bucketDedup).Put(dedupKey(e.sender, e.clientMsgID), id); err != nil {
+			return trimmed, err
 		}
-		inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
-		for _, uid := range recipients {
-			if err := inbox.Put(key2(uid, m.MsgId), encoded); err != nil {
-				return err
-			}
-			n := uint64(1)
-			if v := counts.Get(u64(uid)); v != nil {
-				n += binary.BigEndian.Uint64(v)
-			}
-			for n > uint64(s.cfg.InboxLimit) {
-				// Trim the oldest: the first key under this user's prefix.
-				c := inbox.Cursor()
-				k, _ := c.Seek(u64(uid))
-				if k == nil || !hasPrefix(k, u64(uid)) {
-					break
-				}
-				if err := c.Delete(); err != nil {
-					return err
-				}
-				n--
-				res.Trimmed++
-			}
-			if err := counts.Put(u64(uid), u64(n)); err != nil {
-				return err
-			}
+		if err := tx.Bucket(bucketDedupAge).Put(key2(e.msgID, e.sender), []byte(e.clientMsgID)); err != nil {
+			return trimmed, err
 		}
-		if dedupKey != nil {
-			id := u64(m.MsgId)
-			if err := tx.Bucket(bucketDedup).Put(dedupKey, id); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketDedupAge).Put(key2(m.MsgId, m.FromUserId), []byte(clientMsgID)); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketMessages).Put(id, encoded); err != nil {
-				return err
-			}
+		if err := tx.Bucket(bucketMessages).Put(id, e.message); err != nil {
+			return trimmed, err
 		}
-		return nil
-	})
-	return res, err
+	}
+	return trimmed, nil
 }
 
-func (s *BoltStore) Inbox(_ context.Context, uid, after uint64, limit int) (out []*chatpb.Message, err error) {
+func dedupKey(sender uint64, clientMsgID string) []byte {
+	return append(u64(sender), clientMsgID...)
+}
+
+func (s *BoltStore) Inbox(ctx context.Context, uid, after uint64, limit int) (out []*chatpb.Message, err error) {
+	if err := s.applyLogFor(ctx, uid); err != nil {
+		return nil, err
+	}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		prefix := u64(uid)
 		c := tx.Bucket(bucketInbox).Cursor()
@@ -485,7 +527,7 @@ func (s *BoltStore) Inbox(_ context.Context, uid, after uint64, limit int) (out 
 const maxPendingAcks = 100_000
 
 func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
-	s.acksMu.Lock()
+	s.mem.Lock()
 	m := s.acks[uid]
 	if m == nil {
 		if s.acks == nil {
@@ -501,35 +543,17 @@ func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
 		}
 	}
 	full := s.ackCount >= maxPendingAcks
-	s.acksMu.Unlock()
+	s.mem.Unlock()
 	if full {
 		// Too many waiting: write them now, and make this caller wait for
 		// it (backpressure instead of unbounded memory).
-		if fn := s.takeAcks(); fn != nil {
-			return s.committer.do(ctx, fn)
-		}
+		return s.committer.do(ctx, noWrite)
 	}
 	return nil
 }
 
-// takeAcks hands the pending acks to the committer as one write.
-func (s *BoltStore) takeAcks() func(*bolt.Tx) error {
-	s.acksMu.Lock()
-	pending := s.acks
-	s.acks, s.ackCount = nil, 0
-	s.acksMu.Unlock()
-	if len(pending) == 0 {
-		return nil
-	}
-	return func(tx *bolt.Tx) error {
-		for uid, ids := range pending {
-			if err := applyAcks(tx, uid, ids); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-}
+// noWrite is a commit of nothing but what is pending (takePending).
+func noWrite(*bolt.Tx) error { return nil }
 
 func applyAcks(tx *bolt.Tx, uid uint64, ids map[uint64]struct{}) error {
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
@@ -559,9 +583,12 @@ func applyAcks(tx *bolt.Tx, uid uint64, ids map[uint64]struct{}) error {
 
 // acked reports whether uid's message id has an ack not yet written.
 func (s *BoltStore) acked(uid, id uint64) bool {
-	s.acksMu.Lock()
-	defer s.acksMu.Unlock()
-	_, ok := s.acks[uid][id]
+	s.mem.Lock()
+	defer s.mem.Unlock()
+	if _, ok := s.acks[uid][id]; ok {
+		return true
+	}
+	_, ok := s.takenAcks[uid][id]
 	return ok
 }
 

@@ -223,28 +223,29 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		a, _ := s.CreateUser(ctx, "a", nil)
 		b, _ := s.CreateUser(ctx, "b", nil)
 		ids := newMsgIDGen(1)
-		trimmed := 0
 		var sent []uint64
 		for i := range 8 {
 			m := testMessage(ids, a, fmt.Sprint(i))
-			res, err := s.AppendMessage(ctx, m, []uint64{b.ID}, "")
-			if err != nil {
+			if _, err := s.AppendMessage(ctx, m, []uint64{b.ID}, ""); err != nil {
 				t.Fatal(err)
 			}
-			trimmed += res.Trimmed
 			sent = append(sent, m.MsgId)
 		}
 		got, _ := s.Inbox(ctx, b.ID, 0, 100)
-		if len(got) != 5 || got[0].MsgId != sent[3] || trimmed != 3 {
-			t.Fatalf("kept %d from %v, trimmed %d; want the newest 5, 3 trimmed", len(got), got[0].GetMsgId(), trimmed)
+		if len(got) != 5 || got[0].MsgId != sent[3] {
+			t.Fatalf("kept %d from %v; want the newest 5", len(got), got[0].GetMsgId())
 		}
-		// Acks free room: after acking two, two more fit without trimming.
+		// Acks free room: after acking two, two more fit and the oldest
+		// unacked message stays.
 		_ = s.Ack(ctx, b.ID, []uint64{sent[3], sent[4]})
 		for i := range 2 {
-			res, _ := s.AppendMessage(ctx, testMessage(ids, a, fmt.Sprint("x", i)), []uint64{b.ID}, "")
-			if res.Trimmed != 0 {
-				t.Fatal("trimmed although acks made room")
+			if _, err := s.AppendMessage(ctx, testMessage(ids, a, fmt.Sprint("x", i)), []uint64{b.ID}, ""); err != nil {
+				t.Fatal(err)
 			}
+		}
+		got, _ = s.Inbox(ctx, b.ID, 0, 100)
+		if len(got) != 5 || got[0].MsgId != sent[5] || got[4].Text != "x1" {
+			t.Fatalf("after acks and two more: %d messages from %v", len(got), got[0].GetMsgId())
 		}
 	})
 

@@ -1,0 +1,28 @@
+package server
+
+import "sync"
+
+// idCache remembers facts that never change (a user's id and name): no
+// entry ever goes stale. It is bounded: past maxCached it starts over.
+type idCache[K comparable, V any] struct {
+	mu sync.RWMutex
+	m  map[K]V
+}
+
+const maxCached = 1 << 18
+
+func (c *idCache[K, V]) get(k K) (V, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	v, ok := c.m[k]
+	return v, ok
+}
+
+func (c *idCache[K, V]) put(k K, v V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCached {
+		c.m = make(map[K]V)
+	}
+	c.m[k] = v
+}

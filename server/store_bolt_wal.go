@@ -1,0 +1,375 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// The embedded store's send path. A bbolt commit costs two fdatasyncs and
+// copy-on-write page work, and sends are most of what a chat server
+// writes, so messages go to an append-only log first (wal.go) with one
+// fdatasync per batch. The committer copies them into bbolt with its next
+// commit; by then most have been delivered and acknowledged, and those
+// recipients are left out, so the inbox B-tree mostly sees messages for
+// users who are away. Once bbolt records (in the same transaction) how far
+// the log is copied, the segments behind that point are removed. On open,
+// whatever the log holds past that point is copied before anything else.
+
+// walEntry is a logged message waiting to be copied into bbolt.
+type walEntry struct {
+	msg         *chatpb.Message
+	message     []byte // msg, encoded
+	msgID       uint64
+	sender      uint64
+	recipients  []uint64
+	clientMsgID string
+	end         walPos // the end of its batch in the log
+}
+
+// appendOp is one AppendMessage waiting for the log writer.
+type appendOp struct {
+	entry *walEntry
+	res   AppendResult
+	err   error
+	done  chan struct{}
+}
+
+// maxUnapplied bounds logged messages held in memory before they are in
+// bbolt; past it the log writer waits for a commit.
+const maxUnapplied = 100_000
+
+// maxLogBatch bounds the bytes of one log write.
+const maxLogBatch = 4 << 20
+
+func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error) {
+	encoded, err := proto.Marshal(m)
+	if err != nil {
+		return AppendResult{}, fmt.Errorf("store: encode message: %w", err)
+	}
+	op := &appendOp{done: make(chan struct{}), entry: &walEntry{msg: m, message: encoded, msgID: m.MsgId,
+		sender: m.FromUserId, recipients: append([]uint64(nil), recipients...), clientMsgID: clientMsgID}}
+	if err := s.appends.send(ctx, op); err != nil {
+		return AppendResult{}, err
+	}
+	select {
+	case <-op.done:
+		return op.res, op.err
+	case <-ctx.Done():
+		// It may still be logged; the caller treats the outcome as unknown.
+		return AppendResult{}, ctx.Err()
+	}
+}
+
+// writeLog is the log writer: it logs whatever is queued as one batch.
+func (s *BoltStore) writeLog() {
+	defer close(s.logDone)
+	var batch []*appendOp
+	var buf []byte
+	for op := range s.appends.ch {
+		batch = s.appends.fill(append(batch[:0], op), s.cfg.MaxBatch)
+		buf = s.logBatch(batch, buf[:0])
+		if cap(buf) > maxLogBatch {
+			buf = nil // do not keep a rare huge batch's buffer
+		}
+	}
+}
+
+// logBatch answers duplicates, logs the rest with one write and one sync,
+// and hands them to the committer. buf is scratch space, returned for reuse.
+func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
+	s.findDuplicates(batch)
+	var logged []*appendOp
+	for _, op := range batch {
+		if op.res.Duplicate || op.err != nil {
+			continue
+		}
+		e := op.entry
+		if len(logged) > 0 && len(buf) > maxLogBatch {
+			buf = s.flushLog(logged, buf)[:0]
+			logged = logged[:0]
+		}
+		buf = appendWALRecord(buf, &walRecord{message: e.message, recipients: e.recipients, clientMsgID: e.clientMsgID})
+		logged = append(logged, op)
+	}
+	if len(logged) > 0 {
+		buf = s.flushLog(logged, buf)
+	}
+	for _, op := range batch {
+		close(op.done)
+	}
+	s.mem.Lock()
+	behind := len(s.unapplied) > maxUnapplied
+	s.mem.Unlock()
+	if behind {
+		// bbolt is not keeping up (or failing): hold further sends until
+		// it catches up rather than grow memory without bound.
+		_ = s.committer.do(context.Background(), noWrite)
+	}
+	return buf
+}
+
+func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
+	end, err := s.log.write(buf)
+	if err != nil {
+		err = fmt.Errorf("store: message log: %w", err)
+		for _, op := range ops {
+			op.err = err
+		}
+		return buf
+	}
+	s.mem.Lock()
+	for _, op := range ops {
+		e := op.entry
+		e.end = end
+		op.res = AppendResult{Message: e.msg}
+		s.unapplied = append(s.unapplied, e)
+		for _, uid := range e.recipients {
+			s.unappliedFor[uid]++
+		}
+		if e.clientMsgID != "" {
+			s.dedupPending[string(dedupKey(e.sender, e.clientMsgID))] = e
+		}
+	}
+	s.mem.Unlock()
+	return buf
+}
+
+// findDuplicates marks the ops whose (sender, client_msg_id) was appended
+// before: by a message still waiting for bbolt, by one in bbolt, or by an
+// earlier op of the same batch. Waiting messages are looked at before
+// bbolt: one leaves the waiting set only after its commit, so a message
+// missed there is in any bbolt view begun afterwards.
+func (s *BoltStore) findDuplicates(batch []*appendOp) {
+	var rest []*appendOp
+	s.mem.Lock()
+	for _, op := range batch {
+		e := op.entry
+		if e.clientMsgID == "" {
+			continue
+		}
+		if first := s.dedupPending[string(dedupKey(e.sender, e.clientMsgID))]; first != nil {
+			op.res = AppendResult{Message: first.msg, Duplicate: true}
+			continue
+		}
+		rest = append(rest, op)
+	}
+	s.mem.Unlock()
+	if len(rest) == 0 {
+		return
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		dedup, msgs := tx.Bucket(bucketDedup), tx.Bucket(bucketMessages)
+		for _, op := range rest {
+			e := op.entry
+			v := dedup.Get(dedupKey(e.sender, e.clientMsgID))
+			if v == nil {
+				continue
+			}
+			first := new(chatpb.Message)
+			if err := proto.Unmarshal(msgs.Get(v), first); err != nil {
+				op.err = fmt.Errorf("store: dedup message: %w", err)
+				continue
+			}
+			op.res = AppendResult{Message: first, Duplicate: true}
+		}
+		return nil
+	})
+	seen := map[string]*walEntry{}
+	for _, op := range rest {
+		if err != nil {
+			op.err = fmt.Errorf("store: dedup: %w", err)
+			continue
+		}
+		if op.res.Duplicate || op.err != nil {
+			continue
+		}
+		key := string(dedupKey(op.entry.sender, op.entry.clientMsgID))
+		if first := seen[key]; first != nil {
+			op.res = AppendResult{Message: first.msg, Duplicate: true}
+			continue
+		}
+		seen[key] = op.entry
+	}
+}
+
+// takePending is the committer's lazy write: the logged messages and the
+// acks waiting, copied into bbolt with the position reached in the log.
+func (s *BoltStore) takePending() *writeOp {
+	s.mem.Lock()
+	entries, acks := s.unapplied, s.acks
+	s.unapplied, s.acks, s.ackCount = nil, nil, 0
+	s.takenAcks = acks
+	s.mem.Unlock()
+	if len(entries) == 0 && len(acks) == 0 {
+		return nil
+	}
+	trimmed := 0
+	fn := func(tx *bolt.Tx) error {
+		trimmed = 0
+		for _, e := range entries {
+			n, err := s.applyMessage(tx, e, acks)
+			if err != nil {
+				return err
+			}
+			trimmed += n
+		}
+		for uid, ids := range acks {
+			if err := applyAcks(tx, uid, ids); err != nil {
+				return err
+			}
+		}
+		if len(entries) > 0 {
+			return tx.Bucket(bucketMeta).Put(keyWALApplied, entries[len(entries)-1].end.bytes())
+		}
+		return nil
+	}
+	after := func(err error) {
+		s.mem.Lock()
+		s.takenAcks = nil
+		if err != nil {
+			// Keep them for the next commit.
+			s.unapplied = append(entries, s.unapplied...)
+			s.restoreAcks(acks)
+			s.mem.Unlock()
+			return
+		}
+		for _, e := range entries {
+			for _, uid := range e.recipients {
+				if s.unappliedFor[uid]--; s.unappliedFor[uid] <= 0 {
+					delete(s.unappliedFor, uid)
+				}
+			}
+			if e.clientMsgID != "" {
+				key := string(dedupKey(e.sender, e.clientMsgID))
+				if s.dedupPending[key] == e {
+					delete(s.dedupPending, key)
+				}
+			}
+		}
+		s.mem.Unlock()
+		if len(entries) > 0 {
+			s.removeLogBelow(entries[len(entries)-1].end.seg)
+		}
+		if trimmed > 0 && s.cfg.ObserveTrim != nil {
+			s.cfg.ObserveTrim(trimmed)
+		}
+	}
+	return &writeOp{fn: fn, after: after}
+}
+
+// restoreAcks puts back acks whose commit failed. s.mem is held.
+func (s *BoltStore) restoreAcks(acks map[uint64]map[uint64]struct{}) {
+	for uid, ids := range acks {
+		if s.acks == nil {
+			s.acks = make(map[uint64]map[uint64]struct{})
+		}
+		m := s.acks[uid]
+		if m == nil {
+			s.acks[uid] = ids
+			s.ackCount += len(ids)
+			continue
+		}
+		for id := range ids {
+			if _, dup := m[id]; !dup {
+				m[id] = struct{}{}
+				s.ackCount++
+			}
+		}
+	}
+}
+
+// applyLogFor makes sure every message logged for uid so far is in bbolt,
+// so that an inbox read sees them all, trimmed as bbolt trims.
+func (s *BoltStore) applyLogFor(ctx context.Context, uid uint64) error {
+	s.mem.Lock()
+	waiting := s.unappliedFor[uid] > 0
+	s.mem.Unlock()
+	if !waiting {
+		return nil
+	}
+	return s.committer.do(ctx, noWrite)
+}
+
+// removeLogBelow removes the segments before seg, all copied into bbolt.
+func (s *BoltStore) removeLogBelow(seg uint64) {
+	for ; s.logLowest < seg; s.logLowest++ {
+		err := os.Remove(segmentPath(s.logDir(), s.logLowest))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return // try again after the next commit
+		}
+	}
+}
+
+func (s *BoltStore) logDir() string { return s.cfg.Path + ".log" }
+
+// recoverLog copies into bbolt whatever the log holds past the point bbolt
+// recorded (messages whose SendOK went out before a crash), then removes
+// the old segments and starts a new one.
+func (s *BoltStore) recoverLog() error {
+	dir := s.logDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("store: message log: %w", err)
+	}
+	var applied walPos
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		applied = parseWALPos(tx.Bucket(bucketMeta).Get(keyWALApplied))
+		return nil
+	}); err != nil {
+		return err
+	}
+	var chunk []*walEntry
+	flush := func() error {
+		if len(chunk) == 0 {
+			return nil
+		}
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, e := range chunk {
+				if _, err := s.applyMessage(tx, e, nil); err != nil {
+					return err
+				}
+			}
+			return tx.Bucket(bucketMeta).Put(keyWALApplied, chunk[len(chunk)-1].end.bytes())
+		})
+		chunk = chunk[:0]
+		return err
+	}
+	last, err := replayWAL(dir, applied, func(r walRecord, end walPos) error {
+		m := new(chatpb.Message)
+		if err := proto.Unmarshal(r.message, m); err != nil {
+			return fmt.Errorf("message at %d:%d: %w", end.seg, end.off, err)
+		}
+		chunk = append(chunk, &walEntry{msg: m, message: r.message, msgID: m.MsgId, sender: m.FromUserId,
+			recipients: r.recipients, clientMsgID: r.clientMsgID, end: end})
+		if len(chunk) == 4096 {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return fmt.Errorf("store: recover message log: %w", err)
+	}
+	segs, err := listSegments(dir)
+	if err != nil {
+		return fmt.Errorf("store: message log: %w", err)
+	}
+	for _, seg := range segs {
+		if err := os.Remove(segmentPath(dir, seg)); err != nil {
+			return fmt.Errorf("store: message log: %w", err)
+		}
+	}
+	s.logLowest = last + 1
+	if s.log, err = createWAL(dir, last+1, walSegmentSize); err != nil {
+		return fmt.Errorf("store: message log: %w", err)
+	}
+	return nil
+}
