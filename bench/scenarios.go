@@ -131,6 +131,30 @@ type pair struct {
 	acks     []uint64
 }
 
+// ackDelay is how long a receiver waits before acknowledging, gathering
+// what arrives meanwhile into one Ack, as a client showing messages would.
+// Each receiver keeps its own clock, so acks arrive spread out like a real
+// population's rather than all at once.
+const ackDelay = 50 * time.Millisecond
+
+// ack records a message to acknowledge. p.mu is held.
+func (p *pair) ack(id uint64) {
+	p.acks = append(p.acks, id)
+	if len(p.acks) == 1 {
+		time.AfterFunc(ackDelay, p.flushAcks)
+	}
+}
+
+func (p *pair) flushAcks() {
+	p.mu.Lock()
+	ids := p.acks
+	p.acks = nil
+	p.mu.Unlock()
+	if len(ids) > 0 {
+		_ = p.to.Go(&chatpb.Frame{Body: &chatpb.Frame_Ack{Ack: &chatpb.Ack{MsgIds: ids}}}, true, nil)
+	}
+}
+
 func (p *pair) mark(list *[]bool, k int) {
 	for len(*list) <= k {
 		*list = append(*list, false)
@@ -268,7 +292,7 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 			}
 			p.mu.Lock()
 			if ph != p.phase {
-				p.acks = append(p.acks, m.MsgId) // late from an earlier step: just ack it
+				p.ack(m.MsgId) // late from an earlier step: just ack it
 				p.mu.Unlock()
 				return
 			}
@@ -277,7 +301,7 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 			}
 			p.got[k]++
 			first := p.got[k] == 1
-			p.acks = append(p.acks, m.MsgId)
+			p.ack(m.MsgId)
 			p.mu.Unlock()
 			if first {
 				rec.record(time.Since(due))
@@ -296,31 +320,6 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 		n, p99 := rec.snapshot()
 		return fmt.Sprintf("offered %.0f/s sent %d delivered %d p99 %.2fms errors %d", rate, sentOK.Load(), n, p99, errs.Load())
 	})
-	ackStop := make(chan struct{})
-	var ackWG sync.WaitGroup
-	ackWG.Add(1)
-	go func() { // receivers acknowledge in batches, as a client showing messages would
-		defer ackWG.Done()
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ackStop:
-				return
-			case <-t.C:
-			}
-			for _, p := range pairs {
-				p.mu.Lock()
-				ids := p.acks
-				p.acks = nil
-				p.mu.Unlock()
-				if len(ids) > 0 {
-					_ = p.to.Go(&chatpb.Frame{Body: &chatpb.Frame_Ack{Ack: &chatpb.Ack{MsgIds: ids}}}, true, nil)
-				}
-			}
-		}
-	}()
-
 	sendEnd := openLoop(ctx, len(pairs), rate, cfg.Duration, func(i, k int, due time.Time) {
 		p := pairs[i]
 		f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
@@ -362,8 +361,6 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 		time.Sleep(10 * time.Millisecond)
 	}
 	close(stop)
-	close(ackStop)
-	ackWG.Wait()
 	lost := missing()
 	res.Sent, res.Delivered, res.Duplicates, res.Errors, res.Lost = sentOK.Load(), delivered.Load(), dups.Load(), errs.Load(), lost
 	res.Seconds = sendEnd.Seconds()

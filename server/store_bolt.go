@@ -66,6 +66,10 @@ type BoltConfig struct {
 	DedupWindow time.Duration
 	// MaxBatch caps how many writes share one commit. Zero means 1,000.
 	MaxBatch int
+	// LogLinger is how long the message log waits for more sends to share
+	// an fdatasync when sends are arriving concurrently; a lone send never
+	// waits. Zero means 1ms; negative means never wait.
+	LogLinger time.Duration
 	// ObserveCommit, if set, is told each commit's duration and size.
 	ObserveCommit func(d time.Duration, writes int)
 	// ObserveTrim, if set, is told how many messages were trimmed from
@@ -118,6 +122,9 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 1000
+	}
+	if cfg.LogLinger == 0 {
+		cfg.LogLinger = 500 * time.Microsecond
 	}
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("store: %w", err)

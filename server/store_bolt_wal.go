@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
@@ -72,8 +73,18 @@ func (s *BoltStore) writeLog() {
 	defer close(s.logDone)
 	var batch []*appendOp
 	var buf []byte
+	busy := false // the last batch had company
 	for op := range s.appends.ch {
+		start := time.Now()
 		batch = s.appends.fill(append(batch[:0], op), s.cfg.MaxBatch)
+		if s.cfg.LogLinger > 0 && (busy || len(batch) > 1) && len(batch) < s.cfg.MaxBatch {
+			// Sends are arriving together: an fdatasync costs tens of
+			// microseconds of CPU whatever it carries, so let a few more
+			// share this one.
+			time.Sleep(time.Until(start.Add(s.cfg.LogLinger)))
+			batch = s.appends.fill(batch, s.cfg.MaxBatch)
+		}
+		busy = len(batch) > 1
 		buf = s.logBatch(batch, buf[:0])
 		if cap(buf) > maxLogBatch {
 			buf = nil // do not keep a rare huge batch's buffer

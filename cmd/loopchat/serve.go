@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -58,6 +59,7 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 				}
 				o.TokenSecret = []byte(secret)
 			}
+			reserveProcForStore(o)
 			srv, err := server.New(o)
 			if err != nil {
 				return err
@@ -107,4 +109,23 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.StringSliceVar(&proxyFrom, "proxy-protocol-from", nil, "CIDRs (or IPs) of proxies whose PROXY protocol header is honoured, e.g. nginx at 127.0.0.1/32; a header from anyone else is an error")
 	f.StringVar(&o.AdminAddr, "admin-addr", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ on this HTTP address; empty means off")
 	return cmd
+}
+
+// reserveProcForStore gives the Go scheduler one P more than there are
+// event loops (unless GOMAXPROCS is set). A gnet loop is locked to its
+// thread and holds a P while it runs; with no P to spare, a goroutine back
+// from an fdatasync (the store) or woken to run a request waits for a loop
+// to park, which on a server pinned to one CPU shows as milliseconds of
+// added latency. The kernel still shares the CPUs among the threads.
+func reserveProcForStore(o server.Options) {
+	if os.Getenv("GOMAXPROCS") != "" || o.Engine == server.EngineNet {
+		return
+	}
+	loops := o.Loops
+	if loops <= 0 {
+		loops = runtime.NumCPU()
+	}
+	if runtime.GOMAXPROCS(0) < loops+1 {
+		runtime.GOMAXPROCS(loops + 1)
+	}
 }
