@@ -248,6 +248,8 @@ func stepped(ctx context.Context, cfg *Config, name string, phase func(rate floa
 		return phase(rate)
 	}
 	var best Result
+	failed := 0.0 // the lowest rate that did not hold
+	refines := cfg.Refine
 	for {
 		r, err := phase(rate)
 		if err != nil {
@@ -259,17 +261,31 @@ func stepped(ctx context.Context, cfg *Config, name string, phase func(rate floa
 			fmt.Fprintf(cfg.Progress, "[%s %s] step %.0f/s: got %.0f/s p99 %.2fms lost %d errors %d -> %v\n",
 				name, cfg.Server, rate, r.MsgsPerSec, r.P99ms, r.Lost, r.Errors, map[bool]string{true: "held", false: "limit"}[held])
 		}
-		if !held {
-			if best.Scenario == "" {
-				return r, nil // even the first step failed: report it
+		switch {
+		case held:
+			best = r
+		case best.Scenario == "":
+			return r, nil // even the first step failed: report it
+		default:
+			failed = rate
+		}
+		if ctx.Err() != nil {
+			return best, nil
+		}
+		if failed == 0 { // still climbing
+			if cfg.MaxRate > 0 && rate*1.5 > cfg.MaxRate {
+				return best, nil
 			}
+			rate *= 1.5
+			continue
+		}
+		// Narrow the gap between the best rate that held and the lowest
+		// that failed, so the ×1.5 steps do not decide the answer.
+		if refines <= 0 {
 			return best, nil
 		}
-		best = r
-		if ctx.Err() != nil || (cfg.MaxRate > 0 && rate*1.5 > cfg.MaxRate) {
-			return best, nil
-		}
-		rate *= 1.5
+		refines--
+		rate = (best.OfferedRate + failed) / 2
 	}
 }
 

@@ -32,6 +32,10 @@ type Config struct {
 	Step bool
 	// MaxRate stops Step at this rate. Zero means no limit.
 	MaxRate float64
+	// Refine is how many times Step halves the gap between the last rate
+	// that held and the first that failed, after that failure. Zero means
+	// none.
+	Refine int
 	// P99Bound for Step. Zero means 10ms.
 	P99Bound time.Duration
 	// Duration of a measurement (of each step). Zero means 5s.

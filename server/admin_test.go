@@ -148,6 +148,9 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		if after["loopchat_store_commit_seconds_count"] == 0 {
 			t.Error("store commit latency not observed")
 		}
+		if got := after["loopchat_store_log_sync_seconds_count"] - before["loopchat_store_log_sync_seconds_count"]; got != 1 {
+			t.Errorf("message log writes moved by %v, want 1 for the one send", got)
+		}
 	})
 }
 

@@ -37,6 +37,8 @@ type metrics struct {
 	channelErrors    prometheus.Counter
 	storeCommit      prometheus.Histogram
 	storeBatch       prometheus.Histogram
+	logSync          prometheus.Histogram
+	logBatch         prometheus.Histogram
 	redisLatency     *prometheus.HistogramVec // cmd
 	redisErrors      *prometheus.CounterVec   // cmd
 }
@@ -93,6 +95,12 @@ func newMetrics() *metrics {
 		storeBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "loopchat_store_commit_batch_size", Help: "Writes per embedded store commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		logSync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "loopchat_store_log_sync_seconds", Help: "Embedded store message log: write and fdatasync of one batch of sends.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
+		logBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "loopchat_store_log_batch_size", Help: "Sends per message log fdatasync.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 		redisLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "loopchat_redis_command_seconds", Help: "Redis command (or pipeline) latency, by command.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"cmd"}),
@@ -102,7 +110,7 @@ func newMetrics() *metrics {
 	m.registry.MustRegister(m.connsOpen, m.connsByLoop, m.connsTotal, m.requests, m.logins,
 		m.loginFailures, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
 		m.inboxReplay, m.inboxTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
-		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeCommit, m.storeBatch,
+		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
 		m.redisLatency, m.redisErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -101,6 +101,10 @@ func New(o Options) (*Server, error) {
 				s.metrics.storeCommit.Observe(d.Seconds())
 				s.metrics.storeBatch.Observe(float64(n))
 			},
+			ObserveLog: func(d time.Duration, n int) {
+				s.metrics.logSync.Observe(d.Seconds())
+				s.metrics.logBatch.Observe(float64(n))
+			},
 			ObserveTrim: func(n int) { s.metrics.inboxTrimmed.Add(float64(n)) }})
 		if err != nil {
 			return nil, err

@@ -72,6 +72,9 @@ type BoltConfig struct {
 	LogLinger time.Duration
 	// ObserveCommit, if set, is told each commit's duration and size.
 	ObserveCommit func(d time.Duration, writes int)
+	// ObserveLog, if set, is told each message log write's duration (with
+	// its fdatasync) and how many sends it carried.
+	ObserveLog func(d time.Duration, sends int)
 	// ObserveTrim, if set, is told how many messages were trimmed from
 	// full inboxes. Trimming happens when messages are copied from the
 	// message log, so AppendResult.Trimmed is always zero here.

@@ -127,7 +127,11 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 }
 
 func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
+	start := time.Now()
 	end, err := s.log.write(buf)
+	if s.cfg.ObserveLog != nil {
+		s.cfg.ObserveLog(time.Since(start), len(ops))
+	}
 	if err != nil {
 		err = fmt.Errorf("store: message log: %w", err)
 		for _, op := range ops {

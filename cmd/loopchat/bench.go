@@ -52,6 +52,7 @@ func scenarioFlags(f *pflag.FlagSet, c *bench.Config) {
 	f.BoolVar(&c.Step, "step", false, "chat/echo: raise the rate ×1.5 per step until p99 passes --p99-bound; report the last that held")
 	f.DurationVar(&c.P99Bound, "p99-bound", 10*time.Millisecond, "latency bound for --step")
 	f.Float64Var(&c.MaxRate, "max-rate", 0, "stop --step at this rate; 0 means no limit")
+	f.IntVar(&c.Refine, "refine", 2, "after --step finds a rate that fails, halve the gap to the last that held this many times")
 	f.DurationVar(&c.Duration, "duration", 5*time.Second, "length of a measurement (of each step)")
 	f.IntVar(&c.GroupSize, "group-size", 10, "members per group (group)")
 	f.IntVar(&c.Groups, "groups", 0, "number of groups (group); 0 means conns/group-size")

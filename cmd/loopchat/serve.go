@@ -111,12 +111,13 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	return cmd
 }
 
-// reserveProcForStore gives the Go scheduler one P more than there are
-// event loops (unless GOMAXPROCS is set). A gnet loop is locked to its
-// thread and holds a P while it runs; with no P to spare, a goroutine back
-// from an fdatasync (the store) or woken to run a request waits for a loop
-// to park, which on a server pinned to one CPU shows as milliseconds of
-// added latency. The kernel still shares the CPUs among the threads.
+// reserveProcForStore gives the Go scheduler a P beyond the reactors
+// (unless GOMAXPROCS is set). gnet's main reactor and each event loop are
+// locked to their threads and hold a P while they run; with no P to spare,
+// a goroutine back from an fdatasync (the store) or woken to run a request
+// waits for a reactor to park, which on a server pinned to few CPUs shows
+// as milliseconds of added latency. The kernel still shares the CPUs among
+// the threads.
 func reserveProcForStore(o server.Options) {
 	if os.Getenv("GOMAXPROCS") != "" || o.Engine == server.EngineNet {
 		return
@@ -125,7 +126,7 @@ func reserveProcForStore(o server.Options) {
 	if loops <= 0 {
 		loops = runtime.NumCPU()
 	}
-	if runtime.GOMAXPROCS(0) < loops+1 {
-		runtime.GOMAXPROCS(loops + 1)
+	if want := loops + 2; runtime.GOMAXPROCS(0) < want { // + main reactor + one spare
+		runtime.GOMAXPROCS(want)
 	}
 }
