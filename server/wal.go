@@ -203,19 +203,24 @@ func createWAL(dir string, seg uint64, segSize int64) (*messageLog, error) {
 }
 
 func (l *messageLog) open(seg uint64) error {
-	f, err := os.OpenFile(segmentPath(l.dir, seg), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	path := segmentPath(l.dir, seg)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
 		return err
 	}
 	// Preallocate so each batch's fdatasync has no size change to log.
 	// Filesystems without fallocate still work, a little slower.
 	_ = unix.Fallocate(int(f.Fd()), 0, 0, l.segSize)
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if err == nil {
+		err = f.Sync()
 	}
-	if err := syncDir(l.dir); err != nil {
+	if err == nil {
+		err = syncDir(l.dir)
+	}
+	if err != nil {
+		// Nothing was answered from it: the next attempt starts it afresh.
 		f.Close()
+		_ = os.Remove(path)
 		return err
 	}
 	if l.f != nil {
