@@ -21,8 +21,17 @@ func (c *session) handle(f *chatpb.Frame) {
 		c.fail(f.Seq, kind, ErrNotLoggedIn)
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.srv.ctx, requestTimeout)
-	defer cancel()
+	ctx := c.srv.ctx
+	switch f.Body.(type) {
+	case *chatpb.Frame_Ping, *chatpb.Frame_Ack:
+		// The most frequent requests after sends skip the timer: a ping
+		// answers from memory, and an ack waits at most for the store's
+		// own bounded queues (a commit, a Redis pipeline with its timeout).
+	default:
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
 
 	var resp *chatpb.Frame
 	var err error
