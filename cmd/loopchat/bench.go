@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,29 @@ func newBenchCmd() *cobra.Command {
 
 'loopchat bench compare' starts the servers itself (gnet, net, echo), pinned
 apart from the generator, and prints ratios. See docs/BENCHMARKS.md.`,
+	}
+	// The generator's own profile: on one box it competes with the server
+	// for CPU, and this is how to see what it spends it on.
+	var cpuProfile string
+	var profile *os.File
+	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write the load generator's CPU profile (pprof) to this file")
+	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if cpuProfile == "" {
+			return nil
+		}
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		profile = f
+		return pprof.StartCPUProfile(f)
+	}
+	cmd.PersistentPostRunE = func(*cobra.Command, []string) error {
+		if profile == nil {
+			return nil
+		}
+		pprof.StopCPUProfile()
+		return profile.Close()
 	}
 	for _, name := range []string{"conns", "login", "chat", "group", "echo"} {
 		cmd.AddCommand(newScenarioCmd(name))
