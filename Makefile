@@ -33,10 +33,12 @@ vet:
 lint:
 	$(GO) run $(STATICCHECK) ./...
 
-## fuzz: run the codec fuzzer for FUZZTIME (default 30s); new finds land in codec/testdata/fuzz.
+## fuzz: run each fuzzer for FUZZTIME (default 30s); new finds land in its package's testdata/fuzz.
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./codec -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./codec -run '^$$' -fuzz FuzzParseProxyHeader -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz FuzzParseWALRecord -fuzztime $(FUZZTIME)
 
 ## cluster: redis-server + 3 nodes + loopchat lb + nginx on loopback (CLUSTER_PORT, default 7000); Ctrl-C stops all.
 cluster: deps
