@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -98,7 +100,11 @@ type BoltStore struct {
 	takenAcks    map[uint64]map[uint64]struct{} // acks in the commit under way
 	unapplied    []*walEntry                    // logged, not yet in bbolt, in log order
 	unappliedFor map[uint64]int                 // user -> how many of unapplied are for them
+	unappliedIDs map[uint64]*walEntry           // msg id -> unapplied message
 	dedupPending map[string]*walEntry           // dedupKey -> unapplied message
+	// forceCopy makes the next takePending copy every logged message, not
+	// only those older than logCopyDelay (inbox reads, backpressure, close).
+	forceCopy atomic.Bool
 
 	db        *bolt.DB
 	cfg       BoltConfig
@@ -155,7 +161,7 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
 	}
 	s := &BoltStore{db: db, cfg: cfg, stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
-		unappliedFor: map[uint64]int{}, dedupPending: map[string]*walEntry{}}
+		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[string]*walEntry{}}
 	if err := s.recoverLog(); err != nil {
 		db.Close()
 		return nil, err
@@ -180,6 +186,7 @@ func (s *BoltStore) Close() error {
 	<-s.janitorDone
 	s.appends.close()
 	<-s.logDone
+	s.forceCopy.Store(true)
 	s.committer.close()
 	logErr := s.log.close()
 	return errors.Join(s.db.Close(), logErr)
@@ -464,7 +471,7 @@ func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[u
 	trimmed := 0
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
 	for _, uid := range e.recipients {
-		if _, acked := acks[uid][e.msgID]; acked {
+		if _, acked := acks[uid][e.msgID]; acked || slices.Contains(e.ackedBy, uid) {
 			continue
 		}
 		if err := inbox.Put(key2(uid, e.msgID), e.message); err != nil {
@@ -547,6 +554,13 @@ func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
 		s.acks[uid] = m
 	}
 	for _, id := range ids {
+		if e := s.unappliedIDs[id]; e != nil && !e.taken && slices.Contains(e.recipients, uid) {
+			// Not in bbolt yet: it will be copied without this recipient.
+			if !slices.Contains(e.ackedBy, uid) {
+				e.ackedBy = append(e.ackedBy, uid)
+			}
+			continue
+		}
 		if _, dup := m[id]; !dup {
 			m[id] = struct{}{}
 			s.ackCount++
@@ -623,6 +637,8 @@ func (s *BoltStore) expireDedup(ctx context.Context, cutoff time.Time) error {
 	limit := msgIDFloor(cutoff)
 	for {
 		more := false
+		// Copy logged messages first, so the cutoff applies to them too.
+		s.forceCopy.Store(true)
 		err := s.committer.do(ctx, func(tx *bolt.Tx) error {
 			age, dedup, msgs := tx.Bucket(bucketDedupAge), tx.Bucket(bucketDedup), tx.Bucket(bucketMessages)
 			c := age.Cursor()

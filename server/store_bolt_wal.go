@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -31,7 +32,11 @@ type walEntry struct {
 	sender      uint64
 	recipients  []uint64
 	clientMsgID string
-	end         walPos // the end of its batch in the log
+	end         walPos    // the end of its batch in the log
+	logged      time.Time // when its batch was synced
+	// Guarded by BoltStore.mem:
+	taken   bool     // in the commit under way
+	ackedBy []uint64 // recipients who acked before it was copied
 }
 
 // appendOp is one AppendMessage waiting for the log writer.
@@ -48,6 +53,12 @@ const maxUnapplied = 100_000
 
 // maxLogBatch bounds the bytes of one log write.
 const maxLogBatch = 4 << 20
+
+// logCopyDelay is how long a logged message waits before it is copied
+// into bbolt (unless something needs it there sooner): long enough for
+// most recipients to have acknowledged it, so that the copy leaves them
+// out, short enough to keep little in memory and to replay.
+const logCopyDelay = 500 * time.Millisecond
 
 func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error) {
 	encoded, err := proto.Marshal(m)
@@ -121,6 +132,7 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 	if behind {
 		// bbolt is not keeping up (or failing): hold further sends until
 		// it catches up rather than grow memory without bound.
+		s.forceCopy.Store(true)
 		_ = s.committer.do(context.Background(), noWrite)
 	}
 	return buf
@@ -139,12 +151,14 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 		}
 		return buf
 	}
+	now := time.Now()
 	s.mem.Lock()
 	for _, op := range ops {
 		e := op.entry
-		e.end = end
+		e.end, e.logged = end, now
 		op.res = AppendResult{Message: e.msg}
 		s.unapplied = append(s.unapplied, e)
+		s.unappliedIDs[e.msgID] = e
 		for _, uid := range e.recipients {
 			s.unappliedFor[uid]++
 		}
@@ -217,9 +231,23 @@ func (s *BoltStore) findDuplicates(batch []*appendOp) {
 // takePending is the committer's lazy write: the logged messages and the
 // acks waiting, copied into bbolt with the position reached in the log.
 func (s *BoltStore) takePending() *writeOp {
+	all := s.forceCopy.Swap(false)
+	cutoff := time.Now().Add(-logCopyDelay)
 	s.mem.Lock()
-	entries, acks := s.unapplied, s.acks
-	s.unapplied, s.acks, s.ackCount = nil, nil, 0
+	// unapplied is in log order, so the old enough ones are a prefix.
+	n := len(s.unapplied)
+	if !all {
+		n, _ = slices.BinarySearchFunc(s.unapplied, cutoff, func(e *walEntry, t time.Time) int {
+			return e.logged.Compare(t)
+		})
+	}
+	entries := s.unapplied[:n:n]
+	s.unapplied = slices.Clone(s.unapplied[n:])
+	for _, e := range entries {
+		e.taken = true
+	}
+	acks := s.acks
+	s.acks, s.ackCount = nil, 0
 	s.takenAcks = acks
 	s.mem.Unlock()
 	if len(entries) == 0 && len(acks) == 0 {
@@ -250,12 +278,16 @@ func (s *BoltStore) takePending() *writeOp {
 		s.takenAcks = nil
 		if err != nil {
 			// Keep them for the next commit.
+			for _, e := range entries {
+				e.taken = false
+			}
 			s.unapplied = append(entries, s.unapplied...)
 			s.restoreAcks(acks)
 			s.mem.Unlock()
 			return
 		}
 		for _, e := range entries {
+			delete(s.unappliedIDs, e.msgID)
 			for _, uid := range e.recipients {
 				if s.unappliedFor[uid]--; s.unappliedFor[uid] <= 0 {
 					delete(s.unappliedFor, uid)
@@ -309,6 +341,7 @@ func (s *BoltStore) applyLogFor(ctx context.Context, uid uint64) error {
 	if !waiting {
 		return nil
 	}
+	s.forceCopy.Store(true)
 	return s.committer.do(ctx, noWrite)
 }
 
