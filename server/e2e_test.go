@@ -444,3 +444,34 @@ func TestShutdownWithoutStart(t *testing.T) {
 		t.Fatalf("shutdown of a server never started: %v", err)
 	}
 }
+
+// A message stored just before a login's inbox replay, whose live publish
+// arrives only after the replay ended, is pushed once: by the replay.
+func TestLatePublishAfterReplayIsNotPushedTwice(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startServer(t, testOptions(t, engine))
+		ctx := context.Background()
+		bob, bobOK := ts.user(t, "bob")
+		alice, aliceOK := ts.user(t, "alice")
+		expectOK(t, bob.do(&chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}}))
+		// Stored, but its publish is "late": it happens after bob's replay.
+		m := &chatpb.Message{FromUserId: aliceOK.UserId, FromUsername: "alice", ToUserId: bobOK.UserId, Text: "late"}
+		m.MsgId, m.SentAtMs = ts.ids.next(time.Now())
+		if _, err := ts.store.AppendMessage(ctx, m, []uint64{bobOK.UserId}, ""); err != nil {
+			t.Fatal(err)
+		}
+		expectOK(t, bob.do(loginReq("bob", pw)))
+		if got := bob.nextMessage(); got.MsgId != m.MsgId {
+			t.Fatalf("replay pushed %v", got)
+		}
+		frame, _ := encodePush(m)
+		if _, err := ts.broker.Publish(ctx, []uint64{bobOK.UserId}, Event{Message: m, frame: frame}); err != nil {
+			t.Fatal(err)
+		}
+		// The next push bob sees is the next message, not the late copy.
+		expectOK(t, alice.do(sendTo("bob", "next")))
+		if got := bob.nextMessage(); got.Text != "next" {
+			t.Fatalf("bob got %q (msg %d) again after the replay", got.Text, got.MsgId)
+		}
+	})
+}

@@ -96,7 +96,16 @@ type session struct {
 
 	pushMu sync.Mutex
 	replay *replayState
+	// replayedLate holds ids the last replay pushed that were stored in the
+	// last few seconds: their live publish may still be on its way (stored,
+	// then published), and must not be pushed a second time.
+	replayedLate      map[uint64]struct{}
+	replayedLateUntil time.Time
 }
+
+// lateLivePush bounds how long after a replay a live publish of a message
+// the replay already pushed may still arrive.
+const lateLivePush = 5 * time.Second
 
 func (s *Server) newSession(peer net.Addr, out transport) *session {
 	now := time.Now().UnixNano()
@@ -324,6 +333,14 @@ func (c *session) push(m *chatpb.Message, frame []byte) {
 		}
 		return
 	}
+	if c.replayedLate != nil {
+		if time.Now().After(c.replayedLateUntil) {
+			c.replayedLate = nil
+		} else if _, dup := c.replayedLate[m.MsgId]; dup {
+			delete(c.replayedLate, m.MsgId)
+			return
+		}
+	}
 	c.writePush(m, frame)
 	c.srv.metrics.deliveredLive.Inc()
 }
@@ -421,10 +438,28 @@ func (c *session) replayInbox(ctx context.Context, uid uint64) {
 				c.srv.metrics.deliveredLive.Inc()
 			}
 		}
+		c.rememberLate(r.sent)
 		c.replay = nil
 		c.pushMu.Unlock()
 		return
 	}
+}
+
+// rememberLate keeps the recently stored ids among those a replay pushed
+// (see replayedLate). c.pushMu is held.
+func (c *session) rememberLate(sent map[uint64]struct{}) {
+	now := time.Now()
+	floor := msgIDFloor(now.Add(-lateLivePush))
+	c.replayedLate = nil
+	for id := range sent {
+		if id >= floor {
+			if c.replayedLate == nil {
+				c.replayedLate = make(map[uint64]struct{})
+			}
+			c.replayedLate[id] = struct{}{}
+		}
+	}
+	c.replayedLateUntil = now.Add(lateLivePush)
 }
 
 // readInbox reads one replay page, retrying for a while when the store is
