@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -471,7 +470,8 @@ func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[u
 	trimmed := 0
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
 	for _, uid := range e.recipients {
-		if _, acked := acks[uid][e.msgID]; acked || slices.Contains(e.ackedBy, uid) {
+		_, ackedEarly := e.ackedBy[uid]
+		if _, acked := acks[uid][e.msgID]; acked || ackedEarly {
 			continue
 		}
 		if err := inbox.Put(key2(uid, e.msgID), e.message); err != nil {
@@ -554,11 +554,14 @@ func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
 		s.acks[uid] = m
 	}
 	for _, id := range ids {
-		if e := s.unappliedIDs[id]; e != nil && !e.taken && slices.Contains(e.recipients, uid) {
+		if e := s.unappliedIDs[id]; e != nil && !e.taken {
 			// Not in bbolt yet: it will be copied without this recipient.
-			if !slices.Contains(e.ackedBy, uid) {
-				e.ackedBy = append(e.ackedBy, uid)
+			// (A map, as a group's members all ack the same message; an
+			// ack from a non-recipient marks nobody the copy writes.)
+			if e.ackedBy == nil {
+				e.ackedBy = make(map[uint64]struct{})
 			}
+			e.ackedBy[uid] = struct{}{}
 			continue
 		}
 		if _, dup := m[id]; !dup {

@@ -35,8 +35,8 @@ type walEntry struct {
 	end         walPos    // the end of its batch in the log
 	logged      time.Time // when its batch was synced
 	// Guarded by BoltStore.mem:
-	taken   bool     // in the commit under way
-	ackedBy []uint64 // recipients who acked before it was copied
+	taken   bool                // in the commit under way
+	ackedBy map[uint64]struct{} // users who acked before it was copied
 }
 
 // appendOp is one AppendMessage waiting for the log writer.
@@ -255,21 +255,14 @@ func (s *BoltStore) takePending() *writeOp {
 	}
 	trimmed := 0
 	fn := func(tx *bolt.Tx) error {
-		trimmed = 0
-		for _, e := range entries {
-			n, err := s.applyMessage(tx, e, acks)
-			if err != nil {
-				return err
-			}
-			trimmed += n
+		var err error
+		if trimmed, err = s.copyLogged(tx, entries, acks); err != nil {
+			return err
 		}
 		for uid, ids := range acks {
 			if err := applyAcks(tx, uid, ids); err != nil {
 				return err
 			}
-		}
-		if len(entries) > 0 {
-			return tx.Bucket(bucketMeta).Put(keyWALApplied, entries[len(entries)-1].end.bytes())
 		}
 		return nil
 	}
@@ -309,6 +302,24 @@ func (s *BoltStore) takePending() *writeOp {
 		}
 	}
 	return &writeOp{fn: fn, after: after}
+}
+
+// copyLogged copies logged messages into bbolt (see applyMessage) and
+// records, in the same transaction, how far the log is copied. It returns
+// how many older messages full inboxes lost.
+func (s *BoltStore) copyLogged(tx *bolt.Tx, entries []*walEntry, acks map[uint64]map[uint64]struct{}) (int, error) {
+	if len(entries) == 0 {
+		return 0, nil
+	}
+	trimmed := 0
+	for _, e := range entries {
+		n, err := s.applyMessage(tx, e, acks)
+		if err != nil {
+			return trimmed, err
+		}
+		trimmed += n
+	}
+	return trimmed, tx.Bucket(bucketMeta).Put(keyWALApplied, entries[len(entries)-1].end.bytes())
 }
 
 // restoreAcks puts back acks whose commit failed. s.mem is held.
@@ -378,12 +389,8 @@ func (s *BoltStore) recoverLog() error {
 			return nil
 		}
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			for _, e := range chunk {
-				if _, err := s.applyMessage(tx, e, nil); err != nil {
-					return err
-				}
-			}
-			return tx.Bucket(bucketMeta).Put(keyWALApplied, chunk[len(chunk)-1].end.bytes())
+			_, err := s.copyLogged(tx, chunk, nil)
+			return err
 		})
 		chunk = chunk[:0]
 		return err
