@@ -94,9 +94,15 @@ func TestTinyEchoAndPlot(t *testing.T) {
 	cfg.Server = "echo"
 	r, err := bench.Echo(context.Background(), cfg)
 	check(t, r, err)
+	r.CPUMicrosPerMsg, r.GenCPUMicrosPerMsg = 10, 30
 	merged := bench.Merge([]bench.Result{r, r})
 	if merged.Delivered != 2*r.Delivered || merged.P99ms != r.P99ms {
 		t.Fatalf("merge of two equal runs: %+v", merged)
+	}
+	// Both generators sampled the one server: its CPU is counted once over
+	// twice the deliveries; each generator's own CPU adds up.
+	if merged.CPUMicrosPerMsg != 5 || merged.GenCPUMicrosPerMsg != 30 {
+		t.Fatalf("merged CPU per message: server %v (want 5), generator %v (want 30)", merged.CPUMicrosPerMsg, merged.GenCPUMicrosPerMsg)
 	}
 	for _, ext := range []string{".png", ".svg"} {
 		file := filepath.Join(t.TempDir(), "plot"+ext)

@@ -29,8 +29,11 @@ type Result struct {
 	// RSSBytesPerConn is the server's resident memory growth per
 	// connection after settling (conns scenario).
 	RSSBytesPerConn float64 `json:"rss_bytes_per_conn,omitempty"`
-	// CPUMicrosPerMsg is server CPU time per delivered message.
+	// CPUMicrosPerMsg is server CPU time per delivered message (or login).
 	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg,omitempty"`
+	// GenCPUMicrosPerMsg is the load generator's own CPU time per
+	// delivered message (or login): on one machine the two share the CPUs.
+	GenCPUMicrosPerMsg float64 `json:"gen_cpu_us_per_msg,omitempty"`
 	// IdleCPUPercent is server CPU use while the connections sit idle.
 	IdleCPUPercent float64 `json:"idle_cpu_percent,omitempty"`
 	ConnectPerSec  float64 `json:"connect_per_sec,omitempty"`
@@ -123,6 +126,15 @@ func Merge(parts []Result) Result {
 	out := parts[0]
 	out.Timeline = nil
 	h := newHist()
+	// Every part sampled the same server over about the same time, so the
+	// server's CPU is the largest part's measure, not the sum; generator
+	// CPU adds up over the processes.
+	var serverCPU, genCPU float64
+	for _, p := range parts {
+		d := float64(p.Delivered)
+		serverCPU = max(serverCPU, p.CPUMicrosPerMsg*d)
+		genCPU += p.GenCPUMicrosPerMsg * d
+	}
 	for i, p := range parts {
 		switch {
 		case p.Hist != nil:
@@ -142,6 +154,10 @@ func Merge(parts []Result) Result {
 		out.Duplicates += p.Duplicates
 		out.Errors += p.Errors
 		out.Seconds = max(out.Seconds, p.Seconds)
+	}
+	if out.Delivered > 0 {
+		out.CPUMicrosPerMsg = serverCPU / float64(out.Delivered)
+		out.GenCPUMicrosPerMsg = genCPU / float64(out.Delivered)
 	}
 	out.hist = h
 	out.P50ms = us2ms(h.ValueAtQuantile(50))
@@ -166,6 +182,38 @@ func Merge(parts []Result) Result {
 func (r *Result) ExportHist() {
 	if r.hist != nil {
 		r.Hist = r.hist.Export()
+	}
+}
+
+// cpuMeter measures the CPU time the server (when its PID is known) and
+// this generator process spend over one measured phase.
+type cpuMeter struct {
+	serverPID    int
+	server, self time.Duration
+}
+
+func startCPU(serverPID int) cpuMeter {
+	m := cpuMeter{serverPID: serverPID}
+	if serverPID > 0 {
+		_, m.server, _ = procStats(serverPID)
+	}
+	_, m.self, _ = procStats(os.Getpid())
+	return m
+}
+
+// fill sets res's CPU figures per delivered message (or login).
+func (m cpuMeter) fill(res *Result) {
+	if res.Delivered == 0 {
+		return
+	}
+	n := float64(res.Delivered)
+	if m.serverPID > 0 {
+		if _, cpu, err := procStats(m.serverPID); err == nil {
+			res.CPUMicrosPerMsg = float64((cpu - m.server).Microseconds()) / n
+		}
+	}
+	if _, cpu, err := procStats(os.Getpid()); err == nil {
+		res.GenCPUMicrosPerMsg = float64((cpu - m.self).Microseconds()) / n
 	}
 }
 

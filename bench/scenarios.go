@@ -67,8 +67,9 @@ func Conns(ctx context.Context, cfg Config) (Result, error) {
 }
 
 // Login is a login storm: Conns connections each connect and log in with a
-// token, at Rate per second (open loop) or as fast as possible; latency is
-// connect to LoginOK, failures are counted.
+// token, at Rate per second (open loop) or as fast as possible with 512 at
+// once; latency runs from when the login was due (at Rate) or started to
+// its LoginOK, failures are counted.
 func Login(ctx context.Context, cfg Config) (Result, error) {
 	cfg.defaults()
 	res := Result{Server: cfg.Server, Scenario: "login", Conns: cfg.Conns, OfferedRate: cfg.Rate}
@@ -84,39 +85,53 @@ func Login(ctx context.Context, cfg Config) (Result, error) {
 	go progress(&cfg, "login", stop, func() string {
 		return fmt.Sprintf("logged in %d, failed %d", ok.Load(), failed.Load())
 	})
-	start := time.Now()
-	sem := make(chan struct{}, 512)
+	cpu := startCPU(cfg.ServerPID)
+	// A fixed pool of workers, not a goroutine per login: a fresh
+	// goroutine grows its stack through the dial path every time.
+	const inFlight = 512
+	type job struct {
+		i   int
+		due time.Time
+	}
+	jobs := make(chan job)
 	var wg sync.WaitGroup
+	for range inFlight {
+		wg.Go(func() {
+			for j := range jobs {
+				c, err := Dial(ctx, cfg.addr(j.i), SourceIP(cfg.SourceOffset+j.i))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				conns[j.i] = c
+				if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: toks[j.i]}}}); err != nil {
+					failed.Add(1)
+					continue
+				}
+				rec.record(time.Since(j.due))
+				ok.Add(1)
+			}
+		})
+	}
+	start := time.Now()
 	for i := range toks {
+		// Open loop: latency runs from when a login was due, so a
+		// generator or server that falls behind cannot hide it.
+		due := time.Now()
 		if cfg.Rate > 0 {
-			due := start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
+			due = start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
 			time.Sleep(time.Until(due))
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			t0 := time.Now()
-			c, err := Dial(ctx, cfg.addr(i), SourceIP(cfg.SourceOffset+i))
-			if err != nil {
-				failed.Add(1)
-				return
-			}
-			conns[i] = c
-			if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: toks[i]}}}); err != nil {
-				failed.Add(1)
-				return
-			}
-			rec.record(time.Since(t0))
-			ok.Add(1)
-		}()
+		jobs <- job{i, due}
 	}
+	close(jobs)
 	wg.Wait()
 	took := time.Since(start)
 	close(stop)
 	res.Delivered, res.Errors, res.Seconds = ok.Load(), failed.Load(), took.Seconds()
 	res.MsgsPerSec = float64(ok.Load()) / took.Seconds()
 	rec.fill(&res)
+	cpu.fill(&res)
 	return res, nil
 }
 
@@ -327,10 +342,7 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 			}
 		})
 	}
-	var cpu0 time.Duration
-	if cfg.ServerPID > 0 {
-		_, cpu0, _ = procStats(cfg.ServerPID)
-	}
+	cpu := startCPU(cfg.ServerPID)
 	stop := make(chan struct{})
 	go progress(cfg, "chat", stop, func() string {
 		n, p99 := rec.snapshot()
@@ -382,10 +394,7 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 	res.Seconds = sendEnd.Seconds()
 	res.MsgsPerSec = float64(res.Delivered) / sendEnd.Seconds()
 	rec.fill(&res)
-	if cfg.ServerPID > 0 && res.Delivered > 0 {
-		_, cpu1, _ := procStats(cfg.ServerPID)
-		res.CPUMicrosPerMsg = float64((cpu1 - cpu0).Microseconds()) / float64(res.Delivered)
-	}
+	cpu.fill(&res)
 	return res, nil
 }
 
@@ -465,6 +474,7 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 			})
 		}
 	}
+	cpu := startCPU(cfg.ServerPID)
 	stop := make(chan struct{})
 	go progress(&cfg, res.Scenario, stop, func() string {
 		return fmt.Sprintf("sent %d deliveries %d complete %d", sentOK.Load(), deliveries.Load(), complete.Load())
@@ -494,6 +504,7 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 	res.Seconds = took.Seconds()
 	res.MsgsPerSec = float64(res.Delivered) / took.Seconds()
 	rec.fill(&res)
+	cpu.fill(&res)
 	return res, nil
 }
 
@@ -515,10 +526,7 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 		res := Result{Server: cfg.Server, Scenario: "echo", Conns: cfg.Conns, OfferedRate: rate}
 		rec := newRecorder()
 		var sent, got, errs atomic.Int64
-		var cpu0 time.Duration
-		if cfg.ServerPID > 0 {
-			_, cpu0, _ = procStats(cfg.ServerPID)
-		}
+		cpu := startCPU(cfg.ServerPID)
 		stop := make(chan struct{})
 		go progress(&cfg, "echo", stop, func() string {
 			n, p99 := rec.snapshot()
@@ -549,10 +557,7 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 		res.Seconds = took.Seconds()
 		res.MsgsPerSec = float64(res.Delivered) / took.Seconds()
 		rec.fill(&res)
-		if cfg.ServerPID > 0 && res.Delivered > 0 {
-			_, cpu1, _ := procStats(cfg.ServerPID)
-			res.CPUMicrosPerMsg = float64((cpu1 - cpu0).Microseconds()) / float64(res.Delivered)
-		}
+		cpu.fill(&res)
 		return res, nil
 	})
 }

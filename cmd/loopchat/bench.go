@@ -152,7 +152,7 @@ func newScenarioCmd(name string) *cobra.Command {
 	f := cmd.Flags()
 	f.StringSliceVar(&addrs, "addr", []string{"127.0.0.1:7000"}, "server addresses (comma-separated or repeated), used round-robin")
 	scenarioFlags(f, &c)
-	f.IntVar(&c.ServerPID, "server-pid", 0, "PID of the server, to sample its RSS and CPU (conns, chat)")
+	f.IntVar(&c.ServerPID, "server-pid", 0, "PID of the server, to sample its RSS (conns) and CPU (every scenario)")
 	f.IntVar(&procs, "procs", 1, "generator processes (each may hold ~19,000 connections); their results are merged")
 	f.IntVar(&c.SourceOffset, "source-offset", 0, "first source address index (set for each --procs child)")
 	f.BoolVar(&worker, "worker", false, "internal: run as a --procs child")
