@@ -26,7 +26,7 @@ func StartEchoServer(addr string, loops int) (*EchoServer, error) {
 	s := &EchoServer{maxFrame: codec.DefaultMaxFrame, booted: make(chan struct{}), done: make(chan error, 1)}
 	go func() {
 		s.done <- gnet.Run(s, "tcp://"+addr, gnet.WithMulticore(true), gnet.WithNumEventLoop(loops),
-			gnet.WithLoadBalancing(gnet.RoundRobin), gnet.WithLockOSThread(true), gnet.WithReuseAddr(true),
+			gnet.WithLoadBalancing(gnet.RoundRobin), gnet.WithLockOSThread(false), gnet.WithReuseAddr(true),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay))
 	}()
 	select {

@@ -475,3 +475,20 @@ func TestLatePublishAfterReplayIsNotPushedTwice(t *testing.T) {
 		}
 	})
 }
+
+// --lock-loops is the same server with each loop on a thread of its own.
+func TestLockedLoopsChat(t *testing.T) {
+	opts := testOptions(t, EngineGnet)
+	opts.LockLoops = true
+	ts := startServer(t, opts)
+	alice, _ := ts.user(t, "alice")
+	bob, _ := ts.user(t, "bob")
+	for i := range 10 {
+		expectOK(t, alice.do(sendTo("bob", fmt.Sprintf("locked %d", i))))
+	}
+	for i := range 10 {
+		if m := bob.nextMessage(); m.Text != fmt.Sprintf("locked %d", i) {
+			t.Fatalf("message %d = %q", i, m.Text)
+		}
+	}
+}

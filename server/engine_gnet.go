@@ -46,7 +46,7 @@ func (e *gnetEngine) start() (net.Addr, error) {
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(e.srv.opts.Loops),
 			gnet.WithLoadBalancing(lb),
-			gnet.WithLockOSThread(true),
+			gnet.WithLockOSThread(e.srv.opts.LockLoops),
 			gnet.WithReusePort(false),
 			gnet.WithReuseAddr(true), // restart on the same port while old sockets linger
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),

@@ -29,12 +29,17 @@ type Options struct {
 	DataDir string
 	// Engine is EngineGnet or EngineNet. Empty means EngineGnet.
 	Engine string
-	// Loops is the number of gnet sub-reactors (event loops, one per OS
-	// thread). Zero means one per CPU.
+	// Loops is the number of gnet sub-reactors (event loops). Zero means
+	// one per CPU.
 	Loops int
 	// LeastConnections hands new connections to the loop with the fewest
 	// instead of round-robin.
 	LeastConnections bool
+	// LockLoops locks gnet's main reactor and each event loop to an OS
+	// thread of its own. False (the default) lets the Go scheduler run a
+	// loop on any thread — still one thread at a time — which spares a
+	// thread hand-off each time a loop goes idle (docs/design.md).
+	LockLoops bool
 	// MaxFrame is the largest request payload accepted, in bytes. Zero means 64 KiB.
 	MaxFrame int
 	// IdleTimeout closes a connection silent for longer. Zero means 90s.

@@ -83,7 +83,8 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:7000", "TCP address to accept clients on")
 	f.StringVar(&o.DataDir, "data", "./loopchat-data", "directory of the embedded store and the generated token secret")
 	f.StringVar(&o.Engine, "engine", server.EngineGnet, `network engine: "gnet" (epoll reactors) or "net" (goroutine per connection, the baseline)`)
-	f.IntVar(&o.Loops, "loops", 0, "gnet event loops (sub-reactors), one per OS thread; 0 means one per CPU")
+	f.IntVar(&o.Loops, "loops", 0, "gnet event loops (sub-reactors), each running on one thread at a time; 0 means one per CPU")
+	f.BoolVar(&o.LockLoops, "lock-loops", false, "lock each event loop to an OS thread of its own (costs a thread hand-off whenever a loop goes idle)")
 	f.BoolVar(&o.LeastConnections, "least-connections", false, "give new connections to the loop with the fewest, instead of round-robin")
 	f.IntVar(&o.MaxFrame, "max-frame", codec.DefaultMaxFrame, "largest request frame in bytes; bigger ones close the connection")
 	f.DurationVar(&o.IdleTimeout, "idle-timeout", 90*time.Second, "close connections silent for this long (clients ping every 30s)")
@@ -111,15 +112,15 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	return cmd
 }
 
-// reserveProcForStore gives the Go scheduler a P beyond the reactors
-// (unless GOMAXPROCS is set). gnet's main reactor and each event loop are
-// locked to their threads and hold a P while they run; with no P to spare,
-// a goroutine back from an fdatasync (the store) or woken to run a request
+// reserveProcForStore gives the Go scheduler a P beyond the reactors when
+// they are locked to threads (--lock-loops; unless GOMAXPROCS is set).
+// A locked reactor holds its P while it runs; with no P to spare, a
+// goroutine back from an fdatasync (the store) or woken to run a request
 // waits for a reactor to park, which on a server pinned to few CPUs shows
-// as milliseconds of added latency. The kernel still shares the CPUs among
-// the threads.
+// as milliseconds of added latency. Unlocked loops need no spare: a
+// parking loop leaves its P to whoever is runnable.
 func reserveProcForStore(o server.Options) {
-	if os.Getenv("GOMAXPROCS") != "" || o.Engine == server.EngineNet {
+	if os.Getenv("GOMAXPROCS") != "" || o.Engine == server.EngineNet || !o.LockLoops {
 		return
 	}
 	loops := o.Loops
