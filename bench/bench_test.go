@@ -75,8 +75,14 @@ func TestTinyScenarios(t *testing.T) {
 	t.Run("chat-step", func(t *testing.T) {
 		cfg := tiny(addr)
 		cfg.Users, cfg.Step, cfg.P99Bound, cfg.Rate, cfg.MaxRate, cfg.Duration = "tstep", true, time.Second, 200, 500, 500*time.Millisecond
+		cfg.Warmup = 300 * time.Millisecond
 		r, err := bench.Chat(ctx, cfg)
 		check(t, r, err)
+		// The warm-up's messages are not in the result: a step of 0.5s
+		// at its rate sends about rate/2.
+		if limit := int64(r.OfferedRate*0.5*1.2) + 10; r.Sent > limit {
+			t.Fatalf("step at %v/s for 0.5s counted %d sends: the warm-up leaked in", r.OfferedRate, r.Sent)
+		}
 		if r.OfferedRate < 300 {
 			t.Fatalf("stepping stopped at %v/s with a 1s p99 bound", r.OfferedRate)
 		}

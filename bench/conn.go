@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -39,9 +38,9 @@ type Conn struct {
 // SourceIP returns the i-th client source address, spread over 127.0.0.0/8
 // (127.1.0.1, 127.1.0.2, ...): one address per connection keeps every
 // 4-tuple unique however many connections and generator processes run.
-func SourceIP(i int) string {
+func SourceIP(i int) netip.Addr {
 	i %= 254 * 254 * 250
-	return fmt.Sprintf("127.%d.%d.%d", 1+i/(254*254), (i/254)%254, 1+i%254)
+	return netip.AddrFrom4([4]byte{127, byte(1 + i/(254*254)), byte((i / 254) % 254), byte(1 + i%254)})
 }
 
 // synRetries bounds how long a connect to an unanswering address can
@@ -56,20 +55,16 @@ const synRetries = 3
 // live for one run), and the source address bound with
 // IP_BIND_ADDRESS_NO_PORT, so the kernel picks the port at connect time
 // per destination instead of reserving one per source address at bind.
-func dialer(src string) (*net.Dialer, error) {
+func dialer(src netip.Addr) *net.Dialer {
 	d := &net.Dialer{KeepAlive: -1}
-	if src != "" {
-		ip, err := netip.ParseAddr(src)
-		if err != nil {
-			return nil, fmt.Errorf("bench: source address %q: %w", src, err)
-		}
-		d.LocalAddr = &net.TCPAddr{IP: ip.AsSlice()}
+	if src.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
 	d.Control = func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_SYNCNT, synRetries)
-			if serr == nil && src != "" {
+			if serr == nil && src.IsValid() {
 				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
 			}
 		})
@@ -78,25 +73,21 @@ func dialer(src string) (*net.Dialer, error) {
 		}
 		return serr
 	}
-	return d, nil
+	return d
 }
 
 // connBuffer sizes each connection's read and write buffers: frames here
 // are a few hundred bytes, and 19,000 connections per process add up.
 const connBuffer = 1024
 
-// Dial connects to addr from src ("" for any). A cancelled ctx stops new
+// Dial connects to addr from src (the zero Addr for any). A cancelled ctx stops new
 // dials; a connect already under way is not interrupted (synRetries
 // bounds it), which spares a watcher goroutine per dial.
-func Dial(ctx context.Context, addr, src string) (*Conn, error) {
+func Dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	d, err := dialer(src)
-	if err != nil {
-		return nil, err
-	}
-	nc, err := d.DialContext(context.WithoutCancel(ctx), "tcp", addr)
+	nc, err := dialer(src).DialContext(context.WithoutCancel(ctx), "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

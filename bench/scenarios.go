@@ -259,6 +259,18 @@ func stepped(ctx context.Context, cfg *Config, name string, phase func(rate floa
 	if rate <= 0 {
 		rate = 1000
 	}
+	if cfg.Warmup > 0 {
+		measure := cfg.Duration
+		cfg.Duration = cfg.Warmup
+		r, err := phase(rate)
+		cfg.Duration = measure
+		if err != nil {
+			return r, err
+		}
+		if cfg.Progress != nil {
+			fmt.Fprintf(cfg.Progress, "[%s %s] warm-up %.0f/s for %v: p99 %.2fms (not counted)\n", name, cfg.Server, rate, cfg.Warmup, r.P99ms)
+		}
+	}
 	if !cfg.Step {
 		return phase(rate)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,11 @@ type Config struct {
 	P99Bound time.Duration
 	// Duration of a measurement (of each step). Zero means 5s.
 	Duration time.Duration
+	// Warmup runs the first rate this long, unmeasured, before the
+	// measured phases of chat and echo, so a server's first second after
+	// start (lazily built state, a heap still growing) does not decide a
+	// step. Zero means no warm-up.
+	Warmup time.Duration
 	// GroupSize is the member count for the group scenario. Zero means 10.
 	GroupSize int
 	// Groups is the number of groups. Zero means Conns/GroupSize.
@@ -109,7 +115,7 @@ func tokens(ctx context.Context, cfg *Config, n int) ([]string, []uint64, error)
 	g, ctx := errgroup.WithContext(ctx)
 	for w := range setupParallel {
 		g.Go(func() error {
-			c, err := Dial(ctx, cfg.addr(w), "")
+			c, err := Dial(ctx, cfg.addr(w), netip.Addr{})
 			if err != nil {
 				return err
 			}

@@ -72,6 +72,7 @@ apart from the generator, and prints ratios. See docs/BENCHMARKS.md.`,
 func scenarioFlags(f *pflag.FlagSet, c *bench.Config) {
 	f.IntVar(&c.Conns, "conns", 100, "connections")
 	f.IntVar(&c.Pairs, "pairs", 0, "sender->receiver pairs (chat, echo); 0 means conns/2")
+	f.DurationVar(&c.Warmup, "warmup", time.Second, "chat/echo: run the first rate this long, unmeasured, before measuring (0 for none)")
 	f.Float64Var(&c.Rate, "rate", 0, "offered rate per second in all (messages or logins); 0 means the scenario's default")
 	f.BoolVar(&c.Step, "step", false, "chat/echo: raise the rate ×1.5 per step until p99 passes --p99-bound; report the last that held")
 	f.DurationVar(&c.P99Bound, "p99-bound", 10*time.Millisecond, "latency bound for --step")
