@@ -112,22 +112,27 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	return cmd
 }
 
-// reserveProcForStore gives the Go scheduler a P beyond the reactors when
-// they are locked to threads (--lock-loops; unless GOMAXPROCS is set).
-// A locked reactor holds its P while it runs; with no P to spare, a
-// goroutine back from an fdatasync (the store) or woken to run a request
-// waits for a reactor to park, which on a server pinned to few CPUs shows
-// as milliseconds of added latency. Unlocked loops need no spare: a
-// parking loop leaves its P to whoever is runnable.
+// reserveProcForStore gives the Go scheduler a P beyond the event loops
+// (unless GOMAXPROCS is set). A goroutine in a blocking system call — the
+// message log's fdatasync — keeps its P until the runtime's monitor takes
+// it back, which can take milliseconds when the monitor has backed off;
+// with every P busy running loops, requests wait that long. Locked loops
+// (--lock-loops) need one more: a locked main reactor and locked loops
+// hold their Ps while they run. The kernel still shares the CPUs among
+// the threads; this only keeps runnable goroutines from queueing for a P.
 func reserveProcForStore(o server.Options) {
-	if os.Getenv("GOMAXPROCS") != "" || o.Engine == server.EngineNet || !o.LockLoops {
+	if os.Getenv("GOMAXPROCS") != "" || o.Engine == server.EngineNet {
 		return
 	}
 	loops := o.Loops
 	if loops <= 0 {
 		loops = runtime.NumCPU()
 	}
-	if want := loops + 2; runtime.GOMAXPROCS(0) < want { // + main reactor + one spare
+	want := loops + 1
+	if o.LockLoops {
+		want++ // the main reactor
+	}
+	if runtime.GOMAXPROCS(0) < want {
 		runtime.GOMAXPROCS(want)
 	}
 }
