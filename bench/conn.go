@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -23,6 +24,7 @@ var errClosed = errors.New("bench: connection closed")
 // Conn is one load-generator connection.
 type Conn struct {
 	c   net.Conn
+	r   *codec.Reader
 	wmu sync.Mutex
 	w   *bufio.Writer
 	seq atomic.Uint64
@@ -84,6 +86,66 @@ const connBuffer = 1024
 // dials; a connect already under way is not interrupted (synRetries
 // bounds it), which spares a watcher goroutine per dial.
 func Dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
+	c, err := dial(ctx, addr, src)
+	if err != nil {
+		return nil, err
+	}
+	go c.read()
+	return c, nil
+}
+
+// DialLogin connects and logs in with token on the calling goroutine —
+// one write, then read until the answer — and only then starts the
+// reader: in a login storm that spares a hand-off between goroutines per
+// login. ctx being cancelled closes a connection still waiting.
+func DialLogin(ctx context.Context, addr string, src netip.Addr, token string) (*Conn, error) {
+	c, err := dial(ctx, addr, src)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Conn, error) {
+		c.c.Close()
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.c.Close() })
+	defer stop()
+	f := &chatpb.Frame{Seq: c.seq.Add(1), Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: token}}}
+	buf, err := protocol.Encode(f)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := c.c.Write(buf); err != nil {
+		return fail(err)
+	}
+	for {
+		p, err := c.r.Next()
+		if err != nil {
+			return fail(err)
+		}
+		resp, err := protocol.Decode(p)
+		if err != nil {
+			return fail(err)
+		}
+		if resp.Seq != f.Seq {
+			continue // nothing is pushed before LoginOK; skip rather than guess
+		}
+		if e := resp.GetError(); e != nil {
+			return fail(&protocol.Error{Code: e.Code, Message: e.Message})
+		}
+		if resp.GetLoginOk() == nil {
+			return fail(fmt.Errorf("bench: login answered with %T", resp.Body))
+		}
+		break
+	}
+	if !stop() {
+		return nil, ctx.Err() // the connection was closed under us
+	}
+	go c.read()
+	return c, nil
+}
+
+// dial connects without starting the reader.
+func dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -91,17 +153,16 @@ func Dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{c: nc, w: bufio.NewWriterSize(nc, connBuffer), pending: make(map[uint64]func(*chatpb.Frame, error)),
-		done: make(chan struct{})}
-	go c.read()
-	return c, nil
+	return &Conn{c: nc, r: codec.NewReader(bufio.NewReaderSize(nc, connBuffer), protocol.ClientMaxFrame),
+		w: bufio.NewWriterSize(nc, connBuffer), pending: make(map[uint64]func(*chatpb.Frame, error)),
+		done: make(chan struct{})}, nil
 }
 
 // OnPush sets the handler of server pushes (seq 0); it runs on the reader.
 func (c *Conn) OnPush(f func(*chatpb.Frame)) { c.onPush.Store(&f) }
 
 func (c *Conn) read() {
-	r := codec.NewReader(bufio.NewReaderSize(c.c, connBuffer), protocol.ClientMaxFrame)
+	r := c.r
 	var err error
 	for {
 		var p []byte

@@ -98,16 +98,12 @@ func Login(ctx context.Context, cfg Config) (Result, error) {
 	for range inFlight {
 		wg.Go(func() {
 			for j := range jobs {
-				c, err := Dial(ctx, cfg.addr(j.i), SourceIP(cfg.SourceOffset+j.i))
+				c, err := DialLogin(ctx, cfg.addr(j.i), SourceIP(cfg.SourceOffset+j.i), toks[j.i])
 				if err != nil {
 					failed.Add(1)
 					continue
 				}
 				conns[j.i] = c
-				if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: toks[j.i]}}}); err != nil {
-					failed.Add(1)
-					continue
-				}
 				rec.record(time.Since(j.due))
 				ok.Add(1)
 			}

@@ -160,14 +160,11 @@ func connectAll(ctx context.Context, cfg *Config, toks []string, onLogin func(i 
 					return nil
 				}
 				t0 := time.Now()
-				c, err := Dial(ctx, cfg.addr(i), SourceIP(cfg.SourceOffset+i))
+				c, err := DialLogin(ctx, cfg.addr(i), SourceIP(cfg.SourceOffset+i), toks[i])
 				if err != nil {
-					return fmt.Errorf("connection %d: %w", i, err)
+					return fmt.Errorf("connection %d (token login): %w", i, err)
 				}
 				conns[i] = c
-				if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: toks[i]}}}); err != nil {
-					return fmt.Errorf("token login %d: %w", i, err)
-				}
 				if onLogin != nil {
 					onLogin(i, time.Since(t0))
 				}
