@@ -42,10 +42,12 @@ func (s *Server) joinCluster() error {
 		return fmt.Errorf("redis %s unreachable: %w", ropts.Addr, err)
 	}
 	if s.tokens.secret == nil {
-		if s.tokens.secret, err = sharedSecret(ctx, s.rdb, o.RedisPrefix); err != nil {
+		secret, err := sharedSecret(ctx, s.rdb, o.RedisPrefix)
+		if err != nil {
 			s.rdb.Close()
 			return err
 		}
+		s.tokens = newTokens(secret, s.tokens.ttl)
 	}
 	s.store = NewRedisStore(RedisConfig{Client: s.rdb, Prefix: o.RedisPrefix, InboxLimit: o.InboxLimit})
 	s.ownsStore = true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"strconv"
@@ -25,7 +26,7 @@ type gnetEngine struct {
 	gnet.BuiltinEventEngine
 	srv     *Server
 	loopsMu sync.Mutex
-	loops   map[gnet.EventLoop]string // metric label, numbered as first seen
+	loops   map[gnet.EventLoop]prometheus.Gauge // open connections, labelled by loop number as first seen
 	eng     gnet.Engine
 	booted  chan struct{}
 	done    chan error
@@ -33,7 +34,7 @@ type gnetEngine struct {
 
 func newGnetEngine(s *Server) *gnetEngine {
 	return &gnetEngine{srv: s, booted: make(chan struct{}), done: make(chan error, 1),
-		loops: make(map[gnet.EventLoop]string)}
+		loops: make(map[gnet.EventLoop]prometheus.Gauge)}
 }
 
 func (e *gnetEngine) start() (net.Addr, error) {
@@ -106,26 +107,27 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	t.sess = s
 	c.SetContext(s)
 	e.srv.addConn(s)
-	e.srv.metrics.connsByLoop.WithLabelValues(e.loopLabel(c)).Inc()
+	e.loopGauge(c).Inc()
 	return nil, gnet.None
 }
 
-// loopLabel names c's event loop for metrics ("0", "1", ...).
-func (e *gnetEngine) loopLabel(c gnet.Conn) string {
+// loopGauge is the open-connections gauge of c's event loop, labelled
+// "0", "1", ... in the order the loops are first seen.
+func (e *gnetEngine) loopGauge(c gnet.Conn) prometheus.Gauge {
 	el := c.EventLoop()
 	e.loopsMu.Lock()
 	defer e.loopsMu.Unlock()
-	label, ok := e.loops[el]
+	g, ok := e.loops[el]
 	if !ok {
-		label = strconv.Itoa(len(e.loops))
-		e.loops[el] = label
+		g = e.srv.metrics.connsByLoop.WithLabelValues(strconv.Itoa(len(e.loops)))
+		e.loops[el] = g
 	}
-	return label
+	return g
 }
 
 func (e *gnetEngine) OnClose(c gnet.Conn, _ error) gnet.Action {
 	if s, ok := c.Context().(*session); ok {
-		e.srv.metrics.connsByLoop.WithLabelValues(e.loopLabel(c)).Dec()
+		e.loopGauge(c).Dec()
 		s.closed(false)
 	}
 	return gnet.None

@@ -69,7 +69,7 @@ func (c *session) handle(f *chatpb.Frame) {
 		c.fail(f.Seq, kind, err)
 		return
 	}
-	c.srv.metrics.requests.WithLabelValues(kind, "ok").Inc()
+	c.srv.metrics.requestOK(kind)
 	if resp != nil {
 		resp.Seq = f.Seq
 		c.write(resp)

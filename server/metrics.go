@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,11 +16,15 @@ import (
 // the global one) so several servers can live in one process. Every metric
 // is described in docs/operations.md.
 type metrics struct {
-	registry         *prometheus.Registry
-	connsOpen        prometheus.Gauge
-	connsByLoop      *prometheus.GaugeVec // loop
-	connsTotal       prometheus.Counter
-	requests         *prometheus.CounterVec // type, result
+	registry    *prometheus.Registry
+	connsOpen   prometheus.Gauge
+	connsByLoop *prometheus.GaugeVec // loop
+	connsTotal  prometheus.Counter
+	requests    *prometheus.CounterVec // type, result
+	// requestsOK caches requests' "ok" child per type (string →
+	// prometheus.Counter): WithLabelValues hashes both labels and takes
+	// a lock on every call, and every request ends here.
+	requestsOK       sync.Map
 	logins           prometheus.Counter
 	loginFailures    prometheus.Counter
 	messagesSent     prometheus.Counter
@@ -155,4 +160,14 @@ func (h redisMetricsHook) observe(cmd string, start time.Time, err error) {
 func isRedisReply(err error) bool {
 	var re redis.Error
 	return errors.As(err, &re)
+}
+
+// requestOK counts one request of the given type that succeeded.
+func (m *metrics) requestOK(kind string) {
+	if c, ok := m.requestsOK.Load(kind); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	c, _ := m.requestsOK.LoadOrStore(kind, m.requests.WithLabelValues(kind, "ok"))
+	c.(prometheus.Counter).Inc()
 }

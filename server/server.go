@@ -76,7 +76,7 @@ func New(o Options) (*Server, error) {
 	s := &Server{
 		opts:      opts,
 		log:       opts.Logger.With("node", opts.NodeID),
-		tokens:    tokens{secret: opts.TokenSecret, ttl: opts.TokenTTL},
+		tokens:    newTokens(opts.TokenSecret, opts.TokenTTL),
 		hasher:    newHasher(opts.BcryptCost, max(1, opts.Loops)),
 		ids:       newMsgIDGen(0),
 		metrics:   newMetrics(),
