@@ -99,6 +99,29 @@ func Dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
 // reader: in a login storm that spares a hand-off between goroutines per
 // login. ctx being cancelled closes a connection still waiting.
 func DialLogin(ctx context.Context, addr string, src netip.Addr, token string) (*Conn, error) {
+	c, err := dialLogin(ctx, addr, src, token)
+	if err != nil {
+		return nil, err
+	}
+	go c.read()
+	return c, nil
+}
+
+// holdLogin is DialLogin for a connection that will only be held open and
+// closed, as in a login storm: with no reader goroutine (one goroutine,
+// read and park fewer per connection), requests on it fail with
+// errClosed and Close does not wait for a reader.
+func holdLogin(ctx context.Context, addr string, src netip.Addr, token string) (*Conn, error) {
+	c, err := dialLogin(ctx, addr, src, token)
+	if err != nil {
+		return nil, err
+	}
+	c.pending = nil
+	close(c.done)
+	return c, nil
+}
+
+func dialLogin(ctx context.Context, addr string, src netip.Addr, token string) (*Conn, error) {
 	c, err := dial(ctx, addr, src)
 	if err != nil {
 		return nil, err
@@ -140,7 +163,6 @@ func DialLogin(ctx context.Context, addr string, src netip.Addr, token string) (
 	if !stop() {
 		return nil, ctx.Err() // the connection was closed under us
 	}
-	go c.read()
 	return c, nil
 }
 

@@ -98,7 +98,7 @@ func Login(ctx context.Context, cfg Config) (Result, error) {
 	for range inFlight {
 		wg.Go(func() {
 			for j := range jobs {
-				c, err := DialLogin(ctx, cfg.addr(j.i), SourceIP(cfg.SourceOffset+j.i), toks[j.i])
+				c, err := holdLogin(ctx, cfg.addr(j.i), SourceIP(cfg.SourceOffset+j.i), toks[j.i])
 				if err != nil {
 					failed.Add(1)
 					continue
