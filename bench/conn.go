@@ -82,9 +82,9 @@ func dialer(src netip.Addr) *net.Dialer {
 // are a few hundred bytes, and 19,000 connections per process add up.
 const connBuffer = 1024
 
-// Dial connects to addr from src (the zero Addr for any). A cancelled ctx stops new
-// dials; a connect already under way is not interrupted (synRetries
-// bounds it), which spares a watcher goroutine per dial.
+// Dial connects to addr from src (the zero Addr for any). A cancelled ctx
+// stops new dials; a connect already under way is not interrupted
+// (synRetries bounds it), which spares a watcher goroutine per dial.
 func Dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
 	c, err := dial(ctx, addr, src)
 	if err != nil {
@@ -96,8 +96,9 @@ func Dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
 
 // DialLogin connects and logs in with token on the calling goroutine —
 // one write, then read until the answer — and only then starts the
-// reader: in a login storm that spares a hand-off between goroutines per
-// login. ctx being cancelled closes a connection still waiting.
+// reader: when thousands connect at once that spares a hand-off between
+// goroutines per login. ctx being cancelled closes a connection still
+// waiting.
 func DialLogin(ctx context.Context, addr string, src netip.Addr, token string) (*Conn, error) {
 	c, err := dialLogin(ctx, addr, src, token)
 	if err != nil {
@@ -121,6 +122,7 @@ func holdLogin(ctx context.Context, addr string, src netip.Addr, token string) (
 	return c, nil
 }
 
+// dialLogin connects and logs in, without starting the reader.
 func dialLogin(ctx context.Context, addr string, src netip.Addr, token string) (*Conn, error) {
 	c, err := dial(ctx, addr, src)
 	if err != nil {
