@@ -85,6 +85,7 @@ func Login(ctx context.Context, cfg Config) (Result, error) {
 	go progress(&cfg, "login", stop, func() string {
 		return fmt.Sprintf("logged in %d, failed %d", ok.Load(), failed.Load())
 	})
+	collectBetweenPhases()
 	cpu := startCPU(cfg.ServerPID)
 	// A fixed pool of workers, not a goroutine per login: a fresh
 	// goroutine grows its stack through the dial path every time.
@@ -250,16 +251,20 @@ func Chat(ctx context.Context, cfg Config) (Result, error) {
 }
 
 // stepped runs one phase, or with cfg.Step a series of rising rates.
-func stepped(ctx context.Context, cfg *Config, name string, phase func(rate float64) (Result, error)) (Result, error) {
+func stepped(ctx context.Context, cfg *Config, name string, measure func(rate float64) (Result, error)) (Result, error) {
+	phase := func(rate float64) (Result, error) {
+		collectBetweenPhases()
+		return measure(rate)
+	}
 	rate := cfg.Rate
 	if rate <= 0 {
 		rate = 1000
 	}
 	if cfg.Warmup > 0 {
-		measure := cfg.Duration
+		measured := cfg.Duration
 		cfg.Duration = cfg.Warmup
 		r, err := phase(rate)
-		cfg.Duration = measure
+		cfg.Duration = measured
 		if err != nil {
 			return r, err
 		}
@@ -482,6 +487,7 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 			})
 		}
 	}
+	collectBetweenPhases()
 	cpu := startCPU(cfg.ServerPID)
 	stop := make(chan struct{})
 	go progress(&cfg, res.Scenario, stop, func() string {
