@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"errors"
 	"fmt"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -17,19 +18,35 @@ const ClientMaxFrame = 16 << 20
 
 // AppendFrame appends f to dst as one length-prefixed frame.
 func AppendFrame(dst []byte, f *chatpb.Frame) ([]byte, error) {
+	return appendSized(dst, f, proto.Size(f))
+}
+
+// appendSized is AppendFrame for a frame whose size was just computed,
+// which proto caches in the message: marshalling reuses it rather than
+// walking the frame a second time.
+func appendSized(dst []byte, f *chatpb.Frame, size int) ([]byte, error) {
 	start := len(dst)
-	dst = codec.AppendHeader(dst, 0)
-	dst, err := proto.MarshalOptions{}.MarshalAppend(dst, f)
+	dst = codec.AppendHeader(dst, size)
+	dst, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(dst, f)
 	if err != nil {
 		return dst[:start], fmt.Errorf("protocol: encode frame: %w", err)
 	}
-	codec.PutHeader(dst[start:])
+	if len(dst)-start-codec.HeaderSize != size {
+		// Changed by another goroutine since Size: a caller's bug, but
+		// never a frame whose header lies about its length.
+		return dst[:start], fmt.Errorf("protocol: encode frame: %w", errConcurrentChange)
+	}
 	return dst, nil
 }
 
-// Encode returns f as one length-prefixed frame in a new buffer.
+// errConcurrentChange reports a frame modified while it was being encoded.
+var errConcurrentChange = errors.New("frame changed while encoding")
+
+// Encode returns f as one length-prefixed frame in a new buffer of exactly
+// its size.
 func Encode(f *chatpb.Frame) ([]byte, error) {
-	return AppendFrame(make([]byte, 0, 64), f)
+	size := proto.Size(f)
+	return appendSized(make([]byte, 0, codec.HeaderSize+size), f, size)
 }
 
 // InvalidFrameError reports a payload that is well-formed protobuf but not

@@ -28,9 +28,7 @@ func (c *session) handle(f *chatpb.Frame) {
 		// answers from memory, and an ack waits at most for the store's
 		// own bounded queues (a commit, a Redis pipeline with its timeout).
 	default:
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
+		ctx = c.srv.deadlines.context()
 	}
 
 	var resp *chatpb.Frame

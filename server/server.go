@@ -49,6 +49,9 @@ type Server struct {
 	// ctx is cancelled when the server has shut down; request handlers use it.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// deadlines hands requests contexts under ctx that time out after
+	// requestTimeout.
+	deadlines *sharedDeadline
 
 	workers      sync.WaitGroup
 	sweepStop    chan struct{}
@@ -87,6 +90,7 @@ func New(o Options) (*Server, error) {
 	}
 	s.users.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.deadlines = newSharedDeadline(s.ctx, requestTimeout)
 	if opts.Redis != "" {
 		if err := s.joinCluster(); err != nil {
 			return nil, err

@@ -100,7 +100,7 @@ type BoltStore struct {
 	unapplied    []*walEntry                    // logged, not yet in bbolt, in log order
 	unappliedFor map[uint64]int                 // user -> how many of unapplied are for them
 	unappliedIDs map[uint64]*walEntry           // msg id -> unapplied message
-	dedupPending map[string]*walEntry           // dedupKey -> unapplied message
+	dedupPending map[senderMsgID]*walEntry      // unapplied messages by client_msg_id
 	// forceCopy makes the next takePending copy every logged message, not
 	// only those older than logCopyDelay (inbox reads, backpressure, close).
 	forceCopy atomic.Bool
@@ -160,7 +160,7 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
 	}
 	s := &BoltStore{db: db, cfg: cfg, stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
-		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[string]*walEntry{}}
+		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{}}
 	if err := s.recoverLog(); err != nil {
 		db.Close()
 		return nil, err
@@ -469,9 +469,9 @@ func (s *BoltStore) GroupsOf(_ context.Context, uid uint64) (out []Group, err er
 func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}) (int, error) {
 	trimmed := 0
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
+	ackedEarly := e.ackedEarly()
 	for _, uid := range e.recipients {
-		_, ackedEarly := e.ackedBy[uid]
-		if _, acked := acks[uid][e.msgID]; acked || ackedEarly {
+		if _, acked := acks[uid][e.msgID]; acked || ackedEarly(uid) {
 			continue
 		}
 		if err := inbox.Put(key2(uid, e.msgID), e.message); err != nil {
@@ -513,6 +513,12 @@ func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[u
 	return trimmed, nil
 }
 
+// senderMsgID is a client_msg_id with its sender, in memory.
+type senderMsgID struct {
+	sender      uint64
+	clientMsgID string
+}
+
 func dedupKey(sender uint64, clientMsgID string) []byte {
 	return append(u64(sender), clientMsgID...)
 }
@@ -546,23 +552,21 @@ const maxPendingAcks = 100_000
 func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
 	s.mem.Lock()
 	m := s.acks[uid]
-	if m == nil {
-		if s.acks == nil {
-			s.acks = make(map[uint64]map[uint64]struct{})
-		}
-		m = make(map[uint64]struct{}, len(ids))
-		s.acks[uid] = m
-	}
 	for _, id := range ids {
 		if e := s.unappliedIDs[id]; e != nil && !e.taken {
 			// Not in bbolt yet: it will be copied without this recipient.
-			// (A map, as a group's members all ack the same message; an
-			// ack from a non-recipient marks nobody the copy writes.)
-			if e.ackedBy == nil {
-				e.ackedBy = make(map[uint64]struct{})
-			}
-			e.ackedBy[uid] = struct{}{}
+			// (An ack from a non-recipient marks nobody the copy writes.)
+			e.ackedBy = append(e.ackedBy, uid)
 			continue
+		}
+		if m == nil {
+			// Most acks land above, while their message is still in
+			// the log, so the set is made only when one is needed.
+			if s.acks == nil {
+				s.acks = make(map[uint64]map[uint64]struct{})
+			}
+			m = make(map[uint64]struct{}, len(ids))
+			s.acks[uid] = m
 		}
 		if _, dup := m[id]; !dup {
 			m[id] = struct{}{}

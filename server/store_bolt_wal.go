@@ -35,8 +35,22 @@ type walEntry struct {
 	end         walPos    // the end of its batch in the log
 	logged      time.Time // when its batch was synced
 	// Guarded by BoltStore.mem:
-	taken   bool                // in the commit under way
-	ackedBy map[uint64]struct{} // users who acked before it was copied
+	taken   bool     // in the commit under way
+	ackedBy []uint64 // users who acked before it was copied (repeats allowed)
+}
+
+// ackedEarly returns a test for "uid acked before the copy". Nearly every
+// message has one recipient and one ack, so a short list is scanned; a
+// big group's list becomes a set once, not a scan per member.
+func (e *walEntry) ackedEarly() func(uid uint64) bool {
+	if len(e.ackedBy) <= 8 {
+		return func(uid uint64) bool { return slices.Contains(e.ackedBy, uid) }
+	}
+	set := make(map[uint64]struct{}, len(e.ackedBy))
+	for _, uid := range e.ackedBy {
+		set[uid] = struct{}{}
+	}
+	return func(uid uint64) bool { _, ok := set[uid]; return ok }
 }
 
 // appendOp is one AppendMessage waiting for the log writer.
@@ -65,8 +79,18 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 	if err != nil {
 		return AppendResult{}, fmt.Errorf("store: encode message: %w", err)
 	}
-	op := &appendOp{done: make(chan struct{}), entry: &walEntry{msg: m, message: encoded, msgID: m.MsgId,
-		sender: m.FromUserId, recipients: append([]uint64(nil), recipients...), clientMsgID: clientMsgID}}
+	// One allocation for the op, its entry and (the usual case) a single
+	// recipient: sends are most of what the server allocates, and
+	// allocation is what sets how often the collector runs.
+	block := &struct {
+		op    appendOp
+		entry walEntry
+		one   [1]uint64
+	}{}
+	op := &block.op
+	op.done, op.entry = make(chan struct{}), &block.entry
+	block.entry = walEntry{msg: m, message: encoded, msgID: m.MsgId, sender: m.FromUserId,
+		recipients: append(block.one[:0:1], recipients...), clientMsgID: clientMsgID}
 	if err := s.appends.send(ctx, op); err != nil {
 		return AppendResult{}, err
 	}
@@ -163,7 +187,7 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 			s.unappliedFor[uid]++
 		}
 		if e.clientMsgID != "" {
-			s.dedupPending[string(dedupKey(e.sender, e.clientMsgID))] = e
+			s.dedupPending[senderMsgID{e.sender, e.clientMsgID}] = e
 		}
 	}
 	s.mem.Unlock()
@@ -183,7 +207,7 @@ func (s *BoltStore) findDuplicates(batch []*appendOp) {
 		if e.clientMsgID == "" {
 			continue
 		}
-		if first := s.dedupPending[string(dedupKey(e.sender, e.clientMsgID))]; first != nil {
+		if first := s.dedupPending[senderMsgID{e.sender, e.clientMsgID}]; first != nil {
 			op.res = AppendResult{Message: first.msg, Duplicate: true}
 			continue
 		}
@@ -210,7 +234,7 @@ func (s *BoltStore) findDuplicates(batch []*appendOp) {
 		}
 		return nil
 	})
-	seen := map[string]*walEntry{}
+	seen := map[senderMsgID]*walEntry{}
 	for _, op := range rest {
 		if err != nil {
 			op.err = fmt.Errorf("store: dedup: %w", err)
@@ -219,7 +243,7 @@ func (s *BoltStore) findDuplicates(batch []*appendOp) {
 		if op.res.Duplicate || op.err != nil {
 			continue
 		}
-		key := string(dedupKey(op.entry.sender, op.entry.clientMsgID))
+		key := senderMsgID{op.entry.sender, op.entry.clientMsgID}
 		if first := seen[key]; first != nil {
 			op.res = AppendResult{Message: first.msg, Duplicate: true}
 			continue
@@ -241,8 +265,12 @@ func (s *BoltStore) takePending() *writeOp {
 			return e.logged.Compare(t)
 		})
 	}
-	entries := s.unapplied[:n:n]
-	s.unapplied = slices.Clone(s.unapplied[n:])
+	// Copy out the taken prefix (one commit interval's worth) and shift
+	// the rest down in place, rather than copying the rest (up to
+	// logCopyDelay's worth) to a new array every commit.
+	entries := slices.Clone(s.unapplied[:n])
+	clear(s.unapplied[copy(s.unapplied, s.unapplied[n:]):])
+	s.unapplied = s.unapplied[:len(s.unapplied)-n]
 	for _, e := range entries {
 		e.taken = true
 	}
@@ -287,7 +315,7 @@ func (s *BoltStore) takePending() *writeOp {
 				}
 			}
 			if e.clientMsgID != "" {
-				key := string(dedupKey(e.sender, e.clientMsgID))
+				key := senderMsgID{e.sender, e.clientMsgID}
 				if s.dedupPending[key] == e {
 					delete(s.dedupPending, key)
 				}
