@@ -42,6 +42,20 @@ func appendSized(dst []byte, f *chatpb.Frame, size int) ([]byte, error) {
 // errConcurrentChange reports a frame modified while it was being encoded.
 var errConcurrentChange = errors.New("frame changed while encoding")
 
+// messageField is the Frame field that pushes a Message.
+var messageField = (&chatpb.Frame{}).ProtoReflect().Descriptor().Fields().ByName("message").Number()
+
+// EncodeMessagePush returns the frame that pushes a Message, given the
+// Message already in wire form (stores encode it to keep it): a Frame that
+// holds only a message is that field's header followed by the message, so
+// the message is not encoded twice.
+func EncodeMessagePush(message []byte) []byte {
+	size := protowire.SizeTag(messageField) + protowire.SizeBytes(len(message))
+	buf := codec.AppendHeader(make([]byte, 0, codec.HeaderSize+size), size)
+	buf = protowire.AppendTag(buf, messageField, protowire.BytesType)
+	return protowire.AppendBytes(buf, message)
+}
+
 // Encode returns f as one length-prefixed frame in a new buffer of exactly
 // its size.
 func Encode(f *chatpb.Frame) ([]byte, error) {

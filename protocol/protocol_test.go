@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/loopchat/loopchat/codec"
 	chatpb "github.com/loopchat/loopchat/proto"
 )
@@ -78,6 +80,28 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	two, _ := AppendFrame(append([]byte(nil), buf...), in)
 	if len(two) != 2*len(buf) || string(two[len(buf):]) != string(buf) {
 		t.Fatal("AppendFrame did not append a second identical frame")
+	}
+}
+
+func TestEncodeMessagePushMatchesEncode(t *testing.T) {
+	for _, text := range []string{"", "hi", strings.Repeat("é", 200)} { // 1- and 2-byte lengths
+		m := &chatpb.Message{MsgId: 1 << 40, FromUserId: 3, FromUsername: "alice", ToUserId: 4, Text: text, SentAtMs: 1700000000000}
+		want, err := Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		encoded, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := EncodeMessagePush(encoded)
+		if string(got) != string(want) {
+			t.Fatalf("text %d bytes: EncodeMessagePush = %x, Encode = %x", len(text), got, want)
+		}
+		f, err := Decode(got[codec.HeaderSize:])
+		if err != nil || f.GetMessage().GetText() != text || f.GetMessage().GetMsgId() != m.MsgId {
+			t.Fatalf("decoded push = %v, %v", f, err)
+		}
 	}
 }
 

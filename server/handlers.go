@@ -318,7 +318,9 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (*chatpb.Fr
 		c.srv.metrics.messagesSent.Inc()
 		// Stored: SendOK is now true whatever happens to the live push.
 		ev := Event{Message: m}
-		if ev.frame, err = encodePush(m); err != nil {
+		if res.Encoded != nil {
+			ev.frame = protocol.EncodeMessagePush(res.Encoded)
+		} else if ev.frame, err = encodePush(m); err != nil {
 			return nil, err
 		}
 		if online, err = c.srv.broker.Publish(ctx, recipients, ev); err != nil {

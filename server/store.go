@@ -43,6 +43,9 @@ type AppendResult struct {
 	// Message is the stored message. For a duplicate client_msg_id it is the
 	// first send's message, whose msg_id and sent_at the caller must report.
 	Message *chatpb.Message
+	// Encoded is Message in protobuf wire form when the store made it
+	// (nil otherwise); pushes reuse it. Read-only.
+	Encoded []byte
 	// Duplicate is true when the (sender, client_msg_id) pair was seen
 	// before: nothing was stored and nothing must be delivered.
 	Duplicate bool

@@ -180,7 +180,7 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 	for _, op := range ops {
 		e := op.entry
 		e.end, e.logged = end, now
-		op.res = AppendResult{Message: e.msg}
+		op.res = AppendResult{Message: e.msg, Encoded: e.message}
 		s.unapplied = append(s.unapplied, e)
 		s.unappliedIDs[e.msgID] = e
 		for _, uid := range e.recipients {

@@ -484,7 +484,7 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 		return AppendResult{Message: first, Duplicate: true}, nil
 	}
 	trimmed, _ := res[1].(int64)
-	return AppendResult{Message: m, Trimmed: int(trimmed)}, nil
+	return AppendResult{Message: m, Encoded: body, Trimmed: int(trimmed)}, nil
 }
 
 func (s *RedisStore) Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error) {
