@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/loopchat/loopchat/codec"
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -43,7 +44,7 @@ func appendSized(dst []byte, f *chatpb.Frame, size int) ([]byte, error) {
 var errConcurrentChange = errors.New("frame changed while encoding")
 
 // messageField is the Frame field that pushes a Message.
-var messageField = (&chatpb.Frame{}).ProtoReflect().Descriptor().Fields().ByName("message").Number()
+var messageField = frameField("message")
 
 // EncodeMessagePush returns the frame that pushes a Message, given the
 // Message already in wire form (stores encode it to keep it): a Frame that
@@ -54,6 +55,51 @@ func EncodeMessagePush(message []byte) []byte {
 	buf := codec.AppendHeader(make([]byte, 0, codec.HeaderSize+size), size)
 	buf = protowire.AppendTag(buf, messageField, protowire.BytesType)
 	return protowire.AppendBytes(buf, message)
+}
+
+// Field numbers for the frames encoded by hand below, from the schema.
+var (
+	seqField    = frameField("seq")
+	sendOKField = frameField("send_ok")
+	sendOKMsgID = sendOKFieldNumber("msg_id")
+	sendOKSent  = sendOKFieldNumber("sent_at_ms")
+	sendOKLive  = sendOKFieldNumber("online")
+)
+
+func frameField(name protoreflect.Name) protowire.Number {
+	return (&chatpb.Frame{}).ProtoReflect().Descriptor().Fields().ByName(name).Number()
+}
+
+func sendOKFieldNumber(name protoreflect.Name) protowire.Number {
+	return (&chatpb.SendOK{}).ProtoReflect().Descriptor().Fields().ByName(name).Number()
+}
+
+// EncodeSendOK returns the frame answering request seq with
+// SendOK{msg_id, sent_at_ms, online}: the reply to every send, the most
+// frequent frame a server writes, built without the three messages and
+// the reflection Encode would use. The bytes are Encode's (a test checks).
+func EncodeSendOK(seq, msgID uint64, sentAtMs int64, online bool) []byte {
+	var scratch [32]byte // three tagged varints fit
+	body := scratch[:0]
+	if msgID != 0 {
+		body = protowire.AppendVarint(protowire.AppendTag(body, sendOKMsgID, protowire.VarintType), msgID)
+	}
+	if sentAtMs != 0 {
+		body = protowire.AppendVarint(protowire.AppendTag(body, sendOKSent, protowire.VarintType), uint64(sentAtMs))
+	}
+	if online {
+		body = protowire.AppendVarint(protowire.AppendTag(body, sendOKLive, protowire.VarintType), 1)
+	}
+	size := protowire.SizeTag(sendOKField) + protowire.SizeBytes(len(body))
+	if seq != 0 {
+		size += protowire.SizeTag(seqField) + protowire.SizeVarint(seq)
+	}
+	buf := codec.AppendHeader(make([]byte, 0, codec.HeaderSize+size), size)
+	if seq != 0 {
+		buf = protowire.AppendVarint(protowire.AppendTag(buf, seqField, protowire.VarintType), seq)
+	}
+	buf = protowire.AppendTag(buf, sendOKField, protowire.BytesType)
+	return protowire.AppendBytes(buf, body)
 }
 
 // Encode returns f as one length-prefixed frame in a new buffer of exactly

@@ -32,6 +32,7 @@ func (c *session) handle(f *chatpb.Frame) {
 	}
 
 	var resp *chatpb.Frame
+	var encoded []byte // the response, when a handler encodes its own
 	var err error
 	var after func() // runs after the response is written
 	switch b := f.Body.(type) {
@@ -44,7 +45,10 @@ func (c *session) handle(f *chatpb.Frame) {
 	case *chatpb.Frame_Logout:
 		resp, err = c.logout(ctx)
 	case *chatpb.Frame_Send:
-		resp, err = c.sendMessage(ctx, b.Send)
+		var r sendReceipt
+		if r, err = c.sendMessage(ctx, b.Send); err == nil {
+			encoded = protocol.EncodeSendOK(f.Seq, r.msgID, r.sentAtMs, r.online)
+		}
 	case *chatpb.Frame_Ack:
 		err = c.ack(ctx, b.Ack)
 	case *chatpb.Frame_AddFriend:
@@ -68,7 +72,10 @@ func (c *session) handle(f *chatpb.Frame) {
 		return
 	}
 	c.srv.metrics.requestOK(kind)
-	if resp != nil {
+	switch {
+	case encoded != nil:
+		c.out.send(encoded)
+	case resp != nil:
 		resp.Seq = f.Seq
 		c.write(resp)
 	}
@@ -254,13 +261,20 @@ func (c *session) logout(ctx context.Context) (*chatpb.Frame, error) {
 	return okFrame(), nil
 }
 
-func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (*chatpb.Frame, error) {
+// sendReceipt is what SendOK reports.
+type sendReceipt struct {
+	msgID    uint64
+	sentAtMs int64
+	online   bool
+}
+
+func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceipt, error) {
 	u := c.user.Load()
 	if err := protocol.ValidateText(req.Text); err != nil {
-		return nil, err
+		return sendReceipt{}, err
 	}
 	if err := protocol.ValidateClientMsgID(req.ClientMsgId); err != nil {
-		return nil, err
+		return sendReceipt{}, err
 	}
 	m := &chatpb.Message{FromUserId: u.id, FromUsername: u.name, Text: req.Text}
 	var recipients []uint64
@@ -268,25 +282,25 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (*chatpb.Fr
 	case *chatpb.Send_UserId:
 		target, err := c.srv.store.UserByID(ctx, to.UserId)
 		if err != nil {
-			return nil, err
+			return sendReceipt{}, err
 		}
 		m.ToUserId, recipients = target.ID, []uint64{target.ID}
 	case *chatpb.Send_Username:
 		if err := protocol.ValidateUsername(to.Username); err != nil {
-			return nil, err
+			return sendReceipt{}, err
 		}
 		target, err := c.srv.store.UserByName(ctx, to.Username)
 		if err != nil {
-			return nil, err
+			return sendReceipt{}, err
 		}
 		m.ToUserId, recipients = target.ID, []uint64{target.ID}
 	case *chatpb.Send_GroupId:
 		g, err := c.srv.store.Group(ctx, to.GroupId)
 		if err != nil {
-			return nil, err
+			return sendReceipt{}, err
 		}
 		if !g.HasMember(u.id) {
-			return nil, ErrNotMember
+			return sendReceipt{}, ErrNotMember
 		}
 		m.GroupId = g.ID
 		for _, mem := range g.Members {
@@ -295,13 +309,13 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (*chatpb.Fr
 			}
 		}
 	default:
-		return nil, ErrNoRecipient
+		return sendReceipt{}, ErrNoRecipient
 	}
 	m.MsgId, m.SentAtMs = c.srv.ids.next(time.Now())
 
 	res, err := c.srv.store.AppendMessage(ctx, m, recipients, req.ClientMsgId)
 	if err != nil {
-		return nil, err
+		return sendReceipt{}, err
 	}
 	c.srv.metrics.inboxTrimmed.Add(float64(res.Trimmed))
 	online := 0
@@ -321,7 +335,7 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (*chatpb.Fr
 		if res.Encoded != nil {
 			ev.frame = protocol.EncodeMessagePush(res.Encoded)
 		} else if ev.frame, err = encodePush(m); err != nil {
-			return nil, err
+			return sendReceipt{}, err
 		}
 		if online, err = c.srv.broker.Publish(ctx, recipients, ev); err != nil {
 			c.logger().Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
@@ -329,8 +343,7 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (*chatpb.Fr
 		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
 	}
 	stored := res.Message
-	return &chatpb.Frame{Body: &chatpb.Frame_SendOk{SendOk: &chatpb.SendOK{
-		MsgId: stored.MsgId, SentAtMs: stored.SentAtMs, Online: online > 0}}}, nil
+	return sendReceipt{msgID: stored.MsgId, sentAtMs: stored.SentAtMs, online: online > 0}, nil
 }
 
 func (c *session) ack(ctx context.Context, req *chatpb.Ack) error {

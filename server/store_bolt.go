@@ -90,7 +90,7 @@ type BoltStore struct {
 	// Messages and acks reach bbolt lazily (see store_bolt_wal.go): a
 	// message is durable once its batch is in the message log, and the
 	// committer copies what the log holds into bbolt with its next commit
-	// (or within 50ms), leaving out recipients who acked meanwhile. Acks
+	// after logCopyDelay, leaving out recipients who acked meanwhile. Acks
 	// ride along the same way: an ack lost in a crash only means a
 	// redelivery, which clients drop by msg_id. mem guards what is waiting.
 	mem          sync.Mutex
@@ -109,6 +109,7 @@ type BoltStore struct {
 	cfg       BoltConfig
 	committer *committer
 	appends   *opQueue[*appendOp]
+	doneChans sync.Pool   // of newDoneChan, for appendOp.done
 	log       *messageLog // owned by the log writer goroutine
 	logDone   chan struct{}
 	logLowest uint64 // oldest segment not yet removed; committer goroutine only
@@ -159,7 +160,8 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
 	}
-	s := &BoltStore{db: db, cfg: cfg, stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
+	s := &BoltStore{db: db, cfg: cfg, doneChans: sync.Pool{New: newDoneChan},
+		stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
 		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{}}
 	if err := s.recoverLog(); err != nil {
 		db.Close()

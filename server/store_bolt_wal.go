@@ -88,20 +88,28 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 		one   [1]uint64
 	}{}
 	op := &block.op
-	op.done, op.entry = make(chan struct{}), &block.entry
+	op.done, op.entry = s.doneChans.Get().(chan struct{}), &block.entry
 	block.entry = walEntry{msg: m, message: encoded, msgID: m.MsgId, sender: m.FromUserId,
 		recipients: append(block.one[:0:1], recipients...), clientMsgID: clientMsgID}
 	if err := s.appends.send(ctx, op); err != nil {
+		s.doneChans.Put(op.done) // never queued, never signalled
 		return AppendResult{}, err
 	}
 	select {
 	case <-op.done:
+		s.doneChans.Put(op.done) // signalled once and drained: reusable
 		return op.res, op.err
 	case <-ctx.Done():
 		// It may still be logged; the caller treats the outcome as unknown.
+		// The writer's signal will land in the channel's buffer, so this
+		// channel is left to the collector, not reused.
 		return AppendResult{}, ctx.Err()
 	}
 }
+
+// newDoneChan makes an appendOp's completion signal: buffered, so that
+// the log writer never waits on it, and reusable once drained.
+func newDoneChan() any { return make(chan struct{}, 1) }
 
 // writeLog is the log writer: it logs whatever is queued as one batch.
 func (s *BoltStore) writeLog() {
@@ -148,7 +156,7 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 		buf = s.flushLog(logged, buf)
 	}
 	for _, op := range batch {
-		close(op.done)
+		op.done <- struct{}{}
 	}
 	s.mem.Lock()
 	behind := len(s.unapplied) > maxUnapplied
