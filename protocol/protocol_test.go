@@ -105,28 +105,6 @@ func TestEncodeMessagePushMatchesEncode(t *testing.T) {
 	}
 }
 
-func TestEncodeSendOKMatchesEncode(t *testing.T) {
-	for _, c := range []struct {
-		seq, msgID uint64
-		sentAtMs   int64
-		online     bool
-	}{
-		{1, 1 << 40, 1700000000000, true},
-		{0, 0, 0, false}, // every field at its zero value is omitted
-		{1<<64 - 1, 1<<64 - 1, -1, false},
-		{300, 7, 1, true},
-	} {
-		want, err := Encode(&chatpb.Frame{Seq: c.seq, Body: &chatpb.Frame_SendOk{SendOk: &chatpb.SendOK{
-			MsgId: c.msgID, SentAtMs: c.sentAtMs, Online: c.online}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := EncodeSendOK(c.seq, c.msgID, c.sentAtMs, c.online); string(got) != string(want) {
-			t.Errorf("%+v: EncodeSendOK = %x, Encode = %x", c, got, want)
-		}
-	}
-}
-
 func TestDecodeDistinguishesInvalidFromGarbage(t *testing.T) {
 	// Well-formed wire format, but a string field holds invalid UTF-8.
 	invalid := []byte{0x08, 0x05, 0x72, 0x07, 0x12, 0x01, 'b', 0x22, 0x02, 0xff, 0xfe}
