@@ -471,9 +471,8 @@ func (s *BoltStore) GroupsOf(_ context.Context, uid uint64) (out []Group, err er
 func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}) (int, error) {
 	trimmed := 0
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
-	ackedEarly := e.ackedEarly()
 	for _, uid := range e.recipients {
-		if _, acked := acks[uid][e.msgID]; acked || ackedEarly(uid) {
+		if _, acked := acks[uid][e.msgID]; acked || e.ackedBy.has(uid) {
 			continue
 		}
 		if err := inbox.Put(key2(uid, e.msgID), e.message); err != nil {
@@ -558,7 +557,7 @@ func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
 		if e := s.unappliedIDs[id]; e != nil && !e.taken {
 			// Not in bbolt yet: it will be copied without this recipient.
 			// (An ack from a non-recipient marks nobody the copy writes.)
-			e.ackedBy = append(e.ackedBy, uid)
+			e.ackedBy.add(uid)
 			continue
 		}
 		if m == nil {

@@ -35,22 +35,43 @@ type walEntry struct {
 	end         walPos    // the end of its batch in the log
 	logged      time.Time // when its batch was synced
 	// Guarded by BoltStore.mem:
-	taken   bool     // in the commit under way
-	ackedBy []uint64 // users who acked before it was copied (repeats allowed)
+	taken   bool   // in the commit under way
+	ackedBy ackers // users who acked before it was copied
 }
 
-// ackedEarly returns a test for "uid acked before the copy". Nearly every
-// message has one recipient and one ack, so a short list is scanned; a
-// big group's list becomes a set once, not a scan per member.
-func (e *walEntry) ackedEarly() func(uid uint64) bool {
-	if len(e.ackedBy) <= 8 {
-		return func(uid uint64) bool { return slices.Contains(e.ackedBy, uid) }
+// ackers is a set of user ids: a short list, as nearly every message has
+// one recipient and one ack, and a map once a big group's acks pile up
+// (so neither memory nor the time per ack grows with repeats).
+type ackers struct {
+	few  []uint64
+	many map[uint64]struct{}
+}
+
+const ackersListMax = 16
+
+func (a *ackers) add(uid uint64) {
+	switch {
+	case a.many != nil:
+		a.many[uid] = struct{}{}
+	case slices.Contains(a.few, uid):
+	case len(a.few) < ackersListMax:
+		a.few = append(a.few, uid)
+	default:
+		a.many = make(map[uint64]struct{}, 2*ackersListMax)
+		for _, u := range a.few {
+			a.many[u] = struct{}{}
+		}
+		a.many[uid] = struct{}{}
+		a.few = nil
 	}
-	set := make(map[uint64]struct{}, len(e.ackedBy))
-	for _, uid := range e.ackedBy {
-		set[uid] = struct{}{}
+}
+
+func (a *ackers) has(uid uint64) bool {
+	if a.many != nil {
+		_, ok := a.many[uid]
+		return ok
 	}
-	return func(uid uint64) bool { _, ok := set[uid]; return ok }
+	return slices.Contains(a.few, uid)
 }
 
 // appendOp is one AppendMessage waiting for the log writer.

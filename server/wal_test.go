@@ -245,6 +245,51 @@ func TestBoltStoreAckedMessagesSkipTheInbox(t *testing.T) {
 	}
 }
 
+// A big group's early acks (more than the short list holds) leave exactly
+// those members out of the copy.
+func TestBoltStoreGroupAcksSkipTheInbox(t *testing.T) {
+	ctx := context.Background()
+	s := openTestBolt(t, 100).(*BoltStore)
+	sender, _ := s.CreateUser(ctx, "sender", nil)
+	members := make([]uint64, 2*ackersListMax+2)
+	for i := range members {
+		u, err := s.CreateUser(ctx, fmt.Sprintf("m%d", i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		members[i] = u.ID
+	}
+	m := testMessage(newMsgIDGen(0), sender, "to all")
+	if _, err := s.AppendMessage(ctx, m, members, ""); err != nil {
+		t.Fatal(err)
+	}
+	acked := members[2:]
+	for _, uid := range acked {
+		for range 2 { // a repeated ack changes nothing
+			if err := s.Ack(ctx, uid, []uint64{m.MsgId}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i, uid := range members {
+		got, err := s.Inbox(ctx, uid, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i < 2; (len(got) == 1) != want {
+			t.Errorf("member %d: inbox %v, want the message: %v", i, got, want)
+		}
+	}
+	var stored int
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		stored = tx.Bucket(bucketInbox).Stats().KeyN
+		return nil
+	})
+	if stored != 2 {
+		t.Fatalf("bbolt holds %d inbox entries, want the 2 members who did not ack", stored)
+	}
+}
+
 // Records come back from disk, where anything can happen: parsing never
 // panics, and what parses survives re-encoding unchanged.
 func FuzzParseWALRecord(f *testing.F) {
@@ -263,4 +308,27 @@ func FuzzParseWALRecord(f *testing.F) {
 			t.Fatalf("re-encoded record differs: %+v vs %+v (%v)", back, r, err)
 		}
 	})
+}
+
+func TestAckersSet(t *testing.T) {
+	var a ackers
+	for round := 0; round < 3; round++ { // repeats add nothing
+		for uid := uint64(1); uid <= 3*ackersListMax; uid += 2 {
+			a.add(uid)
+		}
+	}
+	for uid := uint64(0); uid < 3*ackersListMax; uid++ {
+		if want := uid%2 == 1; a.has(uid) != want {
+			t.Errorf("has(%d) = %v, want %v", uid, !want, want)
+		}
+	}
+	if n := len(a.few) + len(a.many); n != 3*ackersListMax/2 {
+		t.Errorf("holds %d ids, want %d (each once)", n, 3*ackersListMax/2)
+	}
+	var one ackers
+	one.add(7)
+	one.add(7)
+	if !one.has(7) || one.has(8) || len(one.few) != 1 || one.many != nil {
+		t.Errorf("a single acker: %+v", one)
+	}
 }
