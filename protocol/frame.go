@@ -44,7 +44,7 @@ func appendSized(dst []byte, f *chatpb.Frame, size int) ([]byte, error) {
 var errConcurrentChange = errors.New("frame changed while encoding")
 
 // messageField is the Frame field that pushes a Message.
-var messageField = frameField("message")
+var messageField = fieldNumber(&chatpb.Frame{}, "message")
 
 // EncodeMessagePush returns the frame that pushes a Message, given the
 // Message already in wire form (stores encode it to keep it): a Frame that
@@ -59,19 +59,15 @@ func EncodeMessagePush(message []byte) []byte {
 
 // Field numbers for the frames encoded by hand below, from the schema.
 var (
-	seqField    = frameField("seq")
-	sendOKField = frameField("send_ok")
-	sendOKMsgID = sendOKFieldNumber("msg_id")
-	sendOKSent  = sendOKFieldNumber("sent_at_ms")
-	sendOKLive  = sendOKFieldNumber("online")
+	seqField    = fieldNumber(&chatpb.Frame{}, "seq")
+	sendOKField = fieldNumber(&chatpb.Frame{}, "send_ok")
+	sendOKMsgID = fieldNumber(&chatpb.SendOK{}, "msg_id")
+	sendOKSent  = fieldNumber(&chatpb.SendOK{}, "sent_at_ms")
+	sendOKLive  = fieldNumber(&chatpb.SendOK{}, "online")
 )
 
-func frameField(name protoreflect.Name) protowire.Number {
-	return (&chatpb.Frame{}).ProtoReflect().Descriptor().Fields().ByName(name).Number()
-}
-
-func sendOKFieldNumber(name protoreflect.Name) protowire.Number {
-	return (&chatpb.SendOK{}).ProtoReflect().Descriptor().Fields().ByName(name).Number()
+func fieldNumber(m proto.Message, name protoreflect.Name) protowire.Number {
+	return m.ProtoReflect().Descriptor().Fields().ByName(name).Number()
 }
 
 // EncodeSendOK returns the frame answering request seq with

@@ -235,14 +235,19 @@ func TestBoltStoreAckedMessagesSkipTheInbox(t *testing.T) {
 	if len(got) != 1 || got[0].MsgId != m2.MsgId {
 		t.Fatalf("inbox = %v", got)
 	}
-	var stored int
-	_ = s.db.View(func(tx *bolt.Tx) error {
-		stored = tx.Bucket(bucketInbox).Stats().KeyN
-		return nil
-	})
-	if stored != 1 {
+	if stored := boltInboxEntries(s); stored != 1 {
 		t.Fatalf("bbolt holds %d inbox entries, want only the unacked one", stored)
 	}
+}
+
+// boltInboxEntries counts the inbox entries bbolt itself holds.
+func boltInboxEntries(s *BoltStore) int {
+	var n int
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketInbox).Stats().KeyN
+		return nil
+	})
+	return n
 }
 
 // A big group's early acks (more than the short list holds) leave exactly
@@ -280,12 +285,7 @@ func TestBoltStoreGroupAcksSkipTheInbox(t *testing.T) {
 			t.Errorf("member %d: inbox %v, want the message: %v", i, got, want)
 		}
 	}
-	var stored int
-	_ = s.db.View(func(tx *bolt.Tx) error {
-		stored = tx.Bucket(bucketInbox).Stats().KeyN
-		return nil
-	})
-	if stored != 2 {
+	if stored := boltInboxEntries(s); stored != 2 {
 		t.Fatalf("bbolt holds %d inbox entries, want the 2 members who did not ack", stored)
 	}
 }
