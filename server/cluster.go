@@ -49,7 +49,10 @@ func (s *Server) joinCluster() error {
 		}
 		s.tokens = newTokens(secret, s.tokens.ttl)
 	}
-	s.store = NewRedisStore(RedisConfig{Client: s.rdb, Prefix: o.RedisPrefix, InboxLimit: o.InboxLimit})
+	// The store publishes each new message in its append script: one
+	// round trip (and one AOF fsync wait) per cross-node send, not two.
+	s.store = NewRedisStore(RedisConfig{Client: s.rdb, Prefix: o.RedisPrefix, InboxLimit: o.InboxLimit,
+		PublishMessages: true})
 	s.ownsStore = true
 	s.broker = NewRedisBroker(RedisBrokerConfig{
 		Client: s.rdb, Prefix: o.RedisPrefix, Logger: s.log,

@@ -319,7 +319,8 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	}
 	c.srv.metrics.inboxTrimmed.Add(float64(res.Trimmed))
 	online := 0
-	if res.Duplicate {
+	switch {
+	case res.Duplicate:
 		flags, err := c.srv.broker.Online(ctx, recipients)
 		if err == nil {
 			for _, f := range flags {
@@ -328,7 +329,11 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 				}
 			}
 		}
-	} else {
+	case res.Published:
+		c.srv.metrics.messagesSent.Inc()
+		online = res.Online
+		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
+	default:
 		c.srv.metrics.messagesSent.Inc()
 		// Stored: SendOK is now true whatever happens to the live push.
 		ev := Event{Message: m}

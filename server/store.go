@@ -53,6 +53,12 @@ type AppendResult struct {
 	// the store trims as it appends (the Redis store). The embedded store
 	// trims later and reports through BoltConfig.ObserveTrim.
 	Trimmed int
+	// Published is true when the store also handed the message to the
+	// broker for its recipients (RedisConfig.PublishMessages), so the caller
+	// must not publish it again; Online then counts the recipients who were
+	// subscribed somewhere.
+	Published bool
+	Online    int
 }
 
 // Store keeps users, friendships, groups and inboxes. Every method is safe

@@ -81,32 +81,48 @@ redis.call('SREM', KEYS[4], ARGV[2])
 return 1`)
 
 	// KEYS: msg key, dedup key. ARGV: body, member, inbox limit, dedup TTL
-	// seconds (0: no dedup), msg_id, prefix, inbox keys...
-	// Returns {1, first msg_id} for a duplicate, else {0, trimmed}.
+	// seconds (0: no dedup), msg_id, prefix, channel payload ("": do not
+	// publish), recipient uids... Returns {1, first msg_id} for a duplicate
+	// (nothing stored or published), else {0, trimmed, online recipients}.
+	//
+	// Publishing here rather than in a second command saves a cross-node
+	// send a round trip, and with appendfsync always a round trip is an AOF
+	// fsync: Redis answers and forwards pub/sub messages only after the fsync
+	// of the event-loop iteration that ran the script, so the message reaches
+	// the other node no earlier than it is durable, and once per send.
 	scriptAppend = redis.NewScript(`
 local dedup = tonumber(ARGV[4]) > 0
 if dedup then
   local prev = redis.call('GET', KEYS[2])
   if prev then return {1, prev} end
 end
-local n = #ARGV - 6
+local first = 8
+local n = #ARGV - first + 1
 local trimmed = 0
+local online = 0
+local p = ARGV[6]
 if n > 0 then redis.call('HSET', KEYS[1], 'body', ARGV[1], 'refs', n) end
 local limit = tonumber(ARGV[3])
-for i = 7, #ARGV do
-  redis.call('ZADD', ARGV[i], 0, ARGV[2])
-  local over = redis.call('ZCARD', ARGV[i]) - limit
+for i = first, #ARGV do
+  local inbox = p .. 'inbox:' .. ARGV[i]
+  redis.call('ZADD', inbox, 0, ARGV[2])
+  local over = redis.call('ZCARD', inbox) - limit
   if over > 0 then
-    local popped = redis.call('ZPOPMIN', ARGV[i], over)
+    local popped = redis.call('ZPOPMIN', inbox, over)
     for j = 1, #popped, 2 do
-      local mk = ARGV[6] .. 'msg:' .. popped[j]
+      local mk = p .. 'msg:' .. popped[j]
       if redis.call('HINCRBY', mk, 'refs', -1) <= 0 then redis.call('DEL', mk) end
       trimmed = trimmed + 1
     end
   end
 end
 if dedup then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4]) end
-return {0, trimmed}`)
+if ARGV[7] ~= '' then
+  for i = first, #ARGV do
+    if redis.call('PUBLISH', p .. 'user:' .. ARGV[i], ARGV[7]) > 0 then online = online + 1 end
+  end
+end
+return {0, trimmed, online}`)
 
 	// KEYS: inbox key. ARGV: prefix, members...
 	scriptAck = redis.NewScript(`
@@ -134,6 +150,11 @@ type RedisConfig struct {
 	DedupWindow time.Duration
 	// Pipelines is how many batched pipelines may be in flight. Zero means 4.
 	Pipelines int
+	// PublishMessages makes AppendMessage also PUBLISH each new message, as
+	// the broker's JSON, to its recipients' user channels (Prefix + "user:"
+	// + id) in the same script, and report how many were subscribed
+	// (AppendResult.Published, Online). False leaves delivery to the caller.
+	PublishMessages bool
 }
 
 // RedisStore is the cluster Store: every node shares it. Hot-path writes
@@ -458,10 +479,16 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	if clientMsgID != "" {
 		ttl = int(s.cfg.DedupWindow / time.Second)
 	}
-	args := make([]any, 0, 6+len(recipients))
-	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p)
+	var payload []byte
+	if s.cfg.PublishMessages {
+		if payload, err = encodeChannelEvent(Event{Message: m}); err != nil {
+			return AppendResult{}, err
+		}
+	}
+	args := make([]any, 0, 7+len(recipients))
+	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p, payload)
 	for _, uid := range recipients {
-		args = append(args, s.inboxKey(uid))
+		args = append(args, uid)
 	}
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{scriptAppend.EvalSha(ctx, p, []string{s.p + "msg:" + member, dedupKey}, args...)}
@@ -470,7 +497,7 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 		return AppendResult{}, err
 	}
 	res, err := cmds[0].(*redis.Cmd).Slice()
-	if err != nil || len(res) != 2 {
+	if err != nil || len(res) < 2 {
 		return AppendResult{}, fmt.Errorf("store: append reply %v: %w", res, err)
 	}
 	if dup, _ := res[0].(int64); dup == 1 {
@@ -484,7 +511,12 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 		return AppendResult{Message: first, Duplicate: true}, nil
 	}
 	trimmed, _ := res[1].(int64)
-	return AppendResult{Message: m, Encoded: body, Trimmed: int(trimmed)}, nil
+	out := AppendResult{Message: m, Encoded: body, Trimmed: int(trimmed), Published: payload != nil}
+	if len(res) > 2 {
+		online, _ := res[2].(int64)
+		out.Online = int(online)
+	}
+	return out, nil
 }
 
 func (s *RedisStore) Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error) {

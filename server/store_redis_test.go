@@ -61,3 +61,54 @@ func TestRedisStoreSurvivesRedisRestart(t *testing.T) {
 		t.Fatalf("inbox after restart = %v, %v", got, err)
 	}
 }
+
+// With PublishMessages the append script also publishes: a subscriber of
+// the recipient's channel gets the message as channel JSON, SendOK's online
+// count comes from the same reply, and a duplicate is neither stored nor
+// published again.
+func TestRedisStorePublishesInTheAppendScript(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := testRedis(t)
+	s := NewRedisStore(RedisConfig{Client: rdb, Prefix: "pub:", PublishMessages: true})
+	defer s.Close()
+	a, _ := s.CreateUser(ctx, "a", []byte("h"))
+	b, _ := s.CreateUser(ctx, "b", []byte("h"))
+	c, _ := s.CreateUser(ctx, "c", []byte("h"))
+
+	ps := rdb.Subscribe(ctx, "pub:user:"+fmt.Sprint(b.ID))
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil { // the subscribe confirmation
+		t.Fatal(err)
+	}
+	ids := newMsgIDGen(0)
+	m := testMessage(ids, a, "hello b and c")
+	res, err := s.AppendMessage(ctx, m, []uint64{b.ID, c.ID}, "cid-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Published || res.Online != 1 {
+		t.Fatalf("append result Published=%v Online=%d, want true and 1 (b subscribed, c not)", res.Published, res.Online)
+	}
+	got, err := ps.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := decodeChannelEvent([]byte(got.Payload))
+	if err != nil || ev.Message == nil || ev.Message.MsgId != m.MsgId || ev.Message.Text != m.Text ||
+		ev.Message.FromUserId != a.ID {
+		t.Fatalf("published %q decodes to %+v, %v; want message %d from %d", got.Payload, ev.Message, err, m.MsgId, a.ID)
+	}
+	for _, uid := range []uint64{b.ID, c.ID} {
+		if in, err := s.Inbox(ctx, uid, 0, 10); err != nil || len(in) != 1 || in[0].MsgId != m.MsgId {
+			t.Fatalf("inbox of %d = %v, %v; want the message", uid, in, err)
+		}
+	}
+
+	dup, err := s.AppendMessage(ctx, testMessage(ids, a, "hello b and c"), []uint64{b.ID, c.ID}, "cid-1")
+	if err != nil || !dup.Duplicate || dup.Published || dup.Message.MsgId != m.MsgId {
+		t.Fatalf("resend = %+v, %v; want a duplicate of %d, not published", dup, err, m.MsgId)
+	}
+	if extra, err := ps.ReceiveTimeout(ctx, 200*time.Millisecond); err == nil {
+		t.Fatalf("the duplicate was published again: %v", extra)
+	}
+}
