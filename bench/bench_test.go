@@ -67,6 +67,11 @@ func TestTinyScenarios(t *testing.T) {
 			if name == "chat" && r.Sent != r.Delivered {
 				t.Fatalf("chat sent %d, delivered %d", r.Sent, r.Delivered)
 			}
+			// Every SendOK and every send was timed: the split of the
+			// latency into the sender's side and the generator's own delay.
+			if name == "chat" && (r.SendOKP99ms <= 0 || r.LateP99ms <= 0) {
+				t.Fatalf("chat reported SendOK p99 %v ms, generator lateness p99 %v ms; want both measured", r.SendOKP99ms, r.LateP99ms)
+			}
 			if name == "group" && r.Delivered != r.Sent*9 {
 				t.Fatalf("group: %d sent to 9 others each, %d deliveries", r.Sent, r.Delivered)
 			}

@@ -11,5 +11,9 @@
 // its own pauses are not charged to the server. Latency is measured from
 // the time a message was due to be sent (open loop), so a server stall
 // shows up in the percentiles instead of silently slowing the offered
-// load.
+// load. The same clock also charges the generator's own lateness (a
+// sender goroutine woken after its due time) to the latency, so every
+// open-loop result reports that lateness's p99 beside it, and chat the p99
+// until SendOK: where the lateness is a large part of the tail, the CPUs
+// the generator shares, not the server, set it.
 package bench

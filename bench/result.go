@@ -34,6 +34,16 @@ type Result struct {
 	// GenCPUMicrosPerMsg is the load generator's own CPU time per
 	// delivered message (or login): on one machine the two share the CPUs.
 	GenCPUMicrosPerMsg float64 `json:"gen_cpu_us_per_msg,omitempty"`
+	// LateP99ms is how late the generator itself sent (p99 of the time from
+	// when a message was due to when it was written), for open-loop
+	// scenarios. Latencies are measured from the due time, so they include
+	// this; when it is a large part of P99ms, the generator (or the CPUs it
+	// shares) rather than the server set the tail.
+	LateP99ms float64 `json:"late_p99_ms,omitempty"`
+	// SendOKP99ms is, for chat, the p99 of the time from when a message was
+	// due to its SendOK: the sender's side of the latency (the store's
+	// durable append), as against P99ms (until the receiver has it).
+	SendOKP99ms float64 `json:"sendok_p99_ms,omitempty"`
 	// IdleCPUPercent is server CPU use while the connections sit idle.
 	IdleCPUPercent float64 `json:"idle_cpu_percent,omitempty"`
 	ConnectPerSec  float64 `json:"connect_per_sec,omitempty"`
@@ -118,6 +128,28 @@ func (r *recorder) fill(res *Result) {
 
 func us2ms(us int64) float64 { return float64(us) / 1000 }
 
+// quantiles is a latency histogram many goroutines record into, for the
+// figures that need no per-second timeline.
+type quantiles struct {
+	mu sync.Mutex
+	h  *hdrhistogram.Histogram
+}
+
+func newQuantiles() *quantiles { return &quantiles{h: newHist()} }
+
+func (q *quantiles) record(d time.Duration) {
+	q.mu.Lock()
+	_ = q.h.RecordValue(max(d.Microseconds(), 1))
+	q.mu.Unlock()
+}
+
+// p99ms is the 99th percentile in milliseconds (0 when nothing was recorded).
+func (q *quantiles) p99ms() float64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return us2ms(q.h.ValueAtQuantile(99))
+}
+
 // Merge folds the results of several generator processes of one run.
 func Merge(parts []Result) Result {
 	if len(parts) == 0 {
@@ -154,6 +186,10 @@ func Merge(parts []Result) Result {
 		out.Duplicates += p.Duplicates
 		out.Errors += p.Errors
 		out.Seconds = max(out.Seconds, p.Seconds)
+		// Percentiles of the parts cannot be merged exactly without their
+		// histograms; the worst part's is the honest bound.
+		out.LateP99ms = max(out.LateP99ms, p.LateP99ms)
+		out.SendOKP99ms = max(out.SendOKP99ms, p.SendOKP99ms)
 	}
 	if out.Delivered > 0 {
 		out.CPUMicrosPerMsg = serverCPU / float64(out.Delivered)
