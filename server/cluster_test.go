@@ -55,6 +55,30 @@ func TestClusterChatAcrossNodes(t *testing.T) {
 			t.Fatalf("alice got %v", m)
 		}
 		alice.sendFrame(ackReq(m.MsgId))
+		// A burst written back to back, without waiting for SendOK, arrives
+		// in send order on the other node, each once.
+		const burst = 50
+		for i := range burst {
+			alice.sendFrame(sendTo("bob", fmt.Sprintf("burst %d", i)))
+		}
+		for i := range burst {
+			if resp := alice.read(); resp.GetSendOk() == nil || !resp.GetSendOk().Online {
+				t.Fatalf("burst send %d answered %v, want SendOK with bob online", i, resp)
+			}
+		}
+		for i := range burst {
+			if m := bob.nextMessage(); m.Text != fmt.Sprintf("burst %d", i) {
+				t.Fatalf("bob's message %d of the burst = %q", i, m.Text)
+			}
+		}
+		// A user logged in nowhere counts as offline in SendOK.
+		dave, _ := a.user(t, "dave")
+		dave.c.Close()
+		waitFor(t, "dave offline", func() bool {
+			r := bob.do(sendTo("dave", "are you there?"))
+			expectOK(t, r)
+			return !r.GetSendOk().Online
+		})
 		// Friends and presence across nodes.
 		expectOK(t, alice.do(&chatpb.Frame{Body: &chatpb.Frame_AddFriend{AddFriend: &chatpb.AddFriend{Username: "bob"}}}))
 		fl := alice.do(&chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}}).GetFriendList().GetFriends()
