@@ -100,6 +100,12 @@ type Options struct {
 	// AdminAddr serves /metrics, /healthz, /readyz and /debug/pprof/ over
 	// HTTP. Empty means off.
 	AdminAddr string
+	// GCHeadroom is how many bytes of garbage the heap may hold above its
+	// live size while the node is busy, so that it collects less often
+	// under load (gctune.go); an idle node goes back to GOGC 100. GOGC is
+	// process-wide: give it to one server per process. Zero leaves the
+	// collector to the Go runtime (GOGC, GOMEMLIMIT).
+	GCHeadroom int64
 	// Store overrides the embedded store (cluster mode, tests). Nil means a
 	// BoltStore in DataDir, which the server closes on shutdown.
 	Store Store

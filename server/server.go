@@ -56,6 +56,7 @@ type Server struct {
 	workers      sync.WaitGroup
 	sweepStop    chan struct{}
 	sweepDone    chan struct{}
+	gcDone       chan struct{} // the GC tuner has put GOGC back; nil without one
 	shutdownOnce sync.Once
 	stopBgOnce   sync.Once
 	shutdownErr  error
@@ -147,6 +148,13 @@ func (s *Server) Start() (net.Addr, error) {
 		go s.work()
 	}
 	go s.sweep()
+	if s.opts.GCHeadroom > 0 {
+		s.gcDone = make(chan struct{})
+		go func() {
+			defer close(s.gcDone)
+			newGCTuner(uint64(s.opts.GCHeadroom)).run(s.sweepStop)
+		}()
+	}
 	addr, err := s.engine.start()
 	if err != nil {
 		s.stopBackground()
@@ -274,6 +282,9 @@ func (s *Server) stopBackground() {
 		}
 		close(s.sweepStop)
 		<-s.sweepDone
+		if s.gcDone != nil {
+			<-s.gcDone
+		}
 		s.runq.close()
 		s.workers.Wait()
 	})

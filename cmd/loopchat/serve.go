@@ -22,6 +22,7 @@ func newServeCmd() *cobra.Command {
 		secret              string
 		logLevel, logFormat string
 		shutdownTimeout     time.Duration
+		gcHeadroomMiB       int
 		proxyFrom           []string
 	)
 	cmd := &cobra.Command{
@@ -58,6 +59,10 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 					log.Warn("token secret is shorter than 16 bytes; tokens are easier to forge")
 				}
 				o.TokenSecret = []byte(secret)
+			}
+			o.GCHeadroom = int64(gcHeadroomMiB) << 20
+			if os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" {
+				o.GCHeadroom = 0 // the operator's settings win
 			}
 			reserveProcForStore(o)
 			srv, err := server.New(o)
@@ -109,6 +114,7 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 15*time.Second, "on SIGINT/SIGTERM, the most time to drain before closing anyway")
 	f.StringSliceVar(&proxyFrom, "proxy-protocol-from", nil, "CIDRs (or IPs) of proxies whose PROXY protocol header is honoured, e.g. nginx at 127.0.0.1/32; a header from anyone else is an error")
 	f.StringVar(&o.AdminAddr, "admin-addr", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ on this HTTP address; empty means off")
+	f.IntVar(&gcHeadroomMiB, "gc-headroom-mib", 64, "MiB of garbage the heap may hold over its live size while busy (fewer collections under load; GOGC 100 again when idle); 0, or GOGC/GOMEMLIMIT in the environment, leaves the Go runtime's settings")
 	return cmd
 }
 
