@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,9 +47,10 @@ apart from the generator, and prints ratios. See docs/BENCHMARKS.md.`,
 	}
 	// The generator's own profile: on one box it competes with the server
 	// for CPU, and this is how to see what it spends it on.
-	var cpuProfile string
-	var profile *os.File
+	var cpuProfile, traceFile string
+	var profile, traced *os.File
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write the load generator's CPU profile (pprof) to this file")
+	cmd.PersistentFlags().StringVar(&traceFile, "trace", "", "write the load generator's execution trace (go tool trace) to this file")
 	cmd.PersistentPreRunE = func(run *cobra.Command, _ []string) error {
 		// The generator is short-lived, and on one box its CPU is the
 		// server's: a collection scanning ~19,000 goroutine stacks on its
@@ -61,6 +63,16 @@ apart from the generator, and prints ratios. See docs/BENCHMARKS.md.`,
 			debug.SetGCPercent(-1)
 			debug.SetMemoryLimit(generatorHeapLimit)
 		}
+		if traceFile != "" {
+			f, err := os.Create(traceFile)
+			if err != nil {
+				return err
+			}
+			traced = f
+			if err := trace.Start(f); err != nil {
+				return err
+			}
+		}
 		if cpuProfile == "" {
 			return nil
 		}
@@ -72,11 +84,16 @@ apart from the generator, and prints ratios. See docs/BENCHMARKS.md.`,
 		return pprof.StartCPUProfile(f)
 	}
 	cmd.PersistentPostRunE = func(*cobra.Command, []string) error {
-		if profile == nil {
-			return nil
+		var errs []error
+		if traced != nil {
+			trace.Stop()
+			errs = append(errs, traced.Close())
 		}
-		pprof.StopCPUProfile()
-		return profile.Close()
+		if profile != nil {
+			pprof.StopCPUProfile()
+			errs = append(errs, profile.Close())
+		}
+		return errors.Join(errs...)
 	}
 	for _, name := range []string{"conns", "login", "chat", "group", "echo"} {
 		cmd.AddCommand(newScenarioCmd(name))

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -23,10 +25,15 @@ type benchResult struct {
 // reports each with ratios, in JSON. Correctness only, never speed.
 func TestBenchCompareJSON(t *testing.T) {
 	plot := filepath.Join(t.TempDir(), "compare.svg")
+	traced := filepath.Join(t.TempDir(), "generator.trace")
 	out, err := exec.Command(binary, "bench", "compare", "--conns", "60", "--rate", "300", "--duration", "1s",
-		"--json", "--plot", plot, "--server-cpus", "", "--gen-cpus", "").Output()
+		"--json", "--plot", plot, "--server-cpus", "", "--gen-cpus", "", "--trace", traced).Output()
 	if err != nil {
 		t.Fatalf("compare: %v", err)
+	}
+	// --trace leaves an execution trace that go tool trace reads.
+	if b, err := os.ReadFile(traced); err != nil || !bytes.HasPrefix(b, []byte("go 1.")) || len(b) < 1024 {
+		t.Errorf("--trace wrote %d bytes (%q...), err %v; want a Go execution trace", len(b), b[:min(len(b), 16)], err)
 	}
 	var cmp struct {
 		Results []benchResult      `json:"results"`
