@@ -72,6 +72,10 @@ func TestTinyScenarios(t *testing.T) {
 			if name == "chat" && (r.SendOKP99ms <= 0 || r.LateP99ms <= 0) {
 				t.Fatalf("chat reported SendOK p99 %v ms, generator lateness p99 %v ms; want both measured", r.SendOKP99ms, r.LateP99ms)
 			}
+			// ... and the lateness second by second, beside the latency.
+			if name == "chat" && (len(r.Timeline) == 0 || r.Timeline[0].LateP99ms <= 0) {
+				t.Fatalf("chat timeline %+v: want the generator's lateness in each second", r.Timeline)
+			}
 			if name == "group" && r.Delivered != r.Sent*9 {
 				t.Fatalf("group: %d sent to 9 others each, %d deliveries", r.Sent, r.Delivered)
 			}

@@ -43,7 +43,7 @@ func Plot(file string, results []Result) error {
 	tput, lat := plot.New(), plot.New()
 	tput.Title.Text = "delivered per second"
 	tput.X.Label.Text, tput.Y.Label.Text = "seconds", "msgs/s"
-	lat.Title.Text = "latency per second (p50 dashed, p99 solid)"
+	lat.Title.Text = "latency per second (p50 dashed, p99 solid, generator's lateness p99 dotted)"
 	lat.X.Label.Text, lat.Y.Label.Text = "seconds", "ms"
 	palette := []color.RGBA{{0x1f, 0x77, 0xb4, 255}, {0xd6, 0x27, 0x28, 255}, {0x2c, 0xa0, 0x2c, 255},
 		{0xff, 0x7f, 0x0e, 255}, {0x94, 0x67, 0xbd, 255}}
@@ -53,27 +53,27 @@ func Plot(file string, results []Result) error {
 		}
 		col := palette[i%len(palette)]
 		name := r.Server + " " + r.Scenario
-		var xs, p50, p99 plotter.XYs
+		var xs, p50, p99, late plotter.XYs
 		for _, pt := range r.Timeline {
 			xs = append(xs, plotter.XY{X: pt.Second, Y: pt.MsgsPerSec})
 			p50 = append(p50, plotter.XY{X: pt.Second, Y: pt.P50ms})
 			p99 = append(p99, plotter.XY{X: pt.Second, Y: pt.P99ms})
+			late = append(late, plotter.XY{X: pt.Second, Y: pt.LateP99ms})
 		}
+		dashed, dotted := []vg.Length{vg.Points(4), vg.Points(3)}, []vg.Length{vg.Points(1), vg.Points(2)}
 		for _, l := range []struct {
 			p      *plot.Plot
 			xy     plotter.XYs
-			dashed bool
+			dashes []vg.Length
 			legend bool
-		}{{tput, xs, false, true}, {lat, p99, false, true}, {lat, p50, true, false}} {
+		}{{tput, xs, nil, true}, {lat, p99, nil, true}, {lat, p50, dashed, false}, {lat, late, dotted, false}} {
 			line, err := plotter.NewLine(l.xy)
 			if err != nil {
 				return err
 			}
 			line.Color = col
 			line.Width = vg.Points(1.5)
-			if l.dashed {
-				line.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-			}
+			line.Dashes = l.dashes
 			l.p.Add(line)
 			if l.legend {
 				l.p.Legend.Add(name, line)

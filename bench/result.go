@@ -66,6 +66,10 @@ type Point struct {
 	MsgsPerSec float64 `json:"msgs_per_sec"`
 	P50ms      float64 `json:"p50_ms"`
 	P99ms      float64 `json:"p99_ms"`
+	// LateP99ms is the generator's own lateness in this second (see
+	// Result.LateP99ms): a second slow here is the generator's, not the
+	// server's.
+	LateP99ms float64 `json:"late_p99_ms,omitempty"`
 }
 
 func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, 120_000_000, 3) } // 1µs .. 120s
@@ -124,6 +128,21 @@ func (r *recorder) fill(res *Result) {
 	res.P99ms = us2ms(r.all.ValueAtQuantile(99))
 	res.P999ms = us2ms(r.all.ValueAtQuantile(99.9))
 	res.Timeline = append([]Point(nil), r.points...)
+}
+
+// fillLate writes r, a record of the generator's own lateness, into res:
+// its p99 over the phase and, second by second, beside the latency
+// timeline that fill wrote.
+func (r *recorder) fillLate(res *Result) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.roll()
+	res.LateP99ms = us2ms(r.all.ValueAtQuantile(99))
+	for i, pt := range r.points {
+		if i < len(res.Timeline) {
+			res.Timeline[i].LateP99ms = pt.P99ms
+		}
+	}
 }
 
 func us2ms(us int64) float64 { return float64(us) / 1000 }
@@ -209,6 +228,7 @@ func Merge(parts []Result) Result {
 			out.Timeline[i].MsgsPerSec += pt.MsgsPerSec
 			out.Timeline[i].P50ms = max(out.Timeline[i].P50ms, pt.P50ms)
 			out.Timeline[i].P99ms = max(out.Timeline[i].P99ms, pt.P99ms)
+			out.Timeline[i].LateP99ms = max(out.Timeline[i].LateP99ms, pt.LateP99ms)
 		}
 	}
 	return out

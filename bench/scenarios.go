@@ -200,12 +200,14 @@ func parseText(text string) (phase, sender, k int, due time.Time, ok bool) {
 // staggered over one interval: sender i calls send(i, k, due) for its k-th
 // message at the time it is due, whatever happened to the earlier ones (so
 // a stalled server shows as latency, not as a lower offered rate). It
-// returns how long sending took.
-func openLoop(ctx context.Context, n int, rate float64, d time.Duration, send func(i, k int, due time.Time)) (took time.Duration, lateP99ms float64) {
-	start := time.Now()
+// returns how long sending took and how late the senders woke, each
+// second (so that a slow second can be told the generator's or the
+// server's).
+func openLoop(ctx context.Context, n int, rate float64, d time.Duration, send func(i, k int, due time.Time)) (took time.Duration, late *recorder) {
+	late = newRecorder()
+	start := late.start
 	end := start.Add(d)
 	interval := time.Duration(float64(n) / rate * float64(time.Second))
-	late := newQuantiles()
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
@@ -221,7 +223,7 @@ func openLoop(ctx context.Context, n int, rate float64, d time.Duration, send fu
 		}()
 	}
 	wg.Wait()
-	return time.Since(start), late.p99ms()
+	return time.Since(start), late
 }
 
 // Chat runs Pairs sender->receiver pairs among Conns logged-in connections,
@@ -364,7 +366,7 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 		return fmt.Sprintf("offered %.0f/s sent %d delivered %d p99 %.2fms errors %d", rate, sentOK.Load(), n, p99, errs.Load())
 	})
 	okLatency := newQuantiles()
-	sendEnd, lateP99 := openLoop(ctx, len(pairs), rate, cfg.Duration, func(i, k int, due time.Time) {
+	sendEnd, late := openLoop(ctx, len(pairs), rate, cfg.Duration, func(i, k int, due time.Time) {
 		p := pairs[i]
 		f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
 			To: &chatpb.Send_UserId{UserId: p.toID}, Text: messageText(phase, i, k, due, cfg.TextSize)}}}
@@ -410,8 +412,9 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 	res.Sent, res.Delivered, res.Duplicates, res.Errors, res.Lost = sentOK.Load(), delivered.Load(), dups.Load(), errs.Load(), lost
 	res.Seconds = sendEnd.Seconds()
 	res.MsgsPerSec = float64(res.Delivered) / sendEnd.Seconds()
-	res.LateP99ms, res.SendOKP99ms = lateP99, okLatency.p99ms()
+	res.SendOKP99ms = okLatency.p99ms()
 	rec.fill(&res)
+	late.fillLate(&res)
 	cpu.fill(&res)
 	return res, nil
 }
@@ -498,7 +501,7 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 	go progress(&cfg, res.Scenario, stop, func() string {
 		return fmt.Sprintf("sent %d deliveries %d complete %d", sentOK.Load(), deliveries.Load(), complete.Load())
 	})
-	took, lateP99 := openLoop(ctx, cfg.Groups, rate, cfg.Duration, func(g, k int, due time.Time) {
+	took, late := openLoop(ctx, cfg.Groups, rate, cfg.Duration, func(g, k int, due time.Time) {
 		f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
 			To: &chatpb.Send_GroupId{GroupId: gids[g]}, Text: messageText(0, g, k, due, cfg.TextSize)}}}
 		attempts.Add(1)
@@ -520,9 +523,10 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 	close(stop)
 	res.Sent, res.Delivered, res.Errors = sentOK.Load(), deliveries.Load(), errs.Load()
 	res.Lost = max(0, want()-deliveries.Load())
-	res.Seconds, res.LateP99ms = took.Seconds(), lateP99
+	res.Seconds = took.Seconds()
 	res.MsgsPerSec = float64(res.Delivered) / took.Seconds()
 	rec.fill(&res)
+	late.fillLate(&res)
 	cpu.fill(&res)
 	return res, nil
 }
@@ -551,7 +555,7 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 			n, p99 := rec.snapshot()
 			return fmt.Sprintf("offered %.0f/s echoed %d p99 %.2fms", rate, n, p99)
 		})
-		took, lateP99 := openLoop(ctx, cfg.Pairs, rate, cfg.Duration, func(i, k int, due time.Time) {
+		took, late := openLoop(ctx, cfg.Pairs, rate, cfg.Duration, func(i, k int, due time.Time) {
 			f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
 				To: &chatpb.Send_UserId{UserId: 1}, Text: messageText(0, i, k, due, cfg.TextSize)}}}
 			sent.Add(1)
@@ -573,9 +577,10 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 		close(stop)
 		res.Sent, res.Delivered, res.Errors = sent.Load(), got.Load(), errs.Load()
 		res.Lost = res.Sent - res.Delivered - res.Errors
-		res.Seconds, res.LateP99ms = took.Seconds(), lateP99
+		res.Seconds = took.Seconds()
 		res.MsgsPerSec = float64(res.Delivered) / took.Seconds()
 		rec.fill(&res)
+		late.fillLate(&res)
 		cpu.fill(&res)
 		return res, nil
 	})
