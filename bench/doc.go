@@ -7,13 +7,15 @@
 // (none for the connections a login storm only holds), writes under a
 // mutex, a fixed pool of dialers — because on one machine its CPU is the
 // server's; every result reports both, per message. Its garbage collector
-// is held back to a heap limit and run between measured phases, so that
-// its own pauses are not charged to the server. Latency is measured from
+// is held back to a heap limit and run between measured phases, with a
+// pause after it before the next phase, so that its own pauses are not
+// charged to the server. Latency is measured from
 // the time a message was due to be sent (open loop), so a server stall
 // shows up in the percentiles instead of silently slowing the offered
 // load. The same clock also charges the generator's own lateness (a
 // sender goroutine woken after its due time) to the latency, so every
-// open-loop result reports that lateness's p99 beside it, and chat the p99
-// until SendOK: where the lateness is a large part of the tail, the CPUs
-// the generator shares, not the server, set it.
+// open-loop result reports that lateness's p99 beside it (overall and for
+// each second of the timeline), and chat the p99 until SendOK: where the
+// lateness is a large part of the tail, the CPUs the generator shares, not
+// the server, set it.
 package bench
