@@ -116,3 +116,22 @@ func TestClusterNodeKilled(t *testing.T) {
 		t.Fatalf("bob's messages on the surviving node = %v", texts)
 	}
 }
+
+// With --log-format json every line a node writes is one JSON object,
+// including what go-redis itself reports when Redis goes away (pool dial
+// failures, pub/sub reconnects), so a log shipper never chokes on a line.
+func TestJSONLogsStayJSONWhenRedisDies(t *testing.T) {
+	r := testproc.StartRedis(t)
+	n := startNode(t, t.TempDir(), "--redis", r.URL, "--node-id", "n1", "--heartbeat", "100ms", "--log-format", "json")
+	r.Kill()
+	waitUntil(t, "go-redis to report the lost Redis", 10*time.Second, func() bool {
+		return strings.Contains(n.log(), `"component":"go-redis"`) || strings.Contains(n.log(), "redis: 20")
+	})
+	time.Sleep(300 * time.Millisecond) // let a few more lines come
+	for _, line := range strings.Split(strings.TrimSpace(n.log()), "\n") {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Errorf("not a JSON log line: %q", line)
+		}
+	}
+}

@@ -43,6 +43,7 @@ the set changed. See docs/load-balancing.md.`,
 				return err
 			}
 			o.Logger = log
+			routeRedisLogs(log)
 			if redisURL != "" {
 				ropts, err := redis.ParseURL(redisURL)
 				if err != nil {

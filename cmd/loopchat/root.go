@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -74,6 +76,23 @@ func applyEnv(fs *pflag.FlagSet) error {
 		}
 	})
 	return err
+}
+
+// routeRedisLogs sends go-redis's own messages through log instead of its
+// default stderr logger, so that --log-format json stays one JSON object
+// per line. They go at debug level: each is a failed dial or a pub/sub
+// reconnect that loopchat already reports once, with context, at warn
+// (and counts in its metrics), while go-redis repeats it for every dial —
+// hundreds of lines a second under load while Redis is down. go-redis has
+// one logger per process, so this is set once, by the command.
+func routeRedisLogs(log *slog.Logger) {
+	redis.SetLogger(redisLogs{log.With("component", "go-redis")})
+}
+
+type redisLogs struct{ log *slog.Logger }
+
+func (r redisLogs) Printf(ctx context.Context, format string, v ...any) {
+	r.log.DebugContext(ctx, strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "))
 }
 
 // newLogger builds the process logger from --log-level and --log-format.

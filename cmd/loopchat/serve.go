@@ -43,6 +43,7 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 				return err
 			}
 			o.Logger = log
+			routeRedisLogs(log)
 			for _, cidr := range proxyFrom {
 				p, err := netip.ParsePrefix(cidr)
 				if err != nil {
