@@ -163,7 +163,7 @@ func (s *Server) Start() (net.Addr, error) {
 	}
 	s.addr = addr
 	if s.opts.AdminAddr != "" {
-		if s.admin, err = admin.Start(s.opts.AdminAddr, s.adminMux()); err != nil {
+		if s.admin, err = admin.Start(s.opts.AdminAddr, s.adminMux(), s.log); err != nil {
 			_ = s.Shutdown(context.Background())
 			return nil, err
 		}

@@ -68,7 +68,7 @@ the set changed. See docs/load-balancing.md.`,
 						w.Header().Set("Content-Type", "application/json")
 						_ = json.NewEncoder(w).Encode(b.States())
 					}),
-				}))
+				}), log)
 				if err != nil {
 					return err
 				}

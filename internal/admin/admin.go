@@ -7,6 +7,7 @@ package admin
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -50,13 +51,16 @@ type Server struct {
 	ln  net.Listener
 }
 
-// Start listens on addr and serves h in the background.
-func Start(addr string, h http.Handler) (*Server, error) {
+// Start listens on addr and serves h in the background. What net/http
+// itself reports (a panicking handler, accept errors) goes to log at warn,
+// not to the standard logger, so a JSON log stays JSON.
+func Start(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
-	a := &Server{srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}, ln: ln}
+	a := &Server{srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.With("component", "admin-http").Handler(), slog.LevelWarn)}, ln: ln}
 	go func() { _ = a.srv.Serve(ln) }()
 	return a, nil
 }

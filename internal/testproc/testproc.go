@@ -70,7 +70,7 @@ func WaitListening(t testing.TB, addr string, within time.Duration) {
 // Proc is a started process with its output kept for failure reports.
 type Proc struct {
 	Cmd    *exec.Cmd
-	Output *syncBuffer
+	Output *SyncBuffer
 	done   chan struct{}
 	err    error
 }
@@ -79,7 +79,7 @@ type Proc struct {
 func Start(t testing.TB, name string, args ...string) *Proc {
 	t.Helper()
 	cmd := exec.Command(name, args...)
-	out := &syncBuffer{}
+	out := &SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	// Its own process group, so Kill reaches children too (nginx workers,
 	// which would otherwise outlive the master and hold its output pipe).
