@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
 )
 
@@ -426,13 +427,7 @@ func TestRestartKeepsEverything(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testproc.WaitUntil(t, what, 5*time.Second, cond)
 }
 
 func TestShutdownWithoutStart(t *testing.T) {

@@ -191,6 +191,9 @@ func (cc *chatClient) currentNode() string {
 	return cc.node
 }
 
+// waitUntil polls every 50 ms rather than testproc.WaitUntil's 20: many
+// conditions here dial through nginx, and at 20 ms the nginx tests failed
+// with "no live upstreams" (failed dials counting against max_fails).
 func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)

@@ -30,13 +30,7 @@ func TestHTTPErrorsGoToTheLogger(t *testing.T) {
 	if resp, err := http.Get("http://" + a.Addr().String() + "/boom"); err == nil {
 		resp.Body.Close() // net/http drops the connection; either way it logs
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(out.String(), "boom") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log of the panic; log so far: %q", out.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testproc.WaitUntil(t, "the panic in the log", 5*time.Second, func() bool { return strings.Contains(out.String(), "boom") })
 	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
