@@ -66,7 +66,9 @@ func startServerProc(cc *CompareConfig, kind string) (*serverProc, error) {
 			// Bench users are generated: cheap hashes, no per-connection
 			// request limit, room for bursts.
 			"--bcrypt-cost", "4", "--rate-limit", "1e9", "--rate-burst", "1000000000",
-			"--max-outbound", strconv.Itoa(64 << 20), "--idle-timeout", "10m"}
+			"--max-outbound", strconv.Itoa(64 << 20), "--idle-timeout", "10m",
+			// Groups as big as the scenario asks for.
+			"--max-group-members", strconv.Itoa(max(1000, cc.GroupSize))}
 	}
 	name := cc.Binary
 	if cc.ServerCPUs != "" {

@@ -352,6 +352,56 @@ func TestGroups(t *testing.T) {
 	})
 }
 
+// The friend and group limits reach the client as PERMISSION_DENIED with
+// a reason, and leave the lists as they were.
+func TestFriendAndGroupLimits(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.MaxFriends, opts.MaxGroups, opts.MaxGroupMembers = 1, 1, 2
+		ts := startServer(t, opts)
+		alice, _ := ts.user(t, "alice")
+		bob, _ := ts.user(t, "bob")
+		carol, _ := ts.user(t, "carol")
+
+		addFriend := func(rc *rawConn, name string) *chatpb.Frame {
+			return rc.do(&chatpb.Frame{Body: &chatpb.Frame_AddFriend{AddFriend: &chatpb.AddFriend{Username: name}}})
+		}
+		expectOK(t, addFriend(alice, "bob"))
+		expectCode(t, addFriend(alice, "carol"), codeDenied)
+		expectCode(t, addFriend(carol, "bob"), codeDenied) // bob is full too
+
+		create := func(rc *rawConn, name string) *chatpb.Frame {
+			return rc.do(&chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: name}}})
+		}
+		join := func(rc *rawConn, id uint64) *chatpb.Frame {
+			return rc.do(&chatpb.Frame{Body: &chatpb.Frame_JoinGroup{JoinGroup: &chatpb.JoinGroup{GroupId: id}}})
+		}
+		resp := create(alice, "pair")
+		expectOK(t, resp)
+		gid := resp.GetGroupCreated().GetGroupId()
+		expectOK(t, join(bob, gid))
+		full := join(carol, gid)
+		expectCode(t, full, codeDenied)
+		if !strings.Contains(full.GetError().GetMessage(), "full") {
+			t.Fatalf("full group error says %q", full.GetError().GetMessage())
+		}
+		expectCode(t, create(alice, "second"), codeDenied) // alice is in one group already
+		resp = create(carol, "own")
+		expectOK(t, resp)
+		expectCode(t, join(bob, resp.GetGroupCreated().GetGroupId()), codeDenied)
+
+		groups := alice.do(&chatpb.Frame{Body: &chatpb.Frame_ListGroups{ListGroups: &chatpb.ListGroups{}}})
+		expectOK(t, groups)
+		if gl := groups.GetGroupList().GetGroups(); len(gl) != 1 || len(gl[0].Members) != 2 {
+			t.Fatalf("alice's groups = %v", gl)
+		}
+		friends := carol.do(&chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}})
+		if fl := friends.GetFriendList().GetFriends(); len(fl) != 0 {
+			t.Fatalf("carol's friends = %v", fl)
+		}
+	})
+}
+
 func TestTimeouts(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		opts := testOptions(t, engine)

@@ -32,6 +32,12 @@ var (
 	ErrAlreadyMember = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, "already a member of this group")
 	// ErrNotMember: LeaveGroup or a group Send for a group the caller is not in.
 	ErrNotMember = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "not a member of this group")
+	// ErrTooManyFriends: AddFriend when either side has as many friends as the server allows.
+	ErrTooManyFriends = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "friend limit reached (yours or theirs)")
+	// ErrTooManyGroups: CreateGroup or JoinGroup by a user in as many groups as the server allows.
+	ErrTooManyGroups = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "you are in as many groups as allowed; leave one first")
+	// ErrGroupFull: JoinGroup for a group with as many members as the server allows.
+	ErrGroupFull = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "the group is full")
 	// ErrNoRecipient: Send without a user or group.
 	ErrNoRecipient = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "send needs a user_id, username or group_id")
 	// ErrNotARequest: a frame whose body is a response, a push, or unknown.

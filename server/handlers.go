@@ -373,7 +373,7 @@ func (c *session) addFriend(ctx context.Context, req *chatpb.AddFriend) (*chatpb
 	if target.ID == u.id {
 		return nil, ErrFriendSelf
 	}
-	if err := c.srv.store.AddFriend(ctx, u.id, target.ID); err != nil {
+	if err := c.srv.store.AddFriend(ctx, u.id, target.ID, c.srv.opts.limits()); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil
@@ -402,7 +402,7 @@ func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*ch
 	if err := protocol.ValidateGroupDescription(req.Description); err != nil {
 		return nil, err
 	}
-	g, err := c.srv.store.CreateGroup(ctx, c.user.Load().id, req.Name, req.Description)
+	g, err := c.srv.store.CreateGroup(ctx, c.user.Load().id, req.Name, req.Description, c.srv.opts.limits())
 	if err != nil {
 		return nil, err
 	}
@@ -410,7 +410,7 @@ func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*ch
 }
 
 func (c *session) joinGroup(ctx context.Context, req *chatpb.JoinGroup) (*chatpb.Frame, error) {
-	if err := c.srv.store.JoinGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
+	if err := c.srv.store.JoinGroup(ctx, req.GroupId, c.user.Load().id, c.srv.opts.limits()); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil

@@ -52,7 +52,8 @@ type Options struct {
 	// TokenTTL is how long a login token is valid. Zero means 7 days.
 	TokenTTL time.Duration
 	// MaxOutbound is how many bytes may wait to be written to one client
-	// before it is kicked as a slow consumer. Zero means 4 MiB.
+	// before it is kicked as a slow consumer. Zero means 16 MiB: room for
+	// the largest LoginOK the default friend and group limits allow, twice.
 	MaxOutbound int
 	// RateLimit is each connection's sustained request rate per second.
 	// Zero means 100.
@@ -67,6 +68,17 @@ type Options struct {
 	Workers int
 	// InboxLimit caps each user's stored unacknowledged messages. Zero means 10,000.
 	InboxLimit int
+	// MaxFriends caps each user's friends. Zero means 5,000.
+	MaxFriends int
+	// MaxGroups caps the groups one user is in, created or joined. Zero
+	// means 100.
+	MaxGroups int
+	// MaxGroupMembers caps each group's members, its creator included: a
+	// group send is stored once per member. Zero means 1,000. With the
+	// defaults, the largest LoginOK (every friend, every group with its
+	// members) is about 5 MiB: under half of MaxOutbound, and inside the
+	// 16 MiB a client reads.
+	MaxGroupMembers int
 	// BcryptCost is the password hashing cost. Zero means bcrypt's default (10).
 	BcryptCost int
 	// NodeID names this node in LoginOK and logs. Empty means host:port.
@@ -145,7 +157,7 @@ func (o *Options) withDefaults() (Options, error) {
 		c.TokenTTL = 7 * 24 * time.Hour
 	}
 	if c.MaxOutbound <= 0 {
-		c.MaxOutbound = 4 << 20
+		c.MaxOutbound = 16 << 20
 	}
 	if c.RateLimit <= 0 {
 		c.RateLimit = 100
@@ -161,6 +173,15 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.InboxLimit <= 0 {
 		c.InboxLimit = 10000
+	}
+	if c.MaxFriends <= 0 {
+		c.MaxFriends = 5000
+	}
+	if c.MaxGroups <= 0 {
+		c.MaxGroups = 100
+	}
+	if c.MaxGroupMembers <= 0 {
+		c.MaxGroupMembers = 1000
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -200,3 +221,8 @@ func portOf(addr string) string {
 
 // storePath is where the embedded store lives inside DataDir.
 func (o *Options) storePath() string { return filepath.Join(o.DataDir, "loopchat.db") }
+
+// limits is what the store checks when a friendship or membership is added.
+func (o *Options) limits() Limits {
+	return Limits{FriendsPerUser: o.MaxFriends, GroupsPerUser: o.MaxGroups, MembersPerGroup: o.MaxGroupMembers}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/loopchat/loopchat/internal/admin"
 	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // Server is one loopchat node: an engine serving client connections, the
@@ -76,6 +77,10 @@ func New(o Options) (*Server, error) {
 	opts, err := o.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if n := largestLoginOK(opts.limits(), opts.NodeID); n > opts.MaxOutbound/2 || n > protocol.ClientMaxFrame {
+		opts.Logger.Warn("the friend and group limits allow a LoginOK too big to deliver: users near them may be unable to log in; raise --max-outbound or lower the limits",
+			"largest_login_ok_bytes", n, "max_outbound", opts.MaxOutbound, "client_max_frame", protocol.ClientMaxFrame)
 	}
 	s := &Server{
 		opts:      opts,

@@ -61,6 +61,16 @@ type AppendResult struct {
 	Online    int
 }
 
+// Limits bound what one user or one group may gather. The store checks
+// them in the same transaction (or script) that adds, so concurrent
+// requests cannot overshoot. Each zero field means no limit; the server
+// always passes its configured ones (Options).
+type Limits struct {
+	FriendsPerUser  int
+	GroupsPerUser   int
+	MembersPerGroup int
+}
+
 // Store keeps users, friendships, groups and inboxes. Every method is safe
 // for concurrent use and may block on I/O, so it is never called on an event
 // loop. Errors the client should see are *protocol.Error values (ErrNotFound,
@@ -80,15 +90,20 @@ type Store interface {
 	// UserByID finds a user by id, without the hash (cacheable likewise).
 	UserByID(ctx context.Context, id uint64) (User, error)
 
-	// AddFriend makes a and b friends of each other.
-	AddFriend(ctx context.Context, a, b uint64) error
+	// AddFriend makes a and b friends of each other, unless either already
+	// has lim.FriendsPerUser friends (ErrTooManyFriends).
+	AddFriend(ctx context.Context, a, b uint64, lim Limits) error
 	// Friends lists uid's friends in the order they were added.
 	Friends(ctx context.Context, uid uint64) ([]User, error)
 
-	// CreateGroup makes a group whose first member, with role creator, is creator.
-	CreateGroup(ctx context.Context, creator uint64, name, description string) (Group, error)
-	// JoinGroup adds uid to gid as a member.
-	JoinGroup(ctx context.Context, gid, uid uint64) error
+	// CreateGroup makes a group whose first member, with role creator, is
+	// creator, unless creator is already in lim.GroupsPerUser groups
+	// (ErrTooManyGroups).
+	CreateGroup(ctx context.Context, creator uint64, name, description string, lim Limits) (Group, error)
+	// JoinGroup adds uid to gid as a member, unless the group has
+	// lim.MembersPerGroup members (ErrGroupFull) or uid is in
+	// lim.GroupsPerUser groups (ErrTooManyGroups).
+	JoinGroup(ctx context.Context, gid, uid uint64, lim Limits) error
 	// LeaveGroup removes uid from gid.
 	LeaveGroup(ctx context.Context, gid, uid uint64) error
 	// Group returns gid with its members.

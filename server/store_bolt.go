@@ -282,7 +282,7 @@ func (s *BoltStore) remember(u User) {
 	s.ids.put(strings.ToLower(u.Name), u.ID)
 }
 
-func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64) error {
+func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) error {
 	if a == b {
 		return ErrFriendSelf
 	}
@@ -295,6 +295,9 @@ func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64) error {
 		idx := tx.Bucket(bucketFriendIdx)
 		if idx.Get(key2(a, b)) != nil {
 			return ErrAlreadyFriends
+		}
+		if reached(idx, a, lim.FriendsPerUser) || reached(idx, b, lim.FriendsPerUser) {
+			return ErrTooManyFriends
 		}
 		friends := tx.Bucket(bucketFriends)
 		seq, err := friends.NextSequence()
@@ -330,12 +333,15 @@ func (s *BoltStore) Friends(_ context.Context, uid uint64) (out []User, err erro
 	return out, err
 }
 
-func (s *BoltStore) CreateGroup(ctx context.Context, creator uint64, name, desc string) (Group, error) {
+func (s *BoltStore) CreateGroup(ctx context.Context, creator uint64, name, desc string, lim Limits) (Group, error) {
 	var g Group
 	err := s.committer.do(ctx, func(tx *bolt.Tx) error {
 		u, err := getUser(tx, creator)
 		if err != nil {
 			return err
+		}
+		if reached(tx.Bucket(bucketUserGroups), creator, lim.GroupsPerUser) {
+			return ErrTooManyGroups
 		}
 		groups := tx.Bucket(bucketGroups)
 		gid, err := groups.NextSequence()
@@ -375,13 +381,23 @@ func addMember(tx *bolt.Tx, gid, uid uint64, role chatpb.Role) error {
 	return tx.Bucket(bucketUserGroups).Put(key2(uid, gid), nil)
 }
 
-func (s *BoltStore) JoinGroup(ctx context.Context, gid, uid uint64) error {
+func (s *BoltStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits) error {
 	return s.committer.do(ctx, func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketGroups).Get(u64(gid)) == nil {
 			return ErrGroupNotFound
 		}
 		if _, err := getUser(tx, uid); err != nil {
 			return err
+		}
+		members := tx.Bucket(bucketMembers)
+		if members.Get(key2(gid, uid)) != nil {
+			return ErrAlreadyMember
+		}
+		if reached(members, gid, lim.MembersPerGroup) {
+			return ErrGroupFull
+		}
+		if reached(tx.Bucket(bucketUserGroups), uid, lim.GroupsPerUser) {
+			return ErrTooManyGroups
 		}
 		return addMember(tx, gid, uid, chatpb.Role_ROLE_MEMBER)
 	})
@@ -676,6 +692,24 @@ func (s *BoltStore) expireDedup(ctx context.Context, cutoff time.Time) error {
 			return err
 		}
 	}
+}
+
+// reached reports whether b holds at least limit keys that start with id
+// (a friend, member or membership count); a limit of zero is never reached.
+// It counts no further than the limit.
+func reached(b *bolt.Bucket, id uint64, limit int) bool {
+	if limit <= 0 {
+		return false
+	}
+	prefix := u64(id)
+	n := 0
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
+		if n++; n >= limit {
+			return true
+		}
+	}
+	return false
 }
 
 func hasPrefix(k, prefix []byte) bool {

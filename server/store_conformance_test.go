@@ -59,19 +59,19 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		a, _ := s.CreateUser(ctx, "a", nil)
 		b, _ := s.CreateUser(ctx, "b", nil)
 		c, _ := s.CreateUser(ctx, "c", nil)
-		if err := s.AddFriend(ctx, a.ID, c.ID); err != nil {
+		if err := s.AddFriend(ctx, a.ID, c.ID, Limits{}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.AddFriend(ctx, b.ID, a.ID); err != nil {
+		if err := s.AddFriend(ctx, b.ID, a.ID, Limits{}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.AddFriend(ctx, a.ID, b.ID); !errors.Is(err, ErrAlreadyFriends) {
+		if err := s.AddFriend(ctx, a.ID, b.ID, Limits{}); !errors.Is(err, ErrAlreadyFriends) {
 			t.Fatalf("repeat = %v", err)
 		}
-		if err := s.AddFriend(ctx, a.ID, a.ID); !errors.Is(err, ErrFriendSelf) {
+		if err := s.AddFriend(ctx, a.ID, a.ID, Limits{}); !errors.Is(err, ErrFriendSelf) {
 			t.Fatalf("self = %v", err)
 		}
-		if err := s.AddFriend(ctx, a.ID, 999999); !errors.Is(err, ErrUserNotFound) {
+		if err := s.AddFriend(ctx, a.ID, 999999, Limits{}); !errors.Is(err, ErrUserNotFound) {
 			t.Fatalf("unknown = %v", err)
 		}
 		fa, _ := s.Friends(ctx, a.ID)
@@ -94,24 +94,24 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		a, _ := s.CreateUser(ctx, "a", nil)
 		b, _ := s.CreateUser(ctx, "b", nil)
 		c, _ := s.CreateUser(ctx, "c", nil)
-		g, err := s.CreateGroup(ctx, a.ID, "hikers", "weekends")
+		g, err := s.CreateGroup(ctx, a.ID, "hikers", "weekends", Limits{})
 		if err != nil || g.ID == 0 || len(g.Members) != 1 || g.Members[0].Role != chatpb.Role_ROLE_CREATOR {
 			t.Fatalf("CreateGroup = %v, %v", g, err)
 		}
-		g2, _ := s.CreateGroup(ctx, b.ID, "other", "")
+		g2, _ := s.CreateGroup(ctx, b.ID, "other", "", Limits{})
 		if g2.ID == g.ID {
 			t.Fatal("two groups share an id")
 		}
-		if err := s.JoinGroup(ctx, g.ID, c.ID); err != nil {
+		if err := s.JoinGroup(ctx, g.ID, c.ID, Limits{}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.JoinGroup(ctx, g.ID, b.ID); err != nil {
+		if err := s.JoinGroup(ctx, g.ID, b.ID, Limits{}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.JoinGroup(ctx, g.ID, b.ID); !errors.Is(err, ErrAlreadyMember) {
+		if err := s.JoinGroup(ctx, g.ID, b.ID, Limits{}); !errors.Is(err, ErrAlreadyMember) {
 			t.Fatalf("join twice = %v", err)
 		}
-		if err := s.JoinGroup(ctx, 999999, b.ID); !errors.Is(err, ErrGroupNotFound) {
+		if err := s.JoinGroup(ctx, 999999, b.ID, Limits{}); !errors.Is(err, ErrGroupNotFound) {
 			t.Fatalf("join unknown = %v", err)
 		}
 		got, err := s.Group(ctx, g.ID)
@@ -140,7 +140,7 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 			t.Fatalf("after leave = %v", got.Members)
 		}
 		// Rejoining puts c at the end.
-		_ = s.JoinGroup(ctx, g.ID, c.ID)
+		_ = s.JoinGroup(ctx, g.ID, c.ID, Limits{})
 		got, _ = s.Group(ctx, g.ID)
 		if got.Members[2].UserID != c.ID {
 			t.Fatalf("after rejoin = %v", got.Members)
@@ -151,6 +151,78 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		}
 		if _, err := s.Group(ctx, 999999); !errors.Is(err, ErrGroupNotFound) {
 			t.Fatalf("unknown group = %v", err)
+		}
+	})
+
+	t.Run("limits", func(t *testing.T) {
+		s := open(t, 100)
+		var u [5]User
+		for i := range u {
+			u[i], _ = s.CreateUser(ctx, fmt.Sprintf("u%d", i), nil)
+		}
+		lim := Limits{FriendsPerUser: 2, GroupsPerUser: 2, MembersPerGroup: 3}
+
+		for _, f := range []User{u[1], u[2]} {
+			if err := s.AddFriend(ctx, u[0].ID, f.ID, lim); err != nil {
+				t.Fatalf("AddFriend under the limit = %v", err)
+			}
+		}
+		if err := s.AddFriend(ctx, u[0].ID, u[3].ID, lim); !errors.Is(err, ErrTooManyFriends) {
+			t.Fatalf("third friend of u0 = %v, want ErrTooManyFriends", err)
+		}
+		if err := s.AddFriend(ctx, u[3].ID, u[0].ID, lim); !errors.Is(err, ErrTooManyFriends) {
+			t.Fatalf("befriending u0, who is full = %v, want ErrTooManyFriends", err)
+		}
+		if err := s.AddFriend(ctx, u[0].ID, u[1].ID, lim); !errors.Is(err, ErrAlreadyFriends) {
+			t.Fatalf("existing friendship at the limit = %v, want ErrAlreadyFriends", err)
+		}
+		if err := s.AddFriend(ctx, u[3].ID, u[4].ID, lim); err != nil {
+			t.Fatalf("others are not limited by u0's count: %v", err)
+		}
+		if fr, _ := s.Friends(ctx, u[0].ID); len(fr) != 2 {
+			t.Fatalf("u0 has %d friends, want 2", len(fr))
+		}
+
+		g, err := s.CreateGroup(ctx, u[0].ID, "g", "", lim)
+		if err != nil {
+			t.Fatalf("CreateGroup = %v", err)
+		}
+		for _, m := range []User{u[1], u[2]} {
+			if err := s.JoinGroup(ctx, g.ID, m.ID, lim); err != nil {
+				t.Fatalf("JoinGroup under the limit = %v", err)
+			}
+		}
+		if err := s.JoinGroup(ctx, g.ID, u[3].ID, lim); !errors.Is(err, ErrGroupFull) {
+			t.Fatalf("fourth member = %v, want ErrGroupFull", err)
+		}
+		if err := s.JoinGroup(ctx, g.ID, u[1].ID, lim); !errors.Is(err, ErrAlreadyMember) {
+			t.Fatalf("rejoin of a full group = %v, want ErrAlreadyMember", err)
+		}
+		if got, _ := s.Group(ctx, g.ID); len(got.Members) != 3 {
+			t.Fatalf("group has %d members, want 3", len(got.Members))
+		}
+		if err := s.LeaveGroup(ctx, g.ID, u[2].ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.JoinGroup(ctx, g.ID, u[3].ID, lim); err != nil {
+			t.Fatalf("join after a member left = %v", err)
+		}
+
+		if _, err := s.CreateGroup(ctx, u[0].ID, "g2", "", lim); err != nil {
+			t.Fatalf("second group of u0 = %v", err)
+		}
+		if _, err := s.CreateGroup(ctx, u[0].ID, "g3", "", lim); !errors.Is(err, ErrTooManyGroups) {
+			t.Fatalf("third group of u0 = %v, want ErrTooManyGroups", err)
+		}
+		h, _ := s.CreateGroup(ctx, u[4].ID, "h", "", lim)
+		if err := s.JoinGroup(ctx, h.ID, u[0].ID, lim); !errors.Is(err, ErrTooManyGroups) {
+			t.Fatalf("u0 joining a third group = %v, want ErrTooManyGroups", err)
+		}
+		if gs, _ := s.GroupsOf(ctx, u[0].ID); len(gs) != 2 {
+			t.Fatalf("u0 is in %d groups, want 2", len(gs))
+		}
+		if err := s.JoinGroup(ctx, h.ID, u[0].ID, Limits{}); err != nil {
+			t.Fatalf("zero Limits mean none: %v", err)
 		}
 	})
 

@@ -49,6 +49,8 @@ return id`)
 	scriptAddFriend = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return 0 end
+local lim = tonumber(ARGV[3])
+if lim > 0 and (redis.call('ZCARD', KEYS[3]) >= lim or redis.call('ZCARD', KEYS[4]) >= lim) then return -2 end
 local s = redis.call('INCR', KEYS[5])
 redis.call('ZADD', KEYS[3], s, ARGV[2])
 redis.call('ZADD', KEYS[4], s, ARGV[1])
@@ -56,18 +58,23 @@ return 1`)
 
 	scriptCreateGroup = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local lim = tonumber(ARGV[6])
+if lim > 0 and redis.call('SCARD', KEYS[4]) >= lim then return -2 end
 local gid = redis.call('INCR', KEYS[2])
 local g = ARGV[4] .. 'group:' .. gid
 redis.call('HSET', g, 'name', ARGV[2], 'description', ARGV[3], 'creator', ARGV[1])
 redis.call('ZADD', g .. ':members', redis.call('INCR', KEYS[3]), ARGV[1])
 redis.call('HSET', g .. ':roles', ARGV[1], ARGV[5])
-redis.call('SADD', ARGV[4] .. 'user:' .. ARGV[1] .. ':groups', gid)
+redis.call('SADD', KEYS[4], gid)
 return gid`)
 
 	scriptJoinGroup = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
 if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
+local members, groups = tonumber(ARGV[4]), tonumber(ARGV[5])
+if members > 0 and redis.call('ZCARD', KEYS[3]) >= members then return -3 end
+if groups > 0 and redis.call('SCARD', KEYS[5]) >= groups then return -4 end
 redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[6]), ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[2])
@@ -310,18 +317,20 @@ func (s *RedisStore) usernames(ctx context.Context, ids []uint64) (map[uint64]st
 	return out, nil
 }
 
-func (s *RedisStore) AddFriend(ctx context.Context, a, b uint64) error {
+func (s *RedisStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) error {
 	if a == b {
 		return ErrFriendSelf
 	}
 	r, err := scriptAddFriend.Run(ctx, s.rdb,
 		[]string{s.userKey(a), s.userKey(b), s.p + "friends:" + strconv.FormatUint(a, 10),
-			s.p + "friends:" + strconv.FormatUint(b, 10), s.p + "friend:seq"}, a, b).Int()
+			s.p + "friends:" + strconv.FormatUint(b, 10), s.p + "friend:seq"}, a, b, lim.FriendsPerUser).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
 	case r == -1:
 		return ErrUserNotFound
+	case r == -2:
+		return ErrTooManyFriends
 	case r == 0:
 		return ErrAlreadyFriends
 	}
@@ -345,14 +354,17 @@ func (s *RedisStore) Friends(ctx context.Context, uid uint64) ([]User, error) {
 	return out, nil
 }
 
-func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc string) (Group, error) {
-	gid, err := scriptCreateGroup.Run(ctx, s.rdb, []string{s.userKey(creator), s.p + "group:seq", s.p + "member:seq"},
-		creator, name, desc, s.p, int(chatpb.Role_ROLE_CREATOR)).Int64()
-	if err != nil {
+func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc string, lim Limits) (Group, error) {
+	gid, err := scriptCreateGroup.Run(ctx, s.rdb,
+		[]string{s.userKey(creator), s.p + "group:seq", s.p + "member:seq", s.userKey(creator) + ":groups"},
+		creator, name, desc, s.p, int(chatpb.Role_ROLE_CREATOR), lim.GroupsPerUser).Int64()
+	switch {
+	case err != nil:
 		return Group{}, redisErr(err)
-	}
-	if gid < 0 {
+	case gid == -1:
 		return Group{}, ErrUserNotFound
+	case gid == -2:
+		return Group{}, ErrTooManyGroups
 	}
 	names, err := s.usernames(ctx, []uint64{creator})
 	if err != nil {
@@ -362,11 +374,11 @@ func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc
 		Members: []Member{{UserID: creator, Username: names[creator], Role: chatpb.Role_ROLE_CREATOR}}}, nil
 }
 
-func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64) error {
+func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits) error {
 	g := s.groupKey(gid)
 	r, err := scriptJoinGroup.Run(ctx, s.rdb,
 		[]string{g, s.userKey(uid), g + ":members", g + ":roles", s.userKey(uid) + ":groups", s.p + "member:seq"},
-		uid, gid, int(chatpb.Role_ROLE_MEMBER)).Int()
+		uid, gid, int(chatpb.Role_ROLE_MEMBER), lim.MembersPerGroup, lim.GroupsPerUser).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
@@ -374,6 +386,10 @@ func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64) error {
 		return ErrGroupNotFound
 	case r == -2:
 		return ErrUserNotFound
+	case r == -3:
+		return ErrGroupFull
+	case r == -4:
+		return ErrTooManyGroups
 	case r == 0:
 		return ErrAlreadyMember
 	}
