@@ -11,9 +11,6 @@ import (
 	"github.com/loopchat/loopchat/protocol"
 )
 
-// maxTokenLen bounds a login token in size estimates; ours are far shorter.
-const maxTokenLen = 512
-
 // largestLoginOK is the most bytes one LoginOK frame (length prefix
 // included) can take under l: every friend and every member of every group
 // with the longest name and id. A GroupList is never bigger. It lets the
@@ -26,7 +23,7 @@ func largestLoginOK(l Limits, nodeID string) int {
 	group := proto.Size(&chatpb.Group{GroupId: math.MaxUint64, Name: strings.Repeat("g", protocol.MaxGroupName),
 		Description: strings.Repeat("d", protocol.MaxGroupDesc)})
 	group += l.MembersPerGroup * repeated(member)
-	ok := proto.Size(&chatpb.LoginOK{UserId: math.MaxUint64, Username: name, Token: strings.Repeat("t", maxTokenLen),
+	ok := proto.Size(&chatpb.LoginOK{UserId: math.MaxUint64, Username: name, Token: strings.Repeat("t", protocol.MaxTokenLength),
 		NodeId: nodeID, TokenExpiresAtMs: math.MaxInt64})
 	ok += l.FriendsPerUser*repeated(friend) + l.GroupsPerUser*repeated(group)
 	body := (&chatpb.Frame{}).ProtoReflect().Descriptor().Fields().ByName("login_ok").Number()

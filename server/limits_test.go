@@ -21,7 +21,7 @@ func TestDefaultLimitsKeepLoginOKReadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := strings.Repeat("n", protocol.MaxUsername)
-	ok := &chatpb.LoginOK{UserId: math.MaxUint64, Username: name, Token: strings.Repeat("t", maxTokenLen),
+	ok := &chatpb.LoginOK{UserId: math.MaxUint64, Username: name, Token: strings.Repeat("t", protocol.MaxTokenLength),
 		NodeId: strings.Repeat("x", 64), TokenExpiresAtMs: math.MaxInt64}
 	for range o.MaxFriends {
 		ok.Friends = append(ok.Friends, &chatpb.Friend{UserId: math.MaxUint64, Username: name, Online: true})
