@@ -64,6 +64,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		opts := testOptions(t, engine)
 		opts.AdminAddr = "127.0.0.1:0"
+		opts.LoginFailures = 1
 		ts := startServer(t, opts)
 		admin := ts.AdminAddr().String()
 
@@ -83,7 +84,6 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 
 		alice, _ := ts.user(t, "alice")
 		bob, _ := ts.user(t, "bob")
-		expectCode(t, dial(t, ts.addr).do(loginReq("alice", "wrong password")), codeUnauth)
 		expectOK(t, alice.do(sendTo("bob", "counted")))
 		bob.nextMessage()
 		junk := dial(t, ts.addr)
@@ -91,6 +91,8 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		junk.expectKicked(chatpb.KickReason_KICK_REASON_PROTOCOL_ERROR)
 		_, _ = ts.user(t, "alice") // kicks the older alice
 		alice.expectKicked(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE)
+		expectCode(t, dial(t, ts.addr).do(loginReq("alice", "wrong password")), codeUnauth)
+		expectCode(t, dial(t, ts.addr).do(loginReq("alice", "wrong again")), codeRateLimited)
 
 		after := scrape(t, admin)
 		for _, c := range []struct {
@@ -98,7 +100,8 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 			want float64
 		}{
 			{"loopchat_logins_total", 3},
-			{"loopchat_login_failures_total", 1},
+			{"loopchat_login_failures_total", 2},
+			{"loopchat_login_throttled_total", 1},
 			{"loopchat_messages_sent_total", 1},
 			{"loopchat_messages_delivered_live_total", 1},
 			{"loopchat_requests_total{result=ok}{type=send}", 1},

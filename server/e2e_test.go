@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -399,6 +400,33 @@ func TestFriendAndGroupLimits(t *testing.T) {
 		if fl := friends.GetFriendList().GetFriends(); len(fl) != 0 {
 			t.Fatalf("carol's friends = %v", fl)
 		}
+	})
+}
+
+// Password guessing from one address is cut off after --login-failures
+// wrong tries, before any hashing; the right password from that address
+// waits too, while token logins and other addresses are untouched.
+func TestFailedLoginsThrottleTheirAddress(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.LoginFailures = 3
+		ts := startServer(t, opts)
+		_, ok := ts.user(t, "alice")
+
+		guesser := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9)}
+		rc := dialFrom(t, ts.addr, guesser)
+		for range 3 {
+			expectCode(t, rc.do(loginReq("alice", "wrong password")), codeUnauth)
+		}
+		throttled := rc.do(loginReq("alice", pw))
+		expectCode(t, throttled, codeRateLimited)
+		if !strings.Contains(throttled.GetError().GetMessage(), "failed logins") {
+			t.Fatalf("throttled login says %q", throttled.GetError().GetMessage())
+		}
+		expectCode(t, dialFrom(t, ts.addr, guesser).do(loginReq("alice", pw)), codeRateLimited)
+
+		expectOK(t, dialFrom(t, ts.addr, guesser).do(tokenReq(ok.Token)))
+		expectOK(t, dialFrom(t, ts.addr, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 10)}).do(loginReq("alice", pw)))
 	})
 }
 

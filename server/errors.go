@@ -44,6 +44,8 @@ var (
 	ErrNotARequest = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "unknown or missing request type")
 	// ErrTooManyPending: the connection has too many requests waiting to be handled.
 	ErrTooManyPending = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many requests in flight; wait for responses")
+	// ErrLoginThrottled: a password login from an address that has failed too many recently.
+	ErrLoginThrottled = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many failed logins from your address; try again in a minute")
 	// ErrRateLimited: the connection exceeded its request rate.
 	ErrRateLimited = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "request rate limit exceeded")
 )

@@ -184,12 +184,17 @@ func (c *session) authenticate(ctx context.Context, req *chatpb.Login) (User, er
 	if len(req.Password) > protocol.MaxPassword {
 		return User{}, ErrBadCredentials
 	}
+	if !c.srv.guard.allow(c.remoteAddr(), time.Now()) {
+		c.srv.metrics.loginThrottled.Inc()
+		return User{}, ErrLoginThrottled
+	}
 	u, err := c.srv.store.Credentials(ctx, req.Username)
 	if err != nil && !errors.Is(err, ErrUserNotFound) {
 		return User{}, err
 	}
 	// Unknown users cost a hash too, so timing does not reveal who exists.
 	if !c.srv.hasher.check(u.PasswordHash, req.Password) {
+		c.srv.guard.failed(c.remoteAddr(), time.Now())
 		return User{}, ErrBadCredentials
 	}
 	return u, nil

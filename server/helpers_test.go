@@ -88,7 +88,15 @@ type rawConn struct {
 
 func dial(t *testing.T, addr string) *rawConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return dialFrom(t, addr, nil)
+}
+
+// dialFrom connects from a chosen source address (nil: any), as a client on
+// another host would.
+func dialFrom(t *testing.T, addr string, src net.Addr) *rawConn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: src}
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}

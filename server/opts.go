@@ -79,6 +79,11 @@ type Options struct {
 	// members) is about 5 MiB: under half of MaxOutbound, and inside the
 	// 16 MiB a client reads.
 	MaxGroupMembers int
+	// LoginFailures is how many password logins may fail per source
+	// address (IPv6: per /64) per minute, and in a burst, before that
+	// address's password logins are refused unchecked. Zero means 20;
+	// negative means no limit.
+	LoginFailures int
 	// BcryptCost is the password hashing cost. Zero means bcrypt's default (10).
 	BcryptCost int
 	// NodeID names this node in LoginOK and logs. Empty means host:port.
@@ -173,6 +178,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.InboxLimit <= 0 {
 		c.InboxLimit = 10000
+	}
+	if c.LoginFailures == 0 {
+		c.LoginFailures = 20
 	}
 	if c.MaxFriends <= 0 {
 		c.MaxFriends = 5000

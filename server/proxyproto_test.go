@@ -84,6 +84,29 @@ func TestProxyProtocol(t *testing.T) {
 	})
 }
 
+// Behind a proxy every connection comes from the proxy; the failed-login
+// guard must count the clients the PROXY headers name, not the proxy.
+func TestFailedLoginsCountTheProxiedClient(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.LoginFailures = 2
+		opts.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+		ts := startServer(t, opts)
+		ts.user(t, "carol")
+		via := func(client string) *rawConn {
+			rc := dial(t, ts.addr)
+			rc.writeRaw([]byte("PROXY TCP4 " + client + " 127.0.0.1 40001 7000\r\n"))
+			return rc
+		}
+		guesser := via("203.0.113.50")
+		for range 2 {
+			expectCode(t, guesser.do(loginReq("carol", "not her password")), codeUnauth)
+		}
+		expectCode(t, via("203.0.113.50").do(loginReq("carol", pw)), codeRateLimited)
+		expectOK(t, via("203.0.113.51").do(loginReq("carol", pw)))
+	})
+}
+
 func TestProxyHeaderFromUntrustedPeerIsRefused(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		opts := testOptions(t, engine)

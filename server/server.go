@@ -28,6 +28,7 @@ type Server struct {
 	broker    Broker
 	tokens    tokens
 	hasher    *hasher
+	guard     *loginGuard
 	ids       *msgIDGen
 	metrics   *metrics
 	engine    engine
@@ -87,6 +88,7 @@ func New(o Options) (*Server, error) {
 		log:       opts.Logger.With("node", opts.NodeID),
 		tokens:    newTokens(opts.TokenSecret, opts.TokenTTL),
 		hasher:    newHasher(opts.BcryptCost, max(1, opts.Loops)),
+		guard:     newLoginGuard(opts.LoginFailures),
 		ids:       newMsgIDGen(0),
 		metrics:   newMetrics(),
 		conns:     make(map[uint64]*session),
@@ -346,6 +348,7 @@ func (s *Server) sweep() {
 		case <-s.sweepStop:
 			return
 		case now := <-t.C:
+			s.guard.forget(now)
 			nowNs := now.UnixNano()
 			for _, c := range s.snapshotConns() {
 				switch {

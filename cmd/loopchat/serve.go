@@ -105,6 +105,7 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.IntVar(&o.MaxGroups, "max-groups", 100, "groups one user may be in, created or joined")
 	f.IntVar(&o.MaxGroupMembers, "max-group-members", 1000, "members one group may have, its creator included")
 	f.IntVar(&o.Workers, "workers", 0, "goroutines running requests off the event loops; 0 means 64 per CPU")
+	f.IntVar(&o.LoginFailures, "login-failures", 20, "failed password logins allowed per client address (IPv6: per /64) per minute before its password logins are refused; negative means no limit")
 	f.IntVar(&o.BcryptCost, "bcrypt-cost", 0, "bcrypt cost for password hashes; 0 means bcrypt's default (10)")
 	f.StringVar(&o.NodeID, "node-id", "", "name of this node in LoginOK, logs and the cluster registry; empty means host:port")
 	f.StringVar(&o.Redis, "redis", "", "Redis URL (redis://host:port/db) to run as one node of a cluster; empty means a single node on the embedded store")
