@@ -18,6 +18,8 @@ var (
 	ErrNotStarted = errors.New("not accepting connections yet")
 	// ErrDraining: the node is shutting down and takes no new clients.
 	ErrDraining = errors.New("draining")
+	// ErrFull: the node holds --max-conns connections and refuses more.
+	ErrFull = errors.New("at its connection limit")
 )
 
 // Ready reports whether the node should get new clients: it accepts
@@ -28,6 +30,9 @@ func (s *Server) Ready(ctx context.Context) error {
 	}
 	if s.closing.Load() {
 		return ErrDraining
+	}
+	if s.slots.Load() >= int64(s.opts.MaxConns) {
+		return ErrFull
 	}
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)

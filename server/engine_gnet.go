@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/loopchat/loopchat/codec"
@@ -29,12 +29,14 @@ type gnetEngine struct {
 	loops   map[gnet.EventLoop]prometheus.Gauge // open connections, labelled by loop number as first seen
 	eng     gnet.Engine
 	booted  chan struct{}
-	done    chan error
+	exited  chan struct{} // closed when gnet.Run returns
+	runErr  error         // what it returned; read after exited
+	full    []byte        // the frame a connection past MaxConns gets
 }
 
 func newGnetEngine(s *Server) *gnetEngine {
-	return &gnetEngine{srv: s, booted: make(chan struct{}), done: make(chan error, 1),
-		loops: make(map[gnet.EventLoop]prometheus.Gauge)}
+	return &gnetEngine{srv: s, booted: make(chan struct{}), exited: make(chan struct{}),
+		loops: make(map[gnet.EventLoop]prometheus.Gauge), full: fullFrame()}
 }
 
 func (e *gnetEngine) start() (net.Addr, error) {
@@ -43,7 +45,8 @@ func (e *gnetEngine) start() (net.Addr, error) {
 		lb = gnet.LeastConnections
 	}
 	go func() {
-		e.done <- gnet.Run(e, "tcp://"+e.srv.opts.Listen,
+		defer close(e.exited)
+		e.runErr = gnet.Run(e, "tcp://"+e.srv.opts.Listen,
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(e.srv.opts.Loops),
 			gnet.WithLoadBalancing(lb),
@@ -56,20 +59,29 @@ func (e *gnetEngine) start() (net.Addr, error) {
 	}()
 	select {
 	case <-e.booted:
-	case err := <-e.done:
-		return nil, fmt.Errorf("gnet: listen %s: %w", e.srv.opts.Listen, err)
+	case <-e.exited:
+		return nil, fmt.Errorf("gnet: listen %s: %w", e.srv.opts.Listen, e.runErr)
 	}
-	return listenerAddr(e.eng)
+	return configureListener(e.eng)
 }
 
-// listenerAddr asks the kernel which address the listener is bound to,
-// which tells the port when Listen asked for port 0.
-func listenerAddr(eng gnet.Engine) (net.Addr, error) {
+func (e *gnetEngine) exit() (<-chan struct{}, func() error) {
+	return e.exited, func() error { return e.runErr }
+}
+
+// configureListener shortens the accept queue gnet made (the kernel's
+// maximum) to listenBacklog — listen(2) again on a listening socket
+// resizes its queue — and asks the kernel which address the listener is
+// bound to, which tells the port when Listen asked for port 0.
+func configureListener(eng gnet.Engine) (net.Addr, error) {
 	fd, err := eng.Dup()
 	if err != nil {
 		return nil, fmt.Errorf("gnet: listener fd: %w", err)
 	}
 	defer unix.Close(fd)
+	if err := unix.Listen(fd, listenBacklog); err != nil {
+		return nil, fmt.Errorf("gnet: listen backlog: %w", err)
+	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		return nil, fmt.Errorf("gnet: getsockname: %w", err)
@@ -86,7 +98,7 @@ func listenerAddr(eng gnet.Engine) (net.Addr, error) {
 func (e *gnetEngine) stop(ctx context.Context) error {
 	err := e.eng.Stop(ctx)
 	select {
-	case <-e.done:
+	case <-e.exited:
 	case <-ctx.Done():
 	}
 	return err
@@ -101,6 +113,9 @@ func (e *gnetEngine) OnBoot(eng gnet.Engine) gnet.Action {
 func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if e.srv.closing.Load() {
 		return nil, gnet.Close
+	}
+	if !e.srv.admit() {
+		return e.full, gnet.Close
 	}
 	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound)}
 	s := e.srv.newSession(c.RemoteAddr(), t)

@@ -18,15 +18,22 @@ import (
 // goroutine reads and runs each request inline (the connection's order is
 // simply the loop's order), another writes. Same handlers, same limits.
 type netEngine struct {
-	srv   *Server
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	srv    *Server
+	ln     net.Listener
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	full   []byte        // the frame a connection past MaxConns gets
+	exited chan struct{} // closed when the accept loop returns
 }
 
 func newNetEngine(s *Server) *netEngine {
-	return &netEngine{srv: s, conns: make(map[net.Conn]struct{})}
+	return &netEngine{srv: s, conns: make(map[net.Conn]struct{}), full: fullFrame(), exited: make(chan struct{})}
+}
+
+// exit: the accept loop ends only when the listener is closed, by stop.
+func (e *netEngine) exit() (<-chan struct{}, func() error) {
+	return e.exited, func() error { return nil }
 }
 
 func (e *netEngine) start() (net.Addr, error) {
@@ -42,6 +49,7 @@ func (e *netEngine) start() (net.Addr, error) {
 
 func (e *netEngine) accept() {
 	defer e.wg.Done()
+	defer close(e.exited)
 	var backoff time.Duration
 	for {
 		conn, err := e.ln.Accept()
@@ -57,6 +65,13 @@ func (e *netEngine) accept() {
 		}
 		backoff = 0
 		if e.srv.closing.Load() {
+			conn.Close()
+			continue
+		}
+		if !e.srv.admit() {
+			// A fresh socket's send buffer is empty: this write does not wait.
+			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = conn.Write(e.full)
 			conn.Close()
 			continue
 		}

@@ -28,6 +28,7 @@ type metrics struct {
 	logins           prometheus.Counter
 	loginFailures    prometheus.Counter
 	loginThrottled   prometheus.Counter
+	connsRefused     prometheus.Counter
 	messagesSent     prometheus.Counter
 	deliveredLive    prometheus.Counter
 	deliveredReplay  prometheus.Counter
@@ -66,6 +67,8 @@ func newMetrics() *metrics {
 			Name: "loopchat_logins_total", Help: "Successful logins."}),
 		loginFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_login_failures_total", Help: "Failed login attempts."}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_connections_refused_total", Help: "Connections told the server is full (--max-conns) and closed."}),
 		loginThrottled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_login_throttled_total", Help: "Password logins refused unchecked: their source address failed too often (--login-failures)."}),
 		messagesSent: prometheus.NewCounter(prometheus.CounterOpts{
@@ -116,7 +119,7 @@ func newMetrics() *metrics {
 			Name: "loopchat_redis_errors_total", Help: "Redis commands that failed, by command."}, []string{"cmd"}),
 	}
 	m.registry.MustRegister(m.connsOpen, m.connsByLoop, m.connsTotal, m.requests, m.logins,
-		m.loginFailures, m.loginThrottled, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
+		m.loginFailures, m.loginThrottled, m.connsRefused, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
 		m.inboxReplay, m.inboxTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
 		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
 		m.redisLatency, m.redisErrors,

@@ -51,6 +51,11 @@ type Options struct {
 	TokenSecret []byte
 	// TokenTTL is how long a login token is valid. Zero means 7 days.
 	TokenTTL time.Duration
+	// MaxConns caps client connections open at once; more are sent
+	// Error{UNAVAILABLE} and closed. Zero means the descriptor limit
+	// (ulimit -n) less a reserve for the accept queue, store, Redis and
+	// admin server.
+	MaxConns int
 	// MaxOutbound is how many bytes may wait to be written to one client
 	// before it is kicked as a slow consumer. Zero means 16 MiB: room for
 	// the largest LoginOK the default friend and group limits allow, twice.
@@ -178,6 +183,13 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.InboxLimit <= 0 {
 		c.InboxLimit = 10000
+	}
+	if c.MaxConns <= 0 {
+		n, err := defaultMaxConns()
+		if err != nil {
+			return c, err
+		}
+		c.MaxConns = n
 	}
 	if c.LoginFailures == 0 {
 		c.LoginFailures = 20

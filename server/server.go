@@ -58,6 +58,8 @@ type Server struct {
 	workers      sync.WaitGroup
 	sweepStop    chan struct{}
 	sweepDone    chan struct{}
+	failed       chan error    // the engine stopped on its own (Failed)
+	slots        atomic.Int64  // connections admitted and not yet removed (admit)
 	gcDone       chan struct{} // the GC tuner has put GOGC back; nil without one
 	shutdownOnce sync.Once
 	stopBgOnce   sync.Once
@@ -70,6 +72,9 @@ type engine interface {
 	start() (net.Addr, error)
 	// stop stops accepting and closes every connection.
 	stop(ctx context.Context) error
+	// exit is closed when the engine has stopped serving, and then tells
+	// why (nil after stop).
+	exit() (<-chan struct{}, func() error)
 }
 
 // New prepares a server: it opens the store and builds the broker but does
@@ -95,6 +100,7 @@ func New(o Options) (*Server, error) {
 		startedAt: time.Now(),
 		sweepStop: make(chan struct{}),
 		sweepDone: make(chan struct{}),
+		failed:    make(chan error, 1),
 	}
 	s.users.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -169,6 +175,7 @@ func (s *Server) Start() (net.Addr, error) {
 		return nil, err
 	}
 	s.addr = addr
+	go s.watchEngine()
 	if s.opts.AdminAddr != "" {
 		if s.admin, err = admin.Start(s.opts.AdminAddr, s.adminMux(), s.log); err != nil {
 			_ = s.Shutdown(context.Background())
@@ -194,6 +201,22 @@ func (s *Server) NodeID() string { return s.opts.NodeID }
 // Shutdown tells every client the server is going away (Kicked{server
 // shutting down}), waits up to ctx for them to be written and closed, then
 // stops the engine, finishes queued work and closes broker and store.
+// Failed yields an error when the server has stopped serving on its own —
+// its network engine gave up, so it neither accepts nor keeps connections.
+// The caller should then Shutdown and exit, for a supervisor to restart it.
+func (s *Server) Failed() <-chan error { return s.failed }
+
+func (s *Server) watchEngine() {
+	done, why := s.engine.exit()
+	<-done
+	if s.closing.Load() {
+		return // Shutdown stopped it
+	}
+	err := fmt.Errorf("network engine stopped serving: %w", why())
+	s.log.Error("the network engine stopped on its own; this node serves nothing until restarted", "err", err)
+	s.failed <- err
+}
+
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() { s.shutdownErr = s.shutdown(ctx) })
 	return s.shutdownErr
@@ -317,6 +340,7 @@ func (s *Server) removeConn(c *session) {
 	delete(s.conns, c.id)
 	s.connsMu.Unlock()
 	s.metrics.connsOpen.Dec()
+	s.slots.Add(-1)
 }
 
 func (s *Server) connCount() int {

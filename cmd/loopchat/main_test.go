@@ -62,8 +62,16 @@ func startNode(t *testing.T, dataDir string, extra ...string) *node {
 // startNodeAt is startNode on a given address (to restart a node in place).
 func startNodeAt(t *testing.T, addr, dataDir string, extra ...string) *node {
 	t.Helper()
+	return launchNode(t, nil, addr, dataDir, extra...)
+}
+
+// launchNode is startNodeAt run through wrap (e.g. prlimit and its flags),
+// which must exec the node in its own place.
+func launchNode(t *testing.T, wrap []string, addr, dataDir string, extra ...string) *node {
+	t.Helper()
 	args := append([]string{"serve", "--listen", addr, "--data", dataDir, "--bcrypt-cost", "4", "--log-level", "debug"}, extra...)
-	cmd := exec.Command(binary, args...)
+	argv := append(append(wrap[:len(wrap):len(wrap)], binary), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	n := &node{cmd: cmd, addr: addr, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
 	cmd.Stderr = &lockedWriter{mu: &n.mu, w: n.stderr}
 	if err := cmd.Start(); err != nil {

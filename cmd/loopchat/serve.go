@@ -75,14 +75,20 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			<-ctx.Done()
+			var failed error
+			select {
+			case <-ctx.Done():
+			case failed = <-srv.Failed():
+				// Exit non-zero rather than live on deaf: a supervisor
+				// (systemd's Restart=on-failure) brings the node back.
+			}
 			log.Info("shutting down", "timeout", shutdownTimeout)
 			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 			defer cancel()
-			if err := srv.Shutdown(sctx); err != nil {
+			if err := srv.Shutdown(sctx); err != nil && failed == nil {
 				return fmt.Errorf("shutdown: %w", err)
 			}
-			return nil
+			return failed
 		},
 	}
 	f := cmd.Flags()
@@ -97,6 +103,7 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.DurationVar(&o.LoginTimeout, "login-timeout", 10*time.Second, "close connections not logged in within this time")
 	f.StringVar(&secret, "token-secret", "", "secret that signs login tokens, the same on every node; empty means a random one kept in --data")
 	f.DurationVar(&o.TokenTTL, "token-ttl", 7*24*time.Hour, "how long a login token stays valid")
+	f.IntVar(&o.MaxConns, "max-conns", 0, "client connections open at once; more are told the server is full and closed; 0 means ulimit -n less a reserve for the accept queue and the node's own files")
 	f.IntVar(&o.MaxOutbound, "max-outbound", 16<<20, "bytes allowed to wait for a client before it is kicked as a slow consumer")
 	f.Float64Var(&o.RateLimit, "rate-limit", 100, "requests per second allowed per connection (sustained)")
 	f.IntVar(&o.RateBurst, "rate-burst", 0, "requests per connection allowed in a burst; 0 means twice --rate-limit")
