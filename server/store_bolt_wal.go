@@ -198,7 +198,9 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 		s.cfg.ObserveLog(time.Since(start), len(ops))
 	}
 	if err != nil {
-		err = fmt.Errorf("store: message log: %w", err)
+		// A full disk or failing I/O: nothing was stored, the client may
+		// retry (UNAVAILABLE), and the node keeps serving everything else.
+		err = fmt.Errorf("store: message log: %w: %w", errUnavailable, err)
 		for _, op := range ops {
 			op.err = err
 		}

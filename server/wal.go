@@ -193,6 +193,11 @@ type messageLog struct {
 	broken bool
 }
 
+// errLogWrite marks a failed log write: a full disk or an I/O error. The
+// batch was not answered and the log holds none of it, so its senders may
+// retry.
+var errLogWrite = errors.New("message log write failed")
+
 // createWAL starts a log whose first segment is seg.
 func createWAL(dir string, seg uint64, segSize int64) (*messageLog, error) {
 	l := &messageLog{dir: dir, segSize: segSize}
@@ -239,16 +244,41 @@ func (l *messageLog) write(buf []byte) (walPos, error) {
 			return walPos{}, err
 		}
 	}
-	if _, err := l.f.WriteAt(buf, l.pos.off); err != nil {
-		l.broken = true
-		return walPos{}, err
+	_, err := l.f.WriteAt(buf, l.pos.off)
+	if err == nil {
+		err = unix.Fdatasync(int(l.f.Fd()))
 	}
-	if err := unix.Fdatasync(int(l.f.Fd())); err != nil {
-		l.broken = true
-		return walPos{}, err
+	if err != nil {
+		l.discardFailed()
+		return walPos{}, fmt.Errorf("%w: %w", errLogWrite, err)
 	}
 	l.pos.off += int64(len(buf))
 	return l.pos, nil
+}
+
+// discardFailed undoes what a failed write may have left. Its senders were
+// told it failed, so a restart must not replay part of it: the segment is
+// cut back to its last answered record. A segment with none is removed
+// outright, and the next write makes it again under the same number — so
+// a disk that stays full does not fill its directory with empty segments,
+// one per refused send.
+func (l *messageLog) discardFailed() {
+	l.broken = true
+	if l.pos.off > 0 {
+		// Best effort: if the cut fails the tail is a torn batch that
+		// replay may read, the duplicate risk any log has after an I/O
+		// error; the next batch still starts a fresh segment.
+		if err := l.f.Truncate(l.pos.off); err == nil {
+			_ = unix.Fdatasync(int(l.f.Fd()))
+		}
+		return
+	}
+	l.f.Close()
+	l.f = nil
+	if os.Remove(segmentPath(l.dir, l.pos.seg)) == nil {
+		_ = syncDir(l.dir)
+		l.pos.seg-- // open(seg+1) makes it again
+	}
 }
 
 func (l *messageLog) close() error {
