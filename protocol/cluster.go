@@ -54,8 +54,20 @@ type ChannelEvent struct {
 	AtMs   int64  `json:"at_ms,omitempty"`
 }
 
-// ParseChannelEvent decodes and validates a channel payload.
+// MaxChannelEvent bounds a channel payload: the longest text and names,
+// escaped, fit with room to spare; anything bigger is not an event.
+const MaxChannelEvent = 64 << 10
+
+// maxNodeID bounds a login event's node_id.
+const maxNodeID = 256
+
+// ParseChannelEvent decodes and validates a channel payload. Anyone who
+// can PUBLISH to Redis can send one, so every field that reaches a client
+// is checked as strictly as a client's own request would be.
 func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
+	if len(payload) > MaxChannelEvent {
+		return nil, fmt.Errorf("protocol: channel event of %d bytes, over %d", len(payload), MaxChannelEvent)
+	}
 	var ev ChannelEvent
 	if err := json.Unmarshal(payload, &ev); err != nil {
 		return nil, fmt.Errorf("protocol: channel event: %w", err)
@@ -65,9 +77,14 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 		if err := ValidateText(ev.Text); err != nil {
 			return nil, fmt.Errorf("protocol: channel message: %w", err)
 		}
+		if ev.FromUsername != "" {
+			if err := ValidateUsername(ev.FromUsername); err != nil {
+				return nil, fmt.Errorf("protocol: channel message from_username: %w", err)
+			}
+		}
 	case EventLogin:
-		if ev.NodeID == "" {
-			return nil, fmt.Errorf("protocol: login event without node_id")
+		if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
+			return nil, fmt.Errorf("protocol: login event needs a node_id of 1-%d bytes", maxNodeID)
 		}
 	default:
 		return nil, fmt.Errorf("protocol: unknown channel event type %q", ev.Type)

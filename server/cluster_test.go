@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // clusterNodes starts n nodes sharing one Redis; no token secret is given,
@@ -130,10 +132,23 @@ func TestThirdPartyPublishReachesUser(t *testing.T) {
 	if m.Text != "your invoice is ready" || m.FromUsername != "billing" || m.MsgId == 0 || m.SentAtMs == 0 {
 		t.Fatalf("dave got %v", m)
 	}
-	// A malformed payload is dropped and counted; dave is unharmed.
-	_ = rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), `{"type":"message","text":""}`).Err()
-	waitFor(t, "bad payload counted", func() bool { return testutil.ToFloat64(nodes[0].metrics.channelErrors) == 1 })
+	// Malformed payloads are dropped and counted, none reaches dave, and
+	// he is unharmed: an empty text, a sender name no client could have,
+	// a payload past the size bound.
+	bad := []string{
+		`{"type":"message","text":""}`,
+		`{"type":"message","from_username":"` + strings.Repeat("x", 1000) + `","text":"spoofed"}`,
+		`{"type":"message","from_username":"bill ing","text":"spoofed"}`,
+		`{"type":"message","text":"` + strings.Repeat("y", protocol.MaxChannelEvent) + `"}`,
+	}
+	for _, p := range bad {
+		_ = rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), p).Err()
+	}
+	waitFor(t, "bad payloads counted", func() bool {
+		return testutil.ToFloat64(nodes[0].metrics.channelErrors) == float64(len(bad))
+	})
 	expectOK(t, dave.do(pingReq()))
+	dave.noPush(100 * time.Millisecond)
 }
 
 // TestRedisCrashLosesNothingAcknowledged kills Redis with SIGKILL while

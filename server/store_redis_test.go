@@ -71,9 +71,11 @@ func TestRedisStorePublishesInTheAppendScript(t *testing.T) {
 	_, rdb := testRedis(t)
 	s := NewRedisStore(RedisConfig{Client: rdb, Prefix: "pub:", PublishMessages: true})
 	defer s.Close()
-	a, _ := s.CreateUser(ctx, "a", []byte("h"))
-	b, _ := s.CreateUser(ctx, "b", []byte("h"))
-	c, _ := s.CreateUser(ctx, "c", []byte("h"))
+	// Names as registration allows them: a node drops channel messages
+	// whose from_username a client could not have.
+	a, _ := s.CreateUser(ctx, "ann", []byte("h"))
+	b, _ := s.CreateUser(ctx, "ben", []byte("h"))
+	c, _ := s.CreateUser(ctx, "cat", []byte("h"))
 
 	ps := rdb.Subscribe(ctx, "pub:user:"+fmt.Sprint(b.ID))
 	defer ps.Close()

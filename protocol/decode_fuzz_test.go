@@ -1,0 +1,102 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"testing"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// Any payload decodes to a frame that encodes back to itself, or to an
+// error; a malformed body with intact wire format still yields its seq.
+// `go test -fuzz FuzzDecodeFrame ./protocol`.
+func FuzzDecodeFrame(f *testing.F) {
+	for _, fr := range []*chatpb.Frame{
+		{Seq: 1, Body: &chatpb.Frame_Register{Register: &chatpb.Register{Username: "alice", Password: "hunter2hunter2"}}},
+		{Seq: 2, Body: &chatpb.Frame_Send{Send: &chatpb.Send{To: &chatpb.Send_Username{Username: "bob"}, Text: "hi", ClientMsgId: "c1"}}},
+		{Seq: 3, Body: &chatpb.Frame_Ack{Ack: &chatpb.Ack{MsgIds: []uint64{1, 2, 1 << 60}}}},
+		{Seq: 1 << 63, Body: &chatpb.Frame_Ping{Ping: &chatpb.Ping{}}},
+	} {
+		b, err := proto.Marshal(fr)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0x08, 0x05, 0x52, 0x03, 0x0a, 0x01, 0xff}) // seq 5, a username that is not UTF-8
+	f.Add([]byte{0xff, 0xff, 0xff})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		fr, err := Decode(payload)
+		var invalid *InvalidFrameError
+		switch {
+		case errors.As(err, &invalid):
+			if seq, ok := wireSeq(payload); !ok || seq != invalid.Seq {
+				t.Fatalf("InvalidFrameError seq %d, wire format says %d (%v)", invalid.Seq, seq, ok)
+			}
+			return
+		case err != nil:
+			if _, ok := wireSeq(payload); ok {
+				t.Fatalf("well-formed wire format refused without its seq: %v", err)
+			}
+			return
+		}
+		b, err := Encode(fr)
+		if err != nil {
+			t.Fatalf("decoded frame does not encode: %v", err)
+		}
+		again, err := Decode(b[4:])
+		if err != nil || !proto.Equal(fr, again) {
+			t.Fatalf("round trip: %v, %v != %v", err, again, fr)
+		}
+	})
+}
+
+// Anything published on a user channel either parses into an event that
+// passes a client's own checks and survives a round trip, or is refused.
+// `go test -fuzz FuzzParseChannelEvent ./protocol`.
+func FuzzParseChannelEvent(f *testing.F) {
+	f.Add([]byte(`{"type":"message","msg_id":382722139389689856,"from_user_id":2,"from_username":"bob","to_user_id":1,"text":"hi alice!","sent_at_ms":1795315268512}`))
+	f.Add([]byte(`{"type":"message","msg_id":"382722139389689856","from_username":"billing","text":"your invoice is ready"}`))
+	f.Add([]byte(`{"type":"message","from_username":"no spaces allowed","text":"x"}`))
+	f.Add([]byte(`{"type":"message","text":""}`))
+	f.Add([]byte(`{"type":"login","node_id":"n2","conn_id":17,"at_ms":1795315268512}`))
+	f.Add([]byte(`{"type":"login"}`))
+	f.Add([]byte(`{"type":"other"}`))
+	f.Add([]byte(`{"type":"message","text":"\ud800"}`))
+	f.Add([]byte(`[1,2`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		ev, err := ParseChannelEvent(payload)
+		if err != nil {
+			return
+		}
+		switch ev.Type {
+		case EventMessage:
+			if ValidateText(ev.Text) != nil || !utf8.ValidString(ev.Text) {
+				t.Fatalf("accepted text %q", ev.Text)
+			}
+			if ev.FromUsername != "" && ValidateUsername(ev.FromUsername) != nil {
+				t.Fatalf("accepted from_username %q", ev.FromUsername)
+			}
+		case EventLogin:
+			if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
+				t.Fatalf("accepted node_id %q", ev.NodeID)
+			}
+		default:
+			t.Fatalf("accepted type %q", ev.Type)
+		}
+		b, err := json.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := ParseChannelEvent(b)
+		if err != nil || !reflect.DeepEqual(ev, again) {
+			t.Fatalf("round trip of %s: %v, %+v != %+v", b, err, again, ev)
+		}
+	})
+}
