@@ -3,6 +3,7 @@ package loadbalance_test
 import (
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -10,14 +11,23 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/loopchat/loopchat/codec"
 	"github.com/loopchat/loopchat/internal/testproc"
 	"github.com/loopchat/loopchat/loadbalance"
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
 	"github.com/loopchat/loopchat/server"
 )
 
 func startNode(t *testing.T) string {
 	t.Helper()
-	srv, err := server.New(server.Options{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	return startNodeWith(t, server.Options{})
+}
+
+func startNodeWith(t *testing.T, o server.Options) string {
+	t.Helper()
+	o.Listen, o.DataDir, o.Logger = "127.0.0.1:0", t.TempDir(), slog.New(slog.DiscardHandler)
+	srv, err := server.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +48,28 @@ func TestProbe(t *testing.T) {
 	}
 	if err := loadbalance.Probe(ctx, "127.0.0.1:1"); err == nil {
 		t.Fatal("probe of a closed port succeeded")
+	}
+	// A node at --max-conns answers a new connection with an error, so
+	// the probe fails and lb stops sending it clients.
+	full := startNodeWith(t, server.Options{MaxConns: 1})
+	held, err := net.Dial("tcp", full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	// Its Pong proves it holds the one slot before the probe connects.
+	ping, _ := protocol.Encode(&chatpb.Frame{Seq: 9, Body: &chatpb.Frame_Ping{Ping: &chatpb.Ping{}}})
+	if _, err := held.Write(ping); err != nil {
+		t.Fatal(err)
+	}
+	_ = held.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if p, err := codec.NewReader(held, protocol.ClientMaxFrame).Next(); err != nil {
+		t.Fatal(err)
+	} else if f, err := protocol.Decode(p); err != nil || f.GetPong() == nil {
+		t.Fatalf("the first connection got %v, %v; want a pong", f, err)
+	}
+	if err := loadbalance.Probe(ctx, full); err == nil || !strings.Contains(err.Error(), "instead of pong") {
+		t.Fatalf("probe of a full node: %v, want a failure", err)
 	}
 }
 
