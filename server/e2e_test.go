@@ -430,6 +430,53 @@ func TestFailedLoginsThrottleTheirAddress(t *testing.T) {
 	})
 }
 
+// A group send pays the rate limit for its size: one request per 100
+// recipients on top of its own, so one member cannot make the node push
+// a hundred times a big group's size every second.
+func TestBigGroupSendsPayForTheirFanout(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.RateLimit, opts.RateBurst = 0.001, 8 // no refill within the test
+		ts := startServer(t, opts)
+		alice, _ := ts.user(t, "alice") // register + login: 6 of 8 left
+		resp := alice.do(&chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: "crowd"}}})
+		expectOK(t, resp) // 5 left
+		gid := resp.GetGroupCreated().GetGroupId()
+		ctx := context.Background()
+		var first uint64
+		for i := range 300 {
+			u, err := ts.store.CreateUser(ctx, fmt.Sprintf("member%03d", i), []byte("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ts.store.JoinGroup(ctx, gid, u.ID, Limits{}); err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				first = u.ID
+			}
+		}
+		expectOK(t, alice.do(sendGroup(gid, "to 300"))) // 1 + 3: 1 left
+		limited := alice.do(sendGroup(gid, "again"))    // 1, then 3 more it does not have
+		expectCode(t, limited, codeRateLimited)
+		if !strings.Contains(limited.GetError().GetMessage(), "big group") {
+			t.Fatalf("fan-out refusal says %q", limited.GetError().GetMessage())
+		}
+		in, err := ts.store.Inbox(ctx, first, 0, 10)
+		if err != nil || len(in) != 1 || in[0].Text != "to 300" {
+			t.Fatalf("a member's inbox = %v, %v; want only the send that was allowed", in, err)
+		}
+
+		// A small group costs a send no more than a direct message.
+		bob, _ := ts.user(t, "bob") // 6 left
+		resp = bob.do(&chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: "few"}}})
+		small := resp.GetGroupCreated().GetGroupId() // 5 left
+		for range 5 {
+			expectOK(t, bob.do(sendGroup(small, "cheap")))
+		}
+	})
+}
+
 func TestTimeouts(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		opts := testOptions(t, engine)

@@ -46,6 +46,8 @@ var (
 	ErrTooManyPending = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many requests in flight; wait for responses")
 	// ErrLoginThrottled: a password login from an address that has failed too many recently.
 	ErrLoginThrottled = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many failed logins from your address; try again in a minute")
+	// ErrFanoutLimited: a group send past the rate limit, which charges big groups by their size.
+	ErrFanoutLimited = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "group message rate limit: a send to a big group counts as one request per 100 members")
 	// ErrRateLimited: the connection exceeded its request rate.
 	ErrRateLimited = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "request rate limit exceeded")
 )

@@ -313,6 +313,10 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 				recipients = append(recipients, mem.UserID)
 			}
 		}
+		if !c.allowFanout(len(recipients)) {
+			c.srv.metrics.rateLimited.Inc()
+			return sendReceipt{}, ErrFanoutLimited
+		}
 	default:
 		return sendReceipt{}, ErrNoRecipient
 	}
@@ -354,6 +358,20 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	}
 	stored := res.Message
 	return sendReceipt{msgID: stored.MsgId, sentAtMs: stored.SentAtMs, online: online > 0}, nil
+}
+
+// fanoutPerRequest is how many recipients one request's worth of the rate
+// limit pays for.
+const fanoutPerRequest = 100
+
+// allowFanout charges a group send for its recipients beyond the first
+// fanoutPerRequest, in requests of the connection's rate limit: the send
+// itself was charged one when it arrived. Otherwise one member of a big
+// group could make the node push 100 × the group's size messages a second.
+// A charge is capped at half the burst, so a send to any group can pass.
+func (c *session) allowFanout(recipients int) bool {
+	extra := min(recipients/fanoutPerRequest, c.srv.opts.RateBurst/2)
+	return extra == 0 || c.limiter.AllowN(time.Now(), extra)
 }
 
 func (c *session) ack(ctx context.Context, req *chatpb.Ack) error {

@@ -69,7 +69,8 @@ const requestTimeout = 10 * time.Second
 // session is the server's state for one client connection.
 //
 // Concurrency: the reading side (an event loop, or the net engine's reader
-// goroutine) owns limiter and broken. Requests run on one worker at a time
+// goroutine) owns broken; limiter is charged there per request, and by
+// the worker for a group send's fan-out (rate.Limiter locks). Requests run on one worker at a time
 // (mailbox), so handlers see each connection's requests in order. Fields
 // read by other goroutines (sweeper, event delivery) are atomics or under mu.
 type session struct {
