@@ -1,9 +1,12 @@
 package server
 
 import (
+	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -223,4 +226,68 @@ func TestSlowReaderIsKicked(t *testing.T) {
 		}
 		stop()
 	})
+}
+
+// stallStore holds ListFriends until released: a store (or Redis) that has
+// stopped answering, while requests keep arriving.
+type stallStore struct {
+	Store
+	armed   *atomic.Bool
+	release chan struct{}
+}
+
+func (s stallStore) Friends(ctx context.Context, uid uint64) ([]User, error) {
+	if s.armed.Load() {
+		<-s.release
+	}
+	return s.Store.Friends(ctx, uid)
+}
+
+// While a connection's requests wait behind a stalled store, what it may
+// queue is bounded in bytes too: frames past 1 MiB are refused at once
+// (RATE_LIMITED), and the ones queued are answered once the store is back.
+func TestQueuedRequestBytesAreBounded(t *testing.T) {
+	opts := testOptions(t, EngineGnet) // the net engine runs requests inline: no queue
+	bolt, err := OpenBoltStore(BoltConfig{Path: filepath.Join(t.TempDir(), "s.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bolt.Close() })
+	stall := stallStore{Store: bolt, armed: new(atomic.Bool), release: make(chan struct{})}
+	opts.Store = stall
+	ts := startServer(t, opts)
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(stall.release) }) }
+	t.Cleanup(release) // before the server's own cleanup, which waits for its workers
+	_, _ = ts.user(t, "bob")
+	alice, _ := ts.user(t, "alice")
+	stall.armed.Store(true)
+
+	stuck := alice.sendFrame(&chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}})
+	const big, n = 60_000, 20 // 17 of them fit in 1 MiB
+	for range n {
+		alice.sendFrame(sendTo("bob", strings.Repeat("x", big)))
+	}
+	refused := 0
+	for refused < n-17 {
+		f := alice.read()
+		if e := f.GetError(); e == nil || e.Code != codeRateLimited {
+			t.Fatalf("while the store stalls, got %v; want only RATE_LIMITED for what does not fit", f)
+		}
+		refused++
+	}
+	release()
+	answered := 0
+	for answered < 1+17 {
+		f := alice.read()
+		switch {
+		case f.Seq == stuck:
+			expectOK(t, f)
+		case f.GetError().GetCode() == codeInvalid: // the text is over 4 KiB: queued, then refused
+		default:
+			t.Fatalf("after the stall, got %v", f)
+		}
+		answered++
+	}
+	expectOK(t, alice.do(pingReq()))
 }

@@ -43,9 +43,17 @@ type sessionUser struct {
 // notice that the connection closed (cleanup runs after earlier requests).
 type mailItem struct {
 	frame  *chatpb.Frame
+	size   int // the frame's bytes on the wire, counted against maxPendingBytes
 	closed bool
 	resync bool // replay the inbox: live pushes may have been missed
 }
+
+// maxPendingBytes bounds the request bytes one connection may have waiting
+// for a worker, beside MaxPending's count: while the store or Redis stalls,
+// 256 frames of 64 KiB would hold 16 MiB per connection. Every legitimate
+// request is far smaller (the largest, an Ack of 1,024 ids, is ~10 KiB),
+// and a frame of any allowed size still fits alone.
+func (s *Server) maxPendingBytes() int { return max(1<<20, s.opts.MaxFrame) }
 
 // replayState buffers live pushes while the inbox is being replayed at
 // login, so the client sees its inbox oldest first, then live messages,
@@ -92,6 +100,7 @@ type session struct {
 
 	mu      sync.Mutex
 	queue   []mailItem
+	queued  int // bytes of the frames in queue
 	running bool
 	gone    bool
 
@@ -171,7 +180,7 @@ func (c *session) received(payload []byte, inline bool) bool {
 		c.handle(f)
 		return true
 	}
-	if !c.enqueue(mailItem{frame: f}) {
+	if !c.enqueue(mailItem{frame: f, size: len(payload)}) {
 		c.srv.metrics.rateLimited.Inc()
 		c.fail(f.GetSeq(), protocol.Kind(f), ErrTooManyPending)
 	}
@@ -205,11 +214,13 @@ func (c *session) protocolError(kind string, err error) {
 
 func (c *session) enqueue(it mailItem) bool {
 	c.mu.Lock()
-	if it.frame != nil && len(c.queue) >= c.srv.opts.MaxPending {
+	if it.frame != nil && (len(c.queue) >= c.srv.opts.MaxPending ||
+		c.queued > 0 && c.queued+it.size > c.srv.maxPendingBytes()) {
 		c.mu.Unlock()
 		return false
 	}
 	c.queue = append(c.queue, it)
+	c.queued += it.size
 	start := !c.running
 	c.running = true
 	c.mu.Unlock()
@@ -232,6 +243,7 @@ func (c *session) drain() {
 		it := c.queue[0]
 		c.queue[0] = mailItem{}
 		c.queue = c.queue[1:]
+		c.queued -= it.size
 		gone := c.gone
 		c.mu.Unlock()
 		switch {
