@@ -69,7 +69,8 @@ type BoltConfig struct {
 	MaxBatch int
 	// LogLinger is how long the message log waits for more sends to share
 	// an fdatasync when sends are arriving concurrently; a lone send never
-	// waits. Zero means 1ms; negative means never wait.
+	// waits. Zero means 500µs, which Go's timers round up to about 1ms
+	// when the process is otherwise idle; negative means never wait.
 	LogLinger time.Duration
 	// ObserveCommit, if set, is told each commit's duration and size.
 	ObserveCommit func(d time.Duration, writes int)
