@@ -12,6 +12,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/loopchat/loopchat/internal/logsample"
 )
 
 // errSilent marks an error already reported to the user.
@@ -95,6 +97,11 @@ func (r redisLogs) Printf(ctx context.Context, format string, v ...any) {
 	r.log.DebugContext(ctx, strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "))
 }
 
+// logLinesPerSecond is how many lines with the same message (below Error)
+// a process writes in a second; the rest are counted in the next one's
+// suppressed=N.
+const logLinesPerSecond = 10
+
 // newLogger builds the process logger from --log-level and --log-format.
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var lv slog.Level
@@ -102,11 +109,16 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
 	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		h = slog.NewTextHandler(w, opts)
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		h = slog.NewJSONHandler(w, opts)
+	default:
+		return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
 	}
-	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+	// An outage makes every refused request log the same warning; keep
+	// ten of each a second and count the rest.
+	return slog.New(logsample.New(h, logLinesPerSecond)), nil
 }
