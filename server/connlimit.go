@@ -1,7 +1,10 @@
 package server
 
 import (
+	"errors"
 	"fmt"
+	"net/netip"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -50,13 +53,80 @@ func (s *Server) admit() bool {
 		return true
 	}
 	s.slots.Add(-1)
-	s.metrics.connsRefused.Inc()
+	s.metrics.connsRefused.WithLabelValues("max_conns").Inc()
 	return false
 }
 
 // fullFrame is what a refused connection reads before it is closed.
 func fullFrame() []byte {
 	b, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Error{Error: ErrServerFull.Proto()}})
+	if err != nil {
+		panic(err) // a constant frame
+	}
+	return b
+}
+
+// ErrAddressBusy: a connection from an address that already has
+// MaxAnonymousPerAddress connections not yet logged in.
+var ErrAddressBusy = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many connections from your address have not logged in; log in on those or retry later")
+
+// errAddressBusy is how takeProxyHeader reports ErrAddressBusy to the engine.
+var errAddressBusy = errors.New("address has too many connections not logged in")
+
+// anonymous counts, per client address (IPv6: per /64, as the login guard
+// does), the connections that have not logged in yet. The connection cap
+// alone lets one host take every slot with connections that never log in,
+// reconnecting as the login deadline closes them; this keeps each address
+// to a share, while a logged-in connection no longer counts.
+type anonymous struct {
+	limit int // <= 0: no limit
+	mu    sync.Mutex
+	n     map[netip.Prefix]int
+}
+
+func newAnonymous(limit int) *anonymous {
+	return &anonymous{limit: limit, n: make(map[netip.Prefix]int)}
+}
+
+// hold counts c under its (now final) client address, or reports that the
+// address has no room; a refusal is counted.
+func (s *Server) holdAnonymous(c *session) bool {
+	a := s.anon
+	if a.limit <= 0 {
+		return true
+	}
+	key, ok := source(c.remoteAddr())
+	if !ok {
+		return true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n[key] >= a.limit {
+		s.metrics.connsRefused.WithLabelValues("address").Inc()
+		return false
+	}
+	a.n[key]++
+	c.anonKey = key
+	c.anonHeld.Store(true)
+	return true
+}
+
+// releaseAnonymous stops counting c: it logged in, or it is gone.
+func (s *Server) releaseAnonymous(c *session) {
+	if !c.anonHeld.CompareAndSwap(true, false) {
+		return
+	}
+	a := s.anon
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n[c.anonKey]--; a.n[c.anonKey] <= 0 {
+		delete(a.n, c.anonKey)
+	}
+}
+
+// addressBusyFrame is what a connection refused for its address reads.
+func addressBusyFrame() []byte {
+	b, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Error{Error: ErrAddressBusy.Proto()}})
 	if err != nil {
 		panic(err) // a constant frame
 	}

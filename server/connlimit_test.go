@@ -1,6 +1,7 @@
 package server
 
 import (
+	"net"
 	"strings"
 	"testing"
 
@@ -30,7 +31,7 @@ func TestConnectionCap(t *testing.T) {
 			t.Fatalf("bob got %q", m.Text)
 		}
 		admin := "http://" + ts.AdminAddr().String()
-		if got := scrape(t, ts.AdminAddr().String())["loopchat_connections_refused_total"]; got != 1 {
+		if got := scrape(t, ts.AdminAddr().String())["loopchat_connections_refused_total{reason=max_conns}"]; got != 1 {
 			t.Fatalf("connections_refused_total = %v, want 1", got)
 		}
 		if code, body := httpGet(t, admin+"/readyz"); code != 503 || !strings.Contains(body, "connection limit") {
@@ -44,5 +45,38 @@ func TestConnectionCap(t *testing.T) {
 		}
 		carol, _ := ts.user(t, "carol")
 		expectOK(t, carol.do(pingReq()))
+	})
+}
+
+// One address may hold only so many connections that have not logged in;
+// the next is told so and closed, other addresses are untouched, and a
+// connection that logs in frees its place.
+func TestAnonymousConnectionsPerAddress(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.MaxAnonymousPerAddress = 2
+		opts.AdminAddr = "127.0.0.1:0"
+		ts := startServer(t, opts)
+		host := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 21)}
+		first := dialFrom(t, ts.addr, host)
+		expectOK(t, first.do(pingReq()))
+		second := dialFrom(t, ts.addr, host)
+		expectOK(t, second.do(pingReq()))
+
+		third := dialFrom(t, ts.addr, host)
+		f := third.read()
+		if e := f.GetError(); e == nil || e.Code != chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED || !strings.Contains(e.Message, "not logged in") {
+			t.Fatalf("a third anonymous connection from one address read %v", f)
+		}
+		third.expectClosed()
+		expectOK(t, dialFrom(t, ts.addr, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 22)}).do(pingReq()))
+		if got := scrape(t, ts.AdminAddr().String())["loopchat_connections_refused_total{reason=address}"]; got != 1 {
+			t.Fatalf("connections_refused_total{reason=address} = %v, want 1", got)
+		}
+
+		expectOK(t, first.do(registerReq("carol", pw)))
+		expectOK(t, first.do(loginReq("carol", pw))) // logged in: no longer counted
+		fourth := dialFrom(t, ts.addr, host)
+		expectOK(t, fourth.do(pingReq()))
 	})
 }

@@ -120,6 +120,10 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound)}
 	s := e.srv.newSession(c.RemoteAddr(), t)
 	t.sess = s
+	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
+		e.srv.slots.Add(-1) // never added: no OnClose work to undo it
+		return e.srv.addressBusy, gnet.Close
+	}
 	c.SetContext(s)
 	e.srv.addConn(s)
 	e.loopGauge(c).Inc()

@@ -88,6 +88,16 @@ func (e *netEngine) serve(conn net.Conn) {
 	t := newNetTransport(conn, int64(e.srv.opts.MaxOutbound))
 	s := e.srv.newSession(conn.RemoteAddr(), t)
 	t.sess = s
+	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
+		e.srv.slots.Add(-1) // admitted, but never added
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = conn.Write(e.srv.addressBusy)
+		e.mu.Lock()
+		delete(e.conns, conn)
+		e.mu.Unlock()
+		conn.Close()
+		return
+	}
 	e.srv.addConn(s)
 	go t.writeLoop()
 	defer func() {
@@ -99,7 +109,7 @@ func (e *netEngine) serve(conn net.Conn) {
 	}()
 	br := bufio.NewReader(conn)
 	if err := s.readProxyHeader(br); err != nil {
-		if errors.Is(err, codec.ErrProxyHeader) {
+		if errors.Is(err, codec.ErrProxyHeader) || errors.Is(err, errAddressBusy) {
 			s.frameError(err)
 			t.waitClosed(time.Second)
 		}

@@ -156,6 +156,7 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	}
 	c.srv.metrics.logins.Inc()
 	c.loggedInOnce.Store(true)
+	c.srv.releaseAnonymous(c)
 	c.debug("logged in") // debug: at C10K rates one line per login is noise
 	// The replay outlives this request's timeout: a big inbox to a slow
 	// reader takes as long as it takes (waitWritable bounds the stalls).

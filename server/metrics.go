@@ -28,7 +28,7 @@ type metrics struct {
 	logins           prometheus.Counter
 	loginFailures    prometheus.Counter
 	loginThrottled   prometheus.Counter
-	connsRefused     prometheus.Counter
+	connsRefused     *prometheus.CounterVec
 	messagesSent     prometheus.Counter
 	deliveredLive    prometheus.Counter
 	deliveredReplay  prometheus.Counter
@@ -67,8 +67,9 @@ func newMetrics() *metrics {
 			Name: "loopchat_logins_total", Help: "Successful logins."}),
 		loginFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_login_failures_total", Help: "Failed login attempts."}),
-		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "loopchat_connections_refused_total", Help: "Connections told the server is full (--max-conns) and closed."}),
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loopchat_connections_refused_total", Help: "Connections refused and closed, by reason: max_conns (the node is full), address (its address has too many not logged in)."},
+			[]string{"reason"}),
 		loginThrottled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_login_throttled_total", Help: "Password logins refused unchecked: their source address failed too often (--login-failures)."}),
 		messagesSent: prometheus.NewCounter(prometheus.CounterOpts{

@@ -56,6 +56,10 @@ type Options struct {
 	// (ulimit -n) less a reserve for the accept queue, store, Redis and
 	// admin server.
 	MaxConns int
+	// MaxAnonymousPerAddress caps the connections from one client address
+	// (IPv6: per /64) that have not logged in yet; more are told so and
+	// closed. Zero means 256; negative means no limit.
+	MaxAnonymousPerAddress int
 	// MaxOutbound is how many bytes may wait to be written to one client
 	// before it is kicked as a slow consumer. Zero means 16 MiB: room for
 	// the largest LoginOK the default friend and group limits allow, twice.
@@ -190,6 +194,9 @@ func (o *Options) withDefaults() (Options, error) {
 			return c, err
 		}
 		c.MaxConns = n
+	}
+	if c.MaxAnonymousPerAddress == 0 {
+		c.MaxAnonymousPerAddress = 256
 	}
 	if c.LoginFailures == 0 {
 		c.LoginFailures = 20

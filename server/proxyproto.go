@@ -55,7 +55,9 @@ func (c *session) takeProxyHeader(buf []byte) (size int, done bool, err error) {
 		return 0, false, nil
 	}
 	if !codec.LooksLikeProxyHeader(buf) {
-		c.proxy = proxyDone
+		if err := c.finishProxy(); err != nil {
+			return 0, false, err
+		}
 		return 0, true, nil
 	}
 	if len(buf) < 6 {
@@ -77,8 +79,22 @@ func (c *session) takeProxyHeader(buf []byte) (size int, done bool, err error) {
 		remote := src.String()
 		c.remote.Store(&remote)
 	}
-	c.proxy = proxyDone
+	if err := c.finishProxy(); err != nil {
+		return 0, false, err
+	}
 	return size, true, nil
+}
+
+// finishProxy marks the header done: the client's address is final, so a
+// connection from a trusted proxy is counted under it now (one from
+// anyone else was counted when it opened).
+func (c *session) finishProxy() error {
+	was := c.proxy
+	c.proxy = proxyDone
+	if was == proxyMaybe && !c.srv.holdAnonymous(c) {
+		return errAddressBusy
+	}
+	return nil
 }
 
 // readProxyHeader does the same on a blocking reader (net engine).

@@ -107,6 +107,31 @@ func TestFailedLoginsCountTheProxiedClient(t *testing.T) {
 	})
 }
 
+// Behind a proxy the per-address count of connections not logged in is
+// the clients', not the proxy's.
+func TestAnonymousCountIsPerProxiedClient(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.MaxAnonymousPerAddress = 1
+		opts.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+		ts := startServer(t, opts)
+		via := func(client string) *rawConn {
+			rc := dial(t, ts.addr)
+			rc.writeRaw([]byte("PROXY TCP4 " + client + " 127.0.0.1 40001 7000\r\n"))
+			return rc
+		}
+		held := via("203.0.113.60")
+		expectOK(t, held.do(pingReq()))
+		expectOK(t, via("203.0.113.61").do(pingReq())) // another client through the same proxy
+		again := via("203.0.113.60")
+		if e := again.read().GetError(); e == nil || e.Code != codeRateLimited {
+			t.Fatalf("a second anonymous connection of one proxied client got %v", e)
+		}
+		again.expectClosed()
+		expectOK(t, held.do(pingReq()))
+	})
+}
+
 func TestProxyHeaderFromUntrustedPeerIsRefused(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		opts := testOptions(t, engine)

@@ -60,6 +60,8 @@ type Server struct {
 	sweepDone    chan struct{}
 	failed       chan error    // the engine stopped on its own (Failed)
 	slots        atomic.Int64  // connections admitted and not yet removed (admit)
+	anon         *anonymous    // connections not logged in, per address
+	addressBusy  []byte        // the frame a connection refused for its address gets
 	gcDone       chan struct{} // the GC tuner has put GOGC back; nil without one
 	shutdownOnce sync.Once
 	stopBgOnce   sync.Once
@@ -89,18 +91,20 @@ func New(o Options) (*Server, error) {
 			"largest_login_ok_bytes", n, "max_outbound", opts.MaxOutbound, "client_max_frame", protocol.ClientMaxFrame)
 	}
 	s := &Server{
-		opts:      opts,
-		log:       opts.Logger.With("node", opts.NodeID),
-		tokens:    newTokens(opts.TokenSecret, opts.TokenTTL),
-		hasher:    newHasher(opts.BcryptCost, max(1, opts.Loops)),
-		guard:     newLoginGuard(opts.LoginFailures),
-		ids:       newMsgIDGen(0),
-		metrics:   newMetrics(),
-		conns:     make(map[uint64]*session),
-		startedAt: time.Now(),
-		sweepStop: make(chan struct{}),
-		sweepDone: make(chan struct{}),
-		failed:    make(chan error, 1),
+		opts:        opts,
+		log:         opts.Logger.With("node", opts.NodeID),
+		tokens:      newTokens(opts.TokenSecret, opts.TokenTTL),
+		hasher:      newHasher(opts.BcryptCost, max(1, opts.Loops)),
+		guard:       newLoginGuard(opts.LoginFailures),
+		ids:         newMsgIDGen(0),
+		metrics:     newMetrics(),
+		conns:       make(map[uint64]*session),
+		startedAt:   time.Now(),
+		sweepStop:   make(chan struct{}),
+		sweepDone:   make(chan struct{}),
+		failed:      make(chan error, 1),
+		anon:        newAnonymous(opts.MaxAnonymousPerAddress),
+		addressBusy: addressBusyFrame(),
 	}
 	s.users.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())

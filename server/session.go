@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -97,6 +98,10 @@ type session struct {
 	// out and in again (or registers users) is not a lurker.
 	loggedInOnce atomic.Bool
 	user         atomic.Pointer[sessionUser]
+	// anonHeld: counted among its address's connections not logged in
+	// (anonKey), until it logs in or goes.
+	anonHeld atomic.Bool
+	anonKey  netip.Prefix
 
 	mu      sync.Mutex
 	queue   []mailItem
@@ -189,6 +194,11 @@ func (c *session) received(payload []byte, inline bool) bool {
 
 // frameError is called by an engine when the framing itself is broken.
 func (c *session) frameError(err error) {
+	if errors.Is(err, errAddressBusy) {
+		c.broken = true
+		c.out.sendAndClose(c.srv.addressBusy)
+		return
+	}
 	kind := "garbage"
 	switch {
 	case errors.Is(err, codec.ErrZeroLength):
@@ -269,6 +279,7 @@ func (c *session) closed(inline bool) {
 	c.mu.Lock()
 	c.gone = true
 	c.mu.Unlock()
+	c.srv.releaseAnonymous(c)
 	c.srv.removeConn(c)
 	if inline {
 		c.cleanup()

@@ -123,6 +123,9 @@ func TestClusterNodeKilled(t *testing.T) {
 func TestJSONLogsStayJSONWhenRedisDies(t *testing.T) {
 	r := testproc.StartRedis(t)
 	n := startNode(t, t.TempDir(), "--redis", r.URL, "--node-id", "n1", "--heartbeat", "100ms", "--log-format", "json")
+	// The port opens before the node has registered in Redis; killing
+	// Redis in between fails the start itself, which is not this test.
+	waitUntil(t, "the node to be serving", 10*time.Second, func() bool { return strings.Contains(n.log(), `"msg":"serving"`) })
 	r.Kill()
 	waitUntil(t, "go-redis to report the lost Redis", 10*time.Second, func() bool {
 		return strings.Contains(n.log(), `"component":"go-redis"`) || strings.Contains(n.log(), "redis: 20")

@@ -126,7 +126,7 @@ func TestNodeAtItsDescriptorLimitKeepsServing(t *testing.T) {
 func TestNodeWhoseEngineStopsExits(t *testing.T) {
 	prlimit := testproc.Need(t, "prlimit")
 	n := launchNode(t, []string{prlimit, "--nofile=300:300", "--"}, freeAddr(t), t.TempDir(),
-		"--engine", "gnet", "--max-conns", "100000")
+		"--engine", "gnet", "--max-conns", "100000", "--max-anonymous-per-address", "-1")
 	flood(t, n.addr, 600)
 	err := n.wait(t, 20*time.Second)
 	if err == nil {

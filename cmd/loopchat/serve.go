@@ -104,6 +104,7 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.StringVar(&secret, "token-secret", "", "secret that signs login tokens, the same on every node; empty means a random one kept in --data")
 	f.DurationVar(&o.TokenTTL, "token-ttl", 7*24*time.Hour, "how long a login token stays valid")
 	f.IntVar(&o.MaxConns, "max-conns", 0, "client connections open at once; more are told the server is full and closed; 0 means ulimit -n less a reserve for the accept queue and the node's own files")
+	f.IntVar(&o.MaxAnonymousPerAddress, "max-anonymous-per-address", 256, "connections from one client address (IPv6: per /64) not yet logged in; more are told so and closed; negative means no limit")
 	f.IntVar(&o.MaxOutbound, "max-outbound", 16<<20, "bytes allowed to wait for a client before it is kicked as a slow consumer")
 	f.Float64Var(&o.RateLimit, "rate-limit", 100, "requests per second allowed per connection (sustained)")
 	f.IntVar(&o.RateBurst, "rate-burst", 0, "requests per connection allowed in a burst; 0 means twice --rate-limit")
