@@ -57,9 +57,10 @@ func (s *Server) admit() bool {
 	return false
 }
 
-// fullFrame is what a refused connection reads before it is closed.
-func fullFrame() []byte {
-	b, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Error{Error: ErrServerFull.Proto()}})
+// refusalFrame is the one frame a refused connection reads before it is
+// closed: an Error push with seq 0.
+func refusalFrame(e *protocol.Error) []byte {
+	b, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Error{Error: e.Proto()}})
 	if err != nil {
 		panic(err) // a constant frame
 	}
@@ -88,7 +89,7 @@ func newAnonymous(limit int) *anonymous {
 	return &anonymous{limit: limit, n: make(map[netip.Prefix]int)}
 }
 
-// hold counts c under its (now final) client address, or reports that the
+// holdAnonymous counts c under its (now final) client address, or reports that the
 // address has no room; a refusal is counted.
 func (s *Server) holdAnonymous(c *session) bool {
 	a := s.anon
@@ -122,13 +123,4 @@ func (s *Server) releaseAnonymous(c *session) {
 	if a.n[c.anonKey]--; a.n[c.anonKey] <= 0 {
 		delete(a.n, c.anonKey)
 	}
-}
-
-// addressBusyFrame is what a connection refused for its address reads.
-func addressBusyFrame() []byte {
-	b, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Error{Error: ErrAddressBusy.Proto()}})
-	if err != nil {
-		panic(err) // a constant frame
-	}
-	return b
 }

@@ -31,12 +31,11 @@ type gnetEngine struct {
 	booted  chan struct{}
 	exited  chan struct{} // closed when gnet.Run returns
 	runErr  error         // what it returned; read after exited
-	full    []byte        // the frame a connection past MaxConns gets
 }
 
 func newGnetEngine(s *Server) *gnetEngine {
 	return &gnetEngine{srv: s, booted: make(chan struct{}), exited: make(chan struct{}),
-		loops: make(map[gnet.EventLoop]prometheus.Gauge), full: fullFrame()}
+		loops: make(map[gnet.EventLoop]prometheus.Gauge)}
 }
 
 func (e *gnetEngine) start() (net.Addr, error) {
@@ -115,7 +114,7 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return nil, gnet.Close
 	}
 	if !e.srv.admit() {
-		return e.full, gnet.Close
+		return e.srv.serverFull, gnet.Close
 	}
 	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound)}
 	s := e.srv.newSession(c.RemoteAddr(), t)

@@ -23,12 +23,11 @@ type netEngine struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
-	full   []byte        // the frame a connection past MaxConns gets
 	exited chan struct{} // closed when the accept loop returns
 }
 
 func newNetEngine(s *Server) *netEngine {
-	return &netEngine{srv: s, conns: make(map[net.Conn]struct{}), full: fullFrame(), exited: make(chan struct{})}
+	return &netEngine{srv: s, conns: make(map[net.Conn]struct{}), exited: make(chan struct{})}
 }
 
 // exit: the accept loop ends only when the listener is closed, by stop.
@@ -71,7 +70,7 @@ func (e *netEngine) accept() {
 		if !e.srv.admit() {
 			// A fresh socket's send buffer is empty: this write does not wait.
 			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = conn.Write(e.full)
+			_, _ = conn.Write(e.srv.serverFull)
 			conn.Close()
 			continue
 		}

@@ -84,6 +84,15 @@ func TestProxyProtocol(t *testing.T) {
 	})
 }
 
+// dialVia connects as a trusted proxy would for client: a PROXY v1 header
+// naming it comes first.
+func (ts *testServer) dialVia(t *testing.T, client string) *rawConn {
+	t.Helper()
+	rc := dial(t, ts.addr)
+	rc.writeRaw([]byte("PROXY TCP4 " + client + " 127.0.0.1 40001 7000\r\n"))
+	return rc
+}
+
 // Behind a proxy every connection comes from the proxy; the failed-login
 // guard must count the clients the PROXY headers name, not the proxy.
 func TestFailedLoginsCountTheProxiedClient(t *testing.T) {
@@ -93,11 +102,7 @@ func TestFailedLoginsCountTheProxiedClient(t *testing.T) {
 		opts.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 		ts := startServer(t, opts)
 		ts.user(t, "carol")
-		via := func(client string) *rawConn {
-			rc := dial(t, ts.addr)
-			rc.writeRaw([]byte("PROXY TCP4 " + client + " 127.0.0.1 40001 7000\r\n"))
-			return rc
-		}
+		via := func(client string) *rawConn { return ts.dialVia(t, client) }
 		guesser := via("203.0.113.50")
 		for range 2 {
 			expectCode(t, guesser.do(loginReq("carol", "not her password")), codeUnauth)
@@ -115,11 +120,7 @@ func TestAnonymousCountIsPerProxiedClient(t *testing.T) {
 		opts.MaxAnonymousPerAddress = 1
 		opts.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 		ts := startServer(t, opts)
-		via := func(client string) *rawConn {
-			rc := dial(t, ts.addr)
-			rc.writeRaw([]byte("PROXY TCP4 " + client + " 127.0.0.1 40001 7000\r\n"))
-			return rc
-		}
+		via := func(client string) *rawConn { return ts.dialVia(t, client) }
 		held := via("203.0.113.60")
 		expectOK(t, held.do(pingReq()))
 		expectOK(t, via("203.0.113.61").do(pingReq())) // another client through the same proxy

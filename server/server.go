@@ -61,7 +61,8 @@ type Server struct {
 	failed       chan error    // the engine stopped on its own (Failed)
 	slots        atomic.Int64  // connections admitted and not yet removed (admit)
 	anon         *anonymous    // connections not logged in, per address
-	addressBusy  []byte        // the frame a connection refused for its address gets
+	serverFull   []byte        // what a connection past MaxConns reads (refusalFrame)
+	addressBusy  []byte        // what a connection refused for its address reads
 	gcDone       chan struct{} // the GC tuner has put GOGC back; nil without one
 	shutdownOnce sync.Once
 	stopBgOnce   sync.Once
@@ -104,7 +105,8 @@ func New(o Options) (*Server, error) {
 		sweepDone:   make(chan struct{}),
 		failed:      make(chan error, 1),
 		anon:        newAnonymous(opts.MaxAnonymousPerAddress),
-		addressBusy: addressBusyFrame(),
+		serverFull:  refusalFrame(ErrServerFull),
+		addressBusy: refusalFrame(ErrAddressBusy),
 	}
 	s.users.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
