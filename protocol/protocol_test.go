@@ -1,8 +1,10 @@
 package protocol
 
 import (
+	"bytes"
+	"encoding/hex"
 	"errors"
-	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -168,15 +170,64 @@ func TestErrorMatchesByCode(t *testing.T) {
 	}
 }
 
-// The byte-by-byte example in docs/protocol.md.
+// The byte-by-byte example in docs/protocol.md, read from the doc itself
+// so that the doc cannot drift from what Encode writes.
 func TestDocumentedBytes(t *testing.T) {
-	reg, _ := Encode(&chatpb.Frame{Seq: 1, Body: &chatpb.Frame_Register{Register: &chatpb.Register{Username: "alice", Password: "hunter2hunter2"}}})
-	want := "0000001b0801521 70a05616c69636512 0e68756e7465723268756e74657232"
-	if got := fmt.Sprintf("%x", reg); got != strings.ReplaceAll(want, " ", "") {
-		t.Fatalf("register = %s", got)
+	blocks := documentedFrames(t, "../docs/protocol.md", "## A session, byte by byte")
+	want := []*chatpb.Frame{
+		{Seq: 1, Body: &chatpb.Frame_Register{Register: &chatpb.Register{Username: "alice", Password: "hunter2hunter2"}}},
+		{Seq: 1, Body: &chatpb.Frame_RegisterOk{RegisterOk: &chatpb.RegisterOK{UserId: 1}}},
 	}
-	ok, _ := Encode(&chatpb.Frame{Seq: 1, Body: &chatpb.Frame_RegisterOk{RegisterOk: &chatpb.RegisterOK{UserId: 1}}})
-	if got := fmt.Sprintf("%x", ok); got != "000000070801c202020801" {
-		t.Fatalf("register_ok = %s", got)
+	if len(blocks) != len(want) {
+		t.Fatalf("the doc shows %d frames, want %d", len(blocks), len(want))
 	}
+	for i, f := range want {
+		enc, err := Encode(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(enc, blocks[i]) {
+			t.Errorf("%s: the doc shows\n%x\nEncode writes\n%x", Kind(f), blocks[i], enc)
+		}
+	}
+}
+
+// documentedFrames returns the bytes of each indented hex block in the
+// section of doc that starts at heading: on each line, the hex pairs before
+// the first run of two spaces (the rest is the line's explanation).
+func documentedFrames(t *testing.T, doc, heading string) [][]byte {
+	t.Helper()
+	raw, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	start := strings.Index(text, "\n"+heading+"\n")
+	if start < 0 {
+		t.Fatalf("%s has no section %q", doc, heading)
+	}
+	section := text[start+len(heading)+2:]
+	if end := strings.Index(section, "\n## "); end >= 0 {
+		section = section[:end]
+	}
+	var blocks [][]byte
+	var cur []byte
+	for _, line := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(line, "    ") {
+			if cur != nil {
+				blocks, cur = append(blocks, cur), nil
+			}
+			continue
+		}
+		hexPart, _, _ := strings.Cut(strings.TrimSpace(line), "  ")
+		b, err := hex.DecodeString(strings.ReplaceAll(hexPart, " ", ""))
+		if err != nil {
+			t.Fatalf("%s: line %q does not start with hex bytes: %v", doc, line, err)
+		}
+		cur = append(cur, b...)
+	}
+	if cur != nil {
+		blocks = append(blocks, cur)
+	}
+	return blocks
 }

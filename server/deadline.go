@@ -15,6 +15,8 @@ import (
 type sharedDeadline struct {
 	parent         context.Context
 	timeout, slack time.Duration
+	// now is time.Now; tests step it to check which requests share a context.
+	now func() time.Time
 
 	cur  atomic.Pointer[deadlineCtx]
 	mu   sync.Mutex     // serialises making the next context
@@ -28,12 +30,12 @@ type deadlineCtx struct {
 }
 
 func newSharedDeadline(parent context.Context, timeout time.Duration) *sharedDeadline {
-	return &sharedDeadline{parent: parent, timeout: timeout, slack: timeout / 50}
+	return &sharedDeadline{parent: parent, timeout: timeout, slack: timeout / 50, now: time.Now}
 }
 
 // context returns a context that ends no sooner than timeout from now.
 func (d *sharedDeadline) context() context.Context {
-	now := time.Now()
+	now := d.now()
 	if c := d.cur.Load(); c != nil && !c.until.Before(now.Add(d.timeout)) {
 		return c.ctx
 	}

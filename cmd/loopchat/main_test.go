@@ -297,12 +297,15 @@ func TestServeShutsDownCleanlyOnSIGTERM(t *testing.T) {
 	// A client waiting in script mode sees the kick, then the disconnect.
 	cmd := exec.Command(binary, "client", "--addr", n.addr, "--json", "--no-reconnect")
 	cmd.Stdin = strings.NewReader("/login carol hunter2hunter2\n/wait 5s\n")
-	var stdout bytes.Buffer
+	var stdout testproc.SyncBuffer
 	cmd.Stdout = &stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// SIGTERM once carol is logged in: the kick must reach a live session.
+	testproc.WaitUntil(t, "the client's login", 10*time.Second, func() bool {
+		return strings.Contains(stdout.String(), `"cmd":"login","ok":true`)
+	})
 	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
