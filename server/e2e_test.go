@@ -54,6 +54,15 @@ func TestRegisterAndLogin(t *testing.T) {
 			t.Fatalf("token already expired: %d", ok.TokenExpiresAtMs)
 		}
 		expectCode(t, rc.do(loginReq("alice", pw)), codeInvalid) // already logged in
+		// Register while logged in makes an account and leaves the session alone.
+		resp = rc.do(registerReq("carol", pw))
+		expectOK(t, resp)
+		if resp.GetRegisterOk().GetUserId() == aliceID {
+			t.Fatal("Register while logged in returned the session's own id")
+		}
+		if sent := rc.do(sendTo("carol", "still alice?")); sent.GetSendOk() == nil {
+			t.Fatalf("the session lost its login after Register: %v", sent)
+		}
 
 		// The token logs in on a new connection and kicks the older one.
 		rc2 := dial(t, ts.addr)

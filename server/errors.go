@@ -20,7 +20,8 @@ var (
 	ErrBadToken = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, "invalid or expired token")
 	// ErrNotLoggedIn: the request needs a logged-in session.
 	ErrNotLoggedIn = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, "log in first")
-	// ErrAlreadyLoggedIn: Login or Register on a session that is logged in; Logout first.
+	// ErrAlreadyLoggedIn: Login on a session that is logged in; Logout first.
+	// (Register is allowed then: it creates an account and changes no session.)
 	ErrAlreadyLoggedIn = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "already logged in; log out first")
 	// ErrFriendSelf: AddFriend naming the caller.
 	ErrFriendSelf = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "you cannot befriend yourself")

@@ -103,10 +103,13 @@ func (s *shell) println(line string) {
 	fmt.Fprintln(s.out, line)
 }
 
+// prompt names the logged-in user ("alice> "), so that two terminals side
+// by side tell who is typing; "> " before login.
 func (s *shell) prompt() {
+	name := s.c.Username()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fmt.Fprint(s.out, "> ")
+	fmt.Fprint(s.out, name+"> ")
 }
 
 func (s *shell) emit(obj map[string]any, human string) {

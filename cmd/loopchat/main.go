@@ -1,4 +1,6 @@
-// Command loopchat is the one loopchat binary: serve, client, version.
+// Command loopchat is the one loopchat binary: serve (a node), client (the
+// terminal client and script runner), lb (active health checks for nginx),
+// bench (the load generator and its comparisons) and version.
 package main
 
 import (
