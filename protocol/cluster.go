@@ -37,7 +37,7 @@ const (
 // ChannelEvent is one JSON object on a user channel. For "message" the
 // chat fields are used; a message published by a third party may leave
 // msg_id and sent_at_ms zero (the node fills them in) and is pushed live
-// only: it is not stored. For "login" node_id, conn_id and at_ms are used.
+// only: it is not stored. For "login" node_id, conn_id, at_ms and gen are used.
 type ChannelEvent struct {
 	Type string `json:"type"`
 
@@ -52,6 +52,9 @@ type ChannelEvent struct {
 	NodeID string `json:"node_id,omitempty"`
 	ConnID uint64 `json:"conn_id,omitempty"`
 	AtMs   int64  `json:"at_ms,omitempty"`
+	// Gen is the login's session generation: sessions of the user with a
+	// lower one are kicked, never one with a higher one.
+	Gen uint64 `json:"gen,omitempty"`
 }
 
 // MaxChannelEvent bounds a channel payload: the longest text and names,

@@ -26,7 +26,11 @@ type Event struct {
 type LoginNotice struct {
 	NodeID string
 	ConnID uint64
-	AtMs   int64 // login time; only older sessions are kicked
+	AtMs   int64 // login time, for logs and for notices without Gen
+	// Gen is the session generation (Store.NewSession): sessions of the
+	// user with a lower one are kicked. Zero only from nodes older than
+	// generations, whose notices are ordered by AtMs as they were then.
+	Gen uint64
 }
 
 // EventHandler receives events for users subscribed on this node. It is

@@ -133,7 +133,7 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 			GroupID: m.GroupId, Text: m.Text, SentAtMs: m.SentAtMs}
 	case ev.Login != nil:
 		ce = protocol.ChannelEvent{Type: protocol.EventLogin, NodeID: ev.Login.NodeID,
-			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs}
+			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen}
 	default:
 		return nil, fmt.Errorf("broker: nothing to publish")
 	}
@@ -146,7 +146,7 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 		return Event{}, err
 	}
 	if ce.Type == protocol.EventLogin {
-		return Event{Login: &LoginNotice{NodeID: ce.NodeID, ConnID: ce.ConnID, AtMs: ce.AtMs}}, nil
+		return Event{Login: &LoginNotice{NodeID: ce.NodeID, ConnID: ce.ConnID, AtMs: ce.AtMs, Gen: ce.Gen}}, nil
 	}
 	return Event{Message: &chatpb.Message{MsgId: uint64(ce.MsgID), FromUserId: ce.FromUserID,
 		FromUsername: ce.FromUsername, ToUserId: ce.ToUserID, GroupId: ce.GroupID, Text: ce.Text,

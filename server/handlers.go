@@ -64,6 +64,11 @@ func (c *session) handle(f *chatpb.Frame) {
 	case *chatpb.Frame_ListGroups:
 		resp, err = c.listGroups(ctx)
 	}
+	if errors.Is(err, errSuperseded) {
+		// Kicked already: the Kicked frame is this request's last word.
+		c.srv.metrics.requests.WithLabelValues(kind, "superseded").Inc()
+		return
+	}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			err = errUnavailable
@@ -116,19 +121,29 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 		c.srv.metrics.loginFailures.Inc()
 		return nil, nil, err
 	}
+	// Newest login wins, in the order the store gives (sessiongen.go).
+	gen, err := c.srv.store.NewSession(ctx, u.ID)
+	if err != nil {
+		c.srv.metrics.loginFailures.Inc()
+		return nil, nil, err
+	}
 	now := time.Now()
-	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli()}
+	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli(), gen: gen}
 
 	// Hold live pushes from the moment we subscribe until the replay is
 	// done: subscribe first, then read the inbox, so nothing falls between.
 	c.beginReplay()
 	c.user.Store(info)
-	old, err := c.srv.bindUser(ctx, u.ID, c)
+	old, err := c.srv.bindUser(ctx, u.ID, c, gen)
 	if err != nil {
 		c.user.Store(nil)
 		c.pushMu.Lock()
 		c.replay = nil
 		c.pushMu.Unlock()
+		if errors.Is(err, errSuperseded) {
+			c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in from another connection")
+			return nil, nil, err
+		}
 		c.srv.metrics.loginFailures.Inc()
 		return nil, nil, err
 	}
@@ -136,9 +151,22 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 		old.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in from another connection")
 	}
 	// Tell other nodes, whose older sessions of this user must go.
-	notice := Event{Login: &LoginNotice{NodeID: c.srv.opts.NodeID, ConnID: c.id, AtMs: info.loginAtMs}}
+	notice := Event{Login: &LoginNotice{NodeID: c.srv.opts.NodeID, ConnID: c.id, AtMs: info.loginAtMs, Gen: gen}}
 	if _, err := c.srv.broker.Publish(ctx, []uint64{u.ID}, notice); err != nil {
 		c.logger().Warn("login notice not published", "err", err)
+	}
+	// A newer login whose notice went out before we were subscribed shows
+	// here instead; without this check both sessions could stay.
+	latest, err := c.srv.store.LatestSession(ctx, u.ID)
+	switch {
+	case err != nil:
+		c.cleanup()
+		c.srv.metrics.loginFailures.Inc()
+		return nil, nil, err
+	case latest > gen:
+		c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in from another connection")
+		c.cleanup()
+		return nil, nil, errSuperseded
 	}
 	if c.isGone() {
 		// The connection closed while we logged in; its cleanup may have

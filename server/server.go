@@ -414,10 +414,16 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 		c.push(m, ev.frame)
 	case ev.Login != nil:
 		u := c.user.Load()
-		if u == nil || ev.Login.NodeID == s.opts.NodeID {
-			return // same-node logins replace sessions in the user table
+		if u == nil {
+			return
 		}
-		if u.loginAtMs <= ev.Login.AtMs {
+		newer := ev.Login.Gen > u.gen
+		if ev.Login.Gen == 0 {
+			// From a node that predates generations: its clock decides, as
+			// it did then; same-node logins replace sessions in the table.
+			newer = ev.Login.NodeID != s.opts.NodeID && u.loginAtMs <= ev.Login.AtMs
+		}
+		if newer {
 			c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in on node "+ev.Login.NodeID)
 		}
 	}
@@ -452,13 +458,20 @@ func (t *userTable) get(uid uint64) *session {
 	return st.m[uid]
 }
 
-// bindUser makes c the session of uid, subscribing the node when uid was
-// not here, and returns the session it replaced.
-func (s *Server) bindUser(ctx context.Context, uid uint64, c *session) (old *session, err error) {
+// bindUser makes c (session generation gen) the session of uid,
+// subscribing the node when uid was not here, and returns the session it
+// replaced. A session here with a higher generation stays, and bindUser
+// fails with errSuperseded.
+func (s *Server) bindUser(ctx context.Context, uid uint64, c *session, gen uint64) (old *session, err error) {
 	st := &s.users.stripes[uid%uint64(len(s.users.stripes))]
 	st.op.Lock()
 	defer st.op.Unlock()
 	old = s.users.get(uid)
+	if old != nil {
+		if u := old.user.Load(); u != nil && u.gen > gen {
+			return nil, errSuperseded
+		}
+	}
 	if old == nil {
 		if err := s.broker.Subscribe(ctx, uid); err != nil {
 			return nil, err

@@ -38,6 +38,7 @@ type sessionUser struct {
 	id        uint64
 	name      string
 	loginAtMs int64
+	gen       uint64 // session generation: a higher one of the same user kicks this one
 }
 
 // mailItem is one unit of a session's ordered work: a request, or the
@@ -396,6 +397,12 @@ func (c *session) resync() {
 	replaying := c.replay != nil
 	c.pushMu.Unlock()
 	if replaying {
+		return
+	}
+	// A login notice may be among what was missed: a newer session of
+	// this user elsewhere means this one must go.
+	if latest, err := c.srv.store.LatestSession(c.srv.ctx, u.id); err == nil && latest > u.gen {
+		c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in elsewhere while this node was cut off")
 		return
 	}
 	c.beginReplay()

@@ -125,6 +125,14 @@ type Store interface {
 	// but Inbox never returns a message acked before it was called.
 	Ack(ctx context.Context, uid uint64, msgIDs []uint64) error
 
+	// NewSession takes uid's next session generation: greater than every
+	// one taken before for uid, on any node (see sessiongen.go). The newest
+	// login of a user is the one with the highest generation.
+	NewSession(ctx context.Context, uid uint64) (uint64, error)
+	// LatestSession is uid's highest session generation taken so far (0:
+	// none).
+	LatestSession(ctx context.Context, uid uint64) (uint64, error)
+
 	// Ping reports whether the store answers (for /readyz).
 	Ping(ctx context.Context) error
 	// Close releases the store; pending writes finish first.

@@ -120,6 +120,7 @@ type BoltStore struct {
 	ids         idCache[string, uint64] // lower-case name -> user id
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
+	localSessions
 }
 
 // OpenBoltStore opens (creating if needed) the database at cfg.Path.

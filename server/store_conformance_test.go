@@ -20,6 +20,46 @@ type storeFactory func(t *testing.T, inboxLimit int) Store
 // The embedded store runs it here; the Redis store runs it in cluster mode.
 func testStoreConformance(t *testing.T, open storeFactory) {
 	ctx := context.Background()
+	t.Run("session generations", func(t *testing.T) {
+		s := open(t, 100)
+		if g, err := s.LatestSession(ctx, 7); err != nil || g != 0 {
+			t.Fatalf("LatestSession before any login = %d, %v; want 0", g, err)
+		}
+		// Concurrent logins of one user get distinct generations, and the
+		// latest is the highest handed out; another user counts apart.
+		const logins = 50
+		gens := make(chan uint64, logins)
+		var wg sync.WaitGroup
+		for range logins {
+			wg.Go(func() {
+				g, err := s.NewSession(ctx, 7)
+				if err != nil {
+					t.Error(err)
+				}
+				gens <- g
+			})
+		}
+		wg.Wait()
+		close(gens)
+		seen := map[uint64]bool{}
+		var highest uint64
+		for g := range gens {
+			if g == 0 || seen[g] {
+				t.Fatalf("generation %d handed out twice or zero", g)
+			}
+			seen[g] = true
+			highest = max(highest, g)
+		}
+		if g, err := s.LatestSession(ctx, 7); err != nil || g != highest {
+			t.Fatalf("LatestSession = %d, %v; want %d", g, err, highest)
+		}
+		if g, err := s.NewSession(ctx, 8); err != nil || g <= 0 || g > highest {
+			t.Fatalf("another user's first generation = %d, %v", g, err)
+		}
+		if g, _ := s.LatestSession(ctx, 7); g != highest {
+			t.Fatalf("another user's login moved user 7 to %d", g)
+		}
+	})
 	t.Run("users", func(t *testing.T) {
 		s := open(t, 100)
 		u, err := s.CreateUser(ctx, "Alice", []byte("hash-a"))

@@ -1,0 +1,86 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Session generations decide "newest login wins" without clocks. Each
+// login of a user takes the next number of that user's counter from the
+// store (one atomic increment, shared by every node); a session is kicked
+// by any session of the same user with a higher number and never by a
+// lower one. A login then:
+//
+//  1. takes generation g (Store.NewSession),
+//  2. binds itself on its node (a higher local generation wins there) and
+//     subscribes to the user's channel, confirmed by the broker,
+//  3. publishes a login notice carrying g,
+//  4. reads the user's latest generation (Store.LatestSession) and kicks
+//     itself if it is above g.
+//
+// Of two logins g < h, either g's step 4 runs after h's step 1 and sees h,
+// or it ran before, in which case g's subscription was confirmed before h
+// published its notice, and g receives it. Either way g goes, and the
+// highest generation is never kicked: exactly one session survives.
+
+// errSuperseded: a newer login of the same user won while this one was
+// under way; the connection has been kicked with LOGGED_IN_ELSEWHERE.
+var errSuperseded = errors.New("a newer login of this user won")
+
+// localSessions is the Store's generation counter for a single node. It
+// lives in memory: every session dies with the process, so nothing older
+// than a restart can come back to compete.
+type localSessions struct {
+	mu   sync.Mutex
+	gens map[uint64]uint64
+}
+
+func (l *localSessions) NewSession(_ context.Context, uid uint64) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.gens == nil {
+		l.gens = make(map[uint64]uint64)
+	}
+	l.gens[uid]++
+	return l.gens[uid], nil
+}
+
+func (l *localSessions) LatestSession(_ context.Context, uid uint64) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.gens[uid], nil
+}
+
+// sessionKey is the Redis counter of uid's session generations.
+func (s *RedisStore) sessionKey(uid uint64) string {
+	return s.p + "session:" + strconv.FormatUint(uid, 10)
+}
+
+func (s *RedisStore) NewSession(ctx context.Context, uid uint64) (uint64, error) {
+	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		return []redis.Cmder{p.Incr(ctx, s.sessionKey(uid))}
+	})
+	if err != nil {
+		return 0, err
+	}
+	n, err := cmds[0].(*redis.IntCmd).Result()
+	return uint64(n), redisErr(err)
+}
+
+func (s *RedisStore) LatestSession(ctx context.Context, uid uint64) (uint64, error) {
+	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		return []redis.Cmder{p.Get(ctx, s.sessionKey(uid))}
+	})
+	if err != nil {
+		return 0, err
+	}
+	n, err := cmds[0].(*redis.StringCmd).Uint64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	return n, redisErr(err)
+}
