@@ -10,7 +10,7 @@ import (
 type User struct {
 	ID           uint64
 	Name         string // as registered; lookups ignore case
-	PasswordHash []byte // bcrypt
+	PasswordHash []byte // as made by hasher.hash, or plain bcrypt from before pre-hashing
 }
 
 // Member is one user's membership of a group.
