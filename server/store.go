@@ -73,8 +73,9 @@ type Limits struct {
 
 // Store keeps users, friendships, groups and inboxes. Every method is safe
 // for concurrent use and may block on I/O, so it is never called on an event
-// loop. Errors the client should see are *protocol.Error values (ErrNotFound,
-// ErrAlreadyExists, ...); anything else is a storage fault.
+// loop. Errors the client should see are the exact sentinels of errors.go
+// (ErrUserNotFound, ErrGroupFull, ...), which the conformance suite checks by
+// identity; anything else is a storage fault.
 //
 // Two implementations share one conformance suite (store_conformance_test.go):
 // the embedded bbolt store and, in cluster mode, the Redis store.
