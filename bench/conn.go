@@ -155,7 +155,7 @@ func dialLogin(ctx context.Context, addr string, src netip.Addr, token string) (
 			continue // nothing is pushed before LoginOK; skip rather than guess
 		}
 		if e := resp.GetError(); e != nil {
-			return fail(&protocol.Error{Code: e.Code, Message: e.Message})
+			return fail(protocol.ErrorFromProto(e))
 		}
 		if resp.GetLoginOk() == nil {
 			return fail(fmt.Errorf("bench: login answered with %T", resp.Body))
@@ -258,7 +258,8 @@ func (c *Conn) Flush() error {
 }
 
 // Call sends a request and waits for its response; an Error response is
-// returned as a *protocol.Error.
+// returned as a *protocol.Error from protocol.ErrorFromProto, which matches
+// the sentinel of its code.
 func (c *Conn) Call(ctx context.Context, f *chatpb.Frame) (*chatpb.Frame, error) {
 	type result struct {
 		f   *chatpb.Frame
@@ -274,7 +275,7 @@ func (c *Conn) Call(ctx context.Context, f *chatpb.Frame) (*chatpb.Frame, error)
 			return nil, r.err
 		}
 		if e := r.f.GetError(); e != nil {
-			return nil, &protocol.Error{Code: e.Code, Message: e.Message}
+			return nil, protocol.ErrorFromProto(e)
 		}
 		return r.f, nil
 	case <-ctx.Done():

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -127,7 +126,7 @@ func tokens(ctx context.Context, cfg *Config, n int) ([]string, []uint64, error)
 					return nil
 				}
 				reg := &chatpb.Frame{Body: &chatpb.Frame_Register{Register: &chatpb.Register{Username: cfg.user(i), Password: cfg.Password}}}
-				if _, err := c.Call(ctx, reg); err != nil && !errors.Is(err, protocol.ErrAlreadyExists) {
+				if _, err := c.Call(ctx, reg); err != nil && !protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS) {
 					return fmt.Errorf("register %s: %w", cfg.user(i), err)
 				}
 				login := &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Username: cfg.user(i), Password: cfg.Password}}}

@@ -296,8 +296,7 @@ func (c *Client) reconnect() {
 		ok, err := c.LoginToken(context.Background(), token)
 		if err != nil {
 			c.opts.Logger.Debug("reconnect: token login failed", "err", err)
-			var pe *protocol.Error
-			if errors.As(err, &pe) && pe.Code == chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED {
+			if protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED) {
 				// The token is no good; retrying cannot help.
 				c.mu.Lock()
 				c.stopRe = true
@@ -346,7 +345,12 @@ func (c *Client) keepalive() {
 }
 
 // Do sends a request frame and waits for its response. A server Error
-// response is returned as a *protocol.Error.
+// response is returned as a *protocol.Error made by protocol.ErrorFromProto:
+// the wire carries only a code and a message, so such an error matches the
+// code's sentinel, and errors.Is(err, protocol.ErrNotFound) holds for any
+// NOT_FOUND the server answered. It never matches the server package's
+// finer sentinels (server.ErrUserNotFound and the like), which the client
+// cannot tell apart; protocol.CodeOf and protocol.HasCode give the code.
 func (c *Client) Do(ctx context.Context, req *chatpb.Frame) (*chatpb.Frame, error) {
 	ch, err := c.write(req, true)
 	if err != nil {
@@ -363,7 +367,7 @@ func (c *Client) Do(ctx context.Context, req *chatpb.Frame) (*chatpb.Frame, erro
 			return nil, ErrDisconnected
 		}
 		if e := resp.GetError(); e != nil {
-			return nil, &protocol.Error{Code: e.Code, Message: e.Message}
+			return nil, protocol.ErrorFromProto(e)
 		}
 		return resp, nil
 	case <-ctx.Done():

@@ -75,8 +75,14 @@ func TestChatThroughTheSDK(t *testing.T) {
 	}
 	_, err := alice.Register(ctx, "bob", "password1")
 	var pe *protocol.Error
-	if !errors.As(err, &pe) || pe.Code != chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS {
+	if !errors.As(err, &pe) || pe.Code != chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS || pe.Message == "" {
 		t.Fatalf("duplicate register = %v, want a protocol error already_exists", err)
+	}
+	// Documented on Do: a wire error matches the sentinel of its code, and
+	// only that one; the server's finer sentinels are not knowable here.
+	if !errors.Is(err, protocol.ErrAlreadyExists) || errors.Is(err, protocol.ErrNotFound) ||
+		errors.Is(err, server.ErrUsernameTaken) {
+		t.Fatalf("duplicate register = %v: errors.Is does not follow the SDK's documented matching", err)
 	}
 	if _, err := alice.Login(ctx, "alice", "password1"); err != nil {
 		t.Fatal(err)

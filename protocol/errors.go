@@ -10,20 +10,58 @@ import (
 // Error is a request failure as the client sees it: a code from the wire
 // schema and a human-readable message. Handlers return it; the server turns
 // it into an Error response with the request's seq.
+//
+// errors.Is matches an *Error by identity: each sentinel (this package's,
+// one per code, and the server's finer ones such as ErrUserNotFound and
+// ErrGroupNotFound, which share NOT_FOUND) is only itself. To branch on the
+// code, which is all the wire carries, use CodeOf or HasCode. The one
+// exception is an error decoded from a wire response (ErrorFromProto, which
+// the client SDK uses): the receiver cannot know which of the server's
+// errors it was, so it also matches the sentinel of its code, and
+// errors.Is(err, ErrNotFound) holds for any NOT_FOUND the server answered.
 type Error struct {
 	Code    chatpb.ErrorCode
 	Message string
+	// fromWire marks an error made by ErrorFromProto (see Is).
+	fromWire bool
 }
 
 func (e *Error) Error() string {
 	return fmt.Sprintf("%s: %s", CodeName(e.Code), e.Message)
 }
 
-// Is makes errors.Is match any *Error with the same code, so callers can
-// test errors.Is(err, protocol.ErrNotFound) whatever the message says.
+// Is makes an error decoded from the wire match the sentinel of its code,
+// and nothing else beyond itself (which errors.Is checks before calling
+// Is). Errors made on this side never match by code: two different
+// failures that share a code must not be mistaken for each other.
 func (e *Error) Is(target error) bool {
-	var t *Error
-	return errors.As(target, &t) && t.Code == e.Code
+	s := codeSentinel(e.Code)
+	return e.fromWire && s != nil && target == error(s)
+}
+
+// ErrorFromProto is the Go error for a wire Error response. Unlike other
+// *Error values it matches the sentinel of its code under errors.Is (see
+// Error).
+func ErrorFromProto(e *chatpb.Error) *Error {
+	return &Error{Code: e.GetCode(), Message: e.GetMessage(), fromWire: true}
+}
+
+// CodeOf is the wire code of the first *Error in err's chain, or
+// ERROR_CODE_UNSPECIFIED if there is none (nil, or a fault that is not an
+// answer for the client).
+func CodeOf(err error) chatpb.ErrorCode {
+	var pe *Error
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return chatpb.ErrorCode_ERROR_CODE_UNSPECIFIED
+}
+
+// HasCode reports whether err's chain holds an *Error with code: the test
+// for "any NOT_FOUND", whichever sentinel or message it came with.
+func HasCode(err error, code chatpb.ErrorCode) bool {
+	var pe *Error
+	return errors.As(err, &pe) && pe.Code == code
 }
 
 // Proto is the wire form of e.
@@ -36,27 +74,53 @@ func Errorf(code chatpb.ErrorCode, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// Sentinels, one per code, for errors.Is; their messages are generic.
+// Sentinels, one per code; their messages are generic. errors.Is matches
+// them by identity, and also for errors decoded from the wire (see Error).
 var (
 	// ErrInvalidArgument: a field is missing, malformed or out of range.
-	ErrInvalidArgument = &Error{chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "invalid argument"}
+	ErrInvalidArgument = &Error{Code: chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Message: "invalid argument"}
 	// ErrUnauthenticated: the request needs a logged-in session, or the credentials are wrong.
-	ErrUnauthenticated = &Error{chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, "log in first"}
+	ErrUnauthenticated = &Error{Code: chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, Message: "log in first"}
 	// ErrNotFound: the user or group named does not exist.
-	ErrNotFound = &Error{chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "not found"}
+	ErrNotFound = &Error{Code: chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, Message: "not found"}
 	// ErrAlreadyExists: the username is taken, or the friendship or membership already exists.
-	ErrAlreadyExists = &Error{chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, "already exists"}
+	ErrAlreadyExists = &Error{Code: chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, Message: "already exists"}
 	// ErrPermissionDenied: the session's user may not do this (e.g. send to a group it is not in).
-	ErrPermissionDenied = &Error{chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "permission denied"}
+	ErrPermissionDenied = &Error{Code: chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, Message: "permission denied"}
 	// ErrRateLimited: the connection sent requests faster than its limit allows.
-	ErrRateLimited = &Error{chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "rate limited"}
+	ErrRateLimited = &Error{Code: chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, Message: "rate limited"}
 	// ErrUnavailable: a dependency (store, Redis) is down; the request was not carried out.
-	ErrUnavailable = &Error{chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE, "service unavailable, retry later"}
+	ErrUnavailable = &Error{Code: chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE, Message: "service unavailable, retry later"}
 	// ErrInternal: an unexpected server fault.
-	ErrInternal = &Error{chatpb.ErrorCode_ERROR_CODE_INTERNAL, "internal error"}
+	ErrInternal = &Error{Code: chatpb.ErrorCode_ERROR_CODE_INTERNAL, Message: "internal error"}
 	// ErrProtocol: the byte stream broke the framing; the connection is closed.
-	ErrProtocol = &Error{chatpb.ErrorCode_ERROR_CODE_PROTOCOL, "protocol error"}
+	ErrProtocol = &Error{Code: chatpb.ErrorCode_ERROR_CODE_PROTOCOL, Message: "protocol error"}
 )
+
+// codeSentinel is the sentinel for code, or nil for a code without one.
+func codeSentinel(code chatpb.ErrorCode) *Error {
+	switch code {
+	case chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT:
+		return ErrInvalidArgument
+	case chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED:
+		return ErrUnauthenticated
+	case chatpb.ErrorCode_ERROR_CODE_NOT_FOUND:
+		return ErrNotFound
+	case chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS:
+		return ErrAlreadyExists
+	case chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED:
+		return ErrPermissionDenied
+	case chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED:
+		return ErrRateLimited
+	case chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+		return ErrUnavailable
+	case chatpb.ErrorCode_ERROR_CODE_INTERNAL:
+		return ErrInternal
+	case chatpb.ErrorCode_ERROR_CODE_PROTOCOL:
+		return ErrProtocol
+	}
+	return nil
+}
 
 // CodeName is the short lower-case name of a code, as used in logs, metrics
 // and the CLI's JSON ("invalid_argument", "not_found", ...).

@@ -53,7 +53,7 @@ func TestValidation(t *testing.T) {
 		{"long client msg id", ValidateClientMsgID(strings.Repeat("k", 65))},
 	}
 	for _, c := range bad {
-		if !errors.Is(c.err, ErrInvalidArgument) {
+		if !HasCode(c.err, chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT) {
 			t.Errorf("%s: got %v, want invalid_argument", c.name, c.err)
 		}
 	}
@@ -155,13 +155,57 @@ func TestRequestClassification(t *testing.T) {
 	}
 }
 
-func TestErrorMatchesByCode(t *testing.T) {
-	err := Errorf(chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "no such group")
-	if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidArgument) {
-		t.Fatal("errors.Is does not match by code")
+// Errors match by identity: two errors that share a code are different
+// failures. Code-level questions go through CodeOf and HasCode; only an
+// error decoded from the wire, which knows no more than its code, also
+// matches the sentinel of that code.
+func TestErrorIdentityAndCodes(t *testing.T) {
+	notFound, invalid := chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT
+	err := Errorf(notFound, "no such group")
+	if errors.Is(err, ErrNotFound) || errors.Is(ErrNotFound, err) {
+		t.Fatal("an error matches another by code")
+	}
+	wrapped := fmt.Errorf("store: %w", err)
+	if !errors.Is(wrapped, err) {
+		t.Fatal("a wrapped error does not match itself")
+	}
+	if CodeOf(wrapped) != notFound || !HasCode(wrapped, notFound) || HasCode(wrapped, invalid) {
+		t.Fatalf("CodeOf = %v; HasCode does not follow it", CodeOf(wrapped))
+	}
+	unspecified := chatpb.ErrorCode_ERROR_CODE_UNSPECIFIED
+	for _, e := range []error{nil, errors.New("disk on fire")} {
+		if CodeOf(e) != unspecified || HasCode(e, unspecified) {
+			t.Fatalf("%v: CodeOf = %v, HasCode(unspecified) = %v", e, CodeOf(e), HasCode(e, unspecified))
+		}
 	}
 	if err.Error() != "not_found: no such group" {
 		t.Fatalf("Error() = %q", err.Error())
+	}
+
+	sentinels := []*Error{ErrInvalidArgument, ErrUnauthenticated, ErrNotFound, ErrAlreadyExists,
+		ErrPermissionDenied, ErrRateLimited, ErrUnavailable, ErrInternal, ErrProtocol}
+	if len(sentinels) != len(chatpb.ErrorCode_name)-1 {
+		t.Fatalf("%d sentinels for %d codes", len(sentinels), len(chatpb.ErrorCode_name)-1)
+	}
+	for _, s := range sentinels {
+		wire := ErrorFromProto(&chatpb.Error{Code: s.Code, Message: "said the server"})
+		if CodeOf(wire) != s.Code || wire.Message != "said the server" {
+			t.Fatalf("ErrorFromProto = %+v", wire)
+		}
+		for _, other := range sentinels {
+			if got := errors.Is(fmt.Errorf("call: %w", wire), other); got != (other == s) {
+				t.Errorf("wire %s matches %s: %v", CodeName(s.Code), CodeName(other.Code), got)
+			}
+			if got := errors.Is(s, other); got != (other == s) {
+				t.Errorf("sentinel %s matches %s: %v", CodeName(s.Code), CodeName(other.Code), got)
+			}
+		}
+		if errors.Is(wire, Errorf(s.Code, "generic")) {
+			t.Errorf("wire %s matches a non-sentinel error of its code", CodeName(s.Code))
+		}
+	}
+	if wire := ErrorFromProto(&chatpb.Error{Code: 99}); errors.Is(wire, ErrInternal) || CodeOf(wire) != 99 {
+		t.Fatal("an unknown wire code matches a sentinel or loses its code")
 	}
 	for c := range chatpb.ErrorCode_name {
 		if CodeName(chatpb.ErrorCode(c)) == "" {

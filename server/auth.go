@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -104,36 +105,77 @@ func loadOrCreateSecret(dir string) ([]byte, error) {
 	return secret, nil
 }
 
+// Password hashes come in two formats. New ones are
+//
+//	prehashPrefix + bcrypt(base64(HMAC-SHA256(prehashKey, password)))
+//
+// because bcrypt reads at most 72 bytes of its input and the protocol
+// allows passwords of up to 128: the pre-hash is 44 bytes that depend on
+// every byte of the password. Hashes without the prefix are plain bcrypt of
+// the password, from before pre-hashing; they keep verifying, so existing
+// accounts need no migration.
+const prehashPrefix = "hmac-sha256+bcrypt:"
+
+// prehashKey is not a secret. Keying the pre-hash keeps a bare SHA-256 of a
+// user's password, leaked from some other site, from being tried directly
+// as the bcrypt input ("shucking").
+var prehashKey = []byte("loopchat password pre-hash v1")
+
+// bcryptMaxInput is how much of its input bcrypt reads.
+const bcryptMaxInput = 72
+
+func prehash(password string) []byte {
+	m := hmac.New(sha256.New, prehashKey)
+	m.Write([]byte(password))
+	var sum [sha256.Size]byte
+	// base64 rather than raw bytes: some bcrypt implementations stop at a
+	// NUL byte, which raw digests contain.
+	return base64.StdEncoding.AppendEncode(nil, m.Sum(sum[:0]))
+}
+
 // hasher runs bcrypt with at most one hash per CPU at a time, so a storm
 // of password logins cannot starve the workers serving everything else.
 type hasher struct {
 	cost  int
 	slots chan struct{}
-	dummy []byte // compared against for unknown users, so timing does not reveal them
+	dummy []byte // bcrypt of a pre-hash, compared against for unknown users, so timing does not reveal them
 }
 
 func newHasher(cost, parallel int) *hasher {
 	if cost == 0 {
 		cost = bcrypt.DefaultCost
 	}
-	dummy, _ := bcrypt.GenerateFromPassword([]byte("loopchat-dummy-password"), cost)
+	dummy, _ := bcrypt.GenerateFromPassword(prehash("loopchat-dummy-password"), cost)
 	return &hasher{cost: cost, slots: make(chan struct{}, max(parallel, 1)), dummy: dummy}
 }
 
+// hash returns password's hash in the current (pre-hashed) format.
 func (h *hasher) hash(password string) ([]byte, error) {
 	h.slots <- struct{}{}
 	defer func() { <-h.slots }()
-	return bcrypt.GenerateFromPassword([]byte(password), h.cost)
+	b, err := bcrypt.GenerateFromPassword(prehash(password), h.cost)
+	if err != nil {
+		return nil, fmt.Errorf("hash password: %w", err)
+	}
+	return append([]byte(prehashPrefix), b...), nil
 }
 
-// check reports whether password matches hash; a nil hash (unknown user)
-// costs the same time and never matches.
+// check reports whether password matches hash, in either format; a nil
+// hash (unknown user) costs the same time and never matches.
 func (h *hasher) check(hash []byte, password string) bool {
 	h.slots <- struct{}{}
 	defer func() { <-h.slots }()
 	if hash == nil {
-		_ = bcrypt.CompareHashAndPassword(h.dummy, []byte(password))
+		_ = bcrypt.CompareHashAndPassword(h.dummy, prehash(password))
 		return false
 	}
-	return bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+	if b, ok := bytes.CutPrefix(hash, []byte(prehashPrefix)); ok {
+		return bcrypt.CompareHashAndPassword(b, prehash(password)) == nil
+	}
+	// A legacy hash was made from at most 72 bytes (bcrypt refuses more),
+	// and bcrypt ignores what follows them, so a longer password sharing
+	// those bytes would match. The comparison still runs, so the answer
+	// takes as long either way.
+	match := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+	return match && len(password) <= bcryptMaxInput
 }

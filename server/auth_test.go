@@ -6,6 +6,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // Tokens check out under concurrent use (the keyed HMAC states are pooled
@@ -55,5 +59,55 @@ func TestTokensIssueAndVerify(t *testing.T) {
 	}
 	if _, err := tk.verify(tok, now.Add(time.Hour)); err == nil {
 		t.Error("a token at its expiry still verifies")
+	}
+}
+
+// Hashes made before pre-hashing (plain bcrypt of the password) keep
+// verifying, and a password longer than bcrypt reads cannot match them
+// through its first 72 bytes.
+func TestHasherAcceptsLegacyHashes(t *testing.T) {
+	h := newHasher(bcrypt.MinCost, 1)
+	for _, pw := range []string{"hunter2hunter2", strings.Repeat("x", 72)} {
+		legacy, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !h.check(legacy, pw) {
+			t.Errorf("legacy hash of %d bytes does not verify", len(pw))
+		}
+		if h.check(legacy, pw+"?") {
+			t.Errorf("legacy hash of %d bytes matches a longer password", len(pw))
+		}
+	}
+}
+
+// Every password the protocol allows hashes and verifies, every byte of it
+// counts, and an unknown user (nil hash) never matches.
+func TestHasherLongPasswords(t *testing.T) {
+	h := newHasher(bcrypt.MinCost, 2)
+	for n := protocol.MinPassword; n <= protocol.MaxPassword; n++ {
+		pw := strings.Repeat("p", n)
+		hash, err := h.hash(pw)
+		if err != nil {
+			t.Fatalf("hash of %d bytes: %v", n, err)
+		}
+		if !h.check(hash, pw) {
+			t.Fatalf("hash of %d bytes does not verify", n)
+		}
+		if h.check(hash, pw[:n-1]+"q") {
+			t.Fatalf("%d bytes: a password differing in its last byte verifies", n)
+		}
+	}
+	prefix := strings.Repeat("s", 72)
+	a, b := prefix+"-first-password-tail", prefix+"-other-password-tail"
+	hashA, err := h.hash(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.check(hashA, b) || h.check(hashA, prefix) {
+		t.Fatal("passwords sharing their first 72 bytes are interchangeable")
+	}
+	if h.check(nil, a) {
+		t.Fatal("a nil hash matched")
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
 )
@@ -84,6 +86,38 @@ func TestRegisterAndLogin(t *testing.T) {
 		expectOK(t, rc2.do(&chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}}))
 		expectCode(t, rc2.do(sendTo("alice", "hi")), codeUnauth)
 		expectOK(t, rc2.do(loginReq("alice", pw)))
+	})
+}
+
+// Every password length the protocol allows works over the wire, bytes
+// past bcrypt's 72 count, and an account hashed the old way (plain bcrypt)
+// still logs in.
+func TestLongPasswordsAndLegacyHashes(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startServer(t, testOptions(t, engine))
+		rc := dial(t, ts.addr)
+
+		long := strings.Repeat("0123456789", 10) // 100 bytes
+		samePrefix := long[:72] + strings.Repeat("x", 28)
+		expectOK(t, rc.do(registerReq("alice", long)))
+		expectCode(t, rc.do(loginReq("alice", samePrefix)), codeUnauth)
+		expectCode(t, rc.do(loginReq("alice", long[:72])), codeUnauth)
+		resp := rc.do(loginReq("alice", long))
+		expectOK(t, resp)
+		if resp.GetLoginOk().GetUsername() != "alice" {
+			t.Fatalf("LoginOK = %v", resp)
+		}
+
+		legacy, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ts.store.CreateUser(context.Background(), "oldtimer", legacy); err != nil {
+			t.Fatal(err)
+		}
+		rc2 := dial(t, ts.addr)
+		expectCode(t, rc2.do(loginReq("oldtimer", pw+"!")), codeUnauth)
+		expectOK(t, rc2.do(loginReq("oldtimer", pw)))
 	})
 }
 

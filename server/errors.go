@@ -8,7 +8,10 @@ import (
 )
 
 // Errors a request can fail with. Each is a *protocol.Error, so it reaches
-// the client as is; errors.Is matches them by code.
+// the client as is. errors.Is matches each only by identity, so tests and
+// callers can tell apart errors that share a code (ErrGroupFull and
+// ErrTooManyGroups are both PERMISSION_DENIED); protocol.CodeOf and
+// protocol.HasCode answer by code.
 var (
 	// ErrUsernameTaken: Register with a name already registered (ignoring case).
 	ErrUsernameTaken = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, "username is taken")
@@ -54,8 +57,9 @@ var (
 )
 
 // clientError converts err into what the client is told: protocol errors
-// pass through; any other fault becomes ErrInternal or, for a dependency
-// that is down, ErrUnavailable, without leaking internals.
+// (however wrapped) pass through with their message; any other fault
+// becomes ErrInternal or, for a dependency that is down, ErrUnavailable,
+// without leaking internals.
 func clientError(err error) *protocol.Error {
 	var pe *protocol.Error
 	if errors.As(err, &pe) {

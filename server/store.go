@@ -10,7 +10,7 @@ import (
 type User struct {
 	ID           uint64
 	Name         string // as registered; lookups ignore case
-	PasswordHash []byte // bcrypt
+	PasswordHash []byte // as made by hasher.hash, or plain bcrypt from before pre-hashing
 }
 
 // Member is one user's membership of a group.
@@ -73,8 +73,9 @@ type Limits struct {
 
 // Store keeps users, friendships, groups and inboxes. Every method is safe
 // for concurrent use and may block on I/O, so it is never called on an event
-// loop. Errors the client should see are *protocol.Error values (ErrNotFound,
-// ErrAlreadyExists, ...); anything else is a storage fault.
+// loop. Errors the client should see are the exact sentinels of errors.go
+// (ErrUserNotFound, ErrGroupFull, ...), which the conformance suite checks by
+// identity; anything else is a storage fault.
 //
 // Two implementations share one conformance suite (store_conformance_test.go):
 // the embedded bbolt store and, in cluster mode, the Redis store.

@@ -420,9 +420,14 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 	t.Run("errors are protocol errors", func(t *testing.T) {
 		s := open(t, 10)
 		_, err := s.UserByName(ctx, "ghost")
-		var pe *protocol.Error
-		if !errors.As(err, &pe) || pe.Code != chatpb.ErrorCode_ERROR_CODE_NOT_FOUND {
-			t.Fatalf("error %v is not a not_found protocol error", err)
+		if !errors.Is(err, ErrUserNotFound) || errors.Is(err, ErrGroupNotFound) ||
+			!protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_NOT_FOUND) {
+			t.Fatalf("unknown user = %v, want ErrUserNotFound (not_found)", err)
+		}
+		_, err = s.Group(ctx, 999999)
+		if !errors.Is(err, ErrGroupNotFound) || errors.Is(err, ErrUserNotFound) ||
+			!protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_NOT_FOUND) {
+			t.Fatalf("unknown group = %v, want ErrGroupNotFound (not_found)", err)
 		}
 	})
 }
