@@ -158,6 +158,10 @@ const (
 	KickReason_KICK_REASON_IDLE_TIMEOUT         KickReason = 4
 	KickReason_KICK_REASON_PROTOCOL_ERROR       KickReason = 5
 	KickReason_KICK_REASON_LOGIN_TIMEOUT        KickReason = 6
+	// The server's store lost its data or was replaced: the session's user,
+	// and every token issued before, may no longer exist. Log in again with
+	// a password (the account may be gone: register again).
+	KickReason_KICK_REASON_STORE_RESET KickReason = 7
 )
 
 // Enum value maps for KickReason.
@@ -170,6 +174,7 @@ var (
 		4: "KICK_REASON_IDLE_TIMEOUT",
 		5: "KICK_REASON_PROTOCOL_ERROR",
 		6: "KICK_REASON_LOGIN_TIMEOUT",
+		7: "KICK_REASON_STORE_RESET",
 	}
 	KickReason_value = map[string]int32{
 		"KICK_REASON_UNSPECIFIED":          0,
@@ -179,6 +184,7 @@ var (
 		"KICK_REASON_IDLE_TIMEOUT":         4,
 		"KICK_REASON_PROTOCOL_ERROR":       5,
 		"KICK_REASON_LOGIN_TIMEOUT":        6,
+		"KICK_REASON_STORE_RESET":          7,
 	}
 )
 
@@ -2194,7 +2200,7 @@ const file_chat_proto_rawDesc = "" +
 	"\x17ERROR_CODE_RATE_LIMITED\x10\x06\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\a\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\b\x12\x17\n" +
-	"\x13ERROR_CODE_PROTOCOL\x10\t*\xf0\x01\n" +
+	"\x13ERROR_CODE_PROTOCOL\x10\t*\x8d\x02\n" +
 	"\n" +
 	"KickReason\x12\x1b\n" +
 	"\x17KICK_REASON_UNSPECIFIED\x10\x00\x12#\n" +
@@ -2203,7 +2209,8 @@ const file_chat_proto_rawDesc = "" +
 	"\x19KICK_REASON_SLOW_CONSUMER\x10\x03\x12\x1c\n" +
 	"\x18KICK_REASON_IDLE_TIMEOUT\x10\x04\x12\x1e\n" +
 	"\x1aKICK_REASON_PROTOCOL_ERROR\x10\x05\x12\x1d\n" +
-	"\x19KICK_REASON_LOGIN_TIMEOUT\x10\x06B+Z)github.com/loopchat/loopchat/proto;chatpbb\x06proto3"
+	"\x19KICK_REASON_LOGIN_TIMEOUT\x10\x06\x12\x1b\n" +
+	"\x17KICK_REASON_STORE_RESET\x10\aB+Z)github.com/loopchat/loopchat/proto;chatpbb\x06proto3"
 
 var (
 	file_chat_proto_rawDescOnce sync.Once

@@ -163,6 +163,8 @@ func KickReasonName(r chatpb.KickReason) string {
 		return "protocol_error"
 	case chatpb.KickReason_KICK_REASON_LOGIN_TIMEOUT:
 		return "login_timeout"
+	case chatpb.KickReason_KICK_REASON_STORE_RESET:
+		return "store_reset"
 	}
 	return "unspecified"
 }

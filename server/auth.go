@@ -20,13 +20,18 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// tokenVersion prefixes every token so the format can change later.
-const tokenVersion = "v1"
+// tokenVersion prefixes every token so the format can change later. v1
+// tokens were not bound to a store epoch and are refused.
+const tokenVersion = "v2"
 
-// tokens issues and checks login tokens: "v1.<payload>.<mac>", where the
+// tokens issues and checks login tokens: "v2.<payload>.<mac>", where the
 // payload is base64url(user id | expiry unix seconds) and mac is
-// HMAC-SHA256 over "v1." + payload with the cluster's shared secret. Any
-// node with the secret can check a token without a store round trip.
+// HMAC-SHA256 over "v2." + store epoch + "." + payload with the cluster's
+// shared secret. Any node with the secret can check a token without a store
+// round trip. The epoch names the store's contents (epoch.go): a token
+// names a user id, and an id means that user only in the store that gave
+// it, so a store that lost its data or was replaced refuses every token
+// issued before.
 type tokens struct {
 	secret []byte
 	ttl    time.Duration
@@ -40,31 +45,32 @@ func newTokens(secret []byte, ttl time.Duration) tokens {
 		macs: &sync.Pool{New: func() any { return hmac.New(sha256.New, secret) }}}
 }
 
-func (t tokens) issue(uid uint64, now time.Time) (token string, expires time.Time) {
+func (t tokens) issue(uid uint64, now time.Time, epoch string) (token string, expires time.Time) {
 	expires = now.Add(t.ttl)
 	var p [16]byte
 	binary.BigEndian.PutUint64(p[:8], uid)
 	binary.BigEndian.PutUint64(p[8:], uint64(expires.Unix()))
 	payload := base64.RawURLEncoding.EncodeToString(p[:])
-	return tokenVersion + "." + payload + "." + t.mac(payload), expires
+	return tokenVersion + "." + payload + "." + t.mac(payload, epoch), expires
 }
 
-func (t tokens) mac(payload string) string {
+func (t tokens) mac(payload, epoch string) string {
 	h := t.macs.Get().(hash.Hash)
 	defer t.macs.Put(h)
 	h.Reset()
-	h.Write([]byte(tokenVersion + "." + payload))
+	h.Write([]byte(tokenVersion + "." + epoch + "." + payload))
 	var sum [sha256.Size]byte
 	return base64.RawURLEncoding.EncodeToString(h.Sum(sum[:0]))
 }
 
-// verify returns the user id a valid, unexpired token names.
-func (t tokens) verify(token string, now time.Time) (uint64, error) {
+// verify returns the user id a valid, unexpired token of the store epoch
+// names.
+func (t tokens) verify(token string, now time.Time, epoch string) (uint64, error) {
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 || parts[0] != tokenVersion {
 		return 0, ErrBadToken
 	}
-	if !hmac.Equal([]byte(parts[2]), []byte(t.mac(parts[1]))) {
+	if !hmac.Equal([]byte(parts[2]), []byte(t.mac(parts[1], epoch))) {
 		return 0, ErrBadToken
 	}
 	p, err := base64.RawURLEncoding.DecodeString(parts[1])

@@ -2,8 +2,10 @@ package server
 
 import "sync"
 
-// idCache remembers facts that never change (a user's id and name): no
-// entry ever goes stale. It is bounded: past maxCached it starts over.
+// idCache remembers facts that never change within one store epoch (a
+// user's id and name): no entry goes stale until the store itself is reset,
+// when reset forgets them all (epoch.go). It is bounded: past maxCached it
+// starts over.
 type idCache[K comparable, V any] struct {
 	mu sync.RWMutex
 	m  map[K]V
@@ -25,4 +27,11 @@ func (c *idCache[K, V]) put(k K, v V) {
 		c.m = make(map[K]V)
 	}
 	c.m[k] = v
+}
+
+// reset forgets every entry.
+func (c *idCache[K, V]) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = nil
 }

@@ -30,6 +30,19 @@ func (c *session) handle(f *chatpb.Frame) {
 	default:
 		ctx = c.srv.deadlines.context()
 	}
+	if _, ping := f.Body.(*chatpb.Frame_Ping); !ping {
+		if c.srv.storeResetting() {
+			c.fail(f.Seq, kind, ErrStoreResetting)
+			return
+		}
+		// The store checks its writes against the epoch the session (or,
+		// before login, the node) was under when the request came.
+		ep := c.srv.epoch()
+		if u := c.user.Load(); u != nil {
+			ep = u.epoch
+		}
+		ctx = withEpoch(ctx, ep)
+	}
 
 	var resp *chatpb.Frame
 	var encoded []byte // the response, when a handler encodes its own
@@ -68,6 +81,9 @@ func (c *session) handle(f *chatpb.Frame) {
 		// Kicked already: the Kicked frame is this request's last word.
 		c.srv.metrics.requests.WithLabelValues(kind, "superseded").Inc()
 		return
+	}
+	if errors.Is(err, ErrStoreReset) {
+		c.srv.pokeEpoch()
 	}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
@@ -116,7 +132,8 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	if c.user.Load() != nil {
 		return nil, nil, ErrAlreadyLoggedIn
 	}
-	u, err := c.authenticate(ctx, req)
+	ep := requestEpoch(ctx)
+	u, err := c.authenticate(ctx, req, ep)
 	if err != nil {
 		c.srv.metrics.loginFailures.Inc()
 		return nil, nil, err
@@ -128,7 +145,7 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 		return nil, nil, err
 	}
 	now := time.Now()
-	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli(), gen: gen}
+	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli(), gen: gen, epoch: ep}
 
 	// Hold live pushes from the moment we subscribe until the replay is
 	// done: subscribe first, then read the inbox, so nothing falls between.
@@ -167,6 +184,13 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 		c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in from another connection")
 		c.cleanup()
 		return nil, nil, errSuperseded
+	case c.srv.epoch() != ep:
+		// The node adopted a new store epoch while we logged in, and its
+		// kicks may have run before we set our user: this user id may now
+		// be someone else's.
+		c.cleanup()
+		c.srv.metrics.loginFailures.Inc()
+		return nil, nil, ErrStoreReset
 	}
 	if c.isGone() {
 		// The connection closed while we logged in; its cleanup may have
@@ -177,7 +201,7 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 
 	ok := &chatpb.LoginOK{UserId: u.ID, Username: u.Name, NodeId: c.srv.opts.NodeID}
 	var expires time.Time
-	ok.Token, expires = c.srv.tokens.issue(u.ID, now)
+	ok.Token, expires = c.srv.tokens.issue(u.ID, now, ep)
 	ok.TokenExpiresAtMs = expires.UnixMilli()
 	if ok.Friends, ok.Groups, err = c.contacts(ctx, u.ID); err != nil {
 		c.logger().Warn("login: contacts unavailable", "err", err)
@@ -192,12 +216,12 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	return &chatpb.Frame{Body: &chatpb.Frame_LoginOk{LoginOk: ok}}, replay, nil
 }
 
-func (c *session) authenticate(ctx context.Context, req *chatpb.Login) (User, error) {
+func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch string) (User, error) {
 	if req.Token != "" {
 		if len(req.Token) > protocol.MaxTokenLength {
 			return User{}, ErrBadToken
 		}
-		uid, err := c.srv.tokens.verify(req.Token, time.Now())
+		uid, err := c.srv.tokens.verify(req.Token, time.Now(), epoch)
 		if err != nil {
 			return User{}, err
 		}

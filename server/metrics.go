@@ -42,6 +42,7 @@ type metrics struct {
 	externalPushes   prometheus.Counter
 	pubsubReconnects prometheus.Counter
 	channelErrors    prometheus.Counter
+	storeResets      prometheus.Counter
 	storeCommit      prometheus.Histogram
 	storeBatch       prometheus.Histogram
 	logSync          prometheus.Histogram
@@ -101,6 +102,8 @@ func newMetrics() *metrics {
 			Name: "loopchat_pubsub_reconnects_total", Help: "Times the Redis pub/sub connection came back after a loss."}),
 		channelErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_channel_payload_errors_total", Help: "User channel payloads dropped as invalid JSON or events."}),
+		storeResets: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_store_resets_total", Help: "Times this node found the store's epoch changed (the store lost its data, was replaced or rolled back) and kicked every session."}),
 		storeCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "loopchat_store_commit_seconds", Help: "Embedded store group-commit duration (one fsync'd transaction).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
@@ -122,7 +125,7 @@ func newMetrics() *metrics {
 	m.registry.MustRegister(m.connsOpen, m.connsByLoop, m.connsTotal, m.requests, m.logins,
 		m.loginFailures, m.loginThrottled, m.connsRefused, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
 		m.inboxReplay, m.inboxTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
-		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
+		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeResets, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
 		m.redisLatency, m.redisErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -116,5 +116,8 @@ func redisErr(err error) error {
 	if err == nil || errors.Is(err, redis.Nil) {
 		return err
 	}
+	if strings.HasPrefix(err.Error(), epochErrPrefix) {
+		return ErrStoreReset
+	}
 	return fmt.Errorf("redis: %w: %w", errUnavailable, err)
 }

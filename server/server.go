@@ -43,6 +43,12 @@ type Server struct {
 	nextConnID atomic.Uint64
 	closing    atomic.Bool
 
+	curEpoch   atomic.Pointer[string] // the store epoch served under (epoch.go)
+	resetUntil atomic.Int64           // unix ns: requests refused until then after a new epoch
+	epochPoke  chan struct{}          // capacity 1: check the epoch now
+	epochStop  chan struct{}          // cluster mode: ends watchEpoch
+	epochDone  chan struct{}
+
 	connsMu sync.Mutex
 	conns   map[uint64]*session // every open connection
 
@@ -105,6 +111,7 @@ func New(o Options) (*Server, error) {
 		sweepDone:   make(chan struct{}),
 		failed:      make(chan error, 1),
 		anon:        newAnonymous(opts.MaxAnonymousPerAddress),
+		epochPoke:   make(chan struct{}, 1),
 		serverFull:  refusalFrame(ErrServerFull),
 		addressBusy: refusalFrame(ErrAddressBusy),
 	}
@@ -138,6 +145,13 @@ func New(o Options) (*Server, error) {
 	if s.tokens.secret == nil {
 		return nil, errors.New("no token secret")
 	}
+	ectx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err = s.initEpoch(ectx)
+	cancel()
+	if err != nil {
+		s.closeStore()
+		return nil, fmt.Errorf("store epoch: %w", err)
+	}
 	switch {
 	case s.broker != nil:
 	case opts.NewBroker != nil:
@@ -167,6 +181,10 @@ func (s *Server) Start() (net.Addr, error) {
 		go s.work()
 	}
 	go s.sweep()
+	if s.registry != nil {
+		s.epochStop, s.epochDone = make(chan struct{}), make(chan struct{})
+		go s.watchEpoch(s.epochStop, s.epochDone)
+	}
 	if s.opts.GCHeadroom > 0 {
 		s.gcDone = make(chan struct{})
 		go func() {
@@ -318,6 +336,10 @@ func (s *Server) stopBackground() {
 		}
 		close(s.sweepStop)
 		<-s.sweepDone
+		if s.epochStop != nil {
+			close(s.epochStop)
+			<-s.epochDone
+		}
 		if s.gcDone != nil {
 			<-s.gcDone
 		}

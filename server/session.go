@@ -39,6 +39,7 @@ type sessionUser struct {
 	name      string
 	loginAtMs int64
 	gen       uint64 // session generation: a higher one of the same user kicks this one
+	epoch     string // the store epoch the session logged in under (epoch.go)
 }
 
 // mailItem is one unit of a session's ordered work: a request, or the
@@ -401,7 +402,14 @@ func (c *session) resync() {
 	}
 	// A login notice may be among what was missed: a newer session of
 	// this user elsewhere means this one must go.
-	if latest, err := c.srv.store.LatestSession(c.srv.ctx, u.id); err == nil && latest > u.gen {
+	latest, err := c.srv.store.LatestSession(withEpoch(c.srv.ctx, u.epoch), u.id)
+	switch {
+	case errors.Is(err, ErrStoreReset):
+		// Redis came back without this session's store: replaying would
+		// read another user's inbox under this id.
+		c.srv.pokeEpoch()
+		return
+	case err == nil && latest > u.gen:
 		c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in elsewhere while this node was cut off")
 		return
 	}

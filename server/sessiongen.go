@@ -60,27 +60,30 @@ func (s *RedisStore) sessionKey(uid uint64) string {
 	return s.p + "session:" + strconv.FormatUint(uid, 10)
 }
 
+// Both go through the epoch guard: a login (or a resync) checks that the
+// store still holds the contents its user was found in (epoch.go).
+var (
+	// KEYS: session counter.
+	scriptNewSession    = guardedScript(`return redis.call('INCR', KEYS[1])`)
+	scriptLatestSession = guardedScript(`return tonumber(redis.call('GET', KEYS[1]) or '0')`)
+)
+
 func (s *RedisStore) NewSession(ctx context.Context, uid uint64) (uint64, error) {
-	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{p.Incr(ctx, s.sessionKey(uid))}
-	})
-	if err != nil {
-		return 0, err
-	}
-	n, err := cmds[0].(*redis.IntCmd).Result()
-	return uint64(n), redisErr(err)
+	return s.runSessionScript(ctx, scriptNewSession, uid)
 }
 
 func (s *RedisStore) LatestSession(ctx context.Context, uid uint64) (uint64, error) {
+	return s.runSessionScript(ctx, scriptLatestSession, uid)
+}
+
+func (s *RedisStore) runSessionScript(ctx context.Context, script *redis.Script, uid uint64) (uint64, error) {
+	keys, args := s.guard(ctx, []string{s.sessionKey(uid)})
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{p.Get(ctx, s.sessionKey(uid))}
+		return []redis.Cmder{script.EvalSha(ctx, p, keys, args...)}
 	})
 	if err != nil {
 		return 0, err
 	}
-	n, err := cmds[0].(*redis.StringCmd).Uint64()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
-	}
+	n, err := cmds[0].(*redis.Cmd).Uint64()
 	return n, redisErr(err)
 }

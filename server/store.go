@@ -134,6 +134,15 @@ type Store interface {
 	// none).
 	LatestSession(ctx context.Context, uid uint64) (uint64, error)
 
+	// Epoch names the store's contents (epoch.go): made once, when the
+	// store is first used, and kept with its data. A shared store whose
+	// epoch is gone gets a new one here; so does one found rolled back.
+	Epoch(ctx context.Context) (string, error)
+	// UseEpoch binds later writes to epoch e: a write whose request was made
+	// under another epoch (withEpoch) fails with ErrStoreReset, and nothing
+	// cached from the contents of another epoch is used.
+	UseEpoch(e string)
+
 	// Ping reports whether the store answers (for /readyz).
 	Ping(ctx context.Context) error
 	// Close releases the store; pending writes finish first.

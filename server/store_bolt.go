@@ -37,12 +37,13 @@ var (
 	bucketDedup      = []byte("dedup")       // sender|client_msg_id -> msg_id
 	bucketDedupAge   = []byte("dedup_age")   // msg_id|sender -> client_msg_id (for expiry)
 	bucketMessages   = []byte("dedup_msgs")  // msg_id -> chatpb.Message, kept while its dedup entry lives
-	bucketMeta       = []byte("meta")        // keyWALApplied -> walPos
+	bucketMeta       = []byte("meta")        // keyWALApplied -> walPos, keyEpoch -> store epoch
 	allBuckets       = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
 		bucketDedupAge, bucketMessages, bucketMeta}
 	// keyWALApplied is where the message log has been copied up to.
 	keyWALApplied = []byte("wal_applied")
+	keyEpoch      = []byte("epoch")
 )
 
 type userRecord struct {
@@ -121,6 +122,7 @@ type BoltStore struct {
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
 	localSessions
+	epoch string // made when the file was created (epoch.go)
 }
 
 // OpenBoltStore opens (creating if needed) the database at cfg.Path.
@@ -150,19 +152,28 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", cfg.Path, err)
 	}
+	var epoch string
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		// A file from before epochs gets one too: its tokens were not
+		// bound to any, and are refused anyway (tokenVersion).
+		meta := tx.Bucket(bucketMeta)
+		if e := meta.Get(keyEpoch); e != nil {
+			epoch = string(e)
+			return nil
+		}
+		epoch = newEpoch()
+		return meta.Put(keyEpoch, []byte(epoch))
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
 	}
-	s := &BoltStore{db: db, cfg: cfg, doneChans: sync.Pool{New: newDoneChan},
+	s := &BoltStore{db: db, cfg: cfg, epoch: epoch, doneChans: sync.Pool{New: newDoneChan},
 		stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
 		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{}}
 	if err := s.recoverLog(); err != nil {

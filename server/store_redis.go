@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,19 +35,23 @@ import (
 //	P msg:<%016x msg_id>       HASH body (chatpb.Message), refs (inboxes holding it)
 //	P dedup:<uid>:<client id>  STRING msg_id, expiring after the dedup window
 //
-// Writes that touch several keys are Lua scripts, so each is atomic. The
+//	P epoch                    STRING the store epoch (epoch.go)
+//	P session:<uid>            STRING INCR source of session generations
+//
+// Writes that touch several keys are Lua scripts, so each is atomic, and
+// each first checks the store epoch (guardedScript). The
 // scripts compute some key names, so the store needs a single Redis (or a
 // primary with replicas), not Redis Cluster.
 
 var (
-	scriptCreateUser = redis.NewScript(`
+	scriptCreateUser = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local id = redis.call('INCR', KEYS[2])
 redis.call('HSET', ARGV[3] .. 'user:' .. id, 'name', ARGV[1], 'hash', ARGV[2])
 redis.call('SET', KEYS[1], id)
 return id`)
 
-	scriptAddFriend = redis.NewScript(`
+	scriptAddFriend = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return 0 end
 local lim = tonumber(ARGV[3])
@@ -56,7 +61,7 @@ redis.call('ZADD', KEYS[3], s, ARGV[2])
 redis.call('ZADD', KEYS[4], s, ARGV[1])
 return 1`)
 
-	scriptCreateGroup = redis.NewScript(`
+	scriptCreateGroup = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local lim = tonumber(ARGV[6])
 if lim > 0 and redis.call('SCARD', KEYS[4]) >= lim then return -2 end
@@ -68,7 +73,7 @@ redis.call('HSET', g .. ':roles', ARGV[1], ARGV[5])
 redis.call('SADD', KEYS[4], gid)
 return gid`)
 
-	scriptJoinGroup = redis.NewScript(`
+	scriptJoinGroup = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
 if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
@@ -80,7 +85,7 @@ redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[2])
 return 1`)
 
-	scriptLeaveGroup = redis.NewScript(`
+	scriptLeaveGroup = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[1])
@@ -97,7 +102,7 @@ return 1`)
 	// fsync: Redis answers and forwards pub/sub messages only after the fsync
 	// of the event-loop iteration that ran the script, so the message reaches
 	// the other node no earlier than it is durable, and once per send.
-	scriptAppend = redis.NewScript(`
+	scriptAppend = guardedScript(`
 local dedup = tonumber(ARGV[4]) > 0
 if dedup then
   local prev = redis.call('GET', KEYS[2])
@@ -132,7 +137,7 @@ end
 return {0, trimmed, online}`)
 
 	// KEYS: inbox key. ARGV: prefix, members...
-	scriptAck = redis.NewScript(`
+	scriptAck = guardedScript(`
 for i = 2, #ARGV do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
     local mk = ARGV[1] .. 'msg:' .. ARGV[i]
@@ -142,7 +147,7 @@ end
 return 0`)
 
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
-		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck}
+		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptNewSession, scriptLatestSession}
 )
 
 // RedisConfig configures the Redis store. Zero values mean the default.
@@ -173,6 +178,11 @@ type RedisStore struct {
 	batch *redisBatcher
 	names idCache[uint64, string] // user id -> name
 	ids   idCache[string, uint64] // lower-case name -> user id
+	// epoch is the store epoch writes are made under (UseEpoch; epoch.go),
+	// nil until set; maxUID the highest user id this node has seen exist in
+	// it, to notice a store rolled back to an older snapshot.
+	epoch  atomic.Pointer[string]
+	maxUID atomic.Uint64
 }
 
 // NewRedisStore returns a store on cfg.Client.
@@ -210,8 +220,8 @@ func (s *RedisStore) inboxKey(uid uint64) string { return s.p + "inbox:" + strco
 func msgMember(id uint64) string                 { return fmt.Sprintf("%016x", id) }
 
 func (s *RedisStore) CreateUser(ctx context.Context, name string, hash []byte) (User, error) {
-	id, err := scriptCreateUser.Run(ctx, s.rdb, []string{s.p + "username:" + strings.ToLower(name), s.p + "user:seq"},
-		name, hash, s.p).Uint64()
+	keys, args := s.guard(ctx, []string{s.p + "username:" + strings.ToLower(name), s.p + "user:seq"}, name, hash, s.p)
+	id, err := scriptCreateUser.Run(ctx, s.rdb, keys, args...).Uint64()
 	if err != nil {
 		return User{}, redisErr(err)
 	}
@@ -219,6 +229,7 @@ func (s *RedisStore) CreateUser(ctx context.Context, name string, hash []byte) (
 		return User{}, ErrUsernameTaken
 	}
 	s.names.put(id, name)
+	s.sawUser(id)
 	return User{ID: id, Name: name, PasswordHash: hash}, nil
 }
 
@@ -232,7 +243,9 @@ func (s *RedisStore) Credentials(ctx context.Context, name string) (User, error)
 		return User{}, redisErr(err)
 	}
 	n, ok := v[0].(string)
-	if !ok {
+	if !ok || !strings.EqualFold(n, name) {
+		// No such record, or the id the name was cached under now holds
+		// someone else (the store lost its data since): never them.
 		return User{}, ErrUserNotFound
 	}
 	hash, _ := v[1].(string)
@@ -260,6 +273,7 @@ func (s *RedisStore) userID(ctx context.Context, name string) (uint64, error) {
 		return 0, fmt.Errorf("store: username %q: %w", name, err)
 	}
 	s.ids.put(lower, id)
+	s.sawUser(id)
 	return id, nil
 }
 
@@ -312,6 +326,7 @@ func (s *RedisStore) usernames(ctx context.Context, ids []uint64) (map[uint64]st
 		if n, err := cmds[i].(*redis.StringCmd).Result(); err == nil {
 			out[id] = n
 			s.names.put(id, n)
+			s.sawUser(id)
 		}
 	}
 	return out, nil
@@ -321,9 +336,9 @@ func (s *RedisStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) err
 	if a == b {
 		return ErrFriendSelf
 	}
-	r, err := scriptAddFriend.Run(ctx, s.rdb,
-		[]string{s.userKey(a), s.userKey(b), s.p + "friends:" + strconv.FormatUint(a, 10),
-			s.p + "friends:" + strconv.FormatUint(b, 10), s.p + "friend:seq"}, a, b, lim.FriendsPerUser).Int()
+	keys, args := s.guard(ctx, []string{s.userKey(a), s.userKey(b), s.p + "friends:" + strconv.FormatUint(a, 10),
+		s.p + "friends:" + strconv.FormatUint(b, 10), s.p + "friend:seq"}, a, b, lim.FriendsPerUser)
+	r, err := scriptAddFriend.Run(ctx, s.rdb, keys, args...).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
@@ -355,9 +370,9 @@ func (s *RedisStore) Friends(ctx context.Context, uid uint64) ([]User, error) {
 }
 
 func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc string, lim Limits) (Group, error) {
-	gid, err := scriptCreateGroup.Run(ctx, s.rdb,
-		[]string{s.userKey(creator), s.p + "group:seq", s.p + "member:seq", s.userKey(creator) + ":groups"},
-		creator, name, desc, s.p, int(chatpb.Role_ROLE_CREATOR), lim.GroupsPerUser).Int64()
+	keys, args := s.guard(ctx, []string{s.userKey(creator), s.p + "group:seq", s.p + "member:seq", s.userKey(creator) + ":groups"},
+		creator, name, desc, s.p, int(chatpb.Role_ROLE_CREATOR), lim.GroupsPerUser)
+	gid, err := scriptCreateGroup.Run(ctx, s.rdb, keys, args...).Int64()
 	switch {
 	case err != nil:
 		return Group{}, redisErr(err)
@@ -376,9 +391,9 @@ func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc
 
 func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits) error {
 	g := s.groupKey(gid)
-	r, err := scriptJoinGroup.Run(ctx, s.rdb,
-		[]string{g, s.userKey(uid), g + ":members", g + ":roles", s.userKey(uid) + ":groups", s.p + "member:seq"},
-		uid, gid, int(chatpb.Role_ROLE_MEMBER), lim.MembersPerGroup, lim.GroupsPerUser).Int()
+	keys, args := s.guard(ctx, []string{g, s.userKey(uid), g + ":members", g + ":roles", s.userKey(uid) + ":groups", s.p + "member:seq"},
+		uid, gid, int(chatpb.Role_ROLE_MEMBER), lim.MembersPerGroup, lim.GroupsPerUser)
+	r, err := scriptJoinGroup.Run(ctx, s.rdb, keys, args...).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
@@ -398,8 +413,8 @@ func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits)
 
 func (s *RedisStore) LeaveGroup(ctx context.Context, gid, uid uint64) error {
 	g := s.groupKey(gid)
-	r, err := scriptLeaveGroup.Run(ctx, s.rdb,
-		[]string{g, g + ":members", g + ":roles", s.userKey(uid) + ":groups"}, uid, gid).Int()
+	keys, args := s.guard(ctx, []string{g, g + ":members", g + ":roles", s.userKey(uid) + ":groups"}, uid, gid)
+	r, err := scriptLeaveGroup.Run(ctx, s.rdb, keys, args...).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
@@ -501,13 +516,14 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 			return AppendResult{}, err
 		}
 	}
-	args := make([]any, 0, 7+len(recipients))
+	args := make([]any, 0, 8+len(recipients))
 	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p, payload)
 	for _, uid := range recipients {
 		args = append(args, uid)
 	}
+	keys, args := s.guard(ctx, []string{s.p + "msg:" + member, dedupKey}, args...)
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{scriptAppend.EvalSha(ctx, p, []string{s.p + "msg:" + member, dedupKey}, args...)}
+		return []redis.Cmder{scriptAppend.EvalSha(ctx, p, keys, args...)}
 	})
 	if err != nil {
 		return AppendResult{}, err
@@ -569,13 +585,14 @@ func (s *RedisStore) Inbox(ctx context.Context, uid, after uint64, limit int) ([
 }
 
 func (s *RedisStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
-	args := make([]any, 0, 1+len(ids))
+	args := make([]any, 0, 2+len(ids))
 	args = append(args, s.p)
 	for _, id := range ids {
 		args = append(args, msgMember(id))
 	}
+	keys, args := s.guard(ctx, []string{s.inboxKey(uid)}, args...)
 	_, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{scriptAck.EvalSha(ctx, p, []string{s.inboxKey(uid)}, args...)}
+		return []redis.Cmder{scriptAck.EvalSha(ctx, p, keys, args...)}
 	})
 	return err
 }

@@ -1,0 +1,227 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+)
+
+// Store epochs. A user id, a token and a cached name mean a user only in
+// the store that gave them out. A store that comes back empty (Redis
+// restarted without its data, a --data directory replaced) or from an
+// older snapshot hands the same ids out again, to other people. So every
+// store carries an epoch: a random name made once, when the store is first
+// used, and kept with its data.
+//
+//   - Tokens are signed over the epoch (auth.go): a token from another
+//     store's contents is refused.
+//   - Every Redis write script checks the epoch its request was made under
+//     (a session's epoch is the one it logged in under) and changes nothing
+//     under another one: ErrStoreReset, which clients see as UNAVAILABLE.
+//   - Each node of a cluster reads the epoch at every heartbeat and when a
+//     script refused. If it is gone, the node makes a new one (SET NX: the
+//     first node to look wins, the others adopt it). If the user id counter
+//     is below the highest id the node has seen exist, the store went back
+//     to an older snapshot, and the node replaces the epoch.
+//   - A node that adopts a new epoch forgets every cached name, kicks every
+//     logged-in session with Kicked{STORE_RESET}, and answers requests
+//     (Ping aside) with UNAVAILABLE for a node TTL. Every live node reads
+//     the epoch at least once a heartbeat, so by then all have adopted it
+//     and none still serves users of the old contents, whose ids the new
+//     contents will reuse.
+//
+// The embedded store makes its epoch when its file is created; a node
+// reads it at start, so a replaced --data directory shows as a new epoch
+// and every earlier token is refused even with a fixed --token-secret.
+
+// ErrStoreReset: the store lost its data or was replaced since the request's
+// session began; nothing was done.
+var ErrStoreReset = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE,
+	"the server's store lost its data or was replaced; log in again (your account may be gone)")
+
+// ErrStoreResetting: the node adopted a new store epoch moments ago and
+// waits for every node to have done so before serving again.
+var ErrStoreResetting = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE,
+	"the server's store was just reset; retry in a few seconds")
+
+// epochErrPrefix starts the error a guarded script returns under another epoch.
+const epochErrPrefix = "LOOPCHAT_EPOCH"
+
+// epochGuard runs first in every guarded script: the caller appends the
+// epoch key to KEYS and the expected epoch to ARGV, and the guard takes
+// them off again so the script's own KEYS and ARGV are as they were. An
+// empty expected epoch (a store not yet bound to one) checks nothing.
+const epochGuard = `
+local want = table.remove(ARGV)
+local epochKey = table.remove(KEYS)
+if want ~= '' and redis.call('GET', epochKey) ~= want then
+  return redis.error_reply('` + epochErrPrefix + ` the store epoch changed')
+end
+`
+
+// guardedScript is a Redis store script that first checks the epoch.
+func guardedScript(src string) *redis.Script { return redis.NewScript(epochGuard + src) }
+
+// scriptEpoch returns the store's epoch, creating it if there is none, and
+// replaces it if the user id counter is below the highest id a node has
+// seen (ARGV[3]) while the epoch is still the one that node knew (ARGV[2]).
+// KEYS: epoch, user id counter. ARGV: a fresh epoch, known epoch, max uid.
+var scriptEpoch = redis.NewScript(`
+local e = redis.call('GET', KEYS[1])
+if not e then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+if e == ARGV[2] and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return e`)
+
+func newEpoch() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return hex.EncodeToString(b)
+}
+
+type epochKey struct{}
+
+// withEpoch marks ctx with the store epoch a request is made under.
+func withEpoch(ctx context.Context, epoch string) context.Context {
+	return context.WithValue(ctx, epochKey{}, epoch)
+}
+
+// requestEpoch is the store epoch ctx was marked with ("" if none).
+func requestEpoch(ctx context.Context) string {
+	e, _ := ctx.Value(epochKey{}).(string)
+	return e
+}
+
+// guard appends the epoch key and the expected epoch (the request's, or
+// else the store's) to a guarded script's keys and arguments.
+func (s *RedisStore) guard(ctx context.Context, keys []string, args ...any) ([]string, []any) {
+	want := requestEpoch(ctx)
+	if want == "" {
+		if e := s.epoch.Load(); e != nil {
+			want = *e
+		}
+	}
+	return append(keys, s.p+"epoch"), append(args, want)
+}
+
+// sawUser records that user id exists in the store.
+func (s *RedisStore) sawUser(id uint64) {
+	for {
+		cur := s.maxUID.Load()
+		if id <= cur || s.maxUID.CompareAndSwap(cur, id) {
+			return
+		}
+	}
+}
+
+// Epoch returns the store's epoch, making a new one when there is none or
+// when the store went back to an older snapshot (see scriptEpoch).
+func (s *RedisStore) Epoch(ctx context.Context) (string, error) {
+	known := ""
+	if e := s.epoch.Load(); e != nil {
+		known = *e
+	}
+	e, err := scriptEpoch.Run(ctx, s.rdb, []string{s.p + "epoch", s.p + "user:seq"},
+		newEpoch(), known, s.maxUID.Load()).Text()
+	return e, redisErr(err)
+}
+
+// UseEpoch binds the store to epoch e: guarded writes expect it, and on a
+// change every cached name and id is forgotten, as it named a user of the
+// old contents.
+func (s *RedisStore) UseEpoch(e string) {
+	if old := s.epoch.Swap(&e); old != nil && *old != e {
+		s.names.reset()
+		s.ids.reset()
+		s.maxUID.Store(0)
+	}
+}
+
+// Epoch is the embedded store's epoch, made with its file.
+func (s *BoltStore) Epoch(context.Context) (string, error) { return s.epoch, nil }
+
+// UseEpoch does nothing for the embedded store: only this process opens its
+// file, so its contents cannot change underneath.
+func (s *BoltStore) UseEpoch(string) {}
+
+// epoch is the store epoch this node serves under.
+func (s *Server) epoch() string { return *s.curEpoch.Load() }
+
+// initEpoch reads (or makes) the store's epoch at start.
+func (s *Server) initEpoch(ctx context.Context) error {
+	e, err := s.store.Epoch(ctx)
+	if err != nil {
+		return err
+	}
+	s.store.UseEpoch(e)
+	s.curEpoch.Store(&e)
+	return nil
+}
+
+// storeResetting reports whether the node has adopted a new epoch too
+// recently to serve requests under it.
+func (s *Server) storeResetting() bool {
+	return time.Now().UnixNano() < s.resetUntil.Load()
+}
+
+// pokeEpoch asks the epoch watcher to check now (a script was refused).
+func (s *Server) pokeEpoch() {
+	select {
+	case s.epochPoke <- struct{}{}:
+	default:
+	}
+}
+
+// watchEpoch checks the cluster's store epoch every heartbeat and when
+// poked, until stop closes.
+func (s *Server) watchEpoch(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(s.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		case <-s.epochPoke:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.opts.Heartbeat)
+		e, err := s.store.Epoch(ctx)
+		cancel()
+		if err != nil {
+			continue // Redis unreachable: requests fail on their own
+		}
+		if e != s.epoch() {
+			s.adoptEpoch(e)
+		}
+	}
+}
+
+// adoptEpoch switches the node to a new store epoch: see the top of this file.
+func (s *Server) adoptEpoch(e string) {
+	old := s.epoch()
+	s.resetUntil.Store(time.Now().Add(s.opts.NodeTTL).UnixNano())
+	s.store.UseEpoch(e)
+	// Set before the kicks: a login finishing now either sees the new
+	// epoch in its last check, or has set its user before we look (login).
+	s.curEpoch.Store(&e)
+	s.metrics.storeResets.Inc()
+	s.log.Error("the store lost its data or was replaced (its epoch changed): every session is kicked, every earlier token refused",
+		"old_epoch", old, "new_epoch", e, "refusing_requests_for", s.opts.NodeTTL)
+	for _, c := range s.snapshotConns() {
+		if c.user.Load() != nil {
+			c.kick(chatpb.KickReason_KICK_REASON_STORE_RESET, "the server's store lost its data or was replaced; log in again")
+		}
+	}
+}

@@ -1,0 +1,224 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/loopchat/loopchat/internal/testproc"
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// The Redis store refuses writes, logins and resyncs under another epoch
+// than the one it (or the request) is bound to, and finds a new epoch
+// when the old one is gone or the store went back to an older snapshot.
+func TestRedisStoreEpochGuard(t *testing.T) {
+	_, rdb := testRedis(t)
+	ctx := context.Background()
+	s := NewRedisStore(RedisConfig{Client: rdb, Prefix: "ep:"})
+	t.Cleanup(func() { s.Close() })
+	e1, err := s.Epoch(ctx)
+	if err != nil || e1 == "" {
+		t.Fatalf("Epoch = %q, %v", e1, err)
+	}
+	if again, _ := s.Epoch(ctx); again != e1 {
+		t.Fatalf("a second Epoch made another one: %q then %q", e1, again)
+	}
+	s.UseEpoch(e1)
+	a, err := s.CreateUser(ctx, "alice", []byte("h"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := s.CreateUser(ctx, "bob", []byte("h"))
+	m := testMessage(newMsgIDGen(0), a, "under e1")
+	if _, err := s.AppendMessage(ctx, m, []uint64{b.ID}, ""); err != nil {
+		t.Fatal(err)
+	}
+	// A request made under another epoch changes nothing.
+	stale := withEpoch(ctx, "some-older-epoch")
+	checks := map[string]func() error{
+		"CreateUser": func() error { _, err := s.CreateUser(stale, "carol", []byte("h")); return err },
+		"AppendMessage": func() error {
+			_, err := s.AppendMessage(stale, testMessage(newMsgIDGen(0), a, "stale"), []uint64{b.ID}, "")
+			return err
+		},
+		"Ack":           func() error { return s.Ack(stale, b.ID, []uint64{m.MsgId}) },
+		"AddFriend":     func() error { return s.AddFriend(stale, a.ID, b.ID, Limits{}) },
+		"CreateGroup":   func() error { _, err := s.CreateGroup(stale, a.ID, "g", "", Limits{}); return err },
+		"NewSession":    func() error { _, err := s.NewSession(stale, a.ID); return err },
+		"LatestSession": func() error { _, err := s.LatestSession(stale, a.ID); return err },
+	}
+	for name, call := range checks {
+		if err := call(); !errors.Is(err, ErrStoreReset) {
+			t.Errorf("%s under another epoch = %v, want ErrStoreReset", name, err)
+		}
+	}
+	if inbox, _ := s.Inbox(ctx, b.ID, 0, 10); len(inbox) != 1 {
+		t.Fatalf("bob's inbox after refused writes = %d messages, want the 1 from before", len(inbox))
+	}
+	if _, err := s.Credentials(ctx, "carol"); !errors.Is(err, ErrUserNotFound) {
+		t.Fatalf("the refused CreateUser made carol: %v", err)
+	}
+
+	// Wiped: the store's own epoch is gone, so its writes fail too, until
+	// Epoch makes a new one.
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateUser(ctx, "mallory", []byte("h")); !errors.Is(err, ErrStoreReset) {
+		t.Fatalf("CreateUser after the wipe = %v, want ErrStoreReset", err)
+	}
+	e2, err := s.Epoch(ctx)
+	if err != nil || e2 == "" || e2 == e1 {
+		t.Fatalf("Epoch after the wipe = %q, %v; want a new one", e2, err)
+	}
+	s.UseEpoch(e2)
+	// The cached name of the old alice is forgotten: mallory, who now has
+	// alice's id, is not found under alice's name.
+	mallory, err := s.CreateUser(ctx, "mallory", []byte("h"))
+	if err != nil || mallory.ID != a.ID {
+		t.Fatalf("mallory = %+v, %v; want the reused id %d", mallory, err, a.ID)
+	}
+	if u, err := s.UserByName(ctx, "alice"); !errors.Is(err, ErrUserNotFound) {
+		t.Fatalf("alice after the wipe = %+v, %v", u, err)
+	}
+	if u, err := s.UserByID(ctx, a.ID); err != nil || u.Name != "mallory" {
+		t.Fatalf("user %d after the wipe = %+v, %v", a.ID, u, err)
+	}
+
+	// Rolled back: the user counter goes below an id this node has seen.
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if _, err := s.CreateUser(ctx, n, []byte("h")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rdb.Set(ctx, "ep:user:seq", 2, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e3, err := s.Epoch(ctx)
+	if err != nil || e3 == e2 {
+		t.Fatalf("Epoch after a rollback = %q, %v; want a new one", e3, err)
+	}
+	if got, _ := rdb.Get(ctx, "ep:epoch").Result(); got != e3 {
+		t.Fatalf("the new epoch %q is not the stored one %q", e3, got)
+	}
+}
+
+// A Redis wiped under a running two-node cluster hands no one's identity
+// or messages to anyone else: sessions are kicked, sends fail instead of
+// being acknowledged, old tokens are refused, and the ids handed out again
+// do not inherit what the old users were sent.
+func TestWipedRedisUnderACluster(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		r := testproc.StartRedis(t)
+		nodes := clusterNodes(t, r, 2, engine)
+		alice, aliceOK := nodes[0].user(t, "alice")
+		bob, bobOK := nodes[1].user(t, "bob")
+		_, carolOK := nodes[1].user(t, "carol") // stays connected
+		expectOK(t, alice.do(sendTo("bob", "before the wipe")))
+		if m := bob.nextMessage(); m.Text != "before the wipe" {
+			t.Fatalf("bob got %v", m)
+		}
+
+		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+		t.Cleanup(func() { rdb.Close() })
+		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		// Whatever a session sends now is refused, never acknowledged: its
+		// recipient no longer exists.
+		seq := alice.sendFrame(sendTo("bob", "into the void"))
+		for {
+			f := alice.read()
+			if f.GetKicked() != nil {
+				if f.GetKicked().Reason != chatpb.KickReason_KICK_REASON_STORE_RESET {
+					t.Fatalf("alice kicked with %v", f.GetKicked())
+				}
+				break
+			}
+			if f.Seq == seq {
+				if f.GetSendOk() != nil {
+					t.Fatalf("a send after the wipe was acknowledged: %v", f)
+				}
+				expectCode(t, f, chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+				alice.expectKicked(chatpb.KickReason_KICK_REASON_STORE_RESET)
+				break
+			}
+		}
+		bob.expectKicked(chatpb.KickReason_KICK_REASON_STORE_RESET)
+
+		// Once the nodes serve again, the users of the new store get the
+		// old ids, and nothing of the old users.
+		var dave *rawConn
+		var daveOK *chatpb.LoginOK
+		testproc.WaitUntil(t, "a node to serve registrations again", 10*time.Second, func() bool {
+			rc := dial(t, nodes[1].addr)
+			resp := rc.do(registerReq("dave", pw))
+			if resp.GetError().GetCode() == chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE {
+				return false
+			}
+			expectOK(t, resp)
+			resp = rc.do(loginReq("dave", pw))
+			expectOK(t, resp)
+			dave, daveOK = rc, resp.GetLoginOk()
+			return true
+		})
+		if daveOK.UserId != aliceOK.UserId {
+			t.Fatalf("dave got id %d; the test expects the wiped store to hand out alice's %d again", daveOK.UserId, aliceOK.UserId)
+		}
+		mallory, malloryOK := nodes[0].user(t, "mallory")
+		if malloryOK.UserId != bobOK.UserId {
+			t.Fatalf("mallory got id %d, want bob's old %d", malloryOK.UserId, bobOK.UserId)
+		}
+		// Old tokens name old users: refused on both nodes, whoever holds
+		// their ids now.
+		for _, n := range nodes {
+			for _, tok := range []string{aliceOK.Token, bobOK.Token, carolOK.Token} {
+				expectCode(t, dial(t, n.addr).do(tokenReq(tok)), chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED)
+			}
+		}
+		// Old names are gone, on the node that cached them too.
+		for _, n := range nodes {
+			rc, _ := n.user(t, fmt.Sprintf("probe-%s", n.NodeID()))
+			expectCode(t, rc.do(sendTo("bob", "to the old bob")), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
+			expectCode(t, rc.do(sendTo("carol", "to the old carol")), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
+		}
+		dave.noPush(300 * time.Millisecond)
+		mallory.noPush(0)
+		// And the new store works across nodes.
+		expectOK(t, dave.do(sendTo("mallory", "fresh start")))
+		if m := mallory.nextMessage(); m.Text != "fresh start" || m.FromUsername != "dave" {
+			t.Fatalf("mallory got %v", m)
+		}
+	})
+}
+
+// A single node whose --data was replaced refuses the tokens of the old
+// store, even with the same --token-secret: another user has that id now.
+func TestReplacedDataDirRefusesOldTokens(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.TokenSecret = []byte("the same secret on both runs")
+		first := startServer(t, opts)
+		_, aliceOK := first.user(t, "alice")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := first.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+
+		opts.DataDir = t.TempDir()
+		second := startServer(t, opts)
+		_, malloryOK := second.user(t, "mallory")
+		if malloryOK.UserId != aliceOK.UserId {
+			t.Fatalf("mallory got id %d; the test expects alice's %d again", malloryOK.UserId, aliceOK.UserId)
+		}
+		expectCode(t, dial(t, second.addr).do(tokenReq(aliceOK.Token)), chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED)
+		// The new store's own tokens work.
+		expectOK(t, dial(t, second.addr).do(tokenReq(malloryOK.Token)))
+	})
+}
