@@ -17,9 +17,10 @@
 //     net engine's writer queue), bounded in bytes by Options.MaxOutbound.
 //   - Store and Broker methods are safe for concurrent use and may block.
 //     The Broker's EventHandler must not block. The embedded store has two
-//     goroutines of its own: the message log writer (sends, one fdatasync
-//     per batch) and the bbolt committer (everything else, and the lazy
-//     copy of logged messages); a caller waits for the one its write needs.
+//     goroutines of its own: the message log writer (sends and acks, one
+//     fdatasync per batch) and the bbolt committer (everything else, and
+//     the lazy copy of logged messages and acks); a caller waits for the
+//     one its write needs.
 //   - Every queue is bounded: mailboxes by Options.MaxPending, the run queue
 //     by the number of connections, outbound bytes by Options.MaxOutbound,
 //     the store's commit and log queues by their batch size (writers wait),

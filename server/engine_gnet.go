@@ -168,7 +168,7 @@ func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
 		size, done, err := s.takeProxyHeader(buf)
 		switch {
 		case err != nil:
-			s.frameError(err)
+			s.frameError(err, false)
 			_, _ = c.Discard(c.InboundBuffered())
 			return gnet.None
 		case !done:
@@ -181,7 +181,7 @@ func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
 	for {
 		payload, size, err := codec.PeekFrame(c, e.srv.opts.MaxFrame)
 		if err != nil {
-			s.frameError(err)
+			s.frameError(err, false)
 			_, _ = c.Discard(c.InboundBuffered())
 			return gnet.None
 		}

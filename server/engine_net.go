@@ -109,7 +109,7 @@ func (e *netEngine) serve(conn net.Conn) {
 	br := bufio.NewReader(conn)
 	if err := s.readProxyHeader(br); err != nil {
 		if errors.Is(err, codec.ErrProxyHeader) || errors.Is(err, errAddressBusy) {
-			s.frameError(err)
+			s.frameError(err, true)
 			t.waitClosed(time.Second)
 		}
 		return
@@ -120,7 +120,7 @@ func (e *netEngine) serve(conn net.Conn) {
 		if err != nil {
 			var fe *codec.FrameError
 			if errors.As(err, &fe) {
-				s.frameError(err)
+				s.frameError(err, true)
 				t.waitClosed(time.Second)
 			}
 			return

@@ -26,7 +26,10 @@ func (c *session) handle(f *chatpb.Frame) {
 	case *chatpb.Frame_Ping, *chatpb.Frame_Ack:
 		// The most frequent requests after sends skip the timer: a ping
 		// answers from memory, and an ack waits at most for the store's
-		// own bounded queues (a commit, a Redis pipeline with its timeout).
+		// own bounded queues (a message log batch, a Redis pipeline with
+		// its timeout). The ack runs to the end (durable) before this
+		// connection's next request: that is what makes a later answer
+		// mean the ack survives a crash (Store.Ack).
 	default:
 		ctx = c.srv.deadlines.context()
 	}

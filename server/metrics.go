@@ -114,7 +114,7 @@ func newMetrics() *metrics {
 			Name: "loopchat_store_log_sync_seconds", Help: "Embedded store message log: write and fdatasync of one batch of sends.",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
 		logBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "loopchat_store_log_batch_size", Help: "Sends per message log fdatasync.",
+			Name: "loopchat_store_log_batch_size", Help: "Sends and acks per message log fdatasync.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 		redisLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "loopchat_redis_command_seconds", Help: "Redis command (or pipeline) latency, by command.",

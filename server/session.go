@@ -49,6 +49,13 @@ type mailItem struct {
 	size   int // the frame's bytes on the wire, counted against maxPendingBytes
 	closed bool
 	resync bool // replay the inbox: live pushes may have been missed
+	// invalid answers frame (which holds only its seq) with this
+	// INVALID_ARGUMENT error instead of running it: in its turn, so the
+	// answer does not overtake those of the requests before it.
+	invalid error
+	// broken is the protocol error that ended the stream: Error{PROTOCOL}
+	// and Kicked go out after the answers of every request read before it.
+	broken error
 }
 
 // maxPendingBytes bounds the request bytes one connection may have waiting
@@ -163,6 +170,11 @@ func (c *session) debug(msg string, args ...any) {
 // request runs right here (net engine); otherwise it is queued for a worker
 // (gnet: the event loop must not wait). It returns false after a protocol
 // error: the connection is being closed and must not be read further.
+//
+// Answers keep request order: a malformed frame's INVALID_ARGUMENT is
+// queued like a request. Only RATE_LIMITED is answered at once, from the
+// reading side, and may overtake answers still being worked on: refusing
+// must stay cheap when a client floods (docs/protocol.md says so).
 func (c *session) received(payload []byte, inline bool) bool {
 	f, err := protocol.Decode(payload)
 	var invalid *protocol.InvalidFrameError
@@ -170,7 +182,7 @@ func (c *session) received(payload []byte, inline bool) bool {
 	case errors.As(err, &invalid):
 		f = &chatpb.Frame{Seq: invalid.Seq}
 	case err != nil:
-		c.protocolError("garbage", err)
+		c.protocolError("garbage", err, inline)
 		return false
 	}
 	if !c.limiter.Allow() {
@@ -178,24 +190,29 @@ func (c *session) received(payload []byte, inline bool) bool {
 		c.fail(f.GetSeq(), protocol.Kind(f), ErrRateLimited)
 		return true
 	}
+	var refusal error
 	if invalid != nil {
-		c.fail(invalid.Seq, "invalid", protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT,
-			"malformed request (strings must be valid UTF-8): %v", invalid.Err))
-		return true
+		refusal = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT,
+			"malformed request (strings must be valid UTF-8): %v", invalid.Err)
 	}
-	if inline {
+	switch {
+	case inline && refusal != nil:
+		c.fail(invalid.Seq, "invalid", refusal)
+		return true
+	case inline:
 		c.handle(f)
 		return true
 	}
-	if !c.enqueue(mailItem{frame: f, size: len(payload)}) {
+	if !c.enqueue(mailItem{frame: f, size: len(payload), invalid: refusal}) {
 		c.srv.metrics.rateLimited.Inc()
 		c.fail(f.GetSeq(), protocol.Kind(f), ErrTooManyPending)
 	}
 	return true
 }
 
-// frameError is called by an engine when the framing itself is broken.
-func (c *session) frameError(err error) {
+// frameError is called by an engine when the framing itself is broken;
+// inline as for received.
+func (c *session) frameError(err error, inline bool) {
 	if errors.Is(err, errAddressBusy) {
 		c.broken = true
 		c.out.sendAndClose(c.srv.addressBusy)
@@ -210,15 +227,29 @@ func (c *session) frameError(err error) {
 	case errors.Is(err, codec.ErrProxyHeader):
 		kind = "proxy_header"
 	}
-	c.protocolError(kind, err)
+	c.protocolError(kind, err, inline)
 }
 
-// protocolError tells the client what broke, then closes: the byte stream
-// cannot be trusted past this point.
-func (c *session) protocolError(kind string, err error) {
+// protocolError stops reading at once: the byte stream cannot be trusted
+// past this point. The requests read before it are still answered, in
+// order; then the client is told what broke and the connection closes.
+// With inline they already have been (net engine), so that goes out now;
+// otherwise it waits in the mailbox behind them. Writing it from the loop
+// would let it overtake their answers, and the close after Kicked would
+// then drop those answers although the requests ran.
+func (c *session) protocolError(kind string, err error, inline bool) {
 	c.broken = true
 	c.srv.metrics.frameErrors.WithLabelValues(kind).Inc()
 	c.logger().Info("protocol error", "kind", kind, "err", err)
+	if inline {
+		c.closeBroken(err)
+		return
+	}
+	c.enqueue(mailItem{broken: err}) // never refused: only frames count against the bounds
+}
+
+// closeBroken writes Error{PROTOCOL} and Kicked{PROTOCOL_ERROR}, then closes.
+func (c *session) closeBroken(err error) {
 	c.write(&chatpb.Frame{Body: &chatpb.Frame_Error{Error: &chatpb.Error{
 		Code: chatpb.ErrorCode_ERROR_CODE_PROTOCOL, Message: err.Error()}}})
 	c.kick(chatpb.KickReason_KICK_REASON_PROTOCOL_ERROR, err.Error())
@@ -264,6 +295,14 @@ func (c *session) drain() {
 		case it.resync:
 			if !gone {
 				c.resync()
+			}
+		case it.broken != nil:
+			if !gone {
+				c.closeBroken(it.broken)
+			}
+		case it.invalid != nil:
+			if !gone {
+				c.fail(it.frame.Seq, "invalid", it.invalid)
 			}
 		case !gone:
 			c.handle(it.frame)

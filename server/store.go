@@ -122,8 +122,13 @@ type Store interface {
 	// greater than after, oldest first.
 	Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error)
 	// Ack removes the given messages from uid's inbox; unknown ids are
-	// ignored. It may be applied lazily (a lost ack is only a redelivery),
-	// but Inbox never returns a message acked before it was called.
+	// ignored. Once it returns nil the removal is durable, as durable as
+	// AppendMessage's append: after a crash and restart Inbox does not
+	// return those messages again (nor does it before, once Ack returned).
+	// The server answers a connection's next request only after its Ack
+	// returned, so a Pong after Acks means they survive a crash. An
+	// implementation may batch acks with other writes to share one fsync,
+	// and may apply them to its indexes lazily, as long as that holds.
 	Ack(ctx context.Context, uid uint64, msgIDs []uint64) error
 
 	// NewSession takes uid's next session generation: greater than every

@@ -76,8 +76,8 @@ type BoltConfig struct {
 	// ObserveCommit, if set, is told each commit's duration and size.
 	ObserveCommit func(d time.Duration, writes int)
 	// ObserveLog, if set, is told each message log write's duration (with
-	// its fdatasync) and how many sends it carried.
-	ObserveLog func(d time.Duration, sends int)
+	// its fdatasync) and how many records (sends and acks) it carried.
+	ObserveLog func(d time.Duration, records int)
 	// ObserveTrim, if set, is told how many messages were trimmed from
 	// full inboxes. Trimming happens when messages are copied from the
 	// message log, so AppendResult.Trimmed is always zero here.
@@ -89,12 +89,12 @@ type BoltConfig struct {
 // one transaction (group commit): one fsync serves a whole batch, and an
 // idle store adds no delay to a lone write.
 type BoltStore struct {
-	// Messages and acks reach bbolt lazily (see store_bolt_wal.go): a
-	// message is durable once its batch is in the message log, and the
-	// committer copies what the log holds into bbolt with its next commit
-	// after logCopyDelay, leaving out recipients who acked meanwhile. Acks
-	// ride along the same way: an ack lost in a crash only means a
-	// redelivery, which clients drop by msg_id. mem guards what is waiting.
+	// Messages and acks reach bbolt lazily (see store_bolt_wal.go): each is
+	// durable once its batch is in the message log, and the committer
+	// copies what the log holds into bbolt with its next commit after
+	// logCopyDelay, leaving out recipients who acked meanwhile; acks of
+	// messages already in bbolt ride along with the next commit. mem
+	// guards what is waiting.
 	mem          sync.Mutex
 	acks         map[uint64]map[uint64]struct{} // user -> msg ids acked, not yet written
 	ackCount     int
@@ -579,8 +579,44 @@ func (s *BoltStore) Inbox(ctx context.Context, uid, after uint64, limit int) (ou
 // maxPendingAcks bounds acks held in memory; past it Ack waits for a commit.
 const maxPendingAcks = 100_000
 
+// Ack logs the acks with the next batch of the message log (beside the
+// sends queued with them: one fdatasync for all) and returns once that is
+// synced, so they survive a crash. Only then do they take effect in memory
+// (applyAckLocked); bbolt gets them lazily, as before. ids is read until
+// Ack returns.
 func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	op := &appendOp{ackUser: uid, acked: ids, done: s.doneChans.Get().(chan struct{})}
+	if err := s.appends.send(ctx, op); err != nil {
+		s.doneChans.Put(op.done)
+		return err
+	}
+	select {
+	case <-op.done:
+		s.doneChans.Put(op.done)
+	case <-ctx.Done():
+		// It may still be logged; as with AppendMessage, the outcome is
+		// unknown and the channel is left to the collector.
+		return ctx.Err()
+	}
+	if op.err != nil {
+		return op.err
+	}
 	s.mem.Lock()
+	full := s.ackCount >= maxPendingAcks
+	s.mem.Unlock()
+	if full {
+		// Too many waiting for bbolt: write them now, and make this caller
+		// wait for it (backpressure instead of unbounded memory).
+		return s.committer.do(ctx, noWrite)
+	}
+	return nil
+}
+
+// applyAckLocked gives logged acks their effect in memory. s.mem is held.
+func (s *BoltStore) applyAckLocked(uid uint64, ids []uint64) {
 	m := s.acks[uid]
 	for _, id := range ids {
 		if e := s.unappliedIDs[id]; e != nil && !e.taken {
@@ -603,14 +639,6 @@ func (s *BoltStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
 			s.ackCount++
 		}
 	}
-	full := s.ackCount >= maxPendingAcks
-	s.mem.Unlock()
-	if full {
-		// Too many waiting: write them now, and make this caller wait for
-		// it (backpressure instead of unbounded memory).
-		return s.committer.do(ctx, noWrite)
-	}
-	return nil
 }
 
 // noWrite is a commit of nothing but what is pending (takePending).

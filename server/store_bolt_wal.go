@@ -23,6 +23,14 @@ import (
 // users who are away. Once bbolt records (in the same transaction) how far
 // the log is copied, the segments behind that point are removed. On open,
 // whatever the log holds past that point is copied before anything else.
+//
+// Acks go to the same log, in the same batches as sends (one fdatasync for
+// both), so an ack is durable when Ack returns; in memory they then take
+// effect as before (a logged message is copied without the recipients who
+// acked it, an ack of a message already in bbolt is applied with the next
+// commit). Replaying the log applies sends and acks in log order. The
+// copied-up-to point moves only with copied messages: acks logged after it
+// are replayed again after a crash, which changes nothing the second time.
 
 // walEntry is a logged message waiting to be copied into bbolt.
 type walEntry struct {
@@ -74,12 +82,15 @@ func (a *ackers) has(uid uint64) bool {
 	return slices.Contains(a.few, uid)
 }
 
-// appendOp is one AppendMessage waiting for the log writer.
+// appendOp is one AppendMessage (entry) or Ack (ackUser, acked) waiting
+// for the log writer.
 type appendOp struct {
-	entry *walEntry
-	res   AppendResult
-	err   error
-	done  chan struct{}
+	entry   *walEntry
+	ackUser uint64
+	acked   []uint64
+	res     AppendResult
+	err     error
+	done    chan struct{}
 }
 
 // maxUnapplied bounds logged messages held in memory before they are in
@@ -99,6 +110,11 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 	encoded, err := proto.Marshal(m)
 	if err != nil {
 		return AppendResult{}, fmt.Errorf("store: encode message: %w", err)
+	}
+	if len(encoded) == 0 {
+		// The log marks acks with an empty message; a real one always
+		// has at least its msg_id.
+		return AppendResult{}, errors.New("store: empty message")
 	}
 	// One allocation for the op, its entry and (the usual case) a single
 	// recipient: sends are most of what the server allocates, and
@@ -165,12 +181,15 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 		if op.res.Duplicate || op.err != nil {
 			continue
 		}
-		e := op.entry
 		if len(logged) > 0 && len(buf) > maxLogBatch {
 			buf = s.flushLog(logged, buf)[:0]
 			logged = logged[:0]
 		}
-		buf = appendWALRecord(buf, &walRecord{message: e.message, recipients: e.recipients, clientMsgID: e.clientMsgID})
+		if e := op.entry; e != nil {
+			buf = appendWALRecord(buf, &walRecord{message: e.message, recipients: e.recipients, clientMsgID: e.clientMsgID})
+		} else {
+			buf = appendWALRecord(buf, &walRecord{ackUser: op.ackUser, acked: op.acked})
+		}
 		logged = append(logged, op)
 	}
 	if len(logged) > 0 {
@@ -208,8 +227,14 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 	}
 	now := time.Now()
 	s.mem.Lock()
+	// In log order, so memory agrees with what a replay would do: an ack
+	// affects the messages logged before it.
 	for _, op := range ops {
 		e := op.entry
+		if e == nil {
+			s.applyAckLocked(op.ackUser, op.acked)
+			continue
+		}
 		e.end, e.logged = end, now
 		op.res = AppendResult{Message: e.msg, Encoded: e.message}
 		s.unapplied = append(s.unapplied, e)
@@ -235,7 +260,7 @@ func (s *BoltStore) findDuplicates(batch []*appendOp) {
 	s.mem.Lock()
 	for _, op := range batch {
 		e := op.entry
-		if e.clientMsgID == "" {
+		if e == nil || e.clientMsgID == "" { // an ack, or nothing to dedup
 			continue
 		}
 		if first := s.dedupPending[senderMsgID{e.sender, e.clientMsgID}]; first != nil {
@@ -428,8 +453,9 @@ func (s *BoltStore) removeLogBelow(seg uint64) {
 func (s *BoltStore) logDir() string { return s.cfg.Path + ".log" }
 
 // recoverLog copies into bbolt whatever the log holds past the point bbolt
-// recorded (messages whose SendOK went out before a crash), then removes
-// the old segments and starts a new one.
+// recorded (messages whose SendOK went out before a crash, and acks that
+// had returned), in log order, then removes the old segments and starts a
+// new one.
 func (s *BoltStore) recoverLog() error {
 	dir := s.logDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -442,25 +468,50 @@ func (s *BoltStore) recoverLog() error {
 	}); err != nil {
 		return err
 	}
-	var chunk []*walEntry
+	// chunk holds records in log order: a message entry, or an ack (nil
+	// entry) of ack.acked by ack.ackUser.
+	type recovered struct {
+		entry *walEntry
+		ack   walRecord
+		end   walPos
+	}
+	var chunk []recovered
 	flush := func() error {
 		if len(chunk) == 0 {
 			return nil
 		}
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			_, err := s.copyLogged(tx, chunk, nil)
-			return err
+			for _, r := range chunk {
+				if r.entry != nil {
+					if _, err := s.applyMessage(tx, r.entry, nil); err != nil {
+						return err
+					}
+					continue
+				}
+				ids := make(map[uint64]struct{}, len(r.ack.acked))
+				for _, id := range r.ack.acked {
+					ids[id] = struct{}{}
+				}
+				if err := applyAcks(tx, r.ack.ackUser, ids); err != nil {
+					return err
+				}
+			}
+			return tx.Bucket(bucketMeta).Put(keyWALApplied, chunk[len(chunk)-1].end.bytes())
 		})
 		chunk = chunk[:0]
 		return err
 	}
 	last, err := replayWAL(dir, applied, func(r walRecord, end walPos) error {
-		m := new(chatpb.Message)
-		if err := proto.Unmarshal(r.message, m); err != nil {
-			return fmt.Errorf("message at %d:%d: %w", end.seg, end.off, err)
+		if r.isAck() {
+			chunk = append(chunk, recovered{ack: r, end: end})
+		} else {
+			m := new(chatpb.Message)
+			if err := proto.Unmarshal(r.message, m); err != nil {
+				return fmt.Errorf("message at %d:%d: %w", end.seg, end.off, err)
+			}
+			chunk = append(chunk, recovered{entry: &walEntry{msg: m, message: r.message, msgID: m.MsgId,
+				sender: m.FromUserId, recipients: r.recipients, clientMsgID: r.clientMsgID}, end: end})
 		}
-		chunk = append(chunk, &walEntry{msg: m, message: r.message, msgID: m.MsgId, sender: m.FromUserId,
-			recipients: r.recipients, clientMsgID: r.clientMsgID, end: end})
 		if len(chunk) == 4096 {
 			return flush()
 		}

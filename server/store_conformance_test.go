@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	chatpb "github.com/loopchat/loopchat/proto"
 	"github.com/loopchat/loopchat/protocol"
@@ -432,6 +435,78 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 	})
 }
 
+// crashableStore is a store for testAcksSurviveACrash. checkpoint marks
+// the latest state a crash may leave of what the store writes lazily (the
+// embedded store's bbolt file); crash stops the store as SIGKILL would and
+// returns a store opened on what survived.
+type crashableStore struct {
+	Store
+	checkpoint func()
+	crash      func() Store
+}
+
+// testAcksSurviveACrash: once Ack returns, the acked messages are gone
+// for good: a crash right after it does not bring them back. Half the
+// acked messages had reached the store's indexes before the acks, half
+// were sent just before them (on the embedded store: still only in the
+// message log).
+func testAcksSurviveACrash(t *testing.T, open func(t *testing.T) crashableStore) {
+	ctx := context.Background()
+	s := open(t)
+	a, _ := s.CreateUser(ctx, "a", nil)
+	b, _ := s.CreateUser(ctx, "b", nil)
+	ids := newMsgIDGen(1)
+	var sent []uint64
+	send := func(n int) {
+		for range n {
+			m := testMessage(ids, a, fmt.Sprint("m", len(sent)))
+			if _, err := s.AppendMessage(ctx, m, []uint64{b.ID}, ""); err != nil {
+				t.Fatal(err)
+			}
+			sent = append(sent, m.MsgId)
+		}
+	}
+	send(10)
+	if got, err := s.Inbox(ctx, b.ID, 0, 100); err != nil || len(got) != 10 {
+		t.Fatalf("inbox = %d messages, %v", len(got), err)
+	}
+	s.checkpoint()
+	send(10)
+	var acked, kept []uint64
+	for i, id := range sent {
+		if i%2 == 0 {
+			acked = append(acked, id)
+		} else {
+			kept = append(kept, id)
+		}
+	}
+	if err := s.Ack(ctx, b.ID, acked[:5]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack(ctx, b.ID, append(acked[5:], 424242)); err != nil {
+		t.Fatal(err)
+	}
+	r := s.crash()
+	got, err := r.Inbox(ctx, b.ID, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotIDs []uint64
+	for _, m := range got {
+		gotIDs = append(gotIDs, m.MsgId)
+	}
+	if !slices.Equal(gotIDs, kept) {
+		back := 0
+		for _, id := range gotIDs {
+			if slices.Contains(acked, id) {
+				back++
+			}
+		}
+		t.Fatalf("after the crash the inbox holds %d messages, %d of them acked before it; want the %d not acked",
+			len(gotIDs), back, len(kept))
+	}
+}
+
 func testMessage(ids *msgIDGen, from User, text string) *chatpb.Message {
 	m := &chatpb.Message{FromUserId: from.ID, FromUsername: from.Name, Text: text}
 	m.MsgId, m.SentAtMs = ids.next(time.Now())
@@ -449,6 +524,37 @@ func openTestBolt(t *testing.T, inboxLimit int) Store {
 
 func TestBoltStoreConformance(t *testing.T) {
 	testStoreConformance(t, openTestBolt)
+}
+
+func TestBoltStoreAcksSurviveACrash(t *testing.T) {
+	testAcksSurviveACrash(t, func(t *testing.T) crashableStore {
+		dir := t.TempDir()
+		s, err := OpenBoltStore(BoltConfig{Path: filepath.Join(dir, "live", "test.db")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		base := filepath.Join(dir, "base.db")
+		return crashableStore{Store: s,
+			// bbolt as of now: the acks' lazy commit may not have happened
+			// when the crash comes, so what survives must not need it.
+			checkpoint: func() {
+				if err := s.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(base, 0o600) }); err != nil {
+					t.Fatal(err)
+				}
+			},
+			crash: func() Store {
+				img := filepath.Join(dir, "img", "test.db")
+				crashImage(t, s, base, img)
+				r, err := OpenBoltStore(BoltConfig{Path: img})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { r.Close() })
+				return r
+			},
+		}
+	})
 }
 
 func TestBoltStoreSurvivesReopen(t *testing.T) {

@@ -33,6 +33,29 @@ func TestRedisStoreConformance(t *testing.T) {
 	})
 }
 
+func TestRedisStoreAcksSurviveACrash(t *testing.T) {
+	testAcksSurviveACrash(t, func(t *testing.T) crashableStore {
+		r, rdb := testRedis(t)
+		s := NewRedisStore(RedisConfig{Client: rdb})
+		t.Cleanup(func() { s.Close() })
+		return crashableStore{Store: s,
+			checkpoint: func() {}, // nothing lazy: Redis has it all once it answered
+			crash: func() Store {
+				r.Kill() // SIGKILL: only what the AOF fsynced survives
+				r.Start()
+				// The pool's connections died with the old process; each
+				// failed call drops one, so a new store sees the new one.
+				testproc.WaitUntil(t, "the client reconnects", 10*time.Second, func() bool {
+					return rdb.Ping(context.Background()).Err() == nil
+				})
+				n := NewRedisStore(RedisConfig{Client: rdb})
+				t.Cleanup(func() { n.Close() })
+				return n
+			},
+		}
+	})
+}
+
 func TestRedisStoreSurvivesRedisRestart(t *testing.T) {
 	ctx := context.Background()
 	r, rdb := testRedis(t)

@@ -18,8 +18,14 @@ import (
 //
 //	length   uint32 big-endian, of the payload (never zero)
 //	checksum uint32 big-endian, CRC-32C of the payload
-//	payload  uvarint-prefixed message bytes, uvarint recipient count and
-//	         ids, uvarint-prefixed client_msg_id
+//	payload  a send: uvarint-prefixed message bytes (never empty), uvarint
+//	         recipient count and ids, uvarint-prefixed client_msg_id;
+//	         or an ack: a zero byte (an empty message), uvarint user id,
+//	         uvarint count and msg ids
+//
+// Acks are logged beside sends so that one fdatasync makes both durable;
+// an empty message marks them, which no send has, so logs written before
+// acks were logged read the same.
 //
 // written in batches, one fdatasync per batch. Segments are preallocated,
 // so a sync has no file size to update, and their unwritten tail reads as
@@ -50,24 +56,37 @@ func parseWALPos(b []byte) walPos {
 	return walPos{seg: binary.BigEndian.Uint64(b), off: int64(binary.BigEndian.Uint64(b[8:]))}
 }
 
-// walRecord is one logged AppendMessage.
+// walRecord is one logged AppendMessage (message is set) or Ack (it is
+// empty, and ackUser acknowledged acked).
 type walRecord struct {
 	message     []byte // chatpb.Message, protobuf-encoded
 	recipients  []uint64
 	clientMsgID string
+	ackUser     uint64
+	acked       []uint64
 }
+
+func (r *walRecord) isAck() bool { return len(r.message) == 0 }
 
 func appendWALRecord(dst []byte, r *walRecord) []byte {
 	start := len(dst)
 	dst = append(dst, make([]byte, walHeaderSize)...)
 	dst = binary.AppendUvarint(dst, uint64(len(r.message)))
-	dst = append(dst, r.message...)
-	dst = binary.AppendUvarint(dst, uint64(len(r.recipients)))
-	for _, uid := range r.recipients {
-		dst = binary.AppendUvarint(dst, uid)
+	if r.isAck() {
+		dst = binary.AppendUvarint(dst, r.ackUser)
+		dst = binary.AppendUvarint(dst, uint64(len(r.acked)))
+		for _, id := range r.acked {
+			dst = binary.AppendUvarint(dst, id)
+		}
+	} else {
+		dst = append(dst, r.message...)
+		dst = binary.AppendUvarint(dst, uint64(len(r.recipients)))
+		for _, uid := range r.recipients {
+			dst = binary.AppendUvarint(dst, uid)
+		}
+		dst = binary.AppendUvarint(dst, uint64(len(r.clientMsgID)))
+		dst = append(dst, r.clientMsgID...)
 	}
-	dst = binary.AppendUvarint(dst, uint64(len(r.clientMsgID)))
-	dst = append(dst, r.clientMsgID...)
 	payload := dst[start+walHeaderSize:]
 	binary.BigEndian.PutUint32(dst[start:], uint32(len(payload)))
 	binary.BigEndian.PutUint32(dst[start+4:], crc32.Checksum(payload, crc32.MakeTable(crc32.Castagnoli)))
@@ -87,23 +106,42 @@ func parseWALRecord(p []byte) (walRecord, error) {
 		p = p[k+int(n):]
 		return b, true
 	}
+	// ids reads a uvarint count and that many uvarints.
+	ids := func() ([]uint64, bool) {
+		count, k := binary.Uvarint(p)
+		if k <= 0 || count > uint64(len(p)) {
+			return nil, false
+		}
+		p = p[k:]
+		out := make([]uint64, 0, count)
+		for range count {
+			id, k := binary.Uvarint(p)
+			if k <= 0 {
+				return nil, false
+			}
+			out = append(out, id)
+			p = p[k:]
+		}
+		return out, true
+	}
 	msg, ok := take()
 	if !ok {
 		return r, errBadWALRecord
 	}
-	count, k := binary.Uvarint(p)
-	if k <= 0 || count > uint64(len(p)) {
-		return r, errBadWALRecord
-	}
-	p = p[k:]
-	r.recipients = make([]uint64, 0, count)
-	for range count {
+	if len(msg) == 0 {
 		uid, k := binary.Uvarint(p)
 		if k <= 0 {
 			return r, errBadWALRecord
 		}
-		r.recipients = append(r.recipients, uid)
 		p = p[k:]
+		if r.acked, ok = ids(); !ok || len(p) != 0 {
+			return r, errBadWALRecord
+		}
+		r.ackUser = uid
+		return r, nil
+	}
+	if r.recipients, ok = ids(); !ok {
+		return r, errBadWALRecord
 	}
 	cmid, ok := take()
 	if !ok || len(p) != 0 {

@@ -7,10 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
 )
 
@@ -27,6 +30,22 @@ func TestWALRecordRoundTrip(t *testing.T) {
 	for cut := walHeaderSize; cut < len(buf)-1; cut++ {
 		if _, err := parseWALRecord(buf[walHeaderSize:cut]); err == nil {
 			t.Fatalf("record cut at %d parsed", cut)
+		}
+	}
+
+	// An ack record: no message, a user and the ids it acknowledged.
+	ack := walRecord{ackUser: 7, acked: []uint64{1, 1 << 62, 300}}
+	buf = appendWALRecord(nil, &ack)
+	out, err = parseWALRecord(buf[walHeaderSize:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.isAck() || out.ackUser != 7 || !slices.Equal(out.acked, ack.acked) || out.recipients != nil {
+		t.Fatalf("ack round trip: %+v", out)
+	}
+	for cut := walHeaderSize; cut < len(buf); cut++ {
+		if _, err := parseWALRecord(buf[walHeaderSize:cut]); err == nil {
+			t.Fatalf("ack record cut at %d parsed", cut)
 		}
 	}
 }
@@ -295,6 +314,7 @@ func TestBoltStoreGroupAcksSkipTheInbox(t *testing.T) {
 func FuzzParseWALRecord(f *testing.F) {
 	f.Add(appendWALRecord(nil, &walRecord{message: []byte("hi"), recipients: []uint64{1, 2}, clientMsgID: "c"})[walHeaderSize:])
 	f.Add(appendWALRecord(nil, &walRecord{message: nil, recipients: nil})[walHeaderSize:])
+	f.Add(appendWALRecord(nil, &walRecord{ackUser: 3, acked: []uint64{5, 1 << 60}})[walHeaderSize:])
 	f.Add([]byte{0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01})
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		r, err := parseWALRecord(payload)
@@ -304,7 +324,7 @@ func FuzzParseWALRecord(f *testing.F) {
 		again := appendWALRecord(nil, &r)[walHeaderSize:]
 		back, err := parseWALRecord(again)
 		if err != nil || string(back.message) != string(r.message) || !slices.Equal(back.recipients, r.recipients) ||
-			back.clientMsgID != r.clientMsgID {
+			back.clientMsgID != r.clientMsgID || back.ackUser != r.ackUser || !slices.Equal(back.acked, r.acked) {
 			t.Fatalf("re-encoded record differs: %+v vs %+v (%v)", back, r, err)
 		}
 	})
@@ -330,5 +350,48 @@ func TestAckersSet(t *testing.T) {
 	one.add(7)
 	if !one.has(7) || one.has(8) || len(one.few) != 1 || one.many != nil {
 		t.Errorf("a single acker: %+v", one)
+	}
+}
+
+// An ack queued while sends are waiting for the log rides their batch:
+// one fdatasync for both, so acks add none while sends flow.
+func TestBoltStoreAcksShareTheSendsSync(t *testing.T) {
+	ctx := context.Background()
+	gate := make(chan struct{})
+	batches := make(chan int, 10)
+	var first sync.Once
+	s, err := OpenBoltStore(BoltConfig{Path: filepath.Join(t.TempDir(), "test.db"),
+		ObserveLog: func(_ time.Duration, records int) {
+			batches <- records
+			first.Do(func() { <-gate }) // hold the writer after its first batch
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, _ := s.CreateUser(ctx, "a", nil)
+	b, _ := s.CreateUser(ctx, "b", nil)
+	ids := newMsgIDGen(0)
+	m0, m1 := testMessage(ids, a, "0"), testMessage(ids, a, "1")
+	errs := make(chan error, 3)
+	go func() { _, err := s.AppendMessage(ctx, m0, []uint64{b.ID}, ""); errs <- err }()
+	if n := <-batches; n != 1 {
+		t.Fatalf("first batch carried %d records", n)
+	}
+	// While the writer is held, a send and an ack queue up behind it.
+	go func() { _, err := s.AppendMessage(ctx, m1, []uint64{b.ID}, ""); errs <- err }()
+	go func() { errs <- s.Ack(ctx, b.ID, []uint64{m0.MsgId}) }()
+	testproc.WaitUntil(t, "a send and an ack queued", 10*time.Second, func() bool { return len(s.appends.ch) == 2 })
+	close(gate)
+	if n := <-batches; n != 2 {
+		t.Fatalf("the send and the ack took a batch of %d records, want one batch of both", n)
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := s.Inbox(ctx, b.ID, 0, 10); len(got) != 1 || got[0].MsgId != m1.MsgId {
+		t.Fatalf("inbox = %v, want only the unacked message", got)
 	}
 }

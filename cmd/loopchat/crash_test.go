@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -129,4 +130,102 @@ func TestKilledNodeKeepsEveryAnsweredMessage(t *testing.T) {
 	}
 	t.Logf("answered %d, delivered %d after SIGKILL and restart (the rest were in flight, never answered)",
 		len(answered), len(got))
+}
+
+// Acks are durable once a later response comes: a client that acked 50
+// messages and then got a Pong never sees them again, even though the
+// node was killed with SIGKILL right after the Pong. The one message it
+// did not ack comes back, which shows the replay itself works.
+func TestAckedMessagesAreNotRedeliveredAfterSIGKILL(t *testing.T) {
+	for _, engine := range []string{"gnet", "net"} {
+		t.Run(engine, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			dir := t.TempDir()
+			n := startNode(t, dir, "--engine", engine)
+			script(t, n.addr, "/register alice hunter2hunter2", "/register bob hunter2hunter2")
+			login := func(addr, user string) *client.Client {
+				t.Helper()
+				c, err := client.Dial(ctx, client.Options{Addr: addr})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				if _, err := c.Login(ctx, user, "hunter2hunter2"); err != nil {
+					t.Fatal(err)
+				}
+				return c
+			}
+			bob := login(n.addr, "bob")
+			alice := login(n.addr, "alice")
+			const acked = 50
+			var sent []uint64
+			for i := range acked + 1 {
+				ok, err := alice.SendToUser(ctx, "bob", fmt.Sprint("m", i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				sent = append(sent, ok.MsgId)
+			}
+			// bob acks each of the first 50 as it arrives, as a client
+			// does once it has shown a message, and not the last.
+			for got := 0; got < acked+1; {
+				select {
+				case ev := <-bob.Events():
+					if ev.Message == nil {
+						t.Fatalf("bob got %+v, want messages", ev)
+					}
+					if ev.Message.MsgId != sent[got] {
+						t.Fatalf("bob's message %d is %d, want %d", got, ev.Message.MsgId, sent[got])
+					}
+					if got < acked {
+						if err := bob.Ack(ev.Message.MsgId); err != nil {
+							t.Fatal(err)
+						}
+					}
+					got++
+				case <-ctx.Done():
+					t.Fatalf("bob got %d of %d messages", got, acked+1)
+				}
+			}
+			// The Pong comes after the acks are durable.
+			if _, err := bob.Ping(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = n.wait(t, 5*time.Second)
+
+			n2 := startNodeAt(t, n.addr, dir, "--engine", engine)
+			bob2 := login(n2.addr, "bob")
+			// The inbox replay follows LoginOK and runs before bob's next
+			// request, so once this Pong is back every replayed message is
+			// already in Events.
+			if _, err := bob2.Ping(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var again []uint64
+			for done := false; !done; {
+				select {
+				case ev := <-bob2.Events():
+					if ev.Message != nil {
+						again = append(again, ev.Message.MsgId)
+					}
+				default:
+					done = true
+				}
+			}
+			if !slices.Equal(again, sent[acked:]) {
+				back := 0
+				for _, id := range again {
+					if slices.Contains(sent[:acked], id) {
+						back++
+					}
+				}
+				t.Fatalf("after SIGKILL and restart bob got %d messages, %d of the %d he acked; want only the one he did not ack",
+					len(again), back, acked)
+			}
+		})
+	}
 }
