@@ -365,6 +365,43 @@ func TestSlowConsumerStalledWriteIsKicked(t *testing.T) {
 	expectMessages(t, frames[:len(frames)-1], text)
 }
 
+// A node that stops while a client has unread output does not cut that
+// client's stream inside a frame: the client, kicked by the drain, that
+// has still not read by the time the engine stops is reset.
+func TestShutdownNeverCutsAFrame(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startServer(t, testOptions(t, engine)) // the default outbound limit: sloth is not kicked as slow
+		sloth, login := ts.user(t, "sloth")
+		if tc, ok := sloth.c.(interface{ SetReadBuffer(int) error }); ok {
+			_ = tc.SetReadBuffer(64 << 10)
+		}
+		sender, _ := ts.user(t, "sender")
+		text := strings.Repeat("s", 4000)
+		// Fill sloth's socket until the server itself holds bytes for it.
+		conn := ts.users.get(login.UserId)
+		for sent := 0; conn.out.queued() < 64<<10; sent++ {
+			if sent == 20000 {
+				t.Fatal("the server never had to queue output for a client that reads nothing")
+			}
+			expectOK(t, sender.do(sendTo("sloth", text)))
+		}
+		if testutil.ToFloat64(ts.metrics.kicks.WithLabelValues("slow_consumer")) != 0 {
+			t.Fatal("sloth was kicked as a slow consumer; this test is about shutdown")
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = ts.Shutdown(ctx)
+
+		frames, end := readToEnd(sloth)
+		t.Logf("read %d frames, then %v", len(frames), end)
+		if !errors.Is(end, syscall.ECONNRESET) {
+			t.Fatalf("the stream ended with %v after %d whole frames, want a reset", end, len(frames))
+		}
+		expectMessages(t, frames, text)
+	})
+}
+
 // stallStore holds ListFriends until released: a store (or Redis) that has
 // stopped answering, while requests keep arriving.
 type stallStore struct {
