@@ -2,11 +2,14 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -225,6 +228,177 @@ func TestSlowReaderIsKicked(t *testing.T) {
 			t.Fatalf("sloth's replay = %v", m)
 		}
 		stop()
+	})
+}
+
+// floodUntilKicked logs in "sloth", which then reads nothing, and has
+// "sender" send it 4,000-byte messages until the server kicks it as a slow
+// consumer. It returns sloth and the text sent.
+func floodUntilKicked(t *testing.T, ts *testServer) (*rawConn, string) {
+	t.Helper()
+	sloth, _ := ts.user(t, "sloth")
+	// Keep the kernel from absorbing megabytes on sloth's behalf (see
+	// TestSlowReaderIsKicked): the server's own queue must fill.
+	if tc, ok := sloth.c.(interface{ SetReadBuffer(int) error }); ok {
+		_ = tc.SetReadBuffer(64 << 10)
+	}
+	sender, _ := ts.user(t, "sender")
+	text := strings.Repeat("q", 4000)
+	kicks := ts.metrics.kicks.WithLabelValues("slow_consumer")
+	before := testutil.ToFloat64(kicks)
+	sent := 0
+	for testutil.ToFloat64(kicks) == before {
+		if sent == 20000 {
+			t.Fatal("a client that reads nothing was never kicked")
+		}
+		expectOK(t, sender.do(sendTo("sloth", text)))
+		sent++
+	}
+	if got := testutil.ToFloat64(kicks) - before; got != 1 {
+		t.Fatalf("slow_consumer kicks moved by %v, want 1", got)
+	}
+	t.Logf("kicked after %d messages", sent)
+	return sloth, text
+}
+
+// readToEnd reads frames until the stream ends, and says how it ended.
+func readToEnd(rc *rawConn) (frames []*chatpb.Frame, end error) {
+	frames = append(frames, rc.pushes...)
+	rc.pushes = nil
+	for {
+		f, err := rc.tryRead(10 * time.Second)
+		if err != nil {
+			return frames, err
+		}
+		frames = append(frames, f)
+	}
+}
+
+// expectMessages asserts every frame is a whole Message of text from sender.
+func expectMessages(t *testing.T, frames []*chatpb.Frame, text string) {
+	t.Helper()
+	for i, f := range frames {
+		if m := f.GetMessage(); m == nil || m.Text != text || m.FromUsername != "sender" || f.Seq != 0 {
+			t.Fatalf("frame %d is %v, want a whole Message from sender", i, f)
+		}
+	}
+}
+
+// A slow consumer is told why it is dropped: once the server gives up on a
+// client that stopped reading, what that client reads when it looks again
+// is whole Messages, then Kicked{SLOW_CONSUMER}, then a clean end of stream
+// — never a frame cut short.
+func TestSlowConsumerReadsKickedLast(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.MaxOutbound = 128 << 10
+		ts := startServer(t, opts)
+		sloth, text := floodUntilKicked(t, ts)
+
+		frames, end := readToEnd(sloth)
+		t.Logf("read %d frames, then %v", len(frames), end)
+		if !errors.Is(end, io.EOF) {
+			// io.ErrUnexpectedEOF: the stream ended inside a frame.
+			t.Fatalf("the stream ended with %v after %d whole frames, want a clean EOF after Kicked", end, len(frames))
+		}
+		if len(frames) == 0 {
+			t.Fatal("nothing to read: want Kicked{SLOW_CONSUMER} at least")
+		}
+		last := frames[len(frames)-1]
+		if k := last.GetKicked(); k == nil || k.Reason != chatpb.KickReason_KICK_REASON_SLOW_CONSUMER || last.Seq != 0 {
+			t.Fatalf("last frame %v, want Kicked{SLOW_CONSUMER}", last)
+		}
+		expectMessages(t, frames[:len(frames)-1], text)
+	})
+}
+
+// A slow consumer that never reads again is not waited on forever: after
+// writeWait its connection is reset, so when it does read it finds whole
+// frames and then an error — not a clean end of stream inside a frame.
+func TestSlowConsumerThatNeverReadsIsReset(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		opts := testOptions(t, engine)
+		opts.MaxOutbound = 128 << 10
+		opts.writeWait = 300 * time.Millisecond
+		ts := startServer(t, opts)
+		sloth, text := floodUntilKicked(t, ts)
+
+		// Still not reading, wait for the server to let go of sloth (only
+		// sender's connection is left).
+		deadline := time.Now().Add(10 * time.Second)
+		for ts.connCount() > 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("sloth's connection still open %v after the kick, want it gone after writeWait", 10*time.Second)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+
+		frames, end := readToEnd(sloth)
+		t.Logf("read %d frames, then %v", len(frames), end)
+		if !errors.Is(end, syscall.ECONNRESET) {
+			t.Fatalf("the stream ended with %v after %d whole frames, want a reset", end, len(frames))
+		}
+		// What the client had received before the reset is whole frames;
+		// Kicked itself was still in the server's buffers.
+		expectMessages(t, frames, text)
+	})
+}
+
+// On the net engine a write that finds no room for writeWait makes the
+// client a slow consumer too, even under the outbound limit; the frame in
+// progress is finished, so it too sees whole Messages, Kicked, EOF.
+func TestSlowConsumerStalledWriteIsKicked(t *testing.T) {
+	opts := testOptions(t, EngineNet)
+	opts.writeWait = 300 * time.Millisecond
+	ts := startServer(t, opts) // the default outbound limit, 16 MiB: far from reached
+	sloth, text := floodUntilKicked(t, ts)
+
+	frames, end := readToEnd(sloth)
+	t.Logf("read %d frames, then %v", len(frames), end)
+	if !errors.Is(end, io.EOF) {
+		t.Fatalf("the stream ended with %v after %d whole frames, want a clean EOF after Kicked", end, len(frames))
+	}
+	last := frames[len(frames)-1]
+	if k := last.GetKicked(); k == nil || k.Reason != chatpb.KickReason_KICK_REASON_SLOW_CONSUMER {
+		t.Fatalf("last frame %v, want Kicked{SLOW_CONSUMER}", last)
+	}
+	expectMessages(t, frames[:len(frames)-1], text)
+}
+
+// A node that stops while a client has unread output does not cut that
+// client's stream inside a frame: the client, kicked by the drain, that
+// has still not read by the time the engine stops is reset.
+func TestShutdownNeverCutsAFrame(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startServer(t, testOptions(t, engine)) // the default outbound limit: sloth is not kicked as slow
+		sloth, login := ts.user(t, "sloth")
+		if tc, ok := sloth.c.(interface{ SetReadBuffer(int) error }); ok {
+			_ = tc.SetReadBuffer(64 << 10)
+		}
+		sender, _ := ts.user(t, "sender")
+		text := strings.Repeat("s", 4000)
+		// Fill sloth's socket until the server itself holds bytes for it.
+		conn := ts.users.get(login.UserId)
+		for sent := 0; conn.out.queued() < 64<<10; sent++ {
+			if sent == 20000 {
+				t.Fatal("the server never had to queue output for a client that reads nothing")
+			}
+			expectOK(t, sender.do(sendTo("sloth", text)))
+		}
+		if testutil.ToFloat64(ts.metrics.kicks.WithLabelValues("slow_consumer")) != 0 {
+			t.Fatal("sloth was kicked as a slow consumer; this test is about shutdown")
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = ts.Shutdown(ctx)
+
+		frames, end := readToEnd(sloth)
+		t.Logf("read %d frames, then %v", len(frames), end)
+		if !errors.Is(end, syscall.ECONNRESET) {
+			t.Fatalf("the stream ended with %v after %d whole frames, want a reset", end, len(frames))
+		}
+		expectMessages(t, frames, text)
 	})
 }
 

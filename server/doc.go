@@ -15,6 +15,10 @@
 //   - Writes to a connection (responses, pushes, kicks) may come from any
 //     goroutine and never block: they are queued (gnet AsyncWrite, or the
 //     net engine's writer queue), bounded in bytes by Options.MaxOutbound.
+//     A kick's frame is queued last, after whole frames only, and the
+//     connection closes once it is in the kernel — or is reset when the
+//     client has not read it within 30 s (defaultWriteWait); a stream never
+//     ends cleanly inside a frame.
 //   - Store and Broker methods are safe for concurrent use and may block.
 //     The Broker's EventHandler must not block. The embedded store has two
 //     goroutines of its own: the message log writer (sends and acks, one

@@ -116,7 +116,7 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if !e.srv.admit() {
 		return e.srv.serverFull, gnet.Close
 	}
-	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound)}
+	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound), wait: e.srv.opts.writeWait}
 	s := e.srv.newSession(c.RemoteAddr(), t)
 	t.sess = s
 	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
@@ -143,7 +143,14 @@ func (e *gnetEngine) loopGauge(c gnet.Conn) prometheus.Gauge {
 	return g
 }
 
-func (e *gnetEngine) OnClose(c gnet.Conn, _ error) gnet.Action {
+func (e *gnetEngine) OnClose(c gnet.Conn, err error) gnet.Action {
+	if err == nil && c.OutboundBuffered() > 0 {
+		// The server is closing (writeWait ran out, or the engine stops)
+		// with bytes still unwritten. gnet would write what the socket takes
+		// and end the stream wherever that stops, maybe inside a frame;
+		// a reset tells the client the stream is broken instead.
+		_ = c.SetLinger(0)
+	}
 	if s, ok := c.Context().(*session); ok {
 		e.loopGauge(c).Dec()
 		s.closed(false)
@@ -156,9 +163,10 @@ func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
 	if !ok {
 		return gnet.Close
 	}
-	if s.broken {
-		// After a protocol error the rest of the stream is noise; drop it
-		// while the last frames are flushed and the close happens.
+	if s.broken || s.kicked.Load() {
+		// After a protocol error the rest of the stream is noise, and a
+		// kicked client gets no more answers; drop its input while the
+		// last frames are flushed and the close happens.
 		_, _ = c.Discard(c.InboundBuffered())
 		return gnet.None
 	}
@@ -201,27 +209,56 @@ func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
 // gnet's outbound buffer is unbounded, so it tracks how much waits: bytes
 // handed to AsyncWrite not yet taken by the loop, plus the outbound buffer
 // as last seen on the loop. Over the limit the client is a slow consumer.
+//
+// A last frame (Kicked, or a refusal) must reach the client whole and after
+// every frame before it, but gnet's Close writes only what the socket takes
+// at once and drops the rest of the outbound buffer, cutting the stream
+// anywhere. So sendAndClose refuses further frames, writes the last one on
+// the loop once every frame accepted before it has been written, and closes
+// only when the outbound buffer is empty — everything is in the kernel —
+// polling for that from a timer (gnet calls nothing when a buffer drains),
+// or resets the connection after writeWait (OnClose).
 type gnetTransport struct {
 	c        gnet.Conn
 	sess     *session
 	limit    int64
-	pending  atomic.Int64 // handed to AsyncWrite, callback not yet run
-	buffered atomic.Int64 // OutboundBuffered() at the last callback
-	closing  atomic.Bool
+	wait     time.Duration          // writeWait
+	pending  atomic.Int64           // handed to AsyncWrite, callback not yet run
+	buffered atomic.Int64           // OutboundBuffered() at the last callback
+	last     atomic.Pointer[[]byte] // set once: no more frames; this one goes last
+
+	// Loop only, once last is set.
+	lastWritten bool
+	giveUpAt    time.Time
+	pollEvery   time.Duration
 }
 
+// noLastFrame marks a transport closed by close(): nothing more to write.
+var noLastFrame = []byte{}
+
 func (t *gnetTransport) send(frame []byte) {
-	if t.closing.Load() {
+	n := int64(len(frame))
+	// Count the frame before looking at last: a frame counted while last
+	// was still unset is written before it (finish waits for pending to
+	// drain), and one counted after sees it set and backs out.
+	p := t.pending.Add(n)
+	if t.last.Load() != nil {
+		t.retract(n)
 		return
 	}
-	n := int64(len(frame))
-	if t.pending.Add(n)+t.buffered.Load() > t.limit {
-		t.pending.Add(-n)
+	if p+t.buffered.Load() > t.limit {
+		t.retract(n)
 		t.sess.slowConsumer()
 		return
 	}
 	_ = t.c.AsyncWrite(frame, func(c gnet.Conn, err error) error {
-		t.pending.Add(-n)
+		rest := t.pending.Add(-n)
+		if t.last.Load() != nil {
+			if rest == 0 && err == nil {
+				t.finish(c)
+			}
+			return nil
+		}
 		if err != nil {
 			return nil
 		}
@@ -234,30 +271,81 @@ func (t *gnetTransport) send(frame []byte) {
 	})
 }
 
-func (t *gnetTransport) sendAndClose(frame []byte) {
-	if !t.closing.CompareAndSwap(false, true) {
-		return
+// retract uncounts a frame that was not handed to the loop after all.
+func (t *gnetTransport) retract(n int64) {
+	if t.pending.Add(-n) == 0 && t.last.Load() != nil {
+		// finish may have seen this frame counted and be waiting for
+		// pending to drain; no callback will tell it, so do.
+		t.onLoop(t.finish)
 	}
-	_ = t.c.AsyncWrite(frame, func(c gnet.Conn, _ error) error {
-		return c.Close()
-	})
 }
 
-func (t *gnetTransport) queued() int { return int(t.pending.Load() + t.buffered.Load()) }
-
-// refresh re-reads the outbound buffer size on the loop; a zero-byte
-// write is the cheapest way to run code there for this connection.
-func (t *gnetTransport) refresh() {
+// onLoop runs fn on the connection's loop, unless the connection is gone. A
+// zero-byte AsyncWrite is the cheapest way to run code there.
+func (t *gnetTransport) onLoop(fn func(gnet.Conn)) {
 	_ = t.c.AsyncWrite(nil, func(c gnet.Conn, err error) error {
 		if err == nil {
-			t.buffered.Store(int64(c.OutboundBuffered()))
+			fn(c)
 		}
 		return nil
 	})
 }
 
+// sendAndClose queues frame to be written after everything accepted so
+// far, then closes. gnet offers no way to take frames back out of its
+// outbound buffer, so dropQueued cannot be honoured: a slow consumer's
+// queue (at most about the outbound limit) is held until it is written or
+// writeWait runs out.
+func (t *gnetTransport) sendAndClose(frame []byte, _ bool) {
+	if !t.last.CompareAndSwap(nil, &frame) {
+		return
+	}
+	t.onLoop(t.finish)
+}
+
+// finish runs on the loop once last is set: when every frame accepted
+// before the last one has been written, it writes that one, then waits
+// for the outbound buffer to empty.
+func (t *gnetTransport) finish(c gnet.Conn) {
+	if t.lastWritten || t.pending.Load() != 0 {
+		return // done already, or a frame accepted earlier is still on its way (its callback calls again)
+	}
+	t.lastWritten = true
+	t.giveUpAt = time.Now().Add(t.wait)
+	if frame := *t.last.Load(); len(frame) > 0 {
+		if _, err := c.Write(frame); err != nil {
+			return // gnet has closed the connection
+		}
+	}
+	t.closeWhenWritten(c)
+}
+
+// closeWhenWritten closes once the outbound buffer is empty — the stream
+// then ends right after the last frame — checking again from a timer,
+// less often as time goes by. A client that reads nothing until writeWait
+// runs out is closed with bytes unwritten, which OnClose turns into a reset.
+func (t *gnetTransport) closeWhenWritten(c gnet.Conn) {
+	if c.OutboundBuffered() == 0 || !time.Now().Before(t.giveUpAt) {
+		_ = c.Close()
+		return
+	}
+	t.pollEvery = min(max(2*t.pollEvery, time.Millisecond), 100*time.Millisecond)
+	time.AfterFunc(t.pollEvery, func() {
+		if !t.sess.isGone() { // closed meanwhile (the engine stopping): its loop may be gone too
+			t.onLoop(t.closeWhenWritten)
+		}
+	})
+}
+
+func (t *gnetTransport) queued() int { return int(t.pending.Load() + t.buffered.Load()) }
+
+// refresh re-reads the outbound buffer size on the loop.
+func (t *gnetTransport) refresh() {
+	t.onLoop(func(c gnet.Conn) { t.buffered.Store(int64(c.OutboundBuffered())) })
+}
+
 func (t *gnetTransport) close() {
-	t.closing.Store(true)
+	t.last.CompareAndSwap(nil, &noLastFrame)
 	_ = t.c.Close()
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,12 +23,12 @@ type netEngine struct {
 	ln     net.Listener
 	wg     sync.WaitGroup
 	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	exited chan struct{} // closed when the accept loop returns
+	conns  map[net.Conn]*netTransport // nil until serve made it
+	exited chan struct{}              // closed when the accept loop returns
 }
 
 func newNetEngine(s *Server) *netEngine {
-	return &netEngine{srv: s, conns: make(map[net.Conn]struct{}), exited: make(chan struct{})}
+	return &netEngine{srv: s, conns: make(map[net.Conn]*netTransport), exited: make(chan struct{})}
 }
 
 // exit: the accept loop ends only when the listener is closed, by stop.
@@ -75,7 +76,7 @@ func (e *netEngine) accept() {
 			continue
 		}
 		e.mu.Lock()
-		e.conns[conn] = struct{}{}
+		e.conns[conn] = nil
 		e.mu.Unlock()
 		e.wg.Add(1)
 		go e.serve(conn)
@@ -84,7 +85,7 @@ func (e *netEngine) accept() {
 
 func (e *netEngine) serve(conn net.Conn) {
 	defer e.wg.Done()
-	t := newNetTransport(conn, int64(e.srv.opts.MaxOutbound))
+	t := newNetTransport(conn, int64(e.srv.opts.MaxOutbound), e.srv.opts.writeWait)
 	s := e.srv.newSession(conn.RemoteAddr(), t)
 	t.sess = s
 	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
@@ -97,10 +98,15 @@ func (e *netEngine) serve(conn net.Conn) {
 		conn.Close()
 		return
 	}
+	e.mu.Lock()
+	e.conns[conn] = t // for stop
+	e.mu.Unlock()
 	e.srv.addConn(s)
 	go t.writeLoop()
 	defer func() {
-		t.close()
+		// Reading stops when the client hangs up, the writer closes, or
+		// after a protocol error; a last frame queued still goes out whole.
+		t.waitLastFrame()
 		e.mu.Lock()
 		delete(e.conns, conn)
 		e.mu.Unlock()
@@ -110,7 +116,6 @@ func (e *netEngine) serve(conn net.Conn) {
 	if err := s.readProxyHeader(br); err != nil {
 		if errors.Is(err, codec.ErrProxyHeader) || errors.Is(err, errAddressBusy) {
 			s.frameError(err, true)
-			t.waitClosed(time.Second)
 		}
 		return
 	}
@@ -121,13 +126,14 @@ func (e *netEngine) serve(conn net.Conn) {
 			var fe *codec.FrameError
 			if errors.As(err, &fe) {
 				s.frameError(err, true)
-				t.waitClosed(time.Second)
 			}
 			return
 		}
+		if s.kicked.Load() {
+			continue // a kicked client gets no more answers; read on until the writer closes
+		}
 		s.lastSeen.Store(time.Now().UnixNano())
 		if !s.received(payload, true) {
-			t.waitClosed(time.Second)
 			return
 		}
 	}
@@ -136,8 +142,12 @@ func (e *netEngine) serve(conn net.Conn) {
 func (e *netEngine) stop(ctx context.Context) error {
 	err := e.ln.Close()
 	e.mu.Lock()
-	for c := range e.conns {
-		c.Close()
+	for c, t := range e.conns {
+		if t != nil {
+			t.stop()
+		} else {
+			c.Close()
+		}
 	}
 	e.mu.Unlock()
 	done := make(chan struct{})
@@ -153,23 +163,33 @@ func (e *netEngine) stop(ctx context.Context) error {
 // netTransport queues frames for the connection's writer goroutine. The
 // queue is bounded in bytes by the outbound limit (slow consumer past it),
 // not in frames, so a burst of tiny responses is never mistaken for one.
+//
+// The writer hands each batch to the kernel with one writev and keeps
+// what is left of it after a timeout, so it can always finish the frame in
+// progress: a stream never ends inside a frame. A batch not taken within
+// writeWait makes the client a slow consumer; once a last frame is queued
+// (sendAndClose) the writer has until writeWait after that to write it, and
+// resets the connection if the client has not read it by then.
 type netTransport struct {
 	conn    net.Conn
 	sess    *session
 	limit   int64
+	wait    time.Duration // writeWait
 	pending atomic.Int64
 	closing atomic.Bool
+	giveUp  atomic.Int64  // unix ns, set after closing by sendAndClose: when to stop waiting for the client to read
+	drop    atomic.Bool   // drop whole frames not yet started (a slow consumer); the last frame is never among them
 	wake    chan struct{} // capacity 1: "the queue is not empty"
 	done    chan struct{}
 	once    sync.Once
 
 	mu        sync.Mutex
 	queue     [][]byte
-	lastFrame bool // close after writing the queue
+	lastFrame bool // the last frame is queued: accept no more, close after writing it
 }
 
-func newNetTransport(conn net.Conn, limit int64) *netTransport {
-	return &netTransport{conn: conn, limit: limit, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newNetTransport(conn net.Conn, limit int64, wait time.Duration) *netTransport {
+	return &netTransport{conn: conn, limit: limit, wait: wait, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 func (t *netTransport) send(frame []byte) {
@@ -182,25 +202,56 @@ func (t *netTransport) send(frame []byte) {
 		t.sess.slowConsumer()
 		return
 	}
-	t.enqueue(frame, false)
+	if !t.enqueue(frame) {
+		t.pending.Add(-n)
+	}
 }
 
-func (t *netTransport) enqueue(frame []byte, last bool) {
+// enqueue queues frame for the writer, unless the last frame is queued
+// already: a send that raced with sendAndClose must not follow Kicked.
+func (t *netTransport) enqueue(frame []byte) bool {
 	t.mu.Lock()
+	if t.lastFrame {
+		t.mu.Unlock()
+		return false
+	}
 	t.queue = append(t.queue, frame)
-	t.lastFrame = t.lastFrame || last
 	t.mu.Unlock()
+	t.signal()
+	return true
+}
+
+func (t *netTransport) signal() {
 	select {
 	case t.wake <- struct{}{}:
 	default:
 	}
 }
 
-func (t *netTransport) sendAndClose(frame []byte) {
+func (t *netTransport) sendAndClose(frame []byte, dropQueued bool) {
 	if !t.closing.CompareAndSwap(false, true) {
 		return
 	}
-	t.enqueue(frame, true)
+	t.giveUp.Store(time.Now().Add(t.wait).UnixNano())
+	t.pending.Add(int64(len(frame)))
+	t.mu.Lock()
+	if dropQueued {
+		for i, f := range t.queue {
+			t.pending.Add(-int64(len(f)))
+			t.queue[i] = nil
+		}
+		t.queue = t.queue[:0]
+		t.drop.Store(true)
+	}
+	t.queue = append(t.queue, frame)
+	t.lastFrame = true
+	t.mu.Unlock()
+	t.signal()
+	if dropQueued {
+		// Interrupt a writer blocked on this client, so it drops the rest
+		// of its batch now rather than hold it while the connection lingers.
+		_ = t.conn.SetWriteDeadline(time.Now())
+	}
 }
 
 func (t *netTransport) queued() int { return int(t.pending.Load()) }
@@ -213,16 +264,52 @@ func (t *netTransport) close() {
 	})
 }
 
-// waitClosed gives the writer a moment to flush a last frame.
-func (t *netTransport) waitClosed(d time.Duration) {
+// reset closes the connection with a TCP reset, discarding what the kernel
+// still holds: for giving up with a frame part-written, where a plain close
+// would let the client read a clean end of stream inside a frame.
+func (t *netTransport) reset() {
+	if tc, ok := t.conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	t.close()
+}
+
+// stop closes for the engine's stop: plainly if everything queued has been
+// written, else with a reset.
+func (t *netTransport) stop() {
+	if t.pending.Load() > 0 {
+		t.reset()
+		return
+	}
+	t.close()
+}
+
+// waitLastFrame waits for the writer to write the last frame and close,
+// which it does within writeWait of sendAndClose, then makes sure the
+// connection is closed.
+func (t *netTransport) waitLastFrame() {
+	if !t.closing.Load() {
+		t.close()
+		return
+	}
+	timer := time.NewTimer(t.wait + time.Second)
+	defer timer.Stop()
 	select {
 	case <-t.done:
-	case <-time.After(d):
+	case <-timer.C:
+		t.reset()
 	}
 }
 
+// deadline is when the next write attempt gives up.
+func (t *netTransport) deadline() time.Time {
+	if g := t.giveUp.Load(); g != 0 {
+		return time.Unix(0, g)
+	}
+	return time.Now().Add(t.wait)
+}
+
 func (t *netTransport) writeLoop() {
-	w := bufio.NewWriter(t.conn)
 	var batch [][]byte
 	for {
 		select {
@@ -234,24 +321,54 @@ func (t *netTransport) writeLoop() {
 		batch, t.queue = t.queue, batch[:0]
 		last := t.lastFrame
 		t.mu.Unlock()
-		_ = t.conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		var err error
-		for i, frame := range batch {
-			if err == nil {
-				_, err = w.Write(frame)
-			}
-			t.pending.Add(-int64(len(frame)))
-			batch[i] = nil
-		}
-		if err == nil {
-			err = w.Flush()
-		}
-		if err != nil || last {
-			if err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
+		err := t.writeBatch(batch)
+		clear(batch)
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
 				t.sess.logger().Debug("write failed", "err", err)
 			}
-			t.close()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.reset() // gave up on a client that does not read, maybe inside a frame
+			} else {
+				t.close()
+			}
+			return
+		}
+		if last {
+			t.close() // everything up to the last frame is in the kernel
 			return
 		}
 	}
+}
+
+// writeBatch writes batch with writev. After a timeout it carries on with
+// what is left: a healthy connection is kicked as a slow consumer, and one
+// with a last frame queued keeps going until its give-up time. When frames
+// are to be dropped, only the one in progress is finished.
+func (t *netTransport) writeBatch(batch [][]byte) error {
+	var n int64
+	for _, f := range batch {
+		n += int64(len(f))
+	}
+	defer t.pending.Add(-n)
+	bufs := net.Buffers(batch) // WriteTo consumes what it writes, from batch's array
+	for len(bufs) > 0 {
+		if t.drop.Load() && len(bufs) > 1 {
+			clear(bufs[1:]) // whole frames not yet started: let them go
+			bufs = bufs[:1]
+		}
+		_ = t.conn.SetWriteDeadline(t.deadline())
+		_, err := bufs.WriteTo(t.conn)
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		g := t.giveUp.Load()
+		switch {
+		case g != 0 && !time.Now().Before(time.Unix(0, g)):
+			return err // the last frame's time is up
+		case !t.closing.Load():
+			t.sess.slowConsumer() // this batch found no room for writeWait: queues Kicked
+		}
+	}
+	return nil
 }

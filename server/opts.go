@@ -138,7 +138,18 @@ type Options struct {
 	// NewBroker builds the broker around the server's event handler. Nil
 	// means a MemoryBroker.
 	NewBroker func(EventHandler) (Broker, error)
+
+	// writeWait is how long the server waits on a client that does not
+	// read (defaultWriteWait when zero). Unexported: only tests change it,
+	// to see what happens when it runs out without waiting 30 s.
+	writeWait time.Duration
 }
+
+// defaultWriteWait bounds how long a kicked connection lingers for its
+// client to read Kicked and the frames queued before it; past it the
+// connection is reset. The net engine also kicks a client as a slow
+// consumer when a batch of frames waits this long for room in its socket.
+const defaultWriteWait = 30 * time.Second
 
 func (o *Options) withDefaults() (Options, error) {
 	c := *o
@@ -172,6 +183,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.MaxOutbound <= 0 {
 		c.MaxOutbound = 16 << 20
+	}
+	if c.writeWait <= 0 {
+		c.writeWait = defaultWriteWait
 	}
 	if c.RateLimit <= 0 {
 		c.RateLimit = 100

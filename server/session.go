@@ -25,8 +25,13 @@ type transport interface {
 	// more than the outbound limit is waiting, the connection is closed as a
 	// slow consumer instead.
 	send(frame []byte)
-	// sendAndClose queues a last frame and closes once it is written.
-	sendAndClose(frame []byte)
+	// sendAndClose makes frame the last one: nothing is accepted after it,
+	// it is written whole after the frames accepted before it, and the
+	// connection closes once all of it has been handed to the kernel — or
+	// is reset when the client has not read it within writeWait. With
+	// dropQueued, frames not yet started may be dropped instead of written
+	// (engines that can; the client is not reading them anyway).
+	sendAndClose(frame []byte, dropQueued bool)
 	// queued estimates the bytes accepted but not yet written to the socket.
 	queued() int
 	// close closes the connection without a last frame.
@@ -215,7 +220,7 @@ func (c *session) received(payload []byte, inline bool) bool {
 func (c *session) frameError(err error, inline bool) {
 	if errors.Is(err, errAddressBusy) {
 		c.broken = true
-		c.out.sendAndClose(c.srv.addressBusy)
+		c.out.sendAndClose(c.srv.addressBusy, false)
 		return
 	}
 	kind := "garbage"
@@ -375,7 +380,10 @@ func (c *session) kick(reason chatpb.KickReason, msg string) {
 		c.out.close()
 		return
 	}
-	c.out.sendAndClose(buf)
+	// A slow consumer's queue is what it failed to read: where the engine
+	// can, drop it, so the connection holds little while it lingers. Those
+	// messages stay in the inbox for the next login.
+	c.out.sendAndClose(buf, reason == chatpb.KickReason_KICK_REASON_SLOW_CONSUMER)
 }
 
 // slowConsumer is how transports report a client that does not read.
