@@ -2,15 +2,13 @@ package bench_test
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/loopchat/loopchat/bench"
+	"github.com/loopchat/loopchat/internal/testnode"
 	"github.com/loopchat/loopchat/internal/testproc"
 	"github.com/loopchat/loopchat/server"
 )
@@ -20,17 +18,8 @@ import (
 
 func startServer(t *testing.T) string {
 	t.Helper()
-	srv, err := server.New(server.Options{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Loops: 2,
-		BcryptCost: bcrypt.MinCost, RateLimit: 1e9, RateBurst: 1 << 30, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := srv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	return addr.String()
+	_, addr := testnode.Start(t, server.Options{Loops: 2, RateLimit: 1e9, RateBurst: 1 << 30})
+	return addr
 }
 
 func tiny(addr string) bench.Config {

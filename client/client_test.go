@@ -3,13 +3,11 @@ package client_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/loopchat/loopchat/client"
+	"github.com/loopchat/loopchat/internal/testnode"
 	chatpb "github.com/loopchat/loopchat/proto"
 	"github.com/loopchat/loopchat/protocol"
 	"github.com/loopchat/loopchat/server"
@@ -17,25 +15,7 @@ import (
 
 func startServer(t *testing.T, opts server.Options) (*server.Server, string) {
 	t.Helper()
-	if opts.Listen == "" {
-		opts.Listen = "127.0.0.1:0"
-	}
-	opts.BcryptCost = bcrypt.MinCost
-	opts.Logger = slog.New(slog.DiscardHandler)
-	srv, err := server.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := srv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return srv, addr.String()
+	return testnode.Start(t, opts)
 }
 
 func dial(t *testing.T, opts client.Options) *client.Client {

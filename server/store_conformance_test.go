@@ -487,14 +487,7 @@ func testAcksSurviveACrash(t *testing.T, open func(t *testing.T) crashableStore)
 		t.Fatal(err)
 	}
 	r := s.crash()
-	got, err := r.Inbox(ctx, b.ID, 0, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var gotIDs []uint64
-	for _, m := range got {
-		gotIDs = append(gotIDs, m.MsgId)
-	}
+	gotIDs := inboxIDs(t, r, b.ID)
 	if !slices.Equal(gotIDs, kept) {
 		back := 0
 		for _, id := range gotIDs {
@@ -635,4 +628,18 @@ func TestMsgIDsAreOrderedAndUnique(t *testing.T) {
 	if floor := msgIDFloor(now.Add(time.Hour)); floor <= id {
 		t.Fatal("msgIDFloor of a later time is not above current ids")
 	}
+}
+
+// inboxIDs lists the msg_ids of uid's inbox, oldest first (at most 100).
+func inboxIDs(t *testing.T, s Store, uid uint64) []uint64 {
+	t.Helper()
+	got, err := s.Inbox(context.Background(), uid, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []uint64
+	for _, m := range got {
+		ids = append(ids, m.MsgId)
+	}
+	return ids
 }

@@ -199,14 +199,7 @@ func TestBoltStoreRecoversLoggedMessagesAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := r.Inbox(ctx, b.ID, 0, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var gotIDs []uint64
-	for _, m := range got {
-		gotIDs = append(gotIDs, m.MsgId)
-	}
+	gotIDs := inboxIDs(t, r, b.ID)
 	if !slices.Equal(gotIDs, sent) {
 		t.Fatalf("after the crash the inbox has %d of %d messages", len(gotIDs), len(sent))
 	}

@@ -3,38 +3,25 @@ package cli
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/loopchat/loopchat/client"
+	"github.com/loopchat/loopchat/internal/testnode"
 	"github.com/loopchat/loopchat/server"
 )
 
 // The interactive prompt names the logged-in user, as the README shows, and
 // goes back to "> " after a logout.
 func TestPromptNamesTheUser(t *testing.T) {
-	srv, err := server.New(server.Options{Listen: "127.0.0.1:0", DataDir: t.TempDir(), BcryptCost: 4,
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := srv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
+	_, addr := testnode.Start(t, server.Options{})
 
 	in := strings.NewReader("/register alice hunter2hunter2\n/login alice hunter2hunter2\n/ping\n/logout\n/ping\n")
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := Run(ctx, in, Options{Client: client.Options{Addr: addr.String()}, Interactive: true, Out: &out}); err != nil {
+	if err := Run(ctx, in, Options{Client: client.Options{Addr: addr}, Interactive: true, Out: &out}); err != nil {
 		t.Fatalf("Run: %v\n%s", err, out.String())
 	}
 	// Each prompt is printed before its line is read, so the prompts are,
