@@ -23,7 +23,8 @@ var (
 )
 
 // Ready reports whether the node should get new clients: it accepts
-// connections, is not draining, and its store (and Redis) answer.
+// connections, is not draining, its store (and Redis) answer, and it is
+// not waiting out a store reset (epoch.go).
 func (s *Server) Ready(ctx context.Context) error {
 	if s.addr == nil {
 		return ErrNotStarted
@@ -36,6 +37,9 @@ func (s *Server) Ready(ctx context.Context) error {
 	}
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)
+	}
+	if s.storeResetting() {
+		return ErrStoreResetting
 	}
 	return nil
 }
