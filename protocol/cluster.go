@@ -55,6 +55,10 @@ type ChannelEvent struct {
 	// Gen is the login's session generation: sessions of the user with a
 	// lower one are kicked, never one with a higher one.
 	Gen uint64 `json:"gen,omitempty"`
+	// Epoch is the store epoch the login or message belongs to; nodes drop
+	// a message, and ignore a login, of an epoch other than their
+	// session's. Other programs leave it out.
+	Epoch string `json:"epoch,omitempty"`
 }
 
 // MaxChannelEvent bounds a channel payload: the longest text and names,
@@ -63,6 +67,9 @@ const MaxChannelEvent = 64 << 10
 
 // maxNodeID bounds a login event's node_id.
 const maxNodeID = 256
+
+// maxEpoch bounds an event's epoch (nodes make 32 hex digits).
+const maxEpoch = 64
 
 // ParseChannelEvent decodes and validates a channel payload. Anyone who
 // can PUBLISH to Redis can send one, so every field that reaches a client
@@ -91,6 +98,9 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 		}
 	default:
 		return nil, fmt.Errorf("protocol: unknown channel event type %q", ev.Type)
+	}
+	if len(ev.Epoch) > maxEpoch {
+		return nil, fmt.Errorf("protocol: channel event epoch of %d bytes, over %d", len(ev.Epoch), maxEpoch)
 	}
 	return &ev, nil
 }

@@ -25,13 +25,16 @@ import (
 const tokenVersion = "v2"
 
 // tokens issues and checks login tokens: "v2.<payload>.<mac>", where the
-// payload is base64url(user id | expiry unix seconds) and mac is
+// payload is base64url(user id | expiry unix seconds | account nonce, 8
+// bytes each, big-endian) and mac is
 // HMAC-SHA256 over "v2." + store epoch + "." + payload with the cluster's
 // shared secret. Any node with the secret can check a token without a store
 // round trip. The epoch names the store's contents (epoch.go): a token
 // names a user id, and an id means that user only in the store that gave
 // it, so a store that lost its data or was replaced refuses every token
-// issued before.
+// issued before. The nonce (User.Nonce) names the account itself: a store
+// restored from an older copy keeps its epoch but may give the id to
+// someone else, whose nonce differs.
 type tokens struct {
 	secret []byte
 	ttl    time.Duration
@@ -45,11 +48,12 @@ func newTokens(secret []byte, ttl time.Duration) tokens {
 		macs: &sync.Pool{New: func() any { return hmac.New(sha256.New, secret) }}}
 }
 
-func (t tokens) issue(uid uint64, now time.Time, epoch string) (token string, expires time.Time) {
+func (t tokens) issue(u User, now time.Time, epoch string) (token string, expires time.Time) {
 	expires = now.Add(t.ttl)
-	var p [16]byte
-	binary.BigEndian.PutUint64(p[:8], uid)
-	binary.BigEndian.PutUint64(p[8:], uint64(expires.Unix()))
+	var p [24]byte
+	binary.BigEndian.PutUint64(p[:8], u.ID)
+	binary.BigEndian.PutUint64(p[8:16], uint64(expires.Unix()))
+	binary.BigEndian.PutUint64(p[16:], u.Nonce)
 	payload := base64.RawURLEncoding.EncodeToString(p[:])
 	return tokenVersion + "." + payload + "." + t.mac(payload, epoch), expires
 }
@@ -63,24 +67,24 @@ func (t tokens) mac(payload, epoch string) string {
 	return base64.RawURLEncoding.EncodeToString(h.Sum(sum[:0]))
 }
 
-// verify returns the user id a valid, unexpired token of the store epoch
-// names.
-func (t tokens) verify(token string, now time.Time, epoch string) (uint64, error) {
+// verify returns the user id and account nonce a valid, unexpired token of
+// the store epoch names.
+func (t tokens) verify(token string, now time.Time, epoch string) (uid, nonce uint64, err error) {
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 || parts[0] != tokenVersion {
-		return 0, ErrBadToken
+		return 0, 0, ErrBadToken
 	}
 	if !hmac.Equal([]byte(parts[2]), []byte(t.mac(parts[1], epoch))) {
-		return 0, ErrBadToken
+		return 0, 0, ErrBadToken
 	}
 	p, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil || len(p) != 16 {
-		return 0, ErrBadToken
+	if err != nil || len(p) != 24 {
+		return 0, 0, ErrBadToken
 	}
-	if now.Unix() >= int64(binary.BigEndian.Uint64(p[8:])) {
-		return 0, ErrBadToken
+	if now.Unix() >= int64(binary.BigEndian.Uint64(p[8:16])) {
+		return 0, 0, ErrBadToken
 	}
-	return binary.BigEndian.Uint64(p[:8]), nil
+	return binary.BigEndian.Uint64(p[:8]), binary.BigEndian.Uint64(p[16:]), nil
 }
 
 // loadOrCreateSecret reads the token secret kept in dir, creating a random

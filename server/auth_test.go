@@ -25,10 +25,10 @@ func TestTokensIssueAndVerify(t *testing.T) {
 		wg.Go(func() {
 			for i := range 200 {
 				uid := uint64(g*1000 + i + 1)
-				tok, _ := tk.issue(uid, now, "e1")
-				got, err := tk.verify(tok, now.Add(time.Minute), "e1")
-				if err != nil || got != uid {
-					t.Errorf("verify(issue(%d)) = %d, %v", uid, got, err)
+				tok, _ := tk.issue(User{ID: uid, Nonce: uid * 7}, now, "e1")
+				got, nonce, err := tk.verify(tok, now.Add(time.Minute), "e1")
+				if err != nil || got != uid || nonce != uid*7 {
+					t.Errorf("verify(issue(%d)) = %d, %d, %v", uid, got, nonce, err)
 					return
 				}
 			}
@@ -36,7 +36,7 @@ func TestTokensIssueAndVerify(t *testing.T) {
 	}
 	wg.Wait()
 
-	tok, expires := tk.issue(42, now, "e1")
+	tok, expires := tk.issue(User{ID: 42, Nonce: 9}, now, "e1")
 	if !expires.Equal(now.Add(time.Hour)) {
 		t.Fatalf("expires %v, want %v", expires, now.Add(time.Hour))
 	}
@@ -44,7 +44,7 @@ func TestTokensIssueAndVerify(t *testing.T) {
 	flipped := []byte(parts[2])
 	flipped[0] ^= 'A' ^ 'B'
 	for name, bad := range map[string]string{
-		"other secret":    func() string { s, _ := other.issue(42, now, "e1"); return s }(),
+		"other secret":    func() string { s, _ := other.issue(User{ID: 42, Nonce: 9}, now, "e1"); return s }(),
 		"changed mac":     parts[0] + "." + parts[1] + "." + string(flipped),
 		"changed payload": parts[0] + "." + parts[1][:len(parts[1])-1] + "A." + parts[2],
 		"other version":   "v1." + parts[1] + "." + parts[2],
@@ -53,15 +53,15 @@ func TestTokensIssueAndVerify(t *testing.T) {
 		if bad == tok {
 			continue // the flip happened to be a no-op
 		}
-		if _, err := tk.verify(bad, now, "e1"); !errors.Is(err, ErrBadToken) {
+		if _, _, err := tk.verify(bad, now, "e1"); !errors.Is(err, ErrBadToken) {
 			t.Errorf("%s: verify = %v, want ErrBadToken", name, err)
 		}
 	}
-	if _, err := tk.verify(tok, now.Add(time.Hour), "e1"); err == nil {
+	if _, _, err := tk.verify(tok, now.Add(time.Hour), "e1"); err == nil {
 		t.Error("a token at its expiry still verifies")
 	}
 	// A token names a user of one store: another epoch refuses it.
-	if _, err := tk.verify(tok, now, "e2"); !errors.Is(err, ErrBadToken) {
+	if _, _, err := tk.verify(tok, now, "e2"); !errors.Is(err, ErrBadToken) {
 		t.Errorf("a token of epoch e1 under e2: verify = %v, want ErrBadToken", err)
 	}
 }

@@ -16,6 +16,10 @@ type Event struct {
 	// Resync says live events for the user may have been missed (the
 	// broker lost its connection); the user's inbox must be replayed.
 	Resync bool
+	// Epoch is the store epoch a message was stored under (epoch.go),
+	// empty from other programs: a session of other store contents, whose
+	// user id now means someone else, drops it.
+	Epoch string
 
 	// frame is Message already encoded as a push, shared by every local
 	// recipient so a group fan-out encodes once. Nil means encode on delivery.
@@ -31,6 +35,9 @@ type LoginNotice struct {
 	// user with a lower one are kicked. Zero only from nodes older than
 	// generations, whose notices are ordered by AtMs as they were then.
 	Gen uint64
+	// Epoch is the store epoch of the login (epoch.go): generations of
+	// different store contents are not compared.
+	Epoch string
 }
 
 // EventHandler receives events for users subscribed on this node. It is

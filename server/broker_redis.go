@@ -130,10 +130,10 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 		m := ev.Message
 		ce = protocol.ChannelEvent{Type: protocol.EventMessage, MsgID: protocol.Uint64(m.MsgId),
 			FromUserID: m.FromUserId, FromUsername: m.FromUsername, ToUserID: m.ToUserId,
-			GroupID: m.GroupId, Text: m.Text, SentAtMs: m.SentAtMs}
+			GroupID: m.GroupId, Text: m.Text, SentAtMs: m.SentAtMs, Epoch: ev.Epoch}
 	case ev.Login != nil:
 		ce = protocol.ChannelEvent{Type: protocol.EventLogin, NodeID: ev.Login.NodeID,
-			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen}
+			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen, Epoch: ev.Login.Epoch}
 	default:
 		return nil, fmt.Errorf("broker: nothing to publish")
 	}
@@ -146,9 +146,9 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 		return Event{}, err
 	}
 	if ce.Type == protocol.EventLogin {
-		return Event{Login: &LoginNotice{NodeID: ce.NodeID, ConnID: ce.ConnID, AtMs: ce.AtMs, Gen: ce.Gen}}, nil
+		return Event{Login: &LoginNotice{NodeID: ce.NodeID, ConnID: ce.ConnID, AtMs: ce.AtMs, Gen: ce.Gen, Epoch: ce.Epoch}}, nil
 	}
-	return Event{Message: &chatpb.Message{MsgId: uint64(ce.MsgID), FromUserId: ce.FromUserID,
+	return Event{Epoch: ce.Epoch, Message: &chatpb.Message{MsgId: uint64(ce.MsgID), FromUserId: ce.FromUserID,
 		FromUsername: ce.FromUsername, ToUserId: ce.ToUserID, GroupId: ce.GroupID, Text: ce.Text,
 		SentAtMs: ce.SentAtMs}}, nil
 }

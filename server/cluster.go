@@ -41,18 +41,19 @@ func (s *Server) joinCluster() error {
 		s.rdb.Close()
 		return fmt.Errorf("redis %s unreachable: %w", ropts.Addr, err)
 	}
-	if s.tokens.secret == nil {
-		secret, err := sharedSecret(ctx, s.rdb, o.RedisPrefix)
+	if s.tokens.Load().secret == nil {
+		secret, err := sharedSecret(ctx, s.rdb, o.RedisPrefix, nil)
 		if err != nil {
 			s.rdb.Close()
 			return err
 		}
-		s.tokens = newTokens(secret, s.tokens.ttl)
+		tk := newTokens(secret, o.TokenTTL)
+		s.tokens.Store(&tk)
 	}
 	// The store publishes each new message in its append script: one
 	// round trip (and one AOF fsync wait) per cross-node send, not two.
 	s.store = NewRedisStore(RedisConfig{Client: s.rdb, Prefix: o.RedisPrefix, InboxLimit: o.InboxLimit,
-		PublishMessages: true})
+		PublishMessages: true, ResetQuiet: o.NodeTTL})
 	s.ownsStore = true
 	s.broker = NewRedisBroker(RedisBrokerConfig{
 		Client: s.rdb, Prefix: o.RedisPrefix, Logger: s.log,
@@ -76,14 +77,17 @@ func (s *Server) nodeInfo() protocol.NodeInfo {
 		Draining: s.closing.Load(), StartedAt: s.startedAt.UnixMilli()}
 }
 
-// sharedSecret returns the cluster's token secret from Redis, creating a
-// random one if no node has yet: nodes started without --token-secret then
-// still accept each other's tokens.
-func sharedSecret(ctx context.Context, rdb *redis.Client, prefix string) ([]byte, error) {
+// sharedSecret returns the cluster's token secret from Redis, creating one
+// (offer, or else random) if no node has yet: nodes started without
+// --token-secret then still accept each other's tokens.
+func sharedSecret(ctx context.Context, rdb *redis.Client, prefix string, offer []byte) ([]byte, error) {
 	key := prefix + "token-secret"
-	buf := make([]byte, 32)
-	if _, err := rand.Read(buf); err != nil {
-		return nil, err
+	buf := offer
+	if buf == nil {
+		buf = make([]byte, 32)
+		if _, err := rand.Read(buf); err != nil {
+			return nil, err
+		}
 	}
 	if err := rdb.SetNX(ctx, key, hex.EncodeToString(buf), 0).Err(); err != nil {
 		return nil, fmt.Errorf("token secret: %w", err)

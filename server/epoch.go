@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,11 +61,19 @@ const epochErrPrefix = "LOOPCHAT_EPOCH"
 // empty expected epoch (a store not yet bound to one) checks nothing.
 const epochGuard = `
 local want = table.remove(ARGV)
+local quietKey = table.remove(KEYS)
 local epochKey = table.remove(KEYS)
 if want ~= '' and redis.call('GET', epochKey) ~= want then
   return redis.error_reply('` + epochErrPrefix + ` the store epoch changed')
 end
+if redis.call('EXISTS', quietKey) == 1 then
+  return redis.error_reply('` + quietErrPrefix + ` the store epoch is new; nodes are adopting it')
+end
 `
+
+// quietErrPrefix starts the error a guarded script returns while a new
+// epoch is younger than the quiet period (RedisConfig.ResetQuiet).
+const quietErrPrefix = "LOOPCHAT_QUIET"
 
 // guardedScript is a Redis store script that first checks the epoch.
 func guardedScript(src string) *redis.Script { return redis.NewScript(epochGuard + src) }
@@ -71,18 +81,39 @@ func guardedScript(src string) *redis.Script { return redis.NewScript(epochGuard
 // scriptEpoch returns the store's epoch, creating it if there is none, and
 // replaces it if the user id counter is below the highest id a node has
 // seen (ARGV[3]) while the epoch is still the one that node knew (ARGV[2]).
-// KEYS: epoch, user id counter. ARGV: a fresh epoch, known epoch, max uid.
+// A replacement, and a creation while other nodes may serve sessions of
+// the contents that were lost (ARGV[5] = "1"), starts the quiet period:
+// the quiet key lives ARGV[4] ms, and guarded scripts refuse until it is
+// gone, so no node writes under the new epoch before every live node has
+// read it (each does so every heartbeat) and dropped the old sessions.
+// KEYS: epoch, user id counter, quiet key. ARGV: a fresh epoch, known
+// epoch, max uid, quiet ms, quiet on creation.
 var scriptEpoch = redis.NewScript(`
 local e = redis.call('GET', KEYS[1])
+local replace = false
 if not e then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return ARGV[1]
+  replace = true
+  if ARGV[5] == '1' and tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[4])
+  end
+elseif e == ARGV[2] and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then
+  replace = true
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[4])
+  end
 end
-if e == ARGV[2] and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then
+if replace then
   redis.call('SET', KEYS[1], ARGV[1])
   return ARGV[1]
 end
 return e`)
+
+// newNonce is a fresh account nonce (User.Nonce).
+func newNonce() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return binary.BigEndian.Uint64(b[:])
+}
 
 func newEpoch() string {
 	b := make([]byte, 16)
@@ -103,16 +134,22 @@ func requestEpoch(ctx context.Context) string {
 	return e
 }
 
-// guard appends the epoch key and the expected epoch (the request's, or
-// else the store's) to a guarded script's keys and arguments.
-func (s *RedisStore) guard(ctx context.Context, keys []string, args ...any) ([]string, []any) {
-	want := requestEpoch(ctx)
-	if want == "" {
-		if e := s.epoch.Load(); e != nil {
-			want = *e
-		}
+// requestOrStoreEpoch is the epoch a request was made under, or else the
+// one the store is bound to ("" if neither).
+func (s *RedisStore) requestOrStoreEpoch(ctx context.Context) string {
+	if want := requestEpoch(ctx); want != "" {
+		return want
 	}
-	return append(keys, s.p+"epoch"), append(args, want)
+	if e := s.epoch.Load(); e != nil {
+		return *e
+	}
+	return ""
+}
+
+// guard appends the epoch and quiet keys and the expected epoch (the
+// request's, or else the store's) to a guarded script's keys and arguments.
+func (s *RedisStore) guard(ctx context.Context, keys []string, args ...any) ([]string, []any) {
+	return append(keys, s.p+"epoch", s.p+"epoch:quiet"), append(args, s.requestOrStoreEpoch(ctx))
 }
 
 // sawUser records that user id exists in the store.
@@ -132,8 +169,29 @@ func (s *RedisStore) Epoch(ctx context.Context) (string, error) {
 	if e := s.epoch.Load(); e != nil {
 		known = *e
 	}
-	e, err := scriptEpoch.Run(ctx, s.rdb, []string{s.p + "epoch", s.p + "user:seq"},
-		newEpoch(), known, s.maxUID.Load()).Text()
+	// A creation needs the quiet period when other nodes may still serve
+	// sessions of lost contents: always when this node served some (it
+	// knew an epoch), and at start when some user channel has a
+	// subscriber. A first start finds none, and serves at once.
+	quietOnCreate := known != ""
+	if !quietOnCreate {
+		switch err := s.rdb.Get(ctx, s.p+"epoch").Err(); {
+		case errors.Is(err, redis.Nil):
+			chans, err := s.rdb.PubSubChannels(ctx, s.p+"user:*").Result()
+			if err != nil {
+				return "", redisErr(err)
+			}
+			quietOnCreate = len(chans) > 0
+		case err != nil:
+			return "", redisErr(err)
+		}
+	}
+	flag := "0"
+	if quietOnCreate {
+		flag = "1"
+	}
+	e, err := scriptEpoch.Run(ctx, s.rdb, []string{s.p + "epoch", s.p + "user:seq", s.p + "epoch:quiet"},
+		newEpoch(), known, s.maxUID.Load(), s.cfg.ResetQuiet.Milliseconds(), flag).Text()
 	return e, redisErr(err)
 }
 
@@ -141,10 +199,23 @@ func (s *RedisStore) Epoch(ctx context.Context) (string, error) {
 // change every cached name and id is forgotten, as it named a user of the
 // old contents.
 func (s *RedisStore) UseEpoch(e string) {
+	s.learnMu.Lock()
+	defer s.learnMu.Unlock()
 	if old := s.epoch.Swap(&e); old != nil && *old != e {
+		s.cacheGen.Add(1)
 		s.names.reset()
 		s.ids.reset()
 		s.maxUID.Store(0)
+	}
+}
+
+// learn runs remember (caching what a read found) unless the epoch changed
+// since the read began (gen, from cacheGen).
+func (s *RedisStore) learn(gen uint64, remember func()) {
+	s.learnMu.RLock()
+	defer s.learnMu.RUnlock()
+	if s.cacheGen.Load() == gen {
+		remember()
 	}
 }
 
@@ -222,6 +293,24 @@ func (s *Server) adoptEpoch(e string) {
 	for _, c := range s.snapshotConns() {
 		if c.user.Load() != nil {
 			c.kick(chatpb.KickReason_KICK_REASON_STORE_RESET, "the server's store lost its data or was replaced; log in again")
+			// Unbound now, not when the connection finally closes (a
+			// client that does not read keeps it for writeWait): the id
+			// belongs to someone else in the new contents.
+			c.cleanup()
 		}
+	}
+	if s.opts.TokenSecret == nil && s.rdb != nil {
+		// A wipe took the shared secret too, and a node started since may
+		// have made another: agree on one again (every earlier token is
+		// refused by the epoch anyway, so changing it costs nothing).
+		ctx, cancel := context.WithTimeout(context.Background(), s.opts.Heartbeat)
+		secret, err := sharedSecret(ctx, s.rdb, s.opts.RedisPrefix, s.tokens.Load().secret)
+		cancel()
+		if err != nil {
+			s.log.Warn("could not agree on the token secret after the store reset; tokens may not work across nodes until a restart", "err", err)
+			return
+		}
+		tk := newTokens(secret, s.opts.TokenTTL)
+		s.tokens.Store(&tk)
 	}
 }

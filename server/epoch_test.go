@@ -1,16 +1,23 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/loopchat/loopchat/codec"
 	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // The Redis store refuses writes, logins and resyncs under another epoch
@@ -221,4 +228,145 @@ func TestReplacedDataDirRefusesOldTokens(t *testing.T) {
 		// The new store's own tokens work.
 		expectOK(t, dial(t, second.addr).do(tokenReq(malloryOK.Token)))
 	})
+}
+
+// After a wipe, a kicked session of the old store that does not read (so
+// its connection lingers) does not stand in the way of the new store's
+// user who got its id.
+func TestLingeringSessionOfTheOldStoreYields(t *testing.T) {
+	r := testproc.StartRedis(t)
+	n1 := clusterNode(t, r, "node-1", EngineGnet, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	_, ok := n1.user(t, "alice")
+	// A second login of alice on a connection that stops reading.
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
+	}}
+	conn, err := d.Dial("tcp", n1.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	stuck := &rawConn{t: t, c: conn, r: codec.NewReader(bufio.NewReader(conn), protocol.ClientMaxFrame)}
+	expectOK(t, stuck.do(loginReq("alice", pw)))
+	bob, _ := n1.user(t, "bob")
+	big := strings.Repeat("x", 3000)
+	for i := 0; ; i++ {
+		expectOK(t, bob.do(sendTo("alice", big)))
+		if s := n1.users.get(ok.UserId); s != nil && s.out.queued() > 512<<10 {
+			break
+		}
+		if i > 6000 {
+			t.Fatal("could not back up alice's connection")
+		}
+	}
+	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var dave *rawConn
+	testproc.WaitUntil(t, "the node to serve registrations again", 10*time.Second, func() bool {
+		rc := dial(t, n1.addr)
+		resp := rc.do(registerReq("dave", pw))
+		if resp.GetError().GetCode() == chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE {
+			return false
+		}
+		expectOK(t, resp)
+		if resp.GetRegisterOk().UserId != ok.UserId {
+			t.Fatalf("dave got id %d; the test expects alice's %d again", resp.GetRegisterOk().UserId, ok.UserId)
+		}
+		dave = rc
+		return true
+	})
+	resp := dave.do(loginReq("dave", pw))
+	if resp.GetLoginOk() == nil {
+		t.Fatalf("dave, a user of the new store, could not log in: %v", resp)
+	}
+	dave.noPush(300 * time.Millisecond)
+}
+
+// A store restored from an older copy (the nodes stopped, as the docs ask)
+// keeps its epoch, and gives out again the ids of users made after the
+// copy: their tokens do not log in as the new holders.
+func TestRestoredStoreRefusesTokensOfLostAccounts(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		r := testproc.StartRedis(t)
+		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+		t.Cleanup(func() { rdb.Close() })
+		ctx := context.Background()
+		n1 := clusterNode(t, r, "node-1", engine, nil)
+		n1.user(t, "bob")
+		_, aliceOK := n1.user(t, "alice")
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := n1.Shutdown(sctx); err != nil {
+			t.Fatal(err)
+		}
+		// The copy from before alice registered.
+		id, p := strconv.FormatUint(aliceOK.UserId, 10), protocol.DefaultPrefix
+		if err := rdb.Del(ctx, p+"username:alice", p+"user:"+id, p+"session:"+id).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.Set(ctx, p+"user:seq", aliceOK.UserId-1, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		n1 = clusterNode(t, r, "node-1", engine, nil)
+		if _, carolOK := n1.user(t, "carol"); carolOK.UserId != aliceOK.UserId {
+			t.Fatalf("carol got id %d; the test expects alice's %d again", carolOK.UserId, aliceOK.UserId)
+		}
+		expectCode(t, dial(t, n1.addr).do(tokenReq(aliceOK.Token)), chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED)
+	})
+}
+
+// A node started just after a wipe, while another still serves sessions of
+// the lost contents, waits out the quiet period, and the new store's
+// messages never reach the old sessions, even from a node whose heartbeat
+// is slower.
+func TestNodeStartedAfterAWipe(t *testing.T) {
+	r := testproc.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	opts := testOptions(t, EngineGnet)
+	opts.Redis, opts.NodeID, opts.Heartbeat = r.URL, "node-a", time.Second // the default
+	a := startServer(t, opts)
+	alice, aliceOK := a.user(t, "alice")
+	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := clusterNode(t, r, "node-c", EngineGnet, nil)
+	var dave *rawConn
+	testproc.WaitUntil(t, "node-c to serve registrations", 10*time.Second, func() bool {
+		rc := dial(t, c.addr)
+		resp := rc.do(registerReq("dave", pw))
+		if resp.GetError().GetCode() == chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE {
+			return false
+		}
+		expectOK(t, resp)
+		dave = rc
+		return true
+	})
+	daveOK := dave.do(loginReq("dave", pw)).GetLoginOk()
+	if daveOK.GetUserId() != aliceOK.UserId {
+		t.Fatalf("dave got id %d; the test expects alice's %d again", daveOK.GetUserId(), aliceOK.UserId)
+	}
+	eve, _ := c.user(t, "eve")
+	expectOK(t, eve.do(sendTo("dave", "for dave only")))
+	if m := dave.nextMessage(); m.Text != "for dave only" {
+		t.Fatalf("dave got %v", m)
+	}
+	for {
+		f, err := alice.tryRead(2 * time.Second)
+		if err != nil {
+			break
+		}
+		if m := f.GetMessage(); m != nil {
+			t.Fatalf("alice (old store) received the new store's message to dave: %q", m.Text)
+		}
+		if f.GetKicked() != nil {
+			if f.GetKicked().Reason != chatpb.KickReason_KICK_REASON_STORE_RESET {
+				t.Fatalf("alice kicked with %v", f.GetKicked())
+			}
+			break
+		}
+	}
 }

@@ -154,57 +154,54 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	// done: subscribe first, then read the inbox, so nothing falls between.
 	c.beginReplay()
 	c.user.Store(info)
-	old, err := c.srv.bindUser(ctx, u.ID, c, gen)
-	if err != nil {
-		c.user.Store(nil)
-		c.pushMu.Lock()
-		c.replay = nil
-		c.pushMu.Unlock()
+	// abandon undoes a login that got as far as setting the user: nothing
+	// of it stays bound, subscribed or holding pushes.
+	abandon := func(err error) (*chatpb.Frame, func(), error) {
+		c.cleanup()
+		c.endReplay()
 		if errors.Is(err, errSuperseded) {
 			c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in from another connection")
-			return nil, nil, err
+		} else {
+			c.srv.metrics.loginFailures.Inc()
 		}
-		c.srv.metrics.loginFailures.Inc()
 		return nil, nil, err
+	}
+	old, err := c.srv.bindUser(ctx, u.ID, c, info)
+	if err != nil {
+		return abandon(err)
 	}
 	if old != nil && old != c {
 		old.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in from another connection")
 	}
-	// Tell other nodes, whose older sessions of this user must go.
-	notice := Event{Login: &LoginNotice{NodeID: c.srv.opts.NodeID, ConnID: c.id, AtMs: info.loginAtMs, Gen: gen}}
+	// Tell other nodes, whose older sessions of this user must go. Without
+	// the notice out, an older session elsewhere could stay for good
+	// (sessiongen.go), so a login that cannot publish fails.
+	notice := Event{Login: &LoginNotice{NodeID: c.srv.opts.NodeID, ConnID: c.id, AtMs: info.loginAtMs, Gen: gen, Epoch: ep}}
 	if _, err := c.srv.broker.Publish(ctx, []uint64{u.ID}, notice); err != nil {
-		c.logger().Warn("login notice not published", "err", err)
+		return abandon(err)
 	}
 	// A newer login whose notice went out before we were subscribed shows
 	// here instead; without this check both sessions could stay.
 	latest, err := c.srv.store.LatestSession(ctx, u.ID)
 	switch {
 	case err != nil:
-		c.cleanup()
-		c.srv.metrics.loginFailures.Inc()
-		return nil, nil, err
+		return abandon(err)
 	case latest > gen:
-		c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in from another connection")
-		c.cleanup()
-		return nil, nil, errSuperseded
+		return abandon(errSuperseded)
 	case c.srv.epoch() != ep:
 		// The node adopted a new store epoch while we logged in, and its
 		// kicks may have run before we set our user: this user id may now
 		// be someone else's.
-		c.cleanup()
-		c.srv.metrics.loginFailures.Inc()
-		return nil, nil, ErrStoreReset
-	}
-	if c.isGone() {
+		return abandon(ErrStoreReset)
+	case c.isGone():
 		// The connection closed while we logged in; its cleanup may have
 		// run before we bound the user, so undo it here.
-		c.cleanup()
-		return nil, nil, errUnavailable
+		return abandon(errUnavailable)
 	}
 
 	ok := &chatpb.LoginOK{UserId: u.ID, Username: u.Name, NodeId: c.srv.opts.NodeID}
 	var expires time.Time
-	ok.Token, expires = c.srv.tokens.issue(u.ID, now, ep)
+	ok.Token, expires = c.srv.tokens.Load().issue(u, now, ep)
 	ok.TokenExpiresAtMs = expires.UnixMilli()
 	if ok.Friends, ok.Groups, err = c.contacts(ctx, u.ID); err != nil {
 		c.logger().Warn("login: contacts unavailable", "err", err)
@@ -224,12 +221,14 @@ func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch str
 		if len(req.Token) > protocol.MaxTokenLength {
 			return User{}, ErrBadToken
 		}
-		uid, err := c.srv.tokens.verify(req.Token, time.Now(), epoch)
+		uid, nonce, err := c.srv.tokens.Load().verify(req.Token, time.Now(), epoch)
 		if err != nil {
 			return User{}, err
 		}
-		u, err := c.srv.store.UserByID(ctx, uid)
-		if errors.Is(err, ErrUserNotFound) {
+		u, err := c.srv.store.Account(ctx, uid)
+		if errors.Is(err, ErrUserNotFound) || err == nil && u.Nonce != nonce {
+			// Gone, or the id now names another account: the token was
+			// issued to someone else.
 			return User{}, ErrBadToken
 		}
 		return u, err
@@ -401,7 +400,7 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	default:
 		c.srv.metrics.messagesSent.Inc()
 		// Stored: SendOK is now true whatever happens to the live push.
-		ev := Event{Message: m}
+		ev := Event{Message: m, Epoch: u.epoch}
 		if res.Encoded != nil {
 			ev.frame = protocol.EncodeMessagePush(res.Encoded)
 		} else if ev.frame, err = encodePush(m); err != nil {

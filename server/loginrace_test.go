@@ -1,10 +1,15 @@
 package server
 
 import (
+	"context"
 	"fmt"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -121,4 +126,152 @@ func TestRacingLoginsLeaveExactlyOneSession(t *testing.T) {
 			}
 		}
 	})
+}
+
+// clusterNode starts one cluster node whose Server wrap may adjust before
+// it starts (a failing broker or store around the real one).
+func clusterNode(t *testing.T, r *testproc.Redis, id, engine string, wrap func(*Server)) *testServer {
+	t.Helper()
+	opts := testOptions(t, engine)
+	opts.Redis, opts.NodeID, opts.Heartbeat = r.URL, id, 200*time.Millisecond
+	srv, err := New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if wrap != nil {
+		wrap(srv)
+	}
+	addr, err := srv.Start()
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	return &testServer{Server: srv, addr: addr.String(), opts: opts}
+}
+
+// receives reports whether rc gets a message with text before it is
+// kicked or closed.
+func receives(rc *rawConn, text string) bool {
+	for {
+		f, err := rc.tryRead(3 * time.Second)
+		if err != nil || f.GetKicked() != nil {
+			return false
+		}
+		if m := f.GetMessage(); m != nil && m.Text == text {
+			return true
+		}
+	}
+}
+
+// failingLoginNotices fails the login notices it is told to.
+type failingLoginNotices struct {
+	Broker
+	fail atomic.Bool
+}
+
+func (b *failingLoginNotices) Publish(ctx context.Context, uids []uint64, ev Event) (int, error) {
+	if ev.Login != nil && b.fail.Load() {
+		return 0, fmt.Errorf("injected: %w", errUnavailable)
+	}
+	return b.Broker.Publish(ctx, uids, ev)
+}
+
+// A login whose notice cannot be published fails, rather than leave the
+// older session elsewhere alive beside it for good.
+func TestLoginWithoutItsNoticeFails(t *testing.T) {
+	r := testproc.StartRedis(t)
+	n1 := clusterNode(t, r, "node-1", EngineGnet, nil)
+	var fb *failingLoginNotices
+	n2 := clusterNode(t, r, "node-2", EngineGnet, func(s *Server) { fb = &failingLoginNotices{Broker: s.broker}; s.broker = fb })
+	bob, _ := n1.user(t, "bob")
+	older, aliceOK := n1.user(t, "alice")
+	fb.fail.Store(true)
+	newer := dial(t, n2.addr)
+	expectCode(t, newer.do(loginReq("alice", pw)), chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+	fb.fail.Store(false)
+	expectOK(t, bob.do(sendTo("alice", "probe")))
+	if !receives(older, "probe") {
+		t.Fatal("the older session lost its message to a login that failed")
+	}
+	// The failed login left nothing bound on node-2.
+	if n2.users.get(aliceOK.UserId) != nil {
+		t.Fatal("a failed login left a session bound")
+	}
+}
+
+// flakyLatest fails LatestSession the number of times it is told to.
+type flakyLatest struct {
+	Store
+	fail atomic.Int32
+}
+
+func (s *flakyLatest) LatestSession(ctx context.Context, uid uint64) (uint64, error) {
+	if s.fail.Add(-1) >= 0 {
+		return 0, fmt.Errorf("injected: %w", errUnavailable)
+	}
+	return s.Store.LatestSession(ctx, uid)
+}
+
+// A node that missed a login notice while its pub/sub connection was down
+// asks the store after reconnecting, and asks again if that fails, so the
+// older session goes all the same.
+func TestResyncRetriesTheGenerationCheck(t *testing.T) {
+	r := testproc.StartRedis(t)
+	var fs *flakyLatest
+	n1 := clusterNode(t, r, "node-1", EngineGnet, func(s *Server) { fs = &flakyLatest{Store: s.store}; s.store = fs })
+	n2 := clusterNode(t, r, "node-2", EngineGnet, nil)
+	bob, _ := n2.user(t, "bob")
+	older, ok := n1.user(t, "alice")
+	ctx := context.Background()
+	ps := n1.broker.(*RedisBroker).ps
+	ch := protocol.UserChannel(protocol.DefaultPrefix, ok.UserId)
+	// node-1 misses the next notice, as if its pub/sub connection were down.
+	if err := ps.Unsubscribe(ctx, ch); err != nil {
+		t.Fatal(err)
+	}
+	testproc.WaitUntil(t, "node-1 to leave alice's channel", 5*time.Second, func() bool {
+		on, err := n2.broker.Online(ctx, []uint64{ok.UserId})
+		return err == nil && !on[0]
+	})
+	newer, _ := n2.user(t, "alice")
+	if err := ps.Subscribe(ctx, ch); err != nil {
+		t.Fatal(err)
+	}
+	fs.fail.Store(2)
+	n1.onEvent(ok.UserId, Event{Resync: true}) // what the broker does after a reconnect
+	older.expectKicked(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE)
+	expectOK(t, bob.do(sendTo("alice", "probe")))
+	if !receives(newer, "probe") {
+		t.Fatal("the newer session did not get the probe")
+	}
+}
+
+// A session counter that went back (Redis lost recent writes) still lets
+// the newest login win: generations follow Redis's clock past the counter.
+func TestNewestLoginWinsAfterTheCounterWentBack(t *testing.T) {
+	r := testproc.StartRedis(t)
+	n1 := clusterNode(t, r, "node-1", EngineGnet, nil)
+	n2 := clusterNode(t, r, "node-2", EngineGnet, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	bob, _ := n2.user(t, "bob")
+	var ok *chatpb.LoginOK
+	for range 3 {
+		_, ok = n1.user(t, "alice")
+	}
+	key := protocol.DefaultPrefix + "session:" + strconv.FormatUint(ok.UserId, 10)
+	if err := rdb.Set(context.Background(), key, 1, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	sameNode, _ := n1.user(t, "alice") // must not be refused as older
+	other, _ := n2.user(t, "alice")
+	sameNode.expectKicked(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE)
+	expectOK(t, bob.do(sendTo("alice", "probe")))
+	if !receives(other, "probe") {
+		t.Fatal("the newest login did not get the probe")
+	}
 }

@@ -119,5 +119,8 @@ func redisErr(err error) error {
 	if strings.HasPrefix(err.Error(), epochErrPrefix) {
 		return ErrStoreReset
 	}
+	if strings.HasPrefix(err.Error(), quietErrPrefix) {
+		return ErrStoreResetting
+	}
 	return fmt.Errorf("redis: %w: %w", errUnavailable, err)
 }

@@ -26,7 +26,7 @@ type Server struct {
 	store     Store
 	ownsStore bool
 	broker    Broker
-	tokens    tokens
+	tokens    atomic.Pointer[tokens] // swapped when a store reset brings a new shared secret
 	hasher    *hasher
 	guard     *loginGuard
 	ids       *msgIDGen
@@ -100,7 +100,6 @@ func New(o Options) (*Server, error) {
 	s := &Server{
 		opts:        opts,
 		log:         opts.Logger.With("node", opts.NodeID),
-		tokens:      newTokens(opts.TokenSecret, opts.TokenTTL),
 		hasher:      newHasher(opts.BcryptCost, max(1, opts.Loops)),
 		guard:       newLoginGuard(opts.LoginFailures),
 		ids:         newMsgIDGen(0),
@@ -116,6 +115,8 @@ func New(o Options) (*Server, error) {
 		addressBusy: refusalFrame(ErrAddressBusy),
 	}
 	s.users.init()
+	tk := newTokens(opts.TokenSecret, opts.TokenTTL)
+	s.tokens.Store(&tk)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.deadlines = newSharedDeadline(s.ctx, requestTimeout)
 	if opts.Redis != "" {
@@ -142,7 +143,7 @@ func New(o Options) (*Server, error) {
 		}
 		s.store, s.ownsStore = st, true
 	}
-	if s.tokens.secret == nil {
+	if s.tokens.Load().secret == nil {
 		return nil, errors.New("no token secret")
 	}
 	ectx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -421,6 +422,14 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 	if c == nil {
 		return
 	}
+	if u := c.user.Load(); u != nil && ev.Epoch != "" && ev.Epoch != u.epoch {
+		// Stored under other store contents, where this user id is
+		// someone else: never theirs to see. This node's epoch is stale
+		// (or the sender's): look now.
+		s.metrics.staleEvents.Inc()
+		s.pokeEpoch()
+		return
+	}
 	switch {
 	case ev.Resync:
 		c.enqueue(mailItem{resync: true})
@@ -440,6 +449,13 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 			return
 		}
 		newer := ev.Login.Gen > u.gen
+		if ev.Login.Epoch != "" && ev.Login.Epoch != u.epoch {
+			// A login of other store contents: its generation counts
+			// from another counter, and whichever session is stale goes
+			// with its store (epoch.go), not by this comparison.
+			s.pokeEpoch()
+			return
+		}
 		if ev.Login.Gen == 0 {
 			// From a node that predates generations: its clock decides, as
 			// it did then; same-node logins replace sessions in the table.
@@ -480,17 +496,17 @@ func (t *userTable) get(uid uint64) *session {
 	return st.m[uid]
 }
 
-// bindUser makes c (session generation gen) the session of uid,
-// subscribing the node when uid was not here, and returns the session it
-// replaced. A session here with a higher generation stays, and bindUser
-// fails with errSuperseded.
-func (s *Server) bindUser(ctx context.Context, uid uint64, c *session, gen uint64) (old *session, err error) {
+// bindUser makes c (logged in as me) the session of uid, subscribing the
+// node when uid was not here, and returns the session it replaced. A
+// session here with a higher generation of the same store epoch stays, and
+// bindUser fails with errSuperseded; one of another epoch always goes.
+func (s *Server) bindUser(ctx context.Context, uid uint64, c *session, me *sessionUser) (old *session, err error) {
 	st := &s.users.stripes[uid%uint64(len(s.users.stripes))]
 	st.op.Lock()
 	defer st.op.Unlock()
 	old = s.users.get(uid)
 	if old != nil {
-		if u := old.user.Load(); u != nil && u.gen > gen {
+		if u := old.user.Load(); u != nil && u.epoch == me.epoch && u.gen > me.gen {
 			return nil, errSuperseded
 		}
 	}

@@ -53,7 +53,8 @@ type mailItem struct {
 	frame  *chatpb.Frame
 	size   int // the frame's bytes on the wire, counted against maxPendingBytes
 	closed bool
-	resync bool // replay the inbox: live pushes may have been missed
+	resync bool          // replay the inbox: live pushes may have been missed
+	retry  time.Duration // resync: the wait before this attempt (0: the first)
 	// invalid answers frame (which holds only its seq) with this
 	// INVALID_ARGUMENT error instead of running it: in its turn, so the
 	// answer does not overtake those of the requests before it.
@@ -131,6 +132,13 @@ type session struct {
 	replayedLate      map[uint64]struct{}
 	replayedLateUntil time.Time
 }
+
+// A resync that could not read the user's latest session generation tries
+// again after minResyncRetry, doubling up to maxResyncRetry.
+const (
+	minResyncRetry = 50 * time.Millisecond
+	maxResyncRetry = 2 * time.Second
+)
 
 // lateLivePush bounds how long after a replay a live publish of a message
 // the replay already pushed may still arrive.
@@ -299,7 +307,7 @@ func (c *session) drain() {
 			c.cleanup()
 		case it.resync:
 			if !gone {
-				c.resync()
+				c.resync(it.retry)
 			}
 		case it.broken != nil:
 			if !gone {
@@ -436,7 +444,7 @@ func encodePush(m *chatpb.Message) ([]byte, error) {
 // resync replays the inbox of a logged-in session whose live pushes may
 // have been lost (the broker reconnected). The client drops the messages it
 // already has by msg_id.
-func (c *session) resync() {
+func (c *session) resync(retry time.Duration) {
 	u := c.user.Load()
 	if u == nil {
 		return
@@ -456,7 +464,18 @@ func (c *session) resync() {
 		// read another user's inbox under this id.
 		c.srv.pokeEpoch()
 		return
-	case err == nil && latest > u.gen:
+	case err != nil:
+		// Unknown whether a newer login happened meanwhile: ask again
+		// soon, from a timer, not by holding a worker. The replay waits
+		// too; the inbox keeps everything.
+		next := min(max(2*retry, minResyncRetry), maxResyncRetry)
+		time.AfterFunc(next, func() {
+			if !c.isGone() && !c.kicked.Load() {
+				c.enqueue(mailItem{resync: true, retry: next})
+			}
+		})
+		return
+	case latest > u.gen:
 		c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in elsewhere while this node was cut off")
 		return
 	}
@@ -468,6 +487,13 @@ func (c *session) resync() {
 func (c *session) beginReplay() {
 	c.pushMu.Lock()
 	c.replay = &replayState{sent: make(map[uint64]struct{})}
+	c.pushMu.Unlock()
+}
+
+// endReplay stops holding pushes without replaying (a login that failed).
+func (c *session) endReplay() {
+	c.pushMu.Lock()
+	c.replay = nil
 	c.pushMu.Unlock()
 }
 

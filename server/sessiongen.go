@@ -9,9 +9,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Session generations decide "newest login wins" without clocks. Each
-// login of a user takes the next number of that user's counter from the
-// store (one atomic increment, shared by every node); a session is kicked
+// Session generations decide "newest login wins" without the nodes'
+// clocks. Each login of a user takes the next number of that user's
+// counter from the store (one atomic step, shared by every node); a
+// session is kicked
 // by any session of the same user with a higher number and never by a
 // lower one. A login then:
 //
@@ -62,9 +63,23 @@ func (s *RedisStore) sessionKey(uid uint64) string {
 
 // Both go through the epoch guard: a login (or a resync) checks that the
 // store still holds the contents its user was found in (epoch.go).
+//
+// A generation is the counter plus one, or Redis's clock in microseconds
+// if that is higher. The counter alone would go back with a Redis that
+// lost recent writes (a failover to a lagging replica, appendfsync
+// everysec, a snapshot restored): the next login would then get a number
+// below a live session's, and the older session would win. Redis's own
+// clock keeps moving, so a login after such a loss still outranks every
+// session from before it. One clock, the store's, orders all nodes.
 var (
 	// KEYS: session counter.
-	scriptNewSession    = guardedScript(`return redis.call('INCR', KEYS[1])`)
+	scriptNewSession = guardedScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local g = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+if g < now then g = now end
+redis.call('SET', KEYS[1], string.format('%d', g))
+return g`)
 	scriptLatestSession = guardedScript(`return tonumber(redis.call('GET', KEYS[1]) or '0')`)
 )
 

@@ -11,6 +11,12 @@ type User struct {
 	ID           uint64
 	Name         string // as registered; lookups ignore case
 	PasswordHash []byte // as made by hasher.hash, or plain bcrypt from before pre-hashing
+	// Nonce is random, made at registration, and signed into the user's
+	// tokens: a store restored from an older copy gives this id to someone
+	// else, whose nonce differs, so the tokens of the first do not log in
+	// as the second. Zero for accounts made before nonces (and from
+	// UserByID and UserByName, which do not read it).
+	Nonce uint64
 }
 
 // Member is one user's membership of a group.
@@ -80,11 +86,16 @@ type Limits struct {
 // Two implementations share one conformance suite (store_conformance_test.go):
 // the embedded bbolt store and, in cluster mode, the Redis store.
 type Store interface {
-	// CreateUser adds a user; the name must be free, ignoring case.
+	// CreateUser adds a user with a fresh random nonce; the name must be
+	// free, ignoring case.
 	CreateUser(ctx context.Context, name string, passwordHash []byte) (User, error)
 	// Credentials finds a user by name, ignoring case, with the password
-	// hash: the password login path.
+	// hash and nonce: the password login path.
 	Credentials(ctx context.Context, name string) (User, error)
+	// Account reads user id's record, with its nonce (no password hash),
+	// from the store itself, never from a cache: the token login path, which
+	// must see the account as it is now.
+	Account(ctx context.Context, id uint64) (User, error)
 	// UserByName finds a user by name, ignoring case, without the hash.
 	// Users are never renamed or deleted, so implementations may cache.
 	UserByName(ctx context.Context, name string) (User, error)

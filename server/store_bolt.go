@@ -47,8 +47,9 @@ var (
 )
 
 type userRecord struct {
-	Name string `json:"name"`
-	Hash []byte `json:"hash"`
+	Name  string `json:"name"`
+	Hash  []byte `json:"hash"`
+	Nonce uint64 `json:"nonce,omitempty"` // absent in records from before nonces
 }
 
 type groupRecord struct {
@@ -226,14 +227,15 @@ func (s *BoltStore) CreateUser(ctx context.Context, name string, hash []byte) (U
 		if err != nil {
 			return err
 		}
-		rec, _ := json.Marshal(userRecord{Name: name, Hash: hash})
+		nonce := newNonce()
+		rec, _ := json.Marshal(userRecord{Name: name, Hash: hash, Nonce: nonce})
 		if err := users.Put(u64(id), rec); err != nil {
 			return err
 		}
 		if err := names.Put(nameKey(name), u64(id)); err != nil {
 			return err
 		}
-		u = User{ID: id, Name: name, PasswordHash: hash}
+		u = User{ID: id, Name: name, PasswordHash: hash, Nonce: nonce}
 		return nil
 	})
 	return u, err
@@ -248,7 +250,16 @@ func getUser(tx *bolt.Tx, id uint64) (User, error) {
 	if err := json.Unmarshal(v, &rec); err != nil {
 		return User{}, fmt.Errorf("store: user %d: %w", id, err)
 	}
-	return User{ID: id, Name: rec.Name, PasswordHash: rec.Hash}, nil
+	return User{ID: id, Name: rec.Name, PasswordHash: rec.Hash, Nonce: rec.Nonce}, nil
+}
+
+func (s *BoltStore) Account(_ context.Context, id uint64) (u User, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		u, err = getUser(tx, id)
+		return err
+	})
+	u.PasswordHash = nil
+	return u, err
 }
 
 func (s *BoltStore) UserByName(ctx context.Context, name string) (User, error) {
@@ -256,7 +267,7 @@ func (s *BoltStore) UserByName(ctx context.Context, name string) (User, error) {
 		return s.UserByID(ctx, id)
 	}
 	u, err := s.Credentials(ctx, name)
-	u.PasswordHash = nil
+	u.PasswordHash, u.Nonce = nil, 0
 	return u, err
 }
 
@@ -286,7 +297,7 @@ func (s *BoltStore) UserByID(_ context.Context, id uint64) (u User, err error) {
 	if err == nil {
 		s.remember(u)
 	}
-	u.PasswordHash = nil
+	u.PasswordHash, u.Nonce = nil, 0
 	return u, err
 }
 

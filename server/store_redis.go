@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,7 @@ import (
 //	P dedup:<uid>:<client id>  STRING msg_id, expiring after the dedup window
 //
 //	P epoch                    STRING the store epoch (epoch.go)
+//	P epoch:quiet              STRING while set (a node TTL), writes wait: a new epoch
 //	P session:<uid>            STRING INCR source of session generations
 //
 // Writes that touch several keys are Lua scripts, so each is atomic, and
@@ -47,7 +49,7 @@ var (
 	scriptCreateUser = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local id = redis.call('INCR', KEYS[2])
-redis.call('HSET', ARGV[3] .. 'user:' .. id, 'name', ARGV[1], 'hash', ARGV[2])
+redis.call('HSET', ARGV[3] .. 'user:' .. id, 'name', ARGV[1], 'hash', ARGV[2], 'nonce', ARGV[4])
 redis.call('SET', KEYS[1], id)
 return id`)
 
@@ -162,6 +164,10 @@ type RedisConfig struct {
 	DedupWindow time.Duration
 	// Pipelines is how many batched pipelines may be in flight. Zero means 4.
 	Pipelines int
+	// ResetQuiet is how long writes wait after Epoch made a new epoch while
+	// other nodes may still serve the lost contents (epoch.go): a node TTL,
+	// within which every live node reads the epoch. Zero means no wait.
+	ResetQuiet time.Duration
 	// PublishMessages makes AppendMessage also PUBLISH each new message, as
 	// the broker's JSON, to its recipients' user channels (Prefix + "user:"
 	// + id) in the same script, and report how many were subscribed
@@ -183,6 +189,12 @@ type RedisStore struct {
 	// it, to notice a store rolled back to an older snapshot.
 	epoch  atomic.Pointer[string]
 	maxUID atomic.Uint64
+	// learnMu and cacheGen keep a read that began before UseEpoch changed
+	// the epoch from caching what it found in the old contents: learn
+	// (read-locked) stores only if cacheGen is what it was when the read
+	// began, and UseEpoch (locked) bumps it as it forgets everything.
+	learnMu  sync.RWMutex
+	cacheGen atomic.Uint64
 }
 
 // NewRedisStore returns a store on cfg.Client.
@@ -220,7 +232,9 @@ func (s *RedisStore) inboxKey(uid uint64) string { return s.p + "inbox:" + strco
 func msgMember(id uint64) string                 { return fmt.Sprintf("%016x", id) }
 
 func (s *RedisStore) CreateUser(ctx context.Context, name string, hash []byte) (User, error) {
-	keys, args := s.guard(ctx, []string{s.p + "username:" + strings.ToLower(name), s.p + "user:seq"}, name, hash, s.p)
+	gen := s.cacheGen.Load()
+	nonce := newNonce()
+	keys, args := s.guard(ctx, []string{s.p + "username:" + strings.ToLower(name), s.p + "user:seq"}, name, hash, s.p, strconv.FormatUint(nonce, 10))
 	id, err := scriptCreateUser.Run(ctx, s.rdb, keys, args...).Uint64()
 	if err != nil {
 		return User{}, redisErr(err)
@@ -228,9 +242,8 @@ func (s *RedisStore) CreateUser(ctx context.Context, name string, hash []byte) (
 	if id == 0 {
 		return User{}, ErrUsernameTaken
 	}
-	s.names.put(id, name)
-	s.sawUser(id)
-	return User{ID: id, Name: name, PasswordHash: hash}, nil
+	s.learn(gen, func() { s.names.put(id, name); s.sawUser(id) })
+	return User{ID: id, Name: name, PasswordHash: hash, Nonce: nonce}, nil
 }
 
 func (s *RedisStore) Credentials(ctx context.Context, name string) (User, error) {
@@ -238,18 +251,42 @@ func (s *RedisStore) Credentials(ctx context.Context, name string) (User, error)
 	if err != nil {
 		return User{}, err
 	}
-	v, err := s.rdb.HMGet(ctx, s.userKey(id), "name", "hash").Result()
+	u, err := s.account(ctx, id, true)
+	if err == nil && !strings.EqualFold(u.Name, name) {
+		// The id the name was cached under now holds someone else (the
+		// store lost its data since): never them.
+		return User{}, ErrUserNotFound
+	}
+	return u, err
+}
+
+func (s *RedisStore) Account(ctx context.Context, id uint64) (User, error) {
+	return s.account(ctx, id, false)
+}
+
+// account reads user id's record from Redis, with the hash if withHash.
+func (s *RedisStore) account(ctx context.Context, id uint64, withHash bool) (User, error) {
+	fields := []string{"name", "nonce"}
+	if withHash {
+		fields = append(fields, "hash")
+	}
+	v, err := s.rdb.HMGet(ctx, s.userKey(id), fields...).Result()
 	if err != nil {
 		return User{}, redisErr(err)
 	}
 	n, ok := v[0].(string)
-	if !ok || !strings.EqualFold(n, name) {
-		// No such record, or the id the name was cached under now holds
-		// someone else (the store lost its data since): never them.
+	if !ok {
 		return User{}, ErrUserNotFound
 	}
-	hash, _ := v[1].(string)
-	return User{ID: id, Name: n, PasswordHash: []byte(hash)}, nil
+	u := User{ID: id, Name: n}
+	if nonce, ok := v[1].(string); ok {
+		u.Nonce, _ = strconv.ParseUint(nonce, 10, 64)
+	}
+	if withHash {
+		hash, _ := v[2].(string)
+		u.PasswordHash = []byte(hash)
+	}
+	return u, nil
 }
 
 // userID resolves a name, from the node's cache when it can: a name,
@@ -259,6 +296,7 @@ func (s *RedisStore) userID(ctx context.Context, name string) (uint64, error) {
 	if id, ok := s.ids.get(lower); ok {
 		return id, nil
 	}
+	gen := s.cacheGen.Load()
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{p.Get(ctx, s.p+"username:"+lower)}
 	})
@@ -272,8 +310,7 @@ func (s *RedisStore) userID(ctx context.Context, name string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("store: username %q: %w", name, err)
 	}
-	s.ids.put(lower, id)
-	s.sawUser(id)
+	s.learn(gen, func() { s.ids.put(lower, id); s.sawUser(id) })
 	return id, nil
 }
 
@@ -312,6 +349,7 @@ func (s *RedisStore) usernames(ctx context.Context, ids []uint64) (map[uint64]st
 	if len(missing) == 0 {
 		return out, nil
 	}
+	gen := s.cacheGen.Load()
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		out := make([]redis.Cmder, len(missing))
 		for i, id := range missing {
@@ -325,8 +363,7 @@ func (s *RedisStore) usernames(ctx context.Context, ids []uint64) (map[uint64]st
 	for i, id := range missing {
 		if n, err := cmds[i].(*redis.StringCmd).Result(); err == nil {
 			out[id] = n
-			s.names.put(id, n)
-			s.sawUser(id)
+			s.learn(gen, func() { s.names.put(id, n); s.sawUser(id) })
 		}
 	}
 	return out, nil
@@ -512,7 +549,7 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	}
 	var payload []byte
 	if s.cfg.PublishMessages {
-		if payload, err = encodeChannelEvent(Event{Message: m}); err != nil {
+		if payload, err = encodeChannelEvent(Event{Message: m, Epoch: s.requestOrStoreEpoch(ctx)}); err != nil {
 			return AppendResult{}, err
 		}
 	}
