@@ -136,3 +136,14 @@ func (c *Client) ListGroups(ctx context.Context) ([]*chatpb.Group, error) {
 	}
 	return resp.GetGroupList().GetGroups(), nil
 }
+
+// History reads one page of a conversation: req names the peer (by id or
+// name) or the group, and at most one of before_seq (newer to older, below
+// it) and after_seq (older to newer, above it); neither gives the latest.
+func (c *Client) History(ctx context.Context, req *chatpb.History) (*chatpb.HistoryPage, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_History{History: req}})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetHistoryPage(), nil
+}

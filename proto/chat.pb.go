@@ -234,6 +234,7 @@ type Frame struct {
 	//	*Frame_JoinGroup
 	//	*Frame_LeaveGroup
 	//	*Frame_ListGroups
+	//	*Frame_History
 	//	*Frame_RegisterOk
 	//	*Frame_LoginOk
 	//	*Frame_Ok
@@ -243,6 +244,7 @@ type Frame struct {
 	//	*Frame_GroupCreated
 	//	*Frame_GroupList
 	//	*Frame_Error
+	//	*Frame_HistoryPage
 	//	*Frame_Message
 	//	*Frame_Kicked
 	Body          isFrame_Body `protobuf_oneof:"body"`
@@ -402,6 +404,15 @@ func (x *Frame) GetListGroups() *ListGroups {
 	return nil
 }
 
+func (x *Frame) GetHistory() *History {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_History); ok {
+			return x.History
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetRegisterOk() *RegisterOK {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_RegisterOk); ok {
@@ -483,6 +494,15 @@ func (x *Frame) GetError() *Error {
 	return nil
 }
 
+func (x *Frame) GetHistoryPage() *HistoryPage {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_HistoryPage); ok {
+			return x.HistoryPage
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetMessage() *Message {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_Message); ok {
@@ -554,6 +574,10 @@ type Frame_ListGroups struct {
 	ListGroups *ListGroups `protobuf:"bytes,21,opt,name=list_groups,json=listGroups,proto3,oneof"`
 }
 
+type Frame_History struct {
+	History *History `protobuf:"bytes,22,opt,name=history,proto3,oneof"`
+}
+
 type Frame_RegisterOk struct {
 	// Responses (server to client, echoing seq), field numbers 40-69.
 	RegisterOk *RegisterOK `protobuf:"bytes,40,opt,name=register_ok,json=registerOk,proto3,oneof"`
@@ -591,6 +615,10 @@ type Frame_Error struct {
 	Error *Error `protobuf:"bytes,48,opt,name=error,proto3,oneof"`
 }
 
+type Frame_HistoryPage struct {
+	HistoryPage *HistoryPage `protobuf:"bytes,49,opt,name=history_page,json=historyPage,proto3,oneof"`
+}
+
 type Frame_Message struct {
 	// Pushes (server to client, seq 0), field numbers 70-99.
 	Message *Message `protobuf:"bytes,70,opt,name=message,proto3,oneof"`
@@ -624,6 +652,8 @@ func (*Frame_LeaveGroup) isFrame_Body() {}
 
 func (*Frame_ListGroups) isFrame_Body() {}
 
+func (*Frame_History) isFrame_Body() {}
+
 func (*Frame_RegisterOk) isFrame_Body() {}
 
 func (*Frame_LoginOk) isFrame_Body() {}
@@ -641,6 +671,8 @@ func (*Frame_GroupCreated) isFrame_Body() {}
 func (*Frame_GroupList) isFrame_Body() {}
 
 func (*Frame_Error) isFrame_Body() {}
+
+func (*Frame_HistoryPage) isFrame_Body() {}
 
 func (*Frame_Message) isFrame_Body() {}
 
@@ -1251,6 +1283,97 @@ func (*ListGroups) Descriptor() ([]byte, []int) {
 	return file_chat_proto_rawDescGZIP(), []int{12}
 }
 
+// History pages through one conversation of the caller: with a peer (a 1:1
+// conversation) or a group the caller is in. At most one of before_seq and
+// after_seq: before_seq gives the messages below it, newest first;
+// after_seq the messages above it, oldest first (0: from the start);
+// neither, the latest messages, newest first.
+type History struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of peer_user_id, peer_username and group_id.
+	PeerUserId uint64  `protobuf:"varint,1,opt,name=peer_user_id,json=peerUserId,proto3" json:"peer_user_id,omitempty"`
+	GroupId    uint64  `protobuf:"varint,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	BeforeSeq  *uint64 `protobuf:"varint,3,opt,name=before_seq,json=beforeSeq,proto3,oneof" json:"before_seq,omitempty"`
+	AfterSeq   *uint64 `protobuf:"varint,4,opt,name=after_seq,json=afterSeq,proto3,oneof" json:"after_seq,omitempty"`
+	// 1-200; 0 means 50.
+	Limit         uint32 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	PeerUsername  string `protobuf:"bytes,6,opt,name=peer_username,json=peerUsername,proto3" json:"peer_username,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *History) Reset() {
+	*x = History{}
+	mi := &file_chat_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *History) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*History) ProtoMessage() {}
+
+func (x *History) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use History.ProtoReflect.Descriptor instead.
+func (*History) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *History) GetPeerUserId() uint64 {
+	if x != nil {
+		return x.PeerUserId
+	}
+	return 0
+}
+
+func (x *History) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *History) GetBeforeSeq() uint64 {
+	if x != nil && x.BeforeSeq != nil {
+		return *x.BeforeSeq
+	}
+	return 0
+}
+
+func (x *History) GetAfterSeq() uint64 {
+	if x != nil && x.AfterSeq != nil {
+		return *x.AfterSeq
+	}
+	return 0
+}
+
+func (x *History) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *History) GetPeerUsername() string {
+	if x != nil {
+		return x.PeerUsername
+	}
+	return ""
+}
+
 type RegisterOK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1260,7 +1383,7 @@ type RegisterOK struct {
 
 func (x *RegisterOK) Reset() {
 	*x = RegisterOK{}
-	mi := &file_chat_proto_msgTypes[13]
+	mi := &file_chat_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1395,7 @@ func (x *RegisterOK) String() string {
 func (*RegisterOK) ProtoMessage() {}
 
 func (x *RegisterOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[13]
+	mi := &file_chat_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1408,7 @@ func (x *RegisterOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterOK.ProtoReflect.Descriptor instead.
 func (*RegisterOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{13}
+	return file_chat_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RegisterOK) GetUserId() uint64 {
@@ -1305,13 +1428,17 @@ type LoginOK struct {
 	Friends          []*Friend `protobuf:"bytes,5,rep,name=friends,proto3" json:"friends,omitempty"`
 	Groups           []*Group  `protobuf:"bytes,6,rep,name=groups,proto3" json:"groups,omitempty"`
 	TokenExpiresAtMs int64     `protobuf:"varint,7,opt,name=token_expires_at_ms,json=tokenExpiresAtMs,proto3" json:"token_expires_at_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// store_epoch names the server's store contents. When it changes between
+	// logins, the store was reset: seqs and history cached from before name
+	// other messages, and must be dropped.
+	StoreEpoch    string `protobuf:"bytes,8,opt,name=store_epoch,json=storeEpoch,proto3" json:"store_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LoginOK) Reset() {
 	*x = LoginOK{}
-	mi := &file_chat_proto_msgTypes[14]
+	mi := &file_chat_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1450,7 @@ func (x *LoginOK) String() string {
 func (*LoginOK) ProtoMessage() {}
 
 func (x *LoginOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[14]
+	mi := &file_chat_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1463,7 @@ func (x *LoginOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginOK.ProtoReflect.Descriptor instead.
 func (*LoginOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{14}
+	return file_chat_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LoginOK) GetUserId() uint64 {
@@ -1388,6 +1515,13 @@ func (x *LoginOK) GetTokenExpiresAtMs() int64 {
 	return 0
 }
 
+func (x *LoginOK) GetStoreEpoch() string {
+	if x != nil {
+		return x.StoreEpoch
+	}
+	return ""
+}
+
 type OK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1396,7 +1530,7 @@ type OK struct {
 
 func (x *OK) Reset() {
 	*x = OK{}
-	mi := &file_chat_proto_msgTypes[15]
+	mi := &file_chat_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1542,7 @@ func (x *OK) String() string {
 func (*OK) ProtoMessage() {}
 
 func (x *OK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[15]
+	mi := &file_chat_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1555,7 @@ func (x *OK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OK.ProtoReflect.Descriptor instead.
 func (*OK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{15}
+	return file_chat_proto_rawDescGZIP(), []int{16}
 }
 
 type Pong struct {
@@ -1433,7 +1567,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1579,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1592,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{16}
+	return file_chat_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Pong) GetServerTimeMs() int64 {
@@ -1474,14 +1608,16 @@ type SendOK struct {
 	MsgId    uint64                 `protobuf:"varint,1,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
 	SentAtMs int64                  `protobuf:"varint,2,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
 	// online says whether any recipient was connected when it was sent.
-	Online        bool `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	Online bool `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	// seq is the message's place in its conversation (see Message.seq).
+	Seq           uint64 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SendOK) Reset() {
 	*x = SendOK{}
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1629,7 @@ func (x *SendOK) String() string {
 func (*SendOK) ProtoMessage() {}
 
 func (x *SendOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1642,7 @@ func (x *SendOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendOK.ProtoReflect.Descriptor instead.
 func (*SendOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{17}
+	return file_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SendOK) GetMsgId() uint64 {
@@ -1530,6 +1666,13 @@ func (x *SendOK) GetOnline() bool {
 	return false
 }
 
+func (x *SendOK) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 type Friend struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1541,7 +1684,7 @@ type Friend struct {
 
 func (x *Friend) Reset() {
 	*x = Friend{}
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1696,7 @@ func (x *Friend) String() string {
 func (*Friend) ProtoMessage() {}
 
 func (x *Friend) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1709,7 @@ func (x *Friend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Friend.ProtoReflect.Descriptor instead.
 func (*Friend) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Friend) GetUserId() uint64 {
@@ -1599,7 +1742,7 @@ type FriendList struct {
 
 func (x *FriendList) Reset() {
 	*x = FriendList{}
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1754,7 @@ func (x *FriendList) String() string {
 func (*FriendList) ProtoMessage() {}
 
 func (x *FriendList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1767,7 @@ func (x *FriendList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FriendList.ProtoReflect.Descriptor instead.
 func (*FriendList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FriendList) GetFriends() []*Friend {
@@ -1643,7 +1786,7 @@ type GroupCreated struct {
 
 func (x *GroupCreated) Reset() {
 	*x = GroupCreated{}
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1798,7 @@ func (x *GroupCreated) String() string {
 func (*GroupCreated) ProtoMessage() {}
 
 func (x *GroupCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1811,7 @@ func (x *GroupCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCreated.ProtoReflect.Descriptor instead.
 func (*GroupCreated) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GroupCreated) GetGroupId() uint64 {
@@ -1690,7 +1833,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1845,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1858,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Member) GetUserId() uint64 {
@@ -1758,7 +1901,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1913,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1926,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Group) GetGroupId() uint64 {
@@ -1823,7 +1966,7 @@ type GroupList struct {
 
 func (x *GroupList) Reset() {
 	*x = GroupList{}
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1835,7 +1978,7 @@ func (x *GroupList) String() string {
 func (*GroupList) ProtoMessage() {}
 
 func (x *GroupList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1848,7 +1991,7 @@ func (x *GroupList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupList.ProtoReflect.Descriptor instead.
 func (*GroupList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GroupList) GetGroups() []*Group {
@@ -1856,6 +1999,60 @@ func (x *GroupList) GetGroups() []*Group {
 		return x.Groups
 	}
 	return nil
+}
+
+// HistoryPage answers History: messages in the order asked, and whether
+// more lie further in that direction.
+type HistoryPage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	HasMore       bool                   `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryPage) Reset() {
+	*x = HistoryPage{}
+	mi := &file_chat_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryPage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryPage) ProtoMessage() {}
+
+func (x *HistoryPage) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryPage.ProtoReflect.Descriptor instead.
+func (*HistoryPage) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *HistoryPage) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *HistoryPage) GetHasMore() bool {
+	if x != nil {
+		return x.HasMore
+	}
+	return false
 }
 
 // Error answers a failed request (echoing its seq), or is pushed with seq 0
@@ -1870,7 +2067,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1882,7 +2079,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1895,7 +2092,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1914,21 +2111,25 @@ func (x *Error) GetMessage() string {
 
 // Message is one chat message. Exactly one of to_user_id and group_id is set.
 type Message struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MsgId         uint64                 `protobuf:"varint,1,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
-	FromUserId    uint64                 `protobuf:"varint,2,opt,name=from_user_id,json=fromUserId,proto3" json:"from_user_id,omitempty"`
-	FromUsername  string                 `protobuf:"bytes,3,opt,name=from_username,json=fromUsername,proto3" json:"from_username,omitempty"`
-	ToUserId      uint64                 `protobuf:"varint,4,opt,name=to_user_id,json=toUserId,proto3" json:"to_user_id,omitempty"`
-	GroupId       uint64                 `protobuf:"varint,5,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
-	Text          string                 `protobuf:"bytes,6,opt,name=text,proto3" json:"text,omitempty"`
-	SentAtMs      int64                  `protobuf:"varint,7,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	MsgId        uint64                 `protobuf:"varint,1,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
+	FromUserId   uint64                 `protobuf:"varint,2,opt,name=from_user_id,json=fromUserId,proto3" json:"from_user_id,omitempty"`
+	FromUsername string                 `protobuf:"bytes,3,opt,name=from_username,json=fromUsername,proto3" json:"from_username,omitempty"`
+	ToUserId     uint64                 `protobuf:"varint,4,opt,name=to_user_id,json=toUserId,proto3" json:"to_user_id,omitempty"`
+	GroupId      uint64                 `protobuf:"varint,5,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Text         string                 `protobuf:"bytes,6,opt,name=text,proto3" json:"text,omitempty"`
+	SentAtMs     int64                  `protobuf:"varint,7,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
+	// seq numbers the messages of one conversation (a pair of users, or a
+	// group) 1, 2, 3, ... with no gaps and no repeats, in the order they were
+	// stored. 0 for messages stored before conversations had seqs.
+	Seq           uint64 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2141,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2154,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Message) GetMsgId() uint64 {
@@ -2005,6 +2206,13 @@ func (x *Message) GetSentAtMs() int64 {
 	return 0
 }
 
+func (x *Message) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 // Kicked is the last frame before the server closes the connection.
 type Kicked struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2016,7 +2224,7 @@ type Kicked struct {
 
 func (x *Kicked) Reset() {
 	*x = Kicked{}
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2236,7 @@ func (x *Kicked) String() string {
 func (*Kicked) ProtoMessage() {}
 
 func (x *Kicked) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2249,7 @@ func (x *Kicked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kicked.ProtoReflect.Descriptor instead.
 func (*Kicked) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Kicked) GetReason() KickReason {
@@ -2063,7 +2271,8 @@ var File_chat_proto protoreflect.FileDescriptor
 const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"chat.proto\x12\vloopchat.v1\"\xc0\t\n" +
+	"chat.proto\x12\vloopchat.v1\"\xb1\n" +
+	"\n" +
 	"\x05Frame\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\bregister\x18\n" +
@@ -2082,7 +2291,8 @@ const file_chat_proto_rawDesc = "" +
 	"\vleave_group\x18\x14 \x01(\v2\x17.loopchat.v1.LeaveGroupH\x00R\n" +
 	"leaveGroup\x12:\n" +
 	"\vlist_groups\x18\x15 \x01(\v2\x17.loopchat.v1.ListGroupsH\x00R\n" +
-	"listGroups\x12:\n" +
+	"listGroups\x120\n" +
+	"\ahistory\x18\x16 \x01(\v2\x14.loopchat.v1.HistoryH\x00R\ahistory\x12:\n" +
 	"\vregister_ok\x18( \x01(\v2\x17.loopchat.v1.RegisterOKH\x00R\n" +
 	"registerOk\x121\n" +
 	"\blogin_ok\x18) \x01(\v2\x14.loopchat.v1.LoginOKH\x00R\aloginOk\x12!\n" +
@@ -2094,7 +2304,8 @@ const file_chat_proto_rawDesc = "" +
 	"\rgroup_created\x18. \x01(\v2\x19.loopchat.v1.GroupCreatedH\x00R\fgroupCreated\x127\n" +
 	"\n" +
 	"group_list\x18/ \x01(\v2\x16.loopchat.v1.GroupListH\x00R\tgroupList\x12*\n" +
-	"\x05error\x180 \x01(\v2\x12.loopchat.v1.ErrorH\x00R\x05error\x120\n" +
+	"\x05error\x180 \x01(\v2\x12.loopchat.v1.ErrorH\x00R\x05error\x12=\n" +
+	"\fhistory_page\x181 \x01(\v2\x18.loopchat.v1.HistoryPageH\x00R\vhistoryPage\x120\n" +
 	"\amessage\x18F \x01(\v2\x14.loopchat.v1.MessageH\x00R\amessage\x12-\n" +
 	"\x06kicked\x18G \x01(\v2\x13.loopchat.v1.KickedH\x00R\x06kickedB\x06\n" +
 	"\x04body\"B\n" +
@@ -2128,10 +2339,22 @@ const file_chat_proto_rawDesc = "" +
 	"LeaveGroup\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\"\f\n" +
 	"\n" +
-	"ListGroups\"%\n" +
+	"ListGroups\"\xe4\x01\n" +
+	"\aHistory\x12 \n" +
+	"\fpeer_user_id\x18\x01 \x01(\x04R\n" +
+	"peerUserId\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\x04R\agroupId\x12\"\n" +
+	"\n" +
+	"before_seq\x18\x03 \x01(\x04H\x00R\tbeforeSeq\x88\x01\x01\x12 \n" +
+	"\tafter_seq\x18\x04 \x01(\x04H\x01R\bafterSeq\x88\x01\x01\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\rR\x05limit\x12#\n" +
+	"\rpeer_username\x18\x06 \x01(\tR\fpeerUsernameB\r\n" +
+	"\v_before_seqB\f\n" +
+	"\n" +
+	"_after_seq\"%\n" +
 	"\n" +
 	"RegisterOK\x12\x17\n" +
-	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\xf7\x01\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\x98\x02\n" +
 	"\aLoginOK\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x14\n" +
@@ -2139,15 +2362,18 @@ const file_chat_proto_rawDesc = "" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12-\n" +
 	"\afriends\x18\x05 \x03(\v2\x13.loopchat.v1.FriendR\afriends\x12*\n" +
 	"\x06groups\x18\x06 \x03(\v2\x12.loopchat.v1.GroupR\x06groups\x12-\n" +
-	"\x13token_expires_at_ms\x18\a \x01(\x03R\x10tokenExpiresAtMs\"\x04\n" +
+	"\x13token_expires_at_ms\x18\a \x01(\x03R\x10tokenExpiresAtMs\x12\x1f\n" +
+	"\vstore_epoch\x18\b \x01(\tR\n" +
+	"storeEpoch\"\x04\n" +
 	"\x02OK\",\n" +
 	"\x04Pong\x12$\n" +
-	"\x0eserver_time_ms\x18\x01 \x01(\x03R\fserverTimeMs\"U\n" +
+	"\x0eserver_time_ms\x18\x01 \x01(\x03R\fserverTimeMs\"g\n" +
 	"\x06SendOK\x12\x15\n" +
 	"\x06msg_id\x18\x01 \x01(\x04R\x05msgId\x12\x1c\n" +
 	"\n" +
 	"sent_at_ms\x18\x02 \x01(\x03R\bsentAtMs\x12\x16\n" +
-	"\x06online\x18\x03 \x01(\bR\x06online\"U\n" +
+	"\x06online\x18\x03 \x01(\bR\x06online\x12\x10\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\"U\n" +
 	"\x06Friend\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x16\n" +
@@ -2168,10 +2394,13 @@ const file_chat_proto_rawDesc = "" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12-\n" +
 	"\amembers\x18\x04 \x03(\v2\x13.loopchat.v1.MemberR\amembers\"7\n" +
 	"\tGroupList\x12*\n" +
-	"\x06groups\x18\x01 \x03(\v2\x12.loopchat.v1.GroupR\x06groups\"M\n" +
+	"\x06groups\x18\x01 \x03(\v2\x12.loopchat.v1.GroupR\x06groups\"Z\n" +
+	"\vHistoryPage\x120\n" +
+	"\bmessages\x18\x01 \x03(\v2\x14.loopchat.v1.MessageR\bmessages\x12\x19\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"M\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.loopchat.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xd2\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xe4\x01\n" +
 	"\aMessage\x12\x15\n" +
 	"\x06msg_id\x18\x01 \x01(\x04R\x05msgId\x12 \n" +
 	"\ffrom_user_id\x18\x02 \x01(\x04R\n" +
@@ -2182,7 +2411,8 @@ const file_chat_proto_rawDesc = "" +
 	"\bgroup_id\x18\x05 \x01(\x04R\agroupId\x12\x12\n" +
 	"\x04text\x18\x06 \x01(\tR\x04text\x12\x1c\n" +
 	"\n" +
-	"sent_at_ms\x18\a \x01(\x03R\bsentAtMs\"S\n" +
+	"sent_at_ms\x18\a \x01(\x03R\bsentAtMs\x12\x10\n" +
+	"\x03seq\x18\b \x01(\x04R\x03seq\"S\n" +
 	"\x06Kicked\x12/\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x17.loopchat.v1.KickReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage*?\n" +
@@ -2225,7 +2455,7 @@ func file_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_chat_proto_goTypes = []any{
 	(Role)(0),            // 0: loopchat.v1.Role
 	(ErrorCode)(0),       // 1: loopchat.v1.ErrorCode
@@ -2243,20 +2473,22 @@ var file_chat_proto_goTypes = []any{
 	(*JoinGroup)(nil),    // 13: loopchat.v1.JoinGroup
 	(*LeaveGroup)(nil),   // 14: loopchat.v1.LeaveGroup
 	(*ListGroups)(nil),   // 15: loopchat.v1.ListGroups
-	(*RegisterOK)(nil),   // 16: loopchat.v1.RegisterOK
-	(*LoginOK)(nil),      // 17: loopchat.v1.LoginOK
-	(*OK)(nil),           // 18: loopchat.v1.OK
-	(*Pong)(nil),         // 19: loopchat.v1.Pong
-	(*SendOK)(nil),       // 20: loopchat.v1.SendOK
-	(*Friend)(nil),       // 21: loopchat.v1.Friend
-	(*FriendList)(nil),   // 22: loopchat.v1.FriendList
-	(*GroupCreated)(nil), // 23: loopchat.v1.GroupCreated
-	(*Member)(nil),       // 24: loopchat.v1.Member
-	(*Group)(nil),        // 25: loopchat.v1.Group
-	(*GroupList)(nil),    // 26: loopchat.v1.GroupList
-	(*Error)(nil),        // 27: loopchat.v1.Error
-	(*Message)(nil),      // 28: loopchat.v1.Message
-	(*Kicked)(nil),       // 29: loopchat.v1.Kicked
+	(*History)(nil),      // 16: loopchat.v1.History
+	(*RegisterOK)(nil),   // 17: loopchat.v1.RegisterOK
+	(*LoginOK)(nil),      // 18: loopchat.v1.LoginOK
+	(*OK)(nil),           // 19: loopchat.v1.OK
+	(*Pong)(nil),         // 20: loopchat.v1.Pong
+	(*SendOK)(nil),       // 21: loopchat.v1.SendOK
+	(*Friend)(nil),       // 22: loopchat.v1.Friend
+	(*FriendList)(nil),   // 23: loopchat.v1.FriendList
+	(*GroupCreated)(nil), // 24: loopchat.v1.GroupCreated
+	(*Member)(nil),       // 25: loopchat.v1.Member
+	(*Group)(nil),        // 26: loopchat.v1.Group
+	(*GroupList)(nil),    // 27: loopchat.v1.GroupList
+	(*HistoryPage)(nil),  // 28: loopchat.v1.HistoryPage
+	(*Error)(nil),        // 29: loopchat.v1.Error
+	(*Message)(nil),      // 30: loopchat.v1.Message
+	(*Kicked)(nil),       // 31: loopchat.v1.Kicked
 }
 var file_chat_proto_depIdxs = []int32{
 	4,  // 0: loopchat.v1.Frame.register:type_name -> loopchat.v1.Register
@@ -2271,30 +2503,33 @@ var file_chat_proto_depIdxs = []int32{
 	13, // 9: loopchat.v1.Frame.join_group:type_name -> loopchat.v1.JoinGroup
 	14, // 10: loopchat.v1.Frame.leave_group:type_name -> loopchat.v1.LeaveGroup
 	15, // 11: loopchat.v1.Frame.list_groups:type_name -> loopchat.v1.ListGroups
-	16, // 12: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
-	17, // 13: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
-	18, // 14: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
-	19, // 15: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
-	20, // 16: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
-	22, // 17: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
-	23, // 18: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
-	26, // 19: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
-	27, // 20: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
-	28, // 21: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
-	29, // 22: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
-	21, // 23: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
-	25, // 24: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
-	21, // 25: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
-	0,  // 26: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
-	24, // 27: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
-	25, // 28: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
-	1,  // 29: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
-	2,  // 30: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
-	31, // [31:31] is the sub-list for method output_type
-	31, // [31:31] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	16, // 12: loopchat.v1.Frame.history:type_name -> loopchat.v1.History
+	17, // 13: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
+	18, // 14: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
+	19, // 15: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
+	20, // 16: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
+	21, // 17: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
+	23, // 18: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
+	24, // 19: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
+	27, // 20: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
+	29, // 21: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
+	28, // 22: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
+	30, // 23: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
+	31, // 24: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
+	22, // 25: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
+	26, // 26: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
+	22, // 27: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
+	0,  // 28: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
+	25, // 29: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
+	26, // 30: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
+	30, // 31: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
+	1,  // 32: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
+	2,  // 33: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_chat_proto_init() }
@@ -2315,6 +2550,7 @@ func file_chat_proto_init() {
 		(*Frame_JoinGroup)(nil),
 		(*Frame_LeaveGroup)(nil),
 		(*Frame_ListGroups)(nil),
+		(*Frame_History)(nil),
 		(*Frame_RegisterOk)(nil),
 		(*Frame_LoginOk)(nil),
 		(*Frame_Ok)(nil),
@@ -2324,6 +2560,7 @@ func file_chat_proto_init() {
 		(*Frame_GroupCreated)(nil),
 		(*Frame_GroupList)(nil),
 		(*Frame_Error)(nil),
+		(*Frame_HistoryPage)(nil),
 		(*Frame_Message)(nil),
 		(*Frame_Kicked)(nil),
 	}
@@ -2332,13 +2569,14 @@ func file_chat_proto_init() {
 		(*Send_Username)(nil),
 		(*Send_GroupId)(nil),
 	}
+	file_chat_proto_msgTypes[13].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_proto_rawDesc), len(file_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

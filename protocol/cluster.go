@@ -48,6 +48,10 @@ type ChannelEvent struct {
 	GroupID      uint64 `json:"group_id,omitempty"`
 	Text         string `json:"text,omitempty"`
 	SentAtMs     int64  `json:"sent_at_ms,omitempty"`
+	// Seq is the message's place in its conversation (chat.proto
+	// Message.seq), set by the store as it appends. Nodes ignore it on a
+	// message without msg_id: that one was never stored, so it has none.
+	Seq uint64 `json:"seq,omitempty"`
 
 	NodeID string `json:"node_id,omitempty"`
 	ConnID uint64 `json:"conn_id,omitempty"`

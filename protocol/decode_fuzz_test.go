@@ -61,7 +61,7 @@ func FuzzDecodeFrame(f *testing.F) {
 // passes a client's own checks and survives a round trip, or is refused.
 // `go test -fuzz FuzzParseChannelEvent ./protocol`.
 func FuzzParseChannelEvent(f *testing.F) {
-	f.Add([]byte(`{"type":"message","msg_id":382722139389689856,"from_user_id":2,"from_username":"bob","to_user_id":1,"text":"hi alice!","sent_at_ms":1795315268512}`))
+	f.Add([]byte(`{"type":"message","msg_id":382722139389689856,"from_user_id":2,"from_username":"bob","to_user_id":1,"text":"hi alice!","sent_at_ms":1795315268512,"seq":7}`))
 	f.Add([]byte(`{"type":"message","msg_id":"382722139389689856","from_username":"billing","text":"your invoice is ready"}`))
 	f.Add([]byte(`{"type":"message","from_username":"no spaces allowed","text":"x"}`))
 	f.Add([]byte(`{"type":"message","text":""}`))

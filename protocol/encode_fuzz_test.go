@@ -12,18 +12,18 @@ import (
 // any values: `go test -fuzz FuzzEncodeSendOK ./protocol` searches for one
 // that does not.
 func FuzzEncodeSendOK(f *testing.F) {
-	f.Add(uint64(1), uint64(1)<<40, int64(1700000000000), true)
-	f.Add(uint64(0), uint64(0), int64(0), false) // every field at its zero value is omitted
-	f.Add(^uint64(0), ^uint64(0), int64(-1), false)
-	f.Add(uint64(300), uint64(7), int64(1), true)
-	f.Fuzz(func(t *testing.T, seq, msgID uint64, sentAtMs int64, online bool) {
+	f.Add(uint64(1), uint64(1)<<40, int64(1700000000000), true, uint64(1))
+	f.Add(uint64(0), uint64(0), int64(0), false, uint64(0)) // every field at its zero value is omitted
+	f.Add(^uint64(0), ^uint64(0), int64(-1), false, ^uint64(0))
+	f.Add(uint64(300), uint64(7), int64(1), true, uint64(300))
+	f.Fuzz(func(t *testing.T, seq, msgID uint64, sentAtMs int64, online bool, msgSeq uint64) {
 		want, err := Encode(&chatpb.Frame{Seq: seq, Body: &chatpb.Frame_SendOk{SendOk: &chatpb.SendOK{
-			MsgId: msgID, SentAtMs: sentAtMs, Online: online}}})
+			MsgId: msgID, SentAtMs: sentAtMs, Online: online, Seq: msgSeq}}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := EncodeSendOK(seq, msgID, sentAtMs, online); string(got) != string(want) {
-			t.Fatalf("EncodeSendOK(%d, %d, %d, %v) = %x, Encode = %x", seq, msgID, sentAtMs, online, got, want)
+		if got := EncodeSendOK(seq, msgID, sentAtMs, online, msgSeq); string(got) != string(want) {
+			t.Fatalf("EncodeSendOK(%d, %d, %d, %v, %d) = %x, Encode = %x", seq, msgID, sentAtMs, online, msgSeq, got, want)
 		}
 	})
 }

@@ -64,6 +64,7 @@ var (
 	sendOKMsgID = fieldNumber(&chatpb.SendOK{}, "msg_id")
 	sendOKSent  = fieldNumber(&chatpb.SendOK{}, "sent_at_ms")
 	sendOKLive  = fieldNumber(&chatpb.SendOK{}, "online")
+	sendOKSeq   = fieldNumber(&chatpb.SendOK{}, "seq")
 )
 
 func fieldNumber(m proto.Message, name protoreflect.Name) protowire.Number {
@@ -71,11 +72,12 @@ func fieldNumber(m proto.Message, name protoreflect.Name) protowire.Number {
 }
 
 // EncodeSendOK returns the frame answering request seq with
-// SendOK{msg_id, sent_at_ms, online}: the reply to every send, the most
-// frequent frame a server writes, built without the three messages and
-// the reflection Encode would use. The bytes are Encode's (a test checks).
-func EncodeSendOK(seq, msgID uint64, sentAtMs int64, online bool) []byte {
-	var scratch [32]byte // three tagged varints fit
+// SendOK{msg_id, sent_at_ms, online, seq: msgSeq}: the reply to every send,
+// the most frequent frame a server writes, built without the three
+// messages and the reflection Encode would use. The bytes are Encode's (a
+// test checks).
+func EncodeSendOK(seq, msgID uint64, sentAtMs int64, online bool, msgSeq uint64) []byte {
+	var scratch [48]byte // four tagged varints fit
 	body := scratch[:0]
 	if msgID != 0 {
 		body = protowire.AppendVarint(protowire.AppendTag(body, sendOKMsgID, protowire.VarintType), msgID)
@@ -85,6 +87,9 @@ func EncodeSendOK(seq, msgID uint64, sentAtMs int64, online bool) []byte {
 	}
 	if online {
 		body = protowire.AppendVarint(protowire.AppendTag(body, sendOKLive, protowire.VarintType), 1)
+	}
+	if msgSeq != 0 {
+		body = protowire.AppendVarint(protowire.AppendTag(body, sendOKSeq, protowire.VarintType), msgSeq)
 	}
 	size := protowire.SizeTag(sendOKField) + protowire.SizeBytes(len(body))
 	if seq != 0 {
@@ -187,6 +192,10 @@ func Kind(f *chatpb.Frame) string {
 		return "leave_group"
 	case *chatpb.Frame_ListGroups:
 		return "list_groups"
+	case *chatpb.Frame_History:
+		return "history"
+	case *chatpb.Frame_HistoryPage:
+		return "history_page"
 	case *chatpb.Frame_RegisterOk:
 		return "register_ok"
 	case *chatpb.Frame_LoginOk:
@@ -219,7 +228,7 @@ func IsRequest(f *chatpb.Frame) bool {
 	case *chatpb.Frame_Register, *chatpb.Frame_Login, *chatpb.Frame_Logout, *chatpb.Frame_Ping,
 		*chatpb.Frame_Send, *chatpb.Frame_Ack, *chatpb.Frame_AddFriend, *chatpb.Frame_ListFriends,
 		*chatpb.Frame_CreateGroup, *chatpb.Frame_JoinGroup, *chatpb.Frame_LeaveGroup,
-		*chatpb.Frame_ListGroups:
+		*chatpb.Frame_ListGroups, *chatpb.Frame_History:
 		return true
 	}
 	return false

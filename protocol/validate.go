@@ -18,6 +18,8 @@ const (
 	MaxGroupDesc     = 512  // bytes of UTF-8
 	MaxClientMsgID   = 64   // bytes
 	MaxAckIDs        = 1024 // ids per Ack
+	MaxHistoryLimit  = 200  // messages per History page
+	DefHistoryLimit  = 50   // messages per History page when limit is 0
 	MaxTokenLength   = 512
 	LoginDeadlineSec = 10 // default seconds to log in after connecting
 )

@@ -313,13 +313,13 @@ func TestSlowConsumerReadsKickedLast(t *testing.T) {
 }
 
 // A slow consumer that never reads again is not waited on forever: after
-// writeWait its connection is reset, so when it does read it finds whole
+// lingerWait its connection is reset, so when it does read it finds whole
 // frames and then an error — not a clean end of stream inside a frame.
 func TestSlowConsumerThatNeverReadsIsReset(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		opts := testOptions(t, engine)
 		opts.MaxOutbound = 128 << 10
-		opts.writeWait = 300 * time.Millisecond
+		opts.lingerWait = 300 * time.Millisecond
 		ts := startServer(t, opts)
 		sloth, text := floodUntilKicked(t, ts)
 
@@ -328,7 +328,7 @@ func TestSlowConsumerThatNeverReadsIsReset(t *testing.T) {
 		deadline := time.Now().Add(10 * time.Second)
 		for ts.connCount() > 1 {
 			if time.Now().After(deadline) {
-				t.Fatalf("sloth's connection still open %v after the kick, want it gone after writeWait", 10*time.Second)
+				t.Fatalf("sloth's connection still open %v after the kick, want it gone after lingerWait", 10*time.Second)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}

@@ -74,13 +74,13 @@ func testBrokerConformance(t *testing.T, newBroker brokerFactory) {
 			t.Fatal(err)
 		}
 	}
-	msg := &chatpb.Message{MsgId: 42, FromUserId: 7, FromUsername: "alice", ToUserId: 1, Text: "héllo", SentAtMs: 1234}
+	msg := &chatpb.Message{MsgId: 42, FromUserId: 7, FromUsername: "alice", ToUserId: 1, Text: "héllo", SentAtMs: 1234, Seq: 5}
 	n, err := b.Publish(ctx, []uint64{1, 3}, Event{Message: msg})
 	if err != nil || n != 1 {
 		t.Fatalf("publish to one of two = %d, %v", n, err)
 	}
 	got := rec.waitN(t, 1, 1)[0].Message
-	if got.MsgId != 42 || got.FromUsername != "alice" || got.Text != "héllo" || got.ToUserId != 1 || got.SentAtMs != 1234 {
+	if got.MsgId != 42 || got.FromUsername != "alice" || got.Text != "héllo" || got.ToUserId != 1 || got.SentAtMs != 1234 || got.Seq != 5 {
 		t.Fatalf("delivered %v", got)
 	}
 	// A group message to two subscribers, in one call.

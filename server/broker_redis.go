@@ -130,7 +130,7 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 		m := ev.Message
 		ce = protocol.ChannelEvent{Type: protocol.EventMessage, MsgID: protocol.Uint64(m.MsgId),
 			FromUserID: m.FromUserId, FromUsername: m.FromUsername, ToUserID: m.ToUserId,
-			GroupID: m.GroupId, Text: m.Text, SentAtMs: m.SentAtMs, Epoch: ev.Epoch}
+			GroupID: m.GroupId, Text: m.Text, SentAtMs: m.SentAtMs, Seq: m.Seq, Epoch: ev.Epoch}
 	case ev.Login != nil:
 		ce = protocol.ChannelEvent{Type: protocol.EventLogin, NodeID: ev.Login.NodeID,
 			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen, Epoch: ev.Login.Epoch}
@@ -148,9 +148,16 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 	if ce.Type == protocol.EventLogin {
 		return Event{Login: &LoginNotice{NodeID: ce.NodeID, ConnID: ce.ConnID, AtMs: ce.AtMs, Gen: ce.Gen, Epoch: ce.Epoch}}, nil
 	}
-	return Event{Epoch: ce.Epoch, Message: &chatpb.Message{MsgId: uint64(ce.MsgID), FromUserId: ce.FromUserID,
+	m := &chatpb.Message{MsgId: uint64(ce.MsgID), FromUserId: ce.FromUserID,
 		FromUsername: ce.FromUsername, ToUserId: ce.ToUserID, GroupId: ce.GroupID, Text: ce.Text,
-		SentAtMs: ce.SentAtMs}}, nil
+		SentAtMs: ce.SentAtMs}
+	if m.MsgId != 0 {
+		// Only a stored message has a place in its conversation; one
+		// without an id (another program's live-only push) gets its id
+		// from the node, and no seq, whatever it claims.
+		m.Seq = ce.Seq
+	}
+	return Event{Epoch: ce.Epoch, Message: m}, nil
 }
 
 // Publish sends one PUBLISH per user, all in one shared pipeline, and

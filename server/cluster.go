@@ -52,7 +52,7 @@ func (s *Server) joinCluster() error {
 	}
 	// The store publishes each new message in its append script: one
 	// round trip (and one AOF fsync wait) per cross-node send, not two.
-	s.store = NewRedisStore(RedisConfig{Client: s.rdb, Prefix: o.RedisPrefix, InboxLimit: o.InboxLimit,
+	s.store = NewRedisStore(RedisConfig{Client: s.rdb, Prefix: o.RedisPrefix, InboxLimit: o.InboxLimit, History: o.History,
 		PublishMessages: true, ResetQuiet: o.NodeTTL})
 	s.ownsStore = true
 	s.broker = NewRedisBroker(RedisBrokerConfig{

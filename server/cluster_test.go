@@ -123,13 +123,15 @@ func TestThirdPartyPublishReachesUser(t *testing.T) {
 	r, rdb := testRedis(t)
 	nodes := clusterNodes(t, r, 1, EngineGnet)
 	dave, ok := nodes[0].user(t, "dave")
-	payload := `{"type":"message","from_username":"billing","text":"your invoice is ready"}`
+	// A seq on a message without msg_id is ignored: a live-only push was
+	// never stored, so it has no place in a conversation.
+	payload := `{"type":"message","from_username":"billing","text":"your invoice is ready","seq":9}`
 	n, err := rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), payload).Result()
 	if err != nil || n != 1 {
 		t.Fatalf("PUBLISH = %d, %v", n, err)
 	}
 	m := dave.nextMessage()
-	if m.Text != "your invoice is ready" || m.FromUsername != "billing" || m.MsgId == 0 || m.SentAtMs == 0 {
+	if m.Text != "your invoice is ready" || m.FromUsername != "billing" || m.MsgId == 0 || m.SentAtMs == 0 || m.Seq != 0 {
 		t.Fatalf("dave got %v", m)
 	}
 	// Malformed payloads are dropped and counted, none reaches dave, and
@@ -283,5 +285,46 @@ func TestRedisCrashLosesNothingAcknowledged(t *testing.T) {
 	}
 	if sentOK.Load() < 20 {
 		t.Fatalf("only %d messages went through", sentOK.Load())
+	}
+}
+
+// A message's seq reaches a recipient on another node both in the live
+// push (the channel JSON, to which the append script added it) and in the
+// inbox replay at their next login (the stored body, likewise). Each
+// conversation counts its own.
+func TestClusterSeqsReachOtherNodes(t *testing.T) {
+	r := testproc.StartRedis(t)
+	nodes := clusterNodes(t, r, 2, EngineGnet)
+	alice, _ := nodes[0].user(t, "alice")
+	bob, _ := nodes[1].user(t, "bob")
+	for i := 1; i <= 2; i++ {
+		expectOK(t, alice.do(sendTo("bob", fmt.Sprint("live ", i))))
+		if m := bob.nextMessage(); m.Text != fmt.Sprint("live ", i) || m.Seq != uint64(i) {
+			t.Fatalf("bob's live push %d = %v, want seq %d", i, m, i)
+		}
+	}
+	expectOK(t, bob.do(sendTo("alice", "back")))
+	if m := alice.nextMessage(); m.Text != "back" || m.Seq != 3 {
+		t.Fatalf("alice's live push = %v, want seq 3 (one conversation both ways)", m)
+	}
+	gid := alice.do(&chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: "g"}}}).GetGroupCreated().GetGroupId()
+	expectOK(t, bob.do(&chatpb.Frame{Body: &chatpb.Frame_JoinGroup{JoinGroup: &chatpb.JoinGroup{GroupId: gid}}}))
+	expectOK(t, alice.do(sendGroup(gid, "to the group")))
+	if m := bob.nextMessage(); m.GroupId != gid || m.Seq != 1 {
+		t.Fatalf("bob's group push = %v, want seq 1 (the group's own count)", m)
+	}
+
+	// Bob never acked: after he leaves, his next login on the other node
+	// replays everything, seqs and all, with what was sent meanwhile.
+	bob.c.Close()
+	expectOK(t, alice.do(sendTo("bob", "while away")))
+	bob, _ = nodes[0].user(t, "bob")
+	for _, want := range []struct {
+		text string
+		seq  uint64
+	}{{"live 1", 1}, {"live 2", 2}, {"to the group", 1}, {"while away", 4}} {
+		if m := bob.nextMessage(); m.Text != want.text || m.Seq != want.seq {
+			t.Fatalf("bob's replay: %v, want %q with seq %d", m, want.text, want.seq)
+		}
 	}
 }

@@ -116,7 +116,7 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if !e.srv.admit() {
 		return e.srv.serverFull, gnet.Close
 	}
-	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound), wait: e.srv.opts.writeWait}
+	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound), wait: e.srv.opts.lingerWait}
 	s := e.srv.newSession(c.RemoteAddr(), t)
 	t.sess = s
 	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
@@ -145,7 +145,7 @@ func (e *gnetEngine) loopGauge(c gnet.Conn) prometheus.Gauge {
 
 func (e *gnetEngine) OnClose(c gnet.Conn, err error) gnet.Action {
 	if err == nil && c.OutboundBuffered() > 0 {
-		// The server is closing (writeWait ran out, or the engine stops)
+		// The server is closing (lingerWait ran out, or the engine stops)
 		// with bytes still unwritten. gnet would write what the socket takes
 		// and end the stream wherever that stops, maybe inside a frame;
 		// a reset tells the client the stream is broken instead.
@@ -217,12 +217,12 @@ func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
 // the loop once every frame accepted before it has been written, and closes
 // only when the outbound buffer is empty — everything is in the kernel —
 // polling for that from a timer (gnet calls nothing when a buffer drains),
-// or resets the connection after writeWait (OnClose).
+// or resets the connection after lingerWait (OnClose).
 type gnetTransport struct {
 	c        gnet.Conn
 	sess     *session
 	limit    int64
-	wait     time.Duration          // writeWait
+	wait     time.Duration          // lingerWait
 	pending  atomic.Int64           // handed to AsyncWrite, callback not yet run
 	buffered atomic.Int64           // OutboundBuffered() at the last callback
 	last     atomic.Pointer[[]byte] // set once: no more frames; this one goes last
@@ -295,7 +295,7 @@ func (t *gnetTransport) onLoop(fn func(gnet.Conn)) {
 // far, then closes. gnet offers no way to take frames back out of its
 // outbound buffer, so dropQueued cannot be honoured: a slow consumer's
 // queue (at most about the outbound limit) is held until it is written or
-// writeWait runs out.
+// lingerWait runs out.
 func (t *gnetTransport) sendAndClose(frame []byte, _ bool) {
 	if !t.last.CompareAndSwap(nil, &frame) {
 		return
@@ -322,7 +322,7 @@ func (t *gnetTransport) finish(c gnet.Conn) {
 
 // closeWhenWritten closes once the outbound buffer is empty — the stream
 // then ends right after the last frame — checking again from a timer,
-// less often as time goes by. A client that reads nothing until writeWait
+// less often as time goes by. A client that reads nothing until lingerWait
 // runs out is closed with bytes unwritten, which OnClose turns into a reset.
 func (t *gnetTransport) closeWhenWritten(c gnet.Conn) {
 	if c.OutboundBuffered() == 0 || !time.Now().Before(t.giveUpAt) {

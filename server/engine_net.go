@@ -85,7 +85,7 @@ func (e *netEngine) accept() {
 
 func (e *netEngine) serve(conn net.Conn) {
 	defer e.wg.Done()
-	t := newNetTransport(conn, int64(e.srv.opts.MaxOutbound), e.srv.opts.writeWait)
+	t := newNetTransport(conn, int64(e.srv.opts.MaxOutbound), e.srv.opts.writeWait, e.srv.opts.lingerWait)
 	s := e.srv.newSession(conn.RemoteAddr(), t)
 	t.sess = s
 	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
@@ -175,6 +175,7 @@ type netTransport struct {
 	sess    *session
 	limit   int64
 	wait    time.Duration // writeWait
+	linger  time.Duration // lingerWait
 	pending atomic.Int64
 	closing atomic.Bool
 	giveUp  atomic.Int64  // unix ns, set after closing by sendAndClose: when to stop waiting for the client to read
@@ -188,8 +189,8 @@ type netTransport struct {
 	lastFrame bool // the last frame is queued: accept no more, close after writing it
 }
 
-func newNetTransport(conn net.Conn, limit int64, wait time.Duration) *netTransport {
-	return &netTransport{conn: conn, limit: limit, wait: wait, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newNetTransport(conn net.Conn, limit int64, wait, linger time.Duration) *netTransport {
+	return &netTransport{conn: conn, limit: limit, wait: wait, linger: linger, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 func (t *netTransport) send(frame []byte) {
@@ -232,7 +233,7 @@ func (t *netTransport) sendAndClose(frame []byte, dropQueued bool) {
 	if !t.closing.CompareAndSwap(false, true) {
 		return
 	}
-	t.giveUp.Store(time.Now().Add(t.wait).UnixNano())
+	t.giveUp.Store(time.Now().Add(t.linger).UnixNano())
 	t.pending.Add(int64(len(frame)))
 	t.mu.Lock()
 	if dropQueued {
@@ -285,14 +286,14 @@ func (t *netTransport) stop() {
 }
 
 // waitLastFrame waits for the writer to write the last frame and close,
-// which it does within writeWait of sendAndClose, then makes sure the
+// which it does within lingerWait of sendAndClose, then makes sure the
 // connection is closed.
 func (t *netTransport) waitLastFrame() {
 	if !t.closing.Load() {
 		t.close()
 		return
 	}
-	timer := time.NewTimer(t.wait + time.Second)
+	timer := time.NewTimer(t.linger + time.Second)
 	defer timer.Stop()
 	select {
 	case <-t.done:

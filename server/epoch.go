@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -86,9 +88,23 @@ func guardedScript(src string) *redis.Script { return redis.NewScript(epochGuard
 // the quiet key lives ARGV[4] ms, and guarded scripts refuse until it is
 // gone, so no node writes under the new epoch before every live node has
 // read it (each does so every heartbeat) and dropped the old sessions.
-// KEYS: epoch, user id counter, quiet key. ARGV: a fresh epoch, known
-// epoch, max uid, quiet ms, quiet on creation.
+//
+// First of all it checks the keyspace's schema (KEYS[4], redisSchema): one
+// newer than this code (ARGV[6]) is refused before anything is changed; an
+// absent one (a keyspace from before the marker, or a fresh one) is marked
+// as this code's, which reads every older layout.
+//
+// KEYS: epoch, user id counter, quiet key, schema. ARGV: a fresh epoch,
+// known epoch, max uid, quiet ms, quiet on creation, this code's schema.
 var scriptEpoch = redis.NewScript(`
+local schema = redis.call('GET', KEYS[4])
+if schema ~= ARGV[6] then
+  local v = tonumber(schema or '1')
+  if v == nil or v > tonumber(ARGV[6]) then
+    return redis.error_reply('` + schemaErrPrefix + ` ' .. schema)
+  end
+  redis.call('SET', KEYS[4], ARGV[6])
+end
 local e = redis.call('GET', KEYS[1])
 local replace = false
 if not e then
@@ -190,10 +206,23 @@ func (s *RedisStore) Epoch(ctx context.Context) (string, error) {
 	if quietOnCreate {
 		flag = "1"
 	}
-	e, err := scriptEpoch.Run(ctx, s.rdb, []string{s.p + "epoch", s.p + "user:seq", s.p + "epoch:quiet"},
-		newEpoch(), known, s.maxUID.Load(), s.cfg.ResetQuiet.Milliseconds(), flag).Text()
+	e, err := scriptEpoch.Run(ctx, s.rdb, []string{s.p + "epoch", s.p + "user:seq", s.p + "epoch:quiet", s.p + "schema"},
+		newEpoch(), known, s.maxUID.Load(), s.cfg.ResetQuiet.Milliseconds(), flag, redisSchema).Text()
+	if err != nil {
+		if v, ok := strings.CutPrefix(err.Error(), schemaErrPrefix+" "); ok {
+			return "", fmt.Errorf("store: the Redis keyspace %q has schema version %s, but this loopchat knows versions up to %d: "+
+				"a newer loopchat wrote it; run that version (or newer) instead: %w", s.p, v, redisSchema, errSchemaNewer)
+		}
+	}
 	return e, redisErr(err)
 }
+
+// errSchemaNewer: the store was written by a newer loopchat, in a layout
+// this code may misread; it is not used.
+var errSchemaNewer = errors.New("store schema newer than this loopchat")
+
+// schemaErrPrefix starts the error scriptEpoch returns for a newer schema.
+const schemaErrPrefix = "LOOPCHAT_SCHEMA"
 
 // UseEpoch binds the store to epoch e: guarded writes expect it, and on a
 // change every cached name and id is forgotten, as it named a user of the

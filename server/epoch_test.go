@@ -58,6 +58,13 @@ func TestRedisStoreEpochGuard(t *testing.T) {
 		"CreateGroup":   func() error { _, err := s.CreateGroup(stale, a.ID, "g", "", Limits{}); return err },
 		"NewSession":    func() error { _, err := s.NewSession(stale, a.ID); return err },
 		"LatestSession": func() error { _, err := s.LatestSession(stale, a.ID); return err },
+		// Reads of a conversation too: under other contents its key names
+		// other users' conversation.
+		"History": func() error {
+			_, err := s.History(stale, HistoryQuery{Conv: DirectConversation(a.ID, b.ID), Newest: true, Limit: 10})
+			return err
+		},
+		"LastSeq": func() error { _, err := s.LastSeq(stale, DirectConversation(a.ID, b.ID)); return err },
 	}
 	for name, call := range checks {
 		if err := call(); !errors.Is(err, ErrStoreReset) {

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -63,7 +64,7 @@ func (c *session) handle(f *chatpb.Frame) {
 	case *chatpb.Frame_Send:
 		var r sendReceipt
 		if r, err = c.sendMessage(ctx, b.Send); err == nil {
-			encoded = protocol.EncodeSendOK(f.Seq, r.msgID, r.sentAtMs, r.online)
+			encoded = protocol.EncodeSendOK(f.Seq, r.msgID, r.sentAtMs, r.online, r.seq)
 		}
 	case *chatpb.Frame_Ack:
 		err = c.ack(ctx, b.Ack)
@@ -79,6 +80,8 @@ func (c *session) handle(f *chatpb.Frame) {
 		resp, err = c.leaveGroup(ctx, b.LeaveGroup)
 	case *chatpb.Frame_ListGroups:
 		resp, err = c.listGroups(ctx)
+	case *chatpb.Frame_History:
+		resp, err = c.history(ctx, b.History)
 	}
 	if errors.Is(err, errSuperseded) {
 		// Kicked already: the Kicked frame is this request's last word.
@@ -199,7 +202,7 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 		return abandon(errUnavailable)
 	}
 
-	ok := &chatpb.LoginOK{UserId: u.ID, Username: u.Name, NodeId: c.srv.opts.NodeID}
+	ok := &chatpb.LoginOK{UserId: u.ID, Username: u.Name, NodeId: c.srv.opts.NodeID, StoreEpoch: ep}
 	var expires time.Time
 	ok.Token, expires = c.srv.tokens.Load().issue(u, now, ep)
 	ok.TokenExpiresAtMs = expires.UnixMilli()
@@ -326,6 +329,7 @@ type sendReceipt struct {
 	msgID    uint64
 	sentAtMs int64
 	online   bool
+	seq      uint64
 }
 
 func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceipt, error) {
@@ -382,6 +386,7 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 		return sendReceipt{}, err
 	}
 	c.srv.metrics.inboxTrimmed.Add(float64(res.Trimmed))
+	c.srv.metrics.historyTrimmed.Add(float64(res.HistoryTrimmed))
 	online := 0
 	switch {
 	case res.Duplicate:
@@ -412,7 +417,7 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
 	}
 	stored := res.Message
-	return sendReceipt{msgID: stored.MsgId, sentAtMs: stored.SentAtMs, online: online > 0}, nil
+	return sendReceipt{msgID: stored.MsgId, sentAtMs: stored.SentAtMs, online: online > 0, seq: stored.Seq}, nil
 }
 
 // fanoutPerRequest is how many recipients one request's worth of the rate
@@ -507,4 +512,78 @@ func (c *session) listGroups(ctx context.Context) (*chatpb.Frame, error) {
 		return nil, err
 	}
 	return &chatpb.Frame{Body: &chatpb.Frame_GroupList{GroupList: &chatpb.GroupList{Groups: groups}}}, nil
+}
+
+// history answers one page of a conversation of the caller's: with a peer,
+// or with a group they are in, from when they joined.
+func (c *session) history(ctx context.Context, req *chatpb.History) (*chatpb.Frame, error) {
+	limit := int(req.Limit)
+	switch {
+	case limit == 0:
+		limit = protocol.DefHistoryLimit
+	case limit > protocol.MaxHistoryLimit:
+		return nil, protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "limit is at most %d", protocol.MaxHistoryLimit)
+	}
+	if req.BeforeSeq != nil && req.AfterSeq != nil {
+		return nil, ErrHistoryBothBounds
+	}
+	named := 0
+	for _, set := range []bool{req.PeerUserId != 0, req.PeerUsername != "", req.GroupId != 0} {
+		if set {
+			named++
+		}
+	}
+	if named != 1 {
+		return nil, ErrHistoryTarget
+	}
+	u := c.user.Load()
+	q := HistoryQuery{Limit: limit}
+	switch {
+	case req.GroupId != 0:
+		g, err := c.srv.store.Group(ctx, req.GroupId)
+		if err != nil {
+			return nil, err
+		}
+		i := slices.IndexFunc(g.Members, func(m Member) bool { return m.UserID == u.id })
+		if i < 0 {
+			return nil, ErrNotMember
+		}
+		q.Conv, q.Floor = GroupConversation(g.ID), g.Members[i].JoinedSeq
+	default:
+		var peer User
+		var err error
+		if req.PeerUsername != "" {
+			if err := protocol.ValidateUsername(req.PeerUsername); err != nil {
+				return nil, err
+			}
+			peer, err = c.srv.store.UserByName(ctx, req.PeerUsername)
+		} else {
+			peer, err = c.srv.store.UserByID(ctx, req.PeerUserId)
+		}
+		if err != nil {
+			return nil, err
+		}
+		q.Conv = DirectConversation(u.id, peer.ID)
+	}
+	switch {
+	case req.BeforeSeq != nil:
+		if *req.BeforeSeq <= 1 {
+			// Nothing lies below seq 1 (and the store reads 0 as "latest").
+			return historyPage(nil, false), nil
+		}
+		q.Newest, q.Before = true, *req.BeforeSeq
+	case req.AfterSeq != nil:
+		q.After = *req.AfterSeq
+	default:
+		q.Newest = true
+	}
+	page, err := c.srv.store.History(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return historyPage(page.Messages, page.HasMore), nil
+}
+
+func historyPage(msgs []*chatpb.Message, more bool) *chatpb.Frame {
+	return &chatpb.Frame{Body: &chatpb.Frame_HistoryPage{HistoryPage: &chatpb.HistoryPage{Messages: msgs, HasMore: more}}}
 }

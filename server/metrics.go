@@ -35,6 +35,7 @@ type metrics struct {
 	storedOffline    prometheus.Counter
 	inboxReplay      prometheus.Histogram
 	inboxTrimmed     prometheus.Counter
+	historyTrimmed   prometheus.Counter
 	frameErrors      *prometheus.CounterVec // kind: zero_length, too_large, garbage
 	kicks            *prometheus.CounterVec // reason
 	slowConsumers    prometheus.Counter
@@ -87,6 +88,8 @@ func newMetrics() *metrics {
 			Buckets: []float64{0, 1, 10, 100, 1000, 10000}}),
 		inboxTrimmed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_inbox_trimmed_total", Help: "Oldest inbox messages dropped because an inbox was full."}),
+		historyTrimmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_history_trimmed_total", Help: "Messages dropped from conversations' history by retention (--history-max-messages, --history-max-age)."}),
 		frameErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "loopchat_frame_errors_total", Help: "Connections closed for broken framing, by kind."},
 			[]string{"kind"}),
@@ -127,7 +130,7 @@ func newMetrics() *metrics {
 	}
 	m.registry.MustRegister(m.connsOpen, m.connsByLoop, m.connsTotal, m.requests, m.logins,
 		m.loginFailures, m.loginThrottled, m.connsRefused, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
-		m.inboxReplay, m.inboxTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
+		m.inboxReplay, m.inboxTrimmed, m.historyTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
 		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeResets, m.staleEvents, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
 		m.redisLatency, m.redisErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

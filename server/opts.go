@@ -77,6 +77,10 @@ type Options struct {
 	Workers int
 	// InboxLimit caps each user's stored unacknowledged messages. Zero means 10,000.
 	InboxLimit int
+	// History bounds what each conversation keeps for History: zero fields
+	// mean DefaultHistoryMaxMessages and DefaultHistoryMaxAge, negative
+	// ones no bound.
+	History HistoryLimits
 	// MaxFriends caps each user's friends. Zero means 5,000.
 	MaxFriends int
 	// MaxGroups caps the groups one user is in, created or joined. Zero
@@ -143,6 +147,11 @@ type Options struct {
 	// read (defaultWriteWait when zero). Unexported: only tests change it,
 	// to see what happens when it runs out without waiting 30 s.
 	writeWait time.Duration
+	// lingerWait is how long a connection given its last frame (Kicked)
+	// waits for the client to read up to it before it is reset
+	// (defaultWriteWait when zero). Apart from writeWait so that a test can
+	// make one short and still read at leisure after the other.
+	lingerWait time.Duration
 }
 
 // defaultWriteWait bounds how long a kicked connection lingers for its
@@ -183,6 +192,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.MaxOutbound <= 0 {
 		c.MaxOutbound = 16 << 20
+	}
+	if c.lingerWait <= 0 {
+		c.lingerWait = defaultWriteWait
 	}
 	if c.writeWait <= 0 {
 		c.writeWait = defaultWriteWait

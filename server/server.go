@@ -128,7 +128,8 @@ func New(o Options) (*Server, error) {
 		s.store = opts.Store
 	}
 	if s.store == nil {
-		st, err := OpenBoltStore(BoltConfig{Path: opts.storePath(), InboxLimit: opts.InboxLimit,
+		st, err := OpenBoltStore(BoltConfig{Path: opts.storePath(), InboxLimit: opts.InboxLimit, History: opts.History,
+			ObserveHistoryTrim: func(n int) { s.metrics.historyTrimmed.Add(float64(n)) },
 			ObserveCommit: func(d time.Duration, n int) {
 				s.metrics.storeCommit.Observe(d.Seconds())
 				s.metrics.storeBatch.Observe(float64(n))
@@ -150,7 +151,7 @@ func New(o Options) (*Server, error) {
 	err = s.initEpoch(ectx)
 	cancel()
 	if err != nil {
-		s.closeStore()
+		_ = s.closeDeps() // the store, and in a cluster the broker and the Redis client
 		return nil, fmt.Errorf("store epoch: %w", err)
 	}
 	switch {

@@ -24,6 +24,10 @@ type Member struct {
 	UserID   uint64
 	Username string
 	Role     chatpb.Role
+	// JoinedSeq is the group conversation's last seq when the member
+	// joined: they see its history above it (0 for the creator, and for
+	// members who joined before conversations had seqs).
+	JoinedSeq uint64
 }
 
 // Group is a chat group with its members, creator first.
@@ -59,6 +63,11 @@ type AppendResult struct {
 	// the store trims as it appends (the Redis store). The embedded store
 	// trims later and reports through BoltConfig.ObserveTrim.
 	Trimmed int
+	// HistoryTrimmed counts messages retention dropped from the
+	// conversation's history as this one was appended, when the store
+	// trims as it appends (the Redis store; the embedded store reports
+	// through BoltConfig.ObserveHistoryTrim).
+	HistoryTrimmed int
 	// Published is true when the store also handed the message to the
 	// broker for its recipients (RedisConfig.PublishMessages), so the caller
 	// must not publish it again; Online then counts the recipients who were
@@ -112,7 +121,8 @@ type Store interface {
 	// creator, unless creator is already in lim.GroupsPerUser groups
 	// (ErrTooManyGroups).
 	CreateGroup(ctx context.Context, creator uint64, name, description string, lim Limits) (Group, error)
-	// JoinGroup adds uid to gid as a member, unless the group has
+	// JoinGroup adds uid to gid as a member, with the group conversation's
+	// last seq as their JoinedSeq (in the same write), unless the group has
 	// lim.MembersPerGroup members (ErrGroupFull) or uid is in
 	// lim.GroupsPerUser groups (ErrTooManyGroups).
 	JoinGroup(ctx context.Context, gid, uid uint64, lim Limits) error
@@ -123,12 +133,21 @@ type Store interface {
 	// GroupsOf lists the groups uid belongs to, with their members.
 	GroupsOf(ctx context.Context, uid uint64) ([]Group, error)
 
-	// AppendMessage durably appends m to the inbox of every recipient. When
+	// AppendMessage durably appends m to its conversation
+	// (ConversationOf) and to the inbox of every recipient. It sets m.Seq
+	// to the conversation's next seq in that same durable write, so seqs
+	// have no gaps and a message is never seen under a seq before every
+	// lower one is stored; the stored and published copies carry it. When
 	// clientMsgID is not empty and (m.FromUserId, clientMsgID) was appended
 	// before within the dedup window, nothing is stored and the earlier
 	// message is returned as a duplicate. Only once AppendMessage returns nil
 	// may the message be reported as sent.
 	AppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error)
+	// History reads one page of a conversation, as kept within the
+	// store's HistoryLimits.
+	History(ctx context.Context, q HistoryQuery) (HistoryPage, error)
+	// LastSeq is the conversation's highest seq so far (0: none).
+	LastSeq(ctx context.Context, conv Conversation) (uint64, error)
 	// Inbox returns up to limit unacknowledged messages of uid with msg_id
 	// greater than after, oldest first.
 	Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error)

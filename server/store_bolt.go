@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -23,13 +25,21 @@ import (
 // Bucket layout of the embedded store. Ids are 8-byte big-endian so keys
 // sort numerically; composite keys concatenate them, so a prefix scan over
 // the first id lists everything that belongs to it.
+//
+// Schema 2 (meta "schema"; files without it are schema 1) added the
+// conversation buckets, the joined seq in member values and the seq field
+// of stored messages. A schema 1 file opens as is: its members read as
+// JoinedSeq 0, its messages (and log records written before the upgrade)
+// have Seq 0 and are in no conversation's history, and each conversation
+// counts from 1 with its first message after the upgrade. A file of a
+// later schema than boltSchema is refused.
 var (
 	bucketUsers      = []byte("users")       // uid -> userRecord JSON
 	bucketUsernames  = []byte("usernames")   // lower(name) -> uid
 	bucketFriends    = []byte("friends")     // uid|seq -> friend uid (seq keeps add order)
 	bucketFriendIdx  = []byte("friend_idx")  // uid|friend uid -> empty
 	bucketGroups     = []byte("groups")      // gid -> groupRecord JSON
-	bucketMembers    = []byte("members")     // gid|uid -> role byte
+	bucketMembers    = []byte("members")     // gid|uid -> role byte, then joined seq (absent in schema 1)
 	bucketMemberSeq  = []byte("member_seq")  // gid|seq -> uid (keeps join order)
 	bucketUserGroups = []byte("user_groups") // uid|gid -> empty
 	bucketInbox      = []byte("inbox")       // uid|msg_id -> chatpb.Message
@@ -37,14 +47,24 @@ var (
 	bucketDedup      = []byte("dedup")       // sender|client_msg_id -> msg_id
 	bucketDedupAge   = []byte("dedup_age")   // msg_id|sender -> client_msg_id (for expiry)
 	bucketMessages   = []byte("dedup_msgs")  // msg_id -> chatpb.Message, kept while its dedup entry lives
-	bucketMeta       = []byte("meta")        // keyWALApplied -> walPos, keyEpoch -> store epoch
-	allBuckets       = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
+	// Conversations (schema 2). convKey names one: 'g'|gid or 'd'|a|b
+	// (a <= b), fixed lengths, so no conversation's key is a prefix of
+	// another's and a prefix scan lists exactly one conversation.
+	bucketConvLog  = []byte("conv_log")  // convKey|seq -> chatpb.Message (with its seq), the kept history
+	bucketConvMeta = []byte("conv_meta") // convKey -> last seq (kept when retention trims everything)
+	bucketMeta     = []byte("meta")      // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
+	allBuckets     = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
-		bucketDedupAge, bucketMessages, bucketMeta}
+		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketMeta}
 	// keyWALApplied is where the message log has been copied up to.
 	keyWALApplied = []byte("wal_applied")
 	keyEpoch      = []byte("epoch")
+	keySchema     = []byte("schema") // 8-byte version; absent means 1
 )
+
+// boltSchema is the newest file layout this code reads and writes (see the
+// bucket layout above).
+const boltSchema = 2
 
 type userRecord struct {
 	Name  string `json:"name"`
@@ -83,6 +103,11 @@ type BoltConfig struct {
 	// full inboxes. Trimming happens when messages are copied from the
 	// message log, so AppendResult.Trimmed is always zero here.
 	ObserveTrim func(n int)
+	// History bounds what each conversation keeps (zero: the defaults).
+	History HistoryLimits
+	// ObserveHistoryTrim, if set, is told how many messages retention
+	// dropped from conversations' history.
+	ObserveHistoryTrim func(n int)
 }
 
 // BoltStore is the embedded single-node Store on bbolt. Writes from all
@@ -104,6 +129,12 @@ type BoltStore struct {
 	unappliedFor map[uint64]int                 // user -> how many of unapplied are for them
 	unappliedIDs map[uint64]*walEntry           // msg id -> unapplied message
 	dedupPending map[senderMsgID]*walEntry      // unapplied messages by client_msg_id
+	// convs holds the seq state of conversations recently written (see
+	// convState); the log writer alone adds and removes entries.
+	convs map[Conversation]*convState
+	// maxConvs bounds convs (maxConvStates; a field so tests can lower
+	// it before the first send).
+	maxConvs int
 	// forceCopy makes the next takePending copy every logged message, not
 	// only those older than logCopyDelay (inbox reads, backpressure, close).
 	forceCopy atomic.Bool
@@ -140,6 +171,7 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	if cfg.LogLinger == 0 {
 		cfg.LogLinger = 500 * time.Microsecond
 	}
+	cfg.History = cfg.History.withDefaults()
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -155,6 +187,19 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	}
 	var epoch string
 	err = db.Update(func(tx *bolt.Tx) error {
+		// Before anything is written: a file of a later layout stays as
+		// it is, for the newer loopchat that made it.
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			if v := meta.Get(keySchema); v != nil {
+				if len(v) != 8 {
+					return fmt.Errorf("unreadable schema version %x", v)
+				}
+				if n := binary.BigEndian.Uint64(v); n > boltSchema {
+					return fmt.Errorf("the database has schema version %d, newer than this loopchat reads (%d): "+
+						"use a newer loopchat", n, boltSchema)
+				}
+			}
+		}
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -163,6 +208,11 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		// A file from before epochs gets one too: its tokens were not
 		// bound to any, and are refused anyway (tokenVersion).
 		meta := tx.Bucket(bucketMeta)
+		// Schema 1 files need no conversion (see the bucket layout):
+		// stamping the version is the whole upgrade.
+		if err := meta.Put(keySchema, u64(boltSchema)); err != nil {
+			return err
+		}
 		if e := meta.Get(keyEpoch); e != nil {
 			epoch = string(e)
 			return nil
@@ -176,7 +226,8 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	}
 	s := &BoltStore{db: db, cfg: cfg, epoch: epoch, doneChans: sync.Pool{New: newDoneChan},
 		stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
-		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{}}
+		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{},
+		convs: map[Conversation]*convState{}, maxConvs: maxConvStates}
 	if err := s.recoverLog(); err != nil {
 		db.Close()
 		return nil, err
@@ -376,7 +427,8 @@ func (s *BoltStore) CreateGroup(ctx context.Context, creator uint64, name, desc 
 		if err := groups.Put(u64(gid), rec); err != nil {
 			return err
 		}
-		if err := addMember(tx, gid, creator, chatpb.Role_ROLE_CREATOR); err != nil {
+		// The creator's JoinedSeq is 0: a new group's conversation is empty.
+		if err := addMember(tx, gid, creator, chatpb.Role_ROLE_CREATOR, 0); err != nil {
 			return err
 		}
 		g = Group{ID: gid, Name: name, Description: desc,
@@ -386,7 +438,21 @@ func (s *BoltStore) CreateGroup(ctx context.Context, creator uint64, name, desc 
 	return g, err
 }
 
-func addMember(tx *bolt.Tx, gid, uid uint64, role chatpb.Role) error {
+// memberValue is a members bucket value: the role, then the joined seq.
+func memberValue(role chatpb.Role, joinedSeq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{byte(role)}, joinedSeq)
+}
+
+// parseMember reads a members bucket value; schema 1 values are the role
+// byte alone, of members who joined before conversations had seqs.
+func parseMember(v []byte) (role chatpb.Role, joinedSeq uint64) {
+	if len(v) >= 9 {
+		joinedSeq = binary.BigEndian.Uint64(v[1:9])
+	}
+	return chatpb.Role(v[0]), joinedSeq
+}
+
+func addMember(tx *bolt.Tx, gid, uid uint64, role chatpb.Role, joinedSeq uint64) error {
 	members := tx.Bucket(bucketMembers)
 	if members.Get(key2(gid, uid)) != nil {
 		return ErrAlreadyMember
@@ -396,7 +462,7 @@ func addMember(tx *bolt.Tx, gid, uid uint64, role chatpb.Role) error {
 	if err != nil {
 		return err
 	}
-	if err := members.Put(key2(gid, uid), []byte{byte(role)}); err != nil {
+	if err := members.Put(key2(gid, uid), memberValue(role, joinedSeq)); err != nil {
 		return err
 	}
 	if err := seqs.Put(key2(gid, seq), u64(uid)); err != nil {
@@ -423,7 +489,12 @@ func (s *BoltStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits) 
 		if reached(tx.Bucket(bucketUserGroups), uid, lim.GroupsPerUser) {
 			return ErrTooManyGroups
 		}
-		return addMember(tx, gid, uid, chatpb.Role_ROLE_MEMBER)
+		// The seq logged last, not one the log writer may be writing
+		// now: a join racing a send shows that send to the new member,
+		// rather than hide a later one that reused a seq its failed log
+		// write gave back.
+		joined := s.lastSeqIn(tx, GroupConversation(gid))
+		return addMember(tx, gid, uid, chatpb.Role_ROLE_MEMBER, joined)
 	})
 }
 
@@ -468,15 +539,16 @@ func getGroup(tx *bolt.Tx, gid uint64) (Group, error) {
 	c := tx.Bucket(bucketMemberSeq).Cursor()
 	for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
 		uid := binary.BigEndian.Uint64(v)
-		role := members.Get(key2(gid, uid))
-		if role == nil {
+		mv := members.Get(key2(gid, uid))
+		if len(mv) == 0 {
 			continue
 		}
 		u, err := getUser(tx, uid)
 		if err != nil {
 			return Group{}, err
 		}
-		g.Members = append(g.Members, Member{UserID: uid, Username: u.Name, Role: chatpb.Role(role[0])})
+		role, joined := parseMember(mv)
+		g.Members = append(g.Members, Member{UserID: uid, Username: u.Name, Role: role, JoinedSeq: joined})
 	}
 	return g, nil
 }
@@ -505,10 +577,277 @@ func (s *BoltStore) GroupsOf(_ context.Context, uid uint64) (out []Group, err er
 	return out, err
 }
 
-// applyMessage copies a logged message into the inboxes of its recipients,
-// except those whose ack is in acks, and records its client_msg_id. It
-// returns how many older messages it trimmed from full inboxes.
-func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}) (int, error) {
+// convState is the seq state of one conversation, in memory: seqs are
+// handed out by the log writer, which is one goroutine, so they follow
+// the log's order without a lock on the send path.
+type convState struct {
+	// next is the seq handed out last: ahead of last while the batch it
+	// went to is being written, given back if that write fails. The log
+	// writer alone uses it.
+	next uint64
+	// last is the highest seq in the log (LastSeq); pending counts this
+	// conversation's logged messages not yet copied into bbolt. Both are
+	// guarded by BoltStore.mem; only the log writer moves last.
+	last    uint64
+	pending int
+}
+
+// maxConvStates is how many conversations the log writer keeps seq state
+// for before it drops some. A conversation with nothing pending agrees
+// with bbolt (its conv_meta), so its state can be read back from there
+// when it next sends.
+const maxConvStates = 100_000
+
+// convKey names c in the conversation buckets: 'g'|gid or 'd'|a|b.
+func convKey(c Conversation) []byte { return appendConvKey(make([]byte, 0, 25+8), c) }
+
+func appendConvKey(dst []byte, c Conversation) []byte {
+	if c.GroupID != 0 {
+		return binary.BigEndian.AppendUint64(append(dst, 'g'), c.GroupID)
+	}
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(append(dst, 'd'), c.A), c.B)
+}
+
+// convSeqKey is the conv_log key of seq in the conversation ck names.
+func convSeqKey(ck []byte, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(make([]byte, 0, len(ck)+8), ck...), seq)
+}
+
+// storedLastSeq reads a conversation's last seq from bbolt: conv_meta
+// keeps it even when retention has trimmed every message, so seqs are
+// never handed out twice.
+func storedLastSeq(tx *bolt.Tx, ck []byte) uint64 {
+	if v := tx.Bucket(bucketConvMeta).Get(ck); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+// cachedLastSeq is c's last logged seq, if the log writer holds its state.
+func (s *BoltStore) cachedLastSeq(c Conversation) (uint64, bool) {
+	s.mem.Lock()
+	defer s.mem.Unlock()
+	if cs := s.convs[c]; cs != nil {
+		return cs.last, true
+	}
+	return 0, false
+}
+
+// lastSeqIn is c's last logged seq as of now, for a write in tx. Without
+// state in memory nothing of c waits to be copied, so bbolt has it all.
+func (s *BoltStore) lastSeqIn(tx *bolt.Tx, c Conversation) uint64 {
+	if last, ok := s.cachedLastSeq(c); ok {
+		return last
+	}
+	return storedLastSeq(tx, convKey(c))
+}
+
+func (s *BoltStore) LastSeq(_ context.Context, c Conversation) (last uint64, err error) {
+	if last, ok := s.cachedLastSeq(c); ok {
+		return last, nil
+	}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		last = storedLastSeq(tx, convKey(c))
+		return nil
+	})
+	return last, err
+}
+
+// History reads a page from bbolt, after copying there whatever of the
+// conversation is still only in the message log.
+func (s *BoltStore) History(ctx context.Context, q HistoryQuery) (page HistoryPage, err error) {
+	if err := s.applyLogForConv(ctx, q.Conv); err != nil {
+		return HistoryPage{}, err
+	}
+	oldMs := s.historyCutoffMs(time.Now())
+	ck := convKey(q.Conv)
+	err = s.db.View(func(tx *bolt.Tx) error {
+		floor := q.Floor
+		// Retention trims in the lazy copy, a bounded amount at a time
+		// (maxHistoryTrim); what it has yet to reach is hidden already.
+		if limit := s.cfg.History.MaxMessages; limit > 0 {
+			if last := storedLastSeq(tx, ck); last > uint64(limit) {
+				floor = max(floor, last-uint64(limit))
+			}
+		}
+		c := tx.Bucket(bucketConvLog).Cursor()
+		var k, v []byte
+		step := c.Next
+		if q.Newest {
+			before := q.Before
+			if before == 0 {
+				before = math.MaxUint64
+			}
+			// The last key below before: seek past it, step back.
+			if k, _ = c.Seek(convSeqKey(ck, before)); k == nil {
+				k, v = c.Last()
+			} else {
+				k, v = c.Prev()
+			}
+			step = c.Prev
+		} else {
+			from := max(q.After, floor)
+			if from == math.MaxUint64 {
+				return nil
+			}
+			k, v = c.Seek(convSeqKey(ck, from+1))
+		}
+		for ; k != nil && len(k) == len(ck)+8 && hasPrefix(k, ck); k, v = step() {
+			if binary.BigEndian.Uint64(k[len(ck):]) <= floor {
+				break // only reached backwards
+			}
+			if sentBefore(v, oldMs) {
+				// Past MaxAge, waiting for the next copy of this
+				// conversation to trim it. Seqs follow send times (to
+				// within the moment a send spends reaching the log), so
+				// backwards everything further is older still.
+				if q.Newest {
+					break
+				}
+				continue
+			}
+			if len(page.Messages) >= q.Limit {
+				page.HasMore = true
+				break
+			}
+			m := new(chatpb.Message)
+			if err := proto.Unmarshal(v, m); err != nil {
+				return fmt.Errorf("store: history message: %w", err)
+			}
+			page.Messages = append(page.Messages, m)
+		}
+		return nil
+	})
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	return page, nil
+}
+
+// historyCutoffMs is the send time (Unix ms) before which messages are
+// past HistoryLimits.MaxAge; math.MinInt64 when age is unbounded.
+func (s *BoltStore) historyCutoffMs(now time.Time) int64 {
+	if s.cfg.History.MaxAge < 0 {
+		return math.MinInt64
+	}
+	return now.Add(-s.cfg.History.MaxAge).UnixMilli()
+}
+
+// sentBefore reports whether the encoded message v was sent before
+// cutoffMs, by its msg_id (field 1, which comes first), without decoding
+// the rest. An unreadable message counts as recent: age alone never drops
+// what it cannot date.
+func sentBefore(v []byte, cutoffMs int64) bool {
+	if cutoffMs == math.MinInt64 {
+		return false
+	}
+	for len(v) > 0 {
+		num, typ, n := protowire.ConsumeTag(v)
+		if n < 0 {
+			return false
+		}
+		v = v[n:]
+		if num == 1 && typ == protowire.VarintType {
+			id, n := protowire.ConsumeVarint(v)
+			return n > 0 && msgIDUnixMs(id) < cutoffMs
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, v); n < 0 {
+			return false
+		}
+		v = v[n:]
+	}
+	return false
+}
+
+// maxHistoryTrim bounds how many messages retention drops from a
+// conversation per message copied, so one copy never stalls on a long
+// backlog (a lowered MaxMessages, a conversation silent past MaxAge);
+// History hides the rest until later copies reach them.
+const maxHistoryTrim = 64
+
+// historyCopy writes the messages of one copy from the log (or one
+// recovery chunk) into their conversations: each message as it comes
+// (add), and each conversation's last seq and retention once at the end
+// (finish), however many of its messages the copy carries. The copy
+// runs on the committer, beside every other write, so its per-message
+// work is one bbolt insert.
+type historyCopy struct {
+	s       *BoltStore
+	tx      *bolt.Tx
+	hist    *bolt.Bucket
+	key     []byte // scratch: bbolt copies the keys it keeps (not values)
+	touched map[Conversation]historyTouch
+}
+
+// historyTouch is what one copy added to a conversation.
+type historyTouch struct {
+	last  uint64 // the highest seq added
+	added int
+}
+
+func (s *BoltStore) newHistoryCopy(tx *bolt.Tx) *historyCopy {
+	return &historyCopy{s: s, tx: tx, hist: tx.Bucket(bucketConvLog)}
+}
+
+// add puts a logged message into its conversation's history.
+func (h *historyCopy) add(e *walEntry) error {
+	if e.seq == 0 {
+		return nil // logged before conversations had seqs
+	}
+	h.key = binary.BigEndian.AppendUint64(appendConvKey(h.key[:0], e.conv), e.seq)
+	if err := h.hist.Put(h.key, e.message); err != nil {
+		return err
+	}
+	if h.touched == nil {
+		h.touched = make(map[Conversation]historyTouch)
+	}
+	t := h.touched[e.conv]
+	h.touched[e.conv] = historyTouch{last: max(t.last, e.seq), added: t.added + 1}
+	return nil
+}
+
+// finish records the last seq of each conversation added to and drops
+// its oldest messages past the HistoryLimits, counting messages sent
+// before cutoffMs as too old. It returns how many it dropped.
+func (h *historyCopy) finish(cutoffMs int64) (int, error) {
+	limit := h.s.cfg.History.MaxMessages
+	metas := h.tx.Bucket(bucketConvMeta)
+	trimmed := 0
+	for conv, t := range h.touched {
+		ck := convKey(conv)
+		last := max(storedLastSeq(h.tx, ck), t.last)
+		if err := metas.Put(ck, u64(last)); err != nil {
+			return trimmed, err
+		}
+		c := h.hist.Cursor()
+		for range t.added * maxHistoryTrim {
+			// The oldest kept. Seqs are kept without gaps from it to
+			// last, so the count needs no scan.
+			k, v := c.Seek(ck)
+			if k == nil || len(k) != len(ck)+8 || !hasPrefix(k, ck) {
+				break
+			}
+			over := limit > 0 && last-binary.BigEndian.Uint64(k[len(ck):]) >= uint64(limit)
+			if !over && !sentBefore(v, cutoffMs) {
+				break
+			}
+			if err := c.Delete(); err != nil {
+				return trimmed, err
+			}
+			trimmed++
+		}
+	}
+	return trimmed, nil
+}
+
+// applyMessage copies a logged message into its conversation's history
+// (through h) and into the inboxes of its recipients, except those whose
+// ack is in acks, and records its client_msg_id. It returns how many
+// older messages it trimmed from full inboxes.
+func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}, h *historyCopy) (int, error) {
+	if err := h.add(e); err != nil {
+		return 0, err
+	}
 	trimmed := 0
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
 	for _, uid := range e.recipients {

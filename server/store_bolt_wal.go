@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -31,11 +33,25 @@ import (
 // commit). Replaying the log applies sends and acks in log order. The
 // copied-up-to point moves only with copied messages: acks logged after it
 // are replayed again after a crash, which changes nothing the second time.
+//
+// Seqs are handed out by the log writer, one goroutine, so they follow the
+// log's order: each new message gets its conversation's next seq just
+// before its record is encoded into the batch, appended to the message's
+// protobuf bytes (field 8, so no re-encoding), and the logged record
+// carries it. The same bytes go to the push, the inboxes and the
+// conversation's history. The writer keeps each conversation's last seq in
+// memory (convState), read from bbolt the first time the conversation
+// sends after a start; a batch whose log write fails gives its seqs back,
+// so there is never a gap. The lazy copy writes the history, and History
+// first copies whatever of its conversation is only in the log.
 
 // walEntry is a logged message waiting to be copied into bbolt.
 type walEntry struct {
 	msg         *chatpb.Message
-	message     []byte // msg, encoded
+	message     []byte // msg, encoded (with its seq once the log writer gave it one)
+	conv        Conversation
+	seq         uint64     // 0: none yet, or logged before conversations had seqs
+	cs          *convState // conv's seq state; set by the log writer
 	msgID       uint64
 	sender      uint64
 	recipients  []uint64
@@ -106,8 +122,22 @@ const maxLogBatch = 4 << 20
 // out, short enough to keep little in memory and to replay.
 const logCopyDelay = 500 * time.Millisecond
 
+// seqFieldMax is the most bytes Message.seq takes on the wire.
+var seqFieldMax = protowire.SizeTag(seqField) + protowire.SizeVarint(math.MaxUint64)
+
+// seqField is Message.seq's field number.
+const seqField = 8
+
+// AppendMessage hands m to the log writer, which sets m.Seq before the
+// message is logged. Until AppendMessage returns, m is the store's: when
+// ctx ends first, the writer may still set m.Seq, so the caller must leave
+// m alone (it treats the outcome as unknown anyway).
 func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error) {
-	encoded, err := proto.Marshal(m)
+	// Encoded without a seq, with room for the one the writer appends:
+	// as cheap as proto.Marshal (which sizes first too), and the writer
+	// neither re-encodes nor copies.
+	m.Seq = 0
+	encoded, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(make([]byte, 0, proto.Size(m)+seqFieldMax), m)
 	if err != nil {
 		return AppendResult{}, fmt.Errorf("store: encode message: %w", err)
 	}
@@ -126,7 +156,7 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 	}{}
 	op := &block.op
 	op.done, op.entry = s.doneChans.Get().(chan struct{}), &block.entry
-	block.entry = walEntry{msg: m, message: encoded, msgID: m.MsgId, sender: m.FromUserId,
+	block.entry = walEntry{msg: m, message: encoded, conv: ConversationOf(m), msgID: m.MsgId, sender: m.FromUserId,
 		recipients: append(block.one[:0:1], recipients...), clientMsgID: clientMsgID}
 	if err := s.appends.send(ctx, op); err != nil {
 		s.doneChans.Put(op.done) // never queued, never signalled
@@ -176,6 +206,7 @@ func (s *BoltStore) writeLog() {
 // and hands them to the committer. buf is scratch space, returned for reuse.
 func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 	s.findDuplicates(batch)
+	s.convStates(batch)
 	var logged []*appendOp
 	for _, op := range batch {
 		if op.res.Duplicate || op.err != nil {
@@ -186,6 +217,9 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 			logged = logged[:0]
 		}
 		if e := op.entry; e != nil {
+			// After any flush above: a failed flush gives back the seqs
+			// of its own records, the last ones handed out.
+			takeSeq(e)
 			buf = appendWALRecord(buf, &walRecord{message: e.message, recipients: e.recipients, clientMsgID: e.clientMsgID})
 		} else {
 			buf = appendWALRecord(buf, &walRecord{ackUser: op.ackUser, acked: op.acked})
@@ -222,6 +256,12 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 		err = fmt.Errorf("store: message log: %w: %w", errUnavailable, err)
 		for _, op := range ops {
 			op.err = err
+			if e := op.entry; e != nil {
+				// This batch's seqs are the last handed out: give them
+				// back, so the next message takes them and no gap opens.
+				e.cs.next = e.cs.last
+				e.seq, e.msg.Seq = 0, 0
+			}
 		}
 		return buf
 	}
@@ -236,6 +276,8 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 			continue
 		}
 		e.end, e.logged = end, now
+		e.cs.last = e.seq
+		e.cs.pending++
 		op.res = AppendResult{Message: e.msg, Encoded: e.message}
 		s.unapplied = append(s.unapplied, e)
 		s.unappliedIDs[e.msgID] = e
@@ -308,6 +350,86 @@ func (s *BoltStore) findDuplicates(batch []*appendOp) {
 	}
 }
 
+// takeSeq gives e its conversation's next seq, in the encoded message
+// too: appending a field to protobuf bytes is a valid encoding of the
+// message with it set. Log writer only, after convStates.
+func takeSeq(e *walEntry) {
+	e.cs.next++
+	e.seq = e.cs.next
+	e.msg.Seq = e.seq
+	e.message = protowire.AppendVarint(protowire.AppendTag(e.message, seqField, protowire.VarintType), e.seq)
+}
+
+// convStates points each new message of the batch at its conversation's
+// seq state, reading the last seq from bbolt for conversations without
+// state in memory: with nothing of theirs waiting to be copied, bbolt has
+// it (recovery copied the whole log before the store served anything).
+// Log writer only: it alone adds and removes states, so it reads the map
+// without the lock.
+func (s *BoltStore) convStates(batch []*appendOp) {
+	// First, before this batch points at any state: a state dropped now
+	// has nothing pending and no seq in flight.
+	s.dropConvStates()
+	var missing []*appendOp
+	for _, op := range batch {
+		e := op.entry
+		if e == nil || op.res.Duplicate || op.err != nil {
+			continue
+		}
+		if e.cs = s.convs[e.conv]; e.cs == nil {
+			missing = append(missing, op)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for _, op := range missing {
+			e := op.entry
+			if e.cs = s.convs[e.conv]; e.cs != nil {
+				continue // read for an earlier message of this batch
+			}
+			last := storedLastSeq(tx, convKey(e.conv))
+			e.cs = &convState{next: last, last: last}
+			s.mem.Lock()
+			s.convs[e.conv] = e.cs
+			s.mem.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		for _, op := range missing {
+			if op.entry.cs == nil {
+				op.err = fmt.Errorf("store: conversation seq: %w", err)
+			}
+		}
+	}
+}
+
+// dropConvStates bounds the seq states kept: past s.maxConvs it drops
+// some whose conversation has nothing waiting for bbolt, a bounded number
+// per batch. Log writer only, between batches (every state's next is its
+// last then).
+func (s *BoltStore) dropConvStates() {
+	excess := len(s.convs) - s.maxConvs
+	if excess <= 0 {
+		return
+	}
+	drop, visit := excess+64, 4*(excess+64)
+	s.mem.Lock()
+	defer s.mem.Unlock()
+	for c, cs := range s.convs {
+		if drop == 0 || visit == 0 {
+			return
+		}
+		visit--
+		if cs.pending == 0 {
+			delete(s.convs, c)
+			drop--
+		}
+	}
+}
+
 // takePending is the committer's lazy write: the logged messages and the
 // acks waiting, copied into bbolt with the position reached in the log.
 func (s *BoltStore) takePending() *writeOp {
@@ -337,10 +459,10 @@ func (s *BoltStore) takePending() *writeOp {
 	if len(entries) == 0 && len(acks) == 0 {
 		return nil
 	}
-	trimmed := 0
+	trimmed, histTrimmed := 0, 0
 	fn := func(tx *bolt.Tx) error {
 		var err error
-		if trimmed, err = s.copyLogged(tx, entries, acks); err != nil {
+		if trimmed, histTrimmed, err = s.copyLogged(tx, entries, acks); err != nil {
 			return err
 		}
 		for uid, ids := range acks {
@@ -364,6 +486,7 @@ func (s *BoltStore) takePending() *writeOp {
 			return
 		}
 		for _, e := range entries {
+			e.cs.pending--
 			delete(s.unappliedIDs, e.msgID)
 			for _, uid := range e.recipients {
 				if s.unappliedFor[uid]--; s.unappliedFor[uid] <= 0 {
@@ -384,26 +507,33 @@ func (s *BoltStore) takePending() *writeOp {
 		if trimmed > 0 && s.cfg.ObserveTrim != nil {
 			s.cfg.ObserveTrim(trimmed)
 		}
+		if histTrimmed > 0 && s.cfg.ObserveHistoryTrim != nil {
+			s.cfg.ObserveHistoryTrim(histTrimmed)
+		}
 	}
 	return &writeOp{fn: fn, after: after}
 }
 
 // copyLogged copies logged messages into bbolt (see applyMessage) and
 // records, in the same transaction, how far the log is copied. It returns
-// how many older messages full inboxes lost.
-func (s *BoltStore) copyLogged(tx *bolt.Tx, entries []*walEntry, acks map[uint64]map[uint64]struct{}) (int, error) {
+// how many older messages full inboxes lost, and how many retention
+// dropped from conversations.
+func (s *BoltStore) copyLogged(tx *bolt.Tx, entries []*walEntry, acks map[uint64]map[uint64]struct{}) (trimmed, histTrimmed int, err error) {
 	if len(entries) == 0 {
-		return 0, nil
+		return 0, 0, nil
 	}
-	trimmed := 0
+	h := s.newHistoryCopy(tx)
 	for _, e := range entries {
-		n, err := s.applyMessage(tx, e, acks)
+		n, err := s.applyMessage(tx, e, acks, h)
 		if err != nil {
-			return trimmed, err
+			return 0, 0, err
 		}
 		trimmed += n
 	}
-	return trimmed, tx.Bucket(bucketMeta).Put(keyWALApplied, entries[len(entries)-1].end.bytes())
+	if histTrimmed, err = h.finish(s.historyCutoffMs(time.Now())); err != nil {
+		return 0, 0, err
+	}
+	return trimmed, histTrimmed, tx.Bucket(bucketMeta).Put(keyWALApplied, entries[len(entries)-1].end.bytes())
 }
 
 // restoreAcks puts back acks whose commit failed. s.mem is held.
@@ -432,6 +562,20 @@ func (s *BoltStore) restoreAcks(acks map[uint64]map[uint64]struct{}) {
 func (s *BoltStore) applyLogFor(ctx context.Context, uid uint64) error {
 	s.mem.Lock()
 	waiting := s.unappliedFor[uid] > 0
+	s.mem.Unlock()
+	if !waiting {
+		return nil
+	}
+	s.forceCopy.Store(true)
+	return s.committer.do(ctx, noWrite)
+}
+
+// applyLogForConv makes sure every message logged in conversation c so
+// far is in bbolt, so that a history read sees them all.
+func (s *BoltStore) applyLogForConv(ctx context.Context, c Conversation) error {
+	s.mem.Lock()
+	cs := s.convs[c]
+	waiting := cs != nil && cs.pending > 0
 	s.mem.Unlock()
 	if !waiting {
 		return nil
@@ -476,14 +620,16 @@ func (s *BoltStore) recoverLog() error {
 		end   walPos
 	}
 	var chunk []recovered
+	cutoffMs := s.historyCutoffMs(time.Now())
 	flush := func() error {
 		if len(chunk) == 0 {
 			return nil
 		}
 		err := s.db.Update(func(tx *bolt.Tx) error {
+			h := s.newHistoryCopy(tx)
 			for _, r := range chunk {
 				if r.entry != nil {
-					if _, err := s.applyMessage(tx, r.entry, nil); err != nil {
+					if _, err := s.applyMessage(tx, r.entry, nil, h); err != nil {
 						return err
 					}
 					continue
@@ -495,6 +641,9 @@ func (s *BoltStore) recoverLog() error {
 				if err := applyAcks(tx, r.ack.ackUser, ids); err != nil {
 					return err
 				}
+			}
+			if _, err := h.finish(cutoffMs); err != nil {
+				return err
 			}
 			return tx.Bucket(bucketMeta).Put(keyWALApplied, chunk[len(chunk)-1].end.bytes())
 		})
@@ -509,8 +658,11 @@ func (s *BoltStore) recoverLog() error {
 			if err := proto.Unmarshal(r.message, m); err != nil {
 				return fmt.Errorf("message at %d:%d: %w", end.seg, end.off, err)
 			}
-			chunk = append(chunk, recovered{entry: &walEntry{msg: m, message: r.message, msgID: m.MsgId,
-				sender: m.FromUserId, recipients: r.recipients, clientMsgID: r.clientMsgID}, end: end})
+			// Records logged before conversations had seqs have none:
+			// their messages go to the inboxes only (historyCopy.add).
+			chunk = append(chunk, recovered{entry: &walEntry{msg: m, message: r.message, conv: ConversationOf(m),
+				seq: m.Seq, msgID: m.MsgId, sender: m.FromUserId, recipients: r.recipients,
+				clientMsgID: r.clientMsgID}, end: end})
 		}
 		if len(chunk) == 4096 {
 			return flush()

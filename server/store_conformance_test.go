@@ -537,6 +537,14 @@ func openTestBolt(t *testing.T, inboxLimit int) Store {
 
 func TestBoltStoreConformance(t *testing.T) {
 	testStoreConformance(t, openTestBolt)
+	testHistoryConformance(t, func(t *testing.T, lim HistoryLimits) Store {
+		s, err := OpenBoltStore(BoltConfig{Path: filepath.Join(t.TempDir(), "test.db"), History: lim})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
 }
 
 func TestBoltStoreAcksSurviveACrash(t *testing.T) {

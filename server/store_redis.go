@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -30,22 +32,44 @@ import (
 //	P group:<gid>              HASH name, description, creator
 //	P group:<gid>:members      ZSET uid -> join order
 //	P group:<gid>:roles        HASH uid -> role number
+//	P group:<gid>:joined       HASH uid -> the group conversation's seq when they joined
+//	                           (Member.JoinedSeq; absent: 0, the creator and earlier members)
 //	P member:seq               INCR source of join order
 //	P user:<uid>:groups        SET gid
 //	P inbox:<uid>              ZSET (score 0) member = %016x msg_id
-//	P msg:<%016x msg_id>       HASH body (chatpb.Message), refs (inboxes holding it)
-//	P dedup:<uid>:<client id>  STRING msg_id, expiring after the dedup window
+//	P msg:<%016x msg_id>       HASH body (chatpb.Message with its seq), refs (inboxes holding it)
+//	P dedup:<uid>:<client id>  STRING "<msg_id>:<seq>" of the first send (a bare msg_id
+//	                           when written before schema 2), expiring after the dedup window
 //
+//	P {c:<conv>}:seq           STRING INCR source of the conversation's seqs; never trimmed
+//	                           or expired, so no seq is given out twice
+//	P {c:<conv>}:log           HASH seq -> 8-byte big-endian sent_at ms + body (as in msg:<id>)
+//	P {c:<conv>}:first         STRING the lowest seq the log may still hold; absent: none
+//	                           below the next one
+//
+//	P schema                   STRING the layout's version (redisSchema), set by Epoch
 //	P epoch                    STRING the store epoch (epoch.go)
 //	P epoch:quiet              STRING while set (a node TTL), writes wait: a new epoch
 //	P session:<uid>            STRING INCR source of session generations
 //
+// <conv> is Conversation.Key(): "g<gid>" for a group, "d<a>:<b>" for two
+// users. The braces are a Redis Cluster hash tag: a conversation's keys
+// hash to one slot, whatever the conversation (P must not contain '{' for
+// that to hold). A log is trimmed as messages are appended (scriptAppend),
+// and its log and first keys expire together HistoryLimits.MaxAge after the
+// last append: by then every message in them is older than that.
+//
 // Writes that touch several keys are Lua scripts, so each is atomic, and
-// each first checks the store epoch (guardedScript). The
-// scripts compute some key names, so the store needs a single Redis (or a
-// primary with replicas), not Redis Cluster.
-
+// each first checks the store epoch (guardedScript: the caller appends
+// P epoch and P epoch:quiet, one slot of their own). The scripts compute
+// some key names and most touch several slots, so the store needs a single
+// Redis (or a primary with replicas), not Redis Cluster. The comment on
+// each script says which keys and slots it touches, and how it would split
+// for a cluster (not implemented; the epoch check would then need a copy
+// of the epoch under each slot's tag, or a check of its own).
 var (
+	// KEYS: username:<lower name>, user:seq; computes user:<id>. Three
+	// slots.
 	scriptCreateUser = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local id = redis.call('INCR', KEYS[2])
@@ -53,6 +77,8 @@ redis.call('HSET', ARGV[3] .. 'user:' .. id, 'name', ARGV[1], 'hash', ARGV[2], '
 redis.call('SET', KEYS[1], id)
 return id`)
 
+	// KEYS: user:<a>, user:<b>, friends:<a>, friends:<b>, friend:seq.
+	// Each its own slot.
 	scriptAddFriend = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return 0 end
@@ -63,6 +89,10 @@ redis.call('ZADD', KEYS[3], s, ARGV[2])
 redis.call('ZADD', KEYS[4], s, ARGV[1])
 return 1`)
 
+	// KEYS: user:<uid>, group:seq, member:seq, user:<uid>:groups; computes
+	// group:<gid>, :members, :roles. The creator's JoinedSeq is 0 (nothing
+	// written): the group's conversation starts with the group. Several
+	// slots.
 	scriptCreateGroup = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local lim = tonumber(ARGV[6])
@@ -75,6 +105,15 @@ redis.call('HSET', g .. ':roles', ARGV[1], ARGV[5])
 redis.call('SADD', KEYS[4], gid)
 return gid`)
 
+	// KEYS: group:<gid>, user:<uid>, group:<gid>:members, :roles,
+	// user:<uid>:groups, member:seq, {c:g<gid>}:seq, group:<gid>:joined.
+	// The joiner's JoinedSeq is the conversation's seq read in the same
+	// script, so every message above it was sent with them as a member.
+	// Several slots. In a cluster the group's keys would share a {g:<gid>}
+	// tag, and the join would read the conversation's seq (its slot)
+	// first, then add the member with it: a message sent in between shows
+	// in the joiner's history without having been sent to them, which is
+	// harmless, where the other order could hide one they were sent.
 	scriptJoinGroup = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
@@ -84,40 +123,146 @@ if members > 0 and redis.call('ZCARD', KEYS[3]) >= members then return -3 end
 if groups > 0 and redis.call('SCARD', KEYS[5]) >= groups then return -4 end
 redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[6]), ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[8], ARGV[1], redis.call('GET', KEYS[7]) or '0')
 redis.call('SADD', KEYS[5], ARGV[2])
 return 1`)
 
+	// KEYS: group:<gid>, :members, :roles, user:<uid>:groups,
+	// group:<gid>:joined. The group's keys are one slot under a {g:<gid>}
+	// tag in a cluster; the user's set another.
 	scriptLeaveGroup = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[2])
 return 1`)
 
-	// KEYS: msg key, dedup key. ARGV: body, member, inbox limit, dedup TTL
-	// seconds (0: no dedup), msg_id, prefix, channel payload ("": do not
-	// publish), recipient uids... Returns {1, first msg_id} for a duplicate
-	// (nothing stored or published), else {0, trimmed, online recipients}.
+	// KEYS: msg key, dedup key, {c:<conv>}:seq, :log, :first. ARGV: body
+	// (without seq), member, inbox limit, dedup TTL seconds (0: no dedup),
+	// msg_id, prefix, channel payload ("": do not publish), sent_at (8
+	// bytes), history max messages (0: no bound), history cutoff ms (drop
+	// messages sent before it; 0: none), history TTL ms (0: none),
+	// recipient uids... Computes inbox:<uid> of each recipient and msg:<id>
+	// of the messages trimmed from their inboxes, and publishes to
+	// user:<uid> channels. Returns {1, dedup value} for a duplicate
+	// (nothing stored or published), else {0, inbox trimmed, online
+	// recipients, seq, history trimmed}.
+	//
+	// The seq is taken (INCR) and the message stored under it in this one
+	// script, so a seq is never taken without its message, and no message
+	// is seen under a seq before every lower one is stored. The body comes
+	// from Go without its seq, and gets it here: Message.seq is field 8, a
+	// varint, so the tag byte 0x40 and the varint of the seq appended to
+	// the encoding set it (a protobuf decoder takes fields in any order).
+	// Every copy carries it: the inbox's (msg:<id>), the log's, and the
+	// channel JSON, where ,"seq":N goes before the closing brace of the
+	// object Go encoded without one. Lua numbers are doubles: seqs stay
+	// far below 2^53.
+	//
+	// Retention, after the message is stored: the log keeps the latest
+	// max messages, and drops those sent before the cutoff from its oldest
+	// end, stopping at the first younger one (sent_at, the first 8 bytes of
+	// each value, follows seq order only roughly across nodes' clocks; a
+	// straggler waits for the ones below it). The new message is never
+	// dropped by age: it goes with the next append, or the log's TTL. At
+	// most 64 seqs are looked at per append, so lowering the limits costs
+	// each send a bounded amount until the log is within them again.
+	// Trimmed seqs are not given again: the counter stays.
 	//
 	// Publishing here rather than in a second command saves a cross-node
 	// send a round trip, and with appendfsync always a round trip is an AOF
 	// fsync: Redis answers and forwards pub/sub messages only after the fsync
 	// of the event-loop iteration that ran the script, so the message reaches
 	// the other node no earlier than it is durable, and once per send.
+	//
+	// Slots: the conversation's keys are one slot; the msg key, the dedup
+	// key and each inbox (with the msg keys it trims) each another. In
+	// Redis Cluster, where a script touches one slot, the append would be
+	// three steps, in this order:
+	//  1. On the conversation's slot: the dedup check (its key moved under
+	//     the conversation's tag: a resend goes to the same conversation),
+	//     the INCR, the log write and its trimming, as here, plus a
+	//     msg_id -> seq entry expiring with the dedup window, so that a
+	//     node running the step again for the same msg_id (a timeout whose
+	//     first attempt landed) gets the same seq instead of a second one.
+	//     On return the message is in history under its seq, and so is
+	//     every lower seq (one slot, atomic): the ordering promise holds
+	//     from here.
+	//  2. On each recipient's slot (their keys under a {u:<uid>} tag): the
+	//     inbox entry and a copy of the body with the seq from step 1,
+	//     trimming that inbox. Per-recipient copies replace the shared
+	//     msg:<id> and its refs count, which would live in another slot;
+	//     ZADD and HSET of the same member and body are idempotent, so a
+	//     step may run twice.
+	//  3. PUBLISH (SPUBLISH on the recipient's slot) after that recipient's
+	//     step 2, so a pushed message is always in the inbox a replay reads.
+	// SendOK only after all three. A resend after a node died between
+	// steps finds the dedup entry in step 1, which then returns the first
+	// msg_id, seq and logged body; the node runs steps 2 and 3 for it again
+	// (idempotent, and clients drop a second push by msg_id), where here a
+	// duplicate stops at the dedup check because an append is never partial.
 	scriptAppend = guardedScript(`
 local dedup = tonumber(ARGV[4]) > 0
 if dedup then
   local prev = redis.call('GET', KEYS[2])
   if prev then return {1, prev} end
 end
-local first = 8
-local n = #ARGV - first + 1
+local seq = redis.call('INCR', KEYS[3])
+local seqs = string.format('%d', seq)
+local vi, v = {}, seq
+while v >= 128 do
+  vi[#vi + 1] = string.char(v % 128 + 128)
+  v = math.floor(v / 128)
+end
+vi[#vi + 1] = string.char(v)
+local body = ARGV[1] .. '\64' .. table.concat(vi)
+
+redis.call('HSET', KEYS[4], seqs, ARGV[8] .. body)
+local low = tonumber(redis.call('GET', KEYS[5]) or '0')
+if low == 0 then low = seq end
+local htrimmed, budget = 0, 64
+local maxmsgs = tonumber(ARGV[9])
+if maxmsgs > 0 and seq - low + 1 > maxmsgs then
+  local upto = math.min(seq - maxmsgs, low + budget - 1)
+  local fields = {}
+  for i = low, upto do fields[#fields + 1] = string.format('%d', i) end
+  htrimmed = redis.call('HDEL', KEYS[4], unpack(fields))
+  budget = budget - #fields
+  low = upto + 1
+end
+local cutoff = tonumber(ARGV[10])
+if cutoff > 0 then
+  while low < seq and budget > 0 do
+    local old = redis.call('HGET', KEYS[4], string.format('%d', low))
+    if old then
+      local at = 0
+      for i = 1, 8 do at = at * 256 + (string.byte(old, i) or 0) end
+      if at >= cutoff then break end
+      redis.call('HDEL', KEYS[4], string.format('%d', low))
+      htrimmed = htrimmed + 1
+    end
+    low = low + 1
+    budget = budget - 1
+  end
+end
+local ttl = tonumber(ARGV[11])
+if ttl > 0 then
+  redis.call('SET', KEYS[5], string.format('%d', low), 'PX', ttl)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+else
+  redis.call('SET', KEYS[5], string.format('%d', low))
+  redis.call('PERSIST', KEYS[4])
+end
+
+local rcpt = 12
+local n = #ARGV - rcpt + 1
 local trimmed = 0
 local online = 0
 local p = ARGV[6]
-if n > 0 then redis.call('HSET', KEYS[1], 'body', ARGV[1], 'refs', n) end
+if n > 0 then redis.call('HSET', KEYS[1], 'body', body, 'refs', n) end
 local limit = tonumber(ARGV[3])
-for i = first, #ARGV do
+for i = rcpt, #ARGV do
   local inbox = p .. 'inbox:' .. ARGV[i]
   redis.call('ZADD', inbox, 0, ARGV[2])
   local over = redis.call('ZCARD', inbox) - limit
@@ -130,15 +275,18 @@ for i = first, #ARGV do
     end
   end
 end
-if dedup then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4]) end
+if dedup then redis.call('SET', KEYS[2], ARGV[5] .. ':' .. seqs, 'EX', ARGV[4]) end
 if ARGV[7] ~= '' then
-  for i = first, #ARGV do
-    if redis.call('PUBLISH', p .. 'user:' .. ARGV[i], ARGV[7]) > 0 then online = online + 1 end
+  local payload = string.sub(ARGV[7], 1, -2) .. ',"seq":' .. seqs .. '}'
+  for i = rcpt, #ARGV do
+    if redis.call('PUBLISH', p .. 'user:' .. ARGV[i], payload) > 0 then online = online + 1 end
   end
 end
-return {0, trimmed, online}`)
+return {0, trimmed, online, seq, htrimmed}`)
 
-	// KEYS: inbox key. ARGV: prefix, members...
+	// KEYS: inbox key. ARGV: prefix, members... Computes msg:<id> of each
+	// acked message: in a cluster those would be the user's own copies
+	// (see scriptAppend), in the inbox's slot.
 	scriptAck = guardedScript(`
 for i = 2, #ARGV do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
@@ -148,9 +296,63 @@ for i = 2, #ARGV do
 end
 return 0`)
 
+	// KEYS: {c:<conv>}:seq, :first, :log: one slot. ARGV: newest ("1" or
+	// ""), before, after, limit, floor (HistoryQuery). Returns {has more,
+	// values of the page's seqs, lowest first...} (false for a seq not in
+	// the log), or {0} for an empty page. Seqs are contiguous, so a page is a
+	// range of fields, clamped below by the first kept seq and the floor.
+	// Guarded, though it only reads: under another epoch the same key
+	// names another pair of users' conversation (ids are given again).
+	scriptHistory = guardedScript(`
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local first = tonumber(redis.call('GET', KEYS[2]) or '0')
+if first == 0 then first = last + 1 end
+local low = math.max(first, tonumber(ARGV[5]) + 1)
+local limit = tonumber(ARGV[4])
+local lo, hi, more
+if ARGV[1] == '1' then
+  hi = last
+  local before = tonumber(ARGV[2])
+  if before > 0 and before - 1 < hi then hi = before - 1 end
+  lo = math.max(low, hi - limit + 1)
+  more = lo > low
+else
+  lo = math.max(low, tonumber(ARGV[3]) + 1)
+  hi = math.min(last, lo + limit - 1)
+  more = hi < last
+end
+if lo > hi then return {0} end
+local out = {more and 1 or 0}
+local i = lo
+while i <= hi do
+  local fields = {}
+  for s = i, math.min(hi, i + 999) do fields[#fields + 1] = string.format('%d', s) end
+  local vals = redis.call('HMGET', KEYS[3], unpack(fields))
+  for j = 1, #fields do out[#out + 1] = vals[j] end
+  i = i + #fields
+end
+return out`)
+
+	// KEYS: {c:<conv>}:seq. Guarded like scriptHistory.
+	scriptLastSeq = guardedScript(`return tonumber(redis.call('GET', KEYS[1]) or '0')`)
+
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
-		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptNewSession, scriptLatestSession}
+		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
+		scriptNewSession, scriptLatestSession}
 )
+
+// redisSchema is the version of the key layout this code writes (the
+// schema key; Epoch sets it, and refuses a newer one). 1, never written:
+// before conversations. 2: conversation seqs and logs, dedup values
+// "<msg_id>:<seq>", message bodies with their seq, group join seqs. This
+// code reads a version 1 keyspace as it is: its messages have seq 0 and no
+// history, its bare dedup values still name the first message.
+//
+// A node refuses a newer schema when it starts (initEpoch fails). A node
+// already running meets it only in its heartbeat's Epoch, whose errors the
+// epoch watcher skips, so it keeps serving: a later version that bumps the
+// schema must say whether older nodes may run beside it during an upgrade.
+const redisSchema = 2
 
 // RedisConfig configures the Redis store. Zero values mean the default.
 type RedisConfig struct {
@@ -164,6 +366,9 @@ type RedisConfig struct {
 	DedupWindow time.Duration
 	// Pipelines is how many batched pipelines may be in flight. Zero means 4.
 	Pipelines int
+	// History bounds what each conversation keeps (zero: the defaults).
+	// What retention drops is counted in AppendResult.HistoryTrimmed.
+	History HistoryLimits
 	// ResetQuiet is how long writes wait after Epoch made a new epoch while
 	// other nodes may still serve the lost contents (epoch.go): a node TTL,
 	// within which every live node reads the epoch. Zero means no wait.
@@ -211,6 +416,7 @@ func NewRedisStore(cfg RedisConfig) *RedisStore {
 	if cfg.Pipelines <= 0 {
 		cfg.Pipelines = 4
 	}
+	cfg.History = cfg.History.withDefaults()
 	return &RedisStore{rdb: cfg.Client, p: cfg.Prefix, cfg: cfg,
 		batch: newRedisBatcher(cfg.Client, cfg.Pipelines, 512, redisStoreScripts...)}
 }
@@ -230,6 +436,10 @@ func (s *RedisStore) groupKey(gid uint64) string {
 }
 func (s *RedisStore) inboxKey(uid uint64) string { return s.p + "inbox:" + strconv.FormatUint(uid, 10) }
 func msgMember(id uint64) string                 { return fmt.Sprintf("%016x", id) }
+
+// convKey starts the keys of conversation c: P{c:<c.Key()>}: (see the
+// layout at the top), to which "seq", "log" and "first" are added.
+func (s *RedisStore) convKey(c Conversation) string { return s.p + "{c:" + c.Key() + "}:" }
 
 func (s *RedisStore) CreateUser(ctx context.Context, name string, hash []byte) (User, error) {
 	gen := s.cacheGen.Load()
@@ -428,7 +638,8 @@ func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc
 
 func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits) error {
 	g := s.groupKey(gid)
-	keys, args := s.guard(ctx, []string{g, s.userKey(uid), g + ":members", g + ":roles", s.userKey(uid) + ":groups", s.p + "member:seq"},
+	keys, args := s.guard(ctx, []string{g, s.userKey(uid), g + ":members", g + ":roles", s.userKey(uid) + ":groups", s.p + "member:seq",
+		s.convKey(GroupConversation(gid)) + "seq", g + ":joined"},
 		uid, gid, int(chatpb.Role_ROLE_MEMBER), lim.MembersPerGroup, lim.GroupsPerUser)
 	r, err := scriptJoinGroup.Run(ctx, s.rdb, keys, args...).Int()
 	switch {
@@ -450,7 +661,7 @@ func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits)
 
 func (s *RedisStore) LeaveGroup(ctx context.Context, gid, uid uint64) error {
 	g := s.groupKey(gid)
-	keys, args := s.guard(ctx, []string{g, g + ":members", g + ":roles", s.userKey(uid) + ":groups"}, uid, gid)
+	keys, args := s.guard(ctx, []string{g, g + ":members", g + ":roles", s.userKey(uid) + ":groups", g + ":joined"}, uid, gid)
 	r, err := scriptLeaveGroup.Run(ctx, s.rdb, keys, args...).Int()
 	switch {
 	case err != nil:
@@ -494,14 +705,15 @@ func (s *RedisStore) groups(ctx context.Context, gids []uint64) ([]Group, error)
 		info    *redis.MapStringStringCmd
 		members *redis.StringSliceCmd
 		roles   *redis.MapStringStringCmd
+		joined  *redis.MapStringStringCmd
 	}
 	cs := make([]cmds, len(gids))
 	_, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		out := make([]redis.Cmder, 0, 3*len(gids))
+		out := make([]redis.Cmder, 0, 4*len(gids))
 		for i, gid := range gids {
 			g := s.groupKey(gid)
-			cs[i] = cmds{p.HGetAll(ctx, g), p.ZRange(ctx, g+":members", 0, -1), p.HGetAll(ctx, g+":roles")}
-			out = append(out, cs[i].info, cs[i].members, cs[i].roles)
+			cs[i] = cmds{p.HGetAll(ctx, g), p.ZRange(ctx, g+":members", 0, -1), p.HGetAll(ctx, g+":roles"), p.HGetAll(ctx, g+":joined")}
+			out = append(out, cs[i].info, cs[i].members, cs[i].roles, cs[i].joined)
 		}
 		return out
 	})
@@ -516,10 +728,14 @@ func (s *RedisStore) groups(ctx context.Context, gids []uint64) ([]Group, error)
 			continue
 		}
 		g := Group{ID: gid, Name: info["name"], Description: info["description"]}
-		roles := cs[i].roles.Val()
+		roles, joined := cs[i].roles.Val(), cs[i].joined.Val()
 		for _, m := range parseIDs(cs[i].members.Val()) {
-			role, _ := strconv.Atoi(roles[strconv.FormatUint(m, 10)])
-			g.Members = append(g.Members, Member{UserID: m, Role: chatpb.Role(role)})
+			id := strconv.FormatUint(m, 10)
+			role, _ := strconv.Atoi(roles[id])
+			// Absent for the creator and for members who joined before
+			// conversations had seqs: 0, they see all the history kept.
+			seq, _ := strconv.ParseUint(joined[id], 10, 64)
+			g.Members = append(g.Members, Member{UserID: m, Role: chatpb.Role(role), JoinedSeq: seq})
 			all = append(all, m)
 		}
 		out = append(out, g)
@@ -537,6 +753,9 @@ func (s *RedisStore) groups(ctx context.Context, gids []uint64) ([]Group, error)
 }
 
 func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error) {
+	// Encoded without a seq: the script appends the one it takes, and a
+	// seq field before it would only be dead weight.
+	m.Seq = 0
 	body, err := proto.Marshal(m)
 	if err != nil {
 		return AppendResult{}, fmt.Errorf("store: encode message: %w", err)
@@ -553,12 +772,24 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 			return AppendResult{}, err
 		}
 	}
-	args := make([]any, 0, 8+len(recipients))
-	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p, payload)
+	// The log value starts with the send time, so the script can tell a
+	// message's age without decoding it.
+	var sentAt [8]byte
+	binary.BigEndian.PutUint64(sentAt[:], uint64(m.SentAtMs))
+	hist := s.cfg.History
+	var cutoff, histTTL int64
+	if hist.MaxAge > 0 {
+		cutoff = time.Now().Add(-hist.MaxAge).UnixMilli()
+		histTTL = hist.MaxAge.Milliseconds()
+	}
+	args := make([]any, 0, 12+len(recipients))
+	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p, payload,
+		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL)
 	for _, uid := range recipients {
 		args = append(args, uid)
 	}
-	keys, args := s.guard(ctx, []string{s.p + "msg:" + member, dedupKey}, args...)
+	ck := s.convKey(ConversationOf(m))
+	keys, args := s.guard(ctx, []string{s.p + "msg:" + member, dedupKey, ck + "seq", ck + "log", ck + "first"}, args...)
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{scriptAppend.EvalSha(ctx, p, keys, args...)}
 	})
@@ -570,22 +801,93 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 		return AppendResult{}, fmt.Errorf("store: append reply %v: %w", res, err)
 	}
 	if dup, _ := res[0].(int64); dup == 1 {
-		s, _ := res[1].(string)
-		id, err := strconv.ParseUint(s, 10, 64)
+		v, _ := res[1].(string)
+		id, seq, err := parseDedupValue(v)
 		if err != nil {
-			return AppendResult{}, fmt.Errorf("store: dedup value %q: %w", s, err)
+			return AppendResult{}, err
 		}
 		first := proto.Clone(m).(*chatpb.Message)
-		first.MsgId, first.SentAtMs = id, msgIDUnixMs(id)
+		first.MsgId, first.SentAtMs, first.Seq = id, msgIDUnixMs(id), seq
 		return AppendResult{Message: first, Duplicate: true}, nil
 	}
-	trimmed, _ := res[1].(int64)
-	out := AppendResult{Message: m, Encoded: body, Trimmed: int(trimmed), Published: payload != nil}
-	if len(res) > 2 {
-		online, _ := res[2].(int64)
-		out.Online = int(online)
+	if len(res) < 5 {
+		return AppendResult{}, fmt.Errorf("store: append reply %v", res)
 	}
-	return out, nil
+	trimmed, _ := res[1].(int64)
+	online, _ := res[2].(int64)
+	seq, _ := res[3].(int64)
+	histTrimmed, _ := res[4].(int64)
+	m.Seq = uint64(seq)
+	// The same bytes the script stored: the body and then field 8.
+	encoded := protowire.AppendVarint(protowire.AppendTag(body, 8, protowire.VarintType), m.Seq)
+	return AppendResult{Message: m, Encoded: encoded, Trimmed: int(trimmed), HistoryTrimmed: int(histTrimmed),
+		Published: payload != nil, Online: int(online)}, nil
+}
+
+// parseDedupValue reads a dedup key's value: "<msg_id>:<seq>", or a bare
+// msg_id written before conversations (seq 0).
+func parseDedupValue(v string) (id, seq uint64, err error) {
+	idPart, seqPart, withSeq := strings.Cut(v, ":")
+	if id, err = strconv.ParseUint(idPart, 10, 64); err == nil && withSeq {
+		seq, err = strconv.ParseUint(seqPart, 10, 64)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("store: dedup value %q: %w", v, err)
+	}
+	return id, seq, nil
+}
+
+func (s *RedisStore) History(ctx context.Context, q HistoryQuery) (HistoryPage, error) {
+	limit := max(q.Limit, 1)
+	newest := ""
+	if q.Newest {
+		newest = "1"
+	}
+	ck := s.convKey(q.Conv)
+	keys, args := s.guard(ctx, []string{ck + "seq", ck + "first", ck + "log"}, newest, q.Before, q.After, limit, q.Floor)
+	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		return []redis.Cmder{scriptHistory.EvalSha(ctx, p, keys, args...)}
+	})
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	res, err := cmds[0].(*redis.Cmd).Slice()
+	if err != nil || len(res) == 0 {
+		return HistoryPage{}, fmt.Errorf("store: history reply %v: %w", res, err)
+	}
+	page := HistoryPage{Messages: []*chatpb.Message{}}
+	more, _ := res[0].(int64)
+	page.HasMore = more == 1
+	for _, v := range res[1:] {
+		b, ok := v.(string)
+		if !ok {
+			continue // not in the log: cannot happen between first and last, but costs nothing to allow
+		}
+		if len(b) < 8 {
+			return HistoryPage{}, fmt.Errorf("store: history value of %d bytes", len(b))
+		}
+		m := new(chatpb.Message)
+		if err := proto.Unmarshal([]byte(b[8:]), m); err != nil {
+			return HistoryPage{}, fmt.Errorf("store: history message: %w", err)
+		}
+		page.Messages = append(page.Messages, m)
+	}
+	if q.Newest {
+		slices.Reverse(page.Messages)
+	}
+	return page, nil
+}
+
+func (s *RedisStore) LastSeq(ctx context.Context, conv Conversation) (uint64, error) {
+	keys, args := s.guard(ctx, []string{s.convKey(conv) + "seq"})
+	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		return []redis.Cmder{scriptLastSeq.EvalSha(ctx, p, keys, args...)}
+	})
+	if err != nil {
+		return 0, err
+	}
+	n, err := cmds[0].(*redis.Cmd).Uint64()
+	return n, redisErr(err)
 }
 
 func (s *RedisStore) Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error) {

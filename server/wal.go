@@ -25,7 +25,10 @@ import (
 //
 // Acks are logged beside sends so that one fdatasync makes both durable;
 // an empty message marks them, which no send has, so logs written before
-// acks were logged read the same.
+// acks were logged read the same. A send's message carries its seq (the
+// log writer appends the field before encoding the record), so replay
+// puts it back under the same seq; records written before conversations
+// had seqs have none, and replay leaves them out of every history.
 //
 // written in batches, one fdatasync per batch. Segments are preallocated,
 // so a sync has no file size to update, and their unwritten tail reads as
@@ -59,7 +62,7 @@ func parseWALPos(b []byte) walPos {
 // walRecord is one logged AppendMessage (message is set) or Ack (it is
 // empty, and ackUser acknowledged acked).
 type walRecord struct {
-	message     []byte // chatpb.Message, protobuf-encoded
+	message     []byte // chatpb.Message, protobuf-encoded, with its seq
 	recipients  []uint64
 	clientMsgID string
 	ackUser     uint64

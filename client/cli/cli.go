@@ -33,6 +33,7 @@ const Usage = `/register USERNAME PASSWORD
 /group leave GROUP_ID
 /group msg GROUP_ID TEXT...
 /groups
+/history USERNAME|group GROUP_ID [N]
 /ping
 /wait DURATION
 /quit`
@@ -126,7 +127,7 @@ func (s *shell) pushes() {
 		switch {
 		case ev.Message != nil:
 			m := ev.Message
-			obj := map[string]any{"event": "message", "msg_id": m.MsgId, "from": m.FromUsername,
+			obj := map[string]any{"event": "message", "msg_id": m.MsgId, "seq": m.Seq, "from": m.FromUsername,
 				"text": m.Text, "sent_at_ms": m.SentAtMs}
 			when := time.UnixMilli(m.SentAtMs).Format("15:04:05")
 			var human string
@@ -303,6 +304,31 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 			}
 		}
 		return map[string]any{"groups": groupsJSON(gl)}, b.String(), err
+	case "history":
+		req, err := historyRequest(args)
+		if err != nil {
+			return nil, "", err
+		}
+		page, err := s.c.History(ctx, req)
+		if err != nil {
+			return nil, "", err
+		}
+		// Oldest first on screen, as a chat reads, though the page comes
+		// newest first.
+		msgs := slices.Clone(page.GetMessages())
+		slices.Reverse(msgs)
+		var b strings.Builder
+		fmt.Fprintf(&b, "%d messages", len(msgs))
+		if page.GetHasMore() && len(msgs) > 0 {
+			fmt.Fprintf(&b, " (older ones before #%d)", msgs[0].Seq)
+		}
+		list := make([]map[string]any, 0, len(msgs))
+		for _, m := range msgs {
+			fmt.Fprintf(&b, "\n  #%d [%s] %s: %s", m.Seq, time.UnixMilli(m.SentAtMs).Format("01-02 15:04:05"), m.FromUsername, m.Text)
+			list = append(list, map[string]any{"seq": m.Seq, "msg_id": m.MsgId, "from": m.FromUsername,
+				"text": m.Text, "sent_at_ms": m.SentAtMs})
+		}
+		return map[string]any{"messages": list, "has_more": page.GetHasMore()}, b.String(), nil
 	case "ping":
 		start := time.Now()
 		t, err := s.c.Ping(ctx)
@@ -336,8 +362,8 @@ func sendFields(ok *chatpb.SendOK, err error) (map[string]any, string, error) {
 	if !ok.Online {
 		state = "stored for later"
 	}
-	return map[string]any{"msg_id": ok.MsgId, "sent_at_ms": ok.SentAtMs, "online": ok.Online},
-		fmt.Sprintf("sent (message %d, %s)", ok.MsgId, state), nil
+	return map[string]any{"msg_id": ok.MsgId, "sent_at_ms": ok.SentAtMs, "online": ok.Online, "seq": ok.Seq},
+		fmt.Sprintf("sent (message %d, #%d, %s)", ok.MsgId, ok.Seq, state), nil
 }
 
 func onlineMark(online bool) string {
@@ -416,4 +442,35 @@ func marshalOrdered(obj map[string]any) string {
 	}
 	b.WriteByte('}')
 	return b.String()
+}
+
+// historyRequest reads `/history USERNAME [N]` or `/history group GROUP_ID [N]`:
+// the latest N (default 20) messages.
+func historyRequest(args []string) (*chatpb.History, error) {
+	const form = "/history USERNAME [N] or /history group GROUP_ID [N]"
+	req := &chatpb.History{Limit: 20}
+	switch {
+	case len(args) >= 2 && args[0] == "group":
+		gid, err := strconv.ParseUint(args[1], 10, 64)
+		if err != nil {
+			return nil, usage(form)
+		}
+		req.GroupId, args = gid, args[2:]
+	case len(args) >= 1:
+		req.PeerUsername, args = args[0], args[1:]
+	default:
+		return nil, usage(form)
+	}
+	switch len(args) {
+	case 0:
+	case 1:
+		n, err := strconv.ParseUint(args[0], 10, 32)
+		if err != nil || n == 0 || n > protocol.MaxHistoryLimit {
+			return nil, usage(fmt.Sprintf("%s (N from 1 to %d)", form, protocol.MaxHistoryLimit))
+		}
+		req.Limit = uint32(n)
+	default:
+		return nil, usage(form)
+	}
+	return req, nil
 }

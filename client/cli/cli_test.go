@@ -38,3 +38,45 @@ func TestPromptNamesTheUser(t *testing.T) {
 		t.Fatalf("prompts %q, want %q; output:\n%s", prompts, want, out.String())
 	}
 }
+
+// /history shows a conversation oldest first with its seqs, in --json too.
+func TestHistoryCommand(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	run := func(script string) string {
+		var out bytes.Buffer
+		if err := Run(ctx, strings.NewReader(script), Options{Client: client.Options{Addr: addr}, JSON: true, Out: &out}); err != nil {
+			t.Fatalf("Run: %v\n%s", err, out.String())
+		}
+		return out.String()
+	}
+	run("/register bob hunter2hunter2\n")
+	run("/register alice hunter2hunter2\n/login alice hunter2hunter2\n/msg bob one\n/msg bob two\n/msg bob three\n")
+	out := run("/login bob hunter2hunter2\n/history alice 2\n/history alice\n/history group 99\n/history\n")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var responses []string
+	for _, l := range lines {
+		if strings.Contains(l, `"event":"response"`) && strings.Contains(l, `"cmd":"history"`) {
+			responses = append(responses, l)
+		}
+	}
+	if len(responses) != 4 {
+		t.Fatalf("want 4 history responses, got:\n%s", out)
+	}
+	if !strings.Contains(responses[0], `"has_more":true`) ||
+		!strings.Contains(responses[0], `{"from":"alice","msg_id":`) ||
+		strings.Index(responses[0], `"text":"two"`) > strings.Index(responses[0], `"text":"three"`) ||
+		strings.Contains(responses[0], `"text":"one"`) {
+		t.Fatalf("/history alice 2: %s", responses[0])
+	}
+	if !strings.Contains(responses[1], `"has_more":false`) || !strings.Contains(responses[1], `"seq":1,`) {
+		t.Fatalf("/history alice: %s", responses[1])
+	}
+	if !strings.Contains(responses[2], `"code":"not_found"`) {
+		t.Fatalf("/history group 99: %s", responses[2])
+	}
+	if !strings.Contains(responses[3], `"code":"usage"`) {
+		t.Fatalf("/history: %s", responses[3])
+	}
+}

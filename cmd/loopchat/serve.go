@@ -109,6 +109,8 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.Float64Var(&o.RateLimit, "rate-limit", 100, "requests per second allowed per connection (sustained)")
 	f.IntVar(&o.RateBurst, "rate-burst", 0, "requests per connection allowed in a burst; 0 means twice --rate-limit")
 	f.IntVar(&o.InboxLimit, "inbox-limit", 10000, "unacknowledged messages kept per user; the oldest are dropped beyond it")
+	f.IntVar(&o.History.MaxMessages, "history-max-messages", server.DefaultHistoryMaxMessages, "messages each conversation keeps for History, the latest; -1 keeps all")
+	f.DurationVar(&o.History.MaxAge, "history-max-age", server.DefaultHistoryMaxAge, "messages older than this leave History; -1s keeps them all")
 	f.IntVar(&o.MaxFriends, "max-friends", 5000, "friends one user may have")
 	f.IntVar(&o.MaxGroups, "max-groups", 100, "groups one user may be in, created or joined")
 	f.IntVar(&o.MaxGroupMembers, "max-group-members", 1000, "members one group may have, its creator included")

@@ -1,0 +1,114 @@
+package server
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/loopchat/loopchat/internal/testproc"
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+func historyReq(h *chatpb.History) *chatpb.Frame {
+	return &chatpb.Frame{Body: &chatpb.Frame_History{History: h}}
+}
+
+func pageSeqs(t *testing.T, resp *chatpb.Frame) ([]uint64, bool) {
+	t.Helper()
+	p := resp.GetHistoryPage()
+	if p == nil {
+		t.Fatalf("expected a HistoryPage, got %v", resp)
+	}
+	var out []uint64
+	for _, m := range p.Messages {
+		out = append(out, m.Seq)
+	}
+	return out, p.HasMore
+}
+
+func u64p(v uint64) *uint64 { return &v }
+
+// Seqs reach the sender (SendOK) and the recipient (the push), and History
+// pages through a conversation from either side, on one node and across
+// two nodes of a cluster.
+func TestHistoryOverTheWire(t *testing.T) {
+	run := func(t *testing.T, a, b *testServer) {
+		alice, aliceOK := a.user(t, "alice")
+		bob, bobOK := b.user(t, "bob")
+		if aliceOK.StoreEpoch == "" || aliceOK.StoreEpoch != bobOK.StoreEpoch {
+			t.Fatalf("store epochs %q and %q", aliceOK.StoreEpoch, bobOK.StoreEpoch)
+		}
+		for i := 1; i <= 7; i++ {
+			from, to, name := alice, bob, "bob"
+			if i%3 == 0 {
+				from, to, name = bob, alice, "alice"
+			}
+			resp := from.do(sendTo(name, fmt.Sprint(i)))
+			expectOK(t, resp)
+			if got := resp.GetSendOk().Seq; got != uint64(i) {
+				t.Fatalf("SendOK of message %d has seq %d", i, got)
+			}
+			if m := to.nextMessage(); m.Seq != uint64(i) || m.Text != fmt.Sprint(i) {
+				t.Fatalf("push of message %d: %+v", i, m)
+			}
+		}
+		// Latest first, then back; by name or id, from either side.
+		seqs, more := pageSeqs(t, alice.do(historyReq(&chatpb.History{PeerUsername: "bob", Limit: 3})))
+		if !slices.Equal(seqs, []uint64{7, 6, 5}) || !more {
+			t.Fatalf("latest page %v more %v", seqs, more)
+		}
+		seqs, more = pageSeqs(t, bob.do(historyReq(&chatpb.History{PeerUserId: aliceOK.UserId, BeforeSeq: u64p(5), Limit: 10})))
+		if !slices.Equal(seqs, []uint64{4, 3, 2, 1}) || more {
+			t.Fatalf("older page %v more %v", seqs, more)
+		}
+		seqs, more = pageSeqs(t, bob.do(historyReq(&chatpb.History{PeerUserId: aliceOK.UserId, AfterSeq: u64p(0), Limit: 4})))
+		if !slices.Equal(seqs, []uint64{1, 2, 3, 4}) || !more {
+			t.Fatalf("from the start %v more %v", seqs, more)
+		}
+		seqs, _ = pageSeqs(t, bob.do(historyReq(&chatpb.History{PeerUsername: "alice", BeforeSeq: u64p(1)})))
+		if len(seqs) != 0 {
+			t.Fatalf("below seq 1: %v", seqs)
+		}
+		// Bad requests are refused, and the connection goes on.
+		expectCode(t, alice.do(historyReq(&chatpb.History{})), codeInvalid)
+		expectCode(t, alice.do(historyReq(&chatpb.History{PeerUsername: "bob", GroupId: 1})), codeInvalid)
+		expectCode(t, alice.do(historyReq(&chatpb.History{PeerUsername: "bob", BeforeSeq: u64p(3), AfterSeq: u64p(1)})), codeInvalid)
+		expectCode(t, alice.do(historyReq(&chatpb.History{PeerUsername: "bob", Limit: 201})), codeInvalid)
+		expectCode(t, alice.do(historyReq(&chatpb.History{PeerUsername: "nobody"})), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
+		expectCode(t, dial(t, a.addr).do(historyReq(&chatpb.History{PeerUsername: "bob"})), codeUnauth)
+
+		// A group: members see it from when they joined; others not at all.
+		gid := alice.do(&chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: "g"}}}).GetGroupCreated().GetGroupId()
+		for i := 1; i <= 3; i++ {
+			resp := alice.do(sendGroup(gid, fmt.Sprint("g", i)))
+			expectOK(t, resp)
+			if resp.GetSendOk().Seq != uint64(i) {
+				t.Fatalf("group message %d has seq %d", i, resp.GetSendOk().Seq)
+			}
+		}
+		expectCode(t, bob.do(historyReq(&chatpb.History{GroupId: gid})), chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED)
+		expectOK(t, bob.do(&chatpb.Frame{Body: &chatpb.Frame_JoinGroup{JoinGroup: &chatpb.JoinGroup{GroupId: gid}}}))
+		expectOK(t, alice.do(sendGroup(gid, "g4")))
+		if m := bob.nextMessage(); m.Seq != 4 || m.GroupId != gid {
+			t.Fatalf("bob's first group push: %+v", m)
+		}
+		seqs, more = pageSeqs(t, bob.do(historyReq(&chatpb.History{GroupId: gid})))
+		if !slices.Equal(seqs, []uint64{4}) || more {
+			t.Fatalf("bob's group history %v more %v; he joined after seq 3", seqs, more)
+		}
+		seqs, _ = pageSeqs(t, alice.do(historyReq(&chatpb.History{GroupId: gid})))
+		if !slices.Equal(seqs, []uint64{4, 3, 2, 1}) {
+			t.Fatalf("the creator's group history %v", seqs)
+		}
+	}
+	forEachEngine(t, func(t *testing.T, engine string) {
+		t.Run("one node", func(t *testing.T) {
+			ts := startServer(t, testOptions(t, engine))
+			run(t, ts, ts)
+		})
+		t.Run("two nodes", func(t *testing.T) {
+			nodes := clusterNodes(t, testproc.StartRedis(t), 2, engine)
+			run(t, nodes[0], nodes[1])
+		})
+	})
+}
