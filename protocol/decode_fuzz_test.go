@@ -21,6 +21,8 @@ func FuzzDecodeFrame(f *testing.F) {
 		{Seq: 2, Body: &chatpb.Frame_Send{Send: &chatpb.Send{To: &chatpb.Send_Username{Username: "bob"}, Text: "hi", ClientMsgId: "c1"}}},
 		{Seq: 3, Body: &chatpb.Frame_Ack{Ack: &chatpb.Ack{MsgIds: []uint64{1, 2, 1 << 60}}}},
 		{Seq: 1 << 63, Body: &chatpb.Frame_Ping{Ping: &chatpb.Ping{}}},
+		{Seq: 4, Body: &chatpb.Frame_History{History: &chatpb.History{PeerUsername: "bob", BeforeSeq: proto.Uint64(7), Limit: 50}}},
+		{Seq: 5, Body: &chatpb.Frame_History{History: &chatpb.History{GroupId: 3, AfterSeq: proto.Uint64(0)}}},
 	} {
 		b, err := proto.Marshal(fr)
 		if err != nil {
