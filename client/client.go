@@ -66,6 +66,9 @@ type Event struct {
 	Message *chatpb.Message
 	// Kicked says the server is closing the connection, and why.
 	Kicked *chatpb.Kicked
+	// Read is a read receipt: the peer (or you, on another session) read a
+	// conversation up to a seq.
+	Read *chatpb.ReadReceipt
 	// Error is an error pushed without a request (e.g. a protocol error).
 	Error *chatpb.Error
 	// Disconnected reports a lost connection, with the cause.
@@ -234,6 +237,8 @@ func (c *Client) readLoop(conn net.Conn) {
 			c.emit(Event{Kicked: b.Kicked})
 		case *chatpb.Frame_Error:
 			c.emit(Event{Error: b.Error})
+		case *chatpb.Frame_ReadReceipt:
+			c.emit(Event{Read: b.ReadReceipt})
 		}
 	}
 	conn.Close()

@@ -147,3 +147,10 @@ func (c *Client) History(ctx context.Context, req *chatpb.History) (*chatpb.Hist
 	}
 	return resp.GetHistoryPage(), nil
 }
+
+// MarkRead moves the caller's read seq in a conversation (named as for
+// History) up to upTo; the peer of a 1:1 conversation gets a ReadReceipt.
+func (c *Client) MarkRead(ctx context.Context, req *chatpb.MarkRead) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_MarkRead{MarkRead: req}})
+	return err
+}

@@ -235,6 +235,7 @@ type Frame struct {
 	//	*Frame_LeaveGroup
 	//	*Frame_ListGroups
 	//	*Frame_History
+	//	*Frame_MarkRead
 	//	*Frame_RegisterOk
 	//	*Frame_LoginOk
 	//	*Frame_Ok
@@ -247,6 +248,7 @@ type Frame struct {
 	//	*Frame_HistoryPage
 	//	*Frame_Message
 	//	*Frame_Kicked
+	//	*Frame_ReadReceipt
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -413,6 +415,15 @@ func (x *Frame) GetHistory() *History {
 	return nil
 }
 
+func (x *Frame) GetMarkRead() *MarkRead {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_MarkRead); ok {
+			return x.MarkRead
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetRegisterOk() *RegisterOK {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_RegisterOk); ok {
@@ -521,6 +532,15 @@ func (x *Frame) GetKicked() *Kicked {
 	return nil
 }
 
+func (x *Frame) GetReadReceipt() *ReadReceipt {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ReadReceipt); ok {
+			return x.ReadReceipt
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -578,6 +598,10 @@ type Frame_History struct {
 	History *History `protobuf:"bytes,22,opt,name=history,proto3,oneof"`
 }
 
+type Frame_MarkRead struct {
+	MarkRead *MarkRead `protobuf:"bytes,23,opt,name=mark_read,json=markRead,proto3,oneof"`
+}
+
 type Frame_RegisterOk struct {
 	// Responses (server to client, echoing seq), field numbers 40-69.
 	RegisterOk *RegisterOK `protobuf:"bytes,40,opt,name=register_ok,json=registerOk,proto3,oneof"`
@@ -628,6 +652,10 @@ type Frame_Kicked struct {
 	Kicked *Kicked `protobuf:"bytes,71,opt,name=kicked,proto3,oneof"`
 }
 
+type Frame_ReadReceipt struct {
+	ReadReceipt *ReadReceipt `protobuf:"bytes,72,opt,name=read_receipt,json=readReceipt,proto3,oneof"`
+}
+
 func (*Frame_Register) isFrame_Body() {}
 
 func (*Frame_Login) isFrame_Body() {}
@@ -654,6 +682,8 @@ func (*Frame_ListGroups) isFrame_Body() {}
 
 func (*Frame_History) isFrame_Body() {}
 
+func (*Frame_MarkRead) isFrame_Body() {}
+
 func (*Frame_RegisterOk) isFrame_Body() {}
 
 func (*Frame_LoginOk) isFrame_Body() {}
@@ -677,6 +707,8 @@ func (*Frame_HistoryPage) isFrame_Body() {}
 func (*Frame_Message) isFrame_Body() {}
 
 func (*Frame_Kicked) isFrame_Body() {}
+
+func (*Frame_ReadReceipt) isFrame_Body() {}
 
 type Register struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1374,6 +1406,77 @@ func (x *History) GetPeerUsername() string {
 	return ""
 }
 
+// MarkRead moves the caller's read seq in one conversation (named as in
+// History) up to up_to_seq, never backwards and never past the
+// conversation's last seq. Answered with OK.
+type MarkRead struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PeerUserId    uint64                 `protobuf:"varint,1,opt,name=peer_user_id,json=peerUserId,proto3" json:"peer_user_id,omitempty"`
+	GroupId       uint64                 `protobuf:"varint,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	UpToSeq       uint64                 `protobuf:"varint,3,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
+	PeerUsername  string                 `protobuf:"bytes,4,opt,name=peer_username,json=peerUsername,proto3" json:"peer_username,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkRead) Reset() {
+	*x = MarkRead{}
+	mi := &file_chat_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkRead) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkRead) ProtoMessage() {}
+
+func (x *MarkRead) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkRead.ProtoReflect.Descriptor instead.
+func (*MarkRead) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MarkRead) GetPeerUserId() uint64 {
+	if x != nil {
+		return x.PeerUserId
+	}
+	return 0
+}
+
+func (x *MarkRead) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *MarkRead) GetUpToSeq() uint64 {
+	if x != nil {
+		return x.UpToSeq
+	}
+	return 0
+}
+
+func (x *MarkRead) GetPeerUsername() string {
+	if x != nil {
+		return x.PeerUsername
+	}
+	return ""
+}
+
 type RegisterOK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1383,7 +1486,7 @@ type RegisterOK struct {
 
 func (x *RegisterOK) Reset() {
 	*x = RegisterOK{}
-	mi := &file_chat_proto_msgTypes[14]
+	mi := &file_chat_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1498,7 @@ func (x *RegisterOK) String() string {
 func (*RegisterOK) ProtoMessage() {}
 
 func (x *RegisterOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[14]
+	mi := &file_chat_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1511,7 @@ func (x *RegisterOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterOK.ProtoReflect.Descriptor instead.
 func (*RegisterOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{14}
+	return file_chat_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegisterOK) GetUserId() uint64 {
@@ -1438,7 +1541,7 @@ type LoginOK struct {
 
 func (x *LoginOK) Reset() {
 	*x = LoginOK{}
-	mi := &file_chat_proto_msgTypes[15]
+	mi := &file_chat_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1553,7 @@ func (x *LoginOK) String() string {
 func (*LoginOK) ProtoMessage() {}
 
 func (x *LoginOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[15]
+	mi := &file_chat_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1566,7 @@ func (x *LoginOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginOK.ProtoReflect.Descriptor instead.
 func (*LoginOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{15}
+	return file_chat_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LoginOK) GetUserId() uint64 {
@@ -1530,7 +1633,7 @@ type OK struct {
 
 func (x *OK) Reset() {
 	*x = OK{}
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1645,7 @@ func (x *OK) String() string {
 func (*OK) ProtoMessage() {}
 
 func (x *OK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1658,7 @@ func (x *OK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OK.ProtoReflect.Descriptor instead.
 func (*OK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{16}
+	return file_chat_proto_rawDescGZIP(), []int{17}
 }
 
 type Pong struct {
@@ -1567,7 +1670,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1682,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1695,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{17}
+	return file_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Pong) GetServerTimeMs() int64 {
@@ -1617,7 +1720,7 @@ type SendOK struct {
 
 func (x *SendOK) Reset() {
 	*x = SendOK{}
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1732,7 @@ func (x *SendOK) String() string {
 func (*SendOK) ProtoMessage() {}
 
 func (x *SendOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1745,7 @@ func (x *SendOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendOK.ProtoReflect.Descriptor instead.
 func (*SendOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SendOK) GetMsgId() uint64 {
@@ -1684,7 +1787,7 @@ type Friend struct {
 
 func (x *Friend) Reset() {
 	*x = Friend{}
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1799,7 @@ func (x *Friend) String() string {
 func (*Friend) ProtoMessage() {}
 
 func (x *Friend) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1812,7 @@ func (x *Friend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Friend.ProtoReflect.Descriptor instead.
 func (*Friend) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Friend) GetUserId() uint64 {
@@ -1742,7 +1845,7 @@ type FriendList struct {
 
 func (x *FriendList) Reset() {
 	*x = FriendList{}
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1857,7 @@ func (x *FriendList) String() string {
 func (*FriendList) ProtoMessage() {}
 
 func (x *FriendList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1870,7 @@ func (x *FriendList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FriendList.ProtoReflect.Descriptor instead.
 func (*FriendList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FriendList) GetFriends() []*Friend {
@@ -1786,7 +1889,7 @@ type GroupCreated struct {
 
 func (x *GroupCreated) Reset() {
 	*x = GroupCreated{}
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1901,7 @@ func (x *GroupCreated) String() string {
 func (*GroupCreated) ProtoMessage() {}
 
 func (x *GroupCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1914,7 @@ func (x *GroupCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCreated.ProtoReflect.Descriptor instead.
 func (*GroupCreated) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GroupCreated) GetGroupId() uint64 {
@@ -1833,7 +1936,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +1948,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +1961,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Member) GetUserId() uint64 {
@@ -1901,7 +2004,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +2016,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2029,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Group) GetGroupId() uint64 {
@@ -1966,7 +2069,7 @@ type GroupList struct {
 
 func (x *GroupList) Reset() {
 	*x = GroupList{}
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1978,7 +2081,7 @@ func (x *GroupList) String() string {
 func (*GroupList) ProtoMessage() {}
 
 func (x *GroupList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1991,7 +2094,7 @@ func (x *GroupList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupList.ProtoReflect.Descriptor instead.
 func (*GroupList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GroupList) GetGroups() []*Group {
@@ -2013,7 +2116,7 @@ type HistoryPage struct {
 
 func (x *HistoryPage) Reset() {
 	*x = HistoryPage{}
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2128,7 @@ func (x *HistoryPage) String() string {
 func (*HistoryPage) ProtoMessage() {}
 
 func (x *HistoryPage) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2141,7 @@ func (x *HistoryPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryPage.ProtoReflect.Descriptor instead.
 func (*HistoryPage) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *HistoryPage) GetMessages() []*Message {
@@ -2067,7 +2170,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2079,7 +2182,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2092,7 +2195,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2129,7 +2232,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2244,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2257,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{27}
+	return file_chat_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Message) GetMsgId() uint64 {
@@ -2213,6 +2316,79 @@ func (x *Message) GetSeq() uint64 {
 	return 0
 }
 
+// ReadReceipt says reader_user_id has read the conversation up to
+// up_to_seq. In a 1:1 conversation the peer gets it when you read; your
+// own other sessions get it (reader_user_id is you) for any conversation.
+// The conversation is named from the receiver's side: peer_user_id is the
+// other user of the pair, or group_id the group.
+type ReadReceipt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PeerUserId    uint64                 `protobuf:"varint,1,opt,name=peer_user_id,json=peerUserId,proto3" json:"peer_user_id,omitempty"`
+	GroupId       uint64                 `protobuf:"varint,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	ReaderUserId  uint64                 `protobuf:"varint,3,opt,name=reader_user_id,json=readerUserId,proto3" json:"reader_user_id,omitempty"`
+	UpToSeq       uint64                 `protobuf:"varint,4,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadReceipt) Reset() {
+	*x = ReadReceipt{}
+	mi := &file_chat_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadReceipt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadReceipt) ProtoMessage() {}
+
+func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadReceipt.ProtoReflect.Descriptor instead.
+func (*ReadReceipt) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReadReceipt) GetPeerUserId() uint64 {
+	if x != nil {
+		return x.PeerUserId
+	}
+	return 0
+}
+
+func (x *ReadReceipt) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *ReadReceipt) GetReaderUserId() uint64 {
+	if x != nil {
+		return x.ReaderUserId
+	}
+	return 0
+}
+
+func (x *ReadReceipt) GetUpToSeq() uint64 {
+	if x != nil {
+		return x.UpToSeq
+	}
+	return 0
+}
+
 // Kicked is the last frame before the server closes the connection.
 type Kicked struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2224,7 +2400,7 @@ type Kicked struct {
 
 func (x *Kicked) Reset() {
 	*x = Kicked{}
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2412,7 @@ func (x *Kicked) String() string {
 func (*Kicked) ProtoMessage() {}
 
 func (x *Kicked) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2425,7 @@ func (x *Kicked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kicked.ProtoReflect.Descriptor instead.
 func (*Kicked) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{28}
+	return file_chat_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Kicked) GetReason() KickReason {
@@ -2271,8 +2447,7 @@ var File_chat_proto protoreflect.FileDescriptor
 const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"chat.proto\x12\vloopchat.v1\"\xb1\n" +
-	"\n" +
+	"chat.proto\x12\vloopchat.v1\"\xa6\v\n" +
 	"\x05Frame\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\bregister\x18\n" +
@@ -2292,7 +2467,8 @@ const file_chat_proto_rawDesc = "" +
 	"leaveGroup\x12:\n" +
 	"\vlist_groups\x18\x15 \x01(\v2\x17.loopchat.v1.ListGroupsH\x00R\n" +
 	"listGroups\x120\n" +
-	"\ahistory\x18\x16 \x01(\v2\x14.loopchat.v1.HistoryH\x00R\ahistory\x12:\n" +
+	"\ahistory\x18\x16 \x01(\v2\x14.loopchat.v1.HistoryH\x00R\ahistory\x124\n" +
+	"\tmark_read\x18\x17 \x01(\v2\x15.loopchat.v1.MarkReadH\x00R\bmarkRead\x12:\n" +
 	"\vregister_ok\x18( \x01(\v2\x17.loopchat.v1.RegisterOKH\x00R\n" +
 	"registerOk\x121\n" +
 	"\blogin_ok\x18) \x01(\v2\x14.loopchat.v1.LoginOKH\x00R\aloginOk\x12!\n" +
@@ -2307,7 +2483,8 @@ const file_chat_proto_rawDesc = "" +
 	"\x05error\x180 \x01(\v2\x12.loopchat.v1.ErrorH\x00R\x05error\x12=\n" +
 	"\fhistory_page\x181 \x01(\v2\x18.loopchat.v1.HistoryPageH\x00R\vhistoryPage\x120\n" +
 	"\amessage\x18F \x01(\v2\x14.loopchat.v1.MessageH\x00R\amessage\x12-\n" +
-	"\x06kicked\x18G \x01(\v2\x13.loopchat.v1.KickedH\x00R\x06kickedB\x06\n" +
+	"\x06kicked\x18G \x01(\v2\x13.loopchat.v1.KickedH\x00R\x06kicked\x12=\n" +
+	"\fread_receipt\x18H \x01(\v2\x18.loopchat.v1.ReadReceiptH\x00R\vreadReceiptB\x06\n" +
 	"\x04body\"B\n" +
 	"\bRegister\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
@@ -2351,7 +2528,13 @@ const file_chat_proto_rawDesc = "" +
 	"\rpeer_username\x18\x06 \x01(\tR\fpeerUsernameB\r\n" +
 	"\v_before_seqB\f\n" +
 	"\n" +
-	"_after_seq\"%\n" +
+	"_after_seq\"\x88\x01\n" +
+	"\bMarkRead\x12 \n" +
+	"\fpeer_user_id\x18\x01 \x01(\x04R\n" +
+	"peerUserId\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\x04R\agroupId\x12\x1a\n" +
+	"\tup_to_seq\x18\x03 \x01(\x04R\aupToSeq\x12#\n" +
+	"\rpeer_username\x18\x04 \x01(\tR\fpeerUsername\"%\n" +
 	"\n" +
 	"RegisterOK\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\x98\x02\n" +
@@ -2412,7 +2595,13 @@ const file_chat_proto_rawDesc = "" +
 	"\x04text\x18\x06 \x01(\tR\x04text\x12\x1c\n" +
 	"\n" +
 	"sent_at_ms\x18\a \x01(\x03R\bsentAtMs\x12\x10\n" +
-	"\x03seq\x18\b \x01(\x04R\x03seq\"S\n" +
+	"\x03seq\x18\b \x01(\x04R\x03seq\"\x8c\x01\n" +
+	"\vReadReceipt\x12 \n" +
+	"\fpeer_user_id\x18\x01 \x01(\x04R\n" +
+	"peerUserId\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\x04R\agroupId\x12$\n" +
+	"\x0ereader_user_id\x18\x03 \x01(\x04R\freaderUserId\x12\x1a\n" +
+	"\tup_to_seq\x18\x04 \x01(\x04R\aupToSeq\"S\n" +
 	"\x06Kicked\x12/\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x17.loopchat.v1.KickReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage*?\n" +
@@ -2455,7 +2644,7 @@ func file_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_chat_proto_goTypes = []any{
 	(Role)(0),            // 0: loopchat.v1.Role
 	(ErrorCode)(0),       // 1: loopchat.v1.ErrorCode
@@ -2474,21 +2663,23 @@ var file_chat_proto_goTypes = []any{
 	(*LeaveGroup)(nil),   // 14: loopchat.v1.LeaveGroup
 	(*ListGroups)(nil),   // 15: loopchat.v1.ListGroups
 	(*History)(nil),      // 16: loopchat.v1.History
-	(*RegisterOK)(nil),   // 17: loopchat.v1.RegisterOK
-	(*LoginOK)(nil),      // 18: loopchat.v1.LoginOK
-	(*OK)(nil),           // 19: loopchat.v1.OK
-	(*Pong)(nil),         // 20: loopchat.v1.Pong
-	(*SendOK)(nil),       // 21: loopchat.v1.SendOK
-	(*Friend)(nil),       // 22: loopchat.v1.Friend
-	(*FriendList)(nil),   // 23: loopchat.v1.FriendList
-	(*GroupCreated)(nil), // 24: loopchat.v1.GroupCreated
-	(*Member)(nil),       // 25: loopchat.v1.Member
-	(*Group)(nil),        // 26: loopchat.v1.Group
-	(*GroupList)(nil),    // 27: loopchat.v1.GroupList
-	(*HistoryPage)(nil),  // 28: loopchat.v1.HistoryPage
-	(*Error)(nil),        // 29: loopchat.v1.Error
-	(*Message)(nil),      // 30: loopchat.v1.Message
-	(*Kicked)(nil),       // 31: loopchat.v1.Kicked
+	(*MarkRead)(nil),     // 17: loopchat.v1.MarkRead
+	(*RegisterOK)(nil),   // 18: loopchat.v1.RegisterOK
+	(*LoginOK)(nil),      // 19: loopchat.v1.LoginOK
+	(*OK)(nil),           // 20: loopchat.v1.OK
+	(*Pong)(nil),         // 21: loopchat.v1.Pong
+	(*SendOK)(nil),       // 22: loopchat.v1.SendOK
+	(*Friend)(nil),       // 23: loopchat.v1.Friend
+	(*FriendList)(nil),   // 24: loopchat.v1.FriendList
+	(*GroupCreated)(nil), // 25: loopchat.v1.GroupCreated
+	(*Member)(nil),       // 26: loopchat.v1.Member
+	(*Group)(nil),        // 27: loopchat.v1.Group
+	(*GroupList)(nil),    // 28: loopchat.v1.GroupList
+	(*HistoryPage)(nil),  // 29: loopchat.v1.HistoryPage
+	(*Error)(nil),        // 30: loopchat.v1.Error
+	(*Message)(nil),      // 31: loopchat.v1.Message
+	(*ReadReceipt)(nil),  // 32: loopchat.v1.ReadReceipt
+	(*Kicked)(nil),       // 33: loopchat.v1.Kicked
 }
 var file_chat_proto_depIdxs = []int32{
 	4,  // 0: loopchat.v1.Frame.register:type_name -> loopchat.v1.Register
@@ -2504,32 +2695,34 @@ var file_chat_proto_depIdxs = []int32{
 	14, // 10: loopchat.v1.Frame.leave_group:type_name -> loopchat.v1.LeaveGroup
 	15, // 11: loopchat.v1.Frame.list_groups:type_name -> loopchat.v1.ListGroups
 	16, // 12: loopchat.v1.Frame.history:type_name -> loopchat.v1.History
-	17, // 13: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
-	18, // 14: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
-	19, // 15: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
-	20, // 16: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
-	21, // 17: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
-	23, // 18: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
-	24, // 19: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
-	27, // 20: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
-	29, // 21: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
-	28, // 22: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
-	30, // 23: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
-	31, // 24: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
-	22, // 25: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
-	26, // 26: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
-	22, // 27: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
-	0,  // 28: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
-	25, // 29: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
-	26, // 30: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
-	30, // 31: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
-	1,  // 32: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
-	2,  // 33: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	17, // 13: loopchat.v1.Frame.mark_read:type_name -> loopchat.v1.MarkRead
+	18, // 14: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
+	19, // 15: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
+	20, // 16: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
+	21, // 17: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
+	22, // 18: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
+	24, // 19: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
+	25, // 20: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
+	28, // 21: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
+	30, // 22: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
+	29, // 23: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
+	31, // 24: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
+	33, // 25: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
+	32, // 26: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
+	23, // 27: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
+	27, // 28: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
+	23, // 29: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
+	0,  // 30: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
+	26, // 31: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
+	27, // 32: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
+	31, // 33: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
+	1,  // 34: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
+	2,  // 35: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_chat_proto_init() }
@@ -2551,6 +2744,7 @@ func file_chat_proto_init() {
 		(*Frame_LeaveGroup)(nil),
 		(*Frame_ListGroups)(nil),
 		(*Frame_History)(nil),
+		(*Frame_MarkRead)(nil),
 		(*Frame_RegisterOk)(nil),
 		(*Frame_LoginOk)(nil),
 		(*Frame_Ok)(nil),
@@ -2563,6 +2757,7 @@ func file_chat_proto_init() {
 		(*Frame_HistoryPage)(nil),
 		(*Frame_Message)(nil),
 		(*Frame_Kicked)(nil),
+		(*Frame_ReadReceipt)(nil),
 	}
 	file_chat_proto_msgTypes[5].OneofWrappers = []any{
 		(*Send_UserId)(nil),
@@ -2576,7 +2771,7 @@ func file_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_proto_rawDesc), len(file_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

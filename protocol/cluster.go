@@ -32,6 +32,7 @@ func ParseUserChannel(prefix, channel string) (uint64, bool) {
 const (
 	EventMessage = "message" // a chat message to push to the user
 	EventLogin   = "login"   // the user logged in on node_id; older sessions must go
+	EventRead    = "read"    // reader_user_id read conv up to up_to_seq (a read receipt)
 )
 
 // ChannelEvent is one JSON object on a user channel. For "message" the
@@ -52,6 +53,12 @@ type ChannelEvent struct {
 	// Message.seq), set by the store as it appends. Nodes ignore it on a
 	// message without msg_id: that one was never stored, so it has none.
 	Seq uint64 `json:"seq,omitempty"`
+
+	// For "read": who read which conversation ("d<a>:<b>" or "g<gid>"),
+	// up to which seq; node_id and conn_id name the session that marked it.
+	ReaderUserID uint64 `json:"reader_user_id,omitempty"`
+	Conv         string `json:"conv,omitempty"`
+	UpToSeq      uint64 `json:"up_to_seq,omitempty"`
 
 	NodeID string `json:"node_id,omitempty"`
 	ConnID uint64 `json:"conn_id,omitempty"`
@@ -74,6 +81,9 @@ const maxNodeID = 256
 
 // maxEpoch bounds an event's epoch (nodes make 32 hex digits).
 const maxEpoch = 64
+
+// maxConvKey bounds a read event's conv ("d" and two 20-digit ids).
+const maxConvKey = 48
 
 // ParseChannelEvent decodes and validates a channel payload. Anyone who
 // can PUBLISH to Redis can send one, so every field that reaches a client
@@ -99,6 +109,10 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 	case EventLogin:
 		if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
 			return nil, fmt.Errorf("protocol: login event needs a node_id of 1-%d bytes", maxNodeID)
+		}
+	case EventRead:
+		if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey || len(ev.NodeID) > maxNodeID {
+			return nil, fmt.Errorf("protocol: read event needs reader_user_id, up_to_seq and a conv of 1-%d bytes", maxConvKey)
 		}
 	default:
 		return nil, fmt.Errorf("protocol: unknown channel event type %q", ev.Type)

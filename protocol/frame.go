@@ -194,6 +194,10 @@ func Kind(f *chatpb.Frame) string {
 		return "list_groups"
 	case *chatpb.Frame_History:
 		return "history"
+	case *chatpb.Frame_MarkRead:
+		return "mark_read"
+	case *chatpb.Frame_ReadReceipt:
+		return "read_receipt"
 	case *chatpb.Frame_HistoryPage:
 		return "history_page"
 	case *chatpb.Frame_RegisterOk:
@@ -228,7 +232,7 @@ func IsRequest(f *chatpb.Frame) bool {
 	case *chatpb.Frame_Register, *chatpb.Frame_Login, *chatpb.Frame_Logout, *chatpb.Frame_Ping,
 		*chatpb.Frame_Send, *chatpb.Frame_Ack, *chatpb.Frame_AddFriend, *chatpb.Frame_ListFriends,
 		*chatpb.Frame_CreateGroup, *chatpb.Frame_JoinGroup, *chatpb.Frame_LeaveGroup,
-		*chatpb.Frame_ListGroups, *chatpb.Frame_History:
+		*chatpb.Frame_ListGroups, *chatpb.Frame_History, *chatpb.Frame_MarkRead:
 		return true
 	}
 	return false

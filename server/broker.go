@@ -13,6 +13,7 @@ import (
 type Event struct {
 	Message *chatpb.Message
 	Login   *LoginNotice
+	Read    *ReadNotice
 	// Resync says live events for the user may have been missed (the
 	// broker lost its connection); the user's inbox must be replayed.
 	Resync bool
@@ -38,6 +39,16 @@ type LoginNotice struct {
 	// Epoch is the store epoch of the login (epoch.go): generations of
 	// different store contents are not compared.
 	Epoch string
+}
+
+// ReadNotice says Reader read Conv up to UpTo (MarkRead); the session that
+// marked it (NodeID, ConnID) is not told.
+type ReadNotice struct {
+	Reader uint64
+	Conv   Conversation
+	UpTo   uint64
+	NodeID string
+	ConnID uint64
 }
 
 // EventHandler receives events for users subscribed on this node. It is

@@ -134,6 +134,10 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 	case ev.Login != nil:
 		ce = protocol.ChannelEvent{Type: protocol.EventLogin, NodeID: ev.Login.NodeID,
 			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen, Epoch: ev.Login.Epoch}
+	case ev.Read != nil:
+		r := ev.Read
+		ce = protocol.ChannelEvent{Type: protocol.EventRead, ReaderUserID: r.Reader, Conv: r.Conv.Key(),
+			UpToSeq: r.UpTo, NodeID: r.NodeID, ConnID: r.ConnID, Epoch: ev.Epoch}
 	default:
 		return nil, fmt.Errorf("broker: nothing to publish")
 	}
@@ -144,6 +148,14 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 	ce, err := protocol.ParseChannelEvent(payload)
 	if err != nil {
 		return Event{}, err
+	}
+	if ce.Type == protocol.EventRead {
+		conv, err := ParseConversationKey(ce.Conv)
+		if err != nil {
+			return Event{}, err
+		}
+		return Event{Epoch: ce.Epoch, Read: &ReadNotice{Reader: ce.ReaderUserID, Conv: conv, UpTo: ce.UpToSeq,
+			NodeID: ce.NodeID, ConnID: ce.ConnID}}, nil
 	}
 	if ce.Type == protocol.EventLogin {
 		return Event{Login: &LoginNotice{NodeID: ce.NodeID, ConnID: ce.ConnID, AtMs: ce.AtMs, Gen: ce.Gen, Epoch: ce.Epoch}}, nil

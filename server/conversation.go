@@ -1,7 +1,9 @@
 package server
 
 import (
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -39,6 +41,28 @@ func (c Conversation) Key() string {
 		return "g" + strconv.FormatUint(c.GroupID, 10)
 	}
 	return "d" + strconv.FormatUint(c.A, 10) + ":" + strconv.FormatUint(c.B, 10)
+}
+
+// ParseConversationKey reads back what Key wrote.
+func ParseConversationKey(k string) (Conversation, error) {
+	bad := fmt.Errorf("conversation key %q: want g<gid> or d<a>:<b>", k)
+	switch {
+	case strings.HasPrefix(k, "g"):
+		gid, err := strconv.ParseUint(k[1:], 10, 64)
+		if err != nil || gid == 0 {
+			return Conversation{}, bad
+		}
+		return GroupConversation(gid), nil
+	case strings.HasPrefix(k, "d"):
+		as, bs, ok := strings.Cut(k[1:], ":")
+		a, errA := strconv.ParseUint(as, 10, 64)
+		b, errB := strconv.ParseUint(bs, 10, 64)
+		if !ok || errA != nil || errB != nil || a == 0 || a > b {
+			return Conversation{}, bad
+		}
+		return Conversation{A: a, B: b}, nil
+	}
+	return Conversation{}, bad
 }
 
 // HistoryQuery asks for one page of a conversation.

@@ -44,8 +44,8 @@ var (
 	ErrGroupFull = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "the group is full")
 	// ErrNoRecipient: Send without a user or group.
 	ErrNoRecipient = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "send needs a user_id, username or group_id")
-	// ErrHistoryTarget: History naming no conversation, or more than one.
-	ErrHistoryTarget = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "history needs exactly one of peer_user_id, peer_username and group_id")
+	// ErrConversationTarget: History or MarkRead naming no conversation, or more than one.
+	ErrConversationTarget = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "name exactly one of peer_user_id, peer_username and group_id")
 	// ErrHistoryBothBounds: History with both before_seq and after_seq.
 	ErrHistoryBothBounds = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "history takes before_seq or after_seq, not both")
 	// ErrNotARequest: a frame whose body is a response, a push, or unknown.

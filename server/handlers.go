@@ -82,6 +82,8 @@ func (c *session) handle(f *chatpb.Frame) {
 		resp, err = c.listGroups(ctx)
 	case *chatpb.Frame_History:
 		resp, err = c.history(ctx, b.History)
+	case *chatpb.Frame_MarkRead:
+		resp, err = c.markRead(ctx, b.MarkRead)
 	}
 	if errors.Is(err, errSuperseded) {
 		// Kicked already: the Kicked frame is this request's last word.
@@ -527,44 +529,11 @@ func (c *session) history(ctx context.Context, req *chatpb.History) (*chatpb.Fra
 	if req.BeforeSeq != nil && req.AfterSeq != nil {
 		return nil, ErrHistoryBothBounds
 	}
-	named := 0
-	for _, set := range []bool{req.PeerUserId != 0, req.PeerUsername != "", req.GroupId != 0} {
-		if set {
-			named++
-		}
+	conv, floor, err := c.conversation(ctx, req.PeerUserId, req.PeerUsername, req.GroupId)
+	if err != nil {
+		return nil, err
 	}
-	if named != 1 {
-		return nil, ErrHistoryTarget
-	}
-	u := c.user.Load()
-	q := HistoryQuery{Limit: limit}
-	switch {
-	case req.GroupId != 0:
-		g, err := c.srv.store.Group(ctx, req.GroupId)
-		if err != nil {
-			return nil, err
-		}
-		i := slices.IndexFunc(g.Members, func(m Member) bool { return m.UserID == u.id })
-		if i < 0 {
-			return nil, ErrNotMember
-		}
-		q.Conv, q.Floor = GroupConversation(g.ID), g.Members[i].JoinedSeq
-	default:
-		var peer User
-		var err error
-		if req.PeerUsername != "" {
-			if err := protocol.ValidateUsername(req.PeerUsername); err != nil {
-				return nil, err
-			}
-			peer, err = c.srv.store.UserByName(ctx, req.PeerUsername)
-		} else {
-			peer, err = c.srv.store.UserByID(ctx, req.PeerUserId)
-		}
-		if err != nil {
-			return nil, err
-		}
-		q.Conv = DirectConversation(u.id, peer.ID)
-	}
+	q := HistoryQuery{Conv: conv, Floor: floor, Limit: limit}
 	switch {
 	case req.BeforeSeq != nil:
 		if *req.BeforeSeq <= 1 {
@@ -586,4 +555,69 @@ func (c *session) history(ctx context.Context, req *chatpb.History) (*chatpb.Fra
 
 func historyPage(msgs []*chatpb.Message, more bool) *chatpb.Frame {
 	return &chatpb.Frame{Body: &chatpb.Frame_HistoryPage{HistoryPage: &chatpb.HistoryPage{Messages: msgs, HasMore: more}}}
+}
+
+// conversation resolves a request's conversation of the caller's: with a
+// peer (by id or name), or with a group they are in, whose messages they
+// see above floor (their join point).
+func (c *session) conversation(ctx context.Context, peerID uint64, peerName string, groupID uint64) (conv Conversation, floor uint64, err error) {
+	named := 0
+	for _, set := range []bool{peerID != 0, peerName != "", groupID != 0} {
+		if set {
+			named++
+		}
+	}
+	if named != 1 {
+		return Conversation{}, 0, ErrConversationTarget
+	}
+	u := c.user.Load()
+	if groupID != 0 {
+		g, err := c.srv.store.Group(ctx, groupID)
+		if err != nil {
+			return Conversation{}, 0, err
+		}
+		i := slices.IndexFunc(g.Members, func(m Member) bool { return m.UserID == u.id })
+		if i < 0 {
+			return Conversation{}, 0, ErrNotMember
+		}
+		return GroupConversation(g.ID), g.Members[i].JoinedSeq, nil
+	}
+	var peer User
+	if peerName != "" {
+		if err := protocol.ValidateUsername(peerName); err != nil {
+			return Conversation{}, 0, err
+		}
+		peer, err = c.srv.store.UserByName(ctx, peerName)
+	} else {
+		peer, err = c.srv.store.UserByID(ctx, peerID)
+	}
+	if err != nil {
+		return Conversation{}, 0, err
+	}
+	return DirectConversation(u.id, peer.ID), 0, nil
+}
+
+// markRead moves the caller's read seq; when it moved, the caller's other
+// sessions and, in a 1:1 conversation, the peer are told (ReadReceipt).
+func (c *session) markRead(ctx context.Context, req *chatpb.MarkRead) (*chatpb.Frame, error) {
+	conv, _, err := c.conversation(ctx, req.PeerUserId, req.PeerUsername, req.GroupId)
+	if err != nil {
+		return nil, err
+	}
+	u := c.user.Load()
+	seq, moved, err := c.srv.store.MarkRead(ctx, u.id, conv, req.UpToSeq)
+	if err != nil || !moved {
+		return okFrame(), err
+	}
+	to := []uint64{u.id}
+	if conv.GroupID == 0 && conv.A != conv.B {
+		to = append(to, conv.A+conv.B-u.id) // the other of the pair
+	}
+	ev := Event{Epoch: u.epoch, Read: &ReadNotice{Reader: u.id, Conv: conv, UpTo: seq, NodeID: c.srv.opts.NodeID, ConnID: c.id}}
+	if _, err := c.srv.broker.Publish(ctx, to, ev); err != nil {
+		// Stored: the read seq is right for whoever asks; only the live
+		// notice is lost.
+		c.logger().Warn("read receipt not published", "err", err)
+	}
+	return okFrame(), nil
 }

@@ -199,6 +199,38 @@ func testHistoryConformance(t *testing.T, open historyFactory) {
 		}
 	})
 
+	t.Run("read seqs only move forward, up to the last seq", func(t *testing.T) {
+		s := open(t, HistoryLimits{})
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		ids := newMsgIDGen(1)
+		for i := range 5 {
+			if _, err := s.AppendMessage(ctx, direct(ids, a, b, fmt.Sprint(i)), []uint64{b.ID}, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		conv := DirectConversation(a.ID, b.ID)
+		for _, st := range []struct {
+			upTo, want uint64
+			moved      bool
+		}{{3, 3, true}, {2, 3, false}, {3, 3, false}, {99, 5, true}, {4, 5, false}} {
+			seq, moved, err := s.MarkRead(ctx, b.ID, conv, st.upTo)
+			if err != nil || seq != st.want || moved != st.moved {
+				t.Fatalf("MarkRead(%d) = %d, %v, %v; want %d, %v", st.upTo, seq, moved, err, st.want, st.moved)
+			}
+		}
+		if seq, err := s.ReadSeq(ctx, b.ID, conv); err != nil || seq != 5 {
+			t.Fatalf("ReadSeq = %d, %v", seq, err)
+		}
+		// Each user's read state is their own, per conversation.
+		if seq, _ := s.ReadSeq(ctx, a.ID, conv); seq != 0 {
+			t.Fatalf("a's read seq moved with b's: %d", seq)
+		}
+		if seq, moved, err := s.MarkRead(ctx, b.ID, GroupConversation(9), 3); err != nil || seq != 0 || moved {
+			t.Fatalf("MarkRead of an empty conversation = %d, %v, %v", seq, moved, err)
+		}
+	})
+
 	t.Run("retention keeps the latest messages", func(t *testing.T) {
 		s := open(t, HistoryLimits{MaxMessages: 5, MaxAge: time.Hour})
 		a, _ := s.CreateUser(ctx, "a", nil)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -111,4 +112,68 @@ func TestHistoryOverTheWire(t *testing.T) {
 			run(t, nodes[0], nodes[1])
 		})
 	})
+}
+
+// MarkRead moves the read seq forward only; the peer of a 1:1 conversation
+// gets a ReadReceipt when it moves, and nobody when it does not; a group's
+// other members get nothing.
+func TestReadReceipts(t *testing.T) {
+	run := func(t *testing.T, a, b *testServer) {
+		alice, aliceOK := a.user(t, "alice")
+		bob, bobOK := b.user(t, "bob")
+		for i := 1; i <= 3; i++ {
+			expectOK(t, alice.do(sendTo("bob", fmt.Sprint(i))))
+			bob.nextMessage()
+		}
+		markRead := func(rc *rawConn, h *chatpb.MarkRead) *chatpb.Frame {
+			return rc.do(&chatpb.Frame{Body: &chatpb.Frame_MarkRead{MarkRead: h}})
+		}
+		expectOK(t, markRead(bob, &chatpb.MarkRead{PeerUsername: "alice", UpToSeq: 2}))
+		rr := alice.nextPush().GetReadReceipt()
+		if rr == nil || rr.PeerUserId != bobOK.UserId || rr.ReaderUserId != bobOK.UserId || rr.UpToSeq != 2 || rr.GroupId != 0 {
+			t.Fatalf("alice's receipt: %v", rr)
+		}
+		// Backwards, or no further: nothing to tell.
+		expectOK(t, markRead(bob, &chatpb.MarkRead{PeerUserId: aliceOK.UserId, UpToSeq: 1}))
+		alice.noPush(200 * time.Millisecond)
+		// Past the end: clamped to the last message.
+		expectOK(t, markRead(bob, &chatpb.MarkRead{PeerUsername: "alice", UpToSeq: 99}))
+		if rr := alice.nextPush().GetReadReceipt(); rr == nil || rr.UpToSeq != 3 {
+			t.Fatalf("alice's second receipt: %v", rr)
+		}
+		bob.noPush(100 * time.Millisecond) // the marking session is not told
+		expectCode(t, markRead(bob, &chatpb.MarkRead{UpToSeq: 1}), codeInvalid)
+		expectCode(t, markRead(bob, &chatpb.MarkRead{GroupId: 12345, UpToSeq: 1}), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
+
+		gid := alice.do(&chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: "g"}}}).GetGroupCreated().GetGroupId()
+		expectOK(t, bob.do(&chatpb.Frame{Body: &chatpb.Frame_JoinGroup{JoinGroup: &chatpb.JoinGroup{GroupId: gid}}}))
+		expectOK(t, alice.do(sendGroup(gid, "hello group")))
+		bob.nextMessage()
+		expectOK(t, markRead(bob, &chatpb.MarkRead{GroupId: gid, UpToSeq: 1}))
+		alice.noPush(200 * time.Millisecond)
+	}
+	forEachEngine(t, func(t *testing.T, engine string) {
+		t.Run("one node", func(t *testing.T) {
+			ts := startServer(t, testOptions(t, engine))
+			run(t, ts, ts)
+		})
+		t.Run("two nodes", func(t *testing.T) {
+			nodes := clusterNodes(t, testproc.StartRedis(t), 2, engine)
+			run(t, nodes[0], nodes[1])
+		})
+	})
+}
+
+func TestConversationKeysRoundTrip(t *testing.T) {
+	for _, c := range []Conversation{GroupConversation(1), GroupConversation(1 << 63), DirectConversation(7, 3), DirectConversation(5, 5)} {
+		got, err := ParseConversationKey(c.Key())
+		if err != nil || got != c {
+			t.Fatalf("%+v -> %q -> %+v, %v", c, c.Key(), got, err)
+		}
+	}
+	for _, bad := range []string{"", "g", "g0", "gx", "d1", "d2:1", "d0:1", "x1", "d1:2:3"} {
+		if _, err := ParseConversationKey(bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
 }

@@ -444,6 +444,17 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 			s.metrics.externalPushes.Inc()
 		}
 		c.push(m, ev.frame)
+	case ev.Read != nil:
+		r := ev.Read
+		u := c.user.Load()
+		if u == nil || r.NodeID == s.opts.NodeID && r.ConnID == c.id {
+			return
+		}
+		rr := &chatpb.ReadReceipt{ReaderUserId: r.Reader, UpToSeq: r.UpTo, GroupId: r.Conv.GroupID}
+		if r.Conv.GroupID == 0 {
+			rr.PeerUserId = r.Conv.A + r.Conv.B - u.id // the other of the pair, from this user's side
+		}
+		c.write(&chatpb.Frame{Body: &chatpb.Frame_ReadReceipt{ReadReceipt: rr}})
 	case ev.Login != nil:
 		u := c.user.Load()
 		if u == nil {

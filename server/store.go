@@ -148,6 +148,12 @@ type Store interface {
 	History(ctx context.Context, q HistoryQuery) (HistoryPage, error)
 	// LastSeq is the conversation's highest seq so far (0: none).
 	LastSeq(ctx context.Context, conv Conversation) (uint64, error)
+	// MarkRead moves uid's read seq in conv up to upTo, clamped to the
+	// conversation's last seq, never backwards; it returns the read seq
+	// after, and whether it moved.
+	MarkRead(ctx context.Context, uid uint64, conv Conversation, upTo uint64) (seq uint64, moved bool, err error)
+	// ReadSeq is uid's read seq in conv (0: nothing read).
+	ReadSeq(ctx context.Context, uid uint64, conv Conversation) (uint64, error)
 	// Inbox returns up to limit unacknowledged messages of uid with msg_id
 	// greater than after, oldest first.
 	Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error)

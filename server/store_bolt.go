@@ -52,10 +52,11 @@ var (
 	// another's and a prefix scan lists exactly one conversation.
 	bucketConvLog  = []byte("conv_log")  // convKey|seq -> chatpb.Message (with its seq), the kept history
 	bucketConvMeta = []byte("conv_meta") // convKey -> last seq (kept when retention trims everything)
-	bucketMeta     = []byte("meta")      // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
-	allBuckets     = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
+	// bucketReadSeqs (readstate.go): uid|convKey -> the user's read seq
+	bucketMeta = []byte("meta") // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
+	allBuckets = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
-		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketMeta}
+		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketMeta}
 	// keyWALApplied is where the message log has been copied up to.
 	keyWALApplied = []byte("wal_applied")
 	keyEpoch      = []byte("epoch")

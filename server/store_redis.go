@@ -338,7 +338,7 @@ return out`)
 
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
-		scriptNewSession, scriptLatestSession}
+		scriptNewSession, scriptLatestSession, scriptMarkRead}
 )
 
 // redisSchema is the version of the key layout this code writes (the

@@ -34,6 +34,7 @@ const Usage = `/register USERNAME PASSWORD
 /group msg GROUP_ID TEXT...
 /groups
 /history USERNAME|group GROUP_ID [N]
+/read USERNAME|group GROUP_ID SEQ
 /ping
 /wait DURATION
 /quit`
@@ -147,6 +148,16 @@ func (s *shell) pushes() {
 		case ev.Error != nil:
 			s.emit(map[string]any{"event": "error", "error": errObj(ev.Error.Code, ev.Error.Message)},
 				"server error: "+ev.Error.Message)
+		case ev.Read != nil:
+			r := ev.Read
+			obj := map[string]any{"event": "read", "reader_user_id": r.ReaderUserId, "up_to_seq": r.UpToSeq}
+			where := fmt.Sprintf("user %d", r.PeerUserId)
+			if r.GroupId != 0 {
+				obj["group_id"], where = r.GroupId, fmt.Sprintf("group %d", r.GroupId)
+			} else {
+				obj["peer_user_id"] = r.PeerUserId
+			}
+			s.emit(obj, fmt.Sprintf("user %d read your conversation with %s up to #%d", r.ReaderUserId, where, r.UpToSeq))
 		case ev.Disconnected != nil || ev == (client.Event{}):
 			s.emit(map[string]any{"event": "disconnected"}, "disconnected")
 		case ev.Reconnected != nil:
@@ -304,6 +315,28 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 			}
 		}
 		return map[string]any{"groups": groupsJSON(gl)}, b.String(), err
+	case "read":
+		const form = "/read USERNAME SEQ or /read group GROUP_ID SEQ"
+		req := &chatpb.MarkRead{}
+		switch {
+		case len(args) == 3 && args[0] == "group":
+			gid, err := strconv.ParseUint(args[1], 10, 64)
+			if err != nil {
+				return nil, "", usage(form)
+			}
+			req.GroupId, args = gid, args[2:]
+		case len(args) == 2:
+			req.PeerUsername, args = args[0], args[1:]
+		default:
+			return nil, "", usage(form)
+		}
+		seq, err := strconv.ParseUint(args[0], 10, 64)
+		if err != nil {
+			return nil, "", usage(form)
+		}
+		req.UpToSeq = seq
+		err = s.c.MarkRead(ctx, req)
+		return map[string]any{}, fmt.Sprintf("read up to #%d", seq), err
 	case "history":
 		req, err := historyRequest(args)
 		if err != nil {

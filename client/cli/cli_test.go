@@ -9,6 +9,7 @@ import (
 
 	"github.com/loopchat/loopchat/client"
 	"github.com/loopchat/loopchat/internal/testnode"
+	"github.com/loopchat/loopchat/internal/testproc"
 	"github.com/loopchat/loopchat/server"
 )
 
@@ -79,4 +80,41 @@ func TestHistoryCommand(t *testing.T) {
 	if !strings.Contains(responses[3], `"code":"usage"`) {
 		t.Fatalf("/history: %s", responses[3])
 	}
+}
+
+// /read marks a conversation read; the peer's client shows the receipt.
+func TestReadCommand(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	run := func(script string) string {
+		var out bytes.Buffer
+		if err := Run(ctx, strings.NewReader(script), Options{Client: client.Options{Addr: addr}, JSON: true, Out: &out}); err != nil {
+			t.Fatalf("Run: %v\n%s", err, out.String())
+		}
+		return out.String()
+	}
+	run("/register bob hunter2hunter2\n/register alice hunter2hunter2\n")
+	// alice stays connected while bob reads: her client prints the receipt.
+	var aliceOut testproc.SyncBuffer
+	aliceDone := make(chan error, 1)
+	go func() {
+		aliceDone <- Run(ctx, strings.NewReader("/login alice hunter2hunter2\n/msg bob one\n/msg bob two\n/wait 5s\n"),
+			Options{Client: client.Options{Addr: addr}, JSON: true, Out: &aliceOut})
+	}()
+	testproc.WaitUntil(t, "alice's two messages", 10*time.Second, func() bool {
+		return strings.Count(aliceOut.String(), `"cmd":"msg","ok":true`) == 2
+	})
+	bobOut := run("/login bob hunter2hunter2\n/read alice 2\n/read nobody 1\n/read alice\n")
+	if !strings.Contains(bobOut, `"cmd":"read","ok":true`) || !strings.Contains(bobOut, `"code":"not_found"`) || !strings.Contains(bobOut, `"code":"usage"`) {
+		t.Fatalf("bob's /read:\n%s", bobOut)
+	}
+	testproc.WaitUntil(t, "alice's receipt", 5*time.Second, func() bool {
+		return strings.Contains(aliceOut.String(), `{"event":"read","peer_user_id":`)
+	})
+	if out := aliceOut.String(); !strings.Contains(out, `"up_to_seq":2`) {
+		t.Fatalf("alice's receipt is not up to 2:\n%s", out)
+	}
+	cancel() // alice's /wait need not run out
+	<-aliceDone
 }
