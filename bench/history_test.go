@@ -106,3 +106,17 @@ func TestHistoryRequestTurns(t *testing.T) {
 		}
 	}
 }
+
+// The table's msgs/s column holds pages for history; the table says so.
+func TestWriteTableSaysPages(t *testing.T) {
+	var b strings.Builder
+	WriteTable(&b, []Result{{Server: "gnet", Scenario: "chat"}})
+	if strings.Contains(b.String(), "pages") {
+		t.Fatalf("a chat table mentions pages:\n%s", b.String())
+	}
+	b.Reset()
+	WriteTable(&b, []Result{{Server: "gnet", Scenario: "history"}})
+	if !strings.Contains(b.String(), "History pages per second") {
+		t.Fatalf("a history table does not say its msgs/s are pages:\n%s", b.String())
+	}
+}
