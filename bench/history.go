@@ -134,8 +134,7 @@ func seedConversations(ctx context.Context, cfg *Config, convs []*conversation) 
 	if cfg.Progress != nil {
 		fmt.Fprintf(cfg.Progress, "[history %s] seeding %d conversations with %d messages each (not measured)\n", cfg.Server, len(convs), cfg.SeedMessages)
 	}
-	stop := make(chan struct{})
-	go progress(cfg, "history", stop, func() string {
+	stopProgress := startProgress(cfg, func() string {
 		return fmt.Sprintf("seeding: sent %d/%d, pushed %d", sent.Load(), total, pushed.Load())
 	})
 	start := time.Now()
@@ -158,7 +157,7 @@ func seedConversations(ctx context.Context, cfg *Config, convs []*conversation) 
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		close(stop)
+		stopProgress()
 		return fmt.Errorf("seeding: %w", err)
 	}
 	// Every message is pushed to its receiver, who acks it within ackDelay;
@@ -168,7 +167,7 @@ func seedConversations(ctx context.Context, cfg *Config, convs []*conversation) 
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(2 * ackDelay)
-	close(stop)
+	stopProgress()
 	for i, cv := range convs {
 		cv.top = max(tops[i][0], tops[i][1])
 		if cv.top == 0 {
@@ -253,6 +252,20 @@ func seedSide(ctx context.Context, cfg *Config, c *Conn, peer uint64, n, conv in
 		}
 	}
 	return top, nil
+}
+
+// startProgress runs progress for the history scenario until the
+// returned func is called, which also waits for its last write: the
+// lines printed next (seeded, step) then start on a line of their own
+// instead of after a status line not yet cleared.
+func startProgress(cfg *Config, line func() string) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { progress(cfg, "history", done, line) })
+	return func() {
+		close(done)
+		wg.Wait()
+	}
 }
 
 func seedText(conv, k, size int) string {
@@ -359,8 +372,7 @@ func historyPhase(ctx context.Context, cfg *Config, convs []*conversation, rate 
 		firstBad.CompareAndSwap(nil, &s)
 	}
 	cpu := startCPU(cfg.ServerPID)
-	stop := make(chan struct{})
-	go progress(cfg, "history", stop, func() string {
+	stopProgress := startProgress(cfg, func() string {
 		n, p99 := rec.snapshot()
 		return fmt.Sprintf("offered %.0f/s pages %d p99 %.2fms errors %d", rate, n, p99, errs.Load())
 	})
@@ -395,7 +407,7 @@ func historyPhase(ctx context.Context, cfg *Config, convs []*conversation, rate 
 	for time.Now().Before(deadline) && pages.Load()+errs.Load() < attempts.Load() {
 		time.Sleep(10 * time.Millisecond)
 	}
-	close(stop)
+	stopProgress()
 	if s := firstBad.Load(); s != nil && cfg.Progress != nil {
 		fmt.Fprintf(cfg.Progress, "[history %s] %d errors; the first: %s\n", cfg.Server, errs.Load(), *s)
 	}

@@ -2,7 +2,9 @@ package bench
 
 import (
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	chatpb "github.com/loopchat/loopchat/proto"
 )
@@ -118,5 +120,40 @@ func TestWriteTableSaysPages(t *testing.T) {
 	WriteTable(&b, []Result{{Server: "gnet", Scenario: "history"}})
 	if !strings.Contains(b.String(), "History pages per second") {
 		t.Fatalf("a history table does not say its msgs/s are pages:\n%s", b.String())
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Once stop returns, the status line is cleared and nothing more is
+// written, so the line printed next (seeded, step) starts a line.
+func TestStartProgressStopsCleared(t *testing.T) {
+	var out lockedBuffer
+	cfg := &Config{Progress: &out, Server: "gnet"}
+	stop := startProgress(cfg, func() string { return "status" })
+	time.Sleep(1100 * time.Millisecond) // one status line
+	stop()
+	got := out.String()
+	if !strings.Contains(got, "status") || !strings.HasSuffix(got, "\r\033[K") {
+		t.Fatalf("progress wrote %q; want a status line, then the clear last", got)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if after := out.String(); after != got {
+		t.Fatalf("progress wrote %q after stop returned", after[len(got):])
 	}
 }
