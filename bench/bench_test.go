@@ -44,12 +44,17 @@ func check(t *testing.T, r bench.Result, err error) {
 func TestTinyScenarios(t *testing.T) {
 	ctx := context.Background()
 	addr := startServer(t)
-	for _, name := range []string{"conns", "login", "chat", "group"} {
+	for _, name := range []string{"conns", "login", "chat", "group", "history"} {
 		t.Run(name, func(t *testing.T) {
 			cfg := tiny(addr)
 			cfg.Users = "t" + name
 			if name == "conns" {
 				cfg.ServerPID = 0 // this process is not only the server
+			}
+			if name == "history" {
+				// 10 conversations of 60 messages: a full latest page and
+				// full pages before a seq, seeded in well under a second.
+				cfg.Conns, cfg.SeedMessages = 20, 60
 			}
 			r, err := bench.Scenarios[name](ctx, cfg)
 			check(t, r, err)
@@ -68,8 +73,24 @@ func TestTinyScenarios(t *testing.T) {
 			if name == "group" && r.Delivered != r.Sent*9 {
 				t.Fatalf("group: %d sent to 9 others each, %d deliveries", r.Sent, r.Delivered)
 			}
+			// Every request got a page that passed the checks (a
+			// malformed one is an error, above).
+			if name == "history" && (r.Scenario != "history" || r.Sent != r.Delivered || r.CPUMicrosPerMsg <= 0) {
+				t.Fatalf("history: %d requests, %d good pages, %v µs of CPU per page", r.Sent, r.Delivered, r.CPUMicrosPerMsg)
+			}
 		})
 	}
+	// Conversations shorter than a page: every page is the whole rest of
+	// its conversation, the other expectation of the page checks.
+	t.Run("history-short", func(t *testing.T) {
+		cfg := tiny(addr)
+		cfg.Users, cfg.Conns, cfg.SeedMessages, cfg.Rate = "thshort", 10, 7, 200
+		r, err := bench.History(ctx, cfg)
+		check(t, r, err)
+		if r.Sent != r.Delivered {
+			t.Fatalf("history: %d requests, %d good pages", r.Sent, r.Delivered)
+		}
+	})
 	t.Run("chat-step", func(t *testing.T) {
 		cfg := tiny(addr)
 		cfg.Users, cfg.Step, cfg.P99Bound, cfg.Rate, cfg.MaxRate, cfg.Duration = "tstep", true, time.Second, 200, 500, 500*time.Millisecond

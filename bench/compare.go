@@ -16,8 +16,9 @@ import (
 // server, all started here.
 type CompareConfig struct {
 	Config
-	// Scenario is chat (default), conns, login or group. The echo server
-	// always runs the echo scenario with the same connections and rates.
+	// Scenario is chat (default), conns, login, group or history. The echo
+	// server always runs the echo scenario with the same connections and
+	// rates, and only beside chat or echo.
 	Scenario string
 	// Binary is the loopchat executable to start servers from.
 	Binary string

@@ -17,7 +17,8 @@ import (
 	"gonum.org/v1/plot/vg/vgsvg"
 )
 
-// WriteTable prints results as an aligned table.
+// WriteTable prints results as an aligned table. A history row counts
+// pages where the header says msgs, and a line under the table says so.
 func WriteTable(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "server\tscenario\tconns\toffered/s\tmsgs/s\tp50 ms\tp99 ms\tp99.9 ms\tSendOK p99\tlate p99\tRSS B/conn\tCPU µs/msg\tgen µs/msg\tlost\tdup\terrors\t")
@@ -28,6 +29,12 @@ func WriteTable(w io.Writer, results []Result) {
 			optional(r.RSSBytesPerConn, "%.0f"), optional(r.CPUMicrosPerMsg, "%.1f"), optional(r.GenCPUMicrosPerMsg, "%.1f"), r.Lost, r.Duplicates, r.Errors)
 	}
 	tw.Flush()
+	for _, r := range results {
+		if r.Scenario == "history" {
+			fmt.Fprintln(w, "history: msgs/s are 50-message History pages per second; latency and CPU are per page; errors include pages that failed their checks")
+			break
+		}
+	}
 }
 
 func optional(v float64, format string) string {

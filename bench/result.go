@@ -17,11 +17,14 @@ type Result struct {
 	Server   string `json:"server"`
 	Scenario string `json:"scenario"`
 	Conns    int    `json:"conns"`
-	// OfferedRate is the open-loop rate asked for (msgs or logins per
-	// second); 0 means as fast as possible.
+	// OfferedRate is the open-loop rate asked for (msgs, logins or
+	// History requests per second); 0 means as fast as possible.
 	OfferedRate float64 `json:"offered_rate,omitempty"`
 	// MsgsPerSec is what got through: delivered messages (chat, group
-	// deliveries, echoes) or logins, per second.
+	// deliveries, echoes), logins, or for history checked 50-message
+	// History pages, per second. The per-message figures below (latency,
+	// CPU) are then per page, Sent counts History requests and Delivered
+	// the good pages.
 	MsgsPerSec float64 `json:"msgs_per_sec"`
 	P50ms      float64 `json:"p50_ms"`
 	P99ms      float64 `json:"p99_ms"`
@@ -29,10 +32,12 @@ type Result struct {
 	// RSSBytesPerConn is the server's resident memory growth per
 	// connection after settling (conns scenario).
 	RSSBytesPerConn float64 `json:"rss_bytes_per_conn,omitempty"`
-	// CPUMicrosPerMsg is server CPU time per delivered message (or login).
+	// CPUMicrosPerMsg is server CPU time per delivered message (or login,
+	// or page).
 	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg,omitempty"`
 	// GenCPUMicrosPerMsg is the load generator's own CPU time per
-	// delivered message (or login): on one machine the two share the CPUs.
+	// delivered message (or login, or page): on one machine the two share
+	// the CPUs.
 	GenCPUMicrosPerMsg float64 `json:"gen_cpu_us_per_msg,omitempty"`
 	// LateP99ms is how late the generator itself sent (p99 of the time from
 	// when a message was due to when it was written), for open-loop
@@ -51,9 +56,11 @@ type Result struct {
 	Delivered      int64   `json:"delivered"`
 	Lost           int64   `json:"lost"`
 	Duplicates     int64   `json:"duplicates"`
-	Errors         int64   `json:"errors"`
-	Seconds        float64 `json:"seconds"`
-	Timeline       []Point `json:"timeline,omitempty"`
+	// Errors counts failed requests; for history also pages that failed
+	// their checks (see History).
+	Errors   int64   `json:"errors"`
+	Seconds  float64 `json:"seconds"`
+	Timeline []Point `json:"timeline,omitempty"`
 
 	hist *hdrhistogram.Histogram
 	// Hist carries the latency histogram between generator processes.

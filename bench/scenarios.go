@@ -14,11 +14,12 @@ import (
 
 // Scenarios by name.
 var Scenarios = map[string]func(context.Context, Config) (Result, error){
-	"conns": Conns,
-	"login": Login,
-	"chat":  Chat,
-	"group": GroupChat,
-	"echo":  Echo,
+	"conns":   Conns,
+	"login":   Login,
+	"chat":    Chat,
+	"group":   GroupChat,
+	"echo":    Echo,
+	"history": History,
 }
 
 // Conns opens Conns connections, logs each in with a token and holds them

@@ -22,8 +22,9 @@ type Config struct {
 	Addrs []string
 	// Conns is the number of connections. Zero means 100.
 	Conns int
-	// Pairs is the number of sender->receiver pairs (chat, echo senders).
-	// Zero means Conns/2 (all connections busy).
+	// Pairs is the number of sender->receiver pairs (chat, echo senders),
+	// or of 1:1 conversations (history). Zero means Conns/2 (all
+	// connections busy).
 	Pairs int
 	// Rate is the total offered rate per second (messages, logins); zero
 	// means as fast as the server allows (login) or 1000/s (chat, echo).
@@ -52,6 +53,11 @@ type Config struct {
 	Groups int
 	// TextSize is the message size in bytes. Zero means 64.
 	TextSize int
+	// SeedMessages is how many messages the history scenario sends into
+	// each conversation before it reads pages: 60 by default, so the
+	// latest 50-message page is full and a page before a seq can be too.
+	// Seeding is not measured.
+	SeedMessages int
 	// ServerPID, when set, is sampled for RSS and CPU.
 	ServerPID int
 	// Server names the target in results ("gnet", "net", "echo", ...).
@@ -87,6 +93,9 @@ func (c *Config) defaults() {
 	}
 	if c.TextSize <= 0 {
 		c.TextSize = 64
+	}
+	if c.SeedMessages <= 0 {
+		c.SeedMessages = 60
 	}
 	if c.Users == "" {
 		c.Users = "b"

@@ -40,6 +40,10 @@ func newBenchCmd() *cobra.Command {
   chat    --pairs sender->receiver pairs among N connections, open loop at --rate
           (or --step to find the highest rate with p99 under --p99-bound)
   group   groups of --group-size; latency until the last member has it
+  history --pairs 1:1 conversations, each seeded with --seed-messages (not
+          measured), then 50-message History pages open loop at --rate
+          (latest and before a random seq, each page checked); pages/s in
+          the msgs/s column, latency and CPU per page (or --step)
   echo    the same framing against 'loopchat bench echo-server'
 
 'loopchat bench compare' starts the servers itself (gnet, net, echo), pinned
@@ -95,7 +99,7 @@ apart from the generator, and prints ratios. See docs/BENCHMARKS.md.`,
 		}
 		return errors.Join(errs...)
 	}
-	for _, name := range []string{"conns", "login", "chat", "group", "echo"} {
+	for _, name := range []string{"conns", "login", "chat", "group", "history", "echo"} {
 		cmd.AddCommand(newScenarioCmd(name))
 	}
 	cmd.AddCommand(newCompareCmd(), newEchoServerCmd())
@@ -105,10 +109,10 @@ apart from the generator, and prints ratios. See docs/BENCHMARKS.md.`,
 // scenarioFlags are shared by the scenarios and compare.
 func scenarioFlags(f *pflag.FlagSet, c *bench.Config) {
 	f.IntVar(&c.Conns, "conns", 100, "connections")
-	f.IntVar(&c.Pairs, "pairs", 0, "sender->receiver pairs (chat, echo); 0 means conns/2")
-	f.DurationVar(&c.Warmup, "warmup", time.Second, "chat/echo: run the first rate this long, unmeasured, before measuring (0 for none)")
-	f.Float64Var(&c.Rate, "rate", 0, "offered rate per second in all (messages or logins); 0 means the scenario's default")
-	f.BoolVar(&c.Step, "step", false, "chat/echo: raise the rate ×1.5 per step until p99 passes --p99-bound; report the last that held")
+	f.IntVar(&c.Pairs, "pairs", 0, "sender->receiver pairs (chat, echo) or 1:1 conversations (history); 0 means conns/2")
+	f.DurationVar(&c.Warmup, "warmup", time.Second, "chat/echo/history: run the first rate this long, unmeasured, before measuring (0 for none)")
+	f.Float64Var(&c.Rate, "rate", 0, "offered rate per second in all (messages, logins or History pages); 0 means the scenario's default")
+	f.BoolVar(&c.Step, "step", false, "chat/echo/history: raise the rate ×1.5 per step until p99 passes --p99-bound; report the last that held")
 	f.DurationVar(&c.P99Bound, "p99-bound", 10*time.Millisecond, "latency bound for --step")
 	f.Float64Var(&c.MaxRate, "max-rate", 0, "stop --step at this rate; 0 means no limit")
 	f.IntVar(&c.Refine, "refine", 2, "after --step finds a rate that fails, halve the gap to the last that held this many times")
@@ -116,6 +120,7 @@ func scenarioFlags(f *pflag.FlagSet, c *bench.Config) {
 	f.IntVar(&c.GroupSize, "group-size", 10, "members per group (group)")
 	f.IntVar(&c.Groups, "groups", 0, "number of groups (group); 0 means conns/group-size")
 	f.IntVar(&c.TextSize, "text-size", 64, "message size in bytes")
+	f.IntVar(&c.SeedMessages, "seed-messages", 60, "history: messages sent into each conversation before pages are read (not measured)")
 	f.StringVar(&c.Users, "users", "", "user name prefix; empty means a fresh one per run")
 }
 
@@ -220,7 +225,8 @@ func runProcs(ctx context.Context, name string, c bench.Config, k int) (bench.Re
 		args := []string{"bench", name, "--worker", "--addr", strings.Join(c.Addrs, ","),
 			"--conns", strconv.Itoa(n), "--pairs", strconv.Itoa(c.Pairs / k), "--rate", fmt.Sprint(c.Rate / float64(k)),
 			"--duration", c.Duration.String(), "--group-size", strconv.Itoa(c.GroupSize), "--groups", strconv.Itoa(c.Groups / k),
-			"--text-size", strconv.Itoa(c.TextSize), "--users", fmt.Sprintf("%sp%dx", c.Users, i),
+			"--text-size", strconv.Itoa(c.TextSize), "--seed-messages", strconv.Itoa(c.SeedMessages),
+			"--users", fmt.Sprintf("%sp%dx", c.Users, i),
 			"--source-offset", strconv.Itoa(c.SourceOffset + i*(c.Conns/k))}
 		wg.Add(1)
 		go func() {
@@ -292,7 +298,7 @@ func newCompareCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	scenarioFlags(f, &cc.Config)
-	f.StringVar(&cc.Scenario, "scenario", "chat", "scenario: chat, conns, login or group")
+	f.StringVar(&cc.Scenario, "scenario", "chat", "scenario: chat, conns, login, group or history")
 	f.StringSliceVar(&servers, "servers", []string{"gnet", "net", "echo"}, "servers to compare")
 	f.IntVar(&cc.Loops, "loops", 1, "event loops of the gnet servers")
 	f.StringVar(&cc.ServerCPUs, "server-cpus", "0", "taskset CPU list for the servers; empty means no pinning")

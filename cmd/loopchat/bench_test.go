@@ -78,3 +78,27 @@ func TestBenchProcsMerge(t *testing.T) {
 		t.Fatalf("merged result %+v", r)
 	}
 }
+
+// compare knows the history scenario: gnet and net each read checked
+// pages, and the echo server, which has no history, is left out.
+func TestBenchCompareHistory(t *testing.T) {
+	out, err := exec.Command(binary, "bench", "compare", "--scenario", "history", "--conns", "20", "--seed-messages", "60",
+		"--rate", "200", "--duration", "1s", "--warmup", "0", "--json", "--server-cpus", "", "--gen-cpus", "").Output()
+	if err != nil {
+		t.Fatalf("compare --scenario history: %v", err)
+	}
+	var cmp struct {
+		Results []benchResult `json:"results"`
+	}
+	if err := json.Unmarshal(out, &cmp); err != nil {
+		t.Fatalf("stdout is not the JSON report: %v\n%s", err, out)
+	}
+	if len(cmp.Results) != 2 || cmp.Results[0].Server != "gnet" || cmp.Results[1].Server != "net" {
+		t.Fatalf("results = %+v, want gnet and net", cmp.Results)
+	}
+	for _, r := range cmp.Results {
+		if r.Scenario != "history" || r.Delivered == 0 || r.Lost != 0 || r.Errors != 0 || r.P99 <= 0 || r.CPU <= 0 {
+			t.Errorf("%s: %+v", r.Server, r)
+		}
+	}
+}
