@@ -450,6 +450,14 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 		if u == nil || r.NodeID == s.opts.NodeID && r.ConnID == c.id {
 			return
 		}
+		// Anyone who can PUBLISH can write a read event: a receipt reaches
+		// a user only about a conversation of theirs, from its other user
+		// (1:1) or from themselves (their own read state, any conversation).
+		inPair := func(id uint64) bool { return id == r.Conv.A || id == r.Conv.B }
+		if r.Conv.GroupID != 0 && r.Reader != u.id || r.Conv.GroupID == 0 && (!inPair(u.id) || !inPair(r.Reader)) {
+			s.metrics.channelErrors.Inc()
+			return
+		}
 		rr := &chatpb.ReadReceipt{ReaderUserId: r.Reader, UpToSeq: r.UpTo, GroupId: r.Conv.GroupID}
 		if r.Conv.GroupID == 0 {
 			rr.PeerUserId = r.Conv.A + r.Conv.B - u.id // the other of the pair, from this user's side

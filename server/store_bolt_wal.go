@@ -107,6 +107,9 @@ type appendOp struct {
 	res     AppendResult
 	err     error
 	done    chan struct{}
+	// dupOf is the op of the same batch whose (sender, client_msg_id) this
+	// one repeats; its outcome is this one's.
+	dupOf *appendOp
 }
 
 // maxUnapplied bounds logged messages held in memory before they are in
@@ -230,6 +233,11 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 		buf = s.flushLog(logged, buf)
 	}
 	for _, op := range batch {
+		if first := op.dupOf; first != nil && first.err != nil {
+			// A duplicate of a send whose log write failed: not stored
+			// either, so it must not be answered SendOK.
+			op.res, op.err = AppendResult{}, first.err
+		}
 		op.done <- struct{}{}
 	}
 	s.mem.Lock()
@@ -332,7 +340,7 @@ func (s *BoltStore) findDuplicates(batch []*appendOp) {
 		}
 		return nil
 	})
-	seen := map[senderMsgID]*walEntry{}
+	seen := map[senderMsgID]*appendOp{}
 	for _, op := range rest {
 		if err != nil {
 			op.err = fmt.Errorf("store: dedup: %w", err)
@@ -343,10 +351,12 @@ func (s *BoltStore) findDuplicates(batch []*appendOp) {
 		}
 		key := senderMsgID{op.entry.sender, op.entry.clientMsgID}
 		if first := seen[key]; first != nil {
-			op.res = AppendResult{Message: first.msg, Duplicate: true}
+			// Settled once first is logged (settleDuplicates): its write
+			// may yet fail, and then this one was not stored either.
+			op.res, op.dupOf = AppendResult{Message: first.entry.msg, Duplicate: true}, first
 			continue
 		}
-		seen[key] = op.entry
+		seen[key] = op
 	}
 }
 

@@ -297,7 +297,7 @@ end
 return 0`)
 
 	// KEYS: {c:<conv>}:seq, :first, :log: one slot. ARGV: newest ("1" or
-	// ""), before, after, limit, floor (HistoryQuery). Returns {has more,
+	// ""), before, after, limit, floor (HistoryQuery), age cutoff ms. Returns {has more,
 	// values of the page's seqs, lowest first...} (false for a seq not in
 	// the log), or {0} for an empty page. Seqs are contiguous, so a page is a
 	// range of fields, clamped below by the first kept seq and the floor.
@@ -308,6 +308,24 @@ local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local first = tonumber(redis.call('GET', KEYS[2]) or '0')
 if first == 0 then first = last + 1 end
 local low = math.max(first, tonumber(ARGV[5]) + 1)
+-- Appends trim by age only as they come: in a quiet conversation the
+-- oldest may have outlived MaxAge (ARGV[6], a cutoff in ms; 0: none).
+-- Seqs follow send time, so skip from the bottom up to the first young
+-- one, a bounded number at a time.
+local cutoff = tonumber(ARGV[6])
+if cutoff > 0 then
+  local scanned = 0
+  while low <= last and scanned < 1000 do
+    local v = redis.call('HGET', KEYS[3], string.format('%d', low))
+    if v then
+      local at = 0
+      for k = 1, 8 do at = at * 256 + (string.byte(v, k) or 0) end
+      if at >= cutoff then break end
+    end
+    low = low + 1
+    scanned = scanned + 1
+  end
+end
 local limit = tonumber(ARGV[4])
 local lo, hi, more
 if ARGV[1] == '1' then
@@ -843,8 +861,12 @@ func (s *RedisStore) History(ctx context.Context, q HistoryQuery) (HistoryPage, 
 	if q.Newest {
 		newest = "1"
 	}
+	var cutoff int64
+	if s.cfg.History.MaxAge > 0 {
+		cutoff = time.Now().Add(-s.cfg.History.MaxAge).UnixMilli()
+	}
 	ck := s.convKey(q.Conv)
-	keys, args := s.guard(ctx, []string{ck + "seq", ck + "first", ck + "log"}, newest, q.Before, q.After, limit, q.Floor)
+	keys, args := s.guard(ctx, []string{ck + "seq", ck + "first", ck + "log"}, newest, q.Before, q.After, limit, q.Floor, cutoff)
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{scriptHistory.EvalSha(ctx, p, keys, args...)}
 	})
