@@ -61,11 +61,7 @@ type conversation struct {
 // ask for, and they count as errors.
 func History(ctx context.Context, cfg Config) (Result, error) {
 	cfg.defaults()
-	toks, ids, err := tokens(ctx, &cfg, cfg.Conns)
-	if err != nil {
-		return Result{}, err
-	}
-	conns, _, err := connectAll(ctx, &cfg, toks, nil)
+	conns, ids, err := loggedIn(ctx, &cfg)
 	if err != nil {
 		return Result{}, err
 	}

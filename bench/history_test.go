@@ -2,10 +2,10 @@ package bench
 
 import (
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
 )
 
@@ -123,27 +123,10 @@ func TestWriteTableSaysPages(t *testing.T) {
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // Once stop returns, the status line is cleared and nothing more is
 // written, so the line printed next (seeded, step) starts a line.
 func TestStartProgressStopsCleared(t *testing.T) {
-	var out lockedBuffer
+	var out testproc.SyncBuffer
 	cfg := &Config{Progress: &out, Server: "gnet"}
 	stop := startProgress(cfg, func() string { return "status" })
 	time.Sleep(1100 * time.Millisecond) // one status line

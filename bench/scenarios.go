@@ -234,11 +234,7 @@ func openLoop(ctx context.Context, n int, rate float64, d time.Duration, send fu
 // rate that held.
 func Chat(ctx context.Context, cfg Config) (Result, error) {
 	cfg.defaults()
-	toks, ids, err := tokens(ctx, &cfg, cfg.Conns)
-	if err != nil {
-		return Result{}, err
-	}
-	conns, _, err := connectAll(ctx, &cfg, toks, nil)
+	conns, ids, err := loggedIn(ctx, &cfg)
 	if err != nil {
 		return Result{}, err
 	}
@@ -585,4 +581,15 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 		cpu.fill(&res)
 		return res, nil
 	})
+}
+
+// loggedIn makes cfg.Conns users and connects each, logged in with its
+// token: the setup the pair scenarios share. ids[i] is conns[i]'s user.
+func loggedIn(ctx context.Context, cfg *Config) (conns []*Conn, ids []uint64, err error) {
+	toks, ids, err := tokens(ctx, cfg, cfg.Conns)
+	if err != nil {
+		return nil, nil, err
+	}
+	conns, _, err = connectAll(ctx, cfg, toks, nil)
+	return conns, ids, err
 }
