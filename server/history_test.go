@@ -102,16 +102,7 @@ func TestHistoryOverTheWire(t *testing.T) {
 			t.Fatalf("the creator's group history %v", seqs)
 		}
 	}
-	forEachEngine(t, func(t *testing.T, engine string) {
-		t.Run("one node", func(t *testing.T) {
-			ts := startServer(t, testOptions(t, engine))
-			run(t, ts, ts)
-		})
-		t.Run("two nodes", func(t *testing.T) {
-			nodes := clusterNodes(t, testproc.StartRedis(t), 2, engine)
-			run(t, nodes[0], nodes[1])
-		})
-	})
+	onOneNodeAndTwo(t, run)
 }
 
 // MarkRead moves the read seq forward only; the peer of a 1:1 conversation
@@ -152,16 +143,7 @@ func TestReadReceipts(t *testing.T) {
 		expectOK(t, markRead(bob, &chatpb.MarkRead{GroupId: gid, UpToSeq: 1}))
 		alice.noPush(200 * time.Millisecond)
 	}
-	forEachEngine(t, func(t *testing.T, engine string) {
-		t.Run("one node", func(t *testing.T) {
-			ts := startServer(t, testOptions(t, engine))
-			run(t, ts, ts)
-		})
-		t.Run("two nodes", func(t *testing.T) {
-			nodes := clusterNodes(t, testproc.StartRedis(t), 2, engine)
-			run(t, nodes[0], nodes[1])
-		})
-	})
+	onOneNodeAndTwo(t, run)
 }
 
 func TestConversationKeysRoundTrip(t *testing.T) {
@@ -176,4 +158,19 @@ func TestConversationKeysRoundTrip(t *testing.T) {
 			t.Errorf("%q parsed", bad)
 		}
 	}
+}
+
+// onOneNodeAndTwo runs a test of two users, on each engine: both on one
+// node (a and b the same), and on two nodes sharing a real Redis.
+func onOneNodeAndTwo(t *testing.T, run func(t *testing.T, a, b *testServer)) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		t.Run("one node", func(t *testing.T) {
+			ts := startServer(t, testOptions(t, engine))
+			run(t, ts, ts)
+		})
+		t.Run("two nodes", func(t *testing.T) {
+			nodes := clusterNodes(t, testproc.StartRedis(t), 2, engine)
+			run(t, nodes[0], nodes[1])
+		})
+	})
 }

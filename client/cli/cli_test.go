@@ -45,13 +45,7 @@ func TestHistoryCommand(t *testing.T) {
 	_, addr := testnode.Start(t, server.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	run := func(script string) string {
-		var out bytes.Buffer
-		if err := Run(ctx, strings.NewReader(script), Options{Client: client.Options{Addr: addr}, JSON: true, Out: &out}); err != nil {
-			t.Fatalf("Run: %v\n%s", err, out.String())
-		}
-		return out.String()
-	}
+	run := func(script string) string { return runJSON(ctx, t, addr, script) }
 	run("/register bob hunter2hunter2\n")
 	run("/register alice hunter2hunter2\n/login alice hunter2hunter2\n/msg bob one\n/msg bob two\n/msg bob three\n")
 	out := run("/login bob hunter2hunter2\n/history alice 2\n/history alice\n/history group 99\n/history\n")
@@ -87,13 +81,7 @@ func TestReadCommand(t *testing.T) {
 	_, addr := testnode.Start(t, server.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	run := func(script string) string {
-		var out bytes.Buffer
-		if err := Run(ctx, strings.NewReader(script), Options{Client: client.Options{Addr: addr}, JSON: true, Out: &out}); err != nil {
-			t.Fatalf("Run: %v\n%s", err, out.String())
-		}
-		return out.String()
-	}
+	run := func(script string) string { return runJSON(ctx, t, addr, script) }
 	run("/register bob hunter2hunter2\n/register alice hunter2hunter2\n")
 	// alice stays connected while bob reads: her client prints the receipt.
 	var aliceOut testproc.SyncBuffer
@@ -117,4 +105,14 @@ func TestReadCommand(t *testing.T) {
 	}
 	cancel() // alice's /wait need not run out
 	<-aliceDone
+}
+
+// runJSON runs a script against addr with --json and returns its output.
+func runJSON(ctx context.Context, t *testing.T, addr, script string) string {
+	t.Helper()
+	var out bytes.Buffer
+	if err := Run(ctx, strings.NewReader(script), Options{Client: client.Options{Addr: addr}, JSON: true, Out: &out}); err != nil {
+		t.Fatalf("Run: %v\n%s", err, out.String())
+	}
+	return out.String()
 }
