@@ -5,8 +5,6 @@ import (
 	"errors"
 	"strconv"
 	"sync"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Session generations decide "newest login wins" without the nodes'
@@ -84,21 +82,9 @@ return g`)
 )
 
 func (s *RedisStore) NewSession(ctx context.Context, uid uint64) (uint64, error) {
-	return s.runSessionScript(ctx, scriptNewSession, uid)
+	return s.guardedCount(ctx, scriptNewSession, s.sessionKey(uid))
 }
 
 func (s *RedisStore) LatestSession(ctx context.Context, uid uint64) (uint64, error) {
-	return s.runSessionScript(ctx, scriptLatestSession, uid)
-}
-
-func (s *RedisStore) runSessionScript(ctx context.Context, script *redis.Script, uid uint64) (uint64, error) {
-	keys, args := s.guard(ctx, []string{s.sessionKey(uid)})
-	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{script.EvalSha(ctx, p, keys, args...)}
-	})
-	if err != nil {
-		return 0, err
-	}
-	n, err := cmds[0].(*redis.Cmd).Uint64()
-	return n, redisErr(err)
+	return s.guardedCount(ctx, scriptLatestSession, s.sessionKey(uid))
 }

@@ -901,9 +901,15 @@ func (s *RedisStore) History(ctx context.Context, q HistoryQuery) (HistoryPage, 
 }
 
 func (s *RedisStore) LastSeq(ctx context.Context, conv Conversation) (uint64, error) {
-	keys, args := s.guard(ctx, []string{s.convKey(conv) + "seq"})
+	return s.guardedCount(ctx, scriptLastSeq, s.convKey(conv)+"seq")
+}
+
+// guardedCount runs a guarded script on one key through the batcher and
+// reads the number it returns.
+func (s *RedisStore) guardedCount(ctx context.Context, script *redis.Script, key string) (uint64, error) {
+	keys, args := s.guard(ctx, []string{key})
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{scriptLastSeq.EvalSha(ctx, p, keys, args...)}
+		return []redis.Cmder{script.EvalSha(ctx, p, keys, args...)}
 	})
 	if err != nil {
 		return 0, err
