@@ -31,8 +31,12 @@ import (
 // of stored messages. A schema 1 file opens as is: its members read as
 // JoinedSeq 0, its messages (and log records written before the upgrade)
 // have Seq 0 and are in no conversation's history, and each conversation
-// counts from 1 with its first message after the upgrade. A file of a
-// later schema than boltSchema is refused.
+// counts from 1 with its first message after the upgrade. Schema 3 writes
+// conv_meta only when retention empties a conversation (its last seq is
+// otherwise its last conv_log key). A schema 2 file opens as is (its
+// conv_meta is never above the last key); a schema 2 binary would read a
+// stale last seq from conv_meta, hence the new number. A file of a later
+// schema than boltSchema is refused.
 var (
 	bucketUsers      = []byte("users")       // uid -> userRecord JSON
 	bucketUsernames  = []byte("usernames")   // lower(name) -> uid
@@ -51,7 +55,7 @@ var (
 	// (a <= b), fixed lengths, so no conversation's key is a prefix of
 	// another's and a prefix scan lists exactly one conversation.
 	bucketConvLog  = []byte("conv_log")  // convKey|seq -> chatpb.Message (with its seq), the kept history
-	bucketConvMeta = []byte("conv_meta") // convKey -> last seq (kept when retention trims everything)
+	bucketConvMeta = []byte("conv_meta") // convKey -> last seq, written when retention trims everything (schema 3)
 	// bucketReadSeqs (readstate.go): uid|convKey -> the user's read seq
 	bucketMeta = []byte("meta") // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
 	allBuckets = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
@@ -65,7 +69,7 @@ var (
 
 // boltSchema is the newest file layout this code reads and writes (see the
 // bucket layout above).
-const boltSchema = 2
+const boltSchema = 3
 
 type userRecord struct {
 	Name  string `json:"name"`
@@ -591,11 +595,16 @@ type convState struct {
 	// guarded by BoltStore.mem; only the log writer moves last.
 	last    uint64
 	pending int
+	// Committer goroutine only: the lowest seq conv_log keeps of the
+	// conversation and its send time (Unix ms), so that a copy with
+	// nothing for retention to drop reads nothing; 0 until a copy read it.
+	keptFrom   uint64
+	keptFromMs int64
 }
 
 // maxConvStates is how many conversations the log writer keeps seq state
 // for before it drops some. A conversation with nothing pending agrees
-// with bbolt (its conv_meta), so its state can be read back from there
+// with bbolt (storedLastSeq), so its state can be read back from there
 // when it next sends.
 const maxConvStates = 100_000
 
@@ -614,14 +623,38 @@ func convSeqKey(ck []byte, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(append(make([]byte, 0, len(ck)+8), ck...), seq)
 }
 
-// storedLastSeq reads a conversation's last seq from bbolt: conv_meta
-// keeps it even when retention has trimmed every message, so seqs are
-// never handed out twice.
+// storedLastSeq reads a conversation's last seq from bbolt: its last
+// conv_log key, or conv_meta's, which keeps it when retention has trimmed
+// every message (and which files before schema 3 wrote with every copy),
+// so seqs are never handed out twice.
 func storedLastSeq(tx *bolt.Tx, ck []byte) uint64 {
+	last := storedMetaSeq(tx, ck)
+	c := tx.Bucket(bucketConvLog).Cursor()
+	// The last key below the conversation's highest possible one.
+	k, _ := c.Seek(convSeqKey(ck, math.MaxUint64))
+	if k == nil {
+		k, _ = c.Last()
+	} else {
+		k, _ = c.Prev()
+	}
+	if isConvSeqKey(k, ck) {
+		last = max(last, binary.BigEndian.Uint64(k[len(ck):]))
+	}
+	return last
+}
+
+// storedMetaSeq is conv_meta's last seq of a conversation (0: none).
+func storedMetaSeq(tx *bolt.Tx, ck []byte) uint64 {
 	if v := tx.Bucket(bucketConvMeta).Get(ck); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)
 	}
 	return 0
+}
+
+// isConvSeqKey reports whether k is a conv_log key of the conversation
+// ck names.
+func isConvSeqKey(k, ck []byte) bool {
+	return len(k) == len(ck)+8 && hasPrefix(k, ck)
 }
 
 // cachedLastSeq is c's last logged seq, if the log writer holds its state.
@@ -735,29 +768,35 @@ func (s *BoltStore) historyCutoffMs(now time.Time) int64 {
 }
 
 // sentBefore reports whether the encoded message v was sent before
-// cutoffMs, by its msg_id (field 1, which comes first), without decoding
-// the rest. An unreadable message counts as recent: age alone never drops
+// cutoffMs. An unreadable message counts as recent: age alone never drops
 // what it cannot date.
 func sentBefore(v []byte, cutoffMs int64) bool {
-	if cutoffMs == math.MinInt64 {
-		return false
-	}
+	return cutoffMs != math.MinInt64 && sentAtMs(v) < cutoffMs
+}
+
+// sentAtMs is when the encoded message v was sent (Unix ms), by its msg_id
+// (field 1, which comes first), without decoding the rest; math.MaxInt64
+// when it cannot be read.
+func sentAtMs(v []byte) int64 {
 	for len(v) > 0 {
 		num, typ, n := protowire.ConsumeTag(v)
 		if n < 0 {
-			return false
+			return math.MaxInt64
 		}
 		v = v[n:]
 		if num == 1 && typ == protowire.VarintType {
 			id, n := protowire.ConsumeVarint(v)
-			return n > 0 && msgIDUnixMs(id) < cutoffMs
+			if n < 0 {
+				return math.MaxInt64
+			}
+			return msgIDUnixMs(id)
 		}
 		if n = protowire.ConsumeFieldValue(num, typ, v); n < 0 {
-			return false
+			return math.MaxInt64
 		}
 		v = v[n:]
 	}
-	return false
+	return math.MaxInt64
 }
 
 // maxHistoryTrim bounds how many messages retention drops from a
@@ -766,69 +805,81 @@ func sentBefore(v []byte, cutoffMs int64) bool {
 // History hides the rest until later copies reach them.
 const maxHistoryTrim = 64
 
-// historyCopy writes the messages of one copy from the log (or one
-// recovery chunk) into their conversations: each message as it comes
-// (add), and each conversation's last seq and retention once at the end
-// (finish), however many of its messages the copy carries. The copy
-// runs on the committer, beside every other write, so its per-message
-// work is one bbolt insert.
+// historyCopy writes logged messages into their conversations' history,
+// in one transaction: each message as it comes (add), then each
+// conversation's retention once (finish), however many of its messages
+// the copy carries. The copy runs on the committer, beside every other
+// write, so its per-message work is one bbolt insert.
 type historyCopy struct {
 	s       *BoltStore
 	tx      *bolt.Tx
 	hist    *bolt.Bucket
 	key     []byte // scratch: bbolt copies the keys it keeps (not values)
-	touched map[Conversation]historyTouch
+	touched map[Conversation]*historyTouch
 }
 
-// historyTouch is what one copy added to a conversation.
+// historyTouch is what one copy did to a conversation.
 type historyTouch struct {
-	last  uint64 // the highest seq added
+	cs    *convState // the conversation's state, in a copy from memory
+	last  uint64     // the highest seq added
 	added int
+	// What conv_log keeps first once finish is done (0: nothing), for
+	// convState.keptFrom once the copy is committed.
+	keptFrom   uint64
+	keptFromMs int64
 }
 
 func (s *BoltStore) newHistoryCopy(tx *bolt.Tx) *historyCopy {
 	return &historyCopy{s: s, tx: tx, hist: tx.Bucket(bucketConvLog)}
 }
 
-// add puts a logged message into its conversation's history.
+// add puts a logged message into its conversation's history. Messages of
+// one conversation come in seq order.
 func (h *historyCopy) add(e *walEntry) error {
 	if e.seq == 0 {
 		return nil // logged before conversations had seqs
+	}
+	t := h.touched[e.conv]
+	if t == nil {
+		if h.touched == nil {
+			h.touched = make(map[Conversation]*historyTouch)
+		}
+		t = &historyTouch{cs: e.cs}
+		h.touched[e.conv] = t
 	}
 	h.key = binary.BigEndian.AppendUint64(appendConvKey(h.key[:0], e.conv), e.seq)
 	if err := h.hist.Put(h.key, e.message); err != nil {
 		return err
 	}
-	if h.touched == nil {
-		h.touched = make(map[Conversation]historyTouch)
-	}
-	t := h.touched[e.conv]
-	h.touched[e.conv] = historyTouch{last: max(t.last, e.seq), added: t.added + 1}
+	t.last = max(t.last, e.seq)
+	t.added++
 	return nil
 }
 
-// finish records the last seq of each conversation added to and drops
-// its oldest messages past the HistoryLimits, counting messages sent
-// before cutoffMs as too old. It returns how many it dropped.
+// finish drops the oldest messages of each conversation added to that are
+// past the HistoryLimits, counting messages sent before cutoffMs as too
+// old, and records the last seq of any it empties in conv_meta. It
+// returns how many it dropped. A conversation whose state knows what it
+// keeps first, and that nothing is to go, costs no read.
 func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 	limit := h.s.cfg.History.MaxMessages
-	metas := h.tx.Bucket(bucketConvMeta)
 	trimmed := 0
 	for conv, t := range h.touched {
-		ck := convKey(conv)
-		last := max(storedLastSeq(h.tx, ck), t.last)
-		if err := metas.Put(ck, u64(last)); err != nil {
-			return trimmed, err
+		last := t.last
+		if cs := t.cs; cs != nil && cs.keptFrom != 0 && (limit <= 0 || last-cs.keptFrom < uint64(limit)) &&
+			cs.keptFromMs >= cutoffMs {
+			t.keptFrom, t.keptFromMs = cs.keptFrom, cs.keptFromMs
+			continue
 		}
+		ck := convKey(conv)
 		c := h.hist.Cursor()
-		for range t.added * maxHistoryTrim {
-			// The oldest kept. Seqs are kept without gaps from it to
-			// last, so the count needs no scan.
-			k, v := c.Seek(ck)
-			if k == nil || len(k) != len(ck)+8 || !hasPrefix(k, ck) {
-				break
-			}
-			over := limit > 0 && last-binary.BigEndian.Uint64(k[len(ck):]) >= uint64(limit)
+		// The oldest kept. Seqs are kept without gaps from it to last, so
+		// the count needs no scan.
+		k, v := c.Seek(ck)
+		dropped := uint64(0)
+		for budget := t.added * maxHistoryTrim; budget > 0 && isConvSeqKey(k, ck); budget-- {
+			seq := binary.BigEndian.Uint64(k[len(ck):])
+			over := limit > 0 && last-seq >= uint64(limit)
 			if !over && !sentBefore(v, cutoffMs) {
 				break
 			}
@@ -836,9 +887,32 @@ func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 				return trimmed, err
 			}
 			trimmed++
+			dropped = seq
+			k, v = c.Seek(ck)
+		}
+		if isConvSeqKey(k, ck) {
+			t.keptFrom, t.keptFromMs = binary.BigEndian.Uint64(k[len(ck):]), sentAtMs(v)
+			continue
+		}
+		// Nothing kept: conv_meta keeps the last seq, the last dropped.
+		t.keptFrom = 0
+		if dropped > storedMetaSeq(h.tx, ck) {
+			if err := h.tx.Bucket(bucketConvMeta).Put(ck, u64(dropped)); err != nil {
+				return trimmed, err
+			}
 		}
 	}
 	return trimmed, nil
+}
+
+// keepRanges tells the states of the conversations copied what conv_log
+// keeps first now. Committer only, once the copy is committed.
+func (h *historyCopy) keepRanges() {
+	for _, t := range h.touched {
+		if t.cs != nil {
+			t.cs.keptFrom, t.cs.keptFromMs = t.keptFrom, t.keptFromMs
+		}
+	}
 }
 
 // applyMessage copies a logged message into its conversation's history

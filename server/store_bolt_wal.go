@@ -469,10 +469,12 @@ func (s *BoltStore) takePending() *writeOp {
 	if len(entries) == 0 && len(acks) == 0 {
 		return nil
 	}
+	var h *historyCopy
 	trimmed, histTrimmed := 0, 0
 	fn := func(tx *bolt.Tx) error {
 		var err error
-		if trimmed, histTrimmed, err = s.copyLogged(tx, entries, acks); err != nil {
+		h = s.newHistoryCopy(tx)
+		if trimmed, histTrimmed, err = s.copyLogged(tx, entries, acks, h); err != nil {
 			return err
 		}
 		for uid, ids := range acks {
@@ -511,6 +513,7 @@ func (s *BoltStore) takePending() *writeOp {
 			}
 		}
 		s.mem.Unlock()
+		h.keepRanges()
 		if len(entries) > 0 {
 			s.removeLogBelow(entries[len(entries)-1].end.seg)
 		}
@@ -524,15 +527,14 @@ func (s *BoltStore) takePending() *writeOp {
 	return &writeOp{fn: fn, after: after}
 }
 
-// copyLogged copies logged messages into bbolt (see applyMessage) and
-// records, in the same transaction, how far the log is copied. It returns
-// how many older messages full inboxes lost, and how many retention
-// dropped from conversations.
-func (s *BoltStore) copyLogged(tx *bolt.Tx, entries []*walEntry, acks map[uint64]map[uint64]struct{}) (trimmed, histTrimmed int, err error) {
+// copyLogged copies logged messages into bbolt (see applyMessage, and h
+// for their history) and records, in the same transaction, how far the
+// log is copied. It returns how many older messages full inboxes lost,
+// and how many retention dropped from conversations.
+func (s *BoltStore) copyLogged(tx *bolt.Tx, entries []*walEntry, acks map[uint64]map[uint64]struct{}, h *historyCopy) (trimmed, histTrimmed int, err error) {
 	if len(entries) == 0 {
 		return 0, 0, nil
 	}
-	h := s.newHistoryCopy(tx)
 	for _, e := range entries {
 		n, err := s.applyMessage(tx, e, acks, h)
 		if err != nil {
