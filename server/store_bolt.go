@@ -31,12 +31,15 @@ import (
 // of stored messages. A schema 1 file opens as is: its members read as
 // JoinedSeq 0, its messages (and log records written before the upgrade)
 // have Seq 0 and are in no conversation's history, and each conversation
-// counts from 1 with its first message after the upgrade. Schema 3 writes
-// conv_meta only when retention empties a conversation (its last seq is
-// otherwise its last conv_log key). A schema 2 file opens as is (its
-// conv_meta is never above the last key); a schema 2 binary would read a
-// stale last seq from conv_meta, hence the new number. A file of a later
-// schema than boltSchema is refused.
+// counts from 1 with its first message after the upgrade. Schema 3 copies
+// a conversation's history apart from the inboxes (store_bolt_wal.go):
+// conv_meta is written only when retention empties a conversation (its
+// last seq is otherwise its last conv_log key), and meta keyWALInbox says
+// how far the inbox copy has gone. A schema 2 file opens as is (its
+// conv_meta is never above the last key; without keyWALInbox the inbox
+// copy is where keyWALApplied says); a schema 2 binary would read a stale
+// last seq from conv_meta, hence the new number. A file of a later schema
+// than boltSchema is refused.
 var (
 	bucketUsers      = []byte("users")       // uid -> userRecord JSON
 	bucketUsernames  = []byte("usernames")   // lower(name) -> uid
@@ -61,10 +64,15 @@ var (
 	allBuckets = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
 		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketMeta}
-	// keyWALApplied is where the message log has been copied up to.
+	// keyWALApplied is where the message log has been copied up to:
+	// every record before it is in bbolt, inbox and history copies both.
 	keyWALApplied = []byte("wal_applied")
-	keyEpoch      = []byte("epoch")
-	keySchema     = []byte("schema") // 8-byte version; absent means 1
+	// keyWALInbox is where the inbox copy has gone (schema 3; never
+	// before keyWALApplied): the sends before it are in their inboxes and
+	// dedup, the acks before it applied; only their history may be missing.
+	keyWALInbox = []byte("wal_inbox")
+	keyEpoch    = []byte("epoch")
+	keySchema   = []byte("schema") // 8-byte version; absent means 1
 )
 
 // boltSchema is the newest file layout this code reads and writes (see the
@@ -113,6 +121,12 @@ type BoltConfig struct {
 	// ObserveHistoryTrim, if set, is told how many messages retention
 	// dropped from conversations' history.
 	ObserveHistoryTrim func(n int)
+
+	// For tests: zero means historyCopyPeriod and walSegmentSize; a
+	// negative historyPeriod copies history only when something needs it
+	// (History, backpressure, Close).
+	historyPeriod time.Duration
+	segmentSize   int64
 }
 
 // BoltStore is the embedded single-node Store on bbolt. Writes from all
@@ -122,10 +136,11 @@ type BoltConfig struct {
 type BoltStore struct {
 	// Messages and acks reach bbolt lazily (see store_bolt_wal.go): each is
 	// durable once its batch is in the message log, and the committer
-	// copies what the log holds into bbolt with its next commit after
-	// logCopyDelay, leaving out recipients who acked meanwhile; acks of
-	// messages already in bbolt ride along with the next commit. mem
-	// guards what is waiting.
+	// copies what the log holds into the inboxes with its next commit
+	// after logCopyDelay, leaving out recipients who acked meanwhile (acks
+	// of messages already in bbolt ride along with the next commit), and
+	// into the history by conversation, each in its turn. mem guards what
+	// is waiting.
 	mem          sync.Mutex
 	acks         map[uint64]map[uint64]struct{} // user -> msg ids acked, not yet written
 	ackCount     int
@@ -140,9 +155,32 @@ type BoltStore struct {
 	// maxConvs bounds convs (maxConvStates; a field so tests can lower
 	// it before the first send).
 	maxConvs int
-	// forceCopy makes the next takePending copy every logged message, not
-	// only those older than logCopyDelay (inbox reads, backpressure, close).
-	forceCopy atomic.Bool
+	// forceCopy makes the next takePending copy every logged message into
+	// the inboxes, not only those older than logCopyDelay (inbox reads,
+	// backpressure, close); forceHistory copies every conversation's
+	// pending history (backpressure, close).
+	forceCopy    atomic.Bool
+	forceHistory atomic.Bool
+	// held is every logged message not yet wholly in bbolt (its inbox
+	// copy or its history copy pending), in log order from heldHead: the
+	// log is copied up to the first of them.
+	held     []*walEntry
+	heldHead int
+	// histSlots are the conversations with history waiting, in the slot
+	// their state was given (convState.slot); takePending copies each
+	// slot's in turn, all of them once per historyPeriod. histUrgent are
+	// those to copy with the next commit (History is waiting, or too many
+	// are pending). nextSlot is the slot the next state gets (log writer
+	// only).
+	histSlots  [historySlots][]*convState
+	histUrgent []*convState
+	nextSlot   int
+	// Committer goroutine only: the last slot tick copied (counted in
+	// historyPeriod/historySlots from histEpoch), and the position
+	// keyWALApplied holds.
+	histEpoch time.Time
+	histTick  int64
+	applied   walPos
 
 	db        *bolt.DB
 	cfg       BoltConfig
@@ -175,6 +213,12 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	}
 	if cfg.LogLinger == 0 {
 		cfg.LogLinger = 500 * time.Microsecond
+	}
+	if cfg.historyPeriod == 0 {
+		cfg.historyPeriod = historyCopyPeriod
+	}
+	if cfg.segmentSize <= 0 {
+		cfg.segmentSize = walSegmentSize
 	}
 	cfg.History = cfg.History.withDefaults()
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
@@ -232,7 +276,7 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	s := &BoltStore{db: db, cfg: cfg, epoch: epoch, doneChans: sync.Pool{New: newDoneChan},
 		stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
 		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{},
-		convs: map[Conversation]*convState{}, maxConvs: maxConvStates}
+		convs: map[Conversation]*convState{}, maxConvs: maxConvStates, histEpoch: time.Now()}
 	if err := s.recoverLog(); err != nil {
 		db.Close()
 		return nil, err
@@ -258,6 +302,7 @@ func (s *BoltStore) Close() error {
 	s.appends.close()
 	<-s.logDone
 	s.forceCopy.Store(true)
+	s.forceHistory.Store(true)
 	s.committer.close()
 	logErr := s.log.close()
 	return errors.Join(s.db.Close(), logErr)
@@ -584,17 +629,24 @@ func (s *BoltStore) GroupsOf(_ context.Context, uid uint64) (out []Group, err er
 
 // convState is the seq state of one conversation, in memory: seqs are
 // handed out by the log writer, which is one goroutine, so they follow
-// the log's order without a lock on the send path.
+// the log's order without a lock on the send path. It also holds the
+// conversation's logged messages until their history is in bbolt.
 type convState struct {
 	// next is the seq handed out last: ahead of last while the batch it
 	// went to is being written, given back if that write fails. The log
 	// writer alone uses it.
 	next uint64
-	// last is the highest seq in the log (LastSeq); pending counts this
-	// conversation's logged messages not yet copied into bbolt. Both are
-	// guarded by BoltStore.mem; only the log writer moves last.
-	last    uint64
-	pending int
+	// Guarded by BoltStore.mem. last is the highest seq in the log
+	// (LastSeq); only the log writer moves it. hist holds the logged
+	// messages whose history is not in bbolt yet, in seq order; the first
+	// histTaken of them are in the commit under way.
+	last      uint64
+	hist      []*walEntry
+	histTaken int
+	// slot is the histSlots entry the conversation waits in; queued says
+	// it is there, urgent that it is in histUrgent.
+	slot           int
+	queued, urgent bool
 	// Committer goroutine only: the lowest seq conv_log keeps of the
 	// conversation and its send time (Unix ms), so that a copy with
 	// nothing for retention to drop reads nothing; 0 until a copy read it.
@@ -603,7 +655,7 @@ type convState struct {
 }
 
 // maxConvStates is how many conversations the log writer keeps seq state
-// for before it drops some. A conversation with nothing pending agrees
+// for before it drops some. A conversation with no history pending agrees
 // with bbolt (storedLastSeq), so its state can be read back from there
 // when it next sends.
 const maxConvStates = 100_000
@@ -810,10 +862,17 @@ const maxHistoryTrim = 64
 // conversation's retention once (finish), however many of its messages
 // the copy carries. The copy runs on the committer, beside every other
 // write, so its per-message work is one bbolt insert.
+//
+// A replay (recovery) may meet messages whose history was copied before
+// the crash, as the history copy runs ahead of keyWALApplied: it writes
+// again those bbolt keeps (the same bytes under the same key) and leaves
+// out those retention has dropped since, so a replay changes nothing the
+// second time.
 type historyCopy struct {
 	s       *BoltStore
 	tx      *bolt.Tx
 	hist    *bolt.Bucket
+	replay  bool
 	key     []byte // scratch: bbolt copies the keys it keeps (not values)
 	touched map[Conversation]*historyTouch
 }
@@ -823,14 +882,16 @@ type historyTouch struct {
 	cs    *convState // the conversation's state, in a copy from memory
 	last  uint64     // the highest seq added
 	added int
+	// floor (replay): seqs below it were dropped by retention already.
+	floor uint64
 	// What conv_log keeps first once finish is done (0: nothing), for
 	// convState.keptFrom once the copy is committed.
 	keptFrom   uint64
 	keptFromMs int64
 }
 
-func (s *BoltStore) newHistoryCopy(tx *bolt.Tx) *historyCopy {
-	return &historyCopy{s: s, tx: tx, hist: tx.Bucket(bucketConvLog)}
+func (s *BoltStore) newHistoryCopy(tx *bolt.Tx, replay bool) *historyCopy {
+	return &historyCopy{s: s, tx: tx, hist: tx.Bucket(bucketConvLog), replay: replay}
 }
 
 // add puts a logged message into its conversation's history. Messages of
@@ -845,7 +906,13 @@ func (h *historyCopy) add(e *walEntry) error {
 			h.touched = make(map[Conversation]*historyTouch)
 		}
 		t = &historyTouch{cs: e.cs}
+		if h.replay {
+			t.floor = h.keptFloor(e.conv)
+		}
 		h.touched[e.conv] = t
+	}
+	if e.seq < t.floor {
+		return nil // copied before the crash, and dropped by retention since
 	}
 	h.key = binary.BigEndian.AppendUint64(appendConvKey(h.key[:0], e.conv), e.seq)
 	if err := h.hist.Put(h.key, e.message); err != nil {
@@ -854,6 +921,18 @@ func (h *historyCopy) add(e *walEntry) error {
 	t.last = max(t.last, e.seq)
 	t.added++
 	return nil
+}
+
+// keptFloor is the lowest seq under which a replayed message of conv may
+// be put back: the first conv_log keeps or, when it keeps none, the one
+// after conv_meta's last (a conversation's copied seqs run without gaps
+// up to its last, and retention drops the oldest first).
+func (h *historyCopy) keptFloor(conv Conversation) uint64 {
+	ck := convKey(conv)
+	if k, _ := h.hist.Cursor().Seek(ck); isConvSeqKey(k, ck) {
+		return binary.BigEndian.Uint64(k[len(ck):])
+	}
+	return storedMetaSeq(h.tx, ck) + 1
 }
 
 // finish drops the oldest messages of each conversation added to that are
@@ -865,6 +944,9 @@ func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 	limit := h.s.cfg.History.MaxMessages
 	trimmed := 0
 	for conv, t := range h.touched {
+		if t.added == 0 {
+			continue // a replay with nothing to put back
+		}
 		last := t.last
 		if cs := t.cs; cs != nil && cs.keptFrom != 0 && (limit <= 0 || last-cs.keptFrom < uint64(limit)) &&
 			cs.keptFromMs >= cutoffMs {
@@ -872,6 +954,10 @@ func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 			continue
 		}
 		ck := convKey(conv)
+		if h.replay {
+			// Replayed messages may all be older than what bbolt has.
+			last = max(last, storedLastSeq(h.tx, ck))
+		}
 		c := h.hist.Cursor()
 		// The oldest kept. Seqs are kept without gaps from it to last, so
 		// the count needs no scan.
@@ -909,20 +995,17 @@ func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 // keeps first now. Committer only, once the copy is committed.
 func (h *historyCopy) keepRanges() {
 	for _, t := range h.touched {
-		if t.cs != nil {
+		if t.cs != nil && t.added > 0 {
 			t.cs.keptFrom, t.cs.keptFromMs = t.keptFrom, t.keptFromMs
 		}
 	}
 }
 
-// applyMessage copies a logged message into its conversation's history
-// (through h) and into the inboxes of its recipients, except those whose
-// ack is in acks, and records its client_msg_id. It returns how many
-// older messages it trimmed from full inboxes.
-func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}, h *historyCopy) (int, error) {
-	if err := h.add(e); err != nil {
-		return 0, err
-	}
+// applyMessage copies a logged message into the inboxes of its
+// recipients, except those whose ack is in acks, and records its
+// client_msg_id. It returns how many older messages it trimmed from full
+// inboxes. Its history is copied apart (historyCopy).
+func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}) (int, error) {
 	trimmed := 0
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
 	for _, uid := range e.recipients {

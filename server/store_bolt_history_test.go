@@ -476,7 +476,7 @@ func TestBoltStoreRefusesANewerSchema(t *testing.T) {
 // they send again.
 func TestBoltHistoryDropsIdleConversationState(t *testing.T) {
 	ctx := context.Background()
-	s := openTestBolt(t, 100).(*BoltStore)
+	s := openHistoryDeferred(t, BoltConfig{InboxLimit: 100}) // no copy unless asked
 	s.maxConvs = 4
 	a, _ := s.CreateUser(ctx, "a", nil)
 	var peers []User
@@ -492,7 +492,7 @@ func TestBoltHistoryDropsIdleConversationState(t *testing.T) {
 		s.mem.Lock()
 		defer s.mem.Unlock()
 		for _, cs := range s.convs {
-			pending += cs.pending
+			pending += len(cs.hist)
 		}
 		return len(s.convs), pending
 	}

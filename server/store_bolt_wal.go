@@ -42,10 +42,26 @@ import (
 // conversation's history. The writer keeps each conversation's last seq in
 // memory (convState), read from bbolt the first time the conversation
 // sends after a start; a batch whose log write fails gives its seqs back,
-// so there is never a gap. The lazy copy writes the history, and History
-// first copies whatever of its conversation is only in the log.
+// so there is never a gap.
+//
+// A message's history is copied apart from its inbox copy, and later. The
+// inbox copy goes in log order, logCopyDelay after the log write. The
+// history copy goes by conversation: each conversation's logged messages
+// wait in its convState, and its turn comes once per historyCopyPeriod
+// (conversations are spread over historySlots slots, one slot's worth per
+// commit or so), when all of them are copied together. A conversation
+// sending several messages a period then has its conv_log page written
+// once, not once per commit; and the history does not need the bbolt copy
+// for durability, as the log holds it until then. History first copies
+// whatever of its conversation is only in the log. So bbolt records two
+// points: keyWALInbox, how far the inbox copy has gone, and keyWALApplied,
+// the end of the last batch whose messages are wholly copied (no further
+// than keyWALInbox); only the segments before the latter are removed, and
+// recovery replays from it, copying again only the history of what lies
+// up to keyWALInbox, and of that only what bbolt lacks (historyCopy).
 
-// walEntry is a logged message waiting to be copied into bbolt.
+// walEntry is a logged message waiting to be copied into bbolt (into the
+// inboxes, its conversation's history, or both).
 type walEntry struct {
 	msg         *chatpb.Message
 	message     []byte // msg, encoded (with its seq once the log writer gave it one)
@@ -59,8 +75,11 @@ type walEntry struct {
 	end         walPos    // the end of its batch in the log
 	logged      time.Time // when its batch was synced
 	// Guarded by BoltStore.mem:
-	taken   bool   // in the commit under way
-	ackedBy ackers // users who acked before it was copied
+	taken     bool   // its inbox copy is in the commit under way
+	inboxDone bool   // its inbox copy is committed
+	histTaken bool   // its history copy is in the commit under way
+	histDone  bool   // its history copy is committed (or it has none)
+	ackedBy   ackers // users who acked before it was copied
 }
 
 // ackers is a set of user ids: a short list, as nearly every message has
@@ -112,8 +131,9 @@ type appendOp struct {
 	dupOf *appendOp
 }
 
-// maxUnapplied bounds logged messages held in memory before they are in
-// bbolt; past it the log writer waits for a commit.
+// maxUnapplied bounds logged messages held in memory before they are
+// wholly in bbolt; past it the log writer waits for a commit that copies
+// them all.
 const maxUnapplied = 100_000
 
 // maxLogBatch bounds the bytes of one log write.
@@ -124,6 +144,21 @@ const maxLogBatch = 4 << 20
 // most recipients to have acknowledged it, so that the copy leaves them
 // out, short enough to keep little in memory and to replay.
 const logCopyDelay = 500 * time.Millisecond
+
+// historyCopyPeriod is how long a logged message waits at most before its
+// history is copied into bbolt (unless History or memory needs it
+// sooner). A conversation's messages are copied together, so a
+// conversation that sends several in that time has its conv_log page
+// written once; and the conversations are spread over historySlots slots,
+// copied in turn, so that each commit writes an even share.
+const historyCopyPeriod = 2 * time.Second
+
+// historySlots is how many slots the conversations are spread over.
+const historySlots = 64
+
+// historyConvMax is how many of one conversation's messages may wait for
+// their history copy before it goes with the next commit.
+const historyConvMax = 1024
 
 // seqFieldMax is the most bytes Message.seq takes on the wire.
 var seqFieldMax = protowire.SizeTag(seqField) + protowire.SizeVarint(math.MaxUint64)
@@ -241,12 +276,13 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 		op.done <- struct{}{}
 	}
 	s.mem.Lock()
-	behind := len(s.unapplied) > maxUnapplied
+	behind := len(s.held)-s.heldHead > maxUnapplied
 	s.mem.Unlock()
 	if behind {
 		// bbolt is not keeping up (or failing): hold further sends until
 		// it catches up rather than grow memory without bound.
 		s.forceCopy.Store(true)
+		s.forceHistory.Store(true)
 		_ = s.committer.do(context.Background(), noWrite)
 	}
 	return buf
@@ -285,8 +321,9 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 		}
 		e.end, e.logged = end, now
 		e.cs.last = e.seq
-		e.cs.pending++
+		s.holdHistoryLocked(e)
 		op.res = AppendResult{Message: e.msg, Encoded: e.message}
+		s.held = append(s.held, e)
 		s.unapplied = append(s.unapplied, e)
 		s.unappliedIDs[e.msgID] = e
 		for _, uid := range e.recipients {
@@ -400,7 +437,9 @@ func (s *BoltStore) convStates(batch []*appendOp) {
 				continue // read for an earlier message of this batch
 			}
 			last := storedLastSeq(tx, convKey(e.conv))
-			e.cs = &convState{next: last, last: last}
+			// Round robin, so that the slots hold as many each.
+			e.cs = &convState{next: last, last: last, slot: s.nextSlot}
+			s.nextSlot = (s.nextSlot + 1) % historySlots
 			s.mem.Lock()
 			s.convs[e.conv] = e.cs
 			s.mem.Unlock()
@@ -417,8 +456,8 @@ func (s *BoltStore) convStates(batch []*appendOp) {
 }
 
 // dropConvStates bounds the seq states kept: past s.maxConvs it drops
-// some whose conversation has nothing waiting for bbolt, a bounded number
-// per batch. Log writer only, between batches (every state's next is its
+// some whose conversation has no history waiting for bbolt, a bounded
+// number per batch. Log writer only, between batches (every state's next is its
 // last then).
 func (s *BoltStore) dropConvStates() {
 	excess := len(s.convs) - s.maxConvs
@@ -433,18 +472,48 @@ func (s *BoltStore) dropConvStates() {
 			return
 		}
 		visit--
-		if cs.pending == 0 {
+		if len(cs.hist) == 0 {
 			delete(s.convs, c)
 			drop--
 		}
 	}
 }
 
+// holdHistoryLocked keeps e with its conversation until its history is
+// copied, and puts the conversation in its slot (or, past
+// historyConvMax waiting, among the urgent). s.mem is held.
+func (s *BoltStore) holdHistoryLocked(e *walEntry) {
+	if e.seq == 0 {
+		e.histDone = true // no history to copy
+		return
+	}
+	cs := e.cs
+	cs.hist = append(cs.hist, e)
+	if !cs.queued {
+		s.histSlots[cs.slot] = append(s.histSlots[cs.slot], cs)
+		cs.queued = true
+	}
+	if len(cs.hist)-cs.histTaken >= historyConvMax {
+		s.urgeHistoryLocked(cs)
+	}
+}
+
+// urgeHistoryLocked makes the next commit copy cs's history. s.mem is held.
+func (s *BoltStore) urgeHistoryLocked(cs *convState) {
+	if !cs.urgent {
+		s.histUrgent = append(s.histUrgent, cs)
+		cs.urgent = true
+	}
+}
+
 // takePending is the committer's lazy write: the logged messages and the
-// acks waiting, copied into bbolt with the position reached in the log.
+// acks waiting for the inboxes, the history of the conversations whose
+// turn it is, and the position reached in the log.
 func (s *BoltStore) takePending() *writeOp {
 	all := s.forceCopy.Swap(false)
-	cutoff := time.Now().Add(-logCopyDelay)
+	allHistory := s.forceHistory.Swap(false)
+	now := time.Now()
+	cutoff := now.Add(-logCopyDelay)
 	s.mem.Lock()
 	// unapplied is in log order, so the old enough ones are a prefix.
 	n := len(s.unapplied)
@@ -465,16 +534,18 @@ func (s *BoltStore) takePending() *writeOp {
 	acks := s.acks
 	s.acks, s.ackCount = nil, 0
 	s.takenAcks = acks
+	convs, hist := s.takeHistoryLocked(now, allHistory)
+	applied := s.appliedAfterLocked()
 	s.mem.Unlock()
-	if len(entries) == 0 && len(acks) == 0 {
+	if len(entries) == 0 && len(acks) == 0 && len(hist) == 0 {
 		return nil
 	}
 	var h *historyCopy
 	trimmed, histTrimmed := 0, 0
 	fn := func(tx *bolt.Tx) error {
 		var err error
-		h = s.newHistoryCopy(tx)
-		if trimmed, histTrimmed, err = s.copyLogged(tx, entries, acks, h); err != nil {
+		h = s.newHistoryCopy(tx, false)
+		if trimmed, histTrimmed, err = s.copyLogged(tx, entries, hist, h, acks, applied); err != nil {
 			return err
 		}
 		for uid, ids := range acks {
@@ -494,11 +565,21 @@ func (s *BoltStore) takePending() *writeOp {
 			}
 			s.unapplied = append(entries, s.unapplied...)
 			s.restoreAcks(acks)
+			for _, cs := range convs {
+				for _, e := range cs.hist[:cs.histTaken] {
+					e.histTaken = false
+				}
+				cs.histTaken = 0
+				if !cs.queued {
+					s.histSlots[cs.slot] = append(s.histSlots[cs.slot], cs)
+					cs.queued = true
+				}
+			}
 			s.mem.Unlock()
 			return
 		}
 		for _, e := range entries {
-			e.cs.pending--
+			e.inboxDone = true
 			delete(s.unappliedIDs, e.msgID)
 			for _, uid := range e.recipients {
 				if s.unappliedFor[uid]--; s.unappliedFor[uid] <= 0 {
@@ -512,10 +593,20 @@ func (s *BoltStore) takePending() *writeOp {
 				}
 			}
 		}
+		for _, cs := range convs {
+			for _, e := range cs.hist[:cs.histTaken] {
+				e.histTaken, e.histDone = false, true
+			}
+			rest := copy(cs.hist, cs.hist[cs.histTaken:])
+			clear(cs.hist[rest:])
+			cs.hist, cs.histTaken = cs.hist[:rest], 0
+		}
+		s.releaseHeldLocked()
 		s.mem.Unlock()
 		h.keepRanges()
-		if len(entries) > 0 {
-			s.removeLogBelow(entries[len(entries)-1].end.seg)
+		if applied != s.applied {
+			s.applied = applied
+			s.removeLogBelow(applied.seg)
 		}
 		if trimmed > 0 && s.cfg.ObserveTrim != nil {
 			s.cfg.ObserveTrim(trimmed)
@@ -527,25 +618,129 @@ func (s *BoltStore) takePending() *writeOp {
 	return &writeOp{fn: fn, after: after}
 }
 
-// copyLogged copies logged messages into bbolt (see applyMessage, and h
-// for their history) and records, in the same transaction, how far the
-// log is copied. It returns how many older messages full inboxes lost,
-// and how many retention dropped from conversations.
-func (s *BoltStore) copyLogged(tx *bolt.Tx, entries []*walEntry, acks map[uint64]map[uint64]struct{}, h *historyCopy) (trimmed, histTrimmed int, err error) {
-	if len(entries) == 0 {
-		return 0, 0, nil
+// takeHistoryLocked takes for this commit the pending history of the
+// conversations whose slot came round since the last commit (every slot
+// once per historyPeriod, so commits share the work evenly), of the
+// urgent ones, or with all of every conversation's. It returns the
+// conversations and their messages, grouped by conversation in seq
+// order. s.mem is held; committer goroutine only.
+func (s *BoltStore) takeHistoryLocked(now time.Time, all bool) (convs []*convState, hist []*walEntry) {
+	take := func(cs *convState) {
+		if cs.histTaken > 0 || len(cs.hist) == 0 {
+			return // taken from another list just now, or copied already
+		}
+		for _, e := range cs.hist {
+			e.histTaken = true
+		}
+		cs.histTaken = len(cs.hist)
+		convs = append(convs, cs)
+		hist = append(hist, cs.hist...)
 	}
+	for _, cs := range s.histUrgent {
+		cs.urgent = false
+		take(cs)
+	}
+	clear(s.histUrgent)
+	s.histUrgent = s.histUrgent[:0]
+	// The slots whose turn came since the last commit: first, and the
+	// n-1 after it.
+	first, n := int64(0), int64(0)
+	if s.cfg.historyPeriod > 0 {
+		// On the monotonic clock: a step of the wall clock neither
+		// skips turns nor holds them back.
+		tick := int64(now.Sub(s.histEpoch) / max(s.cfg.historyPeriod/historySlots, 1))
+		n = min(max(tick-s.histTick, 0), historySlots)
+		first = tick - n + 1
+		s.histTick = max(s.histTick, tick)
+	}
+	if all {
+		first, n = 0, historySlots
+	}
+	for i := range n {
+		slot := &s.histSlots[(first+i)%historySlots]
+		for _, cs := range *slot {
+			cs.queued = false
+			take(cs)
+		}
+		clear(*slot)
+		*slot = (*slot)[:0]
+	}
+	return convs, hist
+}
+
+// appliedAfterLocked is where the log will be copied up to once the
+// commit under way is: the end of the last whole batch of held messages
+// whose inbox and history copies are both done or in this commit. (A
+// batch's messages share its end, so a batch only partly copied keeps
+// the position before it.) s.mem is held.
+func (s *BoltStore) appliedAfterLocked() walPos {
+	pos := s.applied
+	held := s.held[s.heldHead:]
+	for i, e := range held {
+		if !(e.inboxDone || e.taken) || !(e.histDone || e.histTaken) {
+			break
+		}
+		if i+1 == len(held) || held[i+1].end != e.end {
+			pos = e.end
+		}
+	}
+	return pos
+}
+
+// releaseHeldLocked lets go of the held messages now wholly in bbolt.
+// s.mem is held.
+func (s *BoltStore) releaseHeldLocked() {
+	for s.heldHead < len(s.held) {
+		e := s.held[s.heldHead]
+		if !e.inboxDone || !e.histDone {
+			break
+		}
+		s.held[s.heldHead] = nil
+		s.heldHead++
+	}
+	if s.heldHead > len(s.held)/2 {
+		// Shift down (in place, and only once half is gone, so each
+		// message is moved about once).
+		rest := copy(s.held, s.held[s.heldHead:])
+		clear(s.held[rest:])
+		s.held, s.heldHead = s.held[:rest], 0
+	}
+}
+
+// copyLogged copies logged messages into bbolt: entries into the inboxes
+// (see applyMessage), hist into their conversations' history (through h),
+// and records, in the same transaction, how far the inbox copy and the
+// whole copy (applied) have gone. It returns how many older messages full
+// inboxes lost, and how many retention dropped from conversations.
+func (s *BoltStore) copyLogged(tx *bolt.Tx, entries, hist []*walEntry, h *historyCopy,
+	acks map[uint64]map[uint64]struct{}, applied walPos) (trimmed, histTrimmed int, err error) {
 	for _, e := range entries {
-		n, err := s.applyMessage(tx, e, acks, h)
+		n, err := s.applyMessage(tx, e, acks)
 		if err != nil {
 			return 0, 0, err
 		}
 		trimmed += n
 	}
+	for _, e := range hist {
+		if err := h.add(e); err != nil {
+			return 0, 0, err
+		}
+	}
 	if histTrimmed, err = h.finish(s.historyCutoffMs(time.Now())); err != nil {
 		return 0, 0, err
 	}
-	return trimmed, histTrimmed, tx.Bucket(bucketMeta).Put(keyWALApplied, entries[len(entries)-1].end.bytes())
+	meta := tx.Bucket(bucketMeta)
+	if len(entries) > 0 {
+		if err := meta.Put(keyWALInbox, entries[len(entries)-1].end.bytes()); err != nil {
+			return 0, 0, err
+		}
+	}
+	if applied != s.applied {
+		if err := meta.Put(keyWALApplied, applied.bytes()); err != nil {
+			return 0, 0, err
+		}
+	}
+	return trimmed, histTrimmed, nil
 }
 
 // restoreAcks puts back acks whose commit failed. s.mem is held.
@@ -582,18 +777,31 @@ func (s *BoltStore) applyLogFor(ctx context.Context, uid uint64) error {
 	return s.committer.do(ctx, noWrite)
 }
 
-// applyLogForConv makes sure every message logged in conversation c so
-// far is in bbolt, so that a history read sees them all.
+// applyLogForConv makes sure the history of every message logged in
+// conversation c so far is in bbolt, so that a history read sees them all.
+// It copies c's alone, with the next commit.
 func (s *BoltStore) applyLogForConv(ctx context.Context, c Conversation) error {
 	s.mem.Lock()
 	cs := s.convs[c]
-	waiting := cs != nil && cs.pending > 0
-	s.mem.Unlock()
-	if !waiting {
+	if cs == nil || len(cs.hist) == 0 {
+		s.mem.Unlock()
 		return nil
 	}
-	s.forceCopy.Store(true)
-	return s.committer.do(ctx, noWrite)
+	upTo := cs.hist[len(cs.hist)-1].seq
+	s.urgeHistoryLocked(cs)
+	s.mem.Unlock()
+	if err := s.committer.do(ctx, noWrite); err != nil {
+		return err
+	}
+	s.mem.Lock()
+	missing := len(cs.hist) > 0 && cs.hist[0].seq <= upTo
+	s.mem.Unlock()
+	if missing {
+		// The copy's commit failed (noWrite succeeds on its own): a page
+		// read now could skip a seq.
+		return fmt.Errorf("store: history copy: %w", errUnavailable)
+	}
+	return nil
 }
 
 // removeLogBelow removes the segments before seg, all copied into bbolt.
@@ -611,25 +819,34 @@ func (s *BoltStore) logDir() string { return s.cfg.Path + ".log" }
 // recoverLog copies into bbolt whatever the log holds past the point bbolt
 // recorded (messages whose SendOK went out before a crash, and acks that
 // had returned), in log order, then removes the old segments and starts a
-// new one.
+// new one. Records up to keyWALInbox had their inbox copy (and acks their
+// effect) already: only their history may be missing, and historyCopy
+// puts back only what is.
 func (s *BoltStore) recoverLog() error {
 	dir := s.logDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("store: message log: %w", err)
 	}
-	var applied walPos
+	var applied, inboxAt walPos
 	if err := s.db.View(func(tx *bolt.Tx) error {
-		applied = parseWALPos(tx.Bucket(bucketMeta).Get(keyWALApplied))
+		meta := tx.Bucket(bucketMeta)
+		applied = parseWALPos(meta.Get(keyWALApplied))
+		inboxAt = applied
+		if v := meta.Get(keyWALInbox); v != nil {
+			inboxAt = later(inboxAt, parseWALPos(v))
+		}
 		return nil
 	}); err != nil {
 		return err
 	}
 	// chunk holds records in log order: a message entry, or an ack (nil
-	// entry) of ack.acked by ack.ackUser.
+	// entry) of ack.acked by ack.ackUser; inboxDone says the record is
+	// at or before inboxAt.
 	type recovered struct {
-		entry *walEntry
-		ack   walRecord
-		end   walPos
+		entry     *walEntry
+		ack       walRecord
+		end       walPos
+		inboxDone bool
 	}
 	var chunk []recovered
 	cutoffMs := s.historyCutoffMs(time.Now())
@@ -638,12 +855,21 @@ func (s *BoltStore) recoverLog() error {
 			return nil
 		}
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			h := s.newHistoryCopy(tx)
+			h := s.newHistoryCopy(tx, true)
 			for _, r := range chunk {
 				if r.entry != nil {
-					if _, err := s.applyMessage(tx, r.entry, nil, h); err != nil {
+					if err := h.add(r.entry); err != nil {
 						return err
 					}
+					if r.inboxDone {
+						continue
+					}
+					if _, err := s.applyMessage(tx, r.entry, nil); err != nil {
+						return err
+					}
+					continue
+				}
+				if r.inboxDone {
 					continue
 				}
 				ids := make(map[uint64]struct{}, len(r.ack.acked))
@@ -657,14 +883,23 @@ func (s *BoltStore) recoverLog() error {
 			if _, err := h.finish(cutoffMs); err != nil {
 				return err
 			}
-			return tx.Bucket(bucketMeta).Put(keyWALApplied, chunk[len(chunk)-1].end.bytes())
+			end := chunk[len(chunk)-1].end
+			meta := tx.Bucket(bucketMeta)
+			if err := meta.Put(keyWALInbox, later(inboxAt, end).bytes()); err != nil {
+				return err
+			}
+			return meta.Put(keyWALApplied, end.bytes())
 		})
+		if err == nil {
+			applied = chunk[len(chunk)-1].end
+		}
 		chunk = chunk[:0]
 		return err
 	}
 	last, err := replayWAL(dir, applied, func(r walRecord, end walPos) error {
+		inboxDone := !inboxAt.before(end)
 		if r.isAck() {
-			chunk = append(chunk, recovered{ack: r, end: end})
+			chunk = append(chunk, recovered{ack: r, end: end, inboxDone: inboxDone})
 		} else {
 			m := new(chatpb.Message)
 			if err := proto.Unmarshal(r.message, m); err != nil {
@@ -674,7 +909,7 @@ func (s *BoltStore) recoverLog() error {
 			// their messages go to the inboxes only (historyCopy.add).
 			chunk = append(chunk, recovered{entry: &walEntry{msg: m, message: r.message, conv: ConversationOf(m),
 				seq: m.Seq, msgID: m.MsgId, sender: m.FromUserId, recipients: r.recipients,
-				clientMsgID: r.clientMsgID}, end: end})
+				clientMsgID: r.clientMsgID}, end: end, inboxDone: inboxDone})
 		}
 		if len(chunk) == 4096 {
 			return flush()
@@ -696,8 +931,9 @@ func (s *BoltStore) recoverLog() error {
 			return fmt.Errorf("store: message log: %w", err)
 		}
 	}
+	s.applied = applied
 	s.logLowest = last + 1
-	if s.log, err = createWAL(dir, last+1, walSegmentSize); err != nil {
+	if s.log, err = createWAL(dir, last+1, s.cfg.segmentSize); err != nil {
 		return fmt.Errorf("store: message log: %w", err)
 	}
 	return nil
