@@ -167,20 +167,23 @@ type BoltStore struct {
 	held     []*walEntry
 	heldHead int
 	// histSlots are the conversations with history waiting, in the slot
-	// their state was given (convState.slot); takePending copies each
-	// slot's in turn, all of them once per historyPeriod. histUrgent are
-	// those to copy with the next commit (History is waiting, or too many
-	// are pending). nextSlot is the slot the next state gets (log writer
-	// only).
-	histSlots  [historySlots][]*convState
-	histUrgent []*convState
-	nextSlot   int
+	// their state was given (convState.slot): each slot's turn comes once
+	// per historyPeriod, when they move to histDue (from histDueHead on),
+	// whence takePending copies them in order, a bounded number per
+	// commit. histQueued counts the two. histUrgent are those to copy with
+	// the next commit (History is waiting, or too many are pending).
+	histSlots   [historySlots][]*convState
+	histDue     []*convState
+	histDueHead int
+	histQueued  int
+	histUrgent  []*convState
 	// Committer goroutine only: the last slot tick copied (counted in
-	// historyPeriod/historySlots from histEpoch), and the position
-	// keyWALApplied holds.
-	histEpoch time.Time
-	histTick  int64
-	applied   walPos
+	// historyPeriod/historySlots from histEpoch), when history was last
+	// taken, and the position keyWALApplied holds.
+	histEpoch   time.Time
+	histTick    int64
+	histTakenAt time.Time
+	applied     walPos
 
 	db        *bolt.DB
 	cfg       BoltConfig
@@ -643,8 +646,10 @@ type convState struct {
 	last      uint64
 	hist      []*walEntry
 	histTaken int
-	// slot is the histSlots entry the conversation waits in; queued says
-	// it is there, urgent that it is in histUrgent.
+	// conv is the conversation; slot the histSlots entry it waits in
+	// (historySlot), queued says it is there or in histDue, urgent that
+	// it is in histUrgent.
+	conv           Conversation
 	slot           int
 	queued, urgent bool
 	// Committer goroutine only: the lowest seq conv_log keeps of the

@@ -408,3 +408,57 @@ func TestBoltAppliedStopsBeforeAPartlyCopiedBatch(t *testing.T) {
 		t.Fatalf("%d held after the release, want the one whose inbox copy is only under way", len(s.held)-s.heldHead)
 	}
 }
+
+// Conversations crowding one slot (a user with many) have their history
+// copied over the next commits, a share at a time, not all in one.
+func TestBoltHistoryCopySpreadsACrowdedSlot(t *testing.T) {
+	t0 := time.Now()
+	const period = 2 * time.Second
+	s := &BoltStore{cfg: BoltConfig{historyPeriod: period}, histEpoch: t0, histTakenAt: t0}
+	crowded := historySlot(DirectConversation(1, 2))
+	var all []*convState
+	hold := func(c Conversation) {
+		cs := &convState{conv: c, slot: historySlot(c)}
+		all = append(all, cs)
+		s.holdHistoryLocked(&walEntry{conv: c, seq: 1, cs: cs})
+	}
+	for i := range 1000 {
+		hold(DirectConversation(1, uint64(1000+i)))
+	}
+	for i := range historySlots {
+		hold(DirectConversation(uint64(historyRun*(i+1)), 1_000_000))
+	}
+	if got := len(s.histSlots[crowded]); got < 1000 {
+		t.Fatalf("the crowded slot holds %d", got)
+	}
+	most, commits := 0, 0
+	for now := t0; now.Before(t0.Add(2 * period)); now = now.Add(50 * time.Millisecond) {
+		convs, hist := s.takeHistoryLocked(now, false)
+		if len(hist) != len(convs) {
+			t.Fatalf("%d messages from %d conversations", len(hist), len(convs))
+		}
+		for i, cs := range convs {
+			if i > 0 && compareConvKeys(convs[i-1].conv, cs.conv) >= 0 {
+				t.Fatal("conversations out of key order")
+			}
+			cs.hist, cs.histTaken = nil, 0 // as a committed copy leaves them
+		}
+		most = max(most, len(convs))
+		if len(convs) > 0 {
+			commits++
+		}
+	}
+	for _, cs := range all {
+		if len(cs.hist) != 0 || cs.queued {
+			t.Fatalf("%v: history not copied within two periods", cs.conv)
+		}
+	}
+	if s.histQueued != 0 {
+		t.Fatalf("%d still counted as queued", s.histQueued)
+	}
+	// The average share is 1,064 × 50 ms / 2 s ≈ 27 a commit; the budget
+	// allows twice that, and never less than historyTakeMin.
+	if most > historyTakeMin || commits < 1000/historyTakeMin {
+		t.Fatalf("up to %d conversations in one commit, %d commits", most, commits)
+	}
+}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -155,6 +156,33 @@ const historyCopyPeriod = 2 * time.Second
 
 // historySlots is how many slots the conversations are spread over.
 const historySlots = 64
+
+// historySlot is c's slot. Conversations next to each other in conv_log
+// share one, in runs of historyRun ids (the key sorts by the lower user
+// id first), so that a slot's copy writes neighbouring leaves under the
+// same branch pages rather than one leaf and its branches per
+// conversation. A slot may so hold more than its share (a user with a
+// great many conversations); historyTakeMin and the budget in
+// takeHistoryLocked spread its copy over the next commits.
+func historySlot(c Conversation) int {
+	if c.GroupID != 0 {
+		return int(c.GroupID / historyRun % historySlots)
+	}
+	return int(c.A / historyRun % historySlots)
+}
+
+const historyRun = 8
+
+// historyTakeMin is how many conversations' history a commit may always
+// copy (beside the urgent ones), however few wait.
+const historyTakeMin = 64
+
+// historyHeldHigh is how many held messages (see BoltStore.held) make
+// each commit copy, without a budget, the history of the conversations
+// whose turn came and of those in the next historySlots/8 slots: sends
+// faster than the period's worth of memory allows catch up before
+// maxUnapplied stops them.
+const historyHeldHigh = maxUnapplied / 2
 
 // historyConvMax is how many of one conversation's messages may wait for
 // their history copy before it goes with the next commit.
@@ -437,9 +465,7 @@ func (s *BoltStore) convStates(batch []*appendOp) {
 				continue // read for an earlier message of this batch
 			}
 			last := storedLastSeq(tx, convKey(e.conv))
-			// Round robin, so that the slots hold as many each.
-			e.cs = &convState{next: last, last: last, slot: s.nextSlot}
-			s.nextSlot = (s.nextSlot + 1) % historySlots
+			e.cs = &convState{next: last, last: last, conv: e.conv, slot: historySlot(e.conv)}
 			s.mem.Lock()
 			s.convs[e.conv] = e.cs
 			s.mem.Unlock()
@@ -492,6 +518,7 @@ func (s *BoltStore) holdHistoryLocked(e *walEntry) {
 	if !cs.queued {
 		s.histSlots[cs.slot] = append(s.histSlots[cs.slot], cs)
 		cs.queued = true
+		s.histQueued++
 	}
 	if len(cs.hist)-cs.histTaken >= historyConvMax {
 		s.urgeHistoryLocked(cs)
@@ -571,8 +598,10 @@ func (s *BoltStore) takePending() *writeOp {
 				}
 				cs.histTaken = 0
 				if !cs.queued {
-					s.histSlots[cs.slot] = append(s.histSlots[cs.slot], cs)
+					// Its turn came: again with the next commits.
+					s.histDue = append(s.histDue, cs)
 					cs.queued = true
+					s.histQueued++
 				}
 			}
 			s.mem.Unlock()
@@ -619,22 +648,25 @@ func (s *BoltStore) takePending() *writeOp {
 }
 
 // takeHistoryLocked takes for this commit the pending history of the
-// conversations whose slot came round since the last commit (every slot
-// once per historyPeriod, so commits share the work evenly), of the
-// urgent ones, or with all of every conversation's. It returns the
-// conversations and their messages, grouped by conversation in seq
-// order. s.mem is held; committer goroutine only.
+// urgent conversations, and of those whose slot came round (every slot
+// once per historyPeriod) in the order their turn came, as many as the
+// commit's share of the waiting conversations (twice the average, at
+// least historyTakeMin), so that commits share the work evenly even
+// when slots are uneven; with all, of every conversation. It returns the
+// conversations and their messages, grouped by conversation in seq order
+// and the conversations in key order. s.mem is held; committer goroutine
+// only.
 func (s *BoltStore) takeHistoryLocked(now time.Time, all bool) (convs []*convState, hist []*walEntry) {
-	take := func(cs *convState) {
+	take := func(cs *convState) bool {
 		if cs.histTaken > 0 || len(cs.hist) == 0 {
-			return // taken from another list just now, or copied already
+			return false // taken from another list just now, or copied already
 		}
 		for _, e := range cs.hist {
 			e.histTaken = true
 		}
 		cs.histTaken = len(cs.hist)
 		convs = append(convs, cs)
-		hist = append(hist, cs.hist...)
+		return true
 	}
 	for _, cs := range s.histUrgent {
 		cs.urgent = false
@@ -645,27 +677,64 @@ func (s *BoltStore) takeHistoryLocked(now time.Time, all bool) (convs []*convSta
 	// The slots whose turn came since the last commit: first, and the
 	// n-1 after it.
 	first, n := int64(0), int64(0)
-	if s.cfg.historyPeriod > 0 {
+	period := s.cfg.historyPeriod
+	budget := math.MaxInt
+	if period > 0 {
 		// On the monotonic clock: a step of the wall clock neither
 		// skips turns nor holds them back.
-		tick := int64(now.Sub(s.histEpoch) / max(s.cfg.historyPeriod/historySlots, 1))
+		tick := int64(now.Sub(s.histEpoch) / max(period/historySlots, 1))
 		n = min(max(tick-s.histTick, 0), historySlots)
 		first = tick - n + 1
 		s.histTick = max(s.histTick, tick)
+		if len(s.held)-s.heldHead > historyHeldHigh {
+			// Those whose turn comes next, too: they waited longest.
+			n = min(n+historySlots/8, historySlots)
+		} else {
+			elapsed := min(max(now.Sub(s.histTakenAt), 0), period)
+			budget = max(historyTakeMin, int(2*float64(s.histQueued)*float64(elapsed)/float64(period)))
+		}
+		s.histTakenAt = now
 	}
 	if all {
-		first, n = 0, historySlots
+		first, n, budget = 0, historySlots, math.MaxInt
 	}
 	for i := range n {
 		slot := &s.histSlots[(first+i)%historySlots]
-		for _, cs := range *slot {
-			cs.queued = false
-			take(cs)
-		}
+		s.histDue = append(s.histDue, *slot...)
 		clear(*slot)
 		*slot = (*slot)[:0]
 	}
+	for ; budget > 0 && s.histDueHead < len(s.histDue); s.histDueHead++ {
+		cs := s.histDue[s.histDueHead]
+		s.histDue[s.histDueHead] = nil
+		cs.queued = false
+		s.histQueued--
+		if take(cs) {
+			budget--
+		}
+	}
+	if s.histDueHead > len(s.histDue)/2 {
+		rest := copy(s.histDue, s.histDue[s.histDueHead:])
+		clear(s.histDue[rest:])
+		s.histDue, s.histDueHead = s.histDue[:rest], 0
+	}
+	// In key order, so that neighbouring conversations' puts find their
+	// pages and branches at hand.
+	slices.SortFunc(convs, func(a, b *convState) int { return compareConvKeys(a.conv, b.conv) })
+	hist = hist[:0]
+	for _, cs := range convs {
+		hist = append(hist, cs.hist[:cs.histTaken]...)
+	}
 	return convs, hist
+}
+
+// compareConvKeys orders conversations as their convKeys sort.
+func compareConvKeys(a, b Conversation) int {
+	if a.GroupID != 0 || b.GroupID != 0 {
+		// 'd' sorts before 'g': a direct conversation has GroupID 0.
+		return cmp.Compare(a.GroupID, b.GroupID)
+	}
+	return cmp.Or(cmp.Compare(a.A, b.A), cmp.Compare(a.B, b.B))
 }
 
 // appliedAfterLocked is where the log will be copied up to once the
