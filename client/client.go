@@ -58,6 +58,11 @@ type Options struct {
 	EventBuffer int
 	// Logger gets the client's debug logs. Nil means none.
 	Logger *slog.Logger
+	// DeviceID names this installation to the server (Login.device_id):
+	// each device has its own inbox and may be online beside the user's
+	// other devices. Keep it stable across runs. Empty is the device every
+	// client without an id shares.
+	DeviceID string
 }
 
 // Event is one push or connection event; exactly one field is set.
@@ -229,7 +234,7 @@ func (c *Client) readLoop(conn net.Conn) {
 		case *chatpb.Frame_Message:
 			c.emit(Event{Message: b.Message})
 		case *chatpb.Frame_Kicked:
-			if b.Kicked.Reason == chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE {
+			if r := b.Kicked.Reason; r == chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE || r == chatpb.KickReason_KICK_REASON_DEVICE_LIMIT {
 				c.mu.Lock()
 				c.stopRe = true
 				c.mu.Unlock()

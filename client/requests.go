@@ -19,12 +19,12 @@ func (c *Client) Register(ctx context.Context, username, password string) (uint6
 // Login logs in with a password. The server then pushes every message
 // waiting in the inbox, oldest first.
 func (c *Client) Login(ctx context.Context, username, password string) (*chatpb.LoginOK, error) {
-	return c.login(ctx, &chatpb.Login{Username: username, Password: password})
+	return c.login(ctx, &chatpb.Login{Username: username, Password: password, DeviceId: c.opts.DeviceID})
 }
 
 // LoginToken logs in with a token from an earlier LoginOK.
 func (c *Client) LoginToken(ctx context.Context, token string) (*chatpb.LoginOK, error) {
-	return c.login(ctx, &chatpb.Login{Token: token})
+	return c.login(ctx, &chatpb.Login{Token: token, DeviceId: c.opts.DeviceID})
 }
 
 func (c *Client) login(ctx context.Context, req *chatpb.Login) (*chatpb.LoginOK, error) {

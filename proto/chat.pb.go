@@ -162,6 +162,10 @@ const (
 	// and every token issued before, may no longer exist. Log in again with
 	// a password (the account may be gone: register again).
 	KickReason_KICK_REASON_STORE_RESET KickReason = 7
+	// The user logged in on more devices than the server allows at once, and
+	// this one had the oldest login. Do not reconnect by yourself: the user's
+	// newer device would be the one kicked next, and so on in a loop.
+	KickReason_KICK_REASON_DEVICE_LIMIT KickReason = 8
 )
 
 // Enum value maps for KickReason.
@@ -175,6 +179,7 @@ var (
 		5: "KICK_REASON_PROTOCOL_ERROR",
 		6: "KICK_REASON_LOGIN_TIMEOUT",
 		7: "KICK_REASON_STORE_RESET",
+		8: "KICK_REASON_DEVICE_LIMIT",
 	}
 	KickReason_value = map[string]int32{
 		"KICK_REASON_UNSPECIFIED":          0,
@@ -185,6 +190,7 @@ var (
 		"KICK_REASON_PROTOCOL_ERROR":       5,
 		"KICK_REASON_LOGIN_TIMEOUT":        6,
 		"KICK_REASON_STORE_RESET":          7,
+		"KICK_REASON_DEVICE_LIMIT":         8,
 	}
 )
 
@@ -765,10 +771,17 @@ func (x *Register) GetPassword() string {
 // Login authenticates the connection either with username and password or
 // with a token from an earlier LoginOK. A non-empty token wins.
 type Login struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Username      string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
-	Password      string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
-	Token         string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Username string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	Password string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	Token    string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	// device_id names this client installation (a phone, a laptop): chosen
+	// by the client, stable across its logins, at most 64 bytes of UTF-8.
+	// Empty is a device too, the one every client without an id shares.
+	// Each device has its own inbox and may be online beside the user's
+	// other devices (up to the server's max devices); a newer login of the
+	// same device replaces the older one.
+	DeviceId      string `protobuf:"bytes,4,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -820,6 +833,13 @@ func (x *Login) GetPassword() string {
 func (x *Login) GetToken() string {
 	if x != nil {
 		return x.Token
+	}
+	return ""
+}
+
+func (x *Login) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
 	}
 	return ""
 }
@@ -1534,7 +1554,10 @@ type LoginOK struct {
 	// store_epoch names the server's store contents. When it changes between
 	// logins, the store was reset: seqs and history cached from before name
 	// other messages, and must be dropped.
-	StoreEpoch    string `protobuf:"bytes,8,opt,name=store_epoch,json=storeEpoch,proto3" json:"store_epoch,omitempty"`
+	StoreEpoch string `protobuf:"bytes,8,opt,name=store_epoch,json=storeEpoch,proto3" json:"store_epoch,omitempty"`
+	// device_id is the device this session is, as the server knows it (the
+	// empty device when the server allows one device per user).
+	DeviceId      string `protobuf:"bytes,9,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1621,6 +1644,13 @@ func (x *LoginOK) GetTokenExpiresAtMs() int64 {
 func (x *LoginOK) GetStoreEpoch() string {
 	if x != nil {
 		return x.StoreEpoch
+	}
+	return ""
+}
+
+func (x *LoginOK) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
 	}
 	return ""
 }
@@ -2488,11 +2518,12 @@ const file_chat_proto_rawDesc = "" +
 	"\x04body\"B\n" +
 	"\bRegister\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\"U\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\"r\n" +
 	"\x05Login\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x14\n" +
-	"\x05token\x18\x03 \x01(\tR\x05token\"\b\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\x12\x1b\n" +
+	"\tdevice_id\x18\x04 \x01(\tR\bdeviceId\"\b\n" +
 	"\x06Logout\"\x06\n" +
 	"\x04Ping\"\x9a\x01\n" +
 	"\x04Send\x12\x19\n" +
@@ -2537,7 +2568,7 @@ const file_chat_proto_rawDesc = "" +
 	"\rpeer_username\x18\x04 \x01(\tR\fpeerUsername\"%\n" +
 	"\n" +
 	"RegisterOK\x12\x17\n" +
-	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\x98\x02\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\xb5\x02\n" +
 	"\aLoginOK\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x14\n" +
@@ -2547,7 +2578,8 @@ const file_chat_proto_rawDesc = "" +
 	"\x06groups\x18\x06 \x03(\v2\x12.loopchat.v1.GroupR\x06groups\x12-\n" +
 	"\x13token_expires_at_ms\x18\a \x01(\x03R\x10tokenExpiresAtMs\x12\x1f\n" +
 	"\vstore_epoch\x18\b \x01(\tR\n" +
-	"storeEpoch\"\x04\n" +
+	"storeEpoch\x12\x1b\n" +
+	"\tdevice_id\x18\t \x01(\tR\bdeviceId\"\x04\n" +
 	"\x02OK\",\n" +
 	"\x04Pong\x12$\n" +
 	"\x0eserver_time_ms\x18\x01 \x01(\x03R\fserverTimeMs\"g\n" +
@@ -2619,7 +2651,7 @@ const file_chat_proto_rawDesc = "" +
 	"\x17ERROR_CODE_RATE_LIMITED\x10\x06\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\a\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\b\x12\x17\n" +
-	"\x13ERROR_CODE_PROTOCOL\x10\t*\x8d\x02\n" +
+	"\x13ERROR_CODE_PROTOCOL\x10\t*\xab\x02\n" +
 	"\n" +
 	"KickReason\x12\x1b\n" +
 	"\x17KICK_REASON_UNSPECIFIED\x10\x00\x12#\n" +
@@ -2629,7 +2661,8 @@ const file_chat_proto_rawDesc = "" +
 	"\x18KICK_REASON_IDLE_TIMEOUT\x10\x04\x12\x1e\n" +
 	"\x1aKICK_REASON_PROTOCOL_ERROR\x10\x05\x12\x1d\n" +
 	"\x19KICK_REASON_LOGIN_TIMEOUT\x10\x06\x12\x1b\n" +
-	"\x17KICK_REASON_STORE_RESET\x10\aB+Z)github.com/loopchat/loopchat/proto;chatpbb\x06proto3"
+	"\x17KICK_REASON_STORE_RESET\x10\a\x12\x1c\n" +
+	"\x18KICK_REASON_DEVICE_LIMIT\x10\bB+Z)github.com/loopchat/loopchat/proto;chatpbb\x06proto3"
 
 var (
 	file_chat_proto_rawDescOnce sync.Once

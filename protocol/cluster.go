@@ -33,6 +33,9 @@ const (
 	EventMessage = "message" // a chat message to push to the user
 	EventLogin   = "login"   // the user logged in on node_id; older sessions must go
 	EventRead    = "read"    // reader_user_id read conv up to up_to_seq (a read receipt)
+	// EventDeviceKick: the session of device with generation gen or lower
+	// must go, kicked with DEVICE_LIMIT (too many devices online).
+	EventDeviceKick = "device_kick"
 )
 
 // ChannelEvent is one JSON object on a user channel. For "message" the
@@ -63,9 +66,13 @@ type ChannelEvent struct {
 	NodeID string `json:"node_id,omitempty"`
 	ConnID uint64 `json:"conn_id,omitempty"`
 	AtMs   int64  `json:"at_ms,omitempty"`
-	// Gen is the login's session generation: sessions of the user with a
-	// lower one are kicked, never one with a higher one.
+	// Gen is the login's session generation: sessions of the same device
+	// with a lower one are kicked, never one with a higher one.
 	Gen uint64 `json:"gen,omitempty"`
+	// Device is the login's (or the kicked) device id ("": the device of
+	// clients without one). On a "message", node_id and conn_id name the
+	// sending session, which does not get its own message back.
+	Device string `json:"device,omitempty"`
 	// Epoch is the store epoch the login or message belongs to; nodes drop
 	// a message, and ignore a login, of an epoch other than their
 	// session's. Other programs leave it out.
@@ -75,6 +82,9 @@ type ChannelEvent struct {
 // MaxChannelEvent bounds a channel payload: the longest text and names,
 // escaped, fit with room to spare; anything bigger is not an event.
 const MaxChannelEvent = 64 << 10
+
+// maxDeviceID bounds an event's device (Login.device_id's limit).
+const maxDeviceID = 64
 
 // maxNodeID bounds a login event's node_id.
 const maxNodeID = 256
@@ -107,8 +117,12 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 			}
 		}
 	case EventLogin:
-		if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
+		if ev.NodeID == "" || len(ev.NodeID) > maxNodeID || len(ev.Device) > maxDeviceID {
 			return nil, fmt.Errorf("protocol: login event needs a node_id of 1-%d bytes", maxNodeID)
+		}
+	case EventDeviceKick:
+		if ev.Gen == 0 || len(ev.Device) > maxDeviceID {
+			return nil, fmt.Errorf("protocol: device_kick event needs gen and a device of 0-%d bytes", maxDeviceID)
 		}
 	case EventRead:
 		if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey || len(ev.NodeID) > maxNodeID {

@@ -11,9 +11,14 @@ import (
 // notice that the user logged in somewhere (so older sessions elsewhere
 // must go: newest login wins).
 type Event struct {
-	Message *chatpb.Message
-	Login   *LoginNotice
-	Read    *ReadNotice
+	Message    *chatpb.Message
+	Login      *LoginNotice
+	Read       *ReadNotice
+	DeviceKick *DeviceSession // that device's session, at or below Gen, goes (DEVICE_LIMIT)
+	// OriginNode and OriginConn name the session that sent Message: on
+	// the sender's own channel (their other devices) it is left out.
+	OriginNode string
+	OriginConn uint64
 	// Resync says live events for the user may have been missed (the
 	// broker lost its connection); the user's inbox must be replayed.
 	Resync bool
@@ -39,6 +44,8 @@ type LoginNotice struct {
 	// Epoch is the store epoch of the login (epoch.go): generations of
 	// different store contents are not compared.
 	Epoch string
+	// Device is the device that logged in: only its older sessions go.
+	Device string
 }
 
 // ReadNotice says Reader read Conv up to UpTo (MarkRead); the session that

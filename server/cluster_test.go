@@ -20,9 +20,18 @@ import (
 // clusterNodes starts n nodes sharing one Redis; no token secret is given,
 // so they must agree on the one kept in Redis.
 func clusterNodes(t *testing.T, r *testproc.Redis, n int, engine string) []*testServer {
+	return clusterNodesWith(t, r, n, engine, nil)
+}
+
+// clusterNodesWith is clusterNodes with tweak (if set) applied to each
+// node's options.
+func clusterNodesWith(t *testing.T, r *testproc.Redis, n int, engine string, tweak func(*Options)) []*testServer {
 	var nodes []*testServer
 	for i := range n {
 		opts := testOptions(t, engine)
+		if tweak != nil {
+			tweak(&opts)
+		}
 		opts.Redis = r.URL
 		opts.NodeID = fmt.Sprintf("node-%d", i+1)
 		opts.Heartbeat = 200 * time.Millisecond

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"time"
 
@@ -140,20 +141,38 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	if c.user.Load() != nil {
 		return nil, nil, ErrAlreadyLoggedIn
 	}
+	if err := validateDeviceID(req.DeviceId); err != nil {
+		return nil, nil, err
+	}
+	device := req.DeviceId
+	if c.srv.opts.MaxDevices == 1 {
+		device = "" // one device per user: every login replaces the last
+	}
 	ep := requestEpoch(ctx)
 	u, err := c.authenticate(ctx, req, ep)
 	if err != nil {
 		c.srv.metrics.loginFailures.Inc()
 		return nil, nil, err
 	}
-	// Newest login wins, in the order the store gives (sessiongen.go).
-	gen, err := c.srv.store.NewSession(ctx, u.ID)
+	now := time.Now()
+	reg, err := c.srv.store.RegisterDevice(ctx, u.ID, device, now.UnixMilli())
 	if err != nil {
 		c.srv.metrics.loginFailures.Inc()
 		return nil, nil, err
 	}
-	now := time.Now()
-	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli(), gen: gen, epoch: ep}
+	if reg.Forgot {
+		// Its box is gone: a session of it must not go on as if it had one.
+		c.srv.kickDevice(ctx, u.ID, ep, DeviceSession{Device: reg.Evicted, Gen: math.MaxUint64})
+	}
+	// Newest login of a device wins, in the order the store gives
+	// (sessiongen.go).
+	gen, err := c.srv.store.NewSession(ctx, u.ID, device)
+	if err != nil {
+		c.srv.metrics.loginFailures.Inc()
+		return nil, nil, err
+	}
+	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli(), gen: gen, epoch: ep,
+		device: device, box: boxOf(u.ID, reg.Slot)}
 
 	// Hold live pushes from the moment we subscribe until the replay is
 	// done: subscribe first, then read the inbox, so nothing falls between.
@@ -181,13 +200,14 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	// Tell other nodes, whose older sessions of this user must go. Without
 	// the notice out, an older session elsewhere could stay for good
 	// (sessiongen.go), so a login that cannot publish fails.
-	notice := Event{Login: &LoginNotice{NodeID: c.srv.opts.NodeID, ConnID: c.id, AtMs: info.loginAtMs, Gen: gen, Epoch: ep}}
+	notice := Event{Login: &LoginNotice{NodeID: c.srv.opts.NodeID, ConnID: c.id, AtMs: info.loginAtMs, Gen: gen, Epoch: ep,
+		Device: device}}
 	if _, err := c.srv.broker.Publish(ctx, []uint64{u.ID}, notice); err != nil {
 		return abandon(err)
 	}
 	// A newer login whose notice went out before we were subscribed shows
 	// here instead; without this check both sessions could stay.
-	latest, err := c.srv.store.LatestSession(ctx, u.ID)
+	latest, err := c.srv.store.LatestSession(ctx, u.ID, device)
 	switch {
 	case err != nil:
 		return abandon(err)
@@ -204,7 +224,18 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 		return abandon(errUnavailable)
 	}
 
-	ok := &chatpb.LoginOK{UserId: u.ID, Username: u.Name, NodeId: c.srv.opts.NodeID, StoreEpoch: ep}
+	// One device too many: the oldest logins go. A failure here leaves
+	// the user over the limit until their next login, which is better
+	// than failing a login that is otherwise done.
+	if kick, err := c.srv.store.DeviceOnline(ctx, u.ID, device, gen, c.srv.opts.MaxDevices); err != nil {
+		c.logger().Warn("login: device limit not checked", "err", err)
+	} else {
+		for _, k := range kick {
+			c.srv.kickDevice(ctx, u.ID, ep, k)
+		}
+	}
+
+	ok := &chatpb.LoginOK{UserId: u.ID, Username: u.Name, NodeId: c.srv.opts.NodeID, StoreEpoch: ep, DeviceId: device}
 	var expires time.Time
 	ok.Token, expires = c.srv.tokens.Load().issue(u, now, ep)
 	ok.TokenExpiresAtMs = expires.UnixMilli()
@@ -217,8 +248,17 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	c.debug("logged in") // debug: at C10K rates one line per login is noise
 	// The replay outlives this request's timeout: a big inbox to a slow
 	// reader takes as long as it takes (waitWritable bounds the stalls).
-	replay := func() { c.replayInbox(c.srv.ctx, u.ID) }
+	replay := func() { c.replayInbox(c.srv.ctx, info.box) }
 	return &chatpb.Frame{Body: &chatpb.Frame_LoginOk{LoginOk: ok}}, replay, nil
+}
+
+// kickDevice ends uid's session of k.Device at or below k.Gen, wherever
+// it is, with DEVICE_LIMIT.
+func (s *Server) kickDevice(ctx context.Context, uid uint64, epoch string, k DeviceSession) {
+	s.metrics.deviceKicks.Inc()
+	if _, err := s.broker.Publish(ctx, []uint64{uid}, Event{Epoch: epoch, DeviceKick: &k}); err != nil {
+		s.log.Warn("device kick not published", "user_id", uid, "err", err)
+	}
 }
 
 func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch string) (User, error) {
@@ -320,7 +360,7 @@ func groupList(groups []Group, online map[uint64]bool) []*chatpb.Group {
 
 func (c *session) logout(ctx context.Context) (*chatpb.Frame, error) {
 	if u := c.user.Swap(nil); u != nil {
-		c.srv.unbindUser(ctx, u.id, c)
+		c.srv.unbindUser(ctx, u, c)
 		c.debug("logged out", "user_id", u.id)
 	}
 	return okFrame(), nil
@@ -383,7 +423,7 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	}
 	m.MsgId, m.SentAtMs = c.srv.ids.next(time.Now())
 
-	res, err := c.srv.store.AppendMessage(ctx, m, recipients, req.ClientMsgId)
+	res, err := c.srv.store.AppendMessage(withSendingDevice(ctx, sender{box: u.box, node: c.srv.opts.NodeID, conn: c.id}), m, recipients, req.ClientMsgId)
 	if err != nil {
 		return sendReceipt{}, err
 	}
@@ -417,6 +457,13 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 			c.logger().Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
 		}
 		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
+		if res.SenderCopies > 0 {
+			// The sender's other devices; this session is left out.
+			ev.OriginNode, ev.OriginConn = c.srv.opts.NodeID, c.id
+			if _, err := c.srv.broker.Publish(ctx, []uint64{u.id}, ev); err != nil {
+				c.logger().Warn("live push to the sender's devices failed; it waits in their inboxes", "msg_id", m.MsgId, "err", err)
+			}
+		}
 	}
 	stored := res.Message
 	return sendReceipt{msgID: stored.MsgId, sentAtMs: stored.SentAtMs, online: online > 0, seq: stored.Seq}, nil
@@ -443,7 +490,7 @@ func (c *session) ack(ctx context.Context, req *chatpb.Ack) error {
 	if len(req.MsgIds) == 0 {
 		return nil
 	}
-	return c.srv.store.Ack(ctx, c.user.Load().id, req.MsgIds)
+	return c.srv.store.Ack(ctx, c.user.Load().box, req.MsgIds)
 }
 
 func (c *session) addFriend(ctx context.Context, req *chatpb.AddFriend) (*chatpb.Frame, error) {

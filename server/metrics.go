@@ -45,6 +45,7 @@ type metrics struct {
 	channelErrors    prometheus.Counter
 	storeResets      prometheus.Counter
 	staleEvents      prometheus.Counter
+	deviceKicks      prometheus.Counter
 	storeCommit      prometheus.Histogram
 	storeBatch       prometheus.Histogram
 	logSync          prometheus.Histogram
@@ -110,6 +111,8 @@ func newMetrics() *metrics {
 			Name: "loopchat_store_resets_total", Help: "Times this node found the store's epoch changed (the store lost its data, was replaced or rolled back) and kicked every session."}),
 		staleEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_stale_events_total", Help: "Channel events dropped because they belong to other store contents than the session they reached (store epoch)."}),
+		deviceKicks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_device_kicks_total", Help: "Device sessions kicked for DEVICE_LIMIT (too many devices of one user online, or a device forgotten to make room)."}),
 		storeCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "loopchat_store_commit_seconds", Help: "Embedded store group-commit duration (one fsync'd transaction).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
@@ -131,7 +134,7 @@ func newMetrics() *metrics {
 	m.registry.MustRegister(m.connsOpen, m.connsByLoop, m.connsTotal, m.requests, m.logins,
 		m.loginFailures, m.loginThrottled, m.connsRefused, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
 		m.inboxReplay, m.inboxTrimmed, m.historyTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
-		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeResets, m.staleEvents, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
+		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeResets, m.staleEvents, m.deviceKicks, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
 		m.redisLatency, m.redisErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -43,8 +43,10 @@ type sessionUser struct {
 	id        uint64
 	name      string
 	loginAtMs int64
-	gen       uint64 // session generation: a higher one of the same user kicks this one
+	gen       uint64 // session generation: a higher one of the same device kicks this one
 	epoch     string // the store epoch the session logged in under (epoch.go)
+	device    string // Login.device_id ("" also when Options.MaxDevices is 1)
+	box       uint64 // the device's inbox (device.go)
 }
 
 // mailItem is one unit of a session's ordered work: a request, or the
@@ -353,7 +355,7 @@ func (c *session) cleanup() {
 	if u := c.user.Swap(nil); u != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		defer cancel()
-		c.srv.unbindUser(ctx, u.id, c)
+		c.srv.unbindUser(ctx, u, c)
 	}
 }
 
@@ -457,7 +459,7 @@ func (c *session) resync(retry time.Duration) {
 	}
 	// A login notice may be among what was missed: a newer session of
 	// this user elsewhere means this one must go.
-	latest, err := c.srv.store.LatestSession(withEpoch(c.srv.ctx, u.epoch), u.id)
+	latest, err := c.srv.store.LatestSession(withEpoch(c.srv.ctx, u.epoch), u.id, u.device)
 	switch {
 	case errors.Is(err, ErrStoreReset):
 		// Redis came back without this session's store: replaying would
@@ -480,7 +482,7 @@ func (c *session) resync(retry time.Duration) {
 		return
 	}
 	c.beginReplay()
-	c.replayInbox(c.srv.ctx, u.id)
+	c.replayInbox(c.srv.ctx, u.box)
 }
 
 // beginReplay starts holding live pushes; call before subscribing.
@@ -497,10 +499,10 @@ func (c *session) endReplay() {
 	c.pushMu.Unlock()
 }
 
-// replayInbox pushes uid's stored messages oldest first, pacing itself by
+// replayInbox pushes the stored messages of box (the session's device) oldest first, pacing itself by
 // the connection's outbound queue, then the live pushes held meanwhile that
 // the inbox did not already contain.
-func (c *session) replayInbox(ctx context.Context, uid uint64) {
+func (c *session) replayInbox(ctx context.Context, box uint64) {
 	defer func() {
 		c.pushMu.Lock()
 		c.replay = nil
@@ -511,7 +513,7 @@ func (c *session) replayInbox(ctx context.Context, uid uint64) {
 	defer func() { c.srv.metrics.inboxReplay.Observe(float64(replayed)) }()
 	for {
 		for {
-			page, err := c.readInbox(ctx, uid, after)
+			page, err := c.readInbox(ctx, box, after)
 			if err != nil {
 				c.logger().Warn("inbox replay failed; messages stay stored for the next login", "err", err)
 				break
@@ -577,11 +579,11 @@ func (c *session) rememberLate(sent map[uint64]struct{}) {
 // readInbox reads one replay page, retrying for a while when the store is
 // unavailable: a replay often starts right after Redis came back, when
 // pooled connections to the old process still fail once.
-func (c *session) readInbox(ctx context.Context, uid, after uint64) ([]*chatpb.Message, error) {
+func (c *session) readInbox(ctx context.Context, box, after uint64) ([]*chatpb.Message, error) {
 	backoff := 20 * time.Millisecond
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		page, err := c.srv.store.Inbox(ctx, uid, after, replayPage)
+		page, err := c.srv.store.Inbox(ctx, box, after, replayPage)
 		if err == nil || !errors.Is(err, errUnavailable) || time.Now().After(deadline) || c.isGone() {
 			return page, err
 		}

@@ -42,8 +42,8 @@ var (
 	bucketMembers    = []byte("members")     // gid|uid -> role byte, then joined seq (absent in schema 1)
 	bucketMemberSeq  = []byte("member_seq")  // gid|seq -> uid (keeps join order)
 	bucketUserGroups = []byte("user_groups") // uid|gid -> empty
-	bucketInbox      = []byte("inbox")       // uid|msg_id -> chatpb.Message
-	bucketInboxCount = []byte("inbox_count") // uid -> count
+	bucketInbox      = []byte("inbox")       // box|msg_id -> chatpb.Message (box: a device's inbox, device.go)
+	bucketInboxCount = []byte("inbox_count") // box -> count
 	bucketDedup      = []byte("dedup")       // sender|client_msg_id -> msg_id
 	bucketDedupAge   = []byte("dedup_age")   // msg_id|sender -> client_msg_id (for expiry)
 	bucketMessages   = []byte("dedup_msgs")  // msg_id -> chatpb.Message, kept while its dedup entry lives
@@ -56,7 +56,7 @@ var (
 	bucketMeta = []byte("meta") // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
 	allBuckets = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
-		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketMeta}
+		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketDevices, bucketMeta}
 	// keyWALApplied is where the message log has been copied up to.
 	keyWALApplied = []byte("wal_applied")
 	keyEpoch      = []byte("epoch")
@@ -155,7 +155,8 @@ type BoltStore struct {
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
 	localSessions
-	epoch string // made when the file was created (epoch.go)
+	devices boltDevices
+	epoch   string // made when the file was created (epoch.go)
 }
 
 // OpenBoltStore opens (creating if needed) the database at cfg.Path.
@@ -229,6 +230,10 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
 		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{},
 		convs: map[Conversation]*convState{}, maxConvs: maxConvStates}
+	if err := db.View(s.devices.load); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
+	}
 	if err := s.recoverLog(); err != nil {
 		db.Close()
 		return nil, err
@@ -851,22 +856,30 @@ func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[u
 	}
 	trimmed := 0
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
+	var few [4]uint64
+	boxes := few[:0]
 	for _, uid := range e.recipients {
-		if _, acked := acks[uid][e.msgID]; acked || e.ackedBy.has(uid) {
+		boxes = deviceBoxes(boxes, uid, s.devices.of(uid), e.msg.GetSentAtMs(), -1)
+	}
+	if e.fromDevice {
+		boxes = deviceBoxes(boxes, e.sender, s.devices.of(e.sender), e.msg.GetSentAtMs(), boxSlot(e.senderBox))
+	}
+	for _, box := range boxes {
+		if _, acked := acks[box][e.msgID]; acked || e.ackedBy.has(box) {
 			continue
 		}
-		if err := inbox.Put(key2(uid, e.msgID), e.message); err != nil {
+		if err := inbox.Put(key2(box, e.msgID), e.message); err != nil {
 			return trimmed, err
 		}
 		n := uint64(1)
-		if v := counts.Get(u64(uid)); v != nil {
+		if v := counts.Get(u64(box)); v != nil {
 			n += binary.BigEndian.Uint64(v)
 		}
 		for n > uint64(s.cfg.InboxLimit) {
-			// Trim the oldest: the first key under this user's prefix.
+			// Trim the oldest: the first key under this box's prefix.
 			c := inbox.Cursor()
-			k, _ := c.Seek(u64(uid))
-			if k == nil || !hasPrefix(k, u64(uid)) {
+			k, _ := c.Seek(u64(box))
+			if k == nil || !hasPrefix(k, u64(box)) {
 				break
 			}
 			if err := c.Delete(); err != nil {
@@ -875,7 +888,7 @@ func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[u
 			n--
 			trimmed++
 		}
-		if err := counts.Put(u64(uid), u64(n)); err != nil {
+		if err := counts.Put(u64(box), u64(n)); err != nil {
 			return trimmed, err
 		}
 	}
@@ -904,16 +917,16 @@ func dedupKey(sender uint64, clientMsgID string) []byte {
 	return append(u64(sender), clientMsgID...)
 }
 
-func (s *BoltStore) Inbox(ctx context.Context, uid, after uint64, limit int) (out []*chatpb.Message, err error) {
-	if err := s.applyLogFor(ctx, uid); err != nil {
+func (s *BoltStore) Inbox(ctx context.Context, box, after uint64, limit int) (out []*chatpb.Message, err error) {
+	if err := s.applyLogFor(ctx, boxUser(box)); err != nil {
 		return nil, err
 	}
 	err = s.db.View(func(tx *bolt.Tx) error {
-		prefix := u64(uid)
+		prefix := u64(box)
 		c := tx.Bucket(bucketInbox).Cursor()
-		k, v := c.Seek(key2(uid, after+1))
+		k, v := c.Seek(key2(box, after+1))
 		for ; k != nil && hasPrefix(k, prefix) && len(out) < limit; k, v = c.Next() {
-			if s.acked(uid, binary.BigEndian.Uint64(k[8:])) {
+			if s.acked(box, binary.BigEndian.Uint64(k[8:])) {
 				continue
 			}
 			m := new(chatpb.Message)

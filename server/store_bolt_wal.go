@@ -56,8 +56,12 @@ type walEntry struct {
 	sender      uint64
 	recipients  []uint64
 	clientMsgID string
-	end         walPos    // the end of its batch in the log
-	logged      time.Time // when its batch was synced
+	// senderBox is the box of the device that sent it (fromDevice): the
+	// sender's other devices get it too (withSendingDevice).
+	senderBox  uint64
+	fromDevice bool
+	end        walPos    // the end of its batch in the log
+	logged     time.Time // when its batch was synced
 	// Guarded by BoltStore.mem:
 	taken   bool   // in the commit under way
 	ackedBy ackers // users who acked before it was copied
@@ -161,6 +165,13 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 	op.done, op.entry = s.doneChans.Get().(chan struct{}), &block.entry
 	block.entry = walEntry{msg: m, message: encoded, conv: ConversationOf(m), msgID: m.MsgId, sender: m.FromUserId,
 		recipients: append(block.one[:0:1], recipients...), clientMsgID: clientMsgID}
+	senderCopies := 0
+	if from, ok := sendingDevice(ctx); ok {
+		block.entry.senderBox, block.entry.fromDevice = from.box, true
+		if devs := s.devices.of(m.FromUserId); len(devs) > 1 {
+			senderCopies = len(deviceBoxes(nil, m.FromUserId, devs, m.SentAtMs, boxSlot(from.box)))
+		}
+	}
 	if err := s.appends.send(ctx, op); err != nil {
 		s.doneChans.Put(op.done) // never queued, never signalled
 		return AppendResult{}, err
@@ -168,6 +179,9 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 	select {
 	case <-op.done:
 		s.doneChans.Put(op.done) // signalled once and drained: reusable
+		if !op.res.Duplicate {
+			op.res.SenderCopies = senderCopies
+		}
 		return op.res, op.err
 	case <-ctx.Done():
 		// It may still be logged; the caller treats the outcome as unknown.
@@ -223,7 +237,8 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 			// After any flush above: a failed flush gives back the seqs
 			// of its own records, the last ones handed out.
 			takeSeq(e)
-			buf = appendWALRecord(buf, &walRecord{message: e.message, recipients: e.recipients, clientMsgID: e.clientMsgID})
+			buf = appendWALRecord(buf, &walRecord{message: e.message, recipients: e.recipients, clientMsgID: e.clientMsgID,
+				senderBox: e.senderBox, fromDevice: e.fromDevice})
 		} else {
 			buf = appendWALRecord(buf, &walRecord{ackUser: op.ackUser, acked: op.acked})
 		}
@@ -291,6 +306,9 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 		s.unappliedIDs[e.msgID] = e
 		for _, uid := range e.recipients {
 			s.unappliedFor[uid]++
+		}
+		if e.fromDevice {
+			s.unappliedFor[e.sender]++
 		}
 		if e.clientMsgID != "" {
 			s.dedupPending[senderMsgID{e.sender, e.clientMsgID}] = e
@@ -503,6 +521,11 @@ func (s *BoltStore) takePending() *writeOp {
 					delete(s.unappliedFor, uid)
 				}
 			}
+			if e.fromDevice {
+				if s.unappliedFor[e.sender]--; s.unappliedFor[e.sender] <= 0 {
+					delete(s.unappliedFor, e.sender)
+				}
+			}
 			if e.clientMsgID != "" {
 				key := senderMsgID{e.sender, e.clientMsgID}
 				if s.dedupPending[key] == e {
@@ -672,7 +695,7 @@ func (s *BoltStore) recoverLog() error {
 			// their messages go to the inboxes only (historyCopy.add).
 			chunk = append(chunk, recovered{entry: &walEntry{msg: m, message: r.message, conv: ConversationOf(m),
 				seq: m.Seq, msgID: m.MsgId, sender: m.FromUserId, recipients: r.recipients,
-				clientMsgID: r.clientMsgID}, end: end})
+				clientMsgID: r.clientMsgID, senderBox: r.senderBox, fromDevice: r.fromDevice}, end: end})
 		}
 		if len(chunk) == 4096 {
 			return flush()

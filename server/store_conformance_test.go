@@ -45,7 +45,7 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 	})
 	t.Run("session generations", func(t *testing.T) {
 		s := open(t, 100)
-		if g, err := s.LatestSession(ctx, 7); err != nil || g != 0 {
+		if g, err := s.LatestSession(ctx, 7, ""); err != nil || g != 0 {
 			t.Fatalf("LatestSession before any login = %d, %v; want 0", g, err)
 		}
 		// Concurrent logins of one user get distinct generations, and the
@@ -55,7 +55,7 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		var wg sync.WaitGroup
 		for range logins {
 			wg.Go(func() {
-				g, err := s.NewSession(ctx, 7)
+				g, err := s.NewSession(ctx, 7, "")
 				if err != nil {
 					t.Error(err)
 				}
@@ -73,13 +73,13 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 			seen[g] = true
 			highest = max(highest, g)
 		}
-		if g, err := s.LatestSession(ctx, 7); err != nil || g != highest {
+		if g, err := s.LatestSession(ctx, 7, ""); err != nil || g != highest {
 			t.Fatalf("LatestSession = %d, %v; want %d", g, err, highest)
 		}
-		if g, err := s.NewSession(ctx, 8); err != nil || g == 0 {
+		if g, err := s.NewSession(ctx, 8, ""); err != nil || g == 0 {
 			t.Fatalf("another user's first generation = %d, %v", g, err)
 		}
-		if g, _ := s.LatestSession(ctx, 7); g != highest {
+		if g, _ := s.LatestSession(ctx, 7, ""); g != highest {
 			t.Fatalf("another user's login moved user 7 to %d", g)
 		}
 	})
@@ -325,6 +325,140 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		}
 		if got, _ := s.Inbox(ctx, a.ID, 0, 100); len(got) != 0 {
 			t.Fatalf("sender's inbox = %v", got)
+		}
+	})
+
+	t.Run("devices", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		ids := newMsgIDGen(1)
+		send := func(from User, to uint64, atMs int64, dev *sender) *chatpb.Message {
+			t.Helper()
+			m := testMessage(ids, from, "x")
+			m.SentAtMs = atMs
+			c := ctx
+			if dev != nil {
+				c = withSendingDevice(ctx, *dev)
+			}
+			res, err := s.AppendMessage(c, m, []uint64{to}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res.Message
+		}
+		// Clients without a device id are the implicit device: no record.
+		if reg, err := s.RegisterDevice(ctx, b.ID, "", 1000); err != nil || reg.Slot != 0 || reg.Forgot {
+			t.Fatalf("RegisterDevice(\"\") = %+v, %v", reg, err)
+		}
+		if devs, _ := s.Devices(ctx, b.ID); len(devs) != 0 {
+			t.Fatalf("devices after the implicit one: %+v", devs)
+		}
+		m0 := send(a, b.ID, 1500, nil)
+		// The first named device takes slot 0, with what its inbox holds.
+		if reg, err := s.RegisterDevice(ctx, b.ID, "phone", 2000); err != nil || reg.Slot != 0 {
+			t.Fatalf("RegisterDevice(phone) = %+v, %v", reg, err)
+		}
+		if got := inboxIDs(t, s, boxOf(b.ID, 0)); !slices.Equal(got, []uint64{m0.MsgId}) {
+			t.Fatalf("phone's box %v, want the message from before", got)
+		}
+		// A later one starts at its registration.
+		if reg, err := s.RegisterDevice(ctx, b.ID, "laptop", 3000); err != nil || reg.Slot != 1 {
+			t.Fatalf("RegisterDevice(laptop) = %+v, %v", reg, err)
+		}
+		early := send(a, b.ID, 2999, nil) // sent before the laptop came
+		m1 := send(a, b.ID, 3000, nil)
+		if got := inboxIDs(t, s, boxOf(b.ID, 1)); !slices.Equal(got, []uint64{m1.MsgId}) {
+			t.Fatalf("laptop's box %v, want only [%d]", got, m1.MsgId)
+		}
+		// Acks are per box.
+		if err := s.Ack(ctx, boxOf(b.ID, 0), []uint64{m0.MsgId, early.MsgId, m1.MsgId}); err != nil {
+			t.Fatal(err)
+		}
+		if got := inboxIDs(t, s, boxOf(b.ID, 0)); len(got) != 0 {
+			t.Fatalf("phone's box after its acks: %v", got)
+		}
+		if got := inboxIDs(t, s, boxOf(b.ID, 1)); !slices.Equal(got, []uint64{m1.MsgId}) {
+			t.Fatalf("laptop's box after the phone's acks: %v", got)
+		}
+		// Sent from the phone: the laptop gets it, the phone does not.
+		own := send(b, a.ID, 4000, &sender{box: boxOf(b.ID, 0), node: "n", conn: 1})
+		if got := inboxIDs(t, s, boxOf(b.ID, 1)); !slices.Equal(got, []uint64{m1.MsgId, own.MsgId}) {
+			t.Fatalf("laptop's box %v, want its own user's message too", got)
+		}
+		if got := inboxIDs(t, s, boxOf(b.ID, 0)); len(got) != 0 {
+			t.Fatalf("the sending device's box %v", got)
+		}
+		if got := inboxIDs(t, s, a.ID); !slices.Equal(got, []uint64{own.MsgId}) {
+			t.Fatalf("recipient's box %v", got)
+		}
+		// Past maxKnownDevices the oldest login is forgotten, its box
+		// emptied, its slot given to the newcomer.
+		for i := 2; i < maxKnownDevices; i++ {
+			if reg, err := s.RegisterDevice(ctx, b.ID, fmt.Sprint("d", i), int64(5000+i)); err != nil || reg.Slot != i {
+				t.Fatalf("RegisterDevice(d%d) = %+v, %v", i, reg, err)
+			}
+		}
+		reg, err := s.RegisterDevice(ctx, b.ID, "one too many", 9000)
+		if err != nil || !reg.Forgot || reg.Evicted != "phone" || reg.Slot != 0 {
+			t.Fatalf("RegisterDevice past the limit = %+v, %v; want phone (oldest login) forgotten", reg, err)
+		}
+		send(a, b.ID, 8999, nil) // before the newcomer: not in its box
+		if got := inboxIDs(t, s, boxOf(b.ID, 0)); len(got) != 0 {
+			t.Fatalf("the reused slot's box %v", got)
+		}
+		if devs, _ := s.Devices(ctx, b.ID); len(devs) != maxKnownDevices || slices.ContainsFunc(devs, func(d Device) bool { return d.ID == "phone" }) {
+			t.Fatalf("devices %+v", devs)
+		}
+	})
+
+	t.Run("devices online", func(t *testing.T) {
+		s := open(t, 100)
+		u, _ := s.CreateUser(ctx, "u", nil)
+		gen := func(dev string) uint64 {
+			g, err := s.NewSession(ctx, u.ID, dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l, _ := s.LatestSession(ctx, u.ID, dev); l != g {
+				t.Fatalf("LatestSession(%s) = %d, want %d", dev, l, g)
+			}
+			return g
+		}
+		online := func(dev string, g uint64) []DeviceSession {
+			k, err := s.DeviceOnline(ctx, u.ID, dev, g, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return k
+		}
+		gx, gy, gz := gen("x"), gen("y"), gen("z")
+		if !(gx < gy && gy < gz) {
+			t.Fatalf("generations across devices not increasing: %d %d %d", gx, gy, gz)
+		}
+		if k := online("x", gx); len(k) != 0 {
+			t.Fatalf("kicked %v", k)
+		}
+		if k := online("y", gy); len(k) != 0 {
+			t.Fatalf("kicked %v", k)
+		}
+		if k := online("z", gz); !slices.Equal(k, []DeviceSession{{"x", gx}}) {
+			t.Fatalf("third device online kicked %v, want x", k)
+		}
+		if err := s.DeviceOffline(ctx, u.ID, "y", gy); err != nil {
+			t.Fatal(err)
+		}
+		gw := gen("w")
+		if k := online("w", gw); len(k) != 0 {
+			t.Fatalf("kicked %v after y went offline", k)
+		}
+		// A stale offline (an older session of z) changes nothing.
+		if err := s.DeviceOffline(ctx, u.ID, "z", gz-1); err != nil {
+			t.Fatal(err)
+		}
+		gv := gen("v")
+		if k := online("v", gv); !slices.Equal(k, []DeviceSession{{"z", gz}}) {
+			t.Fatalf("kicked %v, want z", k)
 		}
 	})
 

@@ -36,7 +36,12 @@ import (
 //	                           (Member.JoinedSeq; absent: 0, the creator and earlier members)
 //	P member:seq               INCR source of join order
 //	P user:<uid>:groups        SET gid
-//	P inbox:<uid>              ZSET (score 0) member = %016x msg_id
+//	P inbox:<uid>              ZSET (score 0) member = %016x msg_id: the inbox of the
+//	                           user's device in slot 0 (device.go)
+//	P inbox:<uid>:<slot>       ZSET the same, of the device in slot 1..15
+//	P {u:<uid>}:devices        HASH device id -> "slot:since ms:last login ms:id"
+//	P {u:<uid>}:devgen         HASH device id -> its newest session generation
+//	P {u:<uid>}:online         ZSET device id -> generation of its session recorded online
 //	P msg:<%016x msg_id>       HASH body (chatpb.Message with its seq), refs (inboxes holding it)
 //	P dedup:<uid>:<client id>  STRING "<msg_id>:<seq>" of the first send (a bare msg_id
 //	                           when written before schema 2), expiring after the dedup window
@@ -255,15 +260,39 @@ else
   redis.call('PERSIST', KEYS[4])
 end
 
-local rcpt = 12
-local n = #ARGV - rcpt + 1
+local p = ARGV[6]
+local sent = tonumber(ARGV[12])
+-- The boxes (device inboxes, device.go) of uid's devices that get a
+-- message sent now, but the one in slot skip.
+local function boxes(uid, skip, out)
+  local vals = redis.call('HVALS', p .. '{u:' .. uid .. '}:devices')
+  if #vals == 0 then
+    if skip ~= 0 then out[#out + 1] = p .. 'inbox:' .. uid end
+    return 0
+  end
+  local n = 0
+  for _, v in ipairs(vals) do
+    local slot, since = string.match(v, '^(%d+):(%-?%d+):')
+    slot = tonumber(slot)
+    if slot ~= skip and tonumber(since) <= sent then
+      if slot == 0 then out[#out + 1] = p .. 'inbox:' .. uid
+      else out[#out + 1] = p .. 'inbox:' .. uid .. ':' .. slot end
+      n = n + 1
+    end
+  end
+  return n
+end
+local rcpt = 15
+local inboxes = {}
+for i = rcpt, #ARGV do boxes(ARGV[i], -1, inboxes) end
+local senderCopies = 0
+if ARGV[13] ~= '0' then senderCopies = boxes(ARGV[13], tonumber(ARGV[14]), inboxes) end
+local n = #inboxes
 local trimmed = 0
 local online = 0
-local p = ARGV[6]
 if n > 0 then redis.call('HSET', KEYS[1], 'body', body, 'refs', n) end
 local limit = tonumber(ARGV[3])
-for i = rcpt, #ARGV do
-  local inbox = p .. 'inbox:' .. ARGV[i]
+for _, inbox in ipairs(inboxes) do
   redis.call('ZADD', inbox, 0, ARGV[2])
   local over = redis.call('ZCARD', inbox) - limit
   if over > 0 then
@@ -281,8 +310,9 @@ if ARGV[7] ~= '' then
   for i = rcpt, #ARGV do
     if redis.call('PUBLISH', p .. 'user:' .. ARGV[i], payload) > 0 then online = online + 1 end
   end
+  if senderCopies > 0 then redis.call('PUBLISH', p .. 'user:' .. ARGV[13], payload) end
 end
-return {0, trimmed, online, seq, htrimmed}`)
+return {0, trimmed, online, seq, htrimmed, senderCopies}`)
 
 	// KEYS: inbox key. ARGV: prefix, members... Computes msg:<id> of each
 	// acked message: in a cluster those would be the user's own copies
@@ -356,7 +386,8 @@ return out`)
 
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
-		scriptNewSession, scriptLatestSession, scriptMarkRead}
+		scriptNewSession, scriptLatestSession, scriptMarkRead, scriptDeviceOnline, scriptDeviceOffline,
+		scriptRegisterDevice}
 )
 
 // redisSchema is the version of the key layout this code writes (the
@@ -452,8 +483,17 @@ func (s *RedisStore) userKey(uid uint64) string { return s.p + "user:" + strconv
 func (s *RedisStore) groupKey(gid uint64) string {
 	return s.p + "group:" + strconv.FormatUint(gid, 10)
 }
-func (s *RedisStore) inboxKey(uid uint64) string { return s.p + "inbox:" + strconv.FormatUint(uid, 10) }
-func msgMember(id uint64) string                 { return fmt.Sprintf("%016x", id) }
+
+// inboxKey is box's inbox: inbox:<uid> for slot 0 (every inbox before
+// devices), inbox:<uid>:<slot> for the others.
+func (s *RedisStore) inboxKey(box uint64) string {
+	k := s.p + "inbox:" + strconv.FormatUint(boxUser(box), 10)
+	if slot := boxSlot(box); slot != 0 {
+		k += ":" + strconv.Itoa(slot)
+	}
+	return k
+}
+func msgMember(id uint64) string { return fmt.Sprintf("%016x", id) }
 
 // convKey starts the keys of conversation c: P{c:<c.Key()>}: (see the
 // layout at the top), to which "seq", "log" and "first" are added.
@@ -784,9 +824,16 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	if clientMsgID != "" {
 		ttl = int(s.cfg.DedupWindow / time.Second)
 	}
+	var senderUID uint64
+	senderSlot := 0
+	from, fromDevice := sendingDevice(ctx)
+	if fromDevice {
+		senderUID, senderSlot = boxUser(from.box), boxSlot(from.box)
+	}
 	var payload []byte
 	if s.cfg.PublishMessages {
-		if payload, err = encodeChannelEvent(Event{Message: m, Epoch: s.requestOrStoreEpoch(ctx)}); err != nil {
+		ev := Event{Message: m, Epoch: s.requestOrStoreEpoch(ctx), OriginNode: from.node, OriginConn: from.conn}
+		if payload, err = encodeChannelEvent(ev); err != nil {
 			return AppendResult{}, err
 		}
 	}
@@ -800,9 +847,9 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 		cutoff = time.Now().Add(-hist.MaxAge).UnixMilli()
 		histTTL = hist.MaxAge.Milliseconds()
 	}
-	args := make([]any, 0, 12+len(recipients))
+	args := make([]any, 0, 14+len(recipients))
 	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p, payload,
-		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL)
+		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL, m.SentAtMs, senderUID, senderSlot)
 	for _, uid := range recipients {
 		args = append(args, uid)
 	}
@@ -835,11 +882,15 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	online, _ := res[2].(int64)
 	seq, _ := res[3].(int64)
 	histTrimmed, _ := res[4].(int64)
+	var senderCopies int64
+	if len(res) > 5 {
+		senderCopies, _ = res[5].(int64)
+	}
 	m.Seq = uint64(seq)
 	// The same bytes the script stored: the body and then field 8.
 	encoded := protowire.AppendVarint(protowire.AppendTag(body, 8, protowire.VarintType), m.Seq)
 	return AppendResult{Message: m, Encoded: encoded, Trimmed: int(trimmed), HistoryTrimmed: int(histTrimmed),
-		Published: payload != nil, Online: int(online)}, nil
+		Published: payload != nil, Online: int(online), SenderCopies: int(senderCopies)}, nil
 }
 
 // parseDedupValue reads a dedup key's value: "<msg_id>:<seq>", or a bare
@@ -907,7 +958,13 @@ func (s *RedisStore) LastSeq(ctx context.Context, conv Conversation) (uint64, er
 // guardedCount runs a guarded script on one key through the batcher and
 // reads the number it returns.
 func (s *RedisStore) guardedCount(ctx context.Context, script *redis.Script, key string) (uint64, error) {
-	keys, args := s.guard(ctx, []string{key})
+	return s.guardedUint(ctx, script, []string{key})
+}
+
+// guardedUint runs a guarded script through the batcher and reads the
+// number it returns.
+func (s *RedisStore) guardedUint(ctx context.Context, script *redis.Script, keys []string, args ...any) (uint64, error) {
+	keys, args = s.guard(ctx, keys, args...)
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{script.EvalSha(ctx, p, keys, args...)}
 	})
@@ -918,9 +975,9 @@ func (s *RedisStore) guardedCount(ctx context.Context, script *redis.Script, key
 	return n, redisErr(err)
 }
 
-func (s *RedisStore) Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error) {
+func (s *RedisStore) Inbox(ctx context.Context, box, after uint64, limit int) ([]*chatpb.Message, error) {
 	members, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
-		Key: s.inboxKey(uid), Start: "(" + msgMember(after), Stop: "+", ByLex: true, Count: int64(limit),
+		Key: s.inboxKey(box), Start: "(" + msgMember(after), Stop: "+", ByLex: true, Count: int64(limit),
 	}).Result()
 	if err != nil {
 		return nil, redisErr(err)
@@ -951,13 +1008,13 @@ func (s *RedisStore) Inbox(ctx context.Context, uid, after uint64, limit int) ([
 	return out, nil
 }
 
-func (s *RedisStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
+func (s *RedisStore) Ack(ctx context.Context, box uint64, ids []uint64) error {
 	args := make([]any, 0, 2+len(ids))
 	args = append(args, s.p)
 	for _, id := range ids {
 		args = append(args, msgMember(id))
 	}
-	keys, args := s.guard(ctx, []string{s.inboxKey(uid)}, args...)
+	keys, args := s.guard(ctx, []string{s.inboxKey(box)}, args...)
 	_, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{scriptAck.EvalSha(ctx, p, keys, args...)}
 	})

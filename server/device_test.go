@@ -1,0 +1,184 @@
+package server
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+func loginDeviceReq(user, device string) *chatpb.Frame {
+	return &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Username: user, Password: pw, DeviceId: device}}}
+}
+
+// device logs user in as device on a fresh connection to ts (registering
+// the user first if needed).
+func (ts *testServer) device(t *testing.T, user, device string) (*rawConn, *chatpb.LoginOK) {
+	t.Helper()
+	rc := dial(t, ts.addr)
+	if e := rc.do(registerReq(user, pw)).GetError(); e != nil && e.Code != chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS {
+		t.Fatalf("register %s: %v", user, e)
+	}
+	resp := rc.do(loginDeviceReq(user, device))
+	expectOK(t, resp)
+	return rc, resp.GetLoginOk()
+}
+
+// TestDevicesEachGetEveryMessage: two devices of one user online at once
+// (on one node, and on two), each pushed every message to the user and
+// the user's own messages from the other device, each with its own inbox:
+// an ack from one leaves the other's copy, which a reconnect replays.
+func TestDevicesEachGetEveryMessage(t *testing.T) {
+	onOneNodeAndTwo(t, func(t *testing.T, a, b *testServer) {
+		phone, phoneOK := a.device(t, "alice", "phone")
+		laptop, laptopOK := b.device(t, "alice", "laptop")
+		if phoneOK.DeviceId != "phone" || laptopOK.DeviceId != "laptop" {
+			t.Fatalf("LoginOK device ids %q %q", phoneOK.DeviceId, laptopOK.DeviceId)
+		}
+		bob, bobOK := a.user(t, "bob")
+
+		sent := bob.do(sendTo("alice", "to both"))
+		expectOK(t, sent)
+		if !sent.GetSendOk().Online {
+			t.Fatal("alice counted offline")
+		}
+		id := sent.GetSendOk().MsgId
+		for name, dev := range map[string]*rawConn{"phone": phone, "laptop": laptop} {
+			if m := dev.nextMessage(); m.MsgId != id || m.FromUserId != bobOK.UserId {
+				t.Fatalf("%s got %+v", name, m)
+			}
+		}
+
+		// Sent from the phone: bob gets it, and so does the laptop, marked
+		// as alice's own; the phone only has its SendOK.
+		own := phone.do(sendTo("bob", "from my phone"))
+		expectOK(t, own)
+		if m := bob.nextMessage(); m.MsgId != own.GetSendOk().MsgId {
+			t.Fatalf("bob got %+v", m)
+		}
+		if m := laptop.nextMessage(); m.MsgId != own.GetSendOk().MsgId || m.FromUserId != phoneOK.UserId || m.ToUserId != bobOK.UserId {
+			t.Fatalf("the laptop got %+v, want alice's own message to bob", m)
+		}
+		phone.noPush(200 * time.Millisecond)
+
+		// The phone acks bob's (its own is not in its box); the laptop
+		// acks nothing. Reconnected, the laptop
+		// (on the other node) is replayed both, and the phone nothing.
+		phone.sendFrame(ackReq(id))
+		expectOK(t, phone.do(pingReq()))
+		laptop.c.Close()
+		phone.c.Close()
+		laptop, _ = a.device(t, "alice", "laptop")
+		got := []uint64{laptop.nextMessage().MsgId, laptop.nextMessage().MsgId}
+		if got[0] != id || got[1] != own.GetSendOk().MsgId {
+			t.Fatalf("the laptop's replay %v, want [%d %d]", got, id, own.GetSendOk().MsgId)
+		}
+		phone, _ = b.device(t, "alice", "phone")
+		phone.noPush(300 * time.Millisecond)
+
+		// While the phone is away, its box fills; the laptop's acks do not
+		// empty it.
+		phone.c.Close()
+		time.Sleep(100 * time.Millisecond) // the phone's cleanup, so the pushes below are not live for it
+		var ids []uint64
+		for i := range 3 {
+			r := bob.do(sendTo("alice", fmt.Sprint("away ", i)))
+			expectOK(t, r)
+			ids = append(ids, r.GetSendOk().MsgId)
+		}
+		for range ids {
+			laptop.sendFrame(ackReq(laptop.nextMessage().MsgId))
+		}
+		expectOK(t, laptop.do(pingReq()))
+		phone, _ = b.device(t, "alice", "phone")
+		for _, want := range ids {
+			if m := phone.nextMessage(); m.MsgId != want {
+				t.Fatalf("the phone's replay: got %d, want %d", m.MsgId, want)
+			}
+		}
+
+		// A device never seen before starts now: nothing from before.
+		tablet, _ := a.device(t, "alice", "tablet")
+		tablet.noPush(300 * time.Millisecond)
+		r := bob.do(sendTo("alice", "after the tablet came"))
+		expectOK(t, r)
+		if m := tablet.nextMessage(); m.MsgId != r.GetSendOk().MsgId {
+			t.Fatalf("the tablet got %+v", m)
+		}
+	})
+}
+
+// TestDeviceLoginReplacesOnlyItsOwnSession: a second login of the same
+// device kicks the first with LOGGED_IN_ELSEWHERE; other devices stay.
+func TestDeviceLoginReplacesOnlyItsOwnSession(t *testing.T) {
+	onOneNodeAndTwo(t, func(t *testing.T, a, b *testServer) {
+		phone1, _ := a.device(t, "alice", "phone")
+		laptop, _ := a.device(t, "alice", "laptop")
+		phone2, _ := b.device(t, "alice", "phone")
+		phone1.expectKicked(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE)
+		bob, _ := b.user(t, "bob")
+		r := bob.do(sendTo("alice", "still here?"))
+		expectOK(t, r)
+		for _, dev := range []*rawConn{laptop, phone2} {
+			if m := dev.nextMessage(); m.MsgId != r.GetSendOk().MsgId {
+				t.Fatalf("got %+v", m)
+			}
+		}
+	})
+}
+
+// TestDeviceLimit: with --max-devices 2, a third device online kicks the
+// device with the oldest login with DEVICE_LIMIT, on whichever node it is.
+func TestDeviceLimit(t *testing.T) {
+	onOneNodeAndTwoWith(t, func(o *Options) { o.MaxDevices = 2 }, func(t *testing.T, a, b *testServer) {
+		phone, _ := a.device(t, "alice", "phone")
+		laptop, _ := b.device(t, "alice", "laptop")
+		laptop.noPush(200 * time.Millisecond)
+		tablet, _ := b.device(t, "alice", "tablet")
+		phone.expectKicked(chatpb.KickReason_KICK_REASON_DEVICE_LIMIT)
+		expectOK(t, laptop.do(pingReq()))
+		expectOK(t, tablet.do(pingReq()))
+		// The kicked device coming back is the newest: the laptop goes.
+		phone, _ = a.device(t, "alice", "phone")
+		laptop.expectKicked(chatpb.KickReason_KICK_REASON_DEVICE_LIMIT)
+		expectOK(t, phone.do(pingReq()))
+		expectOK(t, tablet.do(pingReq()))
+	})
+}
+
+// TestOneDevicePerUser: --max-devices 1 is newest-login-wins, whatever the
+// device ids, with one inbox.
+func TestOneDevicePerUser(t *testing.T) {
+	onOneNodeAndTwoWith(t, func(o *Options) { o.MaxDevices = 1 }, func(t *testing.T, a, b *testServer) {
+		phone, ok := a.device(t, "alice", "phone")
+		if ok.DeviceId != "" {
+			t.Fatalf("LoginOK.device_id %q with one device per user", ok.DeviceId)
+		}
+		bob, _ := a.user(t, "bob")
+		r := bob.do(sendTo("alice", "waiting"))
+		expectOK(t, r)
+		laptop, _ := b.device(t, "alice", "laptop")
+		phone.expectKicked(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE)
+		// The same inbox: what the phone never acked is replayed.
+		if m := laptop.nextMessage(); m.MsgId != r.GetSendOk().MsgId {
+			t.Fatalf("laptop got %+v", m)
+		}
+	})
+}
+
+// TestBadDeviceIDs are refused with INVALID_ARGUMENT and the connection
+// may log in again.
+func TestBadDeviceIDs(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startServer(t, testOptions(t, engine))
+		rc := dial(t, ts.addr)
+		expectOK(t, rc.do(registerReq("alice", pw)))
+		for _, bad := range []string{strings.Repeat("d", 65), "tab\there"} {
+			expectCode(t, rc.do(loginDeviceReq("alice", bad)), codeInvalid)
+		}
+		resp := rc.do(loginDeviceReq("alice", strings.Repeat("é", 32)))
+		expectOK(t, resp)
+	})
+}
