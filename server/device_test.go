@@ -182,3 +182,32 @@ func TestBadDeviceIDs(t *testing.T) {
 		expectOK(t, resp)
 	})
 }
+
+// TestNoteToSelfReachesEachDeviceOnce: a message to yourself is in each of
+// your devices' inboxes once, the sending one included, and acking it
+// there empties that inbox.
+func TestNoteToSelfReachesEachDeviceOnce(t *testing.T) {
+	onOneNodeAndTwo(t, func(t *testing.T, a, b *testServer) {
+		phone, _ := a.device(t, "alice", "phone")
+		laptop, _ := b.device(t, "alice", "laptop")
+		r := phone.do(sendTo("alice", "note"))
+		expectOK(t, r)
+		id := r.GetSendOk().MsgId
+		for _, dev := range []*rawConn{phone, laptop} {
+			if m := dev.nextMessage(); m.MsgId != id {
+				t.Fatalf("got %+v", m)
+			}
+			dev.noPush(200 * time.Millisecond)
+			dev.sendFrame(ackReq(id))
+			expectOK(t, dev.do(pingReq()))
+			dev.c.Close()
+		}
+		for _, d := range []struct {
+			ts   *testServer
+			name string
+		}{{a, "phone"}, {b, "laptop"}} {
+			dev, _ := d.ts.device(t, "alice", d.name)
+			dev.noPush(300 * time.Millisecond)
+		}
+	})
+}

@@ -423,7 +423,13 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	}
 	m.MsgId, m.SentAtMs = c.srv.ids.next(time.Now())
 
-	res, err := c.srv.store.AppendMessage(withSendingDevice(ctx, sender{box: u.box, node: c.srv.opts.NodeID, conn: c.id}), m, recipients, req.ClientMsgId)
+	appendCtx := ctx
+	if m.ToUserId != u.id {
+		// The sender's other devices get it too. (A note to yourself
+		// already goes to every device of yours, this one included.)
+		appendCtx = withSendingDevice(ctx, sender{box: u.box, node: c.srv.opts.NodeID, conn: c.id})
+	}
+	res, err := c.srv.store.AppendMessage(appendCtx, m, recipients, req.ClientMsgId)
 	if err != nil {
 		return sendReceipt{}, err
 	}
