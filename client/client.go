@@ -96,6 +96,7 @@ type Client struct {
 	stopRe   bool          // no reconnect (closed, logged out, kicked for a newer login)
 	backoff  time.Duration // next reconnect delay; reset by a successful reconnect
 	username string        // from the last LoginOK
+	userID   uint64        // likewise
 	closed   bool
 	done     chan struct{}
 	wg       sync.WaitGroup
@@ -181,6 +182,14 @@ func (c *Client) Username() string {
 	return c.username
 }
 
+// UserID is who the last LoginOK said we are (0 before any login). A
+// Message from this id is the user's own, sent from another device.
+func (c *Client) UserID() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.userID
+}
+
 // Close closes the connection and stops reconnecting; Events is closed once
 // the reader has stopped.
 func (c *Client) Close() error {
@@ -220,7 +229,7 @@ func (c *Client) readLoop(conn net.Conn) {
 			if ok := f.GetLoginOk(); ok != nil {
 				// Recorded before reading on, so pushes that follow the
 				// LoginOK already see who we are.
-				c.username = ok.Username
+				c.username, c.userID = ok.Username, ok.UserId
 			}
 			ch := c.pending[f.Seq]
 			delete(c.pending, f.Seq)

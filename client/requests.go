@@ -42,7 +42,7 @@ func (c *Client) login(ctx context.Context, req *chatpb.Login) (*chatpb.LoginOK,
 // Logout ends the session; the connection stays open, unauthenticated.
 func (c *Client) Logout(ctx context.Context) error {
 	c.mu.Lock()
-	c.token, c.stopRe, c.username = "", true, ""
+	c.token, c.stopRe, c.username, c.userID = "", true, "", 0
 	c.mu.Unlock()
 	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}})
 	return err

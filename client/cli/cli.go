@@ -135,6 +135,10 @@ func (s *shell) pushes() {
 			if m.GroupId != 0 {
 				obj["group_id"] = m.GroupId
 				human = fmt.Sprintf("[%s] %s @ group %d: %s", when, m.FromUsername, m.GroupId, m.Text)
+			} else if m.FromUserId == s.c.UserID() && m.ToUserId != m.FromUserId {
+				// Sent by this user from another device.
+				obj["to_user_id"], obj["own"] = m.ToUserId, true
+				human = fmt.Sprintf("[%s] you (another device) -> user %d: %s", when, m.ToUserId, m.Text)
 			} else {
 				obj["to"] = s.c.Username()
 				human = fmt.Sprintf("[%s] %s: %s", when, m.FromUsername, m.Text)

@@ -116,3 +116,28 @@ func runJSON(ctx context.Context, t *testing.T, addr, script string) string {
 	}
 	return out.String()
 }
+
+// With --device-id, a user's devices each get what the user sends from the
+// other, shown as the user's own.
+func TestDeviceIDShowsOwnMessagesFromOtherDevices(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	device := func(id, script string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := Run(ctx, strings.NewReader(script), Options{Client: client.Options{Addr: addr, DeviceID: id}, JSON: true, Out: &out}); err != nil {
+			t.Fatalf("Run: %v\n%s", err, out.String())
+		}
+		return out.String()
+	}
+	runJSON(ctx, t, addr, "/register bob hunter2hunter2\n/register alice hunter2hunter2\n")
+	device("laptop", "/login alice hunter2hunter2\n") // the laptop is known from now on
+	if out := device("phone", "/login alice hunter2hunter2\n/msg bob from the phone\n"); !strings.Contains(out, `"cmd":"msg","ok":true`) {
+		t.Fatalf("the phone's send:\n%s", out)
+	}
+	out := device("laptop", "/login alice hunter2hunter2\n/wait 500ms\n")
+	if !strings.Contains(out, `"event":"message"`) || !strings.Contains(out, `"own":true`) || !strings.Contains(out, `"text":"from the phone"`) {
+		t.Fatalf("the laptop did not show alice's own message from the phone:\n%s", out)
+	}
+}
