@@ -292,6 +292,7 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 		for _, uid := range e.recipients {
 			s.unappliedFor[uid]++
 		}
+		s.unappliedFrom[e.sender]++
 		if e.clientMsgID != "" {
 			s.dedupPending[senderMsgID{e.sender, e.clientMsgID}] = e
 		}
@@ -502,6 +503,9 @@ func (s *BoltStore) takePending() *writeOp {
 				if s.unappliedFor[uid]--; s.unappliedFor[uid] <= 0 {
 					delete(s.unappliedFor, uid)
 				}
+			}
+			if s.unappliedFrom[e.sender]--; s.unappliedFrom[e.sender] <= 0 {
+				delete(s.unappliedFrom, e.sender)
 			}
 			if e.clientMsgID != "" {
 				key := senderMsgID{e.sender, e.clientMsgID}

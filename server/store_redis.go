@@ -46,6 +46,8 @@ import (
 //	P {c:<conv>}:log           HASH seq -> 8-byte big-endian sent_at ms + body (as in msg:<id>)
 //	P {c:<conv>}:first         STRING the lowest seq the log may still hold; absent: none
 //	                           below the next one
+//	P {u:<uid>}:convs          SET the user's 1:1 conversations (<conv>), added to by every
+//	                           1:1 append (schema 3; convlist.go)
 //
 //	P schema                   STRING the layout's version (redisSchema), set by Epoch
 //	P epoch                    STRING the store epoch (epoch.go)
@@ -138,13 +140,14 @@ redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[2])
 return 1`)
 
-	// KEYS: msg key, dedup key, {c:<conv>}:seq, :log, :first. ARGV: body
-	// (without seq), member, inbox limit, dedup TTL seconds (0: no dedup),
-	// msg_id, prefix, channel payload ("": do not publish), sent_at (8
-	// bytes), history max messages (0: no bound), history cutoff ms (drop
-	// messages sent before it; 0: none), history TTL ms (0: none),
-	// recipient uids... Computes inbox:<uid> of each recipient and msg:<id>
-	// of the messages trimmed from their inboxes, and publishes to
+	// KEYS: msg key, dedup key, {c:<conv>}:seq, :log, :first, and for a
+	// 1:1 conversation both users' {u:<uid>}:convs. ARGV: body (without
+	// seq), member, inbox limit, dedup TTL seconds (0: no dedup), msg_id,
+	// prefix, channel payload ("": do not publish), sent_at (8 bytes),
+	// history max messages (0: no bound), history cutoff ms (drop messages
+	// sent before it; 0: none), history TTL ms (0: none), conversation
+	// key, recipient uids... Computes inbox:<uid> of each recipient and
+	// msg:<id> of the messages trimmed from their inboxes, and publishes to
 	// user:<uid> channels. Returns {1, dedup value} for a duplicate
 	// (nothing stored or published), else {0, inbox trimmed, online
 	// recipients, seq, history trimmed}.
@@ -197,6 +200,8 @@ return 1`)
 	//     step may run twice.
 	//  3. PUBLISH (SPUBLISH on the recipient's slot) after that recipient's
 	//     step 2, so a pushed message is always in the inbox a replay reads.
+	//     The SADD to each user's conversation index goes with their step 2
+	//     (the sender's too): idempotent as well.
 	// SendOK only after all three. A resend after a node died between
 	// steps finds the dedup entry in step 1, which then returns the first
 	// msg_id, seq and logged body; the node runs steps 2 and 3 for it again
@@ -255,7 +260,12 @@ else
   redis.call('PERSIST', KEYS[4])
 end
 
-local rcpt = 12
+if #KEYS >= 7 then
+  redis.call('SADD', KEYS[6], ARGV[12])
+  redis.call('SADD', KEYS[7], ARGV[12])
+end
+
+local rcpt = 13
 local n = #ARGV - rcpt + 1
 local trimmed = 0
 local online = 0
@@ -356,7 +366,7 @@ return out`)
 
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
-		scriptNewSession, scriptLatestSession, scriptMarkRead}
+		scriptNewSession, scriptLatestSession, scriptMarkRead, scriptConvTail}
 )
 
 // redisSchema is the version of the key layout this code writes (the
@@ -364,13 +374,19 @@ return out`)
 // before conversations. 2: conversation seqs and logs, dedup values
 // "<msg_id>:<seq>", message bodies with their seq, group join seqs. This
 // code reads a version 1 keyspace as it is: its messages have seq 0 and no
-// history, its bare dedup values still name the first message.
+// history, its bare dedup values still name the first message. 3: the
+// users' conversation indexes ({u:<uid>}:convs), built by Epoch from the
+// conversations' seq keys before it marks an older keyspace 3
+// (migrateConvIndex).
 //
 // A node refuses a newer schema when it starts (initEpoch fails). A node
 // already running meets it only in its heartbeat's Epoch, whose errors the
 // epoch watcher skips, so it keeps serving: a later version that bumps the
 // schema must say whether older nodes may run beside it during an upgrade.
-const redisSchema = 2
+// Schema 2 nodes may run beside schema 3 ones: they do not index the 1:1
+// conversations they append to, which are listed once a newer node
+// appends to them (the index takes every 1:1 append, not only the first).
+const redisSchema = 3
 
 // RedisConfig configures the Redis store. Zero values mean the default.
 type RedisConfig struct {
@@ -418,6 +434,9 @@ type RedisStore struct {
 	// began, and UseEpoch (locked) bumps it as it forgets everything.
 	learnMu  sync.RWMutex
 	cacheGen atomic.Uint64
+	// convsIndexed: the keyspace has its conversation index
+	// (migrateConvIndex); checked once per process.
+	convsIndexed atomic.Bool
 }
 
 // NewRedisStore returns a store on cfg.Client.
@@ -800,14 +819,19 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 		cutoff = time.Now().Add(-hist.MaxAge).UnixMilli()
 		histTTL = hist.MaxAge.Milliseconds()
 	}
-	args := make([]any, 0, 12+len(recipients))
+	conv := ConversationOf(m)
+	args := make([]any, 0, 13+len(recipients))
 	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p, payload,
-		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL)
+		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL, conv.Key())
 	for _, uid := range recipients {
 		args = append(args, uid)
 	}
-	ck := s.convKey(ConversationOf(m))
-	keys, args := s.guard(ctx, []string{s.p + "msg:" + member, dedupKey, ck + "seq", ck + "log", ck + "first"}, args...)
+	ck := s.convKey(conv)
+	keys := []string{s.p + "msg:" + member, dedupKey, ck + "seq", ck + "log", ck + "first"}
+	if conv.GroupID == 0 {
+		keys = append(keys, s.convsKey(conv.A), s.convsKey(conv.B))
+	}
+	keys, args = s.guard(ctx, keys, args...)
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{scriptAppend.EvalSha(ctx, p, keys, args...)}
 	})
