@@ -154,3 +154,14 @@ func (c *Client) MarkRead(ctx context.Context, req *chatpb.MarkRead) error {
 	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_MarkRead{MarkRead: req}})
 	return err
 }
+
+// ListConversations lists the caller's conversations, most recent first,
+// each with its last message, last seq, the caller's read seq and unread
+// count: up to limit (1-500; 0 means 100), and whether there are more.
+func (c *Client) ListConversations(ctx context.Context, limit uint32) (*chatpb.ConversationList, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListConversations{ListConversations: &chatpb.ListConversations{Limit: limit}}})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetConversationList(), nil
+}

@@ -242,6 +242,7 @@ type Frame struct {
 	//	*Frame_ListGroups
 	//	*Frame_History
 	//	*Frame_MarkRead
+	//	*Frame_ListConversations
 	//	*Frame_RegisterOk
 	//	*Frame_LoginOk
 	//	*Frame_Ok
@@ -252,6 +253,7 @@ type Frame struct {
 	//	*Frame_GroupList
 	//	*Frame_Error
 	//	*Frame_HistoryPage
+	//	*Frame_ConversationList
 	//	*Frame_Message
 	//	*Frame_Kicked
 	//	*Frame_ReadReceipt
@@ -430,6 +432,15 @@ func (x *Frame) GetMarkRead() *MarkRead {
 	return nil
 }
 
+func (x *Frame) GetListConversations() *ListConversations {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ListConversations); ok {
+			return x.ListConversations
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetRegisterOk() *RegisterOK {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_RegisterOk); ok {
@@ -515,6 +526,15 @@ func (x *Frame) GetHistoryPage() *HistoryPage {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_HistoryPage); ok {
 			return x.HistoryPage
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetConversationList() *ConversationList {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ConversationList); ok {
+			return x.ConversationList
 		}
 	}
 	return nil
@@ -608,6 +628,10 @@ type Frame_MarkRead struct {
 	MarkRead *MarkRead `protobuf:"bytes,23,opt,name=mark_read,json=markRead,proto3,oneof"`
 }
 
+type Frame_ListConversations struct {
+	ListConversations *ListConversations `protobuf:"bytes,24,opt,name=list_conversations,json=listConversations,proto3,oneof"`
+}
+
 type Frame_RegisterOk struct {
 	// Responses (server to client, echoing seq), field numbers 40-69.
 	RegisterOk *RegisterOK `protobuf:"bytes,40,opt,name=register_ok,json=registerOk,proto3,oneof"`
@@ -647,6 +671,10 @@ type Frame_Error struct {
 
 type Frame_HistoryPage struct {
 	HistoryPage *HistoryPage `protobuf:"bytes,49,opt,name=history_page,json=historyPage,proto3,oneof"`
+}
+
+type Frame_ConversationList struct {
+	ConversationList *ConversationList `protobuf:"bytes,50,opt,name=conversation_list,json=conversationList,proto3,oneof"`
 }
 
 type Frame_Message struct {
@@ -690,6 +718,8 @@ func (*Frame_History) isFrame_Body() {}
 
 func (*Frame_MarkRead) isFrame_Body() {}
 
+func (*Frame_ListConversations) isFrame_Body() {}
+
 func (*Frame_RegisterOk) isFrame_Body() {}
 
 func (*Frame_LoginOk) isFrame_Body() {}
@@ -709,6 +739,8 @@ func (*Frame_GroupList) isFrame_Body() {}
 func (*Frame_Error) isFrame_Body() {}
 
 func (*Frame_HistoryPage) isFrame_Body() {}
+
+func (*Frame_ConversationList) isFrame_Body() {}
 
 func (*Frame_Message) isFrame_Body() {}
 
@@ -1497,6 +1529,53 @@ func (x *MarkRead) GetPeerUsername() string {
 	return ""
 }
 
+// ListConversations lists the caller's conversations that have messages,
+// the most recent first: what a chat app's first screen shows.
+type ListConversations struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1-500; 0 means 100.
+	Limit         uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConversations) Reset() {
+	*x = ListConversations{}
+	mi := &file_chat_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConversations) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConversations) ProtoMessage() {}
+
+func (x *ListConversations) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConversations.ProtoReflect.Descriptor instead.
+func (*ListConversations) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListConversations) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
 type RegisterOK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1506,7 +1585,7 @@ type RegisterOK struct {
 
 func (x *RegisterOK) Reset() {
 	*x = RegisterOK{}
-	mi := &file_chat_proto_msgTypes[15]
+	mi := &file_chat_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1597,7 @@ func (x *RegisterOK) String() string {
 func (*RegisterOK) ProtoMessage() {}
 
 func (x *RegisterOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[15]
+	mi := &file_chat_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1610,7 @@ func (x *RegisterOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterOK.ProtoReflect.Descriptor instead.
 func (*RegisterOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{15}
+	return file_chat_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RegisterOK) GetUserId() uint64 {
@@ -1564,7 +1643,7 @@ type LoginOK struct {
 
 func (x *LoginOK) Reset() {
 	*x = LoginOK{}
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1655,7 @@ func (x *LoginOK) String() string {
 func (*LoginOK) ProtoMessage() {}
 
 func (x *LoginOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1668,7 @@ func (x *LoginOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginOK.ProtoReflect.Descriptor instead.
 func (*LoginOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{16}
+	return file_chat_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LoginOK) GetUserId() uint64 {
@@ -1663,7 +1742,7 @@ type OK struct {
 
 func (x *OK) Reset() {
 	*x = OK{}
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1754,7 @@ func (x *OK) String() string {
 func (*OK) ProtoMessage() {}
 
 func (x *OK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1767,7 @@ func (x *OK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OK.ProtoReflect.Descriptor instead.
 func (*OK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{17}
+	return file_chat_proto_rawDescGZIP(), []int{18}
 }
 
 type Pong struct {
@@ -1700,7 +1779,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1791,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1804,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Pong) GetServerTimeMs() int64 {
@@ -1750,7 +1829,7 @@ type SendOK struct {
 
 func (x *SendOK) Reset() {
 	*x = SendOK{}
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1841,7 @@ func (x *SendOK) String() string {
 func (*SendOK) ProtoMessage() {}
 
 func (x *SendOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +1854,7 @@ func (x *SendOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendOK.ProtoReflect.Descriptor instead.
 func (*SendOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SendOK) GetMsgId() uint64 {
@@ -1817,7 +1896,7 @@ type Friend struct {
 
 func (x *Friend) Reset() {
 	*x = Friend{}
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1829,7 +1908,7 @@ func (x *Friend) String() string {
 func (*Friend) ProtoMessage() {}
 
 func (x *Friend) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1842,7 +1921,7 @@ func (x *Friend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Friend.ProtoReflect.Descriptor instead.
 func (*Friend) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Friend) GetUserId() uint64 {
@@ -1875,7 +1954,7 @@ type FriendList struct {
 
 func (x *FriendList) Reset() {
 	*x = FriendList{}
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +1966,7 @@ func (x *FriendList) String() string {
 func (*FriendList) ProtoMessage() {}
 
 func (x *FriendList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +1979,7 @@ func (x *FriendList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FriendList.ProtoReflect.Descriptor instead.
 func (*FriendList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FriendList) GetFriends() []*Friend {
@@ -1919,7 +1998,7 @@ type GroupCreated struct {
 
 func (x *GroupCreated) Reset() {
 	*x = GroupCreated{}
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1931,7 +2010,7 @@ func (x *GroupCreated) String() string {
 func (*GroupCreated) ProtoMessage() {}
 
 func (x *GroupCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1944,7 +2023,7 @@ func (x *GroupCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCreated.ProtoReflect.Descriptor instead.
 func (*GroupCreated) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GroupCreated) GetGroupId() uint64 {
@@ -1966,7 +2045,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1978,7 +2057,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1991,7 +2070,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Member) GetUserId() uint64 {
@@ -2034,7 +2113,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2125,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2059,7 +2138,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Group) GetGroupId() uint64 {
@@ -2099,7 +2178,7 @@ type GroupList struct {
 
 func (x *GroupList) Reset() {
 	*x = GroupList{}
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2190,7 @@ func (x *GroupList) String() string {
 func (*GroupList) ProtoMessage() {}
 
 func (x *GroupList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2203,7 @@ func (x *GroupList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupList.ProtoReflect.Descriptor instead.
 func (*GroupList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GroupList) GetGroups() []*Group {
@@ -2146,7 +2225,7 @@ type HistoryPage struct {
 
 func (x *HistoryPage) Reset() {
 	*x = HistoryPage{}
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2237,7 @@ func (x *HistoryPage) String() string {
 func (*HistoryPage) ProtoMessage() {}
 
 func (x *HistoryPage) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2250,7 @@ func (x *HistoryPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryPage.ProtoReflect.Descriptor instead.
 func (*HistoryPage) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *HistoryPage) GetMessages() []*Message {
@@ -2188,6 +2267,172 @@ func (x *HistoryPage) GetHasMore() bool {
 	return false
 }
 
+// ConversationList answers ListConversations: up to limit conversations,
+// newest first (by the last message's sent_at_ms, then last_seq), and
+// whether the caller has more than that.
+type ConversationList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Conversations []*ConversationSummary `protobuf:"bytes,1,rep,name=conversations,proto3" json:"conversations,omitempty"`
+	HasMore       bool                   `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConversationList) Reset() {
+	*x = ConversationList{}
+	mi := &file_chat_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConversationList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConversationList) ProtoMessage() {}
+
+func (x *ConversationList) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConversationList.ProtoReflect.Descriptor instead.
+func (*ConversationList) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ConversationList) GetConversations() []*ConversationSummary {
+	if x != nil {
+		return x.Conversations
+	}
+	return nil
+}
+
+func (x *ConversationList) GetHasMore() bool {
+	if x != nil {
+		return x.HasMore
+	}
+	return false
+}
+
+// ConversationSummary is one conversation of the caller's. Exactly one of
+// peer_user_id (a 1:1 conversation, named from the caller's side) and
+// group_id is set.
+type ConversationSummary struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	PeerUserId   uint64                 `protobuf:"varint,1,opt,name=peer_user_id,json=peerUserId,proto3" json:"peer_user_id,omitempty"`
+	PeerUsername string                 `protobuf:"bytes,2,opt,name=peer_username,json=peerUsername,proto3" json:"peer_username,omitempty"`
+	GroupId      uint64                 `protobuf:"varint,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	GroupName    string                 `protobuf:"bytes,4,opt,name=group_name,json=groupName,proto3" json:"group_name,omitempty"`
+	// The newest message the caller can see in it (as History would give
+	// it); absent when retention dropped every message, or, in a group, when
+	// nothing was sent since the caller joined.
+	LastMessage *Message `protobuf:"bytes,5,opt,name=last_message,json=lastMessage,proto3" json:"last_message,omitempty"`
+	// The conversation's highest seq so far (never 0 in a list).
+	LastSeq uint64 `protobuf:"varint,6,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// The caller's read seq (MarkRead); 0: nothing read.
+	ReadSeq uint64 `protobuf:"varint,7,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`
+	// How many seqs lie above what the caller has read: last_seq minus
+	// read_seq (in a group, minus the larger of read_seq and the seq the
+	// caller joined at), never negative. The caller's own messages count.
+	Unread        uint64 `protobuf:"varint,8,opt,name=unread,proto3" json:"unread,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConversationSummary) Reset() {
+	*x = ConversationSummary{}
+	mi := &file_chat_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConversationSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConversationSummary) ProtoMessage() {}
+
+func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConversationSummary.ProtoReflect.Descriptor instead.
+func (*ConversationSummary) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ConversationSummary) GetPeerUserId() uint64 {
+	if x != nil {
+		return x.PeerUserId
+	}
+	return 0
+}
+
+func (x *ConversationSummary) GetPeerUsername() string {
+	if x != nil {
+		return x.PeerUsername
+	}
+	return ""
+}
+
+func (x *ConversationSummary) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *ConversationSummary) GetGroupName() string {
+	if x != nil {
+		return x.GroupName
+	}
+	return ""
+}
+
+func (x *ConversationSummary) GetLastMessage() *Message {
+	if x != nil {
+		return x.LastMessage
+	}
+	return nil
+}
+
+func (x *ConversationSummary) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *ConversationSummary) GetReadSeq() uint64 {
+	if x != nil {
+		return x.ReadSeq
+	}
+	return 0
+}
+
+func (x *ConversationSummary) GetUnread() uint64 {
+	if x != nil {
+		return x.Unread
+	}
+	return 0
+}
+
 // Error answers a failed request (echoing its seq), or is pushed with seq 0
 // just before a protocol-error close.
 type Error struct {
@@ -2200,7 +2445,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2457,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2470,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{27}
+	return file_chat_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2262,7 +2507,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2274,7 +2519,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2287,7 +2532,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{28}
+	return file_chat_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Message) GetMsgId() uint64 {
@@ -2363,7 +2608,7 @@ type ReadReceipt struct {
 
 func (x *ReadReceipt) Reset() {
 	*x = ReadReceipt{}
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2375,7 +2620,7 @@ func (x *ReadReceipt) String() string {
 func (*ReadReceipt) ProtoMessage() {}
 
 func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2388,7 +2633,7 @@ func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadReceipt.ProtoReflect.Descriptor instead.
 func (*ReadReceipt) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{29}
+	return file_chat_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReadReceipt) GetPeerUserId() uint64 {
@@ -2430,7 +2675,7 @@ type Kicked struct {
 
 func (x *Kicked) Reset() {
 	*x = Kicked{}
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2442,7 +2687,7 @@ func (x *Kicked) String() string {
 func (*Kicked) ProtoMessage() {}
 
 func (x *Kicked) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2455,7 +2700,7 @@ func (x *Kicked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kicked.ProtoReflect.Descriptor instead.
 func (*Kicked) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{30}
+	return file_chat_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Kicked) GetReason() KickReason {
@@ -2477,7 +2722,7 @@ var File_chat_proto protoreflect.FileDescriptor
 const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"chat.proto\x12\vloopchat.v1\"\xa6\v\n" +
+	"chat.proto\x12\vloopchat.v1\"\xc5\f\n" +
 	"\x05Frame\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\bregister\x18\n" +
@@ -2498,7 +2743,8 @@ const file_chat_proto_rawDesc = "" +
 	"\vlist_groups\x18\x15 \x01(\v2\x17.loopchat.v1.ListGroupsH\x00R\n" +
 	"listGroups\x120\n" +
 	"\ahistory\x18\x16 \x01(\v2\x14.loopchat.v1.HistoryH\x00R\ahistory\x124\n" +
-	"\tmark_read\x18\x17 \x01(\v2\x15.loopchat.v1.MarkReadH\x00R\bmarkRead\x12:\n" +
+	"\tmark_read\x18\x17 \x01(\v2\x15.loopchat.v1.MarkReadH\x00R\bmarkRead\x12O\n" +
+	"\x12list_conversations\x18\x18 \x01(\v2\x1e.loopchat.v1.ListConversationsH\x00R\x11listConversations\x12:\n" +
 	"\vregister_ok\x18( \x01(\v2\x17.loopchat.v1.RegisterOKH\x00R\n" +
 	"registerOk\x121\n" +
 	"\blogin_ok\x18) \x01(\v2\x14.loopchat.v1.LoginOKH\x00R\aloginOk\x12!\n" +
@@ -2511,7 +2757,8 @@ const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"group_list\x18/ \x01(\v2\x16.loopchat.v1.GroupListH\x00R\tgroupList\x12*\n" +
 	"\x05error\x180 \x01(\v2\x12.loopchat.v1.ErrorH\x00R\x05error\x12=\n" +
-	"\fhistory_page\x181 \x01(\v2\x18.loopchat.v1.HistoryPageH\x00R\vhistoryPage\x120\n" +
+	"\fhistory_page\x181 \x01(\v2\x18.loopchat.v1.HistoryPageH\x00R\vhistoryPage\x12L\n" +
+	"\x11conversation_list\x182 \x01(\v2\x1d.loopchat.v1.ConversationListH\x00R\x10conversationList\x120\n" +
 	"\amessage\x18F \x01(\v2\x14.loopchat.v1.MessageH\x00R\amessage\x12-\n" +
 	"\x06kicked\x18G \x01(\v2\x13.loopchat.v1.KickedH\x00R\x06kicked\x12=\n" +
 	"\fread_receipt\x18H \x01(\v2\x18.loopchat.v1.ReadReceiptH\x00R\vreadReceiptB\x06\n" +
@@ -2565,7 +2812,9 @@ const file_chat_proto_rawDesc = "" +
 	"peerUserId\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\x04R\agroupId\x12\x1a\n" +
 	"\tup_to_seq\x18\x03 \x01(\x04R\aupToSeq\x12#\n" +
-	"\rpeer_username\x18\x04 \x01(\tR\fpeerUsername\"%\n" +
+	"\rpeer_username\x18\x04 \x01(\tR\fpeerUsername\")\n" +
+	"\x11ListConversations\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\"%\n" +
 	"\n" +
 	"RegisterOK\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\xb5\x02\n" +
@@ -2612,7 +2861,21 @@ const file_chat_proto_rawDesc = "" +
 	"\x06groups\x18\x01 \x03(\v2\x12.loopchat.v1.GroupR\x06groups\"Z\n" +
 	"\vHistoryPage\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.loopchat.v1.MessageR\bmessages\x12\x19\n" +
-	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"M\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"u\n" +
+	"\x10ConversationList\x12F\n" +
+	"\rconversations\x18\x01 \x03(\v2 .loopchat.v1.ConversationSummaryR\rconversations\x12\x19\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"\x9d\x02\n" +
+	"\x13ConversationSummary\x12 \n" +
+	"\fpeer_user_id\x18\x01 \x01(\x04R\n" +
+	"peerUserId\x12#\n" +
+	"\rpeer_username\x18\x02 \x01(\tR\fpeerUsername\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\x04R\agroupId\x12\x1d\n" +
+	"\n" +
+	"group_name\x18\x04 \x01(\tR\tgroupName\x127\n" +
+	"\flast_message\x18\x05 \x01(\v2\x14.loopchat.v1.MessageR\vlastMessage\x12\x19\n" +
+	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12\x19\n" +
+	"\bread_seq\x18\a \x01(\x04R\areadSeq\x12\x16\n" +
+	"\x06unread\x18\b \x01(\x04R\x06unread\"M\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.loopchat.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\xe4\x01\n" +
@@ -2677,42 +2940,45 @@ func file_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_chat_proto_goTypes = []any{
-	(Role)(0),            // 0: loopchat.v1.Role
-	(ErrorCode)(0),       // 1: loopchat.v1.ErrorCode
-	(KickReason)(0),      // 2: loopchat.v1.KickReason
-	(*Frame)(nil),        // 3: loopchat.v1.Frame
-	(*Register)(nil),     // 4: loopchat.v1.Register
-	(*Login)(nil),        // 5: loopchat.v1.Login
-	(*Logout)(nil),       // 6: loopchat.v1.Logout
-	(*Ping)(nil),         // 7: loopchat.v1.Ping
-	(*Send)(nil),         // 8: loopchat.v1.Send
-	(*Ack)(nil),          // 9: loopchat.v1.Ack
-	(*AddFriend)(nil),    // 10: loopchat.v1.AddFriend
-	(*ListFriends)(nil),  // 11: loopchat.v1.ListFriends
-	(*CreateGroup)(nil),  // 12: loopchat.v1.CreateGroup
-	(*JoinGroup)(nil),    // 13: loopchat.v1.JoinGroup
-	(*LeaveGroup)(nil),   // 14: loopchat.v1.LeaveGroup
-	(*ListGroups)(nil),   // 15: loopchat.v1.ListGroups
-	(*History)(nil),      // 16: loopchat.v1.History
-	(*MarkRead)(nil),     // 17: loopchat.v1.MarkRead
-	(*RegisterOK)(nil),   // 18: loopchat.v1.RegisterOK
-	(*LoginOK)(nil),      // 19: loopchat.v1.LoginOK
-	(*OK)(nil),           // 20: loopchat.v1.OK
-	(*Pong)(nil),         // 21: loopchat.v1.Pong
-	(*SendOK)(nil),       // 22: loopchat.v1.SendOK
-	(*Friend)(nil),       // 23: loopchat.v1.Friend
-	(*FriendList)(nil),   // 24: loopchat.v1.FriendList
-	(*GroupCreated)(nil), // 25: loopchat.v1.GroupCreated
-	(*Member)(nil),       // 26: loopchat.v1.Member
-	(*Group)(nil),        // 27: loopchat.v1.Group
-	(*GroupList)(nil),    // 28: loopchat.v1.GroupList
-	(*HistoryPage)(nil),  // 29: loopchat.v1.HistoryPage
-	(*Error)(nil),        // 30: loopchat.v1.Error
-	(*Message)(nil),      // 31: loopchat.v1.Message
-	(*ReadReceipt)(nil),  // 32: loopchat.v1.ReadReceipt
-	(*Kicked)(nil),       // 33: loopchat.v1.Kicked
+	(Role)(0),                   // 0: loopchat.v1.Role
+	(ErrorCode)(0),              // 1: loopchat.v1.ErrorCode
+	(KickReason)(0),             // 2: loopchat.v1.KickReason
+	(*Frame)(nil),               // 3: loopchat.v1.Frame
+	(*Register)(nil),            // 4: loopchat.v1.Register
+	(*Login)(nil),               // 5: loopchat.v1.Login
+	(*Logout)(nil),              // 6: loopchat.v1.Logout
+	(*Ping)(nil),                // 7: loopchat.v1.Ping
+	(*Send)(nil),                // 8: loopchat.v1.Send
+	(*Ack)(nil),                 // 9: loopchat.v1.Ack
+	(*AddFriend)(nil),           // 10: loopchat.v1.AddFriend
+	(*ListFriends)(nil),         // 11: loopchat.v1.ListFriends
+	(*CreateGroup)(nil),         // 12: loopchat.v1.CreateGroup
+	(*JoinGroup)(nil),           // 13: loopchat.v1.JoinGroup
+	(*LeaveGroup)(nil),          // 14: loopchat.v1.LeaveGroup
+	(*ListGroups)(nil),          // 15: loopchat.v1.ListGroups
+	(*History)(nil),             // 16: loopchat.v1.History
+	(*MarkRead)(nil),            // 17: loopchat.v1.MarkRead
+	(*ListConversations)(nil),   // 18: loopchat.v1.ListConversations
+	(*RegisterOK)(nil),          // 19: loopchat.v1.RegisterOK
+	(*LoginOK)(nil),             // 20: loopchat.v1.LoginOK
+	(*OK)(nil),                  // 21: loopchat.v1.OK
+	(*Pong)(nil),                // 22: loopchat.v1.Pong
+	(*SendOK)(nil),              // 23: loopchat.v1.SendOK
+	(*Friend)(nil),              // 24: loopchat.v1.Friend
+	(*FriendList)(nil),          // 25: loopchat.v1.FriendList
+	(*GroupCreated)(nil),        // 26: loopchat.v1.GroupCreated
+	(*Member)(nil),              // 27: loopchat.v1.Member
+	(*Group)(nil),               // 28: loopchat.v1.Group
+	(*GroupList)(nil),           // 29: loopchat.v1.GroupList
+	(*HistoryPage)(nil),         // 30: loopchat.v1.HistoryPage
+	(*ConversationList)(nil),    // 31: loopchat.v1.ConversationList
+	(*ConversationSummary)(nil), // 32: loopchat.v1.ConversationSummary
+	(*Error)(nil),               // 33: loopchat.v1.Error
+	(*Message)(nil),             // 34: loopchat.v1.Message
+	(*ReadReceipt)(nil),         // 35: loopchat.v1.ReadReceipt
+	(*Kicked)(nil),              // 36: loopchat.v1.Kicked
 }
 var file_chat_proto_depIdxs = []int32{
 	4,  // 0: loopchat.v1.Frame.register:type_name -> loopchat.v1.Register
@@ -2729,33 +2995,37 @@ var file_chat_proto_depIdxs = []int32{
 	15, // 11: loopchat.v1.Frame.list_groups:type_name -> loopchat.v1.ListGroups
 	16, // 12: loopchat.v1.Frame.history:type_name -> loopchat.v1.History
 	17, // 13: loopchat.v1.Frame.mark_read:type_name -> loopchat.v1.MarkRead
-	18, // 14: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
-	19, // 15: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
-	20, // 16: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
-	21, // 17: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
-	22, // 18: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
-	24, // 19: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
-	25, // 20: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
-	28, // 21: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
-	30, // 22: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
-	29, // 23: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
-	31, // 24: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
-	33, // 25: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
-	32, // 26: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
-	23, // 27: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
-	27, // 28: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
-	23, // 29: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
-	0,  // 30: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
-	26, // 31: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
-	27, // 32: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
-	31, // 33: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
-	1,  // 34: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
-	2,  // 35: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	18, // 14: loopchat.v1.Frame.list_conversations:type_name -> loopchat.v1.ListConversations
+	19, // 15: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
+	20, // 16: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
+	21, // 17: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
+	22, // 18: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
+	23, // 19: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
+	25, // 20: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
+	26, // 21: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
+	29, // 22: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
+	33, // 23: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
+	30, // 24: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
+	31, // 25: loopchat.v1.Frame.conversation_list:type_name -> loopchat.v1.ConversationList
+	34, // 26: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
+	36, // 27: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
+	35, // 28: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
+	24, // 29: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
+	28, // 30: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
+	24, // 31: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
+	0,  // 32: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
+	27, // 33: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
+	28, // 34: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
+	34, // 35: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
+	32, // 36: loopchat.v1.ConversationList.conversations:type_name -> loopchat.v1.ConversationSummary
+	34, // 37: loopchat.v1.ConversationSummary.last_message:type_name -> loopchat.v1.Message
+	1,  // 38: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
+	2,  // 39: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_chat_proto_init() }
@@ -2778,6 +3048,7 @@ func file_chat_proto_init() {
 		(*Frame_ListGroups)(nil),
 		(*Frame_History)(nil),
 		(*Frame_MarkRead)(nil),
+		(*Frame_ListConversations)(nil),
 		(*Frame_RegisterOk)(nil),
 		(*Frame_LoginOk)(nil),
 		(*Frame_Ok)(nil),
@@ -2788,6 +3059,7 @@ func file_chat_proto_init() {
 		(*Frame_GroupList)(nil),
 		(*Frame_Error)(nil),
 		(*Frame_HistoryPage)(nil),
+		(*Frame_ConversationList)(nil),
 		(*Frame_Message)(nil),
 		(*Frame_Kicked)(nil),
 		(*Frame_ReadReceipt)(nil),
@@ -2804,7 +3076,7 @@ func file_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_proto_rawDesc), len(file_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -23,6 +23,7 @@ func FuzzDecodeFrame(f *testing.F) {
 		{Seq: 1 << 63, Body: &chatpb.Frame_Ping{Ping: &chatpb.Ping{}}},
 		{Seq: 4, Body: &chatpb.Frame_History{History: &chatpb.History{PeerUsername: "bob", BeforeSeq: proto.Uint64(7), Limit: 50}}},
 		{Seq: 5, Body: &chatpb.Frame_History{History: &chatpb.History{GroupId: 3, AfterSeq: proto.Uint64(0)}}},
+		{Seq: 6, Body: &chatpb.Frame_ListConversations{ListConversations: &chatpb.ListConversations{Limit: 20}}},
 	} {
 		b, err := proto.Marshal(fr)
 		if err != nil {

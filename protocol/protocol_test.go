@@ -135,6 +135,8 @@ func TestRequestClassification(t *testing.T) {
 		"ping":     {Body: &chatpb.Frame_Ping{}},
 		"send":     {Body: &chatpb.Frame_Send{}},
 		"ack":      {Body: &chatpb.Frame_Ack{}},
+
+		"list_conversations": {Body: &chatpb.Frame_ListConversations{}},
 	}
 	for kind, f := range reqs {
 		if !IsRequest(f) || Kind(f) != kind {
@@ -149,7 +151,11 @@ func TestRequestClassification(t *testing.T) {
 	if !NeedsLogin(&chatpb.Frame{Body: &chatpb.Frame_Send{}}) {
 		t.Error("send does not need login")
 	}
-	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_Pong{}}, {Body: &chatpb.Frame_Message{}}, {Body: &chatpb.Frame_Kicked{}}, {}} {
+	if !NeedsLogin(&chatpb.Frame{Body: &chatpb.Frame_ListConversations{}}) {
+		t.Error("list_conversations does not need login")
+	}
+	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_Pong{}}, {Body: &chatpb.Frame_Message{}}, {Body: &chatpb.Frame_Kicked{}},
+		{Body: &chatpb.Frame_ConversationList{}}, {}} {
 		if IsRequest(f) {
 			t.Errorf("%s counted as a request", Kind(f))
 		}

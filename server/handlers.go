@@ -85,6 +85,8 @@ func (c *session) handle(f *chatpb.Frame) {
 		resp, err = c.history(ctx, b.History)
 	case *chatpb.Frame_MarkRead:
 		resp, err = c.markRead(ctx, b.MarkRead)
+	case *chatpb.Frame_ListConversations:
+		resp, err = c.listConversations(ctx, b.ListConversations)
 	}
 	if errors.Is(err, errSuperseded) {
 		// Kicked already: the Kicked frame is this request's last word.
@@ -673,4 +675,32 @@ func (c *session) markRead(ctx context.Context, req *chatpb.MarkRead) (*chatpb.F
 		c.logger().Warn("read receipt not published", "err", err)
 	}
 	return okFrame(), nil
+}
+
+// listConversations answers the caller's conversations, most recent first,
+// each named from the caller's side.
+func (c *session) listConversations(ctx context.Context, req *chatpb.ListConversations) (*chatpb.Frame, error) {
+	limit := int(req.Limit)
+	switch {
+	case limit == 0:
+		limit = protocol.DefConvListLimit
+	case limit > protocol.MaxConvListLimit:
+		return nil, protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "limit is at most %d", protocol.MaxConvListLimit)
+	}
+	u := c.user.Load()
+	list, more, err := c.srv.store.ListConversations(ctx, u.id, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := &chatpb.ConversationList{Conversations: make([]*chatpb.ConversationSummary, 0, len(list)), HasMore: more}
+	for _, cs := range list {
+		e := &chatpb.ConversationSummary{LastMessage: cs.Last, LastSeq: cs.LastSeq, ReadSeq: cs.ReadSeq, Unread: cs.Unread}
+		if gid := cs.Conv.GroupID; gid != 0 {
+			e.GroupId, e.GroupName = gid, cs.Name
+		} else {
+			e.PeerUserId, e.PeerUsername = cs.Peer(u.id), cs.Name
+		}
+		out.Conversations = append(out.Conversations, e)
+	}
+	return &chatpb.Frame{Body: &chatpb.Frame_ConversationList{ConversationList: out}}, nil
 }

@@ -160,6 +160,13 @@ type Store interface {
 	MarkRead(ctx context.Context, uid uint64, conv Conversation, upTo uint64) (seq uint64, moved bool, err error)
 	// ReadSeq is uid's read seq in conv (0: nothing read).
 	ReadSeq(ctx context.Context, uid uint64, conv Conversation) (uint64, error)
+	// ListConversations lists uid's conversations with a message (last
+	// seq > 0): the 1:1 ones uid sent or was sent a message in, and the
+	// groups uid is in, each as uid sees it. It keeps the limit (>= 1)
+	// most recent, newest first (sortConversations), and says whether
+	// there were more. Every message appended before it was called is in
+	// it.
+	ListConversations(ctx context.Context, uid uint64, limit int) ([]ConversationSummary, bool, error)
 	// Inbox returns up to limit unacknowledged messages in box (boxOf: a
 	// user's device) with msg_id greater than after, oldest first.
 	Inbox(ctx context.Context, box, after uint64, limit int) ([]*chatpb.Message, error)

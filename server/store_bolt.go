@@ -31,8 +31,10 @@ import (
 // of stored messages. A schema 1 file opens as is: its members read as
 // JoinedSeq 0, its messages (and log records written before the upgrade)
 // have Seq 0 and are in no conversation's history, and each conversation
-// counts from 1 with its first message after the upgrade. A file of a
-// later schema than boltSchema is refused.
+// counts from 1 with its first message after the upgrade. Schema 3 added
+// the conversation index (user_convs, convlist.go), built from conv_meta
+// when an older file is opened. A file of a later schema than boltSchema
+// is refused.
 var (
 	bucketUsers      = []byte("users")       // uid -> userRecord JSON
 	bucketUsernames  = []byte("usernames")   // lower(name) -> uid
@@ -53,10 +55,11 @@ var (
 	bucketConvLog  = []byte("conv_log")  // convKey|seq -> chatpb.Message (with its seq), the kept history
 	bucketConvMeta = []byte("conv_meta") // convKey -> last seq (kept when retention trims everything)
 	// bucketReadSeqs (readstate.go): uid|convKey -> the user's read seq
+	// bucketUserConvs (convlist.go): uid|convKey -> empty, the user's 1:1 conversations
 	bucketMeta = []byte("meta") // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
 	allBuckets = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
-		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketDevices, bucketMeta}
+		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketDevices, bucketUserConvs, bucketMeta}
 	// keyWALApplied is where the message log has been copied up to.
 	keyWALApplied = []byte("wal_applied")
 	keyEpoch      = []byte("epoch")
@@ -65,7 +68,7 @@ var (
 
 // boltSchema is the newest file layout this code reads and writes (see the
 // bucket layout above).
-const boltSchema = 2
+const boltSchema = 3
 
 type userRecord struct {
 	Name  string `json:"name"`
@@ -130,6 +133,9 @@ type BoltStore struct {
 	unappliedFor map[uint64]int                 // user -> how many of unapplied are for them
 	unappliedIDs map[uint64]*walEntry           // msg id -> unapplied message
 	dedupPending map[senderMsgID]*walEntry      // unapplied messages by client_msg_id
+	// unappliedFrom: sender -> how many of unapplied they sent
+	// (ListConversations copies them first)
+	unappliedFrom map[uint64]int
 	// convs holds the seq state of conversations recently written (see
 	// convState); the log writer alone adds and removes entries.
 	convs map[Conversation]*convState
@@ -210,8 +216,13 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		// A file from before epochs gets one too: its tokens were not
 		// bound to any, and are refused anyway (tokenVersion).
 		meta := tx.Bucket(bucketMeta)
-		// Schema 1 files need no conversion (see the bucket layout):
-		// stamping the version is the whole upgrade.
+		// Schema 1 and 2 files need no conversion (see the bucket
+		// layout) but the conversation index.
+		if v := meta.Get(keySchema); v == nil || binary.BigEndian.Uint64(v) < 3 {
+			if err := indexOldConversations(tx); err != nil {
+				return err
+			}
+		}
 		if err := meta.Put(keySchema, u64(boltSchema)); err != nil {
 			return err
 		}
@@ -230,6 +241,7 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
 		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{},
 		convs: map[Conversation]*convState{}, maxConvs: maxConvStates}
+	s.unappliedFrom = map[uint64]int{}
 	if err := db.View(s.devices.load); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
@@ -823,6 +835,9 @@ func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 		ck := convKey(conv)
 		last := max(storedLastSeq(h.tx, ck), t.last)
 		if err := metas.Put(ck, u64(last)); err != nil {
+			return trimmed, err
+		}
+		if err := indexDirect(h.tx, conv, ck); err != nil {
 			return trimmed, err
 		}
 		c := h.hist.Cursor()

@@ -310,6 +310,7 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 		if e.fromDevice {
 			s.unappliedFor[e.sender]++
 		}
+		s.unappliedFrom[e.sender]++
 		if e.clientMsgID != "" {
 			s.dedupPending[senderMsgID{e.sender, e.clientMsgID}] = e
 		}
@@ -525,6 +526,9 @@ func (s *BoltStore) takePending() *writeOp {
 				if s.unappliedFor[e.sender]--; s.unappliedFor[e.sender] <= 0 {
 					delete(s.unappliedFor, e.sender)
 				}
+			}
+			if s.unappliedFrom[e.sender]--; s.unappliedFrom[e.sender] <= 0 {
+				delete(s.unappliedFrom, e.sender)
 			}
 			if e.clientMsgID != "" {
 				key := senderMsgID{e.sender, e.clientMsgID}

@@ -51,6 +51,8 @@ import (
 //	P {c:<conv>}:log           HASH seq -> 8-byte big-endian sent_at ms + body (as in msg:<id>)
 //	P {c:<conv>}:first         STRING the lowest seq the log may still hold; absent: none
 //	                           below the next one
+//	P {u:<uid>}:convs          SET the user's 1:1 conversations (<conv>), added to by every
+//	                           1:1 append (schema 3; convlist.go)
 //
 //	P schema                   STRING the layout's version (redisSchema), set by Epoch
 //	P epoch                    STRING the store epoch (epoch.go)
@@ -143,16 +145,21 @@ redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[2])
 return 1`)
 
-	// KEYS: msg key, dedup key, {c:<conv>}:seq, :log, :first. ARGV: body
-	// (without seq), member, inbox limit, dedup TTL seconds (0: no dedup),
-	// msg_id, prefix, channel payload ("": do not publish), sent_at (8
-	// bytes), history max messages (0: no bound), history cutoff ms (drop
-	// messages sent before it; 0: none), history TTL ms (0: none),
-	// recipient uids... Computes inbox:<uid> of each recipient and msg:<id>
-	// of the messages trimmed from their inboxes, and publishes to
-	// user:<uid> channels. Returns {1, dedup value} for a duplicate
-	// (nothing stored or published), else {0, inbox trimmed, online
-	// recipients, seq, history trimmed}.
+	// KEYS: msg key, dedup key, {c:<conv>}:seq, :log, :first, and for a
+	// 1:1 conversation both users' {u:<uid>}:convs. ARGV: body (without
+	// seq), member, inbox limit, dedup TTL seconds (0: no dedup), msg_id,
+	// prefix, channel payload ("": do not publish), sent_at (8 bytes),
+	// history max messages (0: no bound), history cutoff ms (drop messages
+	// sent before it; 0: none), history TTL ms (0: none), conversation
+	// key, sent_at ms, the sender's uid when the sending device is known
+	// (else 0), that device's slot, recipient uids... Reads
+	// {u:<uid>}:devices of each recipient (and the sender), computes the
+	// inbox of each of their devices' boxes and msg:<id> of the messages
+	// trimmed from them, and publishes to user:<uid> channels (the
+	// sender's too when the message went to another of its devices).
+	// Returns {1, dedup value} for a duplicate (nothing stored or
+	// published), else {0, inbox trimmed, online recipients, seq, history
+	// trimmed, boxes of the sender's other devices}.
 	//
 	// The seq is taken (INCR) and the message stored under it in this one
 	// script, so a seq is never taken without its message, and no message
@@ -202,6 +209,8 @@ return 1`)
 	//     step may run twice.
 	//  3. PUBLISH (SPUBLISH on the recipient's slot) after that recipient's
 	//     step 2, so a pushed message is always in the inbox a replay reads.
+	//     The SADD to each user's conversation index goes with their step 2
+	//     (the sender's too): idempotent as well.
 	// SendOK only after all three. A resend after a node died between
 	// steps finds the dedup entry in step 1, which then returns the first
 	// msg_id, seq and logged body; the node runs steps 2 and 3 for it again
@@ -260,8 +269,13 @@ else
   redis.call('PERSIST', KEYS[4])
 end
 
+if #KEYS >= 7 then
+  redis.call('SADD', KEYS[6], ARGV[12])
+  redis.call('SADD', KEYS[7], ARGV[12])
+end
+
 local p = ARGV[6]
-local sent = tonumber(ARGV[12])
+local sent = tonumber(ARGV[13])
 -- The boxes (device inboxes, device.go) of uid's devices that get a
 -- message sent now, but the one in slot skip.
 local function boxes(uid, skip, out)
@@ -282,11 +296,11 @@ local function boxes(uid, skip, out)
   end
   return n
 end
-local rcpt = 15
+local rcpt = 16
 local inboxes = {}
 for i = rcpt, #ARGV do boxes(ARGV[i], -1, inboxes) end
 local senderCopies = 0
-if ARGV[13] ~= '0' then senderCopies = boxes(ARGV[13], tonumber(ARGV[14]), inboxes) end
+if ARGV[14] ~= '0' then senderCopies = boxes(ARGV[14], tonumber(ARGV[15]), inboxes) end
 local n = #inboxes
 local trimmed = 0
 local online = 0
@@ -310,7 +324,7 @@ if ARGV[7] ~= '' then
   for i = rcpt, #ARGV do
     if redis.call('PUBLISH', p .. 'user:' .. ARGV[i], payload) > 0 then online = online + 1 end
   end
-  if senderCopies > 0 then redis.call('PUBLISH', p .. 'user:' .. ARGV[13], payload) end
+  if senderCopies > 0 then redis.call('PUBLISH', p .. 'user:' .. ARGV[14], payload) end
 end
 return {0, trimmed, online, seq, htrimmed, senderCopies}`)
 
@@ -387,7 +401,7 @@ return out`)
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
 		scriptNewSession, scriptLatestSession, scriptMarkRead, scriptDeviceOnline, scriptDeviceOffline,
-		scriptRegisterDevice}
+		scriptRegisterDevice, scriptConvTail}
 )
 
 // redisSchema is the version of the key layout this code writes (the
@@ -395,13 +409,19 @@ return out`)
 // before conversations. 2: conversation seqs and logs, dedup values
 // "<msg_id>:<seq>", message bodies with their seq, group join seqs. This
 // code reads a version 1 keyspace as it is: its messages have seq 0 and no
-// history, its bare dedup values still name the first message.
+// history, its bare dedup values still name the first message. 3: the
+// users' conversation indexes ({u:<uid>}:convs), built by Epoch from the
+// conversations' seq keys before it marks an older keyspace 3
+// (migrateConvIndex).
 //
 // A node refuses a newer schema when it starts (initEpoch fails). A node
 // already running meets it only in its heartbeat's Epoch, whose errors the
 // epoch watcher skips, so it keeps serving: a later version that bumps the
 // schema must say whether older nodes may run beside it during an upgrade.
-const redisSchema = 2
+// Schema 2 nodes may run beside schema 3 ones: they do not index the 1:1
+// conversations they append to, which are listed once a newer node
+// appends to them (the index takes every 1:1 append, not only the first).
+const redisSchema = 3
 
 // RedisConfig configures the Redis store. Zero values mean the default.
 type RedisConfig struct {
@@ -449,6 +469,9 @@ type RedisStore struct {
 	// began, and UseEpoch (locked) bumps it as it forgets everything.
 	learnMu  sync.RWMutex
 	cacheGen atomic.Uint64
+	// convsIndexed: the keyspace has its conversation index
+	// (migrateConvIndex); checked once per process.
+	convsIndexed atomic.Bool
 }
 
 // NewRedisStore returns a store on cfg.Client.
@@ -847,14 +870,19 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 		cutoff = time.Now().Add(-hist.MaxAge).UnixMilli()
 		histTTL = hist.MaxAge.Milliseconds()
 	}
-	args := make([]any, 0, 14+len(recipients))
+	conv := ConversationOf(m)
+	args := make([]any, 0, 15+len(recipients))
 	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p, payload,
-		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL, m.SentAtMs, senderUID, senderSlot)
+		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL, conv.Key(), m.SentAtMs, senderUID, senderSlot)
 	for _, uid := range recipients {
 		args = append(args, uid)
 	}
-	ck := s.convKey(ConversationOf(m))
-	keys, args := s.guard(ctx, []string{s.p + "msg:" + member, dedupKey, ck + "seq", ck + "log", ck + "first"}, args...)
+	ck := s.convKey(conv)
+	keys := []string{s.p + "msg:" + member, dedupKey, ck + "seq", ck + "log", ck + "first"}
+	if conv.GroupID == 0 {
+		keys = append(keys, s.convsKey(conv.A), s.convsKey(conv.B))
+	}
+	keys, args = s.guard(ctx, keys, args...)
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{scriptAppend.EvalSha(ctx, p, keys, args...)}
 	})

@@ -35,6 +35,7 @@ const Usage = `/register USERNAME PASSWORD
 /groups
 /history USERNAME|group GROUP_ID [N]
 /read USERNAME|group GROUP_ID SEQ
+/conversations [N]
 /ping
 /wait DURATION
 /quit`
@@ -366,6 +367,8 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 				"text": m.Text, "sent_at_ms": m.SentAtMs})
 		}
 		return map[string]any{"messages": list, "has_more": page.GetHasMore()}, b.String(), nil
+	case "conversations":
+		return s.conversations(ctx, args)
 	case "ping":
 		start := time.Now()
 		t, err := s.c.Ping(ctx)
@@ -389,6 +392,56 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		return nil, "", errUsage
 	}
 	return nil, "", usage("unknown command " + strconv.Quote("/"+name) + "; /help lists them")
+}
+
+// conversations runs `/conversations [N]`: the N (default 20) most recent
+// conversations, with their last message and unread count.
+func (s *shell) conversations(ctx context.Context, args []string) (map[string]any, string, error) {
+	form := fmt.Sprintf("/conversations [N] (N from 1 to %d)", protocol.MaxConvListLimit)
+	limit := uint64(20)
+	switch len(args) {
+	case 0:
+	case 1:
+		n, err := strconv.ParseUint(args[0], 10, 32)
+		if err != nil || n == 0 || n > protocol.MaxConvListLimit {
+			return nil, "", usage(form)
+		}
+		limit = n
+	default:
+		return nil, "", usage(form)
+	}
+	l, err := s.c.ListConversations(ctx, uint32(limit))
+	if err != nil {
+		return nil, "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d conversations", len(l.GetConversations()))
+	list := make([]map[string]any, 0, len(l.GetConversations()))
+	for _, c := range l.GetConversations() {
+		obj := map[string]any{"last_seq": c.LastSeq, "read_seq": c.ReadSeq, "unread": c.Unread}
+		if c.GroupId != 0 {
+			obj["group_id"], obj["group_name"] = c.GroupId, c.GroupName
+			fmt.Fprintf(&b, "\n  group %d %s", c.GroupId, c.GroupName)
+		} else {
+			obj["peer_user_id"], obj["peer_username"] = c.PeerUserId, c.PeerUsername
+			fmt.Fprintf(&b, "\n  %s (user %d)", c.PeerUsername, c.PeerUserId)
+		}
+		if c.Unread > 0 {
+			fmt.Fprintf(&b, ", %d unread", c.Unread)
+		}
+		if m := c.LastMessage; m != nil {
+			obj["last_message"] = map[string]any{"seq": m.Seq, "msg_id": m.MsgId, "from": m.FromUsername,
+				"text": m.Text, "sent_at_ms": m.SentAtMs}
+			fmt.Fprintf(&b, " — #%d [%s] %s: %s", m.Seq, time.UnixMilli(m.SentAtMs).Format("01-02 15:04:05"), m.FromUsername, m.Text)
+		} else {
+			fmt.Fprintf(&b, " — no message to show (last #%d)", c.LastSeq)
+		}
+		list = append(list, obj)
+	}
+	if l.GetHasMore() {
+		fmt.Fprintf(&b, "\n  (more: /conversations N, N up to %d)", protocol.MaxConvListLimit)
+	}
+	return map[string]any{"conversations": list, "has_more": l.GetHasMore()}, b.String(), nil
 }
 
 func sendFields(ok *chatpb.SendOK, err error) (map[string]any, string, error) {

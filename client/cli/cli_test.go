@@ -107,6 +107,51 @@ func TestReadCommand(t *testing.T) {
 	<-aliceDone
 }
 
+// /conversations lists the conversations newest first, with unread counts
+// and the last message, in --json too; N bounds it.
+func TestConversationsCommand(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	run := func(script string) string { return runJSON(ctx, t, addr, script) }
+	run("/register bob hunter2hunter2\n/register carol hunter2hunter2\n")
+	run("/register alice hunter2hunter2\n/login alice hunter2hunter2\n/msg bob one\n/msg bob two\n/wait 5ms\n/msg carol hi\n")
+	out := run("/login bob hunter2hunter2\n/read alice 1\n/conversations\n/conversations 1\n/conversations 0\n/conversations x y\n")
+	var responses []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if strings.Contains(l, `"cmd":"conversations"`) {
+			responses = append(responses, l)
+		}
+	}
+	if len(responses) != 4 {
+		t.Fatalf("want 4 conversations responses, got:\n%s", out)
+	}
+	want := `{"event":"response","cmd":"conversations","ok":true,"conversations":[{"last_message":{"from":"alice","msg_id":`
+	if !strings.HasPrefix(responses[0], want) || !strings.Contains(responses[0], `"text":"two"},"last_seq":2,"peer_user_id":`) ||
+		!strings.Contains(responses[0], `"peer_username":"alice","read_seq":1,"unread":1}],"has_more":false}`) {
+		t.Fatalf("/conversations: %s", responses[0])
+	}
+	// Alice has two; the one with carol is the newer.
+	aliceOut := run("/login alice hunter2hunter2\n/conversations 1\n")
+	if !strings.Contains(aliceOut, `"peer_username":"carol"`) || strings.Contains(aliceOut, `"peer_username":"bob"`) ||
+		!strings.Contains(aliceOut, `"has_more":true`) {
+		t.Fatalf("alice's /conversations 1:\n%s", aliceOut)
+	}
+	if !strings.Contains(responses[1], `"has_more":false`) || !strings.Contains(responses[2], `"code":"usage"`) ||
+		!strings.Contains(responses[3], `"code":"usage"`) {
+		t.Fatalf("bob's other /conversations:\n%s", strings.Join(responses[1:], "\n"))
+	}
+	// The human form names the peer, the unread count and the last message.
+	var human bytes.Buffer
+	if err := Run(ctx, strings.NewReader("/login bob hunter2hunter2\n/conversations\n"), Options{Client: client.Options{Addr: addr}, Out: &human}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(human.String(), "1 conversations\n  alice (user ") || !strings.Contains(human.String(), ", 1 unread — #2 [") ||
+		!strings.Contains(human.String(), "] alice: two") {
+		t.Fatalf("human /conversations:\n%s", human.String())
+	}
+}
+
 // runJSON runs a script against addr with --json and returns its output.
 func runJSON(ctx context.Context, t *testing.T, addr, script string) string {
 	t.Helper()
