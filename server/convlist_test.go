@@ -71,8 +71,9 @@ func TestConversationListOverTheWire(t *testing.T) {
 		bob.nextMessage()
 
 		l := convList(t, alice, 0)
-		want := []string{`group:club last=1 read=0 unread=1 "welcome"`, `peer:carol last=1 read=0 unread=1 "a stranger says hi"`,
-			`peer:bob last=3 read=0 unread=3 "three"`}
+		// Sending marks read: alice sent seqs 1-2 to bob and the welcome.
+		want := []string{`group:club last=1 read=1 unread=0 "welcome"`, `peer:carol last=1 read=0 unread=1 "a stranger says hi"`,
+			`peer:bob last=3 read=2 unread=1 "three"`}
 		if got := convEntries(l); !slices.Equal(got, want) || l.HasMore {
 			t.Fatalf("alice's list\n%s\nmore %v; want\n%s", strings.Join(got, "\n"), l.HasMore, strings.Join(want, "\n"))
 		}
@@ -86,9 +87,14 @@ func TestConversationListOverTheWire(t *testing.T) {
 			t.Fatalf("bob's entry: %v", c)
 		}
 		// Bob, on the other node, sees the same conversations from his side.
-		expectOK(t, bob.do(&chatpb.Frame{Body: &chatpb.Frame_MarkRead{MarkRead: &chatpb.MarkRead{PeerUsername: "alice", UpToSeq: 2}}}))
 		l = convList(t, bob, 0)
-		want = []string{`group:club last=1 read=0 unread=1 "welcome"`, `peer:alice last=3 read=2 unread=1 "three"`}
+		want = []string{`group:club last=1 read=0 unread=1 "welcome"`, `peer:alice last=3 read=3 unread=0 "three"`}
+		if got := convEntries(l); !slices.Equal(got, want) {
+			t.Fatalf("bob's list\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		expectOK(t, bob.do(&chatpb.Frame{Body: &chatpb.Frame_MarkRead{MarkRead: &chatpb.MarkRead{GroupId: gid, UpToSeq: 1}}}))
+		l = convList(t, bob, 0)
+		want = []string{`group:club last=1 read=1 unread=0 "welcome"`, `peer:alice last=3 read=3 unread=0 "three"`}
 		if got := convEntries(l); !slices.Equal(got, want) {
 			t.Fatalf("bob's list\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 		}

@@ -795,6 +795,15 @@ type historyCopy struct {
 	hist    *bolt.Bucket
 	key     []byte // scratch: bbolt copies the keys it keeps (not values)
 	touched map[Conversation]historyTouch
+	// readBy is the highest seq each sender sent from a device, per
+	// conversation: sending marks the conversation read up to it.
+	readBy map[readMark]uint64
+}
+
+// readMark is one user's read seq in one conversation.
+type readMark struct {
+	uid  uint64
+	conv Conversation
 }
 
 // historyTouch is what one copy added to a conversation.
@@ -821,6 +830,13 @@ func (h *historyCopy) add(e *walEntry) error {
 	}
 	t := h.touched[e.conv]
 	h.touched[e.conv] = historyTouch{last: max(t.last, e.seq), added: t.added + 1}
+	if e.fromDevice {
+		if h.readBy == nil {
+			h.readBy = make(map[readMark]uint64)
+		}
+		k := readMark{e.sender, e.conv}
+		h.readBy[k] = max(h.readBy[k], e.seq)
+	}
 	return nil
 }
 
@@ -830,6 +846,16 @@ func (h *historyCopy) add(e *walEntry) error {
 func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 	limit := h.s.cfg.History.MaxMessages
 	metas := h.tx.Bucket(bucketConvMeta)
+	reads := h.tx.Bucket(bucketReadSeqs)
+	for m, seq := range h.readBy {
+		k := readSeqKey(m.uid, m.conv)
+		if v := reads.Get(k); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
+			continue
+		}
+		if err := reads.Put(k, u64(seq)); err != nil {
+			return 0, err
+		}
+	}
 	trimmed := 0
 	for conv, t := range h.touched {
 		ck := convKey(conv)

@@ -412,6 +412,48 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		}
 	})
 
+	t.Run("sending marks read", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		ids := newMsgIDGen(1)
+		conv := Conversation{A: a.ID, B: b.ID}
+		var last uint64
+		for i, from := range []User{b, b, a, b} {
+			m := testMessage(ids, from, fmt.Sprint(i))
+			to := a.ID
+			if from.ID == a.ID {
+				to = b.ID
+			}
+			m.ToUserId = to
+			res, err := s.AppendMessage(withSendingDevice(ctx, sender{box: from.ID}), m, []uint64{to}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			last = res.Message.Seq
+		}
+		// a sent seq 3, b sent seq 4 last: a has read up to 3, b up to 4.
+		if got, err := s.ReadSeq(ctx, a.ID, conv); err != nil || got != 3 {
+			t.Fatalf("a's read seq = %d, %v; want 3, where a's own message is", got, err)
+		}
+		if got, _ := s.ReadSeq(ctx, b.ID, conv); got != last {
+			t.Fatalf("b's read seq = %d; want %d", got, last)
+		}
+		// Never backwards: a MarkRead below it changes nothing.
+		if seq, moved, err := s.MarkRead(ctx, b.ID, conv, 1); err != nil || moved || seq != last {
+			t.Fatalf("MarkRead below = %d, %v, %v", seq, moved, err)
+		}
+		// A message not sent from a session (a program's) marks nothing.
+		prog := testMessage(ids, a, "program")
+		prog.ToUserId = b.ID
+		if _, err := s.AppendMessage(ctx, prog, []uint64{b.ID}, ""); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.ReadSeq(ctx, a.ID, conv); got != 3 {
+			t.Fatalf("a's read seq = %d after a message not from a device; want 3", got)
+		}
+	})
+
 	t.Run("devices online", func(t *testing.T) {
 		s := open(t, 100)
 		u, _ := s.CreateUser(ctx, "u", nil)

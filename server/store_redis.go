@@ -318,6 +318,11 @@ for _, inbox in ipairs(inboxes) do
     end
   end
 end
+if ARGV[14] ~= '0' then
+  -- Sending marks the conversation read up to it (readstate.go).
+  local rk = p .. '{u:' .. ARGV[14] .. '}:read'
+  if tonumber(redis.call('HGET', rk, ARGV[12]) or '0') < seq then redis.call('HSET', rk, ARGV[12], seqs) end
+end
 if dedup then redis.call('SET', KEYS[2], ARGV[5] .. ':' .. seqs, 'EX', ARGV[4]) end
 if ARGV[7] ~= '' then
   local payload = string.sub(ARGV[7], 1, -2) .. ',"seq":' .. seqs .. '}'
