@@ -65,6 +65,7 @@ func FuzzDecodeFrame(f *testing.F) {
 func FuzzParseChannelEvent(f *testing.F) {
 	f.Add([]byte(`{"type":"message","msg_id":382722139389689856,"from_user_id":2,"from_username":"bob","to_user_id":1,"text":"hi alice!","sent_at_ms":1795315268512,"seq":7}`))
 	f.Add([]byte(`{"type":"message","msg_id":"382722139389689856","from_username":"billing","text":"your invoice is ready"}`))
+	f.Add([]byte(`{"type":"message","msg_id":382722139389689857,"from_user_id":1,"to_user_id":2,"text":"mine","node_id":"n1","conn_id":9,"device":"phone"}`))
 	f.Add([]byte(`{"type":"message","from_username":"no spaces allowed","text":"x"}`))
 	f.Add([]byte(`{"type":"message","text":""}`))
 	f.Add([]byte(`{"type":"login","node_id":"n2","conn_id":17,"at_ms":1795315268512}`))
@@ -86,6 +87,9 @@ func FuzzParseChannelEvent(f *testing.F) {
 			}
 			if ev.FromUsername != "" && ValidateUsername(ev.FromUsername) != nil {
 				t.Fatalf("accepted from_username %q", ev.FromUsername)
+			}
+			if len(ev.Device) > maxDeviceID {
+				t.Fatalf("accepted device of %d bytes", len(ev.Device))
 			}
 		case EventLogin:
 			if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
