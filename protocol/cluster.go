@@ -71,7 +71,8 @@ type ChannelEvent struct {
 	Gen uint64 `json:"gen,omitempty"`
 	// Device is the login's (or the kicked) device id ("": the device of
 	// clients without one). On a "message", node_id and conn_id name the
-	// sending session, which does not get its own message back.
+	// sending session and device its device: no session of that device
+	// gets the user's own message back, the sending one or a later one.
 	Device string `json:"device,omitempty"`
 	// Epoch is the store epoch the login or message belongs to; nodes drop
 	// a message, and ignore a login, of an epoch other than their
@@ -115,6 +116,9 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 			if err := ValidateUsername(ev.FromUsername); err != nil {
 				return nil, fmt.Errorf("protocol: channel message from_username: %w", err)
 			}
+		}
+		if len(ev.Device) > maxDeviceID {
+			return nil, fmt.Errorf("protocol: channel message device of %d bytes, over %d", len(ev.Device), maxDeviceID)
 		}
 	case EventLogin:
 		if ev.NodeID == "" || len(ev.NodeID) > maxNodeID || len(ev.Device) > maxDeviceID {

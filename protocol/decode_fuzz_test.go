@@ -66,10 +66,13 @@ func FuzzDecodeFrame(f *testing.F) {
 func FuzzParseChannelEvent(f *testing.F) {
 	f.Add([]byte(`{"type":"message","msg_id":382722139389689856,"from_user_id":2,"from_username":"bob","to_user_id":1,"text":"hi alice!","sent_at_ms":1795315268512,"seq":7}`))
 	f.Add([]byte(`{"type":"message","msg_id":"382722139389689856","from_username":"billing","text":"your invoice is ready"}`))
+	f.Add([]byte(`{"type":"message","msg_id":382722139389689857,"from_user_id":1,"to_user_id":2,"text":"mine","node_id":"n1","conn_id":9,"device":"phone"}`))
 	f.Add([]byte(`{"type":"message","from_username":"no spaces allowed","text":"x"}`))
 	f.Add([]byte(`{"type":"message","text":""}`))
 	f.Add([]byte(`{"type":"login","node_id":"n2","conn_id":17,"at_ms":1795315268512}`))
 	f.Add([]byte(`{"type":"login"}`))
+	f.Add([]byte(`{"type":"device_kick","device":"laptop","gen":1796406298459000,"epoch":"9f0c"}`))
+	f.Add([]byte(`{"type":"device_kick","device":"laptop"}`))
 	f.Add([]byte(`{"type":"read","reader_user_id":2,"conv":"d1:2","up_to_seq":17,"node_id":"n1","conn_id":9,"epoch":"9f0c"}`))
 	f.Add([]byte(`{"type":"read","conv":"g5"}`))
 	f.Add([]byte(`{"type":"other"}`))
@@ -88,9 +91,16 @@ func FuzzParseChannelEvent(f *testing.F) {
 			if ev.FromUsername != "" && ValidateUsername(ev.FromUsername) != nil {
 				t.Fatalf("accepted from_username %q", ev.FromUsername)
 			}
+			if len(ev.Device) > maxDeviceID {
+				t.Fatalf("accepted device of %d bytes", len(ev.Device))
+			}
 		case EventLogin:
 			if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
 				t.Fatalf("accepted node_id %q", ev.NodeID)
+			}
+		case EventDeviceKick:
+			if ev.Gen == 0 || len(ev.Device) > maxDeviceID {
+				t.Fatalf("accepted device_kick event %+v", ev)
 			}
 		case EventRead:
 			if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey {

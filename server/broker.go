@@ -15,10 +15,14 @@ type Event struct {
 	Login      *LoginNotice
 	Read       *ReadNotice
 	DeviceKick *DeviceSession // that device's session, at or below Gen, goes (DEVICE_LIMIT)
-	// OriginNode and OriginConn name the session that sent Message: on
-	// the sender's own channel (their other devices) it is left out.
-	OriginNode string
-	OriginConn uint64
+	// OriginNode and OriginConn name the session that sent Message, and
+	// OriginDevice its device: on the sender's own channel (their other
+	// devices) every session of that device is left out, not only the
+	// sending one, since the event may arrive after that session is gone
+	// and the device is back on another connection.
+	OriginNode   string
+	OriginConn   uint64
+	OriginDevice string
 	// Resync says live events for the user may have been missed (the
 	// broker lost its connection); the user's inbox must be replayed.
 	Resync bool

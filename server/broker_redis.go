@@ -131,7 +131,7 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 		ce = protocol.ChannelEvent{Type: protocol.EventMessage, MsgID: protocol.Uint64(m.MsgId),
 			FromUserID: m.FromUserId, FromUsername: m.FromUsername, ToUserID: m.ToUserId,
 			GroupID: m.GroupId, Text: m.Text, SentAtMs: m.SentAtMs, Seq: m.Seq, Epoch: ev.Epoch,
-			NodeID: ev.OriginNode, ConnID: ev.OriginConn}
+			NodeID: ev.OriginNode, ConnID: ev.OriginConn, Device: ev.OriginDevice}
 	case ev.Login != nil:
 		ce = protocol.ChannelEvent{Type: protocol.EventLogin, NodeID: ev.Login.NodeID,
 			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen, Epoch: ev.Login.Epoch, Device: ev.Login.Device}
@@ -176,7 +176,7 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 		// from the node, and no seq, whatever it claims.
 		m.Seq = ce.Seq
 	}
-	return Event{Epoch: ce.Epoch, Message: m, OriginNode: ce.NodeID, OriginConn: ce.ConnID}, nil
+	return Event{Epoch: ce.Epoch, Message: m, OriginNode: ce.NodeID, OriginConn: ce.ConnID, OriginDevice: ce.Device}, nil
 }
 
 // Publish sends one PUBLISH per user, all in one shared pipeline, and

@@ -145,12 +145,13 @@ func TestThirdPartyPublishReachesUser(t *testing.T) {
 	}
 	// Malformed payloads are dropped and counted, none reaches dave, and
 	// he is unharmed: an empty text, a sender name no client could have,
-	// a payload past the size bound.
+	// a payload past the size bound, a device longer than any login's.
 	bad := []string{
 		`{"type":"message","text":""}`,
 		`{"type":"message","from_username":"` + strings.Repeat("x", 1000) + `","text":"spoofed"}`,
 		`{"type":"message","from_username":"bill ing","text":"spoofed"}`,
 		`{"type":"message","text":"` + strings.Repeat("y", protocol.MaxChannelEvent) + `"}`,
+		`{"type":"message","text":"spoofed","device":"` + strings.Repeat("d", 65) + `"}`,
 	}
 	for _, p := range bad {
 		_ = rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), p).Err()

@@ -177,9 +177,10 @@ type sendingDeviceKey struct{}
 
 // sender is the session a message is sent from.
 type sender struct {
-	box  uint64 // its device's inbox
-	node string // its node and connection: its own push is left out
-	conn uint64
+	box    uint64 // its device's inbox
+	device string // its device, whose sessions are left out of the push
+	node   string // its node and connection
+	conn   uint64
 }
 
 // withSendingDevice marks an AppendMessage with the session that sends

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -107,6 +108,43 @@ func TestDevicesEachGetEveryMessage(t *testing.T) {
 		if m := tablet.nextMessage(); m.MsgId != r.GetSendOk().MsgId {
 			t.Fatalf("the tablet got %+v", m)
 		}
+	})
+}
+
+// TestOwnMessageSkipsEverySessionOfItsDevice: a message the user sent
+// from a device is pushed to the user's other devices and never to that
+// device, even to a later session of it. The push can come late: after a
+// pub/sub reconnect a node gets what was published meanwhile, when the
+// sending session may be gone and the device logged in again on another
+// connection. (The devices fault test, TestFaultDevicesCluster in
+// cmd/loopchat, found phones shown their own messages that way after a
+// Redis restart.) Here the event names a session of the phone that no
+// longer exists.
+func TestOwnMessageSkipsEverySessionOfItsDevice(t *testing.T) {
+	onOneNodeAndTwo(t, func(t *testing.T, a, b *testServer) {
+		phone, alice := a.device(t, "alice", "phone")
+		laptop, _ := b.device(t, "alice", "laptop")
+		_, bob := a.user(t, "bob")
+		from := func(device, text string) *chatpb.Message {
+			m := &chatpb.Message{FromUserId: alice.UserId, FromUsername: "alice", ToUserId: bob.UserId, Text: text}
+			m.MsgId, m.SentAtMs = a.ids.next(time.Now())
+			ev := Event{Message: m, Epoch: alice.StoreEpoch, OriginNode: a.opts.NodeID, OriginConn: 1 << 40, OriginDevice: device}
+			if _, err := a.broker.Publish(context.Background(), []uint64{alice.UserId}, ev); err != nil {
+				t.Fatal(err)
+			}
+			return m
+		}
+		late := from("phone", "sent from the phone's last session")
+		if m := laptop.nextMessage(); m.MsgId != late.MsgId {
+			t.Fatalf("the laptop got %+v, want the phone's message", m)
+		}
+		phone.noPush(200 * time.Millisecond)
+		// Sent from the laptop's: the phone gets it, the laptop does not.
+		other := from("laptop", "sent from the laptop's last session")
+		if m := phone.nextMessage(); m.MsgId != other.MsgId {
+			t.Fatalf("the phone got %+v, want the laptop's message", m)
+		}
+		laptop.noPush(200 * time.Millisecond)
 	})
 }
 

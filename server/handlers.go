@@ -425,11 +425,12 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	}
 	m.MsgId, m.SentAtMs = c.srv.ids.next(time.Now())
 
+	from := sender{box: u.box, device: u.device, node: c.srv.opts.NodeID, conn: c.id}
 	appendCtx := ctx
 	if m.ToUserId != u.id {
 		// The sender's other devices get it too. (A note to yourself
 		// already goes to every device of yours, this one included.)
-		appendCtx = withSendingDevice(ctx, sender{box: u.box, node: c.srv.opts.NodeID, conn: c.id})
+		appendCtx = withSendingDevice(ctx, from)
 	}
 	res, err := c.srv.store.AppendMessage(appendCtx, m, recipients, req.ClientMsgId)
 	if err != nil {
@@ -466,8 +467,8 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 		}
 		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
 		if res.SenderCopies > 0 {
-			// The sender's other devices; this session is left out.
-			ev.OriginNode, ev.OriginConn = c.srv.opts.NodeID, c.id
+			// The sender's other devices; this device is left out.
+			ev.OriginNode, ev.OriginConn, ev.OriginDevice = from.node, from.conn, from.device
 			if _, err := c.srv.broker.Publish(ctx, []uint64{u.id}, ev); err != nil {
 				c.logger().Warn("live push to the sender's devices failed; it waits in their inboxes", "msg_id", m.MsgId, "err", err)
 			}

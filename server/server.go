@@ -447,6 +447,12 @@ func (s *Server) deliver(c *session, ev Event) {
 		if ev.OriginConn != 0 && ev.OriginConn == c.id && ev.OriginNode == s.opts.NodeID {
 			return // the sending session: it has its SendOK
 		}
+		if ev.OriginConn != 0 && m.FromUserId == u.id && m.ToUserId != u.id && ev.OriginDevice == u.device {
+			// Sent from this device by an earlier session of it, and come
+			// late (a pub/sub reconnect, a slow node): the device has the
+			// SendOK, and its box leaves the message out as well.
+			return
+		}
 		if m.MsgId == 0 {
 			// Published by another program: give it an id so the client
 			// can tell it apart (it is pushed live only, never stored).

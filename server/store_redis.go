@@ -860,7 +860,8 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	}
 	var payload []byte
 	if s.cfg.PublishMessages {
-		ev := Event{Message: m, Epoch: s.requestOrStoreEpoch(ctx), OriginNode: from.node, OriginConn: from.conn}
+		ev := Event{Message: m, Epoch: s.requestOrStoreEpoch(ctx), OriginNode: from.node, OriginConn: from.conn,
+			OriginDevice: from.device}
 		if payload, err = encodeChannelEvent(ev); err != nil {
 			return AppendResult{}, err
 		}
