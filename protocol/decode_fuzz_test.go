@@ -75,6 +75,10 @@ func FuzzParseChannelEvent(f *testing.F) {
 	f.Add([]byte(`{"type":"device_kick","device":"laptop"}`))
 	f.Add([]byte(`{"type":"read","reader_user_id":2,"conv":"d1:2","up_to_seq":17,"node_id":"n1","conn_id":9,"epoch":"9f0c"}`))
 	f.Add([]byte(`{"type":"read","conv":"g5"}`))
+	f.Add([]byte(`{"type":"presence","user_id":2,"online":true,"username":"bob","epoch":"9f0c"}`))
+	f.Add([]byte(`{"type":"presence","user_id":2,"online":false,"last_seen_ms":1795315268512,"username":"bob"}`))
+	f.Add([]byte(`{"type":"presence","user_id":2,"online":true,"last_seen_ms":5}`))
+	f.Add([]byte(`{"type":"presence","user_id":0,"username":"no spaces"}`))
 	f.Add([]byte(`{"type":"other"}`))
 	f.Add([]byte(`{"type":"message","text":"\ud800"}`))
 	f.Add([]byte(`[1,2`))
@@ -105,6 +109,11 @@ func FuzzParseChannelEvent(f *testing.F) {
 		case EventRead:
 			if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey {
 				t.Fatalf("accepted read event %+v", ev)
+			}
+		case EventPresence:
+			if ev.UserID == 0 || ev.LastSeenMs < 0 || ev.Online && ev.LastSeenMs != 0 ||
+				ev.Username != "" && ValidateUsername(ev.Username) != nil {
+				t.Fatalf("accepted presence event %+v", ev)
 			}
 		default:
 			t.Fatalf("accepted type %q", ev.Type)
