@@ -24,6 +24,8 @@ func FuzzDecodeFrame(f *testing.F) {
 		{Seq: 4, Body: &chatpb.Frame_History{History: &chatpb.History{PeerUsername: "bob", BeforeSeq: proto.Uint64(7), Limit: 50}}},
 		{Seq: 5, Body: &chatpb.Frame_History{History: &chatpb.History{GroupId: 3, AfterSeq: proto.Uint64(0)}}},
 		{Seq: 6, Body: &chatpb.Frame_ListConversations{ListConversations: &chatpb.ListConversations{Limit: 20}}},
+		{Seq: 7, Body: &chatpb.Frame_SetPresenceVisible{SetPresenceVisible: &chatpb.SetPresenceVisible{Visible: true}}},
+		{Body: &chatpb.Frame_Presence{Presence: &chatpb.Presence{UserId: 2, Username: "bob", LastSeenMs: 1795315268512}}},
 	} {
 		b, err := proto.Marshal(fr)
 		if err != nil {

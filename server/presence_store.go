@@ -484,7 +484,9 @@ func (s *RedisStore) Presence(ctx context.Context, uids []uint64) ([]PresenceSta
 var (
 	// KEYS: presence:nodes. ARGV: instance, first ("1": a new instance).
 	// Returns 1, or 0 when the instance was claimed as dead.
-	scriptPresenceBeat = guardedScript(`
+	// Not guarded (neither is the claim): they touch no user's data, and
+	// a node starting in the quiet period after a new epoch registers.
+	scriptPresenceBeat = redis.NewScript(`
 if ARGV[2] ~= '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
@@ -493,7 +495,7 @@ return 1`)
 	// KEYS: presence:nodes, presence:dead. ARGV: TTL ms, prefix, at most
 	// this many. Claims instances silent for longer than the TTL. Returns
 	// how many.
-	scriptPresenceClaim = guardedScript(`
+	scriptPresenceClaim = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])), 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
@@ -518,8 +520,7 @@ func (s *RedisStore) PresenceBeat(ctx context.Context, node string, first bool) 
 	if first {
 		f = "1"
 	}
-	keys, args := s.guard(ctx, []string{s.p + "presence:nodes"}, node, f)
-	n, err := scriptPresenceBeat.Run(ctx, s.rdb, keys, args...).Int64()
+	n, err := scriptPresenceBeat.Run(ctx, s.rdb, []string{s.p + "presence:nodes"}, node, f).Int64()
 	if err != nil {
 		return false, redisErr(err)
 	}
@@ -536,8 +537,7 @@ type sweptUser struct {
 // settles up to max users of claimed ones, each last seen at their
 // instance's last heartbeat. It returns them, and whether more are left.
 func (s *RedisStore) PresenceSweep(ctx context.Context, ttl int64, max int) ([]sweptUser, bool, error) {
-	keys, args := s.guard(ctx, []string{s.p + "presence:nodes", s.p + "presence:dead"}, ttl, s.p, 16)
-	if err := scriptPresenceClaim.Run(ctx, s.rdb, keys, args...).Err(); err != nil {
+	if err := scriptPresenceClaim.Run(ctx, s.rdb, []string{s.p + "presence:nodes", s.p + "presence:dead"}, ttl, s.p, 16).Err(); err != nil {
 		return nil, false, redisErr(err)
 	}
 	dead, err := s.rdb.ZRangeWithScores(ctx, s.p+"presence:dead", 0, 15).Result()

@@ -80,6 +80,11 @@ type replayState struct {
 	held     []Event
 	overflow bool
 	sent     map[uint64]struct{}
+	// frames are presence and typing pushes held meanwhile (at most
+	// maxHeldPushes; beyond, they are dropped), written before the held
+	// messages: at login they come after LoginOK, whose friend list they
+	// update.
+	frames [][]byte
 }
 
 // maxHeldPushes bounds live pushes buffered during a replay; beyond it the
@@ -428,6 +433,24 @@ func (c *session) push(m *chatpb.Message, frame []byte) {
 	c.srv.metrics.deliveredLive.Inc()
 }
 
+// pushTransient writes a presence or typing push, or holds it while the
+// inbox replays: a login's LoginOK goes first, and a push that changes a
+// friend's presence after it must not come before it.
+func (c *session) pushTransient(frame []byte) {
+	if frame == nil {
+		return
+	}
+	c.pushMu.Lock()
+	defer c.pushMu.Unlock()
+	if r := c.replay; r != nil {
+		if len(r.frames) < maxHeldPushes {
+			r.frames = append(r.frames, frame)
+		}
+		return
+	}
+	c.out.send(frame)
+}
+
 func (c *session) writePush(m *chatpb.Message, frame []byte) {
 	if frame == nil {
 		var err error
@@ -543,6 +566,10 @@ func (c *session) replayInbox(ctx context.Context, box uint64) {
 			c.pushMu.Unlock()
 			continue
 		}
+		for _, f := range r.frames {
+			c.out.send(f)
+		}
+		r.frames = nil
 		slices.SortFunc(r.held, func(a, b Event) int {
 			return compareU64(a.Message.MsgId, b.Message.MsgId)
 		})
