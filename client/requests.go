@@ -98,13 +98,21 @@ func (c *Client) AddFriend(ctx context.Context, username string) error {
 	return err
 }
 
-// ListFriends lists friends with their online state.
+// ListFriends lists friends with their presence: online, or when last seen.
 func (c *Client) ListFriends(ctx context.Context) ([]*chatpb.Friend, error) {
 	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}})
 	if err != nil {
 		return nil, err
 	}
 	return resp.GetFriendList().GetFriends(), nil
+}
+
+// SetPresenceVisible shows (true) or hides (false) the user's presence
+// from their friends; the setting is kept across logins
+// (LoginOK.presence_hidden).
+func (c *Client) SetPresenceVisible(ctx context.Context, visible bool) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_SetPresenceVisible{SetPresenceVisible: &chatpb.SetPresenceVisible{Visible: visible}}})
+	return err
 }
 
 // CreateGroup creates a group with the caller as its creator and returns its id.
