@@ -221,7 +221,7 @@ func TestKeepalivePingsHoldTheConnection(t *testing.T) {
 }
 
 // Friends' presence changes arrive as Event.Presence; SetPresenceVisible
-// hides the user's.
+// hides the user's; typing arrives as Event.Typing.
 func TestPresenceThroughTheSDK(t *testing.T) {
 	_, addr := startServer(t, server.Options{DataDir: t.TempDir(), PresenceGrace: 200 * time.Millisecond})
 	ctx := context.Background()
@@ -266,5 +266,12 @@ func TestPresenceThroughTheSDK(t *testing.T) {
 	}
 	if p := presence(); p.Online || p.LastSeenMs != 0 {
 		t.Fatalf("after bob hid: %v", p)
+	}
+	// Typing is not presence: it reaches alice though bob hides.
+	if err := bob.TypingTo(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, alice); ev.Typing == nil || ev.Typing.Username != "bob" || ev.Typing.GroupId != 0 {
+		t.Fatalf("event %+v; want bob typing", ev)
 	}
 }

@@ -39,6 +39,9 @@ const (
 	// EventPresence: user_id, a friend of the channel's user, came online
 	// or went offline (last_seen_ms).
 	EventPresence = "presence"
+	// EventTyping: user_id is typing in the conversation with the
+	// channel's user (group_id 0), or in group group_id.
+	EventTyping = "typing"
 )
 
 // ChannelEvent is one JSON object on a user channel. For "message" the
@@ -67,7 +70,8 @@ type ChannelEvent struct {
 	UpToSeq      uint64 `json:"up_to_seq,omitempty"`
 
 	// For "presence": the friend (user_id, username) whose presence
-	// changed, online or not, and when last seen (offline only).
+	// changed, online or not, and when last seen (offline only). For
+	// "typing": who is typing (user_id, username), and group_id.
 	UserID     uint64 `json:"user_id,omitempty"`
 	Username   string `json:"username,omitempty"`
 	Online     bool   `json:"online,omitempty"`
@@ -149,6 +153,15 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 		if ev.Username != "" {
 			if err := ValidateUsername(ev.Username); err != nil {
 				return nil, fmt.Errorf("protocol: presence event username: %w", err)
+			}
+		}
+	case EventTyping:
+		if ev.UserID == 0 {
+			return nil, fmt.Errorf("protocol: typing event needs user_id")
+		}
+		if ev.Username != "" {
+			if err := ValidateUsername(ev.Username); err != nil {
+				return nil, fmt.Errorf("protocol: typing event username: %w", err)
 			}
 		}
 	default:

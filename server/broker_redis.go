@@ -141,6 +141,10 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 		n := ev.Presence
 		ce = protocol.ChannelEvent{Type: protocol.EventPresence, UserID: n.UserID, Username: n.Username,
 			Online: n.Online, LastSeenMs: n.LastSeenMs, Epoch: ev.Epoch}
+	case ev.Typing != nil:
+		n := ev.Typing
+		ce = protocol.ChannelEvent{Type: protocol.EventTyping, UserID: n.UserID, Username: n.Username,
+			GroupID: n.GroupID, Epoch: ev.Epoch}
 	case ev.Read != nil:
 		r := ev.Read
 		ce = protocol.ChannelEvent{Type: protocol.EventRead, ReaderUserID: r.Reader, Conv: r.Conv.Key(),
@@ -171,6 +175,9 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 	if ce.Type == protocol.EventPresence {
 		return Event{Epoch: ce.Epoch, Presence: &PresenceNotice{UserID: ce.UserID, Username: ce.Username,
 			Online: ce.Online, LastSeenMs: ce.LastSeenMs}}, nil
+	}
+	if ce.Type == protocol.EventTyping {
+		return Event{Epoch: ce.Epoch, Typing: &TypingNotice{UserID: ce.UserID, Username: ce.Username, GroupID: ce.GroupID}}, nil
 	}
 	if ce.Type == protocol.EventDeviceKick {
 		return Event{Epoch: ce.Epoch, DeviceKick: &DeviceSession{Device: ce.Device, Gen: ce.Gen}}, nil

@@ -89,6 +89,8 @@ func (c *session) handle(f *chatpb.Frame) {
 		resp, err = c.listConversations(ctx, b.ListConversations)
 	case *chatpb.Frame_SetPresenceVisible:
 		resp, err = c.setPresenceVisible(ctx, b.SetPresenceVisible)
+	case *chatpb.Frame_Typing:
+		resp, err = c.typingNotice(ctx, b.Typing)
 	default:
 		// A request type IsRequest knows but this switch does not: a bug,
 		// never silence.

@@ -50,6 +50,7 @@ type metrics struct {
 	presencePending  prometheus.Gauge
 	presenceSwept    prometheus.Counter
 	presenceErrors   prometheus.Counter
+	typingNotices    *prometheus.CounterVec // result
 	storeCommit      prometheus.Histogram
 	storeBatch       prometheus.Histogram
 	logSync          prometheus.Histogram
@@ -126,6 +127,9 @@ func newMetrics() *metrics {
 			Name: "loopchat_presence_swept_total", Help: "Users of dead nodes this node settled (offline unless online elsewhere)."}),
 		presenceErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_presence_errors_total", Help: "Presence changes not recorded or not told (the store or Redis failed); a failed settle is retried."}),
+		typingNotices: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loopchat_typing_notices_total", Help: "Typing requests, by result: sent (published to the other side), dropped (over the typing rate)."},
+			[]string{"result"}),
 		storeCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "loopchat_store_commit_seconds", Help: "Embedded store group-commit duration (one fsync'd transaction).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
@@ -148,7 +152,7 @@ func newMetrics() *metrics {
 		m.loginFailures, m.loginThrottled, m.connsRefused, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
 		m.inboxReplay, m.inboxTrimmed, m.historyTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
 		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeResets, m.staleEvents, m.deviceKicks,
-		m.presenceChanges, m.presencePending, m.presenceSwept, m.presenceErrors, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
+		m.presenceChanges, m.presencePending, m.presenceSwept, m.presenceErrors, m.typingNotices, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
 		m.redisLatency, m.redisErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

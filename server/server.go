@@ -430,8 +430,14 @@ func (s *Server) sweep() {
 // of uid (one per device), if any.
 func (s *Server) onEvent(uid uint64, ev Event) {
 	cs := s.users.get(uid)
-	if len(cs) > 1 && ev.frame == nil && ev.Presence != nil {
-		ev.frame = ev.Presence.encode() // once for all the user's devices here
+	if len(cs) > 1 && ev.frame == nil {
+		// Once for all the user's devices here.
+		switch {
+		case ev.Presence != nil:
+			ev.frame = ev.Presence.encode()
+		case ev.Typing != nil:
+			ev.frame = ev.Typing.encode()
+		}
 	}
 	for _, c := range cs {
 		s.deliver(c, ev)
@@ -499,6 +505,15 @@ func (s *Server) deliver(c *session, ev Event) {
 		frame := ev.frame
 		if frame == nil {
 			frame = ev.Presence.encode()
+		}
+		c.pushTransient(frame)
+	case ev.Typing != nil:
+		if ev.Typing.UserID == u.id {
+			return // your own typing, from another device
+		}
+		frame := ev.frame
+		if frame == nil {
+			frame = ev.Typing.encode()
 		}
 		c.pushTransient(frame)
 	case ev.DeviceKick != nil:

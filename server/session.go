@@ -114,8 +114,11 @@ type session struct {
 	openedAt int64 // unix ns
 	lastSeen atomic.Int64
 	limiter  *rate.Limiter
-	broken   bool
-	kicked   atomic.Bool
+	// typing limits the Typing notices forwarded (typing.go); made at the
+	// first one. Requests run one at a time: no lock.
+	typing *rate.Limiter
+	broken bool
+	kicked atomic.Bool
 	// loggedInOnce lifts the login deadline for good: a client that logs
 	// out and in again (or registers users) is not a lurker.
 	loggedInOnce atomic.Bool

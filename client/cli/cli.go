@@ -37,6 +37,7 @@ const Usage = `/register USERNAME PASSWORD
 /read USERNAME|group GROUP_ID SEQ
 /conversations [N]
 /presence visible|hidden
+/typing USERNAME|group GROUP_ID
 /ping
 /wait DURATION
 /quit`
@@ -175,6 +176,19 @@ func (s *shell) pushes() {
 			if !p.Online {
 				obj["last_seen_ms"] = p.LastSeenMs
 				human = who + " went offline" + lastSeen(p.LastSeenMs, "15:04:05")
+			}
+			s.emit(obj, human)
+		case ev.Typing != nil:
+			n := ev.Typing
+			obj := map[string]any{"event": "typing", "user_id": n.UserId, "username": n.Username}
+			who := n.Username
+			if who == "" {
+				who = fmt.Sprintf("user %d", n.UserId)
+			}
+			human := who + " is typing…"
+			if n.GroupId != 0 {
+				obj["group_id"] = n.GroupId
+				human = fmt.Sprintf("%s is typing in group %d…", who, n.GroupId)
 			}
 			s.emit(obj, human)
 		case ev.Disconnected != nil || ev == (client.Event{}):
@@ -401,6 +415,24 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 			human = "your presence is hidden: friends see you offline"
 		}
 		return map[string]any{"visible": visible}, human, err
+	case "typing":
+		const form = "/typing USERNAME or /typing group GROUP_ID"
+		req := &chatpb.Typing{}
+		where := ""
+		switch {
+		case len(args) == 2 && args[0] == "group":
+			gid, err := strconv.ParseUint(args[1], 10, 64)
+			if err != nil {
+				return nil, "", usage(form)
+			}
+			req.GroupId, where = gid, fmt.Sprintf("group %d", gid)
+		case len(args) == 1:
+			req.PeerUsername, where = args[0], args[0]
+		default:
+			return nil, "", usage(form)
+		}
+		err := s.c.Typing(ctx, req)
+		return map[string]any{}, "told " + where + " you are typing", err
 	case "ping":
 		start := time.Now()
 		t, err := s.c.Ping(ctx)

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -232,6 +233,44 @@ func TestPresenceEventsAndCommand(t *testing.T) {
 		!strings.Contains(out, `"presence_hidden":true`) || !strings.Contains(out, `{"event":"response","cmd":"presence","ok":true,"visible":true}`) {
 		t.Fatalf("bob's /presence:\n%s", out)
 	}
+	cancel()
+	<-done
+	<-done
+}
+
+// /typing tells the peer or the group, whose client shows it (human and
+// --json); a bad target is an error.
+func TestTypingCommandAndEvents(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	run := func(script string) string { return runJSON(ctx, t, addr, script) }
+	run("/register alice hunter2hunter2\n/register bob hunter2hunter2\n")
+	out := run("/login alice hunter2hunter2\n/group create g\n")
+	if !strings.Contains(out, `"group_id":1`) {
+		t.Fatalf("group create:\n%s", out)
+	}
+	var bobJSON, bobHuman testproc.SyncBuffer
+	done := make(chan error, 2)
+	for i, buf := range []*testproc.SyncBuffer{&bobJSON, &bobHuman} {
+		go func() {
+			done <- Run(ctx, strings.NewReader("/login bob hunter2hunter2\n/group join 1\n/wait 10s\n"),
+				Options{Client: client.Options{Addr: addr, DeviceID: fmt.Sprint("d", i)}, JSON: i == 0, Out: buf})
+		}()
+	}
+	testproc.WaitUntil(t, "bob in the group twice", 10*time.Second, func() bool {
+		return strings.Contains(bobJSON.String(), `"cmd":"group join"`) && strings.Contains(bobHuman.String(), "group 1")
+	})
+	out = run("/login alice hunter2hunter2\n/typing bob\n/typing group 1\n/typing nobody\n/typing\n/typing group x\n")
+	if strings.Count(out, `{"event":"response","cmd":"typing","ok":true}`) != 2 || !strings.Contains(out, `"code":"not_found"`) ||
+		strings.Count(out, `"code":"usage"`) != 2 {
+		t.Fatalf("alice's /typing:\n%s", out)
+	}
+	testproc.WaitUntil(t, "bob sees alice typing", 5*time.Second, func() bool {
+		return strings.Contains(bobJSON.String(), `{"event":"typing","user_id":1,"username":"alice"}`) &&
+			strings.Contains(bobJSON.String(), `{"event":"typing","group_id":1,"user_id":1,"username":"alice"}`) &&
+			strings.Contains(bobHuman.String(), "alice is typing…\n") && strings.Contains(bobHuman.String(), "alice is typing in group 1…\n")
+	})
 	cancel()
 	<-done
 	<-done
