@@ -326,9 +326,17 @@ func (c *session) contacts(ctx context.Context, uid uint64) ([]*chatpb.Friend, [
 	if err != nil {
 		return nil, nil, friends, err
 	}
-	var ids []uint64
-	for _, f := range friends {
-		ids = append(ids, f.ID)
+	ids := make([]uint64, len(friends))
+	for i, f := range friends {
+		ids[i] = f.ID
+	}
+	if len(groups) == 0 {
+		// Friends are each listed once: no set needed.
+		states, err := c.srv.store.Presence(ctx, ids)
+		if err != nil {
+			return nil, nil, friends, err
+		}
+		return friendList(friends, states), nil, friends, nil
 	}
 	for _, g := range groups {
 		for _, m := range g.Members {
@@ -339,7 +347,11 @@ func (c *session) contacts(ctx context.Context, uid uint64) ([]*chatpb.Friend, [
 	if err != nil {
 		return nil, nil, friends, err
 	}
-	return friendList(friends, pres), groupList(groups, pres), friends, nil
+	states := make([]PresenceState, len(friends))
+	for i, f := range friends {
+		states[i] = pres[f.ID]
+	}
+	return friendList(friends, states), groupList(groups, pres), friends, nil
 }
 
 // presenceOf reads the presence of ids (each once) as friends see it.
@@ -362,10 +374,11 @@ func (c *session) presenceOf(ctx context.Context, ids []uint64) (map[uint64]Pres
 	return set, nil
 }
 
-func friendList(friends []User, pres map[uint64]PresenceState) []*chatpb.Friend {
+// friendList is friends with their presence, states[i] being friends[i]'s.
+func friendList(friends []User, states []PresenceState) []*chatpb.Friend {
 	out := make([]*chatpb.Friend, 0, len(friends))
-	for _, f := range friends {
-		p := pres[f.ID]
+	for i, f := range friends {
+		p := states[i]
 		out = append(out, &chatpb.Friend{UserId: f.ID, Username: f.Name, Online: p.Online, LastSeenMs: p.LastSeenMs})
 	}
 	return out
@@ -552,11 +565,11 @@ func (c *session) listFriends(ctx context.Context) (*chatpb.Frame, error) {
 	for i, f := range friends {
 		ids[i] = f.ID
 	}
-	pres, err := c.presenceOf(ctx, ids)
+	states, err := c.srv.store.Presence(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	return &chatpb.Frame{Body: &chatpb.Frame_FriendList{FriendList: &chatpb.FriendList{Friends: friendList(friends, pres)}}}, nil
+	return &chatpb.Frame{Body: &chatpb.Frame_FriendList{FriendList: &chatpb.FriendList{Friends: friendList(friends, states)}}}, nil
 }
 
 func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*chatpb.Frame, error) {

@@ -65,6 +65,10 @@ type localPresence struct {
 	hidden map[uint64]bool
 	// visMu serialises SetPresenceVisible (commit, then memory).
 	visMu sync.Mutex
+	// seen caches last seen (0: none stored) as stored, so that lists of
+	// friends, most of them offline, need not read bbolt for each: a
+	// login reads them all.
+	seen idCache[uint64, int64]
 }
 
 type localPresenceUser struct {
@@ -165,6 +169,9 @@ func (s *BoltStore) PresenceSettle(ctx context.Context, uid uint64, node string,
 	err := s.committer.do(ctx, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPresence).Put(u64(uid), u64(uint64(atMs)))
 	})
+	if err == nil {
+		l.seen.put(uid, atMs)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	u.settling = false
@@ -194,19 +201,28 @@ func (s *BoltStore) Presence(_ context.Context, uids []uint64) ([]PresenceState,
 		case u != nil && u.online:
 			out[i].Online = true
 		default:
-			seen = append(seen, i)
+			if ms, ok := l.seen.get(uid); ok {
+				out[i].LastSeenMs = ms
+			} else {
+				seen = append(seen, i)
+			}
 		}
 	}
 	l.mu.Unlock()
 	if len(seen) == 0 {
 		return out, nil
 	}
+	gen := l.seen.generation()
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPresence)
 		for _, i := range seen {
+			var ms int64
 			if v := b.Get(u64(uids[i])); len(v) == 8 {
-				out[i].LastSeenMs = int64(binary.BigEndian.Uint64(v))
+				ms = int64(binary.BigEndian.Uint64(v))
 			}
+			out[i].LastSeenMs = ms
+			// A settle committing meanwhile put a newer one.
+			l.seen.putIfAbsent(uids[i], ms, gen)
 		}
 		return nil
 	})

@@ -53,8 +53,9 @@ type Server struct {
 	connsMu sync.Mutex
 	conns   map[uint64]*session // every open connection
 
-	users    userTable // logged-in users on this node
-	presence *presence
+	users      userTable // logged-in users on this node
+	presence   *presence
+	transients *transientFlusher
 
 	// ctx is cancelled when the server has shut down; request handlers use it.
 	ctx    context.Context
@@ -118,6 +119,7 @@ func New(o Options) (*Server, error) {
 	}
 	s.users.init()
 	s.presence = newPresence(s)
+	s.transients = newTransientFlusher()
 	tk := newTokens(opts.TokenSecret, opts.TokenTTL)
 	s.tokens.Store(&tk)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -186,6 +188,7 @@ func (s *Server) Start() (net.Addr, error) {
 		go s.work()
 	}
 	go s.sweep()
+	go s.transients.run()
 	if s.registry != nil {
 		s.epochStop, s.epochDone = make(chan struct{}), make(chan struct{})
 		go s.watchEpoch(s.epochStop, s.epochDone)
@@ -348,6 +351,7 @@ func (s *Server) stopBackground() {
 		}
 		close(s.sweepStop)
 		<-s.sweepDone
+		s.transients.close()
 		if s.epochStop != nil {
 			close(s.epochStop)
 			<-s.epochDone

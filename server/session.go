@@ -141,6 +141,9 @@ type session struct {
 	// then published), and must not be pushed a second time.
 	replayedLate      map[uint64]struct{}
 	replayedLateUntil time.Time
+	// transient holds presence and typing pushes (under pushMu) until the
+	// transient flusher writes them together (transient.go).
+	transient []byte
 }
 
 // A resync that could not read the user's latest session generation tries
@@ -436,22 +439,62 @@ func (c *session) push(m *chatpb.Message, frame []byte) {
 	c.srv.metrics.deliveredLive.Inc()
 }
 
-// pushTransient writes a presence or typing push, or holds it while the
-// inbox replays: a login's LoginOK goes first, and a push that changes a
-// friend's presence after it must not come before it.
+// pushTransient queues a presence or typing push for the transient
+// flusher (transient.go), or holds it while the inbox replays: a login's
+// LoginOK goes first, and a push that changes a friend's presence after it
+// must not come before it.
 func (c *session) pushTransient(frame []byte) {
 	if frame == nil {
 		return
 	}
 	c.pushMu.Lock()
-	defer c.pushMu.Unlock()
 	if r := c.replay; r != nil {
 		if len(r.frames) < maxHeldPushes {
 			r.frames = append(r.frames, frame)
 		}
+		c.pushMu.Unlock()
 		return
 	}
-	c.out.send(frame)
+	first := len(c.transient) == 0
+	c.transient = append(c.transient, frame...)
+	full := len(c.transient) >= maxTransientBytes
+	var out []byte
+	if full {
+		out, c.transient = c.transient, nil
+	}
+	c.pushMu.Unlock()
+	switch {
+	case full:
+		c.out.send(out)
+	case first:
+		c.srv.transients.add(c)
+	}
+}
+
+// releaseTransient queues the transient pushes a replay held, to share
+// the flusher's write with what comes next. c.pushMu is held.
+func (c *session) releaseTransient(frames [][]byte) {
+	if len(frames) == 0 {
+		return
+	}
+	first := len(c.transient) == 0
+	for _, f := range frames {
+		c.transient = append(c.transient, f...)
+	}
+	if first {
+		c.srv.transients.add(c)
+	}
+}
+
+// flushTransient writes what pushTransient queued, in one write.
+func (c *session) flushTransient() {
+	c.pushMu.Lock()
+	out := c.transient
+	c.transient = nil
+	c.pushMu.Unlock()
+	if len(out) > 0 {
+		c.out.send(out)
+	}
 }
 
 func (c *session) writePush(m *chatpb.Message, frame []byte) {
@@ -569,9 +612,7 @@ func (c *session) replayInbox(ctx context.Context, box uint64) {
 			c.pushMu.Unlock()
 			continue
 		}
-		for _, f := range r.frames {
-			c.out.send(f)
-		}
+		c.releaseTransient(r.frames)
 		r.frames = nil
 		slices.SortFunc(r.held, func(a, b Event) int {
 			return compareU64(a.Message.MsgId, b.Message.MsgId)
