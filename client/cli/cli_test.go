@@ -252,14 +252,20 @@ func TestTypingCommandAndEvents(t *testing.T) {
 	}
 	var bobJSON, bobHuman testproc.SyncBuffer
 	done := make(chan error, 2)
+	// bob's two devices: one joins the group (once is enough: the user is
+	// the member), and both wait.
 	for i, buf := range []*testproc.SyncBuffer{&bobJSON, &bobHuman} {
+		script := "/login bob hunter2hunter2\n/wait 10s\n"
+		if i == 0 {
+			script = "/login bob hunter2hunter2\n/group join 1\n/wait 10s\n"
+		}
 		go func() {
-			done <- Run(ctx, strings.NewReader("/login bob hunter2hunter2\n/group join 1\n/wait 10s\n"),
+			done <- Run(ctx, strings.NewReader(script),
 				Options{Client: client.Options{Addr: addr, DeviceID: fmt.Sprint("d", i)}, JSON: i == 0, Out: buf})
 		}()
 	}
-	testproc.WaitUntil(t, "bob in the group twice", 10*time.Second, func() bool {
-		return strings.Contains(bobJSON.String(), `"cmd":"group join"`) && strings.Contains(bobHuman.String(), "group 1")
+	testproc.WaitUntil(t, "bob in the group, on two devices", 10*time.Second, func() bool {
+		return strings.Contains(bobJSON.String(), `"cmd":"group join","ok":true`) && strings.Contains(bobHuman.String(), "logged in as bob")
 	})
 	out = run("/login alice hunter2hunter2\n/typing bob\n/typing group 1\n/typing nobody\n/typing\n/typing group x\n")
 	if strings.Count(out, `{"event":"response","cmd":"typing","ok":true}`) != 2 || !strings.Contains(out, `"code":"not_found"`) ||
