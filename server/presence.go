@@ -161,8 +161,9 @@ func (p *presence) schedule(ps pendingSettle) {
 }
 
 // settleLoop settles users whose grace is over, at most maxSettling at
-// once. The queue is in due order (one grace for all; a retry goes to the
-// back with a later due time).
+// once. The queue is in due order, since one grace is for all, except for
+// retries (requeue): the loop stops at the first entry not due, so a retry
+// may wait behind a later one, for at most the grace.
 func (p *presence) settleLoop() {
 	defer close(p.loopDone)
 	sem := make(chan struct{}, maxSettling)
@@ -276,8 +277,7 @@ func (p *presence) forget(ps pendingSettle) {
 	p.mu.Unlock()
 }
 
-// requeue puts a failed settle back, keeping the queue in due order (its
-// due time is later than any other's).
+// requeue puts a failed settle back, at the end of the queue.
 func (p *presence) requeue(ps pendingSettle) {
 	p.mu.Lock()
 	if at, ok := p.left[ps.uid]; ok && at == ps.atMs {
