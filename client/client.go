@@ -74,6 +74,13 @@ type Event struct {
 	// Read is a read receipt: the peer (or you, on another session) read a
 	// conversation up to a seq.
 	Read *chatpb.ReadReceipt
+	// Presence is a friend's presence change: online, or offline with
+	// when they were last seen. It carries the friend's whole state; apply
+	// it over the friend list of the last LoginOK.
+	Presence *chatpb.Presence
+	// Typing says someone is typing in a conversation of yours: show it
+	// for 5 s, or until their next message there.
+	Typing *chatpb.TypingNotice
 	// Error is an error pushed without a request (e.g. a protocol error).
 	Error *chatpb.Error
 	// Disconnected reports a lost connection, with the cause.
@@ -253,6 +260,10 @@ func (c *Client) readLoop(conn net.Conn) {
 			c.emit(Event{Error: b.Error})
 		case *chatpb.Frame_ReadReceipt:
 			c.emit(Event{Read: b.ReadReceipt})
+		case *chatpb.Frame_Presence:
+			c.emit(Event{Presence: b.Presence})
+		case *chatpb.Frame_TypingNotice:
+			c.emit(Event{Typing: b.TypingNotice})
 		}
 	}
 	conn.Close()

@@ -98,13 +98,40 @@ func (c *Client) AddFriend(ctx context.Context, username string) error {
 	return err
 }
 
-// ListFriends lists friends with their online state.
+// ListFriends lists friends with their presence: online, or when last seen.
 func (c *Client) ListFriends(ctx context.Context) ([]*chatpb.Friend, error) {
 	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}})
 	if err != nil {
 		return nil, err
 	}
 	return resp.GetFriendList().GetFriends(), nil
+}
+
+// SetPresenceVisible shows (true) or hides (false) the user's presence
+// from their friends; the setting is kept across logins
+// (LoginOK.presence_hidden).
+func (c *Client) SetPresenceVisible(ctx context.Context, visible bool) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_SetPresenceVisible{SetPresenceVisible: &chatpb.SetPresenceVisible{Visible: visible}}})
+	return err
+}
+
+// Typing tells the other side of a conversation (named as for History:
+// peer by id or name, or a group) that the user is typing. Call it every
+// 3 s while they type; receivers show it for 5 s. The server drops notices
+// past its typing rate (1 a second, 3 at once) and still answers OK.
+func (c *Client) Typing(ctx context.Context, req *chatpb.Typing) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Typing{Typing: req}})
+	return err
+}
+
+// TypingTo tells a user (by name) that the user is typing to them.
+func (c *Client) TypingTo(ctx context.Context, username string) error {
+	return c.Typing(ctx, &chatpb.Typing{PeerUsername: username})
+}
+
+// TypingInGroup tells a group's other members that the user is typing there.
+func (c *Client) TypingInGroup(ctx context.Context, gid uint64) error {
+	return c.Typing(ctx, &chatpb.Typing{GroupId: gid})
 }
 
 // CreateGroup creates a group with the caller as its creator and returns its id.

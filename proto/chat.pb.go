@@ -243,6 +243,8 @@ type Frame struct {
 	//	*Frame_History
 	//	*Frame_MarkRead
 	//	*Frame_ListConversations
+	//	*Frame_Typing
+	//	*Frame_SetPresenceVisible
 	//	*Frame_RegisterOk
 	//	*Frame_LoginOk
 	//	*Frame_Ok
@@ -257,6 +259,8 @@ type Frame struct {
 	//	*Frame_Message
 	//	*Frame_Kicked
 	//	*Frame_ReadReceipt
+	//	*Frame_Presence
+	//	*Frame_TypingNotice
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -441,6 +445,24 @@ func (x *Frame) GetListConversations() *ListConversations {
 	return nil
 }
 
+func (x *Frame) GetTyping() *Typing {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Typing); ok {
+			return x.Typing
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetSetPresenceVisible() *SetPresenceVisible {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_SetPresenceVisible); ok {
+			return x.SetPresenceVisible
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetRegisterOk() *RegisterOK {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_RegisterOk); ok {
@@ -567,6 +589,24 @@ func (x *Frame) GetReadReceipt() *ReadReceipt {
 	return nil
 }
 
+func (x *Frame) GetPresence() *Presence {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Presence); ok {
+			return x.Presence
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetTypingNotice() *TypingNotice {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_TypingNotice); ok {
+			return x.TypingNotice
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -632,6 +672,14 @@ type Frame_ListConversations struct {
 	ListConversations *ListConversations `protobuf:"bytes,24,opt,name=list_conversations,json=listConversations,proto3,oneof"`
 }
 
+type Frame_Typing struct {
+	Typing *Typing `protobuf:"bytes,25,opt,name=typing,proto3,oneof"`
+}
+
+type Frame_SetPresenceVisible struct {
+	SetPresenceVisible *SetPresenceVisible `protobuf:"bytes,26,opt,name=set_presence_visible,json=setPresenceVisible,proto3,oneof"`
+}
+
 type Frame_RegisterOk struct {
 	// Responses (server to client, echoing seq), field numbers 40-69.
 	RegisterOk *RegisterOK `protobuf:"bytes,40,opt,name=register_ok,json=registerOk,proto3,oneof"`
@@ -690,6 +738,14 @@ type Frame_ReadReceipt struct {
 	ReadReceipt *ReadReceipt `protobuf:"bytes,72,opt,name=read_receipt,json=readReceipt,proto3,oneof"`
 }
 
+type Frame_Presence struct {
+	Presence *Presence `protobuf:"bytes,73,opt,name=presence,proto3,oneof"`
+}
+
+type Frame_TypingNotice struct {
+	TypingNotice *TypingNotice `protobuf:"bytes,74,opt,name=typing_notice,json=typingNotice,proto3,oneof"`
+}
+
 func (*Frame_Register) isFrame_Body() {}
 
 func (*Frame_Login) isFrame_Body() {}
@@ -720,6 +776,10 @@ func (*Frame_MarkRead) isFrame_Body() {}
 
 func (*Frame_ListConversations) isFrame_Body() {}
 
+func (*Frame_Typing) isFrame_Body() {}
+
+func (*Frame_SetPresenceVisible) isFrame_Body() {}
+
 func (*Frame_RegisterOk) isFrame_Body() {}
 
 func (*Frame_LoginOk) isFrame_Body() {}
@@ -747,6 +807,10 @@ func (*Frame_Message) isFrame_Body() {}
 func (*Frame_Kicked) isFrame_Body() {}
 
 func (*Frame_ReadReceipt) isFrame_Body() {}
+
+func (*Frame_Presence) isFrame_Body() {}
+
+func (*Frame_TypingNotice) isFrame_Body() {}
 
 type Register struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1576,6 +1640,120 @@ func (x *ListConversations) GetLimit() uint32 {
 	return 0
 }
 
+// Typing tells the other side of a conversation (named as in History)
+// that the caller is typing in it: the peer, or the group's other members.
+// Transient: not stored, not acknowledged, answered with OK, which does not
+// mean it was delivered (notices over the typing rate are dropped, and an
+// offline peer never sees one). Send it again every 3 s while typing goes
+// on; receivers show it for 5 s.
+type Typing struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of peer_user_id, peer_username and group_id.
+	PeerUserId    uint64 `protobuf:"varint,1,opt,name=peer_user_id,json=peerUserId,proto3" json:"peer_user_id,omitempty"`
+	PeerUsername  string `protobuf:"bytes,2,opt,name=peer_username,json=peerUsername,proto3" json:"peer_username,omitempty"`
+	GroupId       uint64 `protobuf:"varint,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Typing) Reset() {
+	*x = Typing{}
+	mi := &file_chat_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Typing) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Typing) ProtoMessage() {}
+
+func (x *Typing) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Typing.ProtoReflect.Descriptor instead.
+func (*Typing) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Typing) GetPeerUserId() uint64 {
+	if x != nil {
+		return x.PeerUserId
+	}
+	return 0
+}
+
+func (x *Typing) GetPeerUsername() string {
+	if x != nil {
+		return x.PeerUsername
+	}
+	return ""
+}
+
+func (x *Typing) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+// SetPresenceVisible shows (true) or hides (false) the caller's presence
+// from their friends: hidden, they see the caller offline, with no last
+// seen. Kept until changed; answered with OK.
+type SetPresenceVisible struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Visible       bool                   `protobuf:"varint,1,opt,name=visible,proto3" json:"visible,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPresenceVisible) Reset() {
+	*x = SetPresenceVisible{}
+	mi := &file_chat_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPresenceVisible) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPresenceVisible) ProtoMessage() {}
+
+func (x *SetPresenceVisible) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPresenceVisible.ProtoReflect.Descriptor instead.
+func (*SetPresenceVisible) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SetPresenceVisible) GetVisible() bool {
+	if x != nil {
+		return x.Visible
+	}
+	return false
+}
+
 type RegisterOK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1585,7 +1763,7 @@ type RegisterOK struct {
 
 func (x *RegisterOK) Reset() {
 	*x = RegisterOK{}
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1775,7 @@ func (x *RegisterOK) String() string {
 func (*RegisterOK) ProtoMessage() {}
 
 func (x *RegisterOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1788,7 @@ func (x *RegisterOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterOK.ProtoReflect.Descriptor instead.
 func (*RegisterOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{16}
+	return file_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegisterOK) GetUserId() uint64 {
@@ -1636,14 +1814,17 @@ type LoginOK struct {
 	StoreEpoch string `protobuf:"bytes,8,opt,name=store_epoch,json=storeEpoch,proto3" json:"store_epoch,omitempty"`
 	// device_id is the device this session is, as the server knows it (the
 	// empty device when the server allows one device per user).
-	DeviceId      string `protobuf:"bytes,9,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DeviceId string `protobuf:"bytes,9,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// presence_hidden: the user hides their presence from friends
+	// (SetPresenceVisible{visible: false}).
+	PresenceHidden bool `protobuf:"varint,10,opt,name=presence_hidden,json=presenceHidden,proto3" json:"presence_hidden,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *LoginOK) Reset() {
 	*x = LoginOK{}
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1836,7 @@ func (x *LoginOK) String() string {
 func (*LoginOK) ProtoMessage() {}
 
 func (x *LoginOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1849,7 @@ func (x *LoginOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginOK.ProtoReflect.Descriptor instead.
 func (*LoginOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{17}
+	return file_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LoginOK) GetUserId() uint64 {
@@ -1734,6 +1915,13 @@ func (x *LoginOK) GetDeviceId() string {
 	return ""
 }
 
+func (x *LoginOK) GetPresenceHidden() bool {
+	if x != nil {
+		return x.PresenceHidden
+	}
+	return false
+}
+
 type OK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1742,7 +1930,7 @@ type OK struct {
 
 func (x *OK) Reset() {
 	*x = OK{}
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1942,7 @@ func (x *OK) String() string {
 func (*OK) ProtoMessage() {}
 
 func (x *OK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1955,7 @@ func (x *OK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OK.ProtoReflect.Descriptor instead.
 func (*OK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_proto_rawDescGZIP(), []int{20}
 }
 
 type Pong struct {
@@ -1779,7 +1967,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +1979,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +1992,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Pong) GetServerTimeMs() int64 {
@@ -1829,7 +2017,7 @@ type SendOK struct {
 
 func (x *SendOK) Reset() {
 	*x = SendOK{}
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2029,7 @@ func (x *SendOK) String() string {
 func (*SendOK) ProtoMessage() {}
 
 func (x *SendOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2042,7 @@ func (x *SendOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendOK.ProtoReflect.Descriptor instead.
 func (*SendOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SendOK) GetMsgId() uint64 {
@@ -1886,17 +2074,21 @@ func (x *SendOK) GetSeq() uint64 {
 }
 
 type Friend struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
-	Online        bool                   `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	UserId   uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Username string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	// online: the friend has a session on some device (see Presence).
+	Online bool `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	// last_seen_ms: when the friend's last device went offline; set only
+	// while online is false, and 0 when unknown or hidden.
+	LastSeenMs    int64 `protobuf:"varint,4,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Friend) Reset() {
 	*x = Friend{}
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1908,7 +2100,7 @@ func (x *Friend) String() string {
 func (*Friend) ProtoMessage() {}
 
 func (x *Friend) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1921,7 +2113,7 @@ func (x *Friend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Friend.ProtoReflect.Descriptor instead.
 func (*Friend) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Friend) GetUserId() uint64 {
@@ -1945,6 +2137,13 @@ func (x *Friend) GetOnline() bool {
 	return false
 }
 
+func (x *Friend) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
 type FriendList struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Friends       []*Friend              `protobuf:"bytes,1,rep,name=friends,proto3" json:"friends,omitempty"`
@@ -1954,7 +2153,7 @@ type FriendList struct {
 
 func (x *FriendList) Reset() {
 	*x = FriendList{}
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2165,7 @@ func (x *FriendList) String() string {
 func (*FriendList) ProtoMessage() {}
 
 func (x *FriendList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2178,7 @@ func (x *FriendList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FriendList.ProtoReflect.Descriptor instead.
 func (*FriendList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FriendList) GetFriends() []*Friend {
@@ -1998,7 +2197,7 @@ type GroupCreated struct {
 
 func (x *GroupCreated) Reset() {
 	*x = GroupCreated{}
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2010,7 +2209,7 @@ func (x *GroupCreated) String() string {
 func (*GroupCreated) ProtoMessage() {}
 
 func (x *GroupCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2023,7 +2222,7 @@ func (x *GroupCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCreated.ProtoReflect.Descriptor instead.
 func (*GroupCreated) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GroupCreated) GetGroupId() uint64 {
@@ -2045,7 +2244,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2256,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2269,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Member) GetUserId() uint64 {
@@ -2113,7 +2312,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2324,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2337,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Group) GetGroupId() uint64 {
@@ -2178,7 +2377,7 @@ type GroupList struct {
 
 func (x *GroupList) Reset() {
 	*x = GroupList{}
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2389,7 @@ func (x *GroupList) String() string {
 func (*GroupList) ProtoMessage() {}
 
 func (x *GroupList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2402,7 @@ func (x *GroupList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupList.ProtoReflect.Descriptor instead.
 func (*GroupList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GroupList) GetGroups() []*Group {
@@ -2225,7 +2424,7 @@ type HistoryPage struct {
 
 func (x *HistoryPage) Reset() {
 	*x = HistoryPage{}
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2237,7 +2436,7 @@ func (x *HistoryPage) String() string {
 func (*HistoryPage) ProtoMessage() {}
 
 func (x *HistoryPage) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2250,7 +2449,7 @@ func (x *HistoryPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryPage.ProtoReflect.Descriptor instead.
 func (*HistoryPage) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{27}
+	return file_chat_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HistoryPage) GetMessages() []*Message {
@@ -2280,7 +2479,7 @@ type ConversationList struct {
 
 func (x *ConversationList) Reset() {
 	*x = ConversationList{}
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2292,7 +2491,7 @@ func (x *ConversationList) String() string {
 func (*ConversationList) ProtoMessage() {}
 
 func (x *ConversationList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2305,7 +2504,7 @@ func (x *ConversationList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationList.ProtoReflect.Descriptor instead.
 func (*ConversationList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{28}
+	return file_chat_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ConversationList) GetConversations() []*ConversationSummary {
@@ -2349,7 +2548,7 @@ type ConversationSummary struct {
 
 func (x *ConversationSummary) Reset() {
 	*x = ConversationSummary{}
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2560,7 @@ func (x *ConversationSummary) String() string {
 func (*ConversationSummary) ProtoMessage() {}
 
 func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2573,7 @@ func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationSummary.ProtoReflect.Descriptor instead.
 func (*ConversationSummary) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{29}
+	return file_chat_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConversationSummary) GetPeerUserId() uint64 {
@@ -2445,7 +2644,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2457,7 +2656,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2470,7 +2669,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{30}
+	return file_chat_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2507,7 +2706,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_chat_proto_msgTypes[31]
+	mi := &file_chat_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2718,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[31]
+	mi := &file_chat_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2731,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{31}
+	return file_chat_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Message) GetMsgId() uint64 {
@@ -2608,7 +2807,7 @@ type ReadReceipt struct {
 
 func (x *ReadReceipt) Reset() {
 	*x = ReadReceipt{}
-	mi := &file_chat_proto_msgTypes[32]
+	mi := &file_chat_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2620,7 +2819,7 @@ func (x *ReadReceipt) String() string {
 func (*ReadReceipt) ProtoMessage() {}
 
 func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[32]
+	mi := &file_chat_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2633,7 +2832,7 @@ func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadReceipt.ProtoReflect.Descriptor instead.
 func (*ReadReceipt) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{32}
+	return file_chat_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReadReceipt) GetPeerUserId() uint64 {
@@ -2664,6 +2863,142 @@ func (x *ReadReceipt) GetUpToSeq() uint64 {
 	return 0
 }
 
+// Presence says a friend came online (their first device) or went offline
+// (their last device, after a grace period): the friend's presence as you
+// see it. last_seen_ms is set only with online false (0: hidden or
+// unknown).
+type Presence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Online        bool                   `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	LastSeenMs    int64                  `protobuf:"varint,4,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Presence) Reset() {
+	*x = Presence{}
+	mi := &file_chat_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Presence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Presence) ProtoMessage() {}
+
+func (x *Presence) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Presence.ProtoReflect.Descriptor instead.
+func (*Presence) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *Presence) GetUserId() uint64 {
+	if x != nil {
+		return x.UserId
+	}
+	return 0
+}
+
+func (x *Presence) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *Presence) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
+func (x *Presence) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
+// TypingNotice says user_id is typing in a conversation of yours: the 1:1
+// conversation with them (group_id 0), or group group_id. Show it for 5 s,
+// or until a message from them arrives there, whichever comes first; a
+// later notice starts the 5 s again.
+type TypingNotice struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	GroupId       uint64                 `protobuf:"varint,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypingNotice) Reset() {
+	*x = TypingNotice{}
+	mi := &file_chat_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypingNotice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypingNotice) ProtoMessage() {}
+
+func (x *TypingNotice) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypingNotice.ProtoReflect.Descriptor instead.
+func (*TypingNotice) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *TypingNotice) GetUserId() uint64 {
+	if x != nil {
+		return x.UserId
+	}
+	return 0
+}
+
+func (x *TypingNotice) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *TypingNotice) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
 // Kicked is the last frame before the server closes the connection.
 type Kicked struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2675,7 +3010,7 @@ type Kicked struct {
 
 func (x *Kicked) Reset() {
 	*x = Kicked{}
-	mi := &file_chat_proto_msgTypes[33]
+	mi := &file_chat_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2687,7 +3022,7 @@ func (x *Kicked) String() string {
 func (*Kicked) ProtoMessage() {}
 
 func (x *Kicked) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[33]
+	mi := &file_chat_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2700,7 +3035,7 @@ func (x *Kicked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kicked.ProtoReflect.Descriptor instead.
 func (*Kicked) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{33}
+	return file_chat_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Kicked) GetReason() KickReason {
@@ -2722,7 +3057,7 @@ var File_chat_proto protoreflect.FileDescriptor
 const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"chat.proto\x12\vloopchat.v1\"\xc5\f\n" +
+	"chat.proto\x12\vloopchat.v1\"\xc0\x0e\n" +
 	"\x05Frame\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\bregister\x18\n" +
@@ -2744,7 +3079,9 @@ const file_chat_proto_rawDesc = "" +
 	"listGroups\x120\n" +
 	"\ahistory\x18\x16 \x01(\v2\x14.loopchat.v1.HistoryH\x00R\ahistory\x124\n" +
 	"\tmark_read\x18\x17 \x01(\v2\x15.loopchat.v1.MarkReadH\x00R\bmarkRead\x12O\n" +
-	"\x12list_conversations\x18\x18 \x01(\v2\x1e.loopchat.v1.ListConversationsH\x00R\x11listConversations\x12:\n" +
+	"\x12list_conversations\x18\x18 \x01(\v2\x1e.loopchat.v1.ListConversationsH\x00R\x11listConversations\x12-\n" +
+	"\x06typing\x18\x19 \x01(\v2\x13.loopchat.v1.TypingH\x00R\x06typing\x12S\n" +
+	"\x14set_presence_visible\x18\x1a \x01(\v2\x1f.loopchat.v1.SetPresenceVisibleH\x00R\x12setPresenceVisible\x12:\n" +
 	"\vregister_ok\x18( \x01(\v2\x17.loopchat.v1.RegisterOKH\x00R\n" +
 	"registerOk\x121\n" +
 	"\blogin_ok\x18) \x01(\v2\x14.loopchat.v1.LoginOKH\x00R\aloginOk\x12!\n" +
@@ -2761,7 +3098,9 @@ const file_chat_proto_rawDesc = "" +
 	"\x11conversation_list\x182 \x01(\v2\x1d.loopchat.v1.ConversationListH\x00R\x10conversationList\x120\n" +
 	"\amessage\x18F \x01(\v2\x14.loopchat.v1.MessageH\x00R\amessage\x12-\n" +
 	"\x06kicked\x18G \x01(\v2\x13.loopchat.v1.KickedH\x00R\x06kicked\x12=\n" +
-	"\fread_receipt\x18H \x01(\v2\x18.loopchat.v1.ReadReceiptH\x00R\vreadReceiptB\x06\n" +
+	"\fread_receipt\x18H \x01(\v2\x18.loopchat.v1.ReadReceiptH\x00R\vreadReceipt\x123\n" +
+	"\bpresence\x18I \x01(\v2\x15.loopchat.v1.PresenceH\x00R\bpresence\x12@\n" +
+	"\rtyping_notice\x18J \x01(\v2\x19.loopchat.v1.TypingNoticeH\x00R\ftypingNoticeB\x06\n" +
 	"\x04body\"B\n" +
 	"\bRegister\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
@@ -2814,10 +3153,17 @@ const file_chat_proto_rawDesc = "" +
 	"\tup_to_seq\x18\x03 \x01(\x04R\aupToSeq\x12#\n" +
 	"\rpeer_username\x18\x04 \x01(\tR\fpeerUsername\")\n" +
 	"\x11ListConversations\x12\x14\n" +
-	"\x05limit\x18\x01 \x01(\rR\x05limit\"%\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\"j\n" +
+	"\x06Typing\x12 \n" +
+	"\fpeer_user_id\x18\x01 \x01(\x04R\n" +
+	"peerUserId\x12#\n" +
+	"\rpeer_username\x18\x02 \x01(\tR\fpeerUsername\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\x04R\agroupId\".\n" +
+	"\x12SetPresenceVisible\x12\x18\n" +
+	"\avisible\x18\x01 \x01(\bR\avisible\"%\n" +
 	"\n" +
 	"RegisterOK\x12\x17\n" +
-	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\xb5\x02\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\xde\x02\n" +
 	"\aLoginOK\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x14\n" +
@@ -2828,7 +3174,9 @@ const file_chat_proto_rawDesc = "" +
 	"\x13token_expires_at_ms\x18\a \x01(\x03R\x10tokenExpiresAtMs\x12\x1f\n" +
 	"\vstore_epoch\x18\b \x01(\tR\n" +
 	"storeEpoch\x12\x1b\n" +
-	"\tdevice_id\x18\t \x01(\tR\bdeviceId\"\x04\n" +
+	"\tdevice_id\x18\t \x01(\tR\bdeviceId\x12'\n" +
+	"\x0fpresence_hidden\x18\n" +
+	" \x01(\bR\x0epresenceHidden\"\x04\n" +
 	"\x02OK\",\n" +
 	"\x04Pong\x12$\n" +
 	"\x0eserver_time_ms\x18\x01 \x01(\x03R\fserverTimeMs\"g\n" +
@@ -2837,11 +3185,13 @@ const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"sent_at_ms\x18\x02 \x01(\x03R\bsentAtMs\x12\x16\n" +
 	"\x06online\x18\x03 \x01(\bR\x06online\x12\x10\n" +
-	"\x03seq\x18\x04 \x01(\x04R\x03seq\"U\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\"w\n" +
 	"\x06Friend\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x16\n" +
-	"\x06online\x18\x03 \x01(\bR\x06online\";\n" +
+	"\x06online\x18\x03 \x01(\bR\x06online\x12 \n" +
+	"\flast_seen_ms\x18\x04 \x01(\x03R\n" +
+	"lastSeenMs\";\n" +
 	"\n" +
 	"FriendList\x12-\n" +
 	"\afriends\x18\x01 \x03(\v2\x13.loopchat.v1.FriendR\afriends\")\n" +
@@ -2896,7 +3246,17 @@ const file_chat_proto_rawDesc = "" +
 	"peerUserId\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\x04R\agroupId\x12$\n" +
 	"\x0ereader_user_id\x18\x03 \x01(\x04R\freaderUserId\x12\x1a\n" +
-	"\tup_to_seq\x18\x04 \x01(\x04R\aupToSeq\"S\n" +
+	"\tup_to_seq\x18\x04 \x01(\x04R\aupToSeq\"y\n" +
+	"\bPresence\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x16\n" +
+	"\x06online\x18\x03 \x01(\bR\x06online\x12 \n" +
+	"\flast_seen_ms\x18\x04 \x01(\x03R\n" +
+	"lastSeenMs\"^\n" +
+	"\fTypingNotice\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\x04R\agroupId\"S\n" +
 	"\x06Kicked\x12/\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x17.loopchat.v1.KickReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage*?\n" +
@@ -2940,7 +3300,7 @@ func file_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_chat_proto_goTypes = []any{
 	(Role)(0),                   // 0: loopchat.v1.Role
 	(ErrorCode)(0),              // 1: loopchat.v1.ErrorCode
@@ -2961,24 +3321,28 @@ var file_chat_proto_goTypes = []any{
 	(*History)(nil),             // 16: loopchat.v1.History
 	(*MarkRead)(nil),            // 17: loopchat.v1.MarkRead
 	(*ListConversations)(nil),   // 18: loopchat.v1.ListConversations
-	(*RegisterOK)(nil),          // 19: loopchat.v1.RegisterOK
-	(*LoginOK)(nil),             // 20: loopchat.v1.LoginOK
-	(*OK)(nil),                  // 21: loopchat.v1.OK
-	(*Pong)(nil),                // 22: loopchat.v1.Pong
-	(*SendOK)(nil),              // 23: loopchat.v1.SendOK
-	(*Friend)(nil),              // 24: loopchat.v1.Friend
-	(*FriendList)(nil),          // 25: loopchat.v1.FriendList
-	(*GroupCreated)(nil),        // 26: loopchat.v1.GroupCreated
-	(*Member)(nil),              // 27: loopchat.v1.Member
-	(*Group)(nil),               // 28: loopchat.v1.Group
-	(*GroupList)(nil),           // 29: loopchat.v1.GroupList
-	(*HistoryPage)(nil),         // 30: loopchat.v1.HistoryPage
-	(*ConversationList)(nil),    // 31: loopchat.v1.ConversationList
-	(*ConversationSummary)(nil), // 32: loopchat.v1.ConversationSummary
-	(*Error)(nil),               // 33: loopchat.v1.Error
-	(*Message)(nil),             // 34: loopchat.v1.Message
-	(*ReadReceipt)(nil),         // 35: loopchat.v1.ReadReceipt
-	(*Kicked)(nil),              // 36: loopchat.v1.Kicked
+	(*Typing)(nil),              // 19: loopchat.v1.Typing
+	(*SetPresenceVisible)(nil),  // 20: loopchat.v1.SetPresenceVisible
+	(*RegisterOK)(nil),          // 21: loopchat.v1.RegisterOK
+	(*LoginOK)(nil),             // 22: loopchat.v1.LoginOK
+	(*OK)(nil),                  // 23: loopchat.v1.OK
+	(*Pong)(nil),                // 24: loopchat.v1.Pong
+	(*SendOK)(nil),              // 25: loopchat.v1.SendOK
+	(*Friend)(nil),              // 26: loopchat.v1.Friend
+	(*FriendList)(nil),          // 27: loopchat.v1.FriendList
+	(*GroupCreated)(nil),        // 28: loopchat.v1.GroupCreated
+	(*Member)(nil),              // 29: loopchat.v1.Member
+	(*Group)(nil),               // 30: loopchat.v1.Group
+	(*GroupList)(nil),           // 31: loopchat.v1.GroupList
+	(*HistoryPage)(nil),         // 32: loopchat.v1.HistoryPage
+	(*ConversationList)(nil),    // 33: loopchat.v1.ConversationList
+	(*ConversationSummary)(nil), // 34: loopchat.v1.ConversationSummary
+	(*Error)(nil),               // 35: loopchat.v1.Error
+	(*Message)(nil),             // 36: loopchat.v1.Message
+	(*ReadReceipt)(nil),         // 37: loopchat.v1.ReadReceipt
+	(*Presence)(nil),            // 38: loopchat.v1.Presence
+	(*TypingNotice)(nil),        // 39: loopchat.v1.TypingNotice
+	(*Kicked)(nil),              // 40: loopchat.v1.Kicked
 }
 var file_chat_proto_depIdxs = []int32{
 	4,  // 0: loopchat.v1.Frame.register:type_name -> loopchat.v1.Register
@@ -2996,36 +3360,40 @@ var file_chat_proto_depIdxs = []int32{
 	16, // 12: loopchat.v1.Frame.history:type_name -> loopchat.v1.History
 	17, // 13: loopchat.v1.Frame.mark_read:type_name -> loopchat.v1.MarkRead
 	18, // 14: loopchat.v1.Frame.list_conversations:type_name -> loopchat.v1.ListConversations
-	19, // 15: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
-	20, // 16: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
-	21, // 17: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
-	22, // 18: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
-	23, // 19: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
-	25, // 20: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
-	26, // 21: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
-	29, // 22: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
-	33, // 23: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
-	30, // 24: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
-	31, // 25: loopchat.v1.Frame.conversation_list:type_name -> loopchat.v1.ConversationList
-	34, // 26: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
-	36, // 27: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
-	35, // 28: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
-	24, // 29: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
-	28, // 30: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
-	24, // 31: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
-	0,  // 32: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
-	27, // 33: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
-	28, // 34: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
-	34, // 35: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
-	32, // 36: loopchat.v1.ConversationList.conversations:type_name -> loopchat.v1.ConversationSummary
-	34, // 37: loopchat.v1.ConversationSummary.last_message:type_name -> loopchat.v1.Message
-	1,  // 38: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
-	2,  // 39: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	19, // 15: loopchat.v1.Frame.typing:type_name -> loopchat.v1.Typing
+	20, // 16: loopchat.v1.Frame.set_presence_visible:type_name -> loopchat.v1.SetPresenceVisible
+	21, // 17: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
+	22, // 18: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
+	23, // 19: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
+	24, // 20: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
+	25, // 21: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
+	27, // 22: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
+	28, // 23: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
+	31, // 24: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
+	35, // 25: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
+	32, // 26: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
+	33, // 27: loopchat.v1.Frame.conversation_list:type_name -> loopchat.v1.ConversationList
+	36, // 28: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
+	40, // 29: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
+	37, // 30: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
+	38, // 31: loopchat.v1.Frame.presence:type_name -> loopchat.v1.Presence
+	39, // 32: loopchat.v1.Frame.typing_notice:type_name -> loopchat.v1.TypingNotice
+	26, // 33: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
+	30, // 34: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
+	26, // 35: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
+	0,  // 36: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
+	29, // 37: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
+	30, // 38: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
+	36, // 39: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
+	34, // 40: loopchat.v1.ConversationList.conversations:type_name -> loopchat.v1.ConversationSummary
+	36, // 41: loopchat.v1.ConversationSummary.last_message:type_name -> loopchat.v1.Message
+	1,  // 42: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
+	2,  // 43: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_chat_proto_init() }
@@ -3049,6 +3417,8 @@ func file_chat_proto_init() {
 		(*Frame_History)(nil),
 		(*Frame_MarkRead)(nil),
 		(*Frame_ListConversations)(nil),
+		(*Frame_Typing)(nil),
+		(*Frame_SetPresenceVisible)(nil),
 		(*Frame_RegisterOk)(nil),
 		(*Frame_LoginOk)(nil),
 		(*Frame_Ok)(nil),
@@ -3063,6 +3433,8 @@ func file_chat_proto_init() {
 		(*Frame_Message)(nil),
 		(*Frame_Kicked)(nil),
 		(*Frame_ReadReceipt)(nil),
+		(*Frame_Presence)(nil),
+		(*Frame_TypingNotice)(nil),
 	}
 	file_chat_proto_msgTypes[5].OneofWrappers = []any{
 		(*Send_UserId)(nil),
@@ -3076,7 +3448,7 @@ func file_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_proto_rawDesc), len(file_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   34,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -36,6 +36,12 @@ const (
 	// EventDeviceKick: the session of device with generation gen or lower
 	// must go, kicked with DEVICE_LIMIT (too many devices online).
 	EventDeviceKick = "device_kick"
+	// EventPresence: user_id, a friend of the channel's user, came online
+	// or went offline (last_seen_ms).
+	EventPresence = "presence"
+	// EventTyping: user_id is typing in the conversation with the
+	// channel's user (group_id 0), or in group group_id.
+	EventTyping = "typing"
 )
 
 // ChannelEvent is one JSON object on a user channel. For "message" the
@@ -62,6 +68,14 @@ type ChannelEvent struct {
 	ReaderUserID uint64 `json:"reader_user_id,omitempty"`
 	Conv         string `json:"conv,omitempty"`
 	UpToSeq      uint64 `json:"up_to_seq,omitempty"`
+
+	// For "presence": the friend (user_id, username) whose presence
+	// changed, online or not, and when last seen (offline only). For
+	// "typing": who is typing (user_id, username), and group_id.
+	UserID     uint64 `json:"user_id,omitempty"`
+	Username   string `json:"username,omitempty"`
+	Online     bool   `json:"online,omitempty"`
+	LastSeenMs int64  `json:"last_seen_ms,omitempty"`
 
 	NodeID string `json:"node_id,omitempty"`
 	ConnID uint64 `json:"conn_id,omitempty"`
@@ -131,6 +145,24 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 	case EventRead:
 		if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey || len(ev.NodeID) > maxNodeID {
 			return nil, fmt.Errorf("protocol: read event needs reader_user_id, up_to_seq and a conv of 1-%d bytes", maxConvKey)
+		}
+	case EventPresence:
+		if ev.UserID == 0 || ev.LastSeenMs < 0 || ev.Online && ev.LastSeenMs != 0 {
+			return nil, fmt.Errorf("protocol: presence event needs user_id, and last_seen_ms only when offline, never negative")
+		}
+		if ev.Username != "" {
+			if err := ValidateUsername(ev.Username); err != nil {
+				return nil, fmt.Errorf("protocol: presence event username: %w", err)
+			}
+		}
+	case EventTyping:
+		if ev.UserID == 0 {
+			return nil, fmt.Errorf("protocol: typing event needs user_id")
+		}
+		if ev.Username != "" {
+			if err := ValidateUsername(ev.Username); err != nil {
+				return nil, fmt.Errorf("protocol: typing event username: %w", err)
+			}
 		}
 	default:
 		return nil, fmt.Errorf("protocol: unknown channel event type %q", ev.Type)

@@ -14,7 +14,9 @@ type Event struct {
 	Message    *chatpb.Message
 	Login      *LoginNotice
 	Read       *ReadNotice
-	DeviceKick *DeviceSession // that device's session, at or below Gen, goes (DEVICE_LIMIT)
+	DeviceKick *DeviceSession  // that device's session, at or below Gen, goes (DEVICE_LIMIT)
+	Presence   *PresenceNotice // a friend of the user came online or went offline
+	Typing     *TypingNotice   // someone is typing in a conversation of the user's
 	// OriginNode and OriginConn name the session that sent Message, and
 	// OriginDevice its device: on the sender's own channel (their other
 	// devices) every session of that device is left out, not only the
@@ -31,8 +33,9 @@ type Event struct {
 	// user id now means someone else, drops it.
 	Epoch string
 
-	// frame is Message already encoded as a push, shared by every local
-	// recipient so a group fan-out encodes once. Nil means encode on delivery.
+	// frame is Message (or Presence) already encoded as a push, shared by
+	// every local recipient so a fan-out encodes once. Nil means encode on
+	// delivery.
 	frame []byte
 }
 

@@ -137,6 +137,14 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen, Epoch: ev.Login.Epoch, Device: ev.Login.Device}
 	case ev.DeviceKick != nil:
 		ce = protocol.ChannelEvent{Type: protocol.EventDeviceKick, Device: ev.DeviceKick.Device, Gen: ev.DeviceKick.Gen, Epoch: ev.Epoch}
+	case ev.Presence != nil:
+		n := ev.Presence
+		ce = protocol.ChannelEvent{Type: protocol.EventPresence, UserID: n.UserID, Username: n.Username,
+			Online: n.Online, LastSeenMs: n.LastSeenMs, Epoch: ev.Epoch}
+	case ev.Typing != nil:
+		n := ev.Typing
+		ce = protocol.ChannelEvent{Type: protocol.EventTyping, UserID: n.UserID, Username: n.Username,
+			GroupID: n.GroupID, Epoch: ev.Epoch}
 	case ev.Read != nil:
 		r := ev.Read
 		ce = protocol.ChannelEvent{Type: protocol.EventRead, ReaderUserID: r.Reader, Conv: r.Conv.Key(),
@@ -163,6 +171,13 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 	if ce.Type == protocol.EventLogin {
 		return Event{Login: &LoginNotice{NodeID: ce.NodeID, ConnID: ce.ConnID, AtMs: ce.AtMs, Gen: ce.Gen, Epoch: ce.Epoch,
 			Device: ce.Device}}, nil
+	}
+	if ce.Type == protocol.EventPresence {
+		return Event{Epoch: ce.Epoch, Presence: &PresenceNotice{UserID: ce.UserID, Username: ce.Username,
+			Online: ce.Online, LastSeenMs: ce.LastSeenMs}}, nil
+	}
+	if ce.Type == protocol.EventTyping {
+		return Event{Epoch: ce.Epoch, Typing: &TypingNotice{UserID: ce.UserID, Username: ce.Username, GroupID: ce.GroupID}}, nil
 	}
 	if ce.Type == protocol.EventDeviceKick {
 		return Event{Epoch: ce.Epoch, DeviceKick: &DeviceSession{Device: ce.Device, Gen: ce.Gen}}, nil

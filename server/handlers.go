@@ -87,6 +87,14 @@ func (c *session) handle(f *chatpb.Frame) {
 		resp, err = c.markRead(ctx, b.MarkRead)
 	case *chatpb.Frame_ListConversations:
 		resp, err = c.listConversations(ctx, b.ListConversations)
+	case *chatpb.Frame_SetPresenceVisible:
+		resp, err = c.setPresenceVisible(ctx, b.SetPresenceVisible)
+	case *chatpb.Frame_Typing:
+		resp, err = c.typingNotice(ctx, b.Typing)
+	default:
+		// A request type IsRequest knows but this switch does not: a bug,
+		// never silence.
+		err = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INTERNAL, "request %s not handled", kind)
 	}
 	if errors.Is(err, errSuperseded) {
 		// Kicked already: the Kicked frame is this request's last word.
@@ -241,9 +249,14 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	var expires time.Time
 	ok.Token, expires = c.srv.tokens.Load().issue(u, now, ep)
 	ok.TokenExpiresAtMs = expires.UnixMilli()
-	if ok.Friends, ok.Groups, err = c.contacts(ctx, u.ID); err != nil {
+	var friends []User
+	if ok.Friends, ok.Groups, friends, err = c.contacts(ctx, u.ID); err != nil {
 		c.logger().Warn("login: contacts unavailable", "err", err)
 	}
+	// Online to friends from now: after the friend list was read, so that
+	// a friend's change from here on reaches this session after LoginOK
+	// (pushes wait for the replay), and the list is never newer than it.
+	ok.PresenceHidden = c.srv.presence.join(ctx, info, friends)
 	c.srv.metrics.logins.Inc()
 	c.loggedInOnce.Store(true)
 	c.srv.releaseAnonymous(c)
@@ -302,58 +315,81 @@ func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch str
 	return u, nil
 }
 
-// contacts lists uid's friends and groups with who is online now.
-func (c *session) contacts(ctx context.Context, uid uint64) ([]*chatpb.Friend, []*chatpb.Group, error) {
+// contacts lists uid's friends and groups with their presence now, and
+// the friends as the store has them.
+func (c *session) contacts(ctx context.Context, uid uint64) ([]*chatpb.Friend, []*chatpb.Group, []User, error) {
 	friends, err := c.srv.store.Friends(ctx, uid)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	groups, err := c.srv.store.GroupsOf(ctx, uid)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, friends, err
 	}
-	var ids []uint64
-	for _, f := range friends {
-		ids = append(ids, f.ID)
+	ids := make([]uint64, len(friends))
+	for i, f := range friends {
+		ids[i] = f.ID
+	}
+	if len(groups) == 0 {
+		// Friends are each listed once: no set needed.
+		states, err := c.srv.store.Presence(ctx, ids)
+		if err != nil {
+			return nil, nil, friends, err
+		}
+		return friendList(friends, states), nil, friends, nil
 	}
 	for _, g := range groups {
 		for _, m := range g.Members {
 			ids = append(ids, m.UserID)
 		}
 	}
-	online, err := c.onlineSet(ctx, ids)
+	pres, err := c.presenceOf(ctx, ids)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, friends, err
 	}
-	return friendList(friends, online), groupList(groups, online), nil
+	states := make([]PresenceState, len(friends))
+	for i, f := range friends {
+		states[i] = pres[f.ID]
+	}
+	return friendList(friends, states), groupList(groups, pres), friends, nil
 }
 
-func (c *session) onlineSet(ctx context.Context, ids []uint64) (map[uint64]bool, error) {
-	flags, err := c.srv.broker.Online(ctx, ids)
+// presenceOf reads the presence of ids (each once) as friends see it.
+func (c *session) presenceOf(ctx context.Context, ids []uint64) (map[uint64]PresenceState, error) {
+	set := make(map[uint64]PresenceState, len(ids))
+	uniq := make([]uint64, 0, len(ids))
+	for _, id := range ids {
+		if _, dup := set[id]; !dup {
+			set[id] = PresenceState{}
+			uniq = append(uniq, id)
+		}
+	}
+	states, err := c.srv.store.Presence(ctx, uniq)
 	if err != nil {
 		return nil, err
 	}
-	set := make(map[uint64]bool, len(ids))
-	for i, id := range ids {
-		set[id] = flags[i]
+	for i, id := range uniq {
+		set[id] = states[i]
 	}
 	return set, nil
 }
 
-func friendList(friends []User, online map[uint64]bool) []*chatpb.Friend {
+// friendList is friends with their presence, states[i] being friends[i]'s.
+func friendList(friends []User, states []PresenceState) []*chatpb.Friend {
 	out := make([]*chatpb.Friend, 0, len(friends))
-	for _, f := range friends {
-		out = append(out, &chatpb.Friend{UserId: f.ID, Username: f.Name, Online: online[f.ID]})
+	for i, f := range friends {
+		p := states[i]
+		out = append(out, &chatpb.Friend{UserId: f.ID, Username: f.Name, Online: p.Online, LastSeenMs: p.LastSeenMs})
 	}
 	return out
 }
 
-func groupList(groups []Group, online map[uint64]bool) []*chatpb.Group {
+func groupList(groups []Group, pres map[uint64]PresenceState) []*chatpb.Group {
 	out := make([]*chatpb.Group, 0, len(groups))
 	for _, g := range groups {
 		pg := &chatpb.Group{GroupId: g.ID, Name: g.Name, Description: g.Description}
 		for _, m := range g.Members {
-			pg.Members = append(pg.Members, &chatpb.Member{UserId: m.UserID, Username: m.Username, Role: m.Role, Online: online[m.UserID]})
+			pg.Members = append(pg.Members, &chatpb.Member{UserId: m.UserID, Username: m.Username, Role: m.Role, Online: pres[m.UserID].Online})
 		}
 		out = append(out, pg)
 	}
@@ -529,11 +565,11 @@ func (c *session) listFriends(ctx context.Context) (*chatpb.Frame, error) {
 	for i, f := range friends {
 		ids[i] = f.ID
 	}
-	online, err := c.onlineSet(ctx, ids)
+	states, err := c.srv.store.Presence(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	return &chatpb.Frame{Body: &chatpb.Frame_FriendList{FriendList: &chatpb.FriendList{Friends: friendList(friends, online)}}}, nil
+	return &chatpb.Frame{Body: &chatpb.Frame_FriendList{FriendList: &chatpb.FriendList{Friends: friendList(friends, states)}}}, nil
 }
 
 func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*chatpb.Frame, error) {
@@ -565,7 +601,7 @@ func (c *session) leaveGroup(ctx context.Context, req *chatpb.LeaveGroup) (*chat
 }
 
 func (c *session) listGroups(ctx context.Context) (*chatpb.Frame, error) {
-	_, groups, err := c.contacts(ctx, c.user.Load().id)
+	_, groups, _, err := c.contacts(ctx, c.user.Load().id)
 	if err != nil {
 		return nil, err
 	}
@@ -704,4 +740,18 @@ func (c *session) listConversations(ctx context.Context, req *chatpb.ListConvers
 		out.Conversations = append(out.Conversations, e)
 	}
 	return &chatpb.Frame{Body: &chatpb.Frame_ConversationList{ConversationList: out}}, nil
+}
+
+// setPresenceVisible shows or hides the caller's presence from their
+// friends, who are told when what they see changes.
+func (c *session) setPresenceVisible(ctx context.Context, req *chatpb.SetPresenceVisible) (*chatpb.Frame, error) {
+	u := c.user.Load()
+	m := c.srv.presence.lock(u.id)
+	defer m.Unlock()
+	ch, err := c.srv.store.SetPresenceVisible(ctx, u.id, req.Visible)
+	if err != nil {
+		return nil, err
+	}
+	c.srv.presence.announce(ctx, u.id, u.name, u.epoch, ch, nil)
+	return okFrame(), nil
 }

@@ -75,6 +75,10 @@ type Options struct {
 	// Zero means 5; it is capped at 16, the devices a store keeps a box
 	// for.
 	MaxDevices int
+	// PresenceGrace is how long a user whose last device went offline
+	// stays online to their friends: a reconnect within it tells them
+	// nothing (docs/presence.md). Zero means 5s.
+	PresenceGrace time.Duration
 	// MaxPending caps one connection's requests waiting for a worker.
 	// Zero means 256.
 	MaxPending int
@@ -210,6 +214,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.RateBurst <= 0 {
 		c.RateBurst = int(2 * c.RateLimit)
+	}
+	if c.PresenceGrace <= 0 {
+		c.PresenceGrace = 5 * time.Second
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 256

@@ -53,7 +53,9 @@ type Server struct {
 	connsMu sync.Mutex
 	conns   map[uint64]*session // every open connection
 
-	users userTable // logged-in users on this node
+	users      userTable // logged-in users on this node
+	presence   *presence
+	transients *transientFlusher
 
 	// ctx is cancelled when the server has shut down; request handlers use it.
 	ctx    context.Context
@@ -116,6 +118,8 @@ func New(o Options) (*Server, error) {
 		addressBusy: refusalFrame(ErrAddressBusy),
 	}
 	s.users.init()
+	s.presence = newPresence(s)
+	s.transients = newTransientFlusher()
 	tk := newTokens(opts.TokenSecret, opts.TokenTTL)
 	s.tokens.Store(&tk)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -184,6 +188,7 @@ func (s *Server) Start() (net.Addr, error) {
 		go s.work()
 	}
 	go s.sweep()
+	go s.transients.run()
 	if s.registry != nil {
 		s.epochStop, s.epochDone = make(chan struct{}), make(chan struct{})
 		go s.watchEpoch(s.epochStop, s.epochDone)
@@ -217,6 +222,12 @@ func (s *Server) Start() (net.Addr, error) {
 			_ = s.Shutdown(ctx)
 			return nil, fmt.Errorf("cluster registry: %w", err)
 		}
+	}
+	pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.presence.start(pctx); err != nil {
+		_ = s.Shutdown(pctx)
+		return nil, fmt.Errorf("presence: %w", err)
 	}
 	s.log.Info("serving", "addr", addr.String(), "engine", s.opts.Engine, "loops", s.opts.Loops)
 	return addr, nil
@@ -267,6 +278,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 		errEngine = s.engine.stop(stopCtx)
 	}
 	s.stopBackground()
+	s.presence.close() // settles what waits on one node: before the store closes
 	s.cancel()
 	if s.registry != nil {
 		s.registry.close(stopCtx)
@@ -339,6 +351,7 @@ func (s *Server) stopBackground() {
 		}
 		close(s.sweepStop)
 		<-s.sweepDone
+		s.transients.close()
 		if s.epochStop != nil {
 			close(s.epochStop)
 			<-s.epochDone
@@ -420,7 +433,17 @@ func (s *Server) sweep() {
 // onEvent is the broker's handler: route an event to this node's sessions
 // of uid (one per device), if any.
 func (s *Server) onEvent(uid uint64, ev Event) {
-	for _, c := range s.users.get(uid) {
+	cs := s.users.get(uid)
+	if len(cs) > 1 && ev.frame == nil {
+		// Once for all the user's devices here.
+		switch {
+		case ev.Presence != nil:
+			ev.frame = ev.Presence.encode()
+		case ev.Typing != nil:
+			ev.frame = ev.Typing.encode()
+		}
+	}
+	for _, c := range cs {
 		s.deliver(c, ev)
 	}
 }
@@ -479,6 +502,24 @@ func (s *Server) deliver(c *session, ev Event) {
 			rr.PeerUserId = r.Conv.A + r.Conv.B - u.id // the other of the pair, from this user's side
 		}
 		c.write(&chatpb.Frame{Body: &chatpb.Frame_ReadReceipt{ReadReceipt: rr}})
+	case ev.Presence != nil:
+		if ev.Presence.UserID == u.id {
+			return // your own presence is not news to you
+		}
+		frame := ev.frame
+		if frame == nil {
+			frame = ev.Presence.encode()
+		}
+		c.pushTransient(frame)
+	case ev.Typing != nil:
+		if ev.Typing.UserID == u.id {
+			return // your own typing, from another device
+		}
+		frame := ev.frame
+		if frame == nil {
+			frame = ev.Typing.encode()
+		}
+		c.pushTransient(frame)
 	case ev.DeviceKick != nil:
 		if ev.DeviceKick.Device == u.device && u.gen <= ev.DeviceKick.Gen {
 			c.kick(chatpb.KickReason_KICK_REASON_DEVICE_LIMIT,
@@ -597,6 +638,7 @@ func (s *Server) unbindUser(ctx context.Context, u *sessionUser, c *session) {
 	if len(next) > 0 {
 		return
 	}
+	s.presence.leave(ctx, u)
 	if err := s.broker.Unsubscribe(ctx, uid); err != nil {
 		s.log.Warn("unsubscribe failed", "user_id", uid, "err", err)
 	}

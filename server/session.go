@@ -80,6 +80,11 @@ type replayState struct {
 	held     []Event
 	overflow bool
 	sent     map[uint64]struct{}
+	// frames are presence and typing pushes held meanwhile (at most
+	// maxHeldPushes; beyond, they are dropped), written before the held
+	// messages: at login they come after LoginOK, whose friend list they
+	// update.
+	frames [][]byte
 }
 
 // maxHeldPushes bounds live pushes buffered during a replay; beyond it the
@@ -109,8 +114,11 @@ type session struct {
 	openedAt int64 // unix ns
 	lastSeen atomic.Int64
 	limiter  *rate.Limiter
-	broken   bool
-	kicked   atomic.Bool
+	// typing limits the Typing notices forwarded (typing.go); made at the
+	// first one. Requests run one at a time: no lock.
+	typing *rate.Limiter
+	broken bool
+	kicked atomic.Bool
 	// loggedInOnce lifts the login deadline for good: a client that logs
 	// out and in again (or registers users) is not a lurker.
 	loggedInOnce atomic.Bool
@@ -133,6 +141,9 @@ type session struct {
 	// then published), and must not be pushed a second time.
 	replayedLate      map[uint64]struct{}
 	replayedLateUntil time.Time
+	// transient holds presence and typing pushes (under pushMu) until the
+	// transient flusher writes them together (transient.go).
+	transient []byte
 }
 
 // A resync that could not read the user's latest session generation tries
@@ -428,6 +439,64 @@ func (c *session) push(m *chatpb.Message, frame []byte) {
 	c.srv.metrics.deliveredLive.Inc()
 }
 
+// pushTransient queues a presence or typing push for the transient
+// flusher (transient.go), or holds it while the inbox replays: a login's
+// LoginOK goes first, and a push that changes a friend's presence after it
+// must not come before it.
+func (c *session) pushTransient(frame []byte) {
+	if frame == nil {
+		return
+	}
+	c.pushMu.Lock()
+	if r := c.replay; r != nil {
+		if len(r.frames) < maxHeldPushes {
+			r.frames = append(r.frames, frame)
+		}
+		c.pushMu.Unlock()
+		return
+	}
+	first := len(c.transient) == 0
+	c.transient = append(c.transient, frame...)
+	full := len(c.transient) >= maxTransientBytes
+	var out []byte
+	if full {
+		out, c.transient = c.transient, nil
+	}
+	c.pushMu.Unlock()
+	switch {
+	case full:
+		c.out.send(out)
+	case first:
+		c.srv.transients.add(c)
+	}
+}
+
+// releaseTransient queues the transient pushes a replay held, to share
+// the flusher's write with what comes next. c.pushMu is held.
+func (c *session) releaseTransient(frames [][]byte) {
+	if len(frames) == 0 {
+		return
+	}
+	first := len(c.transient) == 0
+	for _, f := range frames {
+		c.transient = append(c.transient, f...)
+	}
+	if first {
+		c.srv.transients.add(c)
+	}
+}
+
+// flushTransient writes what pushTransient queued, in one write.
+func (c *session) flushTransient() {
+	c.pushMu.Lock()
+	out := c.transient
+	c.transient = nil
+	c.pushMu.Unlock()
+	if len(out) > 0 {
+		c.out.send(out)
+	}
+}
+
 func (c *session) writePush(m *chatpb.Message, frame []byte) {
 	if frame == nil {
 		var err error
@@ -543,6 +612,8 @@ func (c *session) replayInbox(ctx context.Context, box uint64) {
 			c.pushMu.Unlock()
 			continue
 		}
+		c.releaseTransient(r.frames)
+		r.frames = nil
 		slices.SortFunc(r.held, func(a, b Event) int {
 			return compareU64(a.Message.MsgId, b.Message.MsgId)
 		})

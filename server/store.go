@@ -206,6 +206,26 @@ type Store interface {
 	// unless a newer session of that device is recorded.
 	DeviceOffline(ctx context.Context, uid uint64, device string, gen uint64) error
 
+	// PresenceJoin records that uid has a session on node (a presence
+	// instance: one per server process, presence_store.go). An offline
+	// user becomes online, and unless they hide their presence the change
+	// is announced (Announce; Published when the store published it).
+	PresenceJoin(ctx context.Context, uid uint64, node string) (PresenceChange, error)
+	// PresenceLeave records that node has no session of uid any more, and
+	// reports whether no node has one now: the caller then settles the
+	// user (PresenceSettle) once the offline grace is over.
+	PresenceLeave(ctx context.Context, uid uint64, node string) (last bool, err error)
+	// PresenceSettle drops node from uid's nodes (again: it is
+	// idempotent) and, when no node has a session of an online uid,
+	// records them offline, last seen at atMs; announced unless hidden.
+	PresenceSettle(ctx context.Context, uid uint64, node string, atMs int64) (PresenceChange, error)
+	// Presence reads uids' presence as their friends see it: a user who
+	// hides it is offline with no last seen.
+	Presence(ctx context.Context, uids []uint64) ([]PresenceState, error)
+	// SetPresenceVisible shows or hides uid's presence from their
+	// friends; announced when that changed.
+	SetPresenceVisible(ctx context.Context, uid uint64, visible bool) (PresenceChange, error)
+
 	// Epoch names the store's contents (epoch.go): made once, when the
 	// store is first used, and kept with its data. A shared store whose
 	// epoch is gone gets a new one here; so does one found rolled back.

@@ -56,10 +56,12 @@ var (
 	bucketConvMeta = []byte("conv_meta") // convKey -> last seq (kept when retention trims everything)
 	// bucketReadSeqs (readstate.go): uid|convKey -> the user's read seq
 	// bucketUserConvs (convlist.go): uid|convKey -> empty, the user's 1:1 conversations
+	// bucketPresence, bucketPresenceHidden (presence_store.go): last seen, and who hides their presence
 	bucketMeta = []byte("meta") // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
 	allBuckets = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
-		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketDevices, bucketUserConvs, bucketMeta}
+		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketDevices, bucketUserConvs,
+		bucketPresence, bucketPresenceHidden, bucketMeta}
 	// keyWALApplied is where the message log has been copied up to.
 	keyWALApplied = []byte("wal_applied")
 	keyEpoch      = []byte("epoch")
@@ -161,8 +163,9 @@ type BoltStore struct {
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
 	localSessions
-	devices boltDevices
-	epoch   string // made when the file was created (epoch.go)
+	presence localPresence
+	devices  boltDevices
+	epoch    string // made when the file was created (epoch.go)
 }
 
 // OpenBoltStore opens (creating if needed) the database at cfg.Path.
@@ -242,7 +245,12 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{},
 		convs: map[Conversation]*convState{}, maxConvs: maxConvStates}
 	s.unappliedFrom = map[uint64]int{}
-	if err := db.View(s.devices.load); err != nil {
+	if err := db.View(func(tx *bolt.Tx) error {
+		if err := s.devices.load(tx); err != nil {
+			return err
+		}
+		return s.presence.loadHidden(tx)
+	}); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
 	}
@@ -409,20 +417,36 @@ func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) erro
 	})
 }
 
+// Friends names each friend from the name cache, as UserByID does, and
+// reads (and caches) only the records of those it misses: a login reads
+// every friend, and decoding each one's record, password hash included,
+// was most of the cost of a login with 50 friends.
 func (s *BoltStore) Friends(_ context.Context, uid uint64) (out []User, err error) {
+	var learned []User
 	err = s.db.View(func(tx *bolt.Tx) error {
 		prefix := u64(uid)
 		c := tx.Bucket(bucketFriends).Cursor()
 		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
-			u, err := getUser(tx, binary.BigEndian.Uint64(v))
+			id := binary.BigEndian.Uint64(v)
+			if name, ok := s.names.get(id); ok {
+				out = append(out, User{ID: id, Name: name})
+				continue
+			}
+			u, err := getUser(tx, id)
 			if err != nil {
 				return err
 			}
-			u.PasswordHash = nil
+			u.PasswordHash, u.Nonce = nil, 0
 			out = append(out, u)
+			learned = append(learned, u)
 		}
 		return nil
 	})
+	if err == nil {
+		for _, u := range learned {
+			s.remember(u)
+		}
+	}
 	return out, err
 }
 

@@ -504,6 +504,85 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		}
 	})
 
+	t.Run("presence and last seen", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		presence := func(want ...PresenceState) {
+			t.Helper()
+			got, err := s.Presence(ctx, []uint64{a.ID, b.ID})
+			if err != nil || !slices.Equal(got, want) {
+				t.Fatalf("Presence = %v, %v; want %v", got, err, want)
+			}
+		}
+		change := func(ch PresenceChange, err error) PresenceChange {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ch.Published {
+				t.Fatal("published by a store not asked to publish")
+			}
+			return ch
+		}
+		want := func(what string, ch PresenceChange, announce bool, st PresenceState, hidden bool) {
+			t.Helper()
+			if ch.Announce != announce || ch.State != st || ch.Hidden != hidden {
+				t.Fatalf("%s: %+v; want announce %v, %+v, hidden %v", what, ch, announce, st, hidden)
+			}
+		}
+		leave := func(node string, wantLast bool) {
+			t.Helper()
+			if last, err := s.PresenceLeave(ctx, a.ID, node); err != nil || last != wantLast {
+				t.Fatalf("PresenceLeave(%s) = %v, %v; want %v", node, last, err, wantLast)
+			}
+		}
+		on, off := PresenceState{Online: true}, PresenceState{}
+		presence(off, off) // never seen: offline, no last seen
+
+		// The first node announces; a second one does not.
+		want("first join", change(s.PresenceJoin(ctx, a.ID, "n1")), true, on, false)
+		want("second join", change(s.PresenceJoin(ctx, a.ID, "n2")), false, on, false)
+		presence(on, off)
+		leave("n1", false)
+		want("settle with n2 left", change(s.PresenceSettle(ctx, a.ID, "n1", 1000)), false, on, false)
+		leave("n2", true)
+		presence(on, off) // online until settled: the grace
+		want("last settle", change(s.PresenceSettle(ctx, a.ID, "n2", 12345)), true, PresenceState{LastSeenMs: 12345}, false)
+		presence(PresenceState{LastSeenMs: 12345}, off)
+		want("settle again", change(s.PresenceSettle(ctx, a.ID, "n2", 20000)), false, PresenceState{LastSeenMs: 12345}, false)
+
+		// Back on another node within the grace: the settle of the node
+		// left finds it, and nothing is announced.
+		want("join", change(s.PresenceJoin(ctx, a.ID, "n1")), true, on, false)
+		leave("n1", true)
+		want("join elsewhere", change(s.PresenceJoin(ctx, a.ID, "n2")), false, on, false)
+		want("stale settle", change(s.PresenceSettle(ctx, a.ID, "n1", 30000)), false, on, false)
+		presence(on, off)
+
+		// Hidden: friends see offline with no last seen, and nothing of
+		// what happens meanwhile; the last seen is kept for when it shows.
+		want("hide", change(s.SetPresenceVisible(ctx, a.ID, false)), true, off, true)
+		want("hide again", change(s.SetPresenceVisible(ctx, a.ID, false)), false, off, true)
+		presence(off, off)
+		leave("n2", true)
+		want("hidden settle", change(s.PresenceSettle(ctx, a.ID, "n2", 40000)), false, off, true)
+		want("hidden join", change(s.PresenceJoin(ctx, a.ID, "n1")), false, off, true)
+		leave("n1", true)
+		want("hidden settle", change(s.PresenceSettle(ctx, a.ID, "n1", 50000)), false, off, true)
+		presence(off, off)
+		want("show", change(s.SetPresenceVisible(ctx, a.ID, true)), true, PresenceState{LastSeenMs: 50000}, false)
+		presence(PresenceState{LastSeenMs: 50000}, off)
+		want("show again", change(s.SetPresenceVisible(ctx, a.ID, true)), false, PresenceState{LastSeenMs: 50000}, false)
+		want("join", change(s.PresenceJoin(ctx, a.ID, "n1")), true, on, false)
+		want("hide while online", change(s.SetPresenceVisible(ctx, a.ID, false)), true, off, true)
+		want("show while online", change(s.SetPresenceVisible(ctx, a.ID, true)), true, on, false)
+		presence(on, off)
+		if _, err := s.Presence(ctx, nil); err != nil {
+			t.Fatalf("Presence of nobody: %v", err)
+		}
+	})
+
 	t.Run("idempotent client_msg_id", func(t *testing.T) {
 		s := open(t, 100)
 		a, _ := s.CreateUser(ctx, "a", nil)

@@ -495,7 +495,7 @@ func NewRedisStore(cfg RedisConfig) *RedisStore {
 	}
 	cfg.History = cfg.History.withDefaults()
 	return &RedisStore{rdb: cfg.Client, p: cfg.Prefix, cfg: cfg,
-		batch: newRedisBatcher(cfg.Client, cfg.Pipelines, 512, redisStoreScripts...)}
+		batch: newRedisBatcher(cfg.Client, cfg.Pipelines, 512, append(slices.Clone(redisStoreScripts), presenceScripts...)...)}
 }
 
 // Ping checks Redis answers.

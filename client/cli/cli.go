@@ -36,6 +36,8 @@ const Usage = `/register USERNAME PASSWORD
 /history USERNAME|group GROUP_ID [N]
 /read USERNAME|group GROUP_ID SEQ
 /conversations [N]
+/presence visible|hidden
+/typing USERNAME|group GROUP_ID
 /ping
 /wait DURATION
 /quit`
@@ -163,6 +165,32 @@ func (s *shell) pushes() {
 				obj["peer_user_id"] = r.PeerUserId
 			}
 			s.emit(obj, fmt.Sprintf("user %d read your conversation with %s up to #%d", r.ReaderUserId, where, r.UpToSeq))
+		case ev.Presence != nil:
+			p := ev.Presence
+			obj := map[string]any{"event": "presence", "user_id": p.UserId, "username": p.Username, "online": p.Online}
+			who := p.Username
+			if who == "" {
+				who = fmt.Sprintf("user %d", p.UserId)
+			}
+			human := who + " is online"
+			if !p.Online {
+				obj["last_seen_ms"] = p.LastSeenMs
+				human = who + " went offline" + lastSeen(p.LastSeenMs, "15:04:05")
+			}
+			s.emit(obj, human)
+		case ev.Typing != nil:
+			n := ev.Typing
+			obj := map[string]any{"event": "typing", "user_id": n.UserId, "username": n.Username}
+			who := n.Username
+			if who == "" {
+				who = fmt.Sprintf("user %d", n.UserId)
+			}
+			human := who + " is typing…"
+			if n.GroupId != 0 {
+				obj["group_id"] = n.GroupId
+				human = fmt.Sprintf("%s is typing in group %d…", who, n.GroupId)
+			}
+			s.emit(obj, human)
 		case ev.Disconnected != nil || ev == (client.Event{}):
 			s.emit(map[string]any{"event": "disconnected"}, "disconnected")
 		case ev.Reconnected != nil:
@@ -252,10 +280,13 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		if err != nil {
 			return nil, "", err
 		}
+		human := fmt.Sprintf("logged in as %s (user %d) on node %s; %d friends, %d groups",
+			ok.Username, ok.UserId, ok.NodeId, len(ok.Friends), len(ok.Groups))
+		if ok.PresenceHidden {
+			human += "; your presence is hidden"
+		}
 		return map[string]any{"user_id": ok.UserId, "username": ok.Username, "node_id": ok.NodeId,
-				"friends": friendsJSON(ok.Friends), "groups": groupsJSON(ok.Groups)},
-			fmt.Sprintf("logged in as %s (user %d) on node %s; %d friends, %d groups",
-				ok.Username, ok.UserId, ok.NodeId, len(ok.Friends), len(ok.Groups)), nil
+			"friends": friendsJSON(ok.Friends), "groups": groupsJSON(ok.Groups), "presence_hidden": ok.PresenceHidden}, human, nil
 	case "logout":
 		err := s.c.Logout(ctx)
 		return map[string]any{}, "logged out", err
@@ -276,7 +307,11 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		var b strings.Builder
 		fmt.Fprintf(&b, "%d friends", len(fl))
 		for _, f := range fl {
-			fmt.Fprintf(&b, "\n  %s (user %d)%s", f.Username, f.UserId, onlineMark(f.Online))
+			mark := onlineMark(f.Online)
+			if !f.Online && f.LastSeenMs != 0 {
+				mark = " —" + lastSeen(f.LastSeenMs, "01-02 15:04")
+			}
+			fmt.Fprintf(&b, "\n  %s (user %d)%s", f.Username, f.UserId, mark)
 		}
 		return map[string]any{"friends": friendsJSON(fl)}, b.String(), err
 	case "group create":
@@ -369,6 +404,35 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		return map[string]any{"messages": list, "has_more": page.GetHasMore()}, b.String(), nil
 	case "conversations":
 		return s.conversations(ctx, args)
+	case "presence":
+		if len(args) != 1 || args[0] != "visible" && args[0] != "hidden" {
+			return nil, "", usage("/presence visible|hidden")
+		}
+		visible := args[0] == "visible"
+		err := s.c.SetPresenceVisible(ctx, visible)
+		human := "your friends see your presence"
+		if !visible {
+			human = "your presence is hidden: friends see you offline"
+		}
+		return map[string]any{"visible": visible}, human, err
+	case "typing":
+		const form = "/typing USERNAME or /typing group GROUP_ID"
+		req := &chatpb.Typing{}
+		where := ""
+		switch {
+		case len(args) == 2 && args[0] == "group":
+			gid, err := strconv.ParseUint(args[1], 10, 64)
+			if err != nil {
+				return nil, "", usage(form)
+			}
+			req.GroupId, where = gid, fmt.Sprintf("group %d", gid)
+		case len(args) == 1:
+			req.PeerUsername, where = args[0], args[0]
+		default:
+			return nil, "", usage(form)
+		}
+		err := s.c.Typing(ctx, req)
+		return map[string]any{}, "told " + where + " you are typing", err
 	case "ping":
 		start := time.Now()
 		t, err := s.c.Ping(ctx)
@@ -463,6 +527,14 @@ func onlineMark(online bool) string {
 	return ""
 }
 
+// lastSeen is " (last seen <when>)", or "" when not known.
+func lastSeen(ms int64, layout string) string {
+	if ms == 0 {
+		return ""
+	}
+	return " (last seen " + time.UnixMilli(ms).Format(layout) + ")"
+}
+
 func roleMark(r chatpb.Role) string {
 	if r == chatpb.Role_ROLE_CREATOR {
 		return " (creator)"
@@ -473,7 +545,7 @@ func roleMark(r chatpb.Role) string {
 func friendsJSON(fl []*chatpb.Friend) []map[string]any {
 	out := make([]map[string]any, 0, len(fl))
 	for _, f := range fl {
-		out = append(out, map[string]any{"user_id": f.UserId, "username": f.Username, "online": f.Online})
+		out = append(out, map[string]any{"user_id": f.UserId, "username": f.Username, "online": f.Online, "last_seen_ms": f.LastSeenMs})
 	}
 	return out
 }

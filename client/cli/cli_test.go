@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -185,4 +186,98 @@ func TestDeviceIDShowsOwnMessagesFromOtherDevices(t *testing.T) {
 	if !strings.Contains(out, `"event":"message"`) || !strings.Contains(out, `"own":true`) || !strings.Contains(out, `"text":"from the phone"`) {
 		t.Fatalf("the laptop did not show alice's own message from the phone:\n%s", out)
 	}
+}
+
+// A friend's presence changes show as events (human and --json), /friends
+// shows the last seen, and /presence hides or shows the user's own.
+func TestPresenceEventsAndCommand(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{PresenceGrace: 200 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	run := func(script string) string { return runJSON(ctx, t, addr, script) }
+	run("/register alice hunter2hunter2\n/register bob hunter2hunter2\n/login bob hunter2hunter2\n/friend add alice\n")
+	time.Sleep(500 * time.Millisecond) // bob's grace: he is offline before alice comes
+
+	var aliceOut, aliceHuman testproc.SyncBuffer
+	done := make(chan error, 2)
+	go func() {
+		done <- Run(ctx, strings.NewReader("/login alice hunter2hunter2\n/wait 10s\n"),
+			Options{Client: client.Options{Addr: addr}, JSON: true, Out: &aliceOut})
+	}()
+	go func() {
+		done <- Run(ctx, strings.NewReader("/login alice hunter2hunter2\n/wait 10s\n"),
+			Options{Client: client.Options{Addr: addr, DeviceID: "human"}, Out: &aliceHuman})
+	}()
+	testproc.WaitUntil(t, "alice logged in twice", 10*time.Second, func() bool {
+		return strings.Contains(aliceOut.String(), `"cmd":"login","ok":true`) && strings.Contains(aliceHuman.String(), "logged in as alice")
+	})
+	run("/login bob hunter2hunter2\n")
+	testproc.WaitUntil(t, "bob online, then offline", 5*time.Second, func() bool {
+		return strings.Contains(aliceOut.String(), `{"event":"presence","online":true,"user_id":`) &&
+			strings.Contains(aliceOut.String(), `{"event":"presence","last_seen_ms":`) &&
+			strings.Contains(aliceHuman.String(), "bob is online\n") && strings.Contains(aliceHuman.String(), "bob went offline (last seen ")
+	})
+	if out := aliceOut.String(); !strings.Contains(out, `"online":false,"user_id":`) || !strings.Contains(out, `"username":"bob"}`) {
+		t.Fatalf("alice's presence events:\n%s", out)
+	}
+
+	var human bytes.Buffer
+	if err := Run(ctx, strings.NewReader("/login alice hunter2hunter2\n/friends\n"), Options{Client: client.Options{Addr: addr, DeviceID: "list"}, Out: &human}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(human.String(), "1 friends\n  bob (user ") || !strings.Contains(human.String(), ") — (last seen ") {
+		t.Fatalf("human /friends:\n%s", human.String())
+	}
+	out := run("/login bob hunter2hunter2\n/presence hidden\n/presence maybe\n/logout\n/login bob hunter2hunter2\n/presence visible\n")
+	if !strings.Contains(out, `{"event":"response","cmd":"presence","ok":true,"visible":false}`) || !strings.Contains(out, `"code":"usage"`) ||
+		!strings.Contains(out, `"presence_hidden":true`) || !strings.Contains(out, `{"event":"response","cmd":"presence","ok":true,"visible":true}`) {
+		t.Fatalf("bob's /presence:\n%s", out)
+	}
+	cancel()
+	<-done
+	<-done
+}
+
+// /typing tells the peer or the group, whose client shows it (human and
+// --json); a bad target is an error.
+func TestTypingCommandAndEvents(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	run := func(script string) string { return runJSON(ctx, t, addr, script) }
+	run("/register alice hunter2hunter2\n/register bob hunter2hunter2\n")
+	out := run("/login alice hunter2hunter2\n/group create g\n")
+	if !strings.Contains(out, `"group_id":1`) {
+		t.Fatalf("group create:\n%s", out)
+	}
+	var bobJSON, bobHuman testproc.SyncBuffer
+	done := make(chan error, 2)
+	// bob's two devices: one joins the group (once is enough: the user is
+	// the member), and both wait.
+	for i, buf := range []*testproc.SyncBuffer{&bobJSON, &bobHuman} {
+		script := "/login bob hunter2hunter2\n/wait 10s\n"
+		if i == 0 {
+			script = "/login bob hunter2hunter2\n/group join 1\n/wait 10s\n"
+		}
+		go func() {
+			done <- Run(ctx, strings.NewReader(script),
+				Options{Client: client.Options{Addr: addr, DeviceID: fmt.Sprint("d", i)}, JSON: i == 0, Out: buf})
+		}()
+	}
+	testproc.WaitUntil(t, "bob in the group, on two devices", 10*time.Second, func() bool {
+		return strings.Contains(bobJSON.String(), `"cmd":"group join","ok":true`) && strings.Contains(bobHuman.String(), "logged in as bob")
+	})
+	out = run("/login alice hunter2hunter2\n/typing bob\n/typing group 1\n/typing nobody\n/typing\n/typing group x\n")
+	if strings.Count(out, `{"event":"response","cmd":"typing","ok":true}`) != 2 || !strings.Contains(out, `"code":"not_found"`) ||
+		strings.Count(out, `"code":"usage"`) != 2 {
+		t.Fatalf("alice's /typing:\n%s", out)
+	}
+	testproc.WaitUntil(t, "bob sees alice typing", 5*time.Second, func() bool {
+		return strings.Contains(bobJSON.String(), `{"event":"typing","user_id":1,"username":"alice"}`) &&
+			strings.Contains(bobJSON.String(), `{"event":"typing","group_id":1,"user_id":1,"username":"alice"}`) &&
+			strings.Contains(bobHuman.String(), "alice is typing…\n") && strings.Contains(bobHuman.String(), "alice is typing in group 1…\n")
+	})
+	cancel()
+	<-done
+	<-done
 }
