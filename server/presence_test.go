@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -172,4 +173,37 @@ func TestPresenceHidden(t *testing.T) {
 		}
 		carol.noPush(300 * time.Millisecond)
 	})
+}
+
+// TestPresenceShutdownKeepsLastSeen: a node that shuts down cleanly
+// settles everyone at once, those still in their grace and those still
+// connected: their last seen is in the store when it opens again.
+func TestPresenceShutdownKeepsLastSeen(t *testing.T) {
+	opts := testOptions(t, EngineGnet)
+	opts.PresenceGrace = time.Minute
+	ts := startServer(t, opts)
+	alice, aliceOK := ts.user(t, "alice")
+	_, bobOK := ts.user(t, "bob")
+	before := time.Now()
+	alice.c.Close()
+	time.Sleep(100 * time.Millisecond) // alice's cleanup: she is in her grace
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenBoltStore(BoltConfig{Path: opts.storePath()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := s.Presence(ctx, []uint64{aliceOK.UserId, bobOK.UserId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range st {
+		if seen := time.UnixMilli(p.LastSeenMs); p.Online || seen.Before(before.Add(-time.Second)) || seen.After(time.Now()) {
+			t.Fatalf("user %d after the shutdown: %+v; want offline, last seen since %v", i, p, before)
+		}
+	}
 }
