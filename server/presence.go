@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -193,10 +194,14 @@ func (p *presence) settleLoop() {
 			p.queue = nil
 		}
 		p.mu.Unlock()
-		for _, ps := range due {
+		for i, ps := range due {
 			select {
 			case sem <- struct{}{}:
 			case <-p.stop:
+				// Back in the queue, for close to settle on one node.
+				p.mu.Lock()
+				p.queue = append(slices.Clone(due[i:]), p.queue...)
+				p.mu.Unlock()
 				return
 			}
 			wg.Go(func() {

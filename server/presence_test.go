@@ -1,9 +1,13 @@
 package server
 
 import (
+	"context"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
 )
 
@@ -172,4 +176,79 @@ func TestPresenceHidden(t *testing.T) {
 		}
 		carol.noPush(300 * time.Millisecond)
 	})
+}
+
+// TestPresenceShutdownKeepsLastSeen: a node that shuts down cleanly
+// settles everyone at once, those still in their grace and those still
+// connected: their last seen is in the store when it opens again.
+func TestPresenceShutdownKeepsLastSeen(t *testing.T) {
+	opts := testOptions(t, EngineGnet)
+	opts.PresenceGrace = time.Minute
+	ts := startServer(t, opts)
+	alice, aliceOK := ts.user(t, "alice")
+	_, bobOK := ts.user(t, "bob")
+	before := time.Now()
+	alice.c.Close()
+	time.Sleep(100 * time.Millisecond) // alice's cleanup: she is in her grace
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenBoltStore(BoltConfig{Path: opts.storePath()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := s.Presence(ctx, []uint64{aliceOK.UserId, bobOK.UserId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range st {
+		if seen := time.UnixMilli(p.LastSeenMs); p.Online || seen.Before(before.Add(-time.Second)) || seen.After(time.Now()) {
+			t.Fatalf("user %d after the shutdown: %+v; want offline, last seen since %v", i, p, before)
+		}
+	}
+}
+
+// TestPresenceNodeDeclaredDead: a node whose presence heartbeat looks
+// older than the node TTL (cut off from Redis) is swept by another: its
+// users' friends are told they went offline. When its heartbeat gets
+// through again it finds itself swept, starts over as a new instance and
+// joins its users again: friends are told they are back.
+func TestPresenceNodeDeclaredDead(t *testing.T) {
+	r := testproc.StartRedis(t)
+	nodes := clusterNodes(t, r, 2, EngineGnet)
+	a, b := nodes[0], nodes[1]
+	alice, _ := a.user(t, "alice")
+	_, bobOK := b.user(t, "bob")
+	expectOK(t, alice.do(addFriendReq("bob")))
+
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	old := b.presence.instance()
+	// As if b had not beaten for a minute: the next sweep claims it, unless
+	// b's own beat comes first and refreshes it; try until a sweep wins.
+	var p *chatpb.Presence
+	for range 50 {
+		if err := rdb.ZAdd(context.Background(), "loopchat:presence:nodes", redis.Z{Score: 1, Member: old}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if f, err := alice.tryRead(150 * time.Millisecond); err == nil {
+			p = f.GetPresence()
+			break
+		}
+	}
+	if p == nil || p.UserId != bobOK.UserId || p.Online || p.LastSeenMs == 0 {
+		t.Fatalf("alice got %v; want bob swept offline, last seen at his node's last heartbeat", p)
+	}
+	if p := alice.nextPresence(); p.UserId != bobOK.UserId || !p.Online {
+		t.Fatalf("alice got %v; want bob back online once his node beat again", p)
+	}
+	if inst := b.presence.instance(); inst == old {
+		t.Fatal("the swept node kept its presence instance")
+	}
+	if f := friendOf(t, alice, bobOK.UserId); !f.Online {
+		t.Fatalf("bob in alice's list: %v", f)
+	}
 }
