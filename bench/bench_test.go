@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/loopchat/loopchat/bench"
+	"github.com/loopchat/loopchat/client"
 	"github.com/loopchat/loopchat/internal/testnode"
 	"github.com/loopchat/loopchat/internal/testproc"
 	"github.com/loopchat/loopchat/server"
@@ -89,6 +90,26 @@ func TestTinyScenarios(t *testing.T) {
 		check(t, r, err)
 		if r.Sent != r.Delivered {
 			t.Fatalf("history: %d requests, %d good pages", r.Sent, r.Delivered)
+		}
+	})
+	// A login storm of users with friends: the ring is set up first.
+	t.Run("login-friends", func(t *testing.T) {
+		defer bench.SetSettleAfterFriends(50 * time.Millisecond)()
+		cfg := tiny(addr)
+		cfg.Users, cfg.Conns, cfg.Friends = "tfriends", 30, 6
+		r, err := bench.Login(ctx, cfg)
+		check(t, r, err)
+		c, err := client.Dial(ctx, client.Options{Addr: addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Login(ctx, "tfriends0", "bench-password"); err != nil {
+			t.Fatal(err)
+		}
+		fl, err := c.ListFriends(ctx)
+		if err != nil || len(fl) != 6 {
+			t.Fatalf("tfriends0 has %d friends (%v), want 6", len(fl), err)
 		}
 	})
 	t.Run("chat-step", func(t *testing.T) {

@@ -70,13 +70,19 @@ func Conns(ctx context.Context, cfg Config) (Result, error) {
 // Login is a login storm: Conns connections each connect and log in with a
 // token, at Rate per second (open loop) or as fast as possible with 512 at
 // once; latency runs from when the login was due (at Rate) or started to
-// its LoginOK, failures are counted.
+// its LoginOK, failures are counted. With Friends, every user has that
+// many friends among the others, befriended first (not measured).
 func Login(ctx context.Context, cfg Config) (Result, error) {
 	cfg.defaults()
 	res := Result{Server: cfg.Server, Scenario: "login", Conns: cfg.Conns, OfferedRate: cfg.Rate}
 	toks, _, err := tokens(ctx, &cfg, cfg.Conns)
 	if err != nil {
 		return res, err
+	}
+	if cfg.Friends > 0 {
+		if err := befriend(ctx, &cfg, toks); err != nil {
+			return res, err
+		}
 	}
 	rec := newRecorder()
 	conns := make([]*Conn, cfg.Conns)

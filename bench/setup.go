@@ -58,6 +58,11 @@ type Config struct {
 	// latest 50-message page is full and a page before a seq can be too.
 	// Seeding is not measured.
 	SeedMessages int
+	// Friends makes the login scenario befriend each user with this many
+	// others before the storm (not measured): user i with users i+1 ..
+	// i+Friends/2, wrapping around, so every user has Friends friends
+	// (fewer when Conns is smaller). Zero means none.
+	Friends int
 	// ServerPID, when set, is sampled for RSS and CPU.
 	ServerPID int
 	// Server names the target in results ("gnet", "net", "echo", ...).
@@ -151,6 +156,65 @@ func tokens(ctx context.Context, cfg *Config, n int) ([]string, []uint64, error)
 		})
 	}
 	return toks, ids, g.Wait()
+}
+
+// settleAfterFriends is how long the login scenario waits after
+// befriending its users (each logged in and out again for it) before the
+// storm: a server may still be working through those logouts (friends are
+// told of a user going offline only after a grace of a few seconds), and
+// that work must not land in the measured storm. A variable for the tiny
+// test.
+var settleAfterFriends = 6 * time.Second
+
+// befriend makes each of the n users friends with the next half of
+// cfg.Friends users (wrapping), logging each in with its token and out
+// again. A friendship that exists already is fine.
+func befriend(ctx context.Context, cfg *Config, toks []string) error {
+	n := len(toks)
+	half := min(cfg.Friends/2, (n-1)/2)
+	if half <= 0 {
+		return nil
+	}
+	var next atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for w := range setupParallel {
+		g.Go(func() error {
+			ctx := gctx
+			c, err := Dial(ctx, cfg.addr(w), netip.Addr{})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return nil
+				}
+				login := &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: toks[i]}}}
+				if _, err := c.Call(ctx, login); err != nil {
+					return fmt.Errorf("login %s: %w", cfg.user(i), err)
+				}
+				for d := 1; d <= half; d++ {
+					add := &chatpb.Frame{Body: &chatpb.Frame_AddFriend{AddFriend: &chatpb.AddFriend{Username: cfg.user((i + d) % n)}}}
+					if _, err := c.Call(ctx, add); err != nil && !protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS) {
+						return fmt.Errorf("%s befriends %s: %w", cfg.user(i), cfg.user((i+d)%n), err)
+					}
+				}
+				if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}}); err != nil {
+					return err
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(settleAfterFriends):
+	}
+	return nil
 }
 
 // connectAll opens n connections (from distinct source addresses) and

@@ -58,6 +58,11 @@ type Options struct {
 	EventBuffer int
 	// Logger gets the client's debug logs. Nil means none.
 	Logger *slog.Logger
+	// DeviceID names this installation to the server (Login.device_id):
+	// each device has its own inbox and may be online beside the user's
+	// other devices. Keep it stable across runs. Empty is the device every
+	// client without an id shares.
+	DeviceID string
 }
 
 // Event is one push or connection event; exactly one field is set.
@@ -69,6 +74,13 @@ type Event struct {
 	// Read is a read receipt: the peer (or you, on another session) read a
 	// conversation up to a seq.
 	Read *chatpb.ReadReceipt
+	// Presence is a friend's presence change: online, or offline with
+	// when they were last seen. It carries the friend's whole state; apply
+	// it over the friend list of the last LoginOK.
+	Presence *chatpb.Presence
+	// Typing says someone is typing in a conversation of yours: show it
+	// for 5 s, or until their next message there.
+	Typing *chatpb.TypingNotice
 	// Error is an error pushed without a request (e.g. a protocol error).
 	Error *chatpb.Error
 	// Disconnected reports a lost connection, with the cause.
@@ -91,6 +103,7 @@ type Client struct {
 	stopRe   bool          // no reconnect (closed, logged out, kicked for a newer login)
 	backoff  time.Duration // next reconnect delay; reset by a successful reconnect
 	username string        // from the last LoginOK
+	userID   uint64        // likewise
 	closed   bool
 	done     chan struct{}
 	wg       sync.WaitGroup
@@ -176,6 +189,14 @@ func (c *Client) Username() string {
 	return c.username
 }
 
+// UserID is who the last LoginOK said we are (0 before any login). A
+// Message from this id is the user's own, sent from another device.
+func (c *Client) UserID() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.userID
+}
+
 // Close closes the connection and stops reconnecting; Events is closed once
 // the reader has stopped.
 func (c *Client) Close() error {
@@ -215,7 +236,7 @@ func (c *Client) readLoop(conn net.Conn) {
 			if ok := f.GetLoginOk(); ok != nil {
 				// Recorded before reading on, so pushes that follow the
 				// LoginOK already see who we are.
-				c.username = ok.Username
+				c.username, c.userID = ok.Username, ok.UserId
 			}
 			ch := c.pending[f.Seq]
 			delete(c.pending, f.Seq)
@@ -229,7 +250,7 @@ func (c *Client) readLoop(conn net.Conn) {
 		case *chatpb.Frame_Message:
 			c.emit(Event{Message: b.Message})
 		case *chatpb.Frame_Kicked:
-			if b.Kicked.Reason == chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE {
+			if r := b.Kicked.Reason; r == chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE || r == chatpb.KickReason_KICK_REASON_DEVICE_LIMIT {
 				c.mu.Lock()
 				c.stopRe = true
 				c.mu.Unlock()
@@ -239,6 +260,10 @@ func (c *Client) readLoop(conn net.Conn) {
 			c.emit(Event{Error: b.Error})
 		case *chatpb.Frame_ReadReceipt:
 			c.emit(Event{Read: b.ReadReceipt})
+		case *chatpb.Frame_Presence:
+			c.emit(Event{Presence: b.Presence})
+		case *chatpb.Frame_TypingNotice:
+			c.emit(Event{Typing: b.TypingNotice})
 		}
 	}
 	conn.Close()

@@ -219,3 +219,59 @@ func TestKeepalivePingsHoldTheConnection(t *testing.T) {
 		t.Fatalf("a client without pings got %+v, want the idle kick", ev)
 	}
 }
+
+// Friends' presence changes arrive as Event.Presence; SetPresenceVisible
+// hides the user's; typing arrives as Event.Typing.
+func TestPresenceThroughTheSDK(t *testing.T) {
+	_, addr := startServer(t, server.Options{DataDir: t.TempDir(), PresenceGrace: 200 * time.Millisecond})
+	ctx := context.Background()
+	alice := dial(t, client.Options{Addr: addr})
+	bob := dial(t, client.Options{Addr: addr})
+	for c, name := range map[*client.Client]string{alice: "alice", bob: "bob"} {
+		if _, err := c.Register(ctx, name, "password1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Login(ctx, name, "password1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := alice.AddFriend(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	presence := func() *chatpb.Presence {
+		t.Helper()
+		ev := nextEvent(t, alice)
+		if ev.Presence == nil {
+			t.Fatalf("event %+v; want a presence change", ev)
+		}
+		return ev.Presence
+	}
+	if err := bob.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p := presence(); p.Username != "bob" || p.Online || p.LastSeenMs == 0 {
+		t.Fatalf("after bob's logout: %v", p)
+	}
+	if fl, err := alice.ListFriends(ctx); err != nil || len(fl) != 1 || fl[0].Online || fl[0].LastSeenMs == 0 {
+		t.Fatalf("friends %v, %v; want bob offline with a last seen", fl, err)
+	}
+	if _, err := bob.Login(ctx, "bob", "password1"); err != nil {
+		t.Fatal(err)
+	}
+	if p := presence(); !p.Online {
+		t.Fatalf("after bob's login: %v", p)
+	}
+	if err := bob.SetPresenceVisible(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if p := presence(); p.Online || p.LastSeenMs != 0 {
+		t.Fatalf("after bob hid: %v", p)
+	}
+	// Typing is not presence: it reaches alice though bob hides.
+	if err := bob.TypingTo(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, alice); ev.Typing == nil || ev.Typing.Username != "bob" || ev.Typing.GroupId != 0 {
+		t.Fatalf("event %+v; want bob typing", ev)
+	}
+}

@@ -19,12 +19,12 @@ func (c *Client) Register(ctx context.Context, username, password string) (uint6
 // Login logs in with a password. The server then pushes every message
 // waiting in the inbox, oldest first.
 func (c *Client) Login(ctx context.Context, username, password string) (*chatpb.LoginOK, error) {
-	return c.login(ctx, &chatpb.Login{Username: username, Password: password})
+	return c.login(ctx, &chatpb.Login{Username: username, Password: password, DeviceId: c.opts.DeviceID})
 }
 
 // LoginToken logs in with a token from an earlier LoginOK.
 func (c *Client) LoginToken(ctx context.Context, token string) (*chatpb.LoginOK, error) {
-	return c.login(ctx, &chatpb.Login{Token: token})
+	return c.login(ctx, &chatpb.Login{Token: token, DeviceId: c.opts.DeviceID})
 }
 
 func (c *Client) login(ctx context.Context, req *chatpb.Login) (*chatpb.LoginOK, error) {
@@ -42,7 +42,7 @@ func (c *Client) login(ctx context.Context, req *chatpb.Login) (*chatpb.LoginOK,
 // Logout ends the session; the connection stays open, unauthenticated.
 func (c *Client) Logout(ctx context.Context) error {
 	c.mu.Lock()
-	c.token, c.stopRe, c.username = "", true, ""
+	c.token, c.stopRe, c.username, c.userID = "", true, "", 0
 	c.mu.Unlock()
 	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}})
 	return err
@@ -98,13 +98,40 @@ func (c *Client) AddFriend(ctx context.Context, username string) error {
 	return err
 }
 
-// ListFriends lists friends with their online state.
+// ListFriends lists friends with their presence: online, or when last seen.
 func (c *Client) ListFriends(ctx context.Context) ([]*chatpb.Friend, error) {
 	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}})
 	if err != nil {
 		return nil, err
 	}
 	return resp.GetFriendList().GetFriends(), nil
+}
+
+// SetPresenceVisible shows (true) or hides (false) the user's presence
+// from their friends; the setting is kept across logins
+// (LoginOK.presence_hidden).
+func (c *Client) SetPresenceVisible(ctx context.Context, visible bool) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_SetPresenceVisible{SetPresenceVisible: &chatpb.SetPresenceVisible{Visible: visible}}})
+	return err
+}
+
+// Typing tells the other side of a conversation (named as for History:
+// peer by id or name, or a group) that the user is typing. Call it every
+// 3 s while they type; receivers show it for 5 s. The server drops notices
+// past its typing rate (1 a second, 3 at once) and still answers OK.
+func (c *Client) Typing(ctx context.Context, req *chatpb.Typing) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Typing{Typing: req}})
+	return err
+}
+
+// TypingTo tells a user (by name) that the user is typing to them.
+func (c *Client) TypingTo(ctx context.Context, username string) error {
+	return c.Typing(ctx, &chatpb.Typing{PeerUsername: username})
+}
+
+// TypingInGroup tells a group's other members that the user is typing there.
+func (c *Client) TypingInGroup(ctx context.Context, gid uint64) error {
+	return c.Typing(ctx, &chatpb.Typing{GroupId: gid})
 }
 
 // CreateGroup creates a group with the caller as its creator and returns its id.
@@ -153,4 +180,15 @@ func (c *Client) History(ctx context.Context, req *chatpb.History) (*chatpb.Hist
 func (c *Client) MarkRead(ctx context.Context, req *chatpb.MarkRead) error {
 	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_MarkRead{MarkRead: req}})
 	return err
+}
+
+// ListConversations lists the caller's conversations, most recent first,
+// each with its last message, last seq, the caller's read seq and unread
+// count: up to limit (1-500; 0 means 100), and whether there are more.
+func (c *Client) ListConversations(ctx context.Context, limit uint32) (*chatpb.ConversationList, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListConversations{ListConversations: &chatpb.ListConversations{Limit: limit}}})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetConversationList(), nil
 }

@@ -162,6 +162,10 @@ const (
 	// and every token issued before, may no longer exist. Log in again with
 	// a password (the account may be gone: register again).
 	KickReason_KICK_REASON_STORE_RESET KickReason = 7
+	// The user logged in on more devices than the server allows at once, and
+	// this one had the oldest login. Do not reconnect by yourself: the user's
+	// newer device would be the one kicked next, and so on in a loop.
+	KickReason_KICK_REASON_DEVICE_LIMIT KickReason = 8
 )
 
 // Enum value maps for KickReason.
@@ -175,6 +179,7 @@ var (
 		5: "KICK_REASON_PROTOCOL_ERROR",
 		6: "KICK_REASON_LOGIN_TIMEOUT",
 		7: "KICK_REASON_STORE_RESET",
+		8: "KICK_REASON_DEVICE_LIMIT",
 	}
 	KickReason_value = map[string]int32{
 		"KICK_REASON_UNSPECIFIED":          0,
@@ -185,6 +190,7 @@ var (
 		"KICK_REASON_PROTOCOL_ERROR":       5,
 		"KICK_REASON_LOGIN_TIMEOUT":        6,
 		"KICK_REASON_STORE_RESET":          7,
+		"KICK_REASON_DEVICE_LIMIT":         8,
 	}
 )
 
@@ -236,6 +242,9 @@ type Frame struct {
 	//	*Frame_ListGroups
 	//	*Frame_History
 	//	*Frame_MarkRead
+	//	*Frame_ListConversations
+	//	*Frame_Typing
+	//	*Frame_SetPresenceVisible
 	//	*Frame_RegisterOk
 	//	*Frame_LoginOk
 	//	*Frame_Ok
@@ -246,9 +255,12 @@ type Frame struct {
 	//	*Frame_GroupList
 	//	*Frame_Error
 	//	*Frame_HistoryPage
+	//	*Frame_ConversationList
 	//	*Frame_Message
 	//	*Frame_Kicked
 	//	*Frame_ReadReceipt
+	//	*Frame_Presence
+	//	*Frame_TypingNotice
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -424,6 +436,33 @@ func (x *Frame) GetMarkRead() *MarkRead {
 	return nil
 }
 
+func (x *Frame) GetListConversations() *ListConversations {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ListConversations); ok {
+			return x.ListConversations
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetTyping() *Typing {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Typing); ok {
+			return x.Typing
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetSetPresenceVisible() *SetPresenceVisible {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_SetPresenceVisible); ok {
+			return x.SetPresenceVisible
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetRegisterOk() *RegisterOK {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_RegisterOk); ok {
@@ -514,6 +553,15 @@ func (x *Frame) GetHistoryPage() *HistoryPage {
 	return nil
 }
 
+func (x *Frame) GetConversationList() *ConversationList {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ConversationList); ok {
+			return x.ConversationList
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetMessage() *Message {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_Message); ok {
@@ -536,6 +584,24 @@ func (x *Frame) GetReadReceipt() *ReadReceipt {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_ReadReceipt); ok {
 			return x.ReadReceipt
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetPresence() *Presence {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Presence); ok {
+			return x.Presence
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetTypingNotice() *TypingNotice {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_TypingNotice); ok {
+			return x.TypingNotice
 		}
 	}
 	return nil
@@ -602,6 +668,18 @@ type Frame_MarkRead struct {
 	MarkRead *MarkRead `protobuf:"bytes,23,opt,name=mark_read,json=markRead,proto3,oneof"`
 }
 
+type Frame_ListConversations struct {
+	ListConversations *ListConversations `protobuf:"bytes,24,opt,name=list_conversations,json=listConversations,proto3,oneof"`
+}
+
+type Frame_Typing struct {
+	Typing *Typing `protobuf:"bytes,25,opt,name=typing,proto3,oneof"`
+}
+
+type Frame_SetPresenceVisible struct {
+	SetPresenceVisible *SetPresenceVisible `protobuf:"bytes,26,opt,name=set_presence_visible,json=setPresenceVisible,proto3,oneof"`
+}
+
 type Frame_RegisterOk struct {
 	// Responses (server to client, echoing seq), field numbers 40-69.
 	RegisterOk *RegisterOK `protobuf:"bytes,40,opt,name=register_ok,json=registerOk,proto3,oneof"`
@@ -643,6 +721,10 @@ type Frame_HistoryPage struct {
 	HistoryPage *HistoryPage `protobuf:"bytes,49,opt,name=history_page,json=historyPage,proto3,oneof"`
 }
 
+type Frame_ConversationList struct {
+	ConversationList *ConversationList `protobuf:"bytes,50,opt,name=conversation_list,json=conversationList,proto3,oneof"`
+}
+
 type Frame_Message struct {
 	// Pushes (server to client, seq 0), field numbers 70-99.
 	Message *Message `protobuf:"bytes,70,opt,name=message,proto3,oneof"`
@@ -654,6 +736,14 @@ type Frame_Kicked struct {
 
 type Frame_ReadReceipt struct {
 	ReadReceipt *ReadReceipt `protobuf:"bytes,72,opt,name=read_receipt,json=readReceipt,proto3,oneof"`
+}
+
+type Frame_Presence struct {
+	Presence *Presence `protobuf:"bytes,73,opt,name=presence,proto3,oneof"`
+}
+
+type Frame_TypingNotice struct {
+	TypingNotice *TypingNotice `protobuf:"bytes,74,opt,name=typing_notice,json=typingNotice,proto3,oneof"`
 }
 
 func (*Frame_Register) isFrame_Body() {}
@@ -684,6 +774,12 @@ func (*Frame_History) isFrame_Body() {}
 
 func (*Frame_MarkRead) isFrame_Body() {}
 
+func (*Frame_ListConversations) isFrame_Body() {}
+
+func (*Frame_Typing) isFrame_Body() {}
+
+func (*Frame_SetPresenceVisible) isFrame_Body() {}
+
 func (*Frame_RegisterOk) isFrame_Body() {}
 
 func (*Frame_LoginOk) isFrame_Body() {}
@@ -704,11 +800,17 @@ func (*Frame_Error) isFrame_Body() {}
 
 func (*Frame_HistoryPage) isFrame_Body() {}
 
+func (*Frame_ConversationList) isFrame_Body() {}
+
 func (*Frame_Message) isFrame_Body() {}
 
 func (*Frame_Kicked) isFrame_Body() {}
 
 func (*Frame_ReadReceipt) isFrame_Body() {}
+
+func (*Frame_Presence) isFrame_Body() {}
+
+func (*Frame_TypingNotice) isFrame_Body() {}
 
 type Register struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -765,10 +867,17 @@ func (x *Register) GetPassword() string {
 // Login authenticates the connection either with username and password or
 // with a token from an earlier LoginOK. A non-empty token wins.
 type Login struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Username      string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
-	Password      string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
-	Token         string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Username string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	Password string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	Token    string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	// device_id names this client installation (a phone, a laptop): chosen
+	// by the client, stable across its logins, at most 64 bytes of UTF-8.
+	// Empty is a device too, the one every client without an id shares.
+	// Each device has its own inbox and may be online beside the user's
+	// other devices (up to the server's max devices); a newer login of the
+	// same device replaces the older one.
+	DeviceId      string `protobuf:"bytes,4,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -820,6 +929,13 @@ func (x *Login) GetPassword() string {
 func (x *Login) GetToken() string {
 	if x != nil {
 		return x.Token
+	}
+	return ""
+}
+
+func (x *Login) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
 	}
 	return ""
 }
@@ -1477,6 +1593,167 @@ func (x *MarkRead) GetPeerUsername() string {
 	return ""
 }
 
+// ListConversations lists the caller's conversations that have messages,
+// the most recent first: what a chat app's first screen shows.
+type ListConversations struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1-500; 0 means 100.
+	Limit         uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConversations) Reset() {
+	*x = ListConversations{}
+	mi := &file_chat_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConversations) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConversations) ProtoMessage() {}
+
+func (x *ListConversations) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConversations.ProtoReflect.Descriptor instead.
+func (*ListConversations) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListConversations) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// Typing tells the other side of a conversation (named as in History)
+// that the caller is typing in it: the peer, or the group's other members.
+// Transient: not stored, not acknowledged, answered with OK, which does not
+// mean it was delivered (notices over the typing rate are dropped, and an
+// offline peer never sees one). Send it again every 3 s while typing goes
+// on; receivers show it for 5 s.
+type Typing struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of peer_user_id, peer_username and group_id.
+	PeerUserId    uint64 `protobuf:"varint,1,opt,name=peer_user_id,json=peerUserId,proto3" json:"peer_user_id,omitempty"`
+	PeerUsername  string `protobuf:"bytes,2,opt,name=peer_username,json=peerUsername,proto3" json:"peer_username,omitempty"`
+	GroupId       uint64 `protobuf:"varint,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Typing) Reset() {
+	*x = Typing{}
+	mi := &file_chat_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Typing) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Typing) ProtoMessage() {}
+
+func (x *Typing) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Typing.ProtoReflect.Descriptor instead.
+func (*Typing) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Typing) GetPeerUserId() uint64 {
+	if x != nil {
+		return x.PeerUserId
+	}
+	return 0
+}
+
+func (x *Typing) GetPeerUsername() string {
+	if x != nil {
+		return x.PeerUsername
+	}
+	return ""
+}
+
+func (x *Typing) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+// SetPresenceVisible shows (true) or hides (false) the caller's presence
+// from their friends: hidden, they see the caller offline, with no last
+// seen. Kept until changed; answered with OK.
+type SetPresenceVisible struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Visible       bool                   `protobuf:"varint,1,opt,name=visible,proto3" json:"visible,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPresenceVisible) Reset() {
+	*x = SetPresenceVisible{}
+	mi := &file_chat_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPresenceVisible) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPresenceVisible) ProtoMessage() {}
+
+func (x *SetPresenceVisible) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPresenceVisible.ProtoReflect.Descriptor instead.
+func (*SetPresenceVisible) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SetPresenceVisible) GetVisible() bool {
+	if x != nil {
+		return x.Visible
+	}
+	return false
+}
+
 type RegisterOK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1486,7 +1763,7 @@ type RegisterOK struct {
 
 func (x *RegisterOK) Reset() {
 	*x = RegisterOK{}
-	mi := &file_chat_proto_msgTypes[15]
+	mi := &file_chat_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1775,7 @@ func (x *RegisterOK) String() string {
 func (*RegisterOK) ProtoMessage() {}
 
 func (x *RegisterOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[15]
+	mi := &file_chat_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1788,7 @@ func (x *RegisterOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterOK.ProtoReflect.Descriptor instead.
 func (*RegisterOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{15}
+	return file_chat_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegisterOK) GetUserId() uint64 {
@@ -1534,14 +1811,20 @@ type LoginOK struct {
 	// store_epoch names the server's store contents. When it changes between
 	// logins, the store was reset: seqs and history cached from before name
 	// other messages, and must be dropped.
-	StoreEpoch    string `protobuf:"bytes,8,opt,name=store_epoch,json=storeEpoch,proto3" json:"store_epoch,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	StoreEpoch string `protobuf:"bytes,8,opt,name=store_epoch,json=storeEpoch,proto3" json:"store_epoch,omitempty"`
+	// device_id is the device this session is, as the server knows it (the
+	// empty device when the server allows one device per user).
+	DeviceId string `protobuf:"bytes,9,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// presence_hidden: the user hides their presence from friends
+	// (SetPresenceVisible{visible: false}).
+	PresenceHidden bool `protobuf:"varint,10,opt,name=presence_hidden,json=presenceHidden,proto3" json:"presence_hidden,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *LoginOK) Reset() {
 	*x = LoginOK{}
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1836,7 @@ func (x *LoginOK) String() string {
 func (*LoginOK) ProtoMessage() {}
 
 func (x *LoginOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[16]
+	mi := &file_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1849,7 @@ func (x *LoginOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginOK.ProtoReflect.Descriptor instead.
 func (*LoginOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{16}
+	return file_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LoginOK) GetUserId() uint64 {
@@ -1625,6 +1908,20 @@ func (x *LoginOK) GetStoreEpoch() string {
 	return ""
 }
 
+func (x *LoginOK) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *LoginOK) GetPresenceHidden() bool {
+	if x != nil {
+		return x.PresenceHidden
+	}
+	return false
+}
+
 type OK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1633,7 +1930,7 @@ type OK struct {
 
 func (x *OK) Reset() {
 	*x = OK{}
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1942,7 @@ func (x *OK) String() string {
 func (*OK) ProtoMessage() {}
 
 func (x *OK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[17]
+	mi := &file_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1955,7 @@ func (x *OK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OK.ProtoReflect.Descriptor instead.
 func (*OK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{17}
+	return file_chat_proto_rawDescGZIP(), []int{20}
 }
 
 type Pong struct {
@@ -1670,7 +1967,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1682,7 +1979,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1695,7 +1992,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Pong) GetServerTimeMs() int64 {
@@ -1720,7 +2017,7 @@ type SendOK struct {
 
 func (x *SendOK) Reset() {
 	*x = SendOK{}
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +2029,7 @@ func (x *SendOK) String() string {
 func (*SendOK) ProtoMessage() {}
 
 func (x *SendOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +2042,7 @@ func (x *SendOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendOK.ProtoReflect.Descriptor instead.
 func (*SendOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SendOK) GetMsgId() uint64 {
@@ -1777,17 +2074,21 @@ func (x *SendOK) GetSeq() uint64 {
 }
 
 type Friend struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
-	Online        bool                   `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	UserId   uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Username string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	// online: the friend has a session on some device (see Presence).
+	Online bool `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	// last_seen_ms: when the friend's last device went offline; set only
+	// while online is false, and 0 when unknown or hidden.
+	LastSeenMs    int64 `protobuf:"varint,4,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Friend) Reset() {
 	*x = Friend{}
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +2100,7 @@ func (x *Friend) String() string {
 func (*Friend) ProtoMessage() {}
 
 func (x *Friend) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +2113,7 @@ func (x *Friend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Friend.ProtoReflect.Descriptor instead.
 func (*Friend) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Friend) GetUserId() uint64 {
@@ -1836,6 +2137,13 @@ func (x *Friend) GetOnline() bool {
 	return false
 }
 
+func (x *Friend) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
 type FriendList struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Friends       []*Friend              `protobuf:"bytes,1,rep,name=friends,proto3" json:"friends,omitempty"`
@@ -1845,7 +2153,7 @@ type FriendList struct {
 
 func (x *FriendList) Reset() {
 	*x = FriendList{}
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +2165,7 @@ func (x *FriendList) String() string {
 func (*FriendList) ProtoMessage() {}
 
 func (x *FriendList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +2178,7 @@ func (x *FriendList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FriendList.ProtoReflect.Descriptor instead.
 func (*FriendList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FriendList) GetFriends() []*Friend {
@@ -1889,7 +2197,7 @@ type GroupCreated struct {
 
 func (x *GroupCreated) Reset() {
 	*x = GroupCreated{}
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +2209,7 @@ func (x *GroupCreated) String() string {
 func (*GroupCreated) ProtoMessage() {}
 
 func (x *GroupCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2222,7 @@ func (x *GroupCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCreated.ProtoReflect.Descriptor instead.
 func (*GroupCreated) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GroupCreated) GetGroupId() uint64 {
@@ -1936,7 +2244,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1948,7 +2256,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1961,7 +2269,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Member) GetUserId() uint64 {
@@ -2004,7 +2312,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2324,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2337,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Group) GetGroupId() uint64 {
@@ -2069,7 +2377,7 @@ type GroupList struct {
 
 func (x *GroupList) Reset() {
 	*x = GroupList{}
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2389,7 @@ func (x *GroupList) String() string {
 func (*GroupList) ProtoMessage() {}
 
 func (x *GroupList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2402,7 @@ func (x *GroupList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupList.ProtoReflect.Descriptor instead.
 func (*GroupList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GroupList) GetGroups() []*Group {
@@ -2116,7 +2424,7 @@ type HistoryPage struct {
 
 func (x *HistoryPage) Reset() {
 	*x = HistoryPage{}
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2128,7 +2436,7 @@ func (x *HistoryPage) String() string {
 func (*HistoryPage) ProtoMessage() {}
 
 func (x *HistoryPage) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2141,7 +2449,7 @@ func (x *HistoryPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryPage.ProtoReflect.Descriptor instead.
 func (*HistoryPage) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HistoryPage) GetMessages() []*Message {
@@ -2158,6 +2466,172 @@ func (x *HistoryPage) GetHasMore() bool {
 	return false
 }
 
+// ConversationList answers ListConversations: up to limit conversations,
+// newest first (by the last message's sent_at_ms, then last_seq), and
+// whether the caller has more than that.
+type ConversationList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Conversations []*ConversationSummary `protobuf:"bytes,1,rep,name=conversations,proto3" json:"conversations,omitempty"`
+	HasMore       bool                   `protobuf:"varint,2,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConversationList) Reset() {
+	*x = ConversationList{}
+	mi := &file_chat_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConversationList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConversationList) ProtoMessage() {}
+
+func (x *ConversationList) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConversationList.ProtoReflect.Descriptor instead.
+func (*ConversationList) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ConversationList) GetConversations() []*ConversationSummary {
+	if x != nil {
+		return x.Conversations
+	}
+	return nil
+}
+
+func (x *ConversationList) GetHasMore() bool {
+	if x != nil {
+		return x.HasMore
+	}
+	return false
+}
+
+// ConversationSummary is one conversation of the caller's. Exactly one of
+// peer_user_id (a 1:1 conversation, named from the caller's side) and
+// group_id is set.
+type ConversationSummary struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	PeerUserId   uint64                 `protobuf:"varint,1,opt,name=peer_user_id,json=peerUserId,proto3" json:"peer_user_id,omitempty"`
+	PeerUsername string                 `protobuf:"bytes,2,opt,name=peer_username,json=peerUsername,proto3" json:"peer_username,omitempty"`
+	GroupId      uint64                 `protobuf:"varint,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	GroupName    string                 `protobuf:"bytes,4,opt,name=group_name,json=groupName,proto3" json:"group_name,omitempty"`
+	// The newest message the caller can see in it (as History would give
+	// it); absent when retention dropped every message, or, in a group, when
+	// nothing was sent since the caller joined.
+	LastMessage *Message `protobuf:"bytes,5,opt,name=last_message,json=lastMessage,proto3" json:"last_message,omitempty"`
+	// The conversation's highest seq so far (never 0 in a list).
+	LastSeq uint64 `protobuf:"varint,6,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// The caller's read seq (MarkRead); 0: nothing read.
+	ReadSeq uint64 `protobuf:"varint,7,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`
+	// How many seqs lie above what the caller has read: last_seq minus
+	// read_seq (in a group, minus the larger of read_seq and the seq the
+	// caller joined at), never negative. The caller's own messages count.
+	Unread        uint64 `protobuf:"varint,8,opt,name=unread,proto3" json:"unread,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConversationSummary) Reset() {
+	*x = ConversationSummary{}
+	mi := &file_chat_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConversationSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConversationSummary) ProtoMessage() {}
+
+func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConversationSummary.ProtoReflect.Descriptor instead.
+func (*ConversationSummary) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ConversationSummary) GetPeerUserId() uint64 {
+	if x != nil {
+		return x.PeerUserId
+	}
+	return 0
+}
+
+func (x *ConversationSummary) GetPeerUsername() string {
+	if x != nil {
+		return x.PeerUsername
+	}
+	return ""
+}
+
+func (x *ConversationSummary) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *ConversationSummary) GetGroupName() string {
+	if x != nil {
+		return x.GroupName
+	}
+	return ""
+}
+
+func (x *ConversationSummary) GetLastMessage() *Message {
+	if x != nil {
+		return x.LastMessage
+	}
+	return nil
+}
+
+func (x *ConversationSummary) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *ConversationSummary) GetReadSeq() uint64 {
+	if x != nil {
+		return x.ReadSeq
+	}
+	return 0
+}
+
+func (x *ConversationSummary) GetUnread() uint64 {
+	if x != nil {
+		return x.Unread
+	}
+	return 0
+}
+
 // Error answers a failed request (echoing its seq), or is pushed with seq 0
 // just before a protocol-error close.
 type Error struct {
@@ -2170,7 +2644,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2182,7 +2656,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2195,7 +2669,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{27}
+	return file_chat_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2232,7 +2706,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2718,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2731,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{28}
+	return file_chat_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Message) GetMsgId() uint64 {
@@ -2333,7 +2807,7 @@ type ReadReceipt struct {
 
 func (x *ReadReceipt) Reset() {
 	*x = ReadReceipt{}
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2819,7 @@ func (x *ReadReceipt) String() string {
 func (*ReadReceipt) ProtoMessage() {}
 
 func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2832,7 @@ func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadReceipt.ProtoReflect.Descriptor instead.
 func (*ReadReceipt) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{29}
+	return file_chat_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReadReceipt) GetPeerUserId() uint64 {
@@ -2389,6 +2863,142 @@ func (x *ReadReceipt) GetUpToSeq() uint64 {
 	return 0
 }
 
+// Presence says a friend came online (their first device) or went offline
+// (their last device, after a grace period): the friend's presence as you
+// see it. last_seen_ms is set only with online false (0: hidden or
+// unknown).
+type Presence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Online        bool                   `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	LastSeenMs    int64                  `protobuf:"varint,4,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Presence) Reset() {
+	*x = Presence{}
+	mi := &file_chat_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Presence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Presence) ProtoMessage() {}
+
+func (x *Presence) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Presence.ProtoReflect.Descriptor instead.
+func (*Presence) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *Presence) GetUserId() uint64 {
+	if x != nil {
+		return x.UserId
+	}
+	return 0
+}
+
+func (x *Presence) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *Presence) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
+func (x *Presence) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
+// TypingNotice says user_id is typing in a conversation of yours: the 1:1
+// conversation with them (group_id 0), or group group_id. Show it for 5 s,
+// or until a message from them arrives there, whichever comes first; a
+// later notice starts the 5 s again.
+type TypingNotice struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	GroupId       uint64                 `protobuf:"varint,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypingNotice) Reset() {
+	*x = TypingNotice{}
+	mi := &file_chat_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypingNotice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypingNotice) ProtoMessage() {}
+
+func (x *TypingNotice) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypingNotice.ProtoReflect.Descriptor instead.
+func (*TypingNotice) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *TypingNotice) GetUserId() uint64 {
+	if x != nil {
+		return x.UserId
+	}
+	return 0
+}
+
+func (x *TypingNotice) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *TypingNotice) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
 // Kicked is the last frame before the server closes the connection.
 type Kicked struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2400,7 +3010,7 @@ type Kicked struct {
 
 func (x *Kicked) Reset() {
 	*x = Kicked{}
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +3022,7 @@ func (x *Kicked) String() string {
 func (*Kicked) ProtoMessage() {}
 
 func (x *Kicked) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +3035,7 @@ func (x *Kicked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kicked.ProtoReflect.Descriptor instead.
 func (*Kicked) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{30}
+	return file_chat_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Kicked) GetReason() KickReason {
@@ -2447,7 +3057,7 @@ var File_chat_proto protoreflect.FileDescriptor
 const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"chat.proto\x12\vloopchat.v1\"\xa6\v\n" +
+	"chat.proto\x12\vloopchat.v1\"\xc0\x0e\n" +
 	"\x05Frame\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\bregister\x18\n" +
@@ -2468,7 +3078,10 @@ const file_chat_proto_rawDesc = "" +
 	"\vlist_groups\x18\x15 \x01(\v2\x17.loopchat.v1.ListGroupsH\x00R\n" +
 	"listGroups\x120\n" +
 	"\ahistory\x18\x16 \x01(\v2\x14.loopchat.v1.HistoryH\x00R\ahistory\x124\n" +
-	"\tmark_read\x18\x17 \x01(\v2\x15.loopchat.v1.MarkReadH\x00R\bmarkRead\x12:\n" +
+	"\tmark_read\x18\x17 \x01(\v2\x15.loopchat.v1.MarkReadH\x00R\bmarkRead\x12O\n" +
+	"\x12list_conversations\x18\x18 \x01(\v2\x1e.loopchat.v1.ListConversationsH\x00R\x11listConversations\x12-\n" +
+	"\x06typing\x18\x19 \x01(\v2\x13.loopchat.v1.TypingH\x00R\x06typing\x12S\n" +
+	"\x14set_presence_visible\x18\x1a \x01(\v2\x1f.loopchat.v1.SetPresenceVisibleH\x00R\x12setPresenceVisible\x12:\n" +
 	"\vregister_ok\x18( \x01(\v2\x17.loopchat.v1.RegisterOKH\x00R\n" +
 	"registerOk\x121\n" +
 	"\blogin_ok\x18) \x01(\v2\x14.loopchat.v1.LoginOKH\x00R\aloginOk\x12!\n" +
@@ -2481,18 +3094,22 @@ const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"group_list\x18/ \x01(\v2\x16.loopchat.v1.GroupListH\x00R\tgroupList\x12*\n" +
 	"\x05error\x180 \x01(\v2\x12.loopchat.v1.ErrorH\x00R\x05error\x12=\n" +
-	"\fhistory_page\x181 \x01(\v2\x18.loopchat.v1.HistoryPageH\x00R\vhistoryPage\x120\n" +
+	"\fhistory_page\x181 \x01(\v2\x18.loopchat.v1.HistoryPageH\x00R\vhistoryPage\x12L\n" +
+	"\x11conversation_list\x182 \x01(\v2\x1d.loopchat.v1.ConversationListH\x00R\x10conversationList\x120\n" +
 	"\amessage\x18F \x01(\v2\x14.loopchat.v1.MessageH\x00R\amessage\x12-\n" +
 	"\x06kicked\x18G \x01(\v2\x13.loopchat.v1.KickedH\x00R\x06kicked\x12=\n" +
-	"\fread_receipt\x18H \x01(\v2\x18.loopchat.v1.ReadReceiptH\x00R\vreadReceiptB\x06\n" +
+	"\fread_receipt\x18H \x01(\v2\x18.loopchat.v1.ReadReceiptH\x00R\vreadReceipt\x123\n" +
+	"\bpresence\x18I \x01(\v2\x15.loopchat.v1.PresenceH\x00R\bpresence\x12@\n" +
+	"\rtyping_notice\x18J \x01(\v2\x19.loopchat.v1.TypingNoticeH\x00R\ftypingNoticeB\x06\n" +
 	"\x04body\"B\n" +
 	"\bRegister\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\"U\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\"r\n" +
 	"\x05Login\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x14\n" +
-	"\x05token\x18\x03 \x01(\tR\x05token\"\b\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\x12\x1b\n" +
+	"\tdevice_id\x18\x04 \x01(\tR\bdeviceId\"\b\n" +
 	"\x06Logout\"\x06\n" +
 	"\x04Ping\"\x9a\x01\n" +
 	"\x04Send\x12\x19\n" +
@@ -2534,10 +3151,19 @@ const file_chat_proto_rawDesc = "" +
 	"peerUserId\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\x04R\agroupId\x12\x1a\n" +
 	"\tup_to_seq\x18\x03 \x01(\x04R\aupToSeq\x12#\n" +
-	"\rpeer_username\x18\x04 \x01(\tR\fpeerUsername\"%\n" +
+	"\rpeer_username\x18\x04 \x01(\tR\fpeerUsername\")\n" +
+	"\x11ListConversations\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\"j\n" +
+	"\x06Typing\x12 \n" +
+	"\fpeer_user_id\x18\x01 \x01(\x04R\n" +
+	"peerUserId\x12#\n" +
+	"\rpeer_username\x18\x02 \x01(\tR\fpeerUsername\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\x04R\agroupId\".\n" +
+	"\x12SetPresenceVisible\x12\x18\n" +
+	"\avisible\x18\x01 \x01(\bR\avisible\"%\n" +
 	"\n" +
 	"RegisterOK\x12\x17\n" +
-	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\x98\x02\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\xde\x02\n" +
 	"\aLoginOK\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x14\n" +
@@ -2547,7 +3173,10 @@ const file_chat_proto_rawDesc = "" +
 	"\x06groups\x18\x06 \x03(\v2\x12.loopchat.v1.GroupR\x06groups\x12-\n" +
 	"\x13token_expires_at_ms\x18\a \x01(\x03R\x10tokenExpiresAtMs\x12\x1f\n" +
 	"\vstore_epoch\x18\b \x01(\tR\n" +
-	"storeEpoch\"\x04\n" +
+	"storeEpoch\x12\x1b\n" +
+	"\tdevice_id\x18\t \x01(\tR\bdeviceId\x12'\n" +
+	"\x0fpresence_hidden\x18\n" +
+	" \x01(\bR\x0epresenceHidden\"\x04\n" +
 	"\x02OK\",\n" +
 	"\x04Pong\x12$\n" +
 	"\x0eserver_time_ms\x18\x01 \x01(\x03R\fserverTimeMs\"g\n" +
@@ -2556,11 +3185,13 @@ const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"sent_at_ms\x18\x02 \x01(\x03R\bsentAtMs\x12\x16\n" +
 	"\x06online\x18\x03 \x01(\bR\x06online\x12\x10\n" +
-	"\x03seq\x18\x04 \x01(\x04R\x03seq\"U\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\"w\n" +
 	"\x06Friend\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x16\n" +
-	"\x06online\x18\x03 \x01(\bR\x06online\";\n" +
+	"\x06online\x18\x03 \x01(\bR\x06online\x12 \n" +
+	"\flast_seen_ms\x18\x04 \x01(\x03R\n" +
+	"lastSeenMs\";\n" +
 	"\n" +
 	"FriendList\x12-\n" +
 	"\afriends\x18\x01 \x03(\v2\x13.loopchat.v1.FriendR\afriends\")\n" +
@@ -2580,7 +3211,21 @@ const file_chat_proto_rawDesc = "" +
 	"\x06groups\x18\x01 \x03(\v2\x12.loopchat.v1.GroupR\x06groups\"Z\n" +
 	"\vHistoryPage\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.loopchat.v1.MessageR\bmessages\x12\x19\n" +
-	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"M\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"u\n" +
+	"\x10ConversationList\x12F\n" +
+	"\rconversations\x18\x01 \x03(\v2 .loopchat.v1.ConversationSummaryR\rconversations\x12\x19\n" +
+	"\bhas_more\x18\x02 \x01(\bR\ahasMore\"\x9d\x02\n" +
+	"\x13ConversationSummary\x12 \n" +
+	"\fpeer_user_id\x18\x01 \x01(\x04R\n" +
+	"peerUserId\x12#\n" +
+	"\rpeer_username\x18\x02 \x01(\tR\fpeerUsername\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\x04R\agroupId\x12\x1d\n" +
+	"\n" +
+	"group_name\x18\x04 \x01(\tR\tgroupName\x127\n" +
+	"\flast_message\x18\x05 \x01(\v2\x14.loopchat.v1.MessageR\vlastMessage\x12\x19\n" +
+	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12\x19\n" +
+	"\bread_seq\x18\a \x01(\x04R\areadSeq\x12\x16\n" +
+	"\x06unread\x18\b \x01(\x04R\x06unread\"M\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.loopchat.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\xe4\x01\n" +
@@ -2601,7 +3246,17 @@ const file_chat_proto_rawDesc = "" +
 	"peerUserId\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\x04R\agroupId\x12$\n" +
 	"\x0ereader_user_id\x18\x03 \x01(\x04R\freaderUserId\x12\x1a\n" +
-	"\tup_to_seq\x18\x04 \x01(\x04R\aupToSeq\"S\n" +
+	"\tup_to_seq\x18\x04 \x01(\x04R\aupToSeq\"y\n" +
+	"\bPresence\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x16\n" +
+	"\x06online\x18\x03 \x01(\bR\x06online\x12 \n" +
+	"\flast_seen_ms\x18\x04 \x01(\x03R\n" +
+	"lastSeenMs\"^\n" +
+	"\fTypingNotice\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\x04R\agroupId\"S\n" +
 	"\x06Kicked\x12/\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x17.loopchat.v1.KickReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage*?\n" +
@@ -2619,7 +3274,7 @@ const file_chat_proto_rawDesc = "" +
 	"\x17ERROR_CODE_RATE_LIMITED\x10\x06\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\a\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\b\x12\x17\n" +
-	"\x13ERROR_CODE_PROTOCOL\x10\t*\x8d\x02\n" +
+	"\x13ERROR_CODE_PROTOCOL\x10\t*\xab\x02\n" +
 	"\n" +
 	"KickReason\x12\x1b\n" +
 	"\x17KICK_REASON_UNSPECIFIED\x10\x00\x12#\n" +
@@ -2629,7 +3284,8 @@ const file_chat_proto_rawDesc = "" +
 	"\x18KICK_REASON_IDLE_TIMEOUT\x10\x04\x12\x1e\n" +
 	"\x1aKICK_REASON_PROTOCOL_ERROR\x10\x05\x12\x1d\n" +
 	"\x19KICK_REASON_LOGIN_TIMEOUT\x10\x06\x12\x1b\n" +
-	"\x17KICK_REASON_STORE_RESET\x10\aB+Z)github.com/loopchat/loopchat/proto;chatpbb\x06proto3"
+	"\x17KICK_REASON_STORE_RESET\x10\a\x12\x1c\n" +
+	"\x18KICK_REASON_DEVICE_LIMIT\x10\bB+Z)github.com/loopchat/loopchat/proto;chatpbb\x06proto3"
 
 var (
 	file_chat_proto_rawDescOnce sync.Once
@@ -2644,42 +3300,49 @@ func file_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_chat_proto_goTypes = []any{
-	(Role)(0),            // 0: loopchat.v1.Role
-	(ErrorCode)(0),       // 1: loopchat.v1.ErrorCode
-	(KickReason)(0),      // 2: loopchat.v1.KickReason
-	(*Frame)(nil),        // 3: loopchat.v1.Frame
-	(*Register)(nil),     // 4: loopchat.v1.Register
-	(*Login)(nil),        // 5: loopchat.v1.Login
-	(*Logout)(nil),       // 6: loopchat.v1.Logout
-	(*Ping)(nil),         // 7: loopchat.v1.Ping
-	(*Send)(nil),         // 8: loopchat.v1.Send
-	(*Ack)(nil),          // 9: loopchat.v1.Ack
-	(*AddFriend)(nil),    // 10: loopchat.v1.AddFriend
-	(*ListFriends)(nil),  // 11: loopchat.v1.ListFriends
-	(*CreateGroup)(nil),  // 12: loopchat.v1.CreateGroup
-	(*JoinGroup)(nil),    // 13: loopchat.v1.JoinGroup
-	(*LeaveGroup)(nil),   // 14: loopchat.v1.LeaveGroup
-	(*ListGroups)(nil),   // 15: loopchat.v1.ListGroups
-	(*History)(nil),      // 16: loopchat.v1.History
-	(*MarkRead)(nil),     // 17: loopchat.v1.MarkRead
-	(*RegisterOK)(nil),   // 18: loopchat.v1.RegisterOK
-	(*LoginOK)(nil),      // 19: loopchat.v1.LoginOK
-	(*OK)(nil),           // 20: loopchat.v1.OK
-	(*Pong)(nil),         // 21: loopchat.v1.Pong
-	(*SendOK)(nil),       // 22: loopchat.v1.SendOK
-	(*Friend)(nil),       // 23: loopchat.v1.Friend
-	(*FriendList)(nil),   // 24: loopchat.v1.FriendList
-	(*GroupCreated)(nil), // 25: loopchat.v1.GroupCreated
-	(*Member)(nil),       // 26: loopchat.v1.Member
-	(*Group)(nil),        // 27: loopchat.v1.Group
-	(*GroupList)(nil),    // 28: loopchat.v1.GroupList
-	(*HistoryPage)(nil),  // 29: loopchat.v1.HistoryPage
-	(*Error)(nil),        // 30: loopchat.v1.Error
-	(*Message)(nil),      // 31: loopchat.v1.Message
-	(*ReadReceipt)(nil),  // 32: loopchat.v1.ReadReceipt
-	(*Kicked)(nil),       // 33: loopchat.v1.Kicked
+	(Role)(0),                   // 0: loopchat.v1.Role
+	(ErrorCode)(0),              // 1: loopchat.v1.ErrorCode
+	(KickReason)(0),             // 2: loopchat.v1.KickReason
+	(*Frame)(nil),               // 3: loopchat.v1.Frame
+	(*Register)(nil),            // 4: loopchat.v1.Register
+	(*Login)(nil),               // 5: loopchat.v1.Login
+	(*Logout)(nil),              // 6: loopchat.v1.Logout
+	(*Ping)(nil),                // 7: loopchat.v1.Ping
+	(*Send)(nil),                // 8: loopchat.v1.Send
+	(*Ack)(nil),                 // 9: loopchat.v1.Ack
+	(*AddFriend)(nil),           // 10: loopchat.v1.AddFriend
+	(*ListFriends)(nil),         // 11: loopchat.v1.ListFriends
+	(*CreateGroup)(nil),         // 12: loopchat.v1.CreateGroup
+	(*JoinGroup)(nil),           // 13: loopchat.v1.JoinGroup
+	(*LeaveGroup)(nil),          // 14: loopchat.v1.LeaveGroup
+	(*ListGroups)(nil),          // 15: loopchat.v1.ListGroups
+	(*History)(nil),             // 16: loopchat.v1.History
+	(*MarkRead)(nil),            // 17: loopchat.v1.MarkRead
+	(*ListConversations)(nil),   // 18: loopchat.v1.ListConversations
+	(*Typing)(nil),              // 19: loopchat.v1.Typing
+	(*SetPresenceVisible)(nil),  // 20: loopchat.v1.SetPresenceVisible
+	(*RegisterOK)(nil),          // 21: loopchat.v1.RegisterOK
+	(*LoginOK)(nil),             // 22: loopchat.v1.LoginOK
+	(*OK)(nil),                  // 23: loopchat.v1.OK
+	(*Pong)(nil),                // 24: loopchat.v1.Pong
+	(*SendOK)(nil),              // 25: loopchat.v1.SendOK
+	(*Friend)(nil),              // 26: loopchat.v1.Friend
+	(*FriendList)(nil),          // 27: loopchat.v1.FriendList
+	(*GroupCreated)(nil),        // 28: loopchat.v1.GroupCreated
+	(*Member)(nil),              // 29: loopchat.v1.Member
+	(*Group)(nil),               // 30: loopchat.v1.Group
+	(*GroupList)(nil),           // 31: loopchat.v1.GroupList
+	(*HistoryPage)(nil),         // 32: loopchat.v1.HistoryPage
+	(*ConversationList)(nil),    // 33: loopchat.v1.ConversationList
+	(*ConversationSummary)(nil), // 34: loopchat.v1.ConversationSummary
+	(*Error)(nil),               // 35: loopchat.v1.Error
+	(*Message)(nil),             // 36: loopchat.v1.Message
+	(*ReadReceipt)(nil),         // 37: loopchat.v1.ReadReceipt
+	(*Presence)(nil),            // 38: loopchat.v1.Presence
+	(*TypingNotice)(nil),        // 39: loopchat.v1.TypingNotice
+	(*Kicked)(nil),              // 40: loopchat.v1.Kicked
 }
 var file_chat_proto_depIdxs = []int32{
 	4,  // 0: loopchat.v1.Frame.register:type_name -> loopchat.v1.Register
@@ -2696,33 +3359,41 @@ var file_chat_proto_depIdxs = []int32{
 	15, // 11: loopchat.v1.Frame.list_groups:type_name -> loopchat.v1.ListGroups
 	16, // 12: loopchat.v1.Frame.history:type_name -> loopchat.v1.History
 	17, // 13: loopchat.v1.Frame.mark_read:type_name -> loopchat.v1.MarkRead
-	18, // 14: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
-	19, // 15: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
-	20, // 16: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
-	21, // 17: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
-	22, // 18: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
-	24, // 19: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
-	25, // 20: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
-	28, // 21: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
-	30, // 22: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
-	29, // 23: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
-	31, // 24: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
-	33, // 25: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
-	32, // 26: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
-	23, // 27: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
-	27, // 28: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
-	23, // 29: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
-	0,  // 30: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
-	26, // 31: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
-	27, // 32: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
-	31, // 33: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
-	1,  // 34: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
-	2,  // 35: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	18, // 14: loopchat.v1.Frame.list_conversations:type_name -> loopchat.v1.ListConversations
+	19, // 15: loopchat.v1.Frame.typing:type_name -> loopchat.v1.Typing
+	20, // 16: loopchat.v1.Frame.set_presence_visible:type_name -> loopchat.v1.SetPresenceVisible
+	21, // 17: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
+	22, // 18: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
+	23, // 19: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
+	24, // 20: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
+	25, // 21: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
+	27, // 22: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
+	28, // 23: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
+	31, // 24: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
+	35, // 25: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
+	32, // 26: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
+	33, // 27: loopchat.v1.Frame.conversation_list:type_name -> loopchat.v1.ConversationList
+	36, // 28: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
+	40, // 29: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
+	37, // 30: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
+	38, // 31: loopchat.v1.Frame.presence:type_name -> loopchat.v1.Presence
+	39, // 32: loopchat.v1.Frame.typing_notice:type_name -> loopchat.v1.TypingNotice
+	26, // 33: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
+	30, // 34: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
+	26, // 35: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
+	0,  // 36: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
+	29, // 37: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
+	30, // 38: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
+	36, // 39: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
+	34, // 40: loopchat.v1.ConversationList.conversations:type_name -> loopchat.v1.ConversationSummary
+	36, // 41: loopchat.v1.ConversationSummary.last_message:type_name -> loopchat.v1.Message
+	1,  // 42: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
+	2,  // 43: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_chat_proto_init() }
@@ -2745,6 +3416,9 @@ func file_chat_proto_init() {
 		(*Frame_ListGroups)(nil),
 		(*Frame_History)(nil),
 		(*Frame_MarkRead)(nil),
+		(*Frame_ListConversations)(nil),
+		(*Frame_Typing)(nil),
+		(*Frame_SetPresenceVisible)(nil),
 		(*Frame_RegisterOk)(nil),
 		(*Frame_LoginOk)(nil),
 		(*Frame_Ok)(nil),
@@ -2755,9 +3429,12 @@ func file_chat_proto_init() {
 		(*Frame_GroupList)(nil),
 		(*Frame_Error)(nil),
 		(*Frame_HistoryPage)(nil),
+		(*Frame_ConversationList)(nil),
 		(*Frame_Message)(nil),
 		(*Frame_Kicked)(nil),
 		(*Frame_ReadReceipt)(nil),
+		(*Frame_Presence)(nil),
+		(*Frame_TypingNotice)(nil),
 	}
 	file_chat_proto_msgTypes[5].OneofWrappers = []any{
 		(*Send_UserId)(nil),
@@ -2771,7 +3448,7 @@ func file_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_proto_rawDesc), len(file_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -33,6 +33,15 @@ const (
 	EventMessage = "message" // a chat message to push to the user
 	EventLogin   = "login"   // the user logged in on node_id; older sessions must go
 	EventRead    = "read"    // reader_user_id read conv up to up_to_seq (a read receipt)
+	// EventDeviceKick: the session of device with generation gen or lower
+	// must go, kicked with DEVICE_LIMIT (too many devices online).
+	EventDeviceKick = "device_kick"
+	// EventPresence: user_id, a friend of the channel's user, came online
+	// or went offline (last_seen_ms).
+	EventPresence = "presence"
+	// EventTyping: user_id is typing in the conversation with the
+	// channel's user (group_id 0), or in group group_id.
+	EventTyping = "typing"
 )
 
 // ChannelEvent is one JSON object on a user channel. For "message" the
@@ -60,12 +69,25 @@ type ChannelEvent struct {
 	Conv         string `json:"conv,omitempty"`
 	UpToSeq      uint64 `json:"up_to_seq,omitempty"`
 
+	// For "presence": the friend (user_id, username) whose presence
+	// changed, online or not, and when last seen (offline only). For
+	// "typing": who is typing (user_id, username), and group_id.
+	UserID     uint64 `json:"user_id,omitempty"`
+	Username   string `json:"username,omitempty"`
+	Online     bool   `json:"online,omitempty"`
+	LastSeenMs int64  `json:"last_seen_ms,omitempty"`
+
 	NodeID string `json:"node_id,omitempty"`
 	ConnID uint64 `json:"conn_id,omitempty"`
 	AtMs   int64  `json:"at_ms,omitempty"`
-	// Gen is the login's session generation: sessions of the user with a
-	// lower one are kicked, never one with a higher one.
+	// Gen is the login's session generation: sessions of the same device
+	// with a lower one are kicked, never one with a higher one.
 	Gen uint64 `json:"gen,omitempty"`
+	// Device is the login's (or the kicked) device id ("": the device of
+	// clients without one). On a "message", node_id and conn_id name the
+	// sending session and device its device: no session of that device
+	// gets the user's own message back, the sending one or a later one.
+	Device string `json:"device,omitempty"`
 	// Epoch is the store epoch the login or message belongs to; nodes drop
 	// a message, and ignore a login, of an epoch other than their
 	// session's. Other programs leave it out.
@@ -75,6 +97,9 @@ type ChannelEvent struct {
 // MaxChannelEvent bounds a channel payload: the longest text and names,
 // escaped, fit with room to spare; anything bigger is not an event.
 const MaxChannelEvent = 64 << 10
+
+// maxDeviceID bounds an event's device (Login.device_id's limit).
+const maxDeviceID = 64
 
 // maxNodeID bounds a login event's node_id.
 const maxNodeID = 256
@@ -106,13 +131,38 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 				return nil, fmt.Errorf("protocol: channel message from_username: %w", err)
 			}
 		}
+		if len(ev.Device) > maxDeviceID {
+			return nil, fmt.Errorf("protocol: channel message device of %d bytes, over %d", len(ev.Device), maxDeviceID)
+		}
 	case EventLogin:
-		if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
+		if ev.NodeID == "" || len(ev.NodeID) > maxNodeID || len(ev.Device) > maxDeviceID {
 			return nil, fmt.Errorf("protocol: login event needs a node_id of 1-%d bytes", maxNodeID)
+		}
+	case EventDeviceKick:
+		if ev.Gen == 0 || len(ev.Device) > maxDeviceID {
+			return nil, fmt.Errorf("protocol: device_kick event needs gen and a device of 0-%d bytes", maxDeviceID)
 		}
 	case EventRead:
 		if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey || len(ev.NodeID) > maxNodeID {
 			return nil, fmt.Errorf("protocol: read event needs reader_user_id, up_to_seq and a conv of 1-%d bytes", maxConvKey)
+		}
+	case EventPresence:
+		if ev.UserID == 0 || ev.LastSeenMs < 0 || ev.Online && ev.LastSeenMs != 0 {
+			return nil, fmt.Errorf("protocol: presence event needs user_id, and last_seen_ms only when offline, never negative")
+		}
+		if ev.Username != "" {
+			if err := ValidateUsername(ev.Username); err != nil {
+				return nil, fmt.Errorf("protocol: presence event username: %w", err)
+			}
+		}
+	case EventTyping:
+		if ev.UserID == 0 {
+			return nil, fmt.Errorf("protocol: typing event needs user_id")
+		}
+		if ev.Username != "" {
+			if err := ValidateUsername(ev.Username); err != nil {
+				return nil, fmt.Errorf("protocol: typing event username: %w", err)
+			}
 		}
 	default:
 		return nil, fmt.Errorf("protocol: unknown channel event type %q", ev.Type)

@@ -23,6 +23,12 @@ func FuzzDecodeFrame(f *testing.F) {
 		{Seq: 1 << 63, Body: &chatpb.Frame_Ping{Ping: &chatpb.Ping{}}},
 		{Seq: 4, Body: &chatpb.Frame_History{History: &chatpb.History{PeerUsername: "bob", BeforeSeq: proto.Uint64(7), Limit: 50}}},
 		{Seq: 5, Body: &chatpb.Frame_History{History: &chatpb.History{GroupId: 3, AfterSeq: proto.Uint64(0)}}},
+		{Seq: 6, Body: &chatpb.Frame_ListConversations{ListConversations: &chatpb.ListConversations{Limit: 20}}},
+		{Seq: 7, Body: &chatpb.Frame_SetPresenceVisible{SetPresenceVisible: &chatpb.SetPresenceVisible{Visible: true}}},
+		{Seq: 8, Body: &chatpb.Frame_Typing{Typing: &chatpb.Typing{PeerUsername: "bob"}}},
+		{Seq: 9, Body: &chatpb.Frame_Typing{Typing: &chatpb.Typing{GroupId: 3}}},
+		{Body: &chatpb.Frame_TypingNotice{TypingNotice: &chatpb.TypingNotice{UserId: 2, Username: "bob", GroupId: 3}}},
+		{Body: &chatpb.Frame_Presence{Presence: &chatpb.Presence{UserId: 2, Username: "bob", LastSeenMs: 1795315268512}}},
 	} {
 		b, err := proto.Marshal(fr)
 		if err != nil {
@@ -65,12 +71,23 @@ func FuzzDecodeFrame(f *testing.F) {
 func FuzzParseChannelEvent(f *testing.F) {
 	f.Add([]byte(`{"type":"message","msg_id":382722139389689856,"from_user_id":2,"from_username":"bob","to_user_id":1,"text":"hi alice!","sent_at_ms":1795315268512,"seq":7}`))
 	f.Add([]byte(`{"type":"message","msg_id":"382722139389689856","from_username":"billing","text":"your invoice is ready"}`))
+	f.Add([]byte(`{"type":"message","msg_id":382722139389689857,"from_user_id":1,"to_user_id":2,"text":"mine","node_id":"n1","conn_id":9,"device":"phone"}`))
 	f.Add([]byte(`{"type":"message","from_username":"no spaces allowed","text":"x"}`))
 	f.Add([]byte(`{"type":"message","text":""}`))
 	f.Add([]byte(`{"type":"login","node_id":"n2","conn_id":17,"at_ms":1795315268512}`))
 	f.Add([]byte(`{"type":"login"}`))
+	f.Add([]byte(`{"type":"device_kick","device":"laptop","gen":1796406298459000,"epoch":"9f0c"}`))
+	f.Add([]byte(`{"type":"device_kick","device":"laptop"}`))
 	f.Add([]byte(`{"type":"read","reader_user_id":2,"conv":"d1:2","up_to_seq":17,"node_id":"n1","conn_id":9,"epoch":"9f0c"}`))
 	f.Add([]byte(`{"type":"read","conv":"g5"}`))
+	f.Add([]byte(`{"type":"presence","user_id":2,"online":true,"username":"bob","epoch":"9f0c"}`))
+	f.Add([]byte(`{"type":"presence","user_id":2,"online":false,"last_seen_ms":1795315268512,"username":"bob"}`))
+	f.Add([]byte(`{"type":"presence","user_id":2,"online":true,"last_seen_ms":5}`))
+	f.Add([]byte(`{"type":"presence","user_id":0,"username":"no spaces"}`))
+	f.Add([]byte(`{"type":"typing","user_id":2,"username":"bob","epoch":"9f0c"}`))
+	f.Add([]byte(`{"type":"typing","user_id":2,"group_id":5}`))
+	f.Add([]byte(`{"type":"typing","username":"bob"}`))
+	f.Add([]byte(`{"type":"typing","user_id":2,"username":"b\u0000b"}`))
 	f.Add([]byte(`{"type":"other"}`))
 	f.Add([]byte(`{"type":"message","text":"\ud800"}`))
 	f.Add([]byte(`[1,2`))
@@ -87,13 +104,29 @@ func FuzzParseChannelEvent(f *testing.F) {
 			if ev.FromUsername != "" && ValidateUsername(ev.FromUsername) != nil {
 				t.Fatalf("accepted from_username %q", ev.FromUsername)
 			}
+			if len(ev.Device) > maxDeviceID {
+				t.Fatalf("accepted device of %d bytes", len(ev.Device))
+			}
 		case EventLogin:
 			if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
 				t.Fatalf("accepted node_id %q", ev.NodeID)
 			}
+		case EventDeviceKick:
+			if ev.Gen == 0 || len(ev.Device) > maxDeviceID {
+				t.Fatalf("accepted device_kick event %+v", ev)
+			}
 		case EventRead:
 			if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey {
 				t.Fatalf("accepted read event %+v", ev)
+			}
+		case EventTyping:
+			if ev.UserID == 0 || ev.Username != "" && ValidateUsername(ev.Username) != nil {
+				t.Fatalf("accepted typing event %+v", ev)
+			}
+		case EventPresence:
+			if ev.UserID == 0 || ev.LastSeenMs < 0 || ev.Online && ev.LastSeenMs != 0 ||
+				ev.Username != "" && ValidateUsername(ev.Username) != nil {
+				t.Fatalf("accepted presence event %+v", ev)
 			}
 		default:
 			t.Fatalf("accepted type %q", ev.Type)

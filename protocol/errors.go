@@ -165,6 +165,8 @@ func KickReasonName(r chatpb.KickReason) string {
 		return "login_timeout"
 	case chatpb.KickReason_KICK_REASON_STORE_RESET:
 		return "store_reset"
+	case chatpb.KickReason_KICK_REASON_DEVICE_LIMIT:
+		return "device_limit"
 	}
 	return "unspecified"
 }

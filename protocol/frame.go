@@ -196,6 +196,14 @@ func Kind(f *chatpb.Frame) string {
 		return "history"
 	case *chatpb.Frame_MarkRead:
 		return "mark_read"
+	case *chatpb.Frame_ListConversations:
+		return "list_conversations"
+	case *chatpb.Frame_Typing:
+		return "typing"
+	case *chatpb.Frame_SetPresenceVisible:
+		return "set_presence_visible"
+	case *chatpb.Frame_ConversationList:
+		return "conversation_list"
 	case *chatpb.Frame_ReadReceipt:
 		return "read_receipt"
 	case *chatpb.Frame_HistoryPage:
@@ -222,6 +230,10 @@ func Kind(f *chatpb.Frame) string {
 		return "message"
 	case *chatpb.Frame_Kicked:
 		return "kicked"
+	case *chatpb.Frame_Presence:
+		return "presence"
+	case *chatpb.Frame_TypingNotice:
+		return "typing_notice"
 	}
 	return "empty"
 }
@@ -232,7 +244,8 @@ func IsRequest(f *chatpb.Frame) bool {
 	case *chatpb.Frame_Register, *chatpb.Frame_Login, *chatpb.Frame_Logout, *chatpb.Frame_Ping,
 		*chatpb.Frame_Send, *chatpb.Frame_Ack, *chatpb.Frame_AddFriend, *chatpb.Frame_ListFriends,
 		*chatpb.Frame_CreateGroup, *chatpb.Frame_JoinGroup, *chatpb.Frame_LeaveGroup,
-		*chatpb.Frame_ListGroups, *chatpb.Frame_History, *chatpb.Frame_MarkRead:
+		*chatpb.Frame_ListGroups, *chatpb.Frame_History, *chatpb.Frame_MarkRead,
+		*chatpb.Frame_ListConversations, *chatpb.Frame_Typing, *chatpb.Frame_SetPresenceVisible:
 		return true
 	}
 	return false

@@ -135,6 +135,11 @@ func TestRequestClassification(t *testing.T) {
 		"ping":     {Body: &chatpb.Frame_Ping{}},
 		"send":     {Body: &chatpb.Frame_Send{}},
 		"ack":      {Body: &chatpb.Frame_Ack{}},
+
+		"list_conversations": {Body: &chatpb.Frame_ListConversations{}},
+		"typing":             {Body: &chatpb.Frame_Typing{}},
+
+		"set_presence_visible": {Body: &chatpb.Frame_SetPresenceVisible{}},
 	}
 	for kind, f := range reqs {
 		if !IsRequest(f) || Kind(f) != kind {
@@ -149,7 +154,13 @@ func TestRequestClassification(t *testing.T) {
 	if !NeedsLogin(&chatpb.Frame{Body: &chatpb.Frame_Send{}}) {
 		t.Error("send does not need login")
 	}
-	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_Pong{}}, {Body: &chatpb.Frame_Message{}}, {Body: &chatpb.Frame_Kicked{}}, {}} {
+	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_ListConversations{}}, {Body: &chatpb.Frame_Typing{}}, {Body: &chatpb.Frame_SetPresenceVisible{}}} {
+		if !NeedsLogin(f) {
+			t.Errorf("%s does not need login", Kind(f))
+		}
+	}
+	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_Pong{}}, {Body: &chatpb.Frame_Message{}}, {Body: &chatpb.Frame_Kicked{}},
+		{Body: &chatpb.Frame_ConversationList{}}, {Body: &chatpb.Frame_Presence{}}, {Body: &chatpb.Frame_TypingNotice{}}, {}} {
 		if IsRequest(f) {
 			t.Errorf("%s counted as a request", Kind(f))
 		}

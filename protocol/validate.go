@@ -20,6 +20,8 @@ const (
 	MaxAckIDs        = 1024 // ids per Ack
 	MaxHistoryLimit  = 200  // messages per History page
 	DefHistoryLimit  = 50   // messages per History page when limit is 0
+	MaxConvListLimit = 500  // conversations per ListConversations
+	DefConvListLimit = 100  // conversations per ListConversations when limit is 0
 	MaxTokenLength   = 512
 	LoginDeadlineSec = 10 // default seconds to log in after connecting
 )

@@ -378,7 +378,7 @@ func TestShutdownNeverCutsAFrame(t *testing.T) {
 		sender, _ := ts.user(t, "sender")
 		text := strings.Repeat("s", 4000)
 		// Fill sloth's socket until the server itself holds bytes for it.
-		conn := ts.users.get(login.UserId)
+		conn := ts.users.get(login.UserId)[0]
 		for sent := 0; conn.out.queued() < 64<<10; sent++ {
 			if sent == 20000 {
 				t.Fatal("the server never had to queue output for a client that reads nothing")

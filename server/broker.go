@@ -11,9 +11,20 @@ import (
 // notice that the user logged in somewhere (so older sessions elsewhere
 // must go: newest login wins).
 type Event struct {
-	Message *chatpb.Message
-	Login   *LoginNotice
-	Read    *ReadNotice
+	Message    *chatpb.Message
+	Login      *LoginNotice
+	Read       *ReadNotice
+	DeviceKick *DeviceSession  // that device's session, at or below Gen, goes (DEVICE_LIMIT)
+	Presence   *PresenceNotice // a friend of the user came online or went offline
+	Typing     *TypingNotice   // someone is typing in a conversation of the user's
+	// OriginNode and OriginConn name the session that sent Message, and
+	// OriginDevice its device: on the sender's own channel (their other
+	// devices) every session of that device is left out, not only the
+	// sending one, since the event may arrive after that session is gone
+	// and the device is back on another connection.
+	OriginNode   string
+	OriginConn   uint64
+	OriginDevice string
 	// Resync says live events for the user may have been missed (the
 	// broker lost its connection); the user's inbox must be replayed.
 	Resync bool
@@ -22,8 +33,9 @@ type Event struct {
 	// user id now means someone else, drops it.
 	Epoch string
 
-	// frame is Message already encoded as a push, shared by every local
-	// recipient so a group fan-out encodes once. Nil means encode on delivery.
+	// frame is Message (or Presence) already encoded as a push, shared by
+	// every local recipient so a fan-out encodes once. Nil means encode on
+	// delivery.
 	frame []byte
 }
 
@@ -39,6 +51,8 @@ type LoginNotice struct {
 	// Epoch is the store epoch of the login (epoch.go): generations of
 	// different store contents are not compared.
 	Epoch string
+	// Device is the device that logged in: only its older sessions go.
+	Device string
 }
 
 // ReadNotice says Reader read Conv up to UpTo (MarkRead); the session that

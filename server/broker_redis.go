@@ -130,10 +130,21 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 		m := ev.Message
 		ce = protocol.ChannelEvent{Type: protocol.EventMessage, MsgID: protocol.Uint64(m.MsgId),
 			FromUserID: m.FromUserId, FromUsername: m.FromUsername, ToUserID: m.ToUserId,
-			GroupID: m.GroupId, Text: m.Text, SentAtMs: m.SentAtMs, Seq: m.Seq, Epoch: ev.Epoch}
+			GroupID: m.GroupId, Text: m.Text, SentAtMs: m.SentAtMs, Seq: m.Seq, Epoch: ev.Epoch,
+			NodeID: ev.OriginNode, ConnID: ev.OriginConn, Device: ev.OriginDevice}
 	case ev.Login != nil:
 		ce = protocol.ChannelEvent{Type: protocol.EventLogin, NodeID: ev.Login.NodeID,
-			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen, Epoch: ev.Login.Epoch}
+			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen, Epoch: ev.Login.Epoch, Device: ev.Login.Device}
+	case ev.DeviceKick != nil:
+		ce = protocol.ChannelEvent{Type: protocol.EventDeviceKick, Device: ev.DeviceKick.Device, Gen: ev.DeviceKick.Gen, Epoch: ev.Epoch}
+	case ev.Presence != nil:
+		n := ev.Presence
+		ce = protocol.ChannelEvent{Type: protocol.EventPresence, UserID: n.UserID, Username: n.Username,
+			Online: n.Online, LastSeenMs: n.LastSeenMs, Epoch: ev.Epoch}
+	case ev.Typing != nil:
+		n := ev.Typing
+		ce = protocol.ChannelEvent{Type: protocol.EventTyping, UserID: n.UserID, Username: n.Username,
+			GroupID: n.GroupID, Epoch: ev.Epoch}
 	case ev.Read != nil:
 		r := ev.Read
 		ce = protocol.ChannelEvent{Type: protocol.EventRead, ReaderUserID: r.Reader, Conv: r.Conv.Key(),
@@ -158,7 +169,18 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 			NodeID: ce.NodeID, ConnID: ce.ConnID}}, nil
 	}
 	if ce.Type == protocol.EventLogin {
-		return Event{Login: &LoginNotice{NodeID: ce.NodeID, ConnID: ce.ConnID, AtMs: ce.AtMs, Gen: ce.Gen, Epoch: ce.Epoch}}, nil
+		return Event{Login: &LoginNotice{NodeID: ce.NodeID, ConnID: ce.ConnID, AtMs: ce.AtMs, Gen: ce.Gen, Epoch: ce.Epoch,
+			Device: ce.Device}}, nil
+	}
+	if ce.Type == protocol.EventPresence {
+		return Event{Epoch: ce.Epoch, Presence: &PresenceNotice{UserID: ce.UserID, Username: ce.Username,
+			Online: ce.Online, LastSeenMs: ce.LastSeenMs}}, nil
+	}
+	if ce.Type == protocol.EventTyping {
+		return Event{Epoch: ce.Epoch, Typing: &TypingNotice{UserID: ce.UserID, Username: ce.Username, GroupID: ce.GroupID}}, nil
+	}
+	if ce.Type == protocol.EventDeviceKick {
+		return Event{Epoch: ce.Epoch, DeviceKick: &DeviceSession{Device: ce.Device, Gen: ce.Gen}}, nil
 	}
 	m := &chatpb.Message{MsgId: uint64(ce.MsgID), FromUserId: ce.FromUserID,
 		FromUsername: ce.FromUsername, ToUserId: ce.ToUserID, GroupId: ce.GroupID, Text: ce.Text,
@@ -169,7 +191,7 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 		// from the node, and no seq, whatever it claims.
 		m.Seq = ce.Seq
 	}
-	return Event{Epoch: ce.Epoch, Message: m}, nil
+	return Event{Epoch: ce.Epoch, Message: m, OriginNode: ce.NodeID, OriginConn: ce.ConnID, OriginDevice: ce.Device}, nil
 }
 
 // Publish sends one PUBLISH per user, all in one shared pipeline, and

@@ -20,9 +20,18 @@ import (
 // clusterNodes starts n nodes sharing one Redis; no token secret is given,
 // so they must agree on the one kept in Redis.
 func clusterNodes(t *testing.T, r *testproc.Redis, n int, engine string) []*testServer {
+	return clusterNodesWith(t, r, n, engine, nil)
+}
+
+// clusterNodesWith is clusterNodes with tweak (if set) applied to each
+// node's options.
+func clusterNodesWith(t *testing.T, r *testproc.Redis, n int, engine string, tweak func(*Options)) []*testServer {
 	var nodes []*testServer
 	for i := range n {
 		opts := testOptions(t, engine)
+		if tweak != nil {
+			tweak(&opts)
+		}
 		opts.Redis = r.URL
 		opts.NodeID = fmt.Sprintf("node-%d", i+1)
 		opts.Heartbeat = 200 * time.Millisecond
@@ -136,12 +145,13 @@ func TestThirdPartyPublishReachesUser(t *testing.T) {
 	}
 	// Malformed payloads are dropped and counted, none reaches dave, and
 	// he is unharmed: an empty text, a sender name no client could have,
-	// a payload past the size bound.
+	// a payload past the size bound, a device longer than any login's.
 	bad := []string{
 		`{"type":"message","text":""}`,
 		`{"type":"message","from_username":"` + strings.Repeat("x", 1000) + `","text":"spoofed"}`,
 		`{"type":"message","from_username":"bill ing","text":"spoofed"}`,
 		`{"type":"message","text":"` + strings.Repeat("y", protocol.MaxChannelEvent) + `"}`,
+		`{"type":"message","text":"spoofed","device":"` + strings.Repeat("d", 65) + `"}`,
 	}
 	for _, p := range bad {
 		_ = rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), p).Err()

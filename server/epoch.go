@@ -206,6 +206,10 @@ func (s *RedisStore) Epoch(ctx context.Context) (string, error) {
 	if quietOnCreate {
 		flag = "1"
 	}
+	// Before the script marks the keyspace with this code's schema.
+	if err := s.migrateConvIndex(ctx); err != nil {
+		return "", err
+	}
 	e, err := scriptEpoch.Run(ctx, s.rdb, []string{s.p + "epoch", s.p + "user:seq", s.p + "epoch:quiet", s.p + "schema"},
 		newEpoch(), known, s.maxUID.Load(), s.cfg.ResetQuiet.Milliseconds(), flag, redisSchema).Text()
 	if err != nil {

@@ -56,8 +56,8 @@ func TestRedisStoreEpochGuard(t *testing.T) {
 		"Ack":           func() error { return s.Ack(stale, b.ID, []uint64{m.MsgId}) },
 		"AddFriend":     func() error { return s.AddFriend(stale, a.ID, b.ID, Limits{}) },
 		"CreateGroup":   func() error { _, err := s.CreateGroup(stale, a.ID, "g", "", Limits{}); return err },
-		"NewSession":    func() error { _, err := s.NewSession(stale, a.ID); return err },
-		"LatestSession": func() error { _, err := s.LatestSession(stale, a.ID); return err },
+		"NewSession":    func() error { _, err := s.NewSession(stale, a.ID, ""); return err },
+		"LatestSession": func() error { _, err := s.LatestSession(stale, a.ID, ""); return err },
 		// Reads of a conversation too: under other contents its key names
 		// other users' conversation.
 		"History": func() error {
@@ -261,7 +261,7 @@ func TestLingeringSessionOfTheOldStoreYields(t *testing.T) {
 	big := strings.Repeat("x", 3000)
 	for i := 0; ; i++ {
 		expectOK(t, bob.do(sendTo("alice", big)))
-		if s := n1.users.get(ok.UserId); s != nil && s.out.queued() > 512<<10 {
+		if s := n1.users.get(ok.UserId); len(s) == 1 && s[0].out.queued() > 512<<10 {
 			break
 		}
 		if i > 6000 {

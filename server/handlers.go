@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"time"
 
@@ -84,6 +85,16 @@ func (c *session) handle(f *chatpb.Frame) {
 		resp, err = c.history(ctx, b.History)
 	case *chatpb.Frame_MarkRead:
 		resp, err = c.markRead(ctx, b.MarkRead)
+	case *chatpb.Frame_ListConversations:
+		resp, err = c.listConversations(ctx, b.ListConversations)
+	case *chatpb.Frame_SetPresenceVisible:
+		resp, err = c.setPresenceVisible(ctx, b.SetPresenceVisible)
+	case *chatpb.Frame_Typing:
+		resp, err = c.typingNotice(ctx, b.Typing)
+	default:
+		// A request type IsRequest knows but this switch does not: a bug,
+		// never silence.
+		err = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INTERNAL, "request %s not handled", kind)
 	}
 	if errors.Is(err, errSuperseded) {
 		// Kicked already: the Kicked frame is this request's last word.
@@ -140,20 +151,38 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	if c.user.Load() != nil {
 		return nil, nil, ErrAlreadyLoggedIn
 	}
+	if err := validateDeviceID(req.DeviceId); err != nil {
+		return nil, nil, err
+	}
+	device := req.DeviceId
+	if c.srv.opts.MaxDevices == 1 {
+		device = "" // one device per user: every login replaces the last
+	}
 	ep := requestEpoch(ctx)
 	u, err := c.authenticate(ctx, req, ep)
 	if err != nil {
 		c.srv.metrics.loginFailures.Inc()
 		return nil, nil, err
 	}
-	// Newest login wins, in the order the store gives (sessiongen.go).
-	gen, err := c.srv.store.NewSession(ctx, u.ID)
+	now := time.Now()
+	reg, err := c.srv.store.RegisterDevice(ctx, u.ID, device, now.UnixMilli())
 	if err != nil {
 		c.srv.metrics.loginFailures.Inc()
 		return nil, nil, err
 	}
-	now := time.Now()
-	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli(), gen: gen, epoch: ep}
+	if reg.Forgot {
+		// Its box is gone: a session of it must not go on as if it had one.
+		c.srv.kickDevice(ctx, u.ID, ep, DeviceSession{Device: reg.Evicted, Gen: math.MaxUint64})
+	}
+	// Newest login of a device wins, in the order the store gives
+	// (sessiongen.go).
+	gen, err := c.srv.store.NewSession(ctx, u.ID, device)
+	if err != nil {
+		c.srv.metrics.loginFailures.Inc()
+		return nil, nil, err
+	}
+	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli(), gen: gen, epoch: ep,
+		device: device, box: boxOf(u.ID, reg.Slot)}
 
 	// Hold live pushes from the moment we subscribe until the replay is
 	// done: subscribe first, then read the inbox, so nothing falls between.
@@ -181,13 +210,14 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	// Tell other nodes, whose older sessions of this user must go. Without
 	// the notice out, an older session elsewhere could stay for good
 	// (sessiongen.go), so a login that cannot publish fails.
-	notice := Event{Login: &LoginNotice{NodeID: c.srv.opts.NodeID, ConnID: c.id, AtMs: info.loginAtMs, Gen: gen, Epoch: ep}}
+	notice := Event{Login: &LoginNotice{NodeID: c.srv.opts.NodeID, ConnID: c.id, AtMs: info.loginAtMs, Gen: gen, Epoch: ep,
+		Device: device}}
 	if _, err := c.srv.broker.Publish(ctx, []uint64{u.ID}, notice); err != nil {
 		return abandon(err)
 	}
 	// A newer login whose notice went out before we were subscribed shows
 	// here instead; without this check both sessions could stay.
-	latest, err := c.srv.store.LatestSession(ctx, u.ID)
+	latest, err := c.srv.store.LatestSession(ctx, u.ID, device)
 	switch {
 	case err != nil:
 		return abandon(err)
@@ -204,21 +234,46 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 		return abandon(errUnavailable)
 	}
 
-	ok := &chatpb.LoginOK{UserId: u.ID, Username: u.Name, NodeId: c.srv.opts.NodeID, StoreEpoch: ep}
+	// One device too many: the oldest logins go. A failure here leaves
+	// the user over the limit until their next login, which is better
+	// than failing a login that is otherwise done.
+	if kick, err := c.srv.store.DeviceOnline(ctx, u.ID, device, gen, c.srv.opts.MaxDevices); err != nil {
+		c.logger().Warn("login: device limit not checked", "err", err)
+	} else {
+		for _, k := range kick {
+			c.srv.kickDevice(ctx, u.ID, ep, k)
+		}
+	}
+
+	ok := &chatpb.LoginOK{UserId: u.ID, Username: u.Name, NodeId: c.srv.opts.NodeID, StoreEpoch: ep, DeviceId: device}
 	var expires time.Time
 	ok.Token, expires = c.srv.tokens.Load().issue(u, now, ep)
 	ok.TokenExpiresAtMs = expires.UnixMilli()
-	if ok.Friends, ok.Groups, err = c.contacts(ctx, u.ID); err != nil {
+	var friends []User
+	if ok.Friends, ok.Groups, friends, err = c.contacts(ctx, u.ID); err != nil {
 		c.logger().Warn("login: contacts unavailable", "err", err)
 	}
+	// Online to friends from now: after the friend list was read, so that
+	// a friend's change from here on reaches this session after LoginOK
+	// (pushes wait for the replay), and the list is never newer than it.
+	ok.PresenceHidden = c.srv.presence.join(ctx, info, friends)
 	c.srv.metrics.logins.Inc()
 	c.loggedInOnce.Store(true)
 	c.srv.releaseAnonymous(c)
 	c.debug("logged in") // debug: at C10K rates one line per login is noise
 	// The replay outlives this request's timeout: a big inbox to a slow
 	// reader takes as long as it takes (waitWritable bounds the stalls).
-	replay := func() { c.replayInbox(c.srv.ctx, u.ID) }
+	replay := func() { c.replayInbox(c.srv.ctx, info.box) }
 	return &chatpb.Frame{Body: &chatpb.Frame_LoginOk{LoginOk: ok}}, replay, nil
+}
+
+// kickDevice ends uid's session of k.Device at or below k.Gen, wherever
+// it is, with DEVICE_LIMIT.
+func (s *Server) kickDevice(ctx context.Context, uid uint64, epoch string, k DeviceSession) {
+	s.metrics.deviceKicks.Inc()
+	if _, err := s.broker.Publish(ctx, []uint64{uid}, Event{Epoch: epoch, DeviceKick: &k}); err != nil {
+		s.log.Warn("device kick not published", "user_id", uid, "err", err)
+	}
 }
 
 func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch string) (User, error) {
@@ -260,58 +315,81 @@ func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch str
 	return u, nil
 }
 
-// contacts lists uid's friends and groups with who is online now.
-func (c *session) contacts(ctx context.Context, uid uint64) ([]*chatpb.Friend, []*chatpb.Group, error) {
+// contacts lists uid's friends and groups with their presence now, and
+// the friends as the store has them.
+func (c *session) contacts(ctx context.Context, uid uint64) ([]*chatpb.Friend, []*chatpb.Group, []User, error) {
 	friends, err := c.srv.store.Friends(ctx, uid)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	groups, err := c.srv.store.GroupsOf(ctx, uid)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, friends, err
 	}
-	var ids []uint64
-	for _, f := range friends {
-		ids = append(ids, f.ID)
+	ids := make([]uint64, len(friends))
+	for i, f := range friends {
+		ids[i] = f.ID
+	}
+	if len(groups) == 0 {
+		// Friends are each listed once: no set needed.
+		states, err := c.srv.store.Presence(ctx, ids)
+		if err != nil {
+			return nil, nil, friends, err
+		}
+		return friendList(friends, states), nil, friends, nil
 	}
 	for _, g := range groups {
 		for _, m := range g.Members {
 			ids = append(ids, m.UserID)
 		}
 	}
-	online, err := c.onlineSet(ctx, ids)
+	pres, err := c.presenceOf(ctx, ids)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, friends, err
 	}
-	return friendList(friends, online), groupList(groups, online), nil
+	states := make([]PresenceState, len(friends))
+	for i, f := range friends {
+		states[i] = pres[f.ID]
+	}
+	return friendList(friends, states), groupList(groups, pres), friends, nil
 }
 
-func (c *session) onlineSet(ctx context.Context, ids []uint64) (map[uint64]bool, error) {
-	flags, err := c.srv.broker.Online(ctx, ids)
+// presenceOf reads the presence of ids (each once) as friends see it.
+func (c *session) presenceOf(ctx context.Context, ids []uint64) (map[uint64]PresenceState, error) {
+	set := make(map[uint64]PresenceState, len(ids))
+	uniq := make([]uint64, 0, len(ids))
+	for _, id := range ids {
+		if _, dup := set[id]; !dup {
+			set[id] = PresenceState{}
+			uniq = append(uniq, id)
+		}
+	}
+	states, err := c.srv.store.Presence(ctx, uniq)
 	if err != nil {
 		return nil, err
 	}
-	set := make(map[uint64]bool, len(ids))
-	for i, id := range ids {
-		set[id] = flags[i]
+	for i, id := range uniq {
+		set[id] = states[i]
 	}
 	return set, nil
 }
 
-func friendList(friends []User, online map[uint64]bool) []*chatpb.Friend {
+// friendList is friends with their presence, states[i] being friends[i]'s.
+func friendList(friends []User, states []PresenceState) []*chatpb.Friend {
 	out := make([]*chatpb.Friend, 0, len(friends))
-	for _, f := range friends {
-		out = append(out, &chatpb.Friend{UserId: f.ID, Username: f.Name, Online: online[f.ID]})
+	for i, f := range friends {
+		p := states[i]
+		out = append(out, &chatpb.Friend{UserId: f.ID, Username: f.Name, Online: p.Online, LastSeenMs: p.LastSeenMs})
 	}
 	return out
 }
 
-func groupList(groups []Group, online map[uint64]bool) []*chatpb.Group {
+func groupList(groups []Group, pres map[uint64]PresenceState) []*chatpb.Group {
 	out := make([]*chatpb.Group, 0, len(groups))
 	for _, g := range groups {
 		pg := &chatpb.Group{GroupId: g.ID, Name: g.Name, Description: g.Description}
 		for _, m := range g.Members {
-			pg.Members = append(pg.Members, &chatpb.Member{UserId: m.UserID, Username: m.Username, Role: m.Role, Online: online[m.UserID]})
+			pg.Members = append(pg.Members, &chatpb.Member{UserId: m.UserID, Username: m.Username, Role: m.Role, Online: pres[m.UserID].Online})
 		}
 		out = append(out, pg)
 	}
@@ -320,7 +398,7 @@ func groupList(groups []Group, online map[uint64]bool) []*chatpb.Group {
 
 func (c *session) logout(ctx context.Context) (*chatpb.Frame, error) {
 	if u := c.user.Swap(nil); u != nil {
-		c.srv.unbindUser(ctx, u.id, c)
+		c.srv.unbindUser(ctx, u, c)
 		c.debug("logged out", "user_id", u.id)
 	}
 	return okFrame(), nil
@@ -383,7 +461,14 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	}
 	m.MsgId, m.SentAtMs = c.srv.ids.next(time.Now())
 
-	res, err := c.srv.store.AppendMessage(ctx, m, recipients, req.ClientMsgId)
+	from := sender{box: u.box, device: u.device, node: c.srv.opts.NodeID, conn: c.id}
+	appendCtx := ctx
+	if m.ToUserId != u.id {
+		// The sender's other devices get it too. (A note to yourself
+		// already goes to every device of yours, this one included.)
+		appendCtx = withSendingDevice(ctx, from)
+	}
+	res, err := c.srv.store.AppendMessage(appendCtx, m, recipients, req.ClientMsgId)
 	if err != nil {
 		return sendReceipt{}, err
 	}
@@ -417,6 +502,13 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 			c.logger().Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
 		}
 		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
+		if res.SenderCopies > 0 {
+			// The sender's other devices; this device is left out.
+			ev.OriginNode, ev.OriginConn, ev.OriginDevice = from.node, from.conn, from.device
+			if _, err := c.srv.broker.Publish(ctx, []uint64{u.id}, ev); err != nil {
+				c.logger().Warn("live push to the sender's devices failed; it waits in their inboxes", "msg_id", m.MsgId, "err", err)
+			}
+		}
 	}
 	stored := res.Message
 	return sendReceipt{msgID: stored.MsgId, sentAtMs: stored.SentAtMs, online: online > 0, seq: stored.Seq}, nil
@@ -443,7 +535,7 @@ func (c *session) ack(ctx context.Context, req *chatpb.Ack) error {
 	if len(req.MsgIds) == 0 {
 		return nil
 	}
-	return c.srv.store.Ack(ctx, c.user.Load().id, req.MsgIds)
+	return c.srv.store.Ack(ctx, c.user.Load().box, req.MsgIds)
 }
 
 func (c *session) addFriend(ctx context.Context, req *chatpb.AddFriend) (*chatpb.Frame, error) {
@@ -473,11 +565,11 @@ func (c *session) listFriends(ctx context.Context) (*chatpb.Frame, error) {
 	for i, f := range friends {
 		ids[i] = f.ID
 	}
-	online, err := c.onlineSet(ctx, ids)
+	states, err := c.srv.store.Presence(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	return &chatpb.Frame{Body: &chatpb.Frame_FriendList{FriendList: &chatpb.FriendList{Friends: friendList(friends, online)}}}, nil
+	return &chatpb.Frame{Body: &chatpb.Frame_FriendList{FriendList: &chatpb.FriendList{Friends: friendList(friends, states)}}}, nil
 }
 
 func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*chatpb.Frame, error) {
@@ -509,7 +601,7 @@ func (c *session) leaveGroup(ctx context.Context, req *chatpb.LeaveGroup) (*chat
 }
 
 func (c *session) listGroups(ctx context.Context) (*chatpb.Frame, error) {
-	_, groups, err := c.contacts(ctx, c.user.Load().id)
+	_, groups, _, err := c.contacts(ctx, c.user.Load().id)
 	if err != nil {
 		return nil, err
 	}
@@ -619,5 +711,47 @@ func (c *session) markRead(ctx context.Context, req *chatpb.MarkRead) (*chatpb.F
 		// notice is lost.
 		c.logger().Warn("read receipt not published", "err", err)
 	}
+	return okFrame(), nil
+}
+
+// listConversations answers the caller's conversations, most recent first,
+// each named from the caller's side.
+func (c *session) listConversations(ctx context.Context, req *chatpb.ListConversations) (*chatpb.Frame, error) {
+	limit := int(req.Limit)
+	switch {
+	case limit == 0:
+		limit = protocol.DefConvListLimit
+	case limit > protocol.MaxConvListLimit:
+		return nil, protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "limit is at most %d", protocol.MaxConvListLimit)
+	}
+	u := c.user.Load()
+	list, more, err := c.srv.store.ListConversations(ctx, u.id, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := &chatpb.ConversationList{Conversations: make([]*chatpb.ConversationSummary, 0, len(list)), HasMore: more}
+	for _, cs := range list {
+		e := &chatpb.ConversationSummary{LastMessage: cs.Last, LastSeq: cs.LastSeq, ReadSeq: cs.ReadSeq, Unread: cs.Unread}
+		if gid := cs.Conv.GroupID; gid != 0 {
+			e.GroupId, e.GroupName = gid, cs.Name
+		} else {
+			e.PeerUserId, e.PeerUsername = cs.Peer(u.id), cs.Name
+		}
+		out.Conversations = append(out.Conversations, e)
+	}
+	return &chatpb.Frame{Body: &chatpb.Frame_ConversationList{ConversationList: out}}, nil
+}
+
+// setPresenceVisible shows or hides the caller's presence from their
+// friends, who are told when what they see changes.
+func (c *session) setPresenceVisible(ctx context.Context, req *chatpb.SetPresenceVisible) (*chatpb.Frame, error) {
+	u := c.user.Load()
+	m := c.srv.presence.lock(u.id)
+	defer m.Unlock()
+	ch, err := c.srv.store.SetPresenceVisible(ctx, u.id, req.Visible)
+	if err != nil {
+		return nil, err
+	}
+	c.srv.presence.announce(ctx, u.id, u.name, u.epoch, ch, nil)
 	return okFrame(), nil
 }

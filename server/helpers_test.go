@@ -54,6 +54,9 @@ func testOptions(t *testing.T, engine string) Options {
 		BcryptCost: bcrypt.MinCost,
 		Logger:     testLogger(),
 		RateLimit:  10000,
+		// Offline friends are told of quickly; the presence tests that
+		// need the grace set their own.
+		PresenceGrace: 300 * time.Millisecond,
 	}
 }
 

@@ -163,13 +163,23 @@ func TestConversationKeysRoundTrip(t *testing.T) {
 // onOneNodeAndTwo runs a test of two users, on each engine: both on one
 // node (a and b the same), and on two nodes sharing a real Redis.
 func onOneNodeAndTwo(t *testing.T, run func(t *testing.T, a, b *testServer)) {
+	onOneNodeAndTwoWith(t, nil, run)
+}
+
+// onOneNodeAndTwoWith is onOneNodeAndTwo with tweak (if set) applied to
+// every node's options.
+func onOneNodeAndTwoWith(t *testing.T, tweak func(*Options), run func(t *testing.T, a, b *testServer)) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		t.Run("one node", func(t *testing.T) {
-			ts := startServer(t, testOptions(t, engine))
+			opts := testOptions(t, engine)
+			if tweak != nil {
+				tweak(&opts)
+			}
+			ts := startServer(t, opts)
 			run(t, ts, ts)
 		})
 		t.Run("two nodes", func(t *testing.T) {
-			nodes := clusterNodes(t, testproc.StartRedis(t), 2, engine)
+			nodes := clusterNodesWith(t, testproc.StartRedis(t), 2, engine, tweak)
 			run(t, nodes[0], nodes[1])
 		})
 	})

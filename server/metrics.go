@@ -45,6 +45,12 @@ type metrics struct {
 	channelErrors    prometheus.Counter
 	storeResets      prometheus.Counter
 	staleEvents      prometheus.Counter
+	deviceKicks      prometheus.Counter
+	presenceChanges  *prometheus.CounterVec // state
+	presencePending  prometheus.Gauge
+	presenceSwept    prometheus.Counter
+	presenceErrors   prometheus.Counter
+	typingNotices    *prometheus.CounterVec // result
 	storeCommit      prometheus.Histogram
 	storeBatch       prometheus.Histogram
 	logSync          prometheus.Histogram
@@ -110,6 +116,20 @@ func newMetrics() *metrics {
 			Name: "loopchat_store_resets_total", Help: "Times this node found the store's epoch changed (the store lost its data, was replaced or rolled back) and kicked every session."}),
 		staleEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_stale_events_total", Help: "Channel events dropped because they belong to other store contents than the session they reached (store epoch)."}),
+		deviceKicks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_device_kicks_total", Help: "Device sessions kicked for DEVICE_LIMIT (too many devices of one user online, or a device forgotten to make room)."}),
+		presenceChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loopchat_presence_changes_total", Help: "Users this node announced to their friends as come online or gone offline, by state."},
+			[]string{"state"}),
+		presencePending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "loopchat_presence_settles_pending", Help: "Users whose last session on this node ended and whose offline grace is not over."}),
+		presenceSwept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_presence_swept_total", Help: "Users of dead nodes this node settled (offline unless online elsewhere)."}),
+		presenceErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_presence_errors_total", Help: "Presence changes not recorded or not told (the store or Redis failed); a failed settle is retried."}),
+		typingNotices: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loopchat_typing_notices_total", Help: "Typing requests, by result: sent (published to the other side), dropped (over the typing rate)."},
+			[]string{"result"}),
 		storeCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "loopchat_store_commit_seconds", Help: "Embedded store group-commit duration (one fsync'd transaction).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
@@ -131,7 +151,8 @@ func newMetrics() *metrics {
 	m.registry.MustRegister(m.connsOpen, m.connsByLoop, m.connsTotal, m.requests, m.logins,
 		m.loginFailures, m.loginThrottled, m.connsRefused, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
 		m.inboxReplay, m.inboxTrimmed, m.historyTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
-		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeResets, m.staleEvents, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
+		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeResets, m.staleEvents, m.deviceKicks,
+		m.presenceChanges, m.presencePending, m.presenceSwept, m.presenceErrors, m.typingNotices, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
 		m.redisLatency, m.redisErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -69,6 +69,16 @@ type Options struct {
 	RateLimit float64
 	// RateBurst is each connection's request burst. Zero means 2×RateLimit.
 	RateBurst int
+	// MaxDevices is how many devices of one user may be online at once
+	// (device.go); one more kicks the oldest login with DEVICE_LIMIT. One
+	// means today's newest-login-wins: every login is the same device.
+	// Zero means 5; it is capped at 16, the devices a store keeps a box
+	// for.
+	MaxDevices int
+	// PresenceGrace is how long a user whose last device went offline
+	// stays online to their friends: a reconnect within it tells them
+	// nothing (docs/presence.md). Zero means 5s.
+	PresenceGrace time.Duration
 	// MaxPending caps one connection's requests waiting for a worker.
 	// Zero means 256.
 	MaxPending int
@@ -205,9 +215,16 @@ func (o *Options) withDefaults() (Options, error) {
 	if c.RateBurst <= 0 {
 		c.RateBurst = int(2 * c.RateLimit)
 	}
+	if c.PresenceGrace <= 0 {
+		c.PresenceGrace = 5 * time.Second
+	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 256
 	}
+	if c.MaxDevices <= 0 {
+		c.MaxDevices = 5
+	}
+	c.MaxDevices = min(c.MaxDevices, maxKnownDevices)
 	if c.Workers <= 0 {
 		c.Workers = 64 * runtime.GOMAXPROCS(0)
 	}

@@ -32,6 +32,10 @@ func (s *BoltStore) MarkRead(ctx context.Context, uid uint64, c Conversation, up
 		if v := b.Get(k); len(v) == 8 {
 			seq = binary.BigEndian.Uint64(v)
 		}
+		// A send not copied yet has marked it read further already.
+		s.mem.Lock()
+		seq = max(seq, s.pendingReadLocked(uid, c))
+		s.mem.Unlock()
 		if upTo <= seq {
 			return nil
 		}
@@ -41,7 +45,11 @@ func (s *BoltStore) MarkRead(ctx context.Context, uid uint64, c Conversation, up
 	return seq, moved, err
 }
 
-func (s *BoltStore) ReadSeq(_ context.Context, uid uint64, c Conversation) (seq uint64, err error) {
+func (s *BoltStore) ReadSeq(ctx context.Context, uid uint64, c Conversation) (seq uint64, err error) {
+	// Sends still only in the message log move it too (historyCopy).
+	if err := s.applyLogForUser(ctx, uid); err != nil {
+		return 0, err
+	}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketReadSeqs).Get(readSeqKey(uid, c)); len(v) == 8 {
 			seq = binary.BigEndian.Uint64(v)

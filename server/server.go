@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,7 +53,9 @@ type Server struct {
 	connsMu sync.Mutex
 	conns   map[uint64]*session // every open connection
 
-	users userTable // logged-in users on this node
+	users      userTable // logged-in users on this node
+	presence   *presence
+	transients *transientFlusher
 
 	// ctx is cancelled when the server has shut down; request handlers use it.
 	ctx    context.Context
@@ -115,6 +118,8 @@ func New(o Options) (*Server, error) {
 		addressBusy: refusalFrame(ErrAddressBusy),
 	}
 	s.users.init()
+	s.presence = newPresence(s)
+	s.transients = newTransientFlusher()
 	tk := newTokens(opts.TokenSecret, opts.TokenTTL)
 	s.tokens.Store(&tk)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -183,6 +188,7 @@ func (s *Server) Start() (net.Addr, error) {
 		go s.work()
 	}
 	go s.sweep()
+	go s.transients.run()
 	if s.registry != nil {
 		s.epochStop, s.epochDone = make(chan struct{}), make(chan struct{})
 		go s.watchEpoch(s.epochStop, s.epochDone)
@@ -216,6 +222,12 @@ func (s *Server) Start() (net.Addr, error) {
 			_ = s.Shutdown(ctx)
 			return nil, fmt.Errorf("cluster registry: %w", err)
 		}
+	}
+	pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.presence.start(pctx); err != nil {
+		_ = s.Shutdown(pctx)
+		return nil, fmt.Errorf("presence: %w", err)
 	}
 	s.log.Info("serving", "addr", addr.String(), "engine", s.opts.Engine, "loops", s.opts.Loops)
 	return addr, nil
@@ -266,6 +278,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 		errEngine = s.engine.stop(stopCtx)
 	}
 	s.stopBackground()
+	s.presence.close() // settles what waits on one node: before the store closes
 	s.cancel()
 	if s.registry != nil {
 		s.registry.close(stopCtx)
@@ -338,6 +351,7 @@ func (s *Server) stopBackground() {
 		}
 		close(s.sweepStop)
 		<-s.sweepDone
+		s.transients.close()
 		if s.epochStop != nil {
 			close(s.epochStop)
 			<-s.epochDone
@@ -416,14 +430,31 @@ func (s *Server) sweep() {
 	}
 }
 
-// onEvent is the broker's handler: route an event to this node's session
-// of uid, if any.
+// onEvent is the broker's handler: route an event to this node's sessions
+// of uid (one per device), if any.
 func (s *Server) onEvent(uid uint64, ev Event) {
-	c := s.users.get(uid)
-	if c == nil {
+	cs := s.users.get(uid)
+	if len(cs) > 1 && ev.frame == nil {
+		// Once for all the user's devices here.
+		switch {
+		case ev.Presence != nil:
+			ev.frame = ev.Presence.encode()
+		case ev.Typing != nil:
+			ev.frame = ev.Typing.encode()
+		}
+	}
+	for _, c := range cs {
+		s.deliver(c, ev)
+	}
+}
+
+// deliver hands one event to one session of its user.
+func (s *Server) deliver(c *session, ev Event) {
+	u := c.user.Load()
+	if u == nil {
 		return
 	}
-	if u := c.user.Load(); u != nil && ev.Epoch != "" && ev.Epoch != u.epoch {
+	if ev.Epoch != "" && ev.Epoch != u.epoch {
 		// Stored under other store contents, where this user id is
 		// someone else: never theirs to see. This node's epoch is stale
 		// (or the sender's): look now.
@@ -436,6 +467,15 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 		c.enqueue(mailItem{resync: true})
 	case ev.Message != nil:
 		m := ev.Message
+		if ev.OriginConn != 0 && ev.OriginConn == c.id && ev.OriginNode == s.opts.NodeID {
+			return // the sending session: it has its SendOK
+		}
+		if ev.OriginConn != 0 && m.FromUserId == u.id && m.ToUserId != u.id && ev.OriginDevice == u.device {
+			// Sent from this device by an earlier session of it, and come
+			// late (a pub/sub reconnect, a slow node): the device has the
+			// SendOK, and its box leaves the message out as well.
+			return
+		}
 		if m.MsgId == 0 {
 			// Published by another program: give it an id so the client
 			// can tell it apart (it is pushed live only, never stored).
@@ -446,8 +486,7 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 		c.push(m, ev.frame)
 	case ev.Read != nil:
 		r := ev.Read
-		u := c.user.Load()
-		if u == nil || r.NodeID == s.opts.NodeID && r.ConnID == c.id {
+		if r.NodeID == s.opts.NodeID && r.ConnID == c.id {
 			return
 		}
 		// Anyone who can PUBLISH can write a read event: a receipt reaches
@@ -463,10 +502,32 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 			rr.PeerUserId = r.Conv.A + r.Conv.B - u.id // the other of the pair, from this user's side
 		}
 		c.write(&chatpb.Frame{Body: &chatpb.Frame_ReadReceipt{ReadReceipt: rr}})
+	case ev.Presence != nil:
+		if ev.Presence.UserID == u.id {
+			return // your own presence is not news to you
+		}
+		frame := ev.frame
+		if frame == nil {
+			frame = ev.Presence.encode()
+		}
+		c.pushTransient(frame)
+	case ev.Typing != nil:
+		if ev.Typing.UserID == u.id {
+			return // your own typing, from another device
+		}
+		frame := ev.frame
+		if frame == nil {
+			frame = ev.Typing.encode()
+		}
+		c.pushTransient(frame)
+	case ev.DeviceKick != nil:
+		if ev.DeviceKick.Device == u.device && u.gen <= ev.DeviceKick.Gen {
+			c.kick(chatpb.KickReason_KICK_REASON_DEVICE_LIMIT,
+				fmt.Sprintf("more than %d devices online; log in again only when the user asks", s.opts.MaxDevices))
+		}
 	case ev.Login != nil:
-		u := c.user.Load()
-		if u == nil {
-			return
+		if ev.Login.Device != u.device {
+			return // another device of the user: both may stay
 		}
 		newer := ev.Login.Gen > u.gen
 		if ev.Login.Epoch != "" && ev.Login.Epoch != u.epoch {
@@ -487,72 +548,97 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 	}
 }
 
-// userTable maps logged-in users to their session on this node.
+// userTable maps logged-in users to their sessions on this node, one per
+// device.
 //
 // Two locks per stripe: op serialises bind and unbind of a user, and is
 // held across the broker (un)subscribe, so a late Unsubscribe from an old
 // session can never undo a newer session's Subscribe; mu guards the map
 // itself and is never held across a call out. Event delivery (get) takes
 // only mu: the broker's receive loop must never wait for a login that is
-// itself waiting for that loop to confirm its subscription.
+// itself waiting for that loop to confirm its subscription. A user's
+// slice is replaced, never changed in place, so get can hand it out.
 type userTable struct {
 	stripes [64]struct {
 		op sync.Mutex
 		mu sync.RWMutex
-		m  map[uint64]*session
+		m  map[uint64][]*session
 	}
 }
 
 func (t *userTable) init() {
 	for i := range t.stripes {
-		t.stripes[i].m = make(map[uint64]*session)
+		t.stripes[i].m = make(map[uint64][]*session)
 	}
 }
 
-func (t *userTable) get(uid uint64) *session {
+// get is uid's sessions here (read-only).
+func (t *userTable) get(uid uint64) []*session {
 	st := &t.stripes[uid%uint64(len(t.stripes))]
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	return st.m[uid]
 }
 
-// bindUser makes c (logged in as me) the session of uid, subscribing the
-// node when uid was not here, and returns the session it replaced. A
-// session here with a higher generation of the same store epoch stays, and
-// bindUser fails with errSuperseded; one of another epoch always goes.
+// bindUser makes c (logged in as me) the session of me's device, subscribing
+// the node when uid had no session here, and returns the session of that
+// device it replaced. A session of the device here with a higher
+// generation of the same store epoch stays, and bindUser fails with
+// errSuperseded; one of another epoch always goes.
 func (s *Server) bindUser(ctx context.Context, uid uint64, c *session, me *sessionUser) (old *session, err error) {
 	st := &s.users.stripes[uid%uint64(len(s.users.stripes))]
 	st.op.Lock()
 	defer st.op.Unlock()
-	old = s.users.get(uid)
-	if old != nil {
+	cur := s.users.get(uid)
+	i := slices.IndexFunc(cur, func(o *session) bool {
+		u := o.user.Load()
+		return u != nil && u.device == me.device
+	})
+	if i >= 0 {
+		old = cur[i]
 		if u := old.user.Load(); u != nil && u.epoch == me.epoch && u.gen > me.gen {
 			return nil, errSuperseded
 		}
 	}
-	if old == nil {
+	if len(cur) == 0 {
 		if err := s.broker.Subscribe(ctx, uid); err != nil {
 			return nil, err
 		}
 	}
+	next := slices.DeleteFunc(slices.Clone(cur), func(o *session) bool { return o == old || o == c })
+	next = append(next, c)
 	st.mu.Lock()
-	st.m[uid] = c
+	st.m[uid] = next
 	st.mu.Unlock()
 	return old, nil
 }
 
-// unbindUser removes c as uid's session if it still is, unsubscribing.
-func (s *Server) unbindUser(ctx context.Context, uid uint64, c *session) {
+// unbindUser removes c from u's sessions, unsubscribing when it was the
+// last, and records its device offline (Store.DeviceOffline).
+func (s *Server) unbindUser(ctx context.Context, u *sessionUser, c *session) {
+	uid := u.id
 	st := &s.users.stripes[uid%uint64(len(s.users.stripes))]
 	st.op.Lock()
 	defer st.op.Unlock()
-	st.mu.Lock()
-	if st.m[uid] != c {
-		st.mu.Unlock()
+	cur := s.users.get(uid)
+	if !slices.Contains(cur, c) {
 		return
 	}
-	delete(st.m, uid)
+	next := slices.DeleteFunc(slices.Clone(cur), func(o *session) bool { return o == c })
+	st.mu.Lock()
+	if len(next) == 0 {
+		delete(st.m, uid)
+	} else {
+		st.m[uid] = next
+	}
 	st.mu.Unlock()
+	if err := s.store.DeviceOffline(withEpoch(ctx, u.epoch), uid, u.device, u.gen); err != nil {
+		s.log.Debug("device offline not recorded", "user_id", uid, "err", err)
+	}
+	if len(next) > 0 {
+		return
+	}
+	s.presence.leave(ctx, u)
 	if err := s.broker.Unsubscribe(ctx, uid); err != nil {
 		s.log.Warn("unsubscribe failed", "user_id", uid, "err", err)
 	}

@@ -43,8 +43,10 @@ type sessionUser struct {
 	id        uint64
 	name      string
 	loginAtMs int64
-	gen       uint64 // session generation: a higher one of the same user kicks this one
+	gen       uint64 // session generation: a higher one of the same device kicks this one
 	epoch     string // the store epoch the session logged in under (epoch.go)
+	device    string // Login.device_id ("" also when Options.MaxDevices is 1)
+	box       uint64 // the device's inbox (device.go)
 }
 
 // mailItem is one unit of a session's ordered work: a request, or the
@@ -78,6 +80,11 @@ type replayState struct {
 	held     []Event
 	overflow bool
 	sent     map[uint64]struct{}
+	// frames are presence and typing pushes held meanwhile (at most
+	// maxHeldPushes; beyond, they are dropped), written before the held
+	// messages: at login they come after LoginOK, whose friend list they
+	// update.
+	frames [][]byte
 }
 
 // maxHeldPushes bounds live pushes buffered during a replay; beyond it the
@@ -107,8 +114,11 @@ type session struct {
 	openedAt int64 // unix ns
 	lastSeen atomic.Int64
 	limiter  *rate.Limiter
-	broken   bool
-	kicked   atomic.Bool
+	// typing limits the Typing notices forwarded (typing.go); made at the
+	// first one. Requests run one at a time: no lock.
+	typing *rate.Limiter
+	broken bool
+	kicked atomic.Bool
 	// loggedInOnce lifts the login deadline for good: a client that logs
 	// out and in again (or registers users) is not a lurker.
 	loggedInOnce atomic.Bool
@@ -131,6 +141,9 @@ type session struct {
 	// then published), and must not be pushed a second time.
 	replayedLate      map[uint64]struct{}
 	replayedLateUntil time.Time
+	// transient holds presence and typing pushes (under pushMu) until the
+	// transient flusher writes them together (transient.go).
+	transient []byte
 }
 
 // A resync that could not read the user's latest session generation tries
@@ -353,7 +366,7 @@ func (c *session) cleanup() {
 	if u := c.user.Swap(nil); u != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		defer cancel()
-		c.srv.unbindUser(ctx, u.id, c)
+		c.srv.unbindUser(ctx, u, c)
 	}
 }
 
@@ -426,6 +439,64 @@ func (c *session) push(m *chatpb.Message, frame []byte) {
 	c.srv.metrics.deliveredLive.Inc()
 }
 
+// pushTransient queues a presence or typing push for the transient
+// flusher (transient.go), or holds it while the inbox replays: a login's
+// LoginOK goes first, and a push that changes a friend's presence after it
+// must not come before it.
+func (c *session) pushTransient(frame []byte) {
+	if frame == nil {
+		return
+	}
+	c.pushMu.Lock()
+	if r := c.replay; r != nil {
+		if len(r.frames) < maxHeldPushes {
+			r.frames = append(r.frames, frame)
+		}
+		c.pushMu.Unlock()
+		return
+	}
+	first := len(c.transient) == 0
+	c.transient = append(c.transient, frame...)
+	full := len(c.transient) >= maxTransientBytes
+	var out []byte
+	if full {
+		out, c.transient = c.transient, nil
+	}
+	c.pushMu.Unlock()
+	switch {
+	case full:
+		c.out.send(out)
+	case first:
+		c.srv.transients.add(c)
+	}
+}
+
+// releaseTransient queues the transient pushes a replay held, to share
+// the flusher's write with what comes next. c.pushMu is held.
+func (c *session) releaseTransient(frames [][]byte) {
+	if len(frames) == 0 {
+		return
+	}
+	first := len(c.transient) == 0
+	for _, f := range frames {
+		c.transient = append(c.transient, f...)
+	}
+	if first {
+		c.srv.transients.add(c)
+	}
+}
+
+// flushTransient writes what pushTransient queued, in one write.
+func (c *session) flushTransient() {
+	c.pushMu.Lock()
+	out := c.transient
+	c.transient = nil
+	c.pushMu.Unlock()
+	if len(out) > 0 {
+		c.out.send(out)
+	}
+}
+
 func (c *session) writePush(m *chatpb.Message, frame []byte) {
 	if frame == nil {
 		var err error
@@ -457,7 +528,7 @@ func (c *session) resync(retry time.Duration) {
 	}
 	// A login notice may be among what was missed: a newer session of
 	// this user elsewhere means this one must go.
-	latest, err := c.srv.store.LatestSession(withEpoch(c.srv.ctx, u.epoch), u.id)
+	latest, err := c.srv.store.LatestSession(withEpoch(c.srv.ctx, u.epoch), u.id, u.device)
 	switch {
 	case errors.Is(err, ErrStoreReset):
 		// Redis came back without this session's store: replaying would
@@ -480,7 +551,7 @@ func (c *session) resync(retry time.Duration) {
 		return
 	}
 	c.beginReplay()
-	c.replayInbox(c.srv.ctx, u.id)
+	c.replayInbox(c.srv.ctx, u.box)
 }
 
 // beginReplay starts holding live pushes; call before subscribing.
@@ -497,10 +568,10 @@ func (c *session) endReplay() {
 	c.pushMu.Unlock()
 }
 
-// replayInbox pushes uid's stored messages oldest first, pacing itself by
+// replayInbox pushes the stored messages of box (the session's device) oldest first, pacing itself by
 // the connection's outbound queue, then the live pushes held meanwhile that
 // the inbox did not already contain.
-func (c *session) replayInbox(ctx context.Context, uid uint64) {
+func (c *session) replayInbox(ctx context.Context, box uint64) {
 	defer func() {
 		c.pushMu.Lock()
 		c.replay = nil
@@ -511,7 +582,7 @@ func (c *session) replayInbox(ctx context.Context, uid uint64) {
 	defer func() { c.srv.metrics.inboxReplay.Observe(float64(replayed)) }()
 	for {
 		for {
-			page, err := c.readInbox(ctx, uid, after)
+			page, err := c.readInbox(ctx, box, after)
 			if err != nil {
 				c.logger().Warn("inbox replay failed; messages stay stored for the next login", "err", err)
 				break
@@ -541,6 +612,8 @@ func (c *session) replayInbox(ctx context.Context, uid uint64) {
 			c.pushMu.Unlock()
 			continue
 		}
+		c.releaseTransient(r.frames)
+		r.frames = nil
 		slices.SortFunc(r.held, func(a, b Event) int {
 			return compareU64(a.Message.MsgId, b.Message.MsgId)
 		})
@@ -577,11 +650,11 @@ func (c *session) rememberLate(sent map[uint64]struct{}) {
 // readInbox reads one replay page, retrying for a while when the store is
 // unavailable: a replay often starts right after Redis came back, when
 // pooled connections to the old process still fail once.
-func (c *session) readInbox(ctx context.Context, uid, after uint64) ([]*chatpb.Message, error) {
+func (c *session) readInbox(ctx context.Context, box, after uint64) ([]*chatpb.Message, error) {
 	backoff := 20 * time.Millisecond
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		page, err := c.srv.store.Inbox(ctx, uid, after, replayPage)
+		page, err := c.srv.store.Inbox(ctx, box, after, replayPage)
 		if err == nil || !errors.Is(err, errUnavailable) || time.Now().After(deadline) || c.isGone() {
 			return page, err
 		}

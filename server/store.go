@@ -74,6 +74,10 @@ type AppendResult struct {
 	// subscribed somewhere.
 	Published bool
 	Online    int
+	// SenderCopies counts the boxes of the sender's other devices the
+	// message went to (see withSendingDevice): when above zero, the caller
+	// pushes it to the sender's user too (unless Published).
+	SenderCopies int
 }
 
 // Limits bound what one user or one group may gather. The store checks
@@ -134,7 +138,9 @@ type Store interface {
 	GroupsOf(ctx context.Context, uid uint64) ([]Group, error)
 
 	// AppendMessage durably appends m to its conversation
-	// (ConversationOf) and to the inbox of every recipient. It sets m.Seq
+	// (ConversationOf) and to the inbox (box, device.go) of every device
+	// of every recipient known when m was sent, and of every other device
+	// of the sender when ctx names the sending device (withSendingDevice). It sets m.Seq
 	// to the conversation's next seq in that same durable write, so seqs
 	// have no gaps and a message is never seen under a seq before every
 	// lower one is stored; the stored and published copies carry it. When
@@ -154,10 +160,17 @@ type Store interface {
 	MarkRead(ctx context.Context, uid uint64, conv Conversation, upTo uint64) (seq uint64, moved bool, err error)
 	// ReadSeq is uid's read seq in conv (0: nothing read).
 	ReadSeq(ctx context.Context, uid uint64, conv Conversation) (uint64, error)
-	// Inbox returns up to limit unacknowledged messages of uid with msg_id
-	// greater than after, oldest first.
-	Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error)
-	// Ack removes the given messages from uid's inbox; unknown ids are
+	// ListConversations lists uid's conversations with a message (last
+	// seq > 0): the 1:1 ones uid sent or was sent a message in, and the
+	// groups uid is in, each as uid sees it. It keeps the limit (>= 1)
+	// most recent, newest first (sortConversations), and says whether
+	// there were more. Every message appended before it was called is in
+	// it.
+	ListConversations(ctx context.Context, uid uint64, limit int) ([]ConversationSummary, bool, error)
+	// Inbox returns up to limit unacknowledged messages in box (boxOf: a
+	// user's device) with msg_id greater than after, oldest first.
+	Inbox(ctx context.Context, box, after uint64, limit int) ([]*chatpb.Message, error)
+	// Ack removes the given messages from box; unknown ids are
 	// ignored. Once it returns nil the removal is durable, as durable as
 	// AppendMessage's append: after a crash and restart Inbox does not
 	// return those messages again (nor does it before, once Ack returned).
@@ -165,15 +178,53 @@ type Store interface {
 	// returned, so a Pong after Acks means they survive a crash. An
 	// implementation may batch acks with other writes to share one fsync,
 	// and may apply them to its indexes lazily, as long as that holds.
-	Ack(ctx context.Context, uid uint64, msgIDs []uint64) error
+	Ack(ctx context.Context, box uint64, msgIDs []uint64) error
 
-	// NewSession takes uid's next session generation: greater than every
-	// one taken before for uid, on any node (see sessiongen.go). The newest
-	// login of a user is the one with the highest generation.
-	NewSession(ctx context.Context, uid uint64) (uint64, error)
-	// LatestSession is uid's highest session generation taken so far (0:
-	// none).
-	LatestSession(ctx context.Context, uid uint64) (uint64, error)
+	// RegisterDevice records that uid logs in on device (device.go) at
+	// nowMs and returns its slot, forgetting the device with the oldest
+	// login (and emptying its box) when uid already has maxKnownDevices.
+	RegisterDevice(ctx context.Context, uid uint64, device string, nowMs int64) (DeviceReg, error)
+	// Devices lists the devices the store knows for uid (none: only the
+	// implicit device "" in slot 0).
+	Devices(ctx context.Context, uid uint64) ([]Device, error)
+
+	// NewSession takes the next session generation of uid's device:
+	// greater than every one taken before for uid, on any node (see
+	// sessiongen.go). The newest login of a device is the one with the
+	// highest generation.
+	NewSession(ctx context.Context, uid uint64, device string) (uint64, error)
+	// LatestSession is the highest session generation taken so far for
+	// uid's device (0: none).
+	LatestSession(ctx context.Context, uid uint64, device string) (uint64, error)
+	// DeviceOnline records the session gen of uid's device as online and
+	// returns the sessions that must go so that at most max devices stay
+	// online: those with the oldest generations (never gen itself unless
+	// a newer session of the same device is already recorded). Those are
+	// no longer recorded online.
+	DeviceOnline(ctx context.Context, uid uint64, device string, gen uint64, max int) ([]DeviceSession, error)
+	// DeviceOffline records that the session gen of uid's device ended,
+	// unless a newer session of that device is recorded.
+	DeviceOffline(ctx context.Context, uid uint64, device string, gen uint64) error
+
+	// PresenceJoin records that uid has a session on node (a presence
+	// instance: one per server process, presence_store.go). An offline
+	// user becomes online, and unless they hide their presence the change
+	// is announced (Announce; Published when the store published it).
+	PresenceJoin(ctx context.Context, uid uint64, node string) (PresenceChange, error)
+	// PresenceLeave records that node has no session of uid any more, and
+	// reports whether no node has one now: the caller then settles the
+	// user (PresenceSettle) once the offline grace is over.
+	PresenceLeave(ctx context.Context, uid uint64, node string) (last bool, err error)
+	// PresenceSettle drops node from uid's nodes (again: it is
+	// idempotent) and, when no node has a session of an online uid,
+	// records them offline, last seen at atMs; announced unless hidden.
+	PresenceSettle(ctx context.Context, uid uint64, node string, atMs int64) (PresenceChange, error)
+	// Presence reads uids' presence as their friends see it: a user who
+	// hides it is offline with no last seen.
+	Presence(ctx context.Context, uids []uint64) ([]PresenceState, error)
+	// SetPresenceVisible shows or hides uid's presence from their
+	// friends; announced when that changed.
+	SetPresenceVisible(ctx context.Context, uid uint64, visible bool) (PresenceChange, error)
 
 	// Epoch names the store's contents (epoch.go): made once, when the
 	// store is first used, and kept with its data. A shared store whose

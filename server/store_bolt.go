@@ -31,15 +31,17 @@ import (
 // of stored messages. A schema 1 file opens as is: its members read as
 // JoinedSeq 0, its messages (and log records written before the upgrade)
 // have Seq 0 and are in no conversation's history, and each conversation
-// counts from 1 with its first message after the upgrade. Schema 3 copies
-// a conversation's history apart from the inboxes (store_bolt_wal.go):
-// conv_meta is written only when retention empties a conversation (its
-// last seq is otherwise its last conv_log key), and meta keyWALInbox says
-// how far the inbox copy has gone. A schema 2 file opens as is (its
-// conv_meta is never above the last key; without keyWALInbox the inbox
-// copy is where keyWALApplied says); a schema 2 binary would read a stale
-// last seq from conv_meta, hence the new number. A file of a later schema
-// than boltSchema is refused.
+// counts from 1 with its first message after the upgrade. Schema 3 added
+// the conversation index (user_convs, convlist.go), built from conv_meta
+// when an older file is opened. Schema 4 copies a conversation's history
+// apart from the inboxes (store_bolt_wal.go): conv_meta is written only
+// when retention empties a conversation (its last seq is otherwise its
+// last conv_log key), and meta keyWALInbox says how far the inbox copy has
+// gone. A schema 2 or 3 file opens as is (its conv_meta is never above the
+// last key; without keyWALInbox the inbox copy is where keyWALApplied
+// says); a schema 3 binary would read a stale last seq from conv_meta,
+// hence the new number. A file of a later schema than boltSchema is
+// refused.
 var (
 	bucketUsers      = []byte("users")       // uid -> userRecord JSON
 	bucketUsernames  = []byte("usernames")   // lower(name) -> uid
@@ -49,8 +51,8 @@ var (
 	bucketMembers    = []byte("members")     // gid|uid -> role byte, then joined seq (absent in schema 1)
 	bucketMemberSeq  = []byte("member_seq")  // gid|seq -> uid (keeps join order)
 	bucketUserGroups = []byte("user_groups") // uid|gid -> empty
-	bucketInbox      = []byte("inbox")       // uid|msg_id -> chatpb.Message
-	bucketInboxCount = []byte("inbox_count") // uid -> count
+	bucketInbox      = []byte("inbox")       // box|msg_id -> chatpb.Message (box: a device's inbox, device.go)
+	bucketInboxCount = []byte("inbox_count") // box -> count
 	bucketDedup      = []byte("dedup")       // sender|client_msg_id -> msg_id
 	bucketDedupAge   = []byte("dedup_age")   // msg_id|sender -> client_msg_id (for expiry)
 	bucketMessages   = []byte("dedup_msgs")  // msg_id -> chatpb.Message, kept while its dedup entry lives
@@ -60,10 +62,13 @@ var (
 	bucketConvLog  = []byte("conv_log")  // convKey|seq -> chatpb.Message (with its seq), the kept history
 	bucketConvMeta = []byte("conv_meta") // convKey -> last seq, written when retention trims everything (schema 3)
 	// bucketReadSeqs (readstate.go): uid|convKey -> the user's read seq
+	// bucketUserConvs (convlist.go): uid|convKey -> empty, the user's 1:1 conversations
+	// bucketPresence, bucketPresenceHidden (presence_store.go): last seen, and who hides their presence
 	bucketMeta = []byte("meta") // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
 	allBuckets = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
-		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketMeta}
+		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketDevices, bucketUserConvs,
+		bucketPresence, bucketPresenceHidden, bucketMeta}
 	// keyWALApplied is where the message log has been copied up to:
 	// every record before it is in bbolt, inbox and history copies both.
 	keyWALApplied = []byte("wal_applied")
@@ -77,7 +82,7 @@ var (
 
 // boltSchema is the newest file layout this code reads and writes (see the
 // bucket layout above).
-const boltSchema = 3
+const boltSchema = 4
 
 type userRecord struct {
 	Name  string `json:"name"`
@@ -149,6 +154,13 @@ type BoltStore struct {
 	unappliedFor map[uint64]int                 // user -> how many of unapplied are for them
 	unappliedIDs map[uint64]*walEntry           // msg id -> unapplied message
 	dedupPending map[senderMsgID]*walEntry      // unapplied messages by client_msg_id
+	// unappliedFrom: sender -> how many of unapplied they sent
+	// (ListConversations copies them first)
+	unappliedFrom map[uint64]int
+	// histFor: user -> how many held messages they sent or were sent
+	// whose history is not copied yet (ListConversations copies them
+	// first: the index, last messages and read marks come with it).
+	histFor map[uint64]int
 	// convs holds the seq state of conversations recently written (see
 	// convState); the log writer alone adds and removes entries.
 	convs map[Conversation]*convState
@@ -200,7 +212,9 @@ type BoltStore struct {
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
 	localSessions
-	epoch string // made when the file was created (epoch.go)
+	presence localPresence
+	devices  boltDevices
+	epoch    string // made when the file was created (epoch.go)
 }
 
 // OpenBoltStore opens (creating if needed) the database at cfg.Path.
@@ -260,8 +274,13 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		// A file from before epochs gets one too: its tokens were not
 		// bound to any, and are refused anyway (tokenVersion).
 		meta := tx.Bucket(bucketMeta)
-		// Schema 1 files need no conversion (see the bucket layout):
-		// stamping the version is the whole upgrade.
+		// Schema 1 and 2 files need no conversion (see the bucket
+		// layout) but the conversation index.
+		if v := meta.Get(keySchema); v == nil || binary.BigEndian.Uint64(v) < 3 {
+			if err := indexOldConversations(tx); err != nil {
+				return err
+			}
+		}
 		if err := meta.Put(keySchema, u64(boltSchema)); err != nil {
 			return err
 		}
@@ -280,6 +299,16 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 		stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
 		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{},
 		convs: map[Conversation]*convState{}, maxConvs: maxConvStates, histEpoch: time.Now()}
+	s.unappliedFrom, s.histFor = map[uint64]int{}, map[uint64]int{}
+	if err := db.View(func(tx *bolt.Tx) error {
+		if err := s.devices.load(tx); err != nil {
+			return err
+		}
+		return s.presence.loadHidden(tx)
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: init %s: %w", cfg.Path, err)
+	}
 	if err := s.recoverLog(); err != nil {
 		db.Close()
 		return nil, err
@@ -444,20 +473,36 @@ func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) erro
 	})
 }
 
+// Friends names each friend from the name cache, as UserByID does, and
+// reads (and caches) only the records of those it misses: a login reads
+// every friend, and decoding each one's record, password hash included,
+// was most of the cost of a login with 50 friends.
 func (s *BoltStore) Friends(_ context.Context, uid uint64) (out []User, err error) {
+	var learned []User
 	err = s.db.View(func(tx *bolt.Tx) error {
 		prefix := u64(uid)
 		c := tx.Bucket(bucketFriends).Cursor()
 		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
-			u, err := getUser(tx, binary.BigEndian.Uint64(v))
+			id := binary.BigEndian.Uint64(v)
+			if name, ok := s.names.get(id); ok {
+				out = append(out, User{ID: id, Name: name})
+				continue
+			}
+			u, err := getUser(tx, id)
 			if err != nil {
 				return err
 			}
-			u.PasswordHash = nil
+			u.PasswordHash, u.Nonce = nil, 0
 			out = append(out, u)
+			learned = append(learned, u)
 		}
 		return nil
 	})
+	if err == nil {
+		for _, u := range learned {
+			s.remember(u)
+		}
+	}
 	return out, err
 }
 
@@ -657,6 +702,9 @@ type convState struct {
 	// nothing for retention to drop reads nothing; 0 until a copy read it.
 	keptFrom   uint64
 	keptFromMs int64
+	// indexed: a copy of a 1:1 conversation committed its user_convs
+	// entries, so later copies need not look (committer only).
+	indexed bool
 }
 
 // maxConvStates is how many conversations the log writer keeps seq state
@@ -880,6 +928,15 @@ type historyCopy struct {
 	replay  bool
 	key     []byte // scratch: bbolt copies the keys it keeps (not values)
 	touched map[Conversation]*historyTouch
+	// readBy is the highest seq each sender sent from a device, per
+	// conversation: sending marks the conversation read up to it.
+	readBy map[readMark]uint64
+}
+
+// readMark is one user's read seq in one conversation.
+type readMark struct {
+	uid  uint64
+	conv Conversation
 }
 
 // historyTouch is what one copy did to a conversation.
@@ -893,6 +950,7 @@ type historyTouch struct {
 	// convState.keptFrom once the copy is committed.
 	keptFrom   uint64
 	keptFromMs int64
+	indexed    bool // its user_convs entries are written
 }
 
 func (s *BoltStore) newHistoryCopy(tx *bolt.Tx, replay bool) *historyCopy {
@@ -925,6 +983,13 @@ func (h *historyCopy) add(e *walEntry) error {
 	}
 	t.last = max(t.last, e.seq)
 	t.added++
+	if e.fromDevice {
+		if h.readBy == nil {
+			h.readBy = make(map[readMark]uint64)
+		}
+		k := readMark{e.sender, e.conv}
+		h.readBy[k] = max(h.readBy[k], e.seq)
+	}
 	return nil
 }
 
@@ -947,10 +1012,27 @@ func (h *historyCopy) keptFloor(conv Conversation) uint64 {
 // keeps first, and that nothing is to go, costs no read.
 func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 	limit := h.s.cfg.History.MaxMessages
+	reads := h.tx.Bucket(bucketReadSeqs)
+	for m, seq := range h.readBy {
+		k := readSeqKey(m.uid, m.conv)
+		if v := reads.Get(k); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
+			continue
+		}
+		if err := reads.Put(k, u64(seq)); err != nil {
+			return 0, err
+		}
+	}
 	trimmed := 0
 	for conv, t := range h.touched {
 		if t.added == 0 {
 			continue // a replay with nothing to put back
+		}
+		ck := convKey(conv)
+		if t.cs == nil || !t.cs.indexed {
+			if err := indexDirect(h.tx, conv, ck); err != nil {
+				return trimmed, err
+			}
+			t.indexed = true
 		}
 		last := t.last
 		if cs := t.cs; cs != nil && cs.keptFrom != 0 && (limit <= 0 || last-cs.keptFrom < uint64(limit)) &&
@@ -958,7 +1040,6 @@ func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 			t.keptFrom, t.keptFromMs = cs.keptFrom, cs.keptFromMs
 			continue
 		}
-		ck := convKey(conv)
 		if h.replay {
 			// Replayed messages may all be older than what bbolt has.
 			last = max(last, storedLastSeq(h.tx, ck))
@@ -1002,6 +1083,7 @@ func (h *historyCopy) keepRanges() {
 	for _, t := range h.touched {
 		if t.cs != nil && t.added > 0 {
 			t.cs.keptFrom, t.cs.keptFromMs = t.keptFrom, t.keptFromMs
+			t.cs.indexed = t.cs.indexed || t.indexed
 		}
 	}
 }
@@ -1013,22 +1095,30 @@ func (h *historyCopy) keepRanges() {
 func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}) (int, error) {
 	trimmed := 0
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
+	var few [4]uint64
+	boxes := few[:0]
 	for _, uid := range e.recipients {
-		if _, acked := acks[uid][e.msgID]; acked || e.ackedBy.has(uid) {
+		boxes = deviceBoxes(boxes, uid, s.devices.of(uid), e.msg.GetSentAtMs(), -1)
+	}
+	if e.fromDevice {
+		boxes = deviceBoxes(boxes, e.sender, s.devices.of(e.sender), e.msg.GetSentAtMs(), boxSlot(e.senderBox))
+	}
+	for _, box := range boxes {
+		if _, acked := acks[box][e.msgID]; acked || e.ackedBy.has(box) {
 			continue
 		}
-		if err := inbox.Put(key2(uid, e.msgID), e.message); err != nil {
+		if err := inbox.Put(key2(box, e.msgID), e.message); err != nil {
 			return trimmed, err
 		}
 		n := uint64(1)
-		if v := counts.Get(u64(uid)); v != nil {
+		if v := counts.Get(u64(box)); v != nil {
 			n += binary.BigEndian.Uint64(v)
 		}
 		for n > uint64(s.cfg.InboxLimit) {
-			// Trim the oldest: the first key under this user's prefix.
+			// Trim the oldest: the first key under this box's prefix.
 			c := inbox.Cursor()
-			k, _ := c.Seek(u64(uid))
-			if k == nil || !hasPrefix(k, u64(uid)) {
+			k, _ := c.Seek(u64(box))
+			if k == nil || !hasPrefix(k, u64(box)) {
 				break
 			}
 			if err := c.Delete(); err != nil {
@@ -1037,7 +1127,7 @@ func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[u
 			n--
 			trimmed++
 		}
-		if err := counts.Put(u64(uid), u64(n)); err != nil {
+		if err := counts.Put(u64(box), u64(n)); err != nil {
 			return trimmed, err
 		}
 	}
@@ -1066,16 +1156,16 @@ func dedupKey(sender uint64, clientMsgID string) []byte {
 	return append(u64(sender), clientMsgID...)
 }
 
-func (s *BoltStore) Inbox(ctx context.Context, uid, after uint64, limit int) (out []*chatpb.Message, err error) {
-	if err := s.applyLogFor(ctx, uid); err != nil {
+func (s *BoltStore) Inbox(ctx context.Context, box, after uint64, limit int) (out []*chatpb.Message, err error) {
+	if err := s.applyLogFor(ctx, boxUser(box)); err != nil {
 		return nil, err
 	}
 	err = s.db.View(func(tx *bolt.Tx) error {
-		prefix := u64(uid)
+		prefix := u64(box)
 		c := tx.Bucket(bucketInbox).Cursor()
-		k, v := c.Seek(key2(uid, after+1))
+		k, v := c.Seek(key2(box, after+1))
 		for ; k != nil && hasPrefix(k, prefix) && len(out) < limit; k, v = c.Next() {
-			if s.acked(uid, binary.BigEndian.Uint64(k[8:])) {
+			if s.acked(box, binary.BigEndian.Uint64(k[8:])) {
 				continue
 			}
 			m := new(chatpb.Message)

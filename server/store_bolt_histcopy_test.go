@@ -462,3 +462,44 @@ func TestBoltHistoryCopySpreadsACrowdedSlot(t *testing.T) {
 		t.Fatalf("up to %d conversations in one commit, %d commits", most, commits)
 	}
 }
+
+// Between a message's inbox copy and its history copy, what a user sees of
+// their conversations is whole: the list has the new conversation with
+// its last message, and the read mark its sending made. MarkRead below
+// that mark does not move it, nor report a move.
+func TestBoltListAndReadMarksBetweenTheTwoCopies(t *testing.T) {
+	ctx := context.Background()
+	s := openHistoryDeferred(t, BoltConfig{})
+	a, _ := s.CreateUser(ctx, "a", nil)
+	b, _ := s.CreateUser(ctx, "b", nil)
+	ab := DirectConversation(a.ID, b.ID)
+	ids := newMsgIDGen(0)
+	from := withSendingDevice(ctx, sender{box: a.ID, node: "n1", conn: 1})
+	for q := uint64(1); q <= 3; q++ {
+		m := testMessage(ids, a, fmt.Sprint("seq ", q))
+		m.ToUserId = b.ID
+		if _, err := s.AppendMessage(from, m, []uint64{b.ID}, ""); err != nil || m.Seq != q {
+			t.Fatalf("send %d: seq %d, %v", q, m.Seq, err)
+		}
+	}
+	// b's inbox read copies the inboxes, and leaves the history waiting.
+	if msgs, err := s.Inbox(ctx, b.ID, 0, 10); err != nil || len(msgs) != 3 {
+		t.Fatalf("b's inbox: %d messages, %v", len(msgs), err)
+	}
+	if n := convLogKeys(t, s, ab); n != 0 {
+		t.Fatalf("%d of the history copied with the inboxes", n)
+	}
+	if seq, moved, err := s.MarkRead(ctx, a.ID, ab, 2); err != nil || seq != 3 || moved {
+		t.Fatalf("a's MarkRead(2) after sending 3 = %d, %v, %v; want 3, not moved", seq, moved, err)
+	}
+	for _, st := range []struct {
+		u          User
+		read, want uint64
+	}{{a, 3, 0}, {b, 0, 3}} {
+		list, _ := listOf(t, s, st.u.ID, 10)
+		if len(list) != 1 || list[0].Conv != ab || list[0].LastSeq != 3 || list[0].ReadSeq != st.read ||
+			list[0].Unread != st.want || list[0].Last == nil || list[0].Last.Text != "seq 3" {
+			t.Fatalf("%s's conversations: %+v", st.u.Name, list)
+		}
+	}
+}

@@ -73,8 +73,12 @@ type walEntry struct {
 	sender      uint64
 	recipients  []uint64
 	clientMsgID string
-	end         walPos    // the end of its batch in the log
-	logged      time.Time // when its batch was synced
+	// senderBox is the box of the device that sent it (fromDevice): the
+	// sender's other devices get it too (withSendingDevice).
+	senderBox  uint64
+	fromDevice bool
+	end        walPos    // the end of its batch in the log
+	logged     time.Time // when its batch was synced
 	// Guarded by BoltStore.mem:
 	taken     bool   // its inbox copy is in the commit under way
 	inboxDone bool   // its inbox copy is committed
@@ -224,6 +228,13 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 	op.done, op.entry = s.doneChans.Get().(chan struct{}), &block.entry
 	block.entry = walEntry{msg: m, message: encoded, conv: ConversationOf(m), msgID: m.MsgId, sender: m.FromUserId,
 		recipients: append(block.one[:0:1], recipients...), clientMsgID: clientMsgID}
+	senderCopies := 0
+	if from, ok := sendingDevice(ctx); ok {
+		block.entry.senderBox, block.entry.fromDevice = from.box, true
+		if devs := s.devices.of(m.FromUserId); len(devs) > 1 {
+			senderCopies = len(deviceBoxes(nil, m.FromUserId, devs, m.SentAtMs, boxSlot(from.box)))
+		}
+	}
 	if err := s.appends.send(ctx, op); err != nil {
 		s.doneChans.Put(op.done) // never queued, never signalled
 		return AppendResult{}, err
@@ -231,6 +242,9 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 	select {
 	case <-op.done:
 		s.doneChans.Put(op.done) // signalled once and drained: reusable
+		if !op.res.Duplicate {
+			op.res.SenderCopies = senderCopies
+		}
 		return op.res, op.err
 	case <-ctx.Done():
 		// It may still be logged; the caller treats the outcome as unknown.
@@ -286,7 +300,8 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 			// After any flush above: a failed flush gives back the seqs
 			// of its own records, the last ones handed out.
 			takeSeq(e)
-			buf = appendWALRecord(buf, &walRecord{message: e.message, recipients: e.recipients, clientMsgID: e.clientMsgID})
+			buf = appendWALRecord(buf, &walRecord{message: e.message, recipients: e.recipients, clientMsgID: e.clientMsgID,
+				senderBox: e.senderBox, fromDevice: e.fromDevice})
 		} else {
 			buf = appendWALRecord(buf, &walRecord{ackUser: op.ackUser, acked: op.acked})
 		}
@@ -357,6 +372,10 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 		for _, uid := range e.recipients {
 			s.unappliedFor[uid]++
 		}
+		if e.fromDevice {
+			s.unappliedFor[e.sender]++
+		}
+		s.unappliedFrom[e.sender]++
 		if e.clientMsgID != "" {
 			s.dedupPending[senderMsgID{e.sender, e.clientMsgID}] = e
 		}
@@ -515,6 +534,7 @@ func (s *BoltStore) holdHistoryLocked(e *walEntry) {
 	}
 	cs := e.cs
 	cs.hist = append(cs.hist, e)
+	s.countHistoryLocked(e, 1)
 	if !cs.queued {
 		s.histSlots[cs.slot] = append(s.histSlots[cs.slot], cs)
 		cs.queued = true
@@ -523,6 +543,41 @@ func (s *BoltStore) holdHistoryLocked(e *walEntry) {
 	if len(cs.hist)-cs.histTaken >= historyConvMax {
 		s.urgeHistoryLocked(cs)
 	}
+}
+
+// countHistoryLocked adds d to histFor of e's sender and recipients.
+// s.mem is held.
+func (s *BoltStore) countHistoryLocked(e *walEntry, d int) {
+	if s.histFor == nil {
+		s.histFor = map[uint64]int{}
+	}
+	add := func(uid uint64) {
+		if s.histFor[uid] += d; s.histFor[uid] <= 0 {
+			delete(s.histFor, uid)
+		}
+	}
+	add(e.sender)
+	for _, uid := range e.recipients {
+		if uid != e.sender {
+			add(uid)
+		}
+	}
+}
+
+// pendingReadLocked is the highest seq uid sent from a device in c whose
+// history (and so whose read mark, historyCopy.readBy) is not in bbolt
+// yet; 0 if none. s.mem is held.
+func (s *BoltStore) pendingReadLocked(uid uint64, c Conversation) uint64 {
+	cs := s.convs[c]
+	if cs == nil {
+		return 0
+	}
+	for i := len(cs.hist) - 1; i >= 0; i-- {
+		if e := cs.hist[i]; e.fromDevice && e.sender == uid {
+			return e.seq
+		}
+	}
+	return 0
 }
 
 // urgeHistoryLocked makes the next commit copy cs's history. s.mem is held.
@@ -615,6 +670,14 @@ func (s *BoltStore) takePending() *writeOp {
 					delete(s.unappliedFor, uid)
 				}
 			}
+			if e.fromDevice {
+				if s.unappliedFor[e.sender]--; s.unappliedFor[e.sender] <= 0 {
+					delete(s.unappliedFor, e.sender)
+				}
+			}
+			if s.unappliedFrom[e.sender]--; s.unappliedFrom[e.sender] <= 0 {
+				delete(s.unappliedFrom, e.sender)
+			}
 			if e.clientMsgID != "" {
 				key := senderMsgID{e.sender, e.clientMsgID}
 				if s.dedupPending[key] == e {
@@ -625,6 +688,7 @@ func (s *BoltStore) takePending() *writeOp {
 		for _, cs := range convs {
 			for _, e := range cs.hist[:cs.histTaken] {
 				e.histTaken, e.histDone = false, true
+				s.countHistoryLocked(e, -1)
 			}
 			rest := copy(cs.hist, cs.hist[cs.histTaken:])
 			clear(cs.hist[rest:])
@@ -978,7 +1042,7 @@ func (s *BoltStore) recoverLog() error {
 			// their messages go to the inboxes only (historyCopy.add).
 			chunk = append(chunk, recovered{entry: &walEntry{msg: m, message: r.message, conv: ConversationOf(m),
 				seq: m.Seq, msgID: m.MsgId, sender: m.FromUserId, recipients: r.recipients,
-				clientMsgID: r.clientMsgID}, end: end, inboxDone: inboxDone})
+				clientMsgID: r.clientMsgID, senderBox: r.senderBox, fromDevice: r.fromDevice}, end: end, inboxDone: inboxDone})
 		}
 		if len(chunk) == 4096 {
 			return flush()

@@ -45,7 +45,7 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 	})
 	t.Run("session generations", func(t *testing.T) {
 		s := open(t, 100)
-		if g, err := s.LatestSession(ctx, 7); err != nil || g != 0 {
+		if g, err := s.LatestSession(ctx, 7, ""); err != nil || g != 0 {
 			t.Fatalf("LatestSession before any login = %d, %v; want 0", g, err)
 		}
 		// Concurrent logins of one user get distinct generations, and the
@@ -55,7 +55,7 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		var wg sync.WaitGroup
 		for range logins {
 			wg.Go(func() {
-				g, err := s.NewSession(ctx, 7)
+				g, err := s.NewSession(ctx, 7, "")
 				if err != nil {
 					t.Error(err)
 				}
@@ -73,13 +73,13 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 			seen[g] = true
 			highest = max(highest, g)
 		}
-		if g, err := s.LatestSession(ctx, 7); err != nil || g != highest {
+		if g, err := s.LatestSession(ctx, 7, ""); err != nil || g != highest {
 			t.Fatalf("LatestSession = %d, %v; want %d", g, err, highest)
 		}
-		if g, err := s.NewSession(ctx, 8); err != nil || g == 0 {
+		if g, err := s.NewSession(ctx, 8, ""); err != nil || g == 0 {
 			t.Fatalf("another user's first generation = %d, %v", g, err)
 		}
-		if g, _ := s.LatestSession(ctx, 7); g != highest {
+		if g, _ := s.LatestSession(ctx, 7, ""); g != highest {
 			t.Fatalf("another user's login moved user 7 to %d", g)
 		}
 	})
@@ -325,6 +325,261 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		}
 		if got, _ := s.Inbox(ctx, a.ID, 0, 100); len(got) != 0 {
 			t.Fatalf("sender's inbox = %v", got)
+		}
+	})
+
+	t.Run("devices", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		ids := newMsgIDGen(1)
+		send := func(from User, to uint64, atMs int64, dev *sender) *chatpb.Message {
+			t.Helper()
+			m := testMessage(ids, from, "x")
+			m.SentAtMs = atMs
+			c := ctx
+			if dev != nil {
+				c = withSendingDevice(ctx, *dev)
+			}
+			res, err := s.AppendMessage(c, m, []uint64{to}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res.Message
+		}
+		// Clients without a device id are the implicit device: no record.
+		if reg, err := s.RegisterDevice(ctx, b.ID, "", 1000); err != nil || reg.Slot != 0 || reg.Forgot {
+			t.Fatalf("RegisterDevice(\"\") = %+v, %v", reg, err)
+		}
+		if devs, _ := s.Devices(ctx, b.ID); len(devs) != 0 {
+			t.Fatalf("devices after the implicit one: %+v", devs)
+		}
+		m0 := send(a, b.ID, 1500, nil)
+		// The first named device takes slot 0, with what its inbox holds.
+		if reg, err := s.RegisterDevice(ctx, b.ID, "phone", 2000); err != nil || reg.Slot != 0 {
+			t.Fatalf("RegisterDevice(phone) = %+v, %v", reg, err)
+		}
+		if got := inboxIDs(t, s, boxOf(b.ID, 0)); !slices.Equal(got, []uint64{m0.MsgId}) {
+			t.Fatalf("phone's box %v, want the message from before", got)
+		}
+		// A later one starts at its registration.
+		if reg, err := s.RegisterDevice(ctx, b.ID, "laptop", 3000); err != nil || reg.Slot != 1 {
+			t.Fatalf("RegisterDevice(laptop) = %+v, %v", reg, err)
+		}
+		early := send(a, b.ID, 2999, nil) // sent before the laptop came
+		m1 := send(a, b.ID, 3000, nil)
+		if got := inboxIDs(t, s, boxOf(b.ID, 1)); !slices.Equal(got, []uint64{m1.MsgId}) {
+			t.Fatalf("laptop's box %v, want only [%d]", got, m1.MsgId)
+		}
+		// Acks are per box.
+		if err := s.Ack(ctx, boxOf(b.ID, 0), []uint64{m0.MsgId, early.MsgId, m1.MsgId}); err != nil {
+			t.Fatal(err)
+		}
+		if got := inboxIDs(t, s, boxOf(b.ID, 0)); len(got) != 0 {
+			t.Fatalf("phone's box after its acks: %v", got)
+		}
+		if got := inboxIDs(t, s, boxOf(b.ID, 1)); !slices.Equal(got, []uint64{m1.MsgId}) {
+			t.Fatalf("laptop's box after the phone's acks: %v", got)
+		}
+		// Sent from the phone: the laptop gets it, the phone does not.
+		own := send(b, a.ID, 4000, &sender{box: boxOf(b.ID, 0), node: "n", conn: 1})
+		if got := inboxIDs(t, s, boxOf(b.ID, 1)); !slices.Equal(got, []uint64{m1.MsgId, own.MsgId}) {
+			t.Fatalf("laptop's box %v, want its own user's message too", got)
+		}
+		if got := inboxIDs(t, s, boxOf(b.ID, 0)); len(got) != 0 {
+			t.Fatalf("the sending device's box %v", got)
+		}
+		if got := inboxIDs(t, s, a.ID); !slices.Equal(got, []uint64{own.MsgId}) {
+			t.Fatalf("recipient's box %v", got)
+		}
+		// Past maxKnownDevices the oldest login is forgotten, its box
+		// emptied, its slot given to the newcomer.
+		for i := 2; i < maxKnownDevices; i++ {
+			if reg, err := s.RegisterDevice(ctx, b.ID, fmt.Sprint("d", i), int64(5000+i)); err != nil || reg.Slot != i {
+				t.Fatalf("RegisterDevice(d%d) = %+v, %v", i, reg, err)
+			}
+		}
+		reg, err := s.RegisterDevice(ctx, b.ID, "one too many", 9000)
+		if err != nil || !reg.Forgot || reg.Evicted != "phone" || reg.Slot != 0 {
+			t.Fatalf("RegisterDevice past the limit = %+v, %v; want phone (oldest login) forgotten", reg, err)
+		}
+		send(a, b.ID, 8999, nil) // before the newcomer: not in its box
+		if got := inboxIDs(t, s, boxOf(b.ID, 0)); len(got) != 0 {
+			t.Fatalf("the reused slot's box %v", got)
+		}
+		if devs, _ := s.Devices(ctx, b.ID); len(devs) != maxKnownDevices || slices.ContainsFunc(devs, func(d Device) bool { return d.ID == "phone" }) {
+			t.Fatalf("devices %+v", devs)
+		}
+	})
+
+	t.Run("sending marks read", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		ids := newMsgIDGen(1)
+		conv := Conversation{A: a.ID, B: b.ID}
+		var last uint64
+		for i, from := range []User{b, b, a, b} {
+			m := testMessage(ids, from, fmt.Sprint(i))
+			to := a.ID
+			if from.ID == a.ID {
+				to = b.ID
+			}
+			m.ToUserId = to
+			res, err := s.AppendMessage(withSendingDevice(ctx, sender{box: from.ID}), m, []uint64{to}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			last = res.Message.Seq
+		}
+		// a sent seq 3, b sent seq 4 last: a has read up to 3, b up to 4.
+		if got, err := s.ReadSeq(ctx, a.ID, conv); err != nil || got != 3 {
+			t.Fatalf("a's read seq = %d, %v; want 3, where a's own message is", got, err)
+		}
+		if got, _ := s.ReadSeq(ctx, b.ID, conv); got != last {
+			t.Fatalf("b's read seq = %d; want %d", got, last)
+		}
+		// Never backwards: a MarkRead below it changes nothing.
+		if seq, moved, err := s.MarkRead(ctx, b.ID, conv, 1); err != nil || moved || seq != last {
+			t.Fatalf("MarkRead below = %d, %v, %v", seq, moved, err)
+		}
+		// A message not sent from a session (a program's) marks nothing.
+		prog := testMessage(ids, a, "program")
+		prog.ToUserId = b.ID
+		if _, err := s.AppendMessage(ctx, prog, []uint64{b.ID}, ""); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.ReadSeq(ctx, a.ID, conv); got != 3 {
+			t.Fatalf("a's read seq = %d after a message not from a device; want 3", got)
+		}
+	})
+
+	t.Run("devices online", func(t *testing.T) {
+		s := open(t, 100)
+		u, _ := s.CreateUser(ctx, "u", nil)
+		gen := func(dev string) uint64 {
+			g, err := s.NewSession(ctx, u.ID, dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l, _ := s.LatestSession(ctx, u.ID, dev); l != g {
+				t.Fatalf("LatestSession(%s) = %d, want %d", dev, l, g)
+			}
+			return g
+		}
+		online := func(dev string, g uint64) []DeviceSession {
+			k, err := s.DeviceOnline(ctx, u.ID, dev, g, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return k
+		}
+		gx, gy, gz := gen("x"), gen("y"), gen("z")
+		if !(gx < gy && gy < gz) {
+			t.Fatalf("generations across devices not increasing: %d %d %d", gx, gy, gz)
+		}
+		if k := online("x", gx); len(k) != 0 {
+			t.Fatalf("kicked %v", k)
+		}
+		if k := online("y", gy); len(k) != 0 {
+			t.Fatalf("kicked %v", k)
+		}
+		if k := online("z", gz); !slices.Equal(k, []DeviceSession{{"x", gx}}) {
+			t.Fatalf("third device online kicked %v, want x", k)
+		}
+		if err := s.DeviceOffline(ctx, u.ID, "y", gy); err != nil {
+			t.Fatal(err)
+		}
+		gw := gen("w")
+		if k := online("w", gw); len(k) != 0 {
+			t.Fatalf("kicked %v after y went offline", k)
+		}
+		// A stale offline (an older session of z) changes nothing.
+		if err := s.DeviceOffline(ctx, u.ID, "z", gz-1); err != nil {
+			t.Fatal(err)
+		}
+		gv := gen("v")
+		if k := online("v", gv); !slices.Equal(k, []DeviceSession{{"z", gz}}) {
+			t.Fatalf("kicked %v, want z", k)
+		}
+	})
+
+	t.Run("presence and last seen", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		presence := func(want ...PresenceState) {
+			t.Helper()
+			got, err := s.Presence(ctx, []uint64{a.ID, b.ID})
+			if err != nil || !slices.Equal(got, want) {
+				t.Fatalf("Presence = %v, %v; want %v", got, err, want)
+			}
+		}
+		change := func(ch PresenceChange, err error) PresenceChange {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ch.Published {
+				t.Fatal("published by a store not asked to publish")
+			}
+			return ch
+		}
+		want := func(what string, ch PresenceChange, announce bool, st PresenceState, hidden bool) {
+			t.Helper()
+			if ch.Announce != announce || ch.State != st || ch.Hidden != hidden {
+				t.Fatalf("%s: %+v; want announce %v, %+v, hidden %v", what, ch, announce, st, hidden)
+			}
+		}
+		leave := func(node string, wantLast bool) {
+			t.Helper()
+			if last, err := s.PresenceLeave(ctx, a.ID, node); err != nil || last != wantLast {
+				t.Fatalf("PresenceLeave(%s) = %v, %v; want %v", node, last, err, wantLast)
+			}
+		}
+		on, off := PresenceState{Online: true}, PresenceState{}
+		presence(off, off) // never seen: offline, no last seen
+
+		// The first node announces; a second one does not.
+		want("first join", change(s.PresenceJoin(ctx, a.ID, "n1")), true, on, false)
+		want("second join", change(s.PresenceJoin(ctx, a.ID, "n2")), false, on, false)
+		presence(on, off)
+		leave("n1", false)
+		want("settle with n2 left", change(s.PresenceSettle(ctx, a.ID, "n1", 1000)), false, on, false)
+		leave("n2", true)
+		presence(on, off) // online until settled: the grace
+		want("last settle", change(s.PresenceSettle(ctx, a.ID, "n2", 12345)), true, PresenceState{LastSeenMs: 12345}, false)
+		presence(PresenceState{LastSeenMs: 12345}, off)
+		want("settle again", change(s.PresenceSettle(ctx, a.ID, "n2", 20000)), false, PresenceState{LastSeenMs: 12345}, false)
+
+		// Back on another node within the grace: the settle of the node
+		// left finds it, and nothing is announced.
+		want("join", change(s.PresenceJoin(ctx, a.ID, "n1")), true, on, false)
+		leave("n1", true)
+		want("join elsewhere", change(s.PresenceJoin(ctx, a.ID, "n2")), false, on, false)
+		want("stale settle", change(s.PresenceSettle(ctx, a.ID, "n1", 30000)), false, on, false)
+		presence(on, off)
+
+		// Hidden: friends see offline with no last seen, and nothing of
+		// what happens meanwhile; the last seen is kept for when it shows.
+		want("hide", change(s.SetPresenceVisible(ctx, a.ID, false)), true, off, true)
+		want("hide again", change(s.SetPresenceVisible(ctx, a.ID, false)), false, off, true)
+		presence(off, off)
+		leave("n2", true)
+		want("hidden settle", change(s.PresenceSettle(ctx, a.ID, "n2", 40000)), false, off, true)
+		want("hidden join", change(s.PresenceJoin(ctx, a.ID, "n1")), false, off, true)
+		leave("n1", true)
+		want("hidden settle", change(s.PresenceSettle(ctx, a.ID, "n1", 50000)), false, off, true)
+		presence(off, off)
+		want("show", change(s.SetPresenceVisible(ctx, a.ID, true)), true, PresenceState{LastSeenMs: 50000}, false)
+		presence(PresenceState{LastSeenMs: 50000}, off)
+		want("show again", change(s.SetPresenceVisible(ctx, a.ID, true)), false, PresenceState{LastSeenMs: 50000}, false)
+		want("join", change(s.PresenceJoin(ctx, a.ID, "n1")), true, on, false)
+		want("hide while online", change(s.SetPresenceVisible(ctx, a.ID, false)), true, off, true)
+		want("show while online", change(s.SetPresenceVisible(ctx, a.ID, true)), true, on, false)
+		presence(on, off)
+		if _, err := s.Presence(ctx, nil); err != nil {
+			t.Fatalf("Presence of nobody: %v", err)
 		}
 	})
 

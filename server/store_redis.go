@@ -36,7 +36,12 @@ import (
 //	                           (Member.JoinedSeq; absent: 0, the creator and earlier members)
 //	P member:seq               INCR source of join order
 //	P user:<uid>:groups        SET gid
-//	P inbox:<uid>              ZSET (score 0) member = %016x msg_id
+//	P inbox:<uid>              ZSET (score 0) member = %016x msg_id: the inbox of the
+//	                           user's device in slot 0 (device.go)
+//	P inbox:<uid>:<slot>       ZSET the same, of the device in slot 1..15
+//	P {u:<uid>}:devices        HASH device id -> "slot:since ms:last login ms:id"
+//	P {u:<uid>}:devgen         HASH device id -> its newest session generation
+//	P {u:<uid>}:online         ZSET device id -> generation of its session recorded online
 //	P msg:<%016x msg_id>       HASH body (chatpb.Message with its seq), refs (inboxes holding it)
 //	P dedup:<uid>:<client id>  STRING "<msg_id>:<seq>" of the first send (a bare msg_id
 //	                           when written before schema 2), expiring after the dedup window
@@ -46,6 +51,8 @@ import (
 //	P {c:<conv>}:log           HASH seq -> 8-byte big-endian sent_at ms + body (as in msg:<id>)
 //	P {c:<conv>}:first         STRING the lowest seq the log may still hold; absent: none
 //	                           below the next one
+//	P {u:<uid>}:convs          SET the user's 1:1 conversations (<conv>), added to by every
+//	                           1:1 append (schema 3; convlist.go)
 //
 //	P schema                   STRING the layout's version (redisSchema), set by Epoch
 //	P epoch                    STRING the store epoch (epoch.go)
@@ -138,16 +145,21 @@ redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[2])
 return 1`)
 
-	// KEYS: msg key, dedup key, {c:<conv>}:seq, :log, :first. ARGV: body
-	// (without seq), member, inbox limit, dedup TTL seconds (0: no dedup),
-	// msg_id, prefix, channel payload ("": do not publish), sent_at (8
-	// bytes), history max messages (0: no bound), history cutoff ms (drop
-	// messages sent before it; 0: none), history TTL ms (0: none),
-	// recipient uids... Computes inbox:<uid> of each recipient and msg:<id>
-	// of the messages trimmed from their inboxes, and publishes to
-	// user:<uid> channels. Returns {1, dedup value} for a duplicate
-	// (nothing stored or published), else {0, inbox trimmed, online
-	// recipients, seq, history trimmed}.
+	// KEYS: msg key, dedup key, {c:<conv>}:seq, :log, :first, and for a
+	// 1:1 conversation both users' {u:<uid>}:convs. ARGV: body (without
+	// seq), member, inbox limit, dedup TTL seconds (0: no dedup), msg_id,
+	// prefix, channel payload ("": do not publish), sent_at (8 bytes),
+	// history max messages (0: no bound), history cutoff ms (drop messages
+	// sent before it; 0: none), history TTL ms (0: none), conversation
+	// key, sent_at ms, the sender's uid when the sending device is known
+	// (else 0), that device's slot, recipient uids... Reads
+	// {u:<uid>}:devices of each recipient (and the sender), computes the
+	// inbox of each of their devices' boxes and msg:<id> of the messages
+	// trimmed from them, and publishes to user:<uid> channels (the
+	// sender's too when the message went to another of its devices).
+	// Returns {1, dedup value} for a duplicate (nothing stored or
+	// published), else {0, inbox trimmed, online recipients, seq, history
+	// trimmed, boxes of the sender's other devices}.
 	//
 	// The seq is taken (INCR) and the message stored under it in this one
 	// script, so a seq is never taken without its message, and no message
@@ -197,6 +209,8 @@ return 1`)
 	//     step may run twice.
 	//  3. PUBLISH (SPUBLISH on the recipient's slot) after that recipient's
 	//     step 2, so a pushed message is always in the inbox a replay reads.
+	//     The SADD to each user's conversation index goes with their step 2
+	//     (the sender's too): idempotent as well.
 	// SendOK only after all three. A resend after a node died between
 	// steps finds the dedup entry in step 1, which then returns the first
 	// msg_id, seq and logged body; the node runs steps 2 and 3 for it again
@@ -255,15 +269,44 @@ else
   redis.call('PERSIST', KEYS[4])
 end
 
-local rcpt = 12
-local n = #ARGV - rcpt + 1
+if #KEYS >= 7 then
+  redis.call('SADD', KEYS[6], ARGV[12])
+  redis.call('SADD', KEYS[7], ARGV[12])
+end
+
+local p = ARGV[6]
+local sent = tonumber(ARGV[13])
+-- The boxes (device inboxes, device.go) of uid's devices that get a
+-- message sent now, but the one in slot skip.
+local function boxes(uid, skip, out)
+  local vals = redis.call('HVALS', p .. '{u:' .. uid .. '}:devices')
+  if #vals == 0 then
+    if skip ~= 0 then out[#out + 1] = p .. 'inbox:' .. uid end
+    return 0
+  end
+  local n = 0
+  for _, v in ipairs(vals) do
+    local slot, since = string.match(v, '^(%d+):(%-?%d+):')
+    slot = tonumber(slot)
+    if slot ~= skip and tonumber(since) <= sent then
+      if slot == 0 then out[#out + 1] = p .. 'inbox:' .. uid
+      else out[#out + 1] = p .. 'inbox:' .. uid .. ':' .. slot end
+      n = n + 1
+    end
+  end
+  return n
+end
+local rcpt = 16
+local inboxes = {}
+for i = rcpt, #ARGV do boxes(ARGV[i], -1, inboxes) end
+local senderCopies = 0
+if ARGV[14] ~= '0' then senderCopies = boxes(ARGV[14], tonumber(ARGV[15]), inboxes) end
+local n = #inboxes
 local trimmed = 0
 local online = 0
-local p = ARGV[6]
 if n > 0 then redis.call('HSET', KEYS[1], 'body', body, 'refs', n) end
 local limit = tonumber(ARGV[3])
-for i = rcpt, #ARGV do
-  local inbox = p .. 'inbox:' .. ARGV[i]
+for _, inbox in ipairs(inboxes) do
   redis.call('ZADD', inbox, 0, ARGV[2])
   local over = redis.call('ZCARD', inbox) - limit
   if over > 0 then
@@ -275,14 +318,20 @@ for i = rcpt, #ARGV do
     end
   end
 end
+if ARGV[14] ~= '0' then
+  -- Sending marks the conversation read up to it (readstate.go).
+  local rk = p .. '{u:' .. ARGV[14] .. '}:read'
+  if tonumber(redis.call('HGET', rk, ARGV[12]) or '0') < seq then redis.call('HSET', rk, ARGV[12], seqs) end
+end
 if dedup then redis.call('SET', KEYS[2], ARGV[5] .. ':' .. seqs, 'EX', ARGV[4]) end
 if ARGV[7] ~= '' then
   local payload = string.sub(ARGV[7], 1, -2) .. ',"seq":' .. seqs .. '}'
   for i = rcpt, #ARGV do
     if redis.call('PUBLISH', p .. 'user:' .. ARGV[i], payload) > 0 then online = online + 1 end
   end
+  if senderCopies > 0 then redis.call('PUBLISH', p .. 'user:' .. ARGV[14], payload) end
 end
-return {0, trimmed, online, seq, htrimmed}`)
+return {0, trimmed, online, seq, htrimmed, senderCopies}`)
 
 	// KEYS: inbox key. ARGV: prefix, members... Computes msg:<id> of each
 	// acked message: in a cluster those would be the user's own copies
@@ -356,7 +405,8 @@ return out`)
 
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
-		scriptNewSession, scriptLatestSession, scriptMarkRead}
+		scriptNewSession, scriptLatestSession, scriptMarkRead, scriptDeviceOnline, scriptDeviceOffline,
+		scriptRegisterDevice, scriptConvTail}
 )
 
 // redisSchema is the version of the key layout this code writes (the
@@ -364,13 +414,19 @@ return out`)
 // before conversations. 2: conversation seqs and logs, dedup values
 // "<msg_id>:<seq>", message bodies with their seq, group join seqs. This
 // code reads a version 1 keyspace as it is: its messages have seq 0 and no
-// history, its bare dedup values still name the first message.
+// history, its bare dedup values still name the first message. 3: the
+// users' conversation indexes ({u:<uid>}:convs), built by Epoch from the
+// conversations' seq keys before it marks an older keyspace 3
+// (migrateConvIndex).
 //
 // A node refuses a newer schema when it starts (initEpoch fails). A node
 // already running meets it only in its heartbeat's Epoch, whose errors the
 // epoch watcher skips, so it keeps serving: a later version that bumps the
 // schema must say whether older nodes may run beside it during an upgrade.
-const redisSchema = 2
+// Schema 2 nodes may run beside schema 3 ones: they do not index the 1:1
+// conversations they append to, which are listed once a newer node
+// appends to them (the index takes every 1:1 append, not only the first).
+const redisSchema = 3
 
 // RedisConfig configures the Redis store. Zero values mean the default.
 type RedisConfig struct {
@@ -418,6 +474,9 @@ type RedisStore struct {
 	// began, and UseEpoch (locked) bumps it as it forgets everything.
 	learnMu  sync.RWMutex
 	cacheGen atomic.Uint64
+	// convsIndexed: the keyspace has its conversation index
+	// (migrateConvIndex); checked once per process.
+	convsIndexed atomic.Bool
 }
 
 // NewRedisStore returns a store on cfg.Client.
@@ -436,7 +495,7 @@ func NewRedisStore(cfg RedisConfig) *RedisStore {
 	}
 	cfg.History = cfg.History.withDefaults()
 	return &RedisStore{rdb: cfg.Client, p: cfg.Prefix, cfg: cfg,
-		batch: newRedisBatcher(cfg.Client, cfg.Pipelines, 512, redisStoreScripts...)}
+		batch: newRedisBatcher(cfg.Client, cfg.Pipelines, 512, append(slices.Clone(redisStoreScripts), presenceScripts...)...)}
 }
 
 // Ping checks Redis answers.
@@ -452,8 +511,17 @@ func (s *RedisStore) userKey(uid uint64) string { return s.p + "user:" + strconv
 func (s *RedisStore) groupKey(gid uint64) string {
 	return s.p + "group:" + strconv.FormatUint(gid, 10)
 }
-func (s *RedisStore) inboxKey(uid uint64) string { return s.p + "inbox:" + strconv.FormatUint(uid, 10) }
-func msgMember(id uint64) string                 { return fmt.Sprintf("%016x", id) }
+
+// inboxKey is box's inbox: inbox:<uid> for slot 0 (every inbox before
+// devices), inbox:<uid>:<slot> for the others.
+func (s *RedisStore) inboxKey(box uint64) string {
+	k := s.p + "inbox:" + strconv.FormatUint(boxUser(box), 10)
+	if slot := boxSlot(box); slot != 0 {
+		k += ":" + strconv.Itoa(slot)
+	}
+	return k
+}
+func msgMember(id uint64) string { return fmt.Sprintf("%016x", id) }
 
 // convKey starts the keys of conversation c: P{c:<c.Key()>}: (see the
 // layout at the top), to which "seq", "log" and "first" are added.
@@ -784,9 +852,17 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	if clientMsgID != "" {
 		ttl = int(s.cfg.DedupWindow / time.Second)
 	}
+	var senderUID uint64
+	senderSlot := 0
+	from, fromDevice := sendingDevice(ctx)
+	if fromDevice {
+		senderUID, senderSlot = boxUser(from.box), boxSlot(from.box)
+	}
 	var payload []byte
 	if s.cfg.PublishMessages {
-		if payload, err = encodeChannelEvent(Event{Message: m, Epoch: s.requestOrStoreEpoch(ctx)}); err != nil {
+		ev := Event{Message: m, Epoch: s.requestOrStoreEpoch(ctx), OriginNode: from.node, OriginConn: from.conn,
+			OriginDevice: from.device}
+		if payload, err = encodeChannelEvent(ev); err != nil {
 			return AppendResult{}, err
 		}
 	}
@@ -800,14 +876,19 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 		cutoff = time.Now().Add(-hist.MaxAge).UnixMilli()
 		histTTL = hist.MaxAge.Milliseconds()
 	}
-	args := make([]any, 0, 12+len(recipients))
+	conv := ConversationOf(m)
+	args := make([]any, 0, 15+len(recipients))
 	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p, payload,
-		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL)
+		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL, conv.Key(), m.SentAtMs, senderUID, senderSlot)
 	for _, uid := range recipients {
 		args = append(args, uid)
 	}
-	ck := s.convKey(ConversationOf(m))
-	keys, args := s.guard(ctx, []string{s.p + "msg:" + member, dedupKey, ck + "seq", ck + "log", ck + "first"}, args...)
+	ck := s.convKey(conv)
+	keys := []string{s.p + "msg:" + member, dedupKey, ck + "seq", ck + "log", ck + "first"}
+	if conv.GroupID == 0 {
+		keys = append(keys, s.convsKey(conv.A), s.convsKey(conv.B))
+	}
+	keys, args = s.guard(ctx, keys, args...)
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{scriptAppend.EvalSha(ctx, p, keys, args...)}
 	})
@@ -835,11 +916,15 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	online, _ := res[2].(int64)
 	seq, _ := res[3].(int64)
 	histTrimmed, _ := res[4].(int64)
+	var senderCopies int64
+	if len(res) > 5 {
+		senderCopies, _ = res[5].(int64)
+	}
 	m.Seq = uint64(seq)
 	// The same bytes the script stored: the body and then field 8.
 	encoded := protowire.AppendVarint(protowire.AppendTag(body, 8, protowire.VarintType), m.Seq)
 	return AppendResult{Message: m, Encoded: encoded, Trimmed: int(trimmed), HistoryTrimmed: int(histTrimmed),
-		Published: payload != nil, Online: int(online)}, nil
+		Published: payload != nil, Online: int(online), SenderCopies: int(senderCopies)}, nil
 }
 
 // parseDedupValue reads a dedup key's value: "<msg_id>:<seq>", or a bare
@@ -907,7 +992,13 @@ func (s *RedisStore) LastSeq(ctx context.Context, conv Conversation) (uint64, er
 // guardedCount runs a guarded script on one key through the batcher and
 // reads the number it returns.
 func (s *RedisStore) guardedCount(ctx context.Context, script *redis.Script, key string) (uint64, error) {
-	keys, args := s.guard(ctx, []string{key})
+	return s.guardedUint(ctx, script, []string{key})
+}
+
+// guardedUint runs a guarded script through the batcher and reads the
+// number it returns.
+func (s *RedisStore) guardedUint(ctx context.Context, script *redis.Script, keys []string, args ...any) (uint64, error) {
+	keys, args = s.guard(ctx, keys, args...)
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{script.EvalSha(ctx, p, keys, args...)}
 	})
@@ -918,9 +1009,9 @@ func (s *RedisStore) guardedCount(ctx context.Context, script *redis.Script, key
 	return n, redisErr(err)
 }
 
-func (s *RedisStore) Inbox(ctx context.Context, uid, after uint64, limit int) ([]*chatpb.Message, error) {
+func (s *RedisStore) Inbox(ctx context.Context, box, after uint64, limit int) ([]*chatpb.Message, error) {
 	members, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
-		Key: s.inboxKey(uid), Start: "(" + msgMember(after), Stop: "+", ByLex: true, Count: int64(limit),
+		Key: s.inboxKey(box), Start: "(" + msgMember(after), Stop: "+", ByLex: true, Count: int64(limit),
 	}).Result()
 	if err != nil {
 		return nil, redisErr(err)
@@ -951,13 +1042,13 @@ func (s *RedisStore) Inbox(ctx context.Context, uid, after uint64, limit int) ([
 	return out, nil
 }
 
-func (s *RedisStore) Ack(ctx context.Context, uid uint64, ids []uint64) error {
+func (s *RedisStore) Ack(ctx context.Context, box uint64, ids []uint64) error {
 	args := make([]any, 0, 2+len(ids))
 	args = append(args, s.p)
 	for _, id := range ids {
 		args = append(args, msgMember(id))
 	}
-	keys, args := s.guard(ctx, []string{s.inboxKey(uid)}, args...)
+	keys, args := s.guard(ctx, []string{s.inboxKey(box)}, args...)
 	_, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{scriptAck.EvalSha(ctx, p, keys, args...)}
 	})

@@ -319,8 +319,8 @@ func TestRedisStoreReadsTheOldKeyspace(t *testing.T) {
 	if _, err := s.Epoch(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := rdb.Get(ctx, "old:schema").Result(); v != "2" {
-		t.Fatalf("schema after Epoch = %q, want 2", v)
+	if v, _ := rdb.Get(ctx, "old:schema").Result(); v != fmt.Sprint(redisSchema) {
+		t.Fatalf("schema after Epoch = %q, want %d", v, redisSchema)
 	}
 	resend := &chatpb.Message{FromUserId: a.ID, FromUsername: a.Name, ToUserId: b.ID, Text: "from before"}
 	resend.MsgId, resend.SentAtMs = ids.next(time.Now())

@@ -78,9 +78,18 @@ type walRecord struct {
 	message     []byte // chatpb.Message, protobuf-encoded, with its seq
 	recipients  []uint64
 	clientMsgID string
-	ackUser     uint64
-	acked       []uint64
+	// senderBox (when fromDevice) is the sending device's box. It is
+	// logged as one more entry of the recipient list, marked with
+	// senderBoxMark: a log from before devices has no such entry.
+	senderBox  uint64
+	fromDevice bool
+	ackUser    uint64 // the box (device.go) that acked
+	acked      []uint64
 }
+
+// senderBoxMark flags the sending device's box among a record's recipients
+// (user ids and boxes stay far below it).
+const senderBoxMark = 1 << 63
 
 func (r *walRecord) isAck() bool { return len(r.message) == 0 }
 
@@ -96,9 +105,16 @@ func appendWALRecord(dst []byte, r *walRecord) []byte {
 		}
 	} else {
 		dst = append(dst, r.message...)
-		dst = binary.AppendUvarint(dst, uint64(len(r.recipients)))
+		n := len(r.recipients)
+		if r.fromDevice {
+			n++
+		}
+		dst = binary.AppendUvarint(dst, uint64(n))
 		for _, uid := range r.recipients {
 			dst = binary.AppendUvarint(dst, uid)
+		}
+		if r.fromDevice {
+			dst = binary.AppendUvarint(dst, r.senderBox|senderBoxMark)
 		}
 		dst = binary.AppendUvarint(dst, uint64(len(r.clientMsgID)))
 		dst = append(dst, r.clientMsgID...)
@@ -158,6 +174,10 @@ func parseWALRecord(p []byte) (walRecord, error) {
 	}
 	if r.recipients, ok = ids(); !ok {
 		return r, errBadWALRecord
+	}
+	if n := len(r.recipients); n > 0 && r.recipients[n-1]&senderBoxMark != 0 {
+		r.senderBox, r.fromDevice = r.recipients[n-1]&^senderBoxMark, true
+		r.recipients = r.recipients[:n-1]
 	}
 	cmid, ok := take()
 	if !ok || len(p) != 0 {

@@ -388,3 +388,24 @@ func TestBoltStoreAcksShareTheSendsSync(t *testing.T) {
 		t.Fatalf("inbox = %v, want only the unacked message", got)
 	}
 }
+
+// TestWALRecordKeepsTheSendingDevice: a send's record carries the sending
+// device's box, so that after a crash the copy still gives the sender's
+// other devices the message and leaves out the one that sent it; records
+// without one (and from before devices) read as none.
+func TestWALRecordKeepsTheSendingDevice(t *testing.T) {
+	for _, rec := range []walRecord{
+		{message: []byte("m"), recipients: []uint64{7, 9}, clientMsgID: "c", senderBox: boxOf(3, 2), fromDevice: true},
+		{message: []byte("m"), recipients: []uint64{7}, senderBox: 3, fromDevice: true},
+		{message: []byte("m"), recipients: []uint64{7}},
+	} {
+		buf := appendWALRecord(nil, &rec)
+		got, err := parseWALRecord(buf[walHeaderSize:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.recipients, rec.recipients) || got.senderBox != rec.senderBox || got.fromDevice != rec.fromDevice || got.clientMsgID != rec.clientMsgID {
+			t.Fatalf("record %+v read back as %+v", rec, got)
+		}
+	}
+}

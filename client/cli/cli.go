@@ -35,6 +35,9 @@ const Usage = `/register USERNAME PASSWORD
 /groups
 /history USERNAME|group GROUP_ID [N]
 /read USERNAME|group GROUP_ID SEQ
+/conversations [N]
+/presence visible|hidden
+/typing USERNAME|group GROUP_ID
 /ping
 /wait DURATION
 /quit`
@@ -135,6 +138,10 @@ func (s *shell) pushes() {
 			if m.GroupId != 0 {
 				obj["group_id"] = m.GroupId
 				human = fmt.Sprintf("[%s] %s @ group %d: %s", when, m.FromUsername, m.GroupId, m.Text)
+			} else if m.FromUserId == s.c.UserID() && m.ToUserId != m.FromUserId {
+				// Sent by this user from another device.
+				obj["to_user_id"], obj["own"] = m.ToUserId, true
+				human = fmt.Sprintf("[%s] you (another device) -> user %d: %s", when, m.ToUserId, m.Text)
 			} else {
 				obj["to"] = s.c.Username()
 				human = fmt.Sprintf("[%s] %s: %s", when, m.FromUsername, m.Text)
@@ -158,6 +165,32 @@ func (s *shell) pushes() {
 				obj["peer_user_id"] = r.PeerUserId
 			}
 			s.emit(obj, fmt.Sprintf("user %d read your conversation with %s up to #%d", r.ReaderUserId, where, r.UpToSeq))
+		case ev.Presence != nil:
+			p := ev.Presence
+			obj := map[string]any{"event": "presence", "user_id": p.UserId, "username": p.Username, "online": p.Online}
+			who := p.Username
+			if who == "" {
+				who = fmt.Sprintf("user %d", p.UserId)
+			}
+			human := who + " is online"
+			if !p.Online {
+				obj["last_seen_ms"] = p.LastSeenMs
+				human = who + " went offline" + lastSeen(p.LastSeenMs, "15:04:05")
+			}
+			s.emit(obj, human)
+		case ev.Typing != nil:
+			n := ev.Typing
+			obj := map[string]any{"event": "typing", "user_id": n.UserId, "username": n.Username}
+			who := n.Username
+			if who == "" {
+				who = fmt.Sprintf("user %d", n.UserId)
+			}
+			human := who + " is typing…"
+			if n.GroupId != 0 {
+				obj["group_id"] = n.GroupId
+				human = fmt.Sprintf("%s is typing in group %d…", who, n.GroupId)
+			}
+			s.emit(obj, human)
 		case ev.Disconnected != nil || ev == (client.Event{}):
 			s.emit(map[string]any{"event": "disconnected"}, "disconnected")
 		case ev.Reconnected != nil:
@@ -247,10 +280,13 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		if err != nil {
 			return nil, "", err
 		}
+		human := fmt.Sprintf("logged in as %s (user %d) on node %s; %d friends, %d groups",
+			ok.Username, ok.UserId, ok.NodeId, len(ok.Friends), len(ok.Groups))
+		if ok.PresenceHidden {
+			human += "; your presence is hidden"
+		}
 		return map[string]any{"user_id": ok.UserId, "username": ok.Username, "node_id": ok.NodeId,
-				"friends": friendsJSON(ok.Friends), "groups": groupsJSON(ok.Groups)},
-			fmt.Sprintf("logged in as %s (user %d) on node %s; %d friends, %d groups",
-				ok.Username, ok.UserId, ok.NodeId, len(ok.Friends), len(ok.Groups)), nil
+			"friends": friendsJSON(ok.Friends), "groups": groupsJSON(ok.Groups), "presence_hidden": ok.PresenceHidden}, human, nil
 	case "logout":
 		err := s.c.Logout(ctx)
 		return map[string]any{}, "logged out", err
@@ -271,7 +307,11 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		var b strings.Builder
 		fmt.Fprintf(&b, "%d friends", len(fl))
 		for _, f := range fl {
-			fmt.Fprintf(&b, "\n  %s (user %d)%s", f.Username, f.UserId, onlineMark(f.Online))
+			mark := onlineMark(f.Online)
+			if !f.Online && f.LastSeenMs != 0 {
+				mark = " —" + lastSeen(f.LastSeenMs, "01-02 15:04")
+			}
+			fmt.Fprintf(&b, "\n  %s (user %d)%s", f.Username, f.UserId, mark)
 		}
 		return map[string]any{"friends": friendsJSON(fl)}, b.String(), err
 	case "group create":
@@ -362,6 +402,37 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 				"text": m.Text, "sent_at_ms": m.SentAtMs})
 		}
 		return map[string]any{"messages": list, "has_more": page.GetHasMore()}, b.String(), nil
+	case "conversations":
+		return s.conversations(ctx, args)
+	case "presence":
+		if len(args) != 1 || args[0] != "visible" && args[0] != "hidden" {
+			return nil, "", usage("/presence visible|hidden")
+		}
+		visible := args[0] == "visible"
+		err := s.c.SetPresenceVisible(ctx, visible)
+		human := "your friends see your presence"
+		if !visible {
+			human = "your presence is hidden: friends see you offline"
+		}
+		return map[string]any{"visible": visible}, human, err
+	case "typing":
+		const form = "/typing USERNAME or /typing group GROUP_ID"
+		req := &chatpb.Typing{}
+		where := ""
+		switch {
+		case len(args) == 2 && args[0] == "group":
+			gid, err := strconv.ParseUint(args[1], 10, 64)
+			if err != nil {
+				return nil, "", usage(form)
+			}
+			req.GroupId, where = gid, fmt.Sprintf("group %d", gid)
+		case len(args) == 1:
+			req.PeerUsername, where = args[0], args[0]
+		default:
+			return nil, "", usage(form)
+		}
+		err := s.c.Typing(ctx, req)
+		return map[string]any{}, "told " + where + " you are typing", err
 	case "ping":
 		start := time.Now()
 		t, err := s.c.Ping(ctx)
@@ -387,6 +458,56 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 	return nil, "", usage("unknown command " + strconv.Quote("/"+name) + "; /help lists them")
 }
 
+// conversations runs `/conversations [N]`: the N (default 20) most recent
+// conversations, with their last message and unread count.
+func (s *shell) conversations(ctx context.Context, args []string) (map[string]any, string, error) {
+	form := fmt.Sprintf("/conversations [N] (N from 1 to %d)", protocol.MaxConvListLimit)
+	limit := uint64(20)
+	switch len(args) {
+	case 0:
+	case 1:
+		n, err := strconv.ParseUint(args[0], 10, 32)
+		if err != nil || n == 0 || n > protocol.MaxConvListLimit {
+			return nil, "", usage(form)
+		}
+		limit = n
+	default:
+		return nil, "", usage(form)
+	}
+	l, err := s.c.ListConversations(ctx, uint32(limit))
+	if err != nil {
+		return nil, "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d conversations", len(l.GetConversations()))
+	list := make([]map[string]any, 0, len(l.GetConversations()))
+	for _, c := range l.GetConversations() {
+		obj := map[string]any{"last_seq": c.LastSeq, "read_seq": c.ReadSeq, "unread": c.Unread}
+		if c.GroupId != 0 {
+			obj["group_id"], obj["group_name"] = c.GroupId, c.GroupName
+			fmt.Fprintf(&b, "\n  group %d %s", c.GroupId, c.GroupName)
+		} else {
+			obj["peer_user_id"], obj["peer_username"] = c.PeerUserId, c.PeerUsername
+			fmt.Fprintf(&b, "\n  %s (user %d)", c.PeerUsername, c.PeerUserId)
+		}
+		if c.Unread > 0 {
+			fmt.Fprintf(&b, ", %d unread", c.Unread)
+		}
+		if m := c.LastMessage; m != nil {
+			obj["last_message"] = map[string]any{"seq": m.Seq, "msg_id": m.MsgId, "from": m.FromUsername,
+				"text": m.Text, "sent_at_ms": m.SentAtMs}
+			fmt.Fprintf(&b, " — #%d [%s] %s: %s", m.Seq, time.UnixMilli(m.SentAtMs).Format("01-02 15:04:05"), m.FromUsername, m.Text)
+		} else {
+			fmt.Fprintf(&b, " — no message to show (last #%d)", c.LastSeq)
+		}
+		list = append(list, obj)
+	}
+	if l.GetHasMore() {
+		fmt.Fprintf(&b, "\n  (more: /conversations N, N up to %d)", protocol.MaxConvListLimit)
+	}
+	return map[string]any{"conversations": list, "has_more": l.GetHasMore()}, b.String(), nil
+}
+
 func sendFields(ok *chatpb.SendOK, err error) (map[string]any, string, error) {
 	if err != nil {
 		return nil, "", err
@@ -406,6 +527,14 @@ func onlineMark(online bool) string {
 	return ""
 }
 
+// lastSeen is " (last seen <when>)", or "" when not known.
+func lastSeen(ms int64, layout string) string {
+	if ms == 0 {
+		return ""
+	}
+	return " (last seen " + time.UnixMilli(ms).Format(layout) + ")"
+}
+
 func roleMark(r chatpb.Role) string {
 	if r == chatpb.Role_ROLE_CREATOR {
 		return " (creator)"
@@ -416,7 +545,7 @@ func roleMark(r chatpb.Role) string {
 func friendsJSON(fl []*chatpb.Friend) []map[string]any {
 	out := make([]map[string]any, 0, len(fl))
 	for _, f := range fl {
-		out = append(out, map[string]any{"user_id": f.UserId, "username": f.Username, "online": f.Online})
+		out = append(out, map[string]any{"user_id": f.UserId, "username": f.Username, "online": f.Online, "last_seen_ms": f.LastSeenMs})
 	}
 	return out
 }

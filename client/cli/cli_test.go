@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -107,6 +108,51 @@ func TestReadCommand(t *testing.T) {
 	<-aliceDone
 }
 
+// /conversations lists the conversations newest first, with unread counts
+// and the last message, in --json too; N bounds it.
+func TestConversationsCommand(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	run := func(script string) string { return runJSON(ctx, t, addr, script) }
+	run("/register bob hunter2hunter2\n/register carol hunter2hunter2\n")
+	run("/register alice hunter2hunter2\n/login alice hunter2hunter2\n/msg bob one\n/msg bob two\n/wait 5ms\n/msg carol hi\n")
+	out := run("/login bob hunter2hunter2\n/read alice 1\n/conversations\n/conversations 1\n/conversations 0\n/conversations x y\n")
+	var responses []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if strings.Contains(l, `"cmd":"conversations"`) {
+			responses = append(responses, l)
+		}
+	}
+	if len(responses) != 4 {
+		t.Fatalf("want 4 conversations responses, got:\n%s", out)
+	}
+	want := `{"event":"response","cmd":"conversations","ok":true,"conversations":[{"last_message":{"from":"alice","msg_id":`
+	if !strings.HasPrefix(responses[0], want) || !strings.Contains(responses[0], `"text":"two"},"last_seq":2,"peer_user_id":`) ||
+		!strings.Contains(responses[0], `"peer_username":"alice","read_seq":1,"unread":1}],"has_more":false}`) {
+		t.Fatalf("/conversations: %s", responses[0])
+	}
+	// Alice has two; the one with carol is the newer.
+	aliceOut := run("/login alice hunter2hunter2\n/conversations 1\n")
+	if !strings.Contains(aliceOut, `"peer_username":"carol"`) || strings.Contains(aliceOut, `"peer_username":"bob"`) ||
+		!strings.Contains(aliceOut, `"has_more":true`) {
+		t.Fatalf("alice's /conversations 1:\n%s", aliceOut)
+	}
+	if !strings.Contains(responses[1], `"has_more":false`) || !strings.Contains(responses[2], `"code":"usage"`) ||
+		!strings.Contains(responses[3], `"code":"usage"`) {
+		t.Fatalf("bob's other /conversations:\n%s", strings.Join(responses[1:], "\n"))
+	}
+	// The human form names the peer, the unread count and the last message.
+	var human bytes.Buffer
+	if err := Run(ctx, strings.NewReader("/login bob hunter2hunter2\n/conversations\n"), Options{Client: client.Options{Addr: addr}, Out: &human}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(human.String(), "1 conversations\n  alice (user ") || !strings.Contains(human.String(), ", 1 unread — #2 [") ||
+		!strings.Contains(human.String(), "] alice: two") {
+		t.Fatalf("human /conversations:\n%s", human.String())
+	}
+}
+
 // runJSON runs a script against addr with --json and returns its output.
 func runJSON(ctx context.Context, t *testing.T, addr, script string) string {
 	t.Helper()
@@ -115,4 +161,123 @@ func runJSON(ctx context.Context, t *testing.T, addr, script string) string {
 		t.Fatalf("Run: %v\n%s", err, out.String())
 	}
 	return out.String()
+}
+
+// With --device-id, a user's devices each get what the user sends from the
+// other, shown as the user's own.
+func TestDeviceIDShowsOwnMessagesFromOtherDevices(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	device := func(id, script string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := Run(ctx, strings.NewReader(script), Options{Client: client.Options{Addr: addr, DeviceID: id}, JSON: true, Out: &out}); err != nil {
+			t.Fatalf("Run: %v\n%s", err, out.String())
+		}
+		return out.String()
+	}
+	runJSON(ctx, t, addr, "/register bob hunter2hunter2\n/register alice hunter2hunter2\n")
+	device("laptop", "/login alice hunter2hunter2\n") // the laptop is known from now on
+	if out := device("phone", "/login alice hunter2hunter2\n/msg bob from the phone\n"); !strings.Contains(out, `"cmd":"msg","ok":true`) {
+		t.Fatalf("the phone's send:\n%s", out)
+	}
+	out := device("laptop", "/login alice hunter2hunter2\n/wait 500ms\n")
+	if !strings.Contains(out, `"event":"message"`) || !strings.Contains(out, `"own":true`) || !strings.Contains(out, `"text":"from the phone"`) {
+		t.Fatalf("the laptop did not show alice's own message from the phone:\n%s", out)
+	}
+}
+
+// A friend's presence changes show as events (human and --json), /friends
+// shows the last seen, and /presence hides or shows the user's own.
+func TestPresenceEventsAndCommand(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{PresenceGrace: 200 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	run := func(script string) string { return runJSON(ctx, t, addr, script) }
+	run("/register alice hunter2hunter2\n/register bob hunter2hunter2\n/login bob hunter2hunter2\n/friend add alice\n")
+	time.Sleep(500 * time.Millisecond) // bob's grace: he is offline before alice comes
+
+	var aliceOut, aliceHuman testproc.SyncBuffer
+	done := make(chan error, 2)
+	go func() {
+		done <- Run(ctx, strings.NewReader("/login alice hunter2hunter2\n/wait 10s\n"),
+			Options{Client: client.Options{Addr: addr}, JSON: true, Out: &aliceOut})
+	}()
+	go func() {
+		done <- Run(ctx, strings.NewReader("/login alice hunter2hunter2\n/wait 10s\n"),
+			Options{Client: client.Options{Addr: addr, DeviceID: "human"}, Out: &aliceHuman})
+	}()
+	testproc.WaitUntil(t, "alice logged in twice", 10*time.Second, func() bool {
+		return strings.Contains(aliceOut.String(), `"cmd":"login","ok":true`) && strings.Contains(aliceHuman.String(), "logged in as alice")
+	})
+	run("/login bob hunter2hunter2\n")
+	testproc.WaitUntil(t, "bob online, then offline", 5*time.Second, func() bool {
+		return strings.Contains(aliceOut.String(), `{"event":"presence","online":true,"user_id":`) &&
+			strings.Contains(aliceOut.String(), `{"event":"presence","last_seen_ms":`) &&
+			strings.Contains(aliceHuman.String(), "bob is online\n") && strings.Contains(aliceHuman.String(), "bob went offline (last seen ")
+	})
+	if out := aliceOut.String(); !strings.Contains(out, `"online":false,"user_id":`) || !strings.Contains(out, `"username":"bob"}`) {
+		t.Fatalf("alice's presence events:\n%s", out)
+	}
+
+	var human bytes.Buffer
+	if err := Run(ctx, strings.NewReader("/login alice hunter2hunter2\n/friends\n"), Options{Client: client.Options{Addr: addr, DeviceID: "list"}, Out: &human}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(human.String(), "1 friends\n  bob (user ") || !strings.Contains(human.String(), ") — (last seen ") {
+		t.Fatalf("human /friends:\n%s", human.String())
+	}
+	out := run("/login bob hunter2hunter2\n/presence hidden\n/presence maybe\n/logout\n/login bob hunter2hunter2\n/presence visible\n")
+	if !strings.Contains(out, `{"event":"response","cmd":"presence","ok":true,"visible":false}`) || !strings.Contains(out, `"code":"usage"`) ||
+		!strings.Contains(out, `"presence_hidden":true`) || !strings.Contains(out, `{"event":"response","cmd":"presence","ok":true,"visible":true}`) {
+		t.Fatalf("bob's /presence:\n%s", out)
+	}
+	cancel()
+	<-done
+	<-done
+}
+
+// /typing tells the peer or the group, whose client shows it (human and
+// --json); a bad target is an error.
+func TestTypingCommandAndEvents(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	run := func(script string) string { return runJSON(ctx, t, addr, script) }
+	run("/register alice hunter2hunter2\n/register bob hunter2hunter2\n")
+	out := run("/login alice hunter2hunter2\n/group create g\n")
+	if !strings.Contains(out, `"group_id":1`) {
+		t.Fatalf("group create:\n%s", out)
+	}
+	var bobJSON, bobHuman testproc.SyncBuffer
+	done := make(chan error, 2)
+	// bob's two devices: one joins the group (once is enough: the user is
+	// the member), and both wait.
+	for i, buf := range []*testproc.SyncBuffer{&bobJSON, &bobHuman} {
+		script := "/login bob hunter2hunter2\n/wait 10s\n"
+		if i == 0 {
+			script = "/login bob hunter2hunter2\n/group join 1\n/wait 10s\n"
+		}
+		go func() {
+			done <- Run(ctx, strings.NewReader(script),
+				Options{Client: client.Options{Addr: addr, DeviceID: fmt.Sprint("d", i)}, JSON: i == 0, Out: buf})
+		}()
+	}
+	testproc.WaitUntil(t, "bob in the group, on two devices", 10*time.Second, func() bool {
+		return strings.Contains(bobJSON.String(), `"cmd":"group join","ok":true`) && strings.Contains(bobHuman.String(), "logged in as bob")
+	})
+	out = run("/login alice hunter2hunter2\n/typing bob\n/typing group 1\n/typing nobody\n/typing\n/typing group x\n")
+	if strings.Count(out, `{"event":"response","cmd":"typing","ok":true}`) != 2 || !strings.Contains(out, `"code":"not_found"`) ||
+		strings.Count(out, `"code":"usage"`) != 2 {
+		t.Fatalf("alice's /typing:\n%s", out)
+	}
+	testproc.WaitUntil(t, "bob sees alice typing", 5*time.Second, func() bool {
+		return strings.Contains(bobJSON.String(), `{"event":"typing","user_id":1,"username":"alice"}`) &&
+			strings.Contains(bobJSON.String(), `{"event":"typing","group_id":1,"user_id":1,"username":"alice"}`) &&
+			strings.Contains(bobHuman.String(), "alice is typing…\n") && strings.Contains(bobHuman.String(), "alice is typing in group 1…\n")
+	})
+	cancel()
+	<-done
+	<-done
 }

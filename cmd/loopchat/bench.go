@@ -120,6 +120,7 @@ func scenarioFlags(f *pflag.FlagSet, c *bench.Config) {
 	f.IntVar(&c.GroupSize, "group-size", 10, "members per group (group)")
 	f.IntVar(&c.Groups, "groups", 0, "number of groups (group); 0 means conns/group-size")
 	f.IntVar(&c.TextSize, "text-size", 64, "message size in bytes")
+	f.IntVar(&c.Friends, "friends", 0, "login: befriend each user with this many others before the storm (not measured)")
 	f.IntVar(&c.SeedMessages, "seed-messages", 60, "history: messages sent into each conversation before pages are read (not measured)")
 	f.StringVar(&c.Users, "users", "", "user name prefix; empty means a fresh one per run")
 }
@@ -226,6 +227,7 @@ func runProcs(ctx context.Context, name string, c bench.Config, k int) (bench.Re
 			"--conns", strconv.Itoa(n), "--pairs", strconv.Itoa(c.Pairs / k), "--rate", fmt.Sprint(c.Rate / float64(k)),
 			"--duration", c.Duration.String(), "--group-size", strconv.Itoa(c.GroupSize), "--groups", strconv.Itoa(c.Groups / k),
 			"--text-size", strconv.Itoa(c.TextSize), "--seed-messages", strconv.Itoa(c.SeedMessages),
+			"--friends", strconv.Itoa(c.Friends),
 			"--users", fmt.Sprintf("%sp%dx", c.Users, i),
 			"--source-offset", strconv.Itoa(c.SourceOffset + i*(c.Conns/k))}
 		wg.Add(1)

@@ -51,6 +51,7 @@ Commands:
 	f := cmd.Flags()
 	f.StringVar(&o.Addr, "addr", "127.0.0.1:7000", "server or load balancer address")
 	f.StringVar(&o.LocalAddr, "bind", "", "source IP to connect from (e.g. 127.0.0.5)")
+	f.StringVar(&o.DeviceID, "device-id", "", "this device's stable name (each device of a user has its own inbox; at most 64 bytes)")
 	f.BoolVar(&jsonOut, "json", false, "print one JSON object per line on stdout and nothing else")
 	f.BoolVar(&noReconn, "no-reconnect", false, "do not reconnect (with the login token) when the connection drops")
 	return cmd

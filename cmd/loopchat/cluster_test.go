@@ -15,7 +15,8 @@ import (
 )
 
 // TestClusterNodeKilled runs two real nodes on one real Redis, kills one
-// with SIGKILL, and checks what its users' friends see and that messages
+// with SIGKILL, and checks what its users' friends see (a Presence push
+// within the node TTL and a heartbeat, and their lists) and that messages
 // sent to them wait for their next login, on the other node.
 func TestClusterNodeKilled(t *testing.T) {
 	r := testproc.StartRedis(t)
@@ -71,12 +72,42 @@ func TestClusterNodeKilled(t *testing.T) {
 	if !friends[0].(map[string]any)["online"].(bool) {
 		t.Fatalf("bob on n2 not online: %v", friends)
 	}
+	// alice stays on n1, on a device of her own, and watches.
+	alice, err := client.Dial(context.Background(), client.Options{Addr: n1.addr, DeviceID: "watcher"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice.Close()
+	if _, err := alice.Login(context.Background(), "alice", "hunter2hunter2"); err != nil {
+		t.Fatal(err)
+	}
 
 	if err := n2.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = n2.wait(t, 5*time.Second)
 	killedAt := time.Now()
+	// Friends are pushed bob offline once a live node has swept the dead
+	// one: within the node TTL (3 × 200ms) and a heartbeat of its last
+	// heartbeat, plus slack for a loaded machine.
+	for {
+		var ev client.Event
+		select {
+		case ev = <-alice.Events():
+		case <-time.After(5 * time.Second):
+			t.Fatal("no presence push for bob within 5s of his node's death")
+		}
+		if p := ev.Presence; p != nil {
+			if p.Username != "bob" || p.Online || p.LastSeenMs == 0 || time.UnixMilli(p.LastSeenMs).After(killedAt) {
+				t.Fatalf("presence push %v; want bob offline, last seen before his node was killed", p)
+			}
+			break
+		}
+	}
+	if d := time.Since(killedAt); d > 2500*time.Millisecond {
+		t.Fatalf("bob shown offline %v after his node was killed; want within the node TTL and a heartbeat (800ms) and some slack", d)
+	}
+	t.Logf("alice pushed bob offline %v after his node was killed", time.Since(killedAt).Round(time.Millisecond))
 	// Within the registry TTL bob shows offline, and n2 leaves the registry.
 	for {
 		out = responses(script(t, n1.addr, "/login alice hunter2hunter2", "/friends"))

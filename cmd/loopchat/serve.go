@@ -108,6 +108,8 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.IntVar(&o.MaxOutbound, "max-outbound", 16<<20, "bytes allowed to wait for a client before it is kicked as a slow consumer")
 	f.Float64Var(&o.RateLimit, "rate-limit", 100, "requests per second allowed per connection (sustained)")
 	f.IntVar(&o.RateBurst, "rate-burst", 0, "requests per connection allowed in a burst; 0 means twice --rate-limit")
+	f.IntVar(&o.MaxDevices, "max-devices", 5, "devices of one user online at once (at most 16); 1 means a new login replaces the old one")
+	f.DurationVar(&o.PresenceGrace, "presence-grace", 5*time.Second, "how long a user whose last device went offline stays online to friends: a reconnect within it tells them nothing")
 	f.IntVar(&o.InboxLimit, "inbox-limit", 10000, "unacknowledged messages kept per user; the oldest are dropped beyond it")
 	f.IntVar(&o.History.MaxMessages, "history-max-messages", server.DefaultHistoryMaxMessages, "messages each conversation keeps for History, the latest; -1 keeps all")
 	f.DurationVar(&o.History.MaxAge, "history-max-age", server.DefaultHistoryMaxAge, "messages older than this leave History; -1s keeps them all")
