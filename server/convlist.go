@@ -149,6 +149,7 @@ func (s *BoltStore) ListConversations(ctx context.Context, uid uint64, limit int
 		// A group message logged with the user left out of its
 		// recipients (sent as they joined) is not copied yet.
 		s.forceCopy.Store(true)
+		s.forceHistory.Store(true)
 		if err = s.committer.do(ctx, noWrite); err == nil {
 			all, _, err = s.readConversations(uid)
 		}
@@ -258,12 +259,13 @@ func (s *BoltStore) summarize(tx *bolt.Tx, uid uint64, cs *ConversationSummary, 
 // conversations' history.
 func (s *BoltStore) applyLogForUser(ctx context.Context, uid uint64) error {
 	s.mem.Lock()
-	waiting := s.unappliedFor[uid] > 0 || s.unappliedFrom[uid] > 0
+	waiting := s.unappliedFor[uid] > 0 || s.unappliedFrom[uid] > 0 || s.histFor[uid] > 0
 	s.mem.Unlock()
 	if !waiting {
 		return nil
 	}
 	s.forceCopy.Store(true)
+	s.forceHistory.Store(true)
 	return s.committer.do(ctx, noWrite)
 }
 

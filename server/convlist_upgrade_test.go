@@ -48,6 +48,16 @@ func TestBoltConversationListIndexesASchema2File(t *testing.T) {
 		if err := tx.DeleteBucket(bucketUserConvs); err != nil {
 			return err
 		}
+		// Schema 2 wrote every conversation's last seq to conv_meta
+		// (schema 4 only when retention empties one).
+		metas := tx.Bucket(bucketConvMeta)
+		c := tx.Bucket(bucketConvLog).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			ck, seq := k[:len(k)-8], k[len(k)-8:]
+			if err := metas.Put(ck, seq); err != nil {
+				return err
+			}
+		}
 		return tx.Bucket(bucketMeta).Put(keySchema, u64(2))
 	}); err != nil {
 		t.Fatal(err)
@@ -77,7 +87,7 @@ func TestBoltConversationListIndexesASchema2File(t *testing.T) {
 		}
 	}
 	_ = r.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketMeta).Get(keySchema); string(v) != string(u64(boltSchema)) || boltSchema != 3 {
+		if v := tx.Bucket(bucketMeta).Get(keySchema); string(v) != string(u64(boltSchema)) || boltSchema != 4 {
 			t.Errorf("schema after opening: %x", v)
 		}
 		return nil

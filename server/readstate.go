@@ -32,6 +32,10 @@ func (s *BoltStore) MarkRead(ctx context.Context, uid uint64, c Conversation, up
 		if v := b.Get(k); len(v) == 8 {
 			seq = binary.BigEndian.Uint64(v)
 		}
+		// A send not copied yet has marked it read further already.
+		s.mem.Lock()
+		seq = max(seq, s.pendingReadLocked(uid, c))
+		s.mem.Unlock()
 		if upTo <= seq {
 			return nil
 		}

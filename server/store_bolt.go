@@ -33,8 +33,15 @@ import (
 // have Seq 0 and are in no conversation's history, and each conversation
 // counts from 1 with its first message after the upgrade. Schema 3 added
 // the conversation index (user_convs, convlist.go), built from conv_meta
-// when an older file is opened. A file of a later schema than boltSchema
-// is refused.
+// when an older file is opened. Schema 4 copies a conversation's history
+// apart from the inboxes (store_bolt_wal.go): conv_meta is written only
+// when retention empties a conversation (its last seq is otherwise its
+// last conv_log key), and meta keyWALInbox says how far the inbox copy has
+// gone. A schema 2 or 3 file opens as is (its conv_meta is never above the
+// last key; without keyWALInbox the inbox copy is where keyWALApplied
+// says); a schema 3 binary would read a stale last seq from conv_meta,
+// hence the new number. A file of a later schema than boltSchema is
+// refused.
 var (
 	bucketUsers      = []byte("users")       // uid -> userRecord JSON
 	bucketUsernames  = []byte("usernames")   // lower(name) -> uid
@@ -53,7 +60,7 @@ var (
 	// (a <= b), fixed lengths, so no conversation's key is a prefix of
 	// another's and a prefix scan lists exactly one conversation.
 	bucketConvLog  = []byte("conv_log")  // convKey|seq -> chatpb.Message (with its seq), the kept history
-	bucketConvMeta = []byte("conv_meta") // convKey -> last seq (kept when retention trims everything)
+	bucketConvMeta = []byte("conv_meta") // convKey -> last seq, written when retention trims everything (schema 3)
 	// bucketReadSeqs (readstate.go): uid|convKey -> the user's read seq
 	// bucketUserConvs (convlist.go): uid|convKey -> empty, the user's 1:1 conversations
 	// bucketPresence, bucketPresenceHidden (presence_store.go): last seen, and who hides their presence
@@ -62,15 +69,20 @@ var (
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
 		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketDevices, bucketUserConvs,
 		bucketPresence, bucketPresenceHidden, bucketMeta}
-	// keyWALApplied is where the message log has been copied up to.
+	// keyWALApplied is where the message log has been copied up to:
+	// every record before it is in bbolt, inbox and history copies both.
 	keyWALApplied = []byte("wal_applied")
-	keyEpoch      = []byte("epoch")
-	keySchema     = []byte("schema") // 8-byte version; absent means 1
+	// keyWALInbox is where the inbox copy has gone (schema 3; never
+	// before keyWALApplied): the sends before it are in their inboxes and
+	// dedup, the acks before it applied; only their history may be missing.
+	keyWALInbox = []byte("wal_inbox")
+	keyEpoch    = []byte("epoch")
+	keySchema   = []byte("schema") // 8-byte version; absent means 1
 )
 
 // boltSchema is the newest file layout this code reads and writes (see the
 // bucket layout above).
-const boltSchema = 3
+const boltSchema = 4
 
 type userRecord struct {
 	Name  string `json:"name"`
@@ -114,6 +126,12 @@ type BoltConfig struct {
 	// ObserveHistoryTrim, if set, is told how many messages retention
 	// dropped from conversations' history.
 	ObserveHistoryTrim func(n int)
+
+	// For tests: zero means historyCopyPeriod and walSegmentSize; a
+	// negative historyPeriod copies history only when something needs it
+	// (History, backpressure, Close).
+	historyPeriod time.Duration
+	segmentSize   int64
 }
 
 // BoltStore is the embedded single-node Store on bbolt. Writes from all
@@ -123,10 +141,11 @@ type BoltConfig struct {
 type BoltStore struct {
 	// Messages and acks reach bbolt lazily (see store_bolt_wal.go): each is
 	// durable once its batch is in the message log, and the committer
-	// copies what the log holds into bbolt with its next commit after
-	// logCopyDelay, leaving out recipients who acked meanwhile; acks of
-	// messages already in bbolt ride along with the next commit. mem
-	// guards what is waiting.
+	// copies what the log holds into the inboxes with its next commit
+	// after logCopyDelay, leaving out recipients who acked meanwhile (acks
+	// of messages already in bbolt ride along with the next commit), and
+	// into the history by conversation, each in its turn. mem guards what
+	// is waiting.
 	mem          sync.Mutex
 	acks         map[uint64]map[uint64]struct{} // user -> msg ids acked, not yet written
 	ackCount     int
@@ -138,15 +157,45 @@ type BoltStore struct {
 	// unappliedFrom: sender -> how many of unapplied they sent
 	// (ListConversations copies them first)
 	unappliedFrom map[uint64]int
+	// histFor: user -> how many held messages they sent or were sent
+	// whose history is not copied yet (ListConversations copies them
+	// first: the index, last messages and read marks come with it).
+	histFor map[uint64]int
 	// convs holds the seq state of conversations recently written (see
 	// convState); the log writer alone adds and removes entries.
 	convs map[Conversation]*convState
 	// maxConvs bounds convs (maxConvStates; a field so tests can lower
 	// it before the first send).
 	maxConvs int
-	// forceCopy makes the next takePending copy every logged message, not
-	// only those older than logCopyDelay (inbox reads, backpressure, close).
-	forceCopy atomic.Bool
+	// forceCopy makes the next takePending copy every logged message into
+	// the inboxes, not only those older than logCopyDelay (inbox reads,
+	// backpressure, close); forceHistory copies every conversation's
+	// pending history (backpressure, close).
+	forceCopy    atomic.Bool
+	forceHistory atomic.Bool
+	// held is every logged message not yet wholly in bbolt (its inbox
+	// copy or its history copy pending), in log order from heldHead: the
+	// log is copied up to the first of them.
+	held     []*walEntry
+	heldHead int
+	// histSlots are the conversations with history waiting, in the slot
+	// their state was given (convState.slot): each slot's turn comes once
+	// per historyPeriod, when they move to histDue (from histDueHead on),
+	// whence takePending copies them in order, a bounded number per
+	// commit. histQueued counts the two. histUrgent are those to copy with
+	// the next commit (History is waiting, or too many are pending).
+	histSlots   [historySlots][]*convState
+	histDue     []*convState
+	histDueHead int
+	histQueued  int
+	histUrgent  []*convState
+	// Committer goroutine only: the last slot tick copied (counted in
+	// historyPeriod/historySlots from histEpoch), when history was last
+	// taken, and the position keyWALApplied holds.
+	histEpoch   time.Time
+	histTick    int64
+	histTakenAt time.Time
+	applied     walPos
 
 	db        *bolt.DB
 	cfg       BoltConfig
@@ -181,6 +230,12 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	}
 	if cfg.LogLinger == 0 {
 		cfg.LogLinger = 500 * time.Microsecond
+	}
+	if cfg.historyPeriod == 0 {
+		cfg.historyPeriod = historyCopyPeriod
+	}
+	if cfg.segmentSize <= 0 {
+		cfg.segmentSize = walSegmentSize
 	}
 	cfg.History = cfg.History.withDefaults()
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
@@ -243,8 +298,8 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	s := &BoltStore{db: db, cfg: cfg, epoch: epoch, doneChans: sync.Pool{New: newDoneChan},
 		stopJanitor: make(chan struct{}), janitorDone: make(chan struct{}),
 		unappliedFor: map[uint64]int{}, unappliedIDs: map[uint64]*walEntry{}, dedupPending: map[senderMsgID]*walEntry{},
-		convs: map[Conversation]*convState{}, maxConvs: maxConvStates}
-	s.unappliedFrom = map[uint64]int{}
+		convs: map[Conversation]*convState{}, maxConvs: maxConvStates, histEpoch: time.Now()}
+	s.unappliedFrom, s.histFor = map[uint64]int{}, map[uint64]int{}
 	if err := db.View(func(tx *bolt.Tx) error {
 		if err := s.devices.load(tx); err != nil {
 			return err
@@ -279,6 +334,7 @@ func (s *BoltStore) Close() error {
 	s.appends.close()
 	<-s.logDone
 	s.forceCopy.Store(true)
+	s.forceHistory.Store(true)
 	s.committer.close()
 	logErr := s.log.close()
 	return errors.Join(s.db.Close(), logErr)
@@ -621,22 +677,39 @@ func (s *BoltStore) GroupsOf(_ context.Context, uid uint64) (out []Group, err er
 
 // convState is the seq state of one conversation, in memory: seqs are
 // handed out by the log writer, which is one goroutine, so they follow
-// the log's order without a lock on the send path.
+// the log's order without a lock on the send path. It also holds the
+// conversation's logged messages until their history is in bbolt.
 type convState struct {
 	// next is the seq handed out last: ahead of last while the batch it
 	// went to is being written, given back if that write fails. The log
 	// writer alone uses it.
 	next uint64
-	// last is the highest seq in the log (LastSeq); pending counts this
-	// conversation's logged messages not yet copied into bbolt. Both are
-	// guarded by BoltStore.mem; only the log writer moves last.
-	last    uint64
-	pending int
+	// Guarded by BoltStore.mem. last is the highest seq in the log
+	// (LastSeq); only the log writer moves it. hist holds the logged
+	// messages whose history is not in bbolt yet, in seq order; the first
+	// histTaken of them are in the commit under way.
+	last      uint64
+	hist      []*walEntry
+	histTaken int
+	// conv is the conversation; slot the histSlots entry it waits in
+	// (historySlot), queued says it is there or in histDue, urgent that
+	// it is in histUrgent.
+	conv           Conversation
+	slot           int
+	queued, urgent bool
+	// Committer goroutine only: the lowest seq conv_log keeps of the
+	// conversation and its send time (Unix ms), so that a copy with
+	// nothing for retention to drop reads nothing; 0 until a copy read it.
+	keptFrom   uint64
+	keptFromMs int64
+	// indexed: a copy of a 1:1 conversation committed its user_convs
+	// entries, so later copies need not look (committer only).
+	indexed bool
 }
 
 // maxConvStates is how many conversations the log writer keeps seq state
-// for before it drops some. A conversation with nothing pending agrees
-// with bbolt (its conv_meta), so its state can be read back from there
+// for before it drops some. A conversation with no history pending agrees
+// with bbolt (storedLastSeq), so its state can be read back from there
 // when it next sends.
 const maxConvStates = 100_000
 
@@ -655,14 +728,38 @@ func convSeqKey(ck []byte, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(append(make([]byte, 0, len(ck)+8), ck...), seq)
 }
 
-// storedLastSeq reads a conversation's last seq from bbolt: conv_meta
-// keeps it even when retention has trimmed every message, so seqs are
-// never handed out twice.
+// storedLastSeq reads a conversation's last seq from bbolt: its last
+// conv_log key, or conv_meta's, which keeps it when retention has trimmed
+// every message (and which files before schema 3 wrote with every copy),
+// so seqs are never handed out twice.
 func storedLastSeq(tx *bolt.Tx, ck []byte) uint64 {
+	last := storedMetaSeq(tx, ck)
+	c := tx.Bucket(bucketConvLog).Cursor()
+	// The last key below the conversation's highest possible one.
+	k, _ := c.Seek(convSeqKey(ck, math.MaxUint64))
+	if k == nil {
+		k, _ = c.Last()
+	} else {
+		k, _ = c.Prev()
+	}
+	if isConvSeqKey(k, ck) {
+		last = max(last, binary.BigEndian.Uint64(k[len(ck):]))
+	}
+	return last
+}
+
+// storedMetaSeq is conv_meta's last seq of a conversation (0: none).
+func storedMetaSeq(tx *bolt.Tx, ck []byte) uint64 {
 	if v := tx.Bucket(bucketConvMeta).Get(ck); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)
 	}
 	return 0
+}
+
+// isConvSeqKey reports whether k is a conv_log key of the conversation
+// ck names.
+func isConvSeqKey(k, ck []byte) bool {
+	return len(k) == len(ck)+8 && hasPrefix(k, ck)
 }
 
 // cachedLastSeq is c's last logged seq, if the log writer holds its state.
@@ -776,29 +873,35 @@ func (s *BoltStore) historyCutoffMs(now time.Time) int64 {
 }
 
 // sentBefore reports whether the encoded message v was sent before
-// cutoffMs, by its msg_id (field 1, which comes first), without decoding
-// the rest. An unreadable message counts as recent: age alone never drops
+// cutoffMs. An unreadable message counts as recent: age alone never drops
 // what it cannot date.
 func sentBefore(v []byte, cutoffMs int64) bool {
-	if cutoffMs == math.MinInt64 {
-		return false
-	}
+	return cutoffMs != math.MinInt64 && sentAtMs(v) < cutoffMs
+}
+
+// sentAtMs is when the encoded message v was sent (Unix ms), by its msg_id
+// (field 1, which comes first), without decoding the rest; math.MaxInt64
+// when it cannot be read.
+func sentAtMs(v []byte) int64 {
 	for len(v) > 0 {
 		num, typ, n := protowire.ConsumeTag(v)
 		if n < 0 {
-			return false
+			return math.MaxInt64
 		}
 		v = v[n:]
 		if num == 1 && typ == protowire.VarintType {
 			id, n := protowire.ConsumeVarint(v)
-			return n > 0 && msgIDUnixMs(id) < cutoffMs
+			if n < 0 {
+				return math.MaxInt64
+			}
+			return msgIDUnixMs(id)
 		}
 		if n = protowire.ConsumeFieldValue(num, typ, v); n < 0 {
-			return false
+			return math.MaxInt64
 		}
 		v = v[n:]
 	}
-	return false
+	return math.MaxInt64
 }
 
 // maxHistoryTrim bounds how many messages retention drops from a
@@ -807,18 +910,24 @@ func sentBefore(v []byte, cutoffMs int64) bool {
 // History hides the rest until later copies reach them.
 const maxHistoryTrim = 64
 
-// historyCopy writes the messages of one copy from the log (or one
-// recovery chunk) into their conversations: each message as it comes
-// (add), and each conversation's last seq and retention once at the end
-// (finish), however many of its messages the copy carries. The copy
-// runs on the committer, beside every other write, so its per-message
-// work is one bbolt insert.
+// historyCopy writes logged messages into their conversations' history,
+// in one transaction: each message as it comes (add), then each
+// conversation's retention once (finish), however many of its messages
+// the copy carries. The copy runs on the committer, beside every other
+// write, so its per-message work is one bbolt insert.
+//
+// A replay (recovery) may meet messages whose history was copied before
+// the crash, as the history copy runs ahead of keyWALApplied: it writes
+// again those bbolt keeps (the same bytes under the same key) and leaves
+// out those retention has dropped since, so a replay changes nothing the
+// second time.
 type historyCopy struct {
 	s       *BoltStore
 	tx      *bolt.Tx
 	hist    *bolt.Bucket
+	replay  bool
 	key     []byte // scratch: bbolt copies the keys it keeps (not values)
-	touched map[Conversation]historyTouch
+	touched map[Conversation]*historyTouch
 	// readBy is the highest seq each sender sent from a device, per
 	// conversation: sending marks the conversation read up to it.
 	readBy map[readMark]uint64
@@ -830,30 +939,50 @@ type readMark struct {
 	conv Conversation
 }
 
-// historyTouch is what one copy added to a conversation.
+// historyTouch is what one copy did to a conversation.
 type historyTouch struct {
-	last  uint64 // the highest seq added
+	cs    *convState // the conversation's state, in a copy from memory
+	last  uint64     // the highest seq added
 	added int
+	// floor (replay): seqs below it were dropped by retention already.
+	floor uint64
+	// What conv_log keeps first once finish is done (0: nothing), for
+	// convState.keptFrom once the copy is committed.
+	keptFrom   uint64
+	keptFromMs int64
+	indexed    bool // its user_convs entries are written
 }
 
-func (s *BoltStore) newHistoryCopy(tx *bolt.Tx) *historyCopy {
-	return &historyCopy{s: s, tx: tx, hist: tx.Bucket(bucketConvLog)}
+func (s *BoltStore) newHistoryCopy(tx *bolt.Tx, replay bool) *historyCopy {
+	return &historyCopy{s: s, tx: tx, hist: tx.Bucket(bucketConvLog), replay: replay}
 }
 
-// add puts a logged message into its conversation's history.
+// add puts a logged message into its conversation's history. Messages of
+// one conversation come in seq order.
 func (h *historyCopy) add(e *walEntry) error {
 	if e.seq == 0 {
 		return nil // logged before conversations had seqs
+	}
+	t := h.touched[e.conv]
+	if t == nil {
+		if h.touched == nil {
+			h.touched = make(map[Conversation]*historyTouch)
+		}
+		t = &historyTouch{cs: e.cs}
+		if h.replay {
+			t.floor = h.keptFloor(e.conv)
+		}
+		h.touched[e.conv] = t
+	}
+	if e.seq < t.floor {
+		return nil // copied before the crash, and dropped by retention since
 	}
 	h.key = binary.BigEndian.AppendUint64(appendConvKey(h.key[:0], e.conv), e.seq)
 	if err := h.hist.Put(h.key, e.message); err != nil {
 		return err
 	}
-	if h.touched == nil {
-		h.touched = make(map[Conversation]historyTouch)
-	}
-	t := h.touched[e.conv]
-	h.touched[e.conv] = historyTouch{last: max(t.last, e.seq), added: t.added + 1}
+	t.last = max(t.last, e.seq)
+	t.added++
 	if e.fromDevice {
 		if h.readBy == nil {
 			h.readBy = make(map[readMark]uint64)
@@ -864,12 +993,25 @@ func (h *historyCopy) add(e *walEntry) error {
 	return nil
 }
 
-// finish records the last seq of each conversation added to and drops
-// its oldest messages past the HistoryLimits, counting messages sent
-// before cutoffMs as too old. It returns how many it dropped.
+// keptFloor is the lowest seq under which a replayed message of conv may
+// be put back: the first conv_log keeps or, when it keeps none, the one
+// after conv_meta's last (a conversation's copied seqs run without gaps
+// up to its last, and retention drops the oldest first).
+func (h *historyCopy) keptFloor(conv Conversation) uint64 {
+	ck := convKey(conv)
+	if k, _ := h.hist.Cursor().Seek(ck); isConvSeqKey(k, ck) {
+		return binary.BigEndian.Uint64(k[len(ck):])
+	}
+	return storedMetaSeq(h.tx, ck) + 1
+}
+
+// finish drops the oldest messages of each conversation added to that are
+// past the HistoryLimits, counting messages sent before cutoffMs as too
+// old, and records the last seq of any it empties in conv_meta. It
+// returns how many it dropped. A conversation whose state knows what it
+// keeps first, and that nothing is to go, costs no read.
 func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 	limit := h.s.cfg.History.MaxMessages
-	metas := h.tx.Bucket(bucketConvMeta)
 	reads := h.tx.Bucket(bucketReadSeqs)
 	for m, seq := range h.readBy {
 		k := readSeqKey(m.uid, m.conv)
@@ -882,23 +1024,34 @@ func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 	}
 	trimmed := 0
 	for conv, t := range h.touched {
-		ck := convKey(conv)
-		last := max(storedLastSeq(h.tx, ck), t.last)
-		if err := metas.Put(ck, u64(last)); err != nil {
-			return trimmed, err
+		if t.added == 0 {
+			continue // a replay with nothing to put back
 		}
-		if err := indexDirect(h.tx, conv, ck); err != nil {
-			return trimmed, err
+		ck := convKey(conv)
+		if t.cs == nil || !t.cs.indexed {
+			if err := indexDirect(h.tx, conv, ck); err != nil {
+				return trimmed, err
+			}
+			t.indexed = true
+		}
+		last := t.last
+		if cs := t.cs; cs != nil && cs.keptFrom != 0 && (limit <= 0 || last-cs.keptFrom < uint64(limit)) &&
+			cs.keptFromMs >= cutoffMs {
+			t.keptFrom, t.keptFromMs = cs.keptFrom, cs.keptFromMs
+			continue
+		}
+		if h.replay {
+			// Replayed messages may all be older than what bbolt has.
+			last = max(last, storedLastSeq(h.tx, ck))
 		}
 		c := h.hist.Cursor()
-		for range t.added * maxHistoryTrim {
-			// The oldest kept. Seqs are kept without gaps from it to
-			// last, so the count needs no scan.
-			k, v := c.Seek(ck)
-			if k == nil || len(k) != len(ck)+8 || !hasPrefix(k, ck) {
-				break
-			}
-			over := limit > 0 && last-binary.BigEndian.Uint64(k[len(ck):]) >= uint64(limit)
+		// The oldest kept. Seqs are kept without gaps from it to last, so
+		// the count needs no scan.
+		k, v := c.Seek(ck)
+		dropped := uint64(0)
+		for budget := t.added * maxHistoryTrim; budget > 0 && isConvSeqKey(k, ck); budget-- {
+			seq := binary.BigEndian.Uint64(k[len(ck):])
+			over := limit > 0 && last-seq >= uint64(limit)
 			if !over && !sentBefore(v, cutoffMs) {
 				break
 			}
@@ -906,19 +1059,40 @@ func (h *historyCopy) finish(cutoffMs int64) (int, error) {
 				return trimmed, err
 			}
 			trimmed++
+			dropped = seq
+			k, v = c.Seek(ck)
+		}
+		if isConvSeqKey(k, ck) {
+			t.keptFrom, t.keptFromMs = binary.BigEndian.Uint64(k[len(ck):]), sentAtMs(v)
+			continue
+		}
+		// Nothing kept: conv_meta keeps the last seq, the last dropped.
+		t.keptFrom = 0
+		if dropped > storedMetaSeq(h.tx, ck) {
+			if err := h.tx.Bucket(bucketConvMeta).Put(ck, u64(dropped)); err != nil {
+				return trimmed, err
+			}
 		}
 	}
 	return trimmed, nil
 }
 
-// applyMessage copies a logged message into its conversation's history
-// (through h) and into the inboxes of its recipients, except those whose
-// ack is in acks, and records its client_msg_id. It returns how many
-// older messages it trimmed from full inboxes.
-func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}, h *historyCopy) (int, error) {
-	if err := h.add(e); err != nil {
-		return 0, err
+// keepRanges tells the states of the conversations copied what conv_log
+// keeps first now. Committer only, once the copy is committed.
+func (h *historyCopy) keepRanges() {
+	for _, t := range h.touched {
+		if t.cs != nil && t.added > 0 {
+			t.cs.keptFrom, t.cs.keptFromMs = t.keptFrom, t.keptFromMs
+			t.cs.indexed = t.cs.indexed || t.indexed
+		}
 	}
+}
+
+// applyMessage copies a logged message into the inboxes of its
+// recipients, except those whose ack is in acks, and records its
+// client_msg_id. It returns how many older messages it trimmed from full
+// inboxes. Its history is copied apart (historyCopy).
+func (s *BoltStore) applyMessage(tx *bolt.Tx, e *walEntry, acks map[uint64]map[uint64]struct{}) (int, error) {
 	trimmed := 0
 	inbox, counts := tx.Bucket(bucketInbox), tx.Bucket(bucketInboxCount)
 	var few [4]uint64

@@ -476,7 +476,7 @@ func TestBoltStoreRefusesANewerSchema(t *testing.T) {
 // they send again.
 func TestBoltHistoryDropsIdleConversationState(t *testing.T) {
 	ctx := context.Background()
-	s := openTestBolt(t, 100).(*BoltStore)
+	s := openHistoryDeferred(t, BoltConfig{InboxLimit: 100}) // no copy unless asked
 	s.maxConvs = 4
 	a, _ := s.CreateUser(ctx, "a", nil)
 	var peers []User
@@ -492,7 +492,7 @@ func TestBoltHistoryDropsIdleConversationState(t *testing.T) {
 		s.mem.Lock()
 		defer s.mem.Unlock()
 		for _, cs := range s.convs {
-			pending += cs.pending
+			pending += len(cs.hist)
 		}
 		return len(s.convs), pending
 	}
@@ -529,5 +529,79 @@ func TestBoltHistoryDropsIdleConversationState(t *testing.T) {
 		if got := historySeqs(t, s, DirectConversation(a.ID, p.ID)); !slices.Equal(got, seqRange(1, 2)) {
 			t.Fatalf("history with peer %d: %v", p.ID, got)
 		}
+	}
+}
+
+// convMetaSeq reads conv_meta's entry for conv (0: none).
+func convMetaSeq(t *testing.T, s *BoltStore, conv Conversation) uint64 {
+	t.Helper()
+	var seq uint64
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		seq = storedMetaSeq(tx, convKey(conv))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return seq
+}
+
+// A conversation's last seq in bbolt is its last conv_log key: the copy
+// writes no conv_meta entry until retention empties the conversation,
+// and the seq carries on across restarts either way.
+func TestBoltHistoryLastSeqIsTheLastKey(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "test.db")
+	open := func() *BoltStore {
+		t.Helper()
+		s, err := OpenBoltStore(BoltConfig{Path: path, History: HistoryLimits{MaxMessages: 2, MaxAge: time.Hour}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	a, _ := s.CreateUser(ctx, "a", nil)
+	b, _ := s.CreateUser(ctx, "b", nil)
+	c, _ := s.CreateUser(ctx, "c", nil)
+	ab, ac := DirectConversation(a.ID, b.ID), DirectConversation(a.ID, c.ID)
+	ids, old := newMsgIDGen(0), newMsgIDGen(1)
+	for q := uint64(1); q <= 3; q++ {
+		sendText(t, s, ids, a, b.ID, 0, q)
+		// Too old, all of them: retention empties ac.
+		m := &chatpb.Message{FromUserId: c.ID, FromUsername: c.Name, ToUserId: a.ID, Text: fmt.Sprint("seq ", q)}
+		m.MsgId, m.SentAtMs = old.next(time.Now().Add(-2 * time.Hour))
+		if _, err := s.AppendMessage(ctx, m, []uint64{a.ID}, ""); err != nil || m.Seq != q {
+			t.Fatalf("old message: seq %d, %v; want %d", m.Seq, err, q)
+		}
+	}
+	if got := historySeqs(t, s, ab); !slices.Equal(got, seqRange(2, 3)) {
+		t.Fatalf("history of ab: %v", got)
+	}
+	if got := historySeqs(t, s, ac); len(got) != 0 {
+		t.Fatalf("history of ac: %v", got)
+	}
+	if n, seq := convLogKeys(t, s, ab), convMetaSeq(t, s, ab); n != 2 || seq != 0 {
+		t.Fatalf("ab: %d keys, conv_meta %d; want 2 and none", n, seq)
+	}
+	if n, seq := convLogKeys(t, s, ac), convMetaSeq(t, s, ac); n != 0 || seq != 3 {
+		t.Fatalf("ac, emptied by retention: %d keys, conv_meta %d; want none and 3", n, seq)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open()
+	defer s.Close()
+	for conv, want := range map[Conversation]uint64{ab: 3, ac: 3} {
+		if last, err := s.LastSeq(ctx, conv); err != nil || last != want {
+			t.Fatalf("LastSeq(%v) after a restart = %d, %v; want %d", conv, last, err, want)
+		}
+	}
+	sendText(t, s, ids, a, b.ID, 0, 4)
+	sendText(t, s, ids, a, c.ID, 0, 4)
+	if got := historySeqs(t, s, ab); !slices.Equal(got, seqRange(3, 4)) {
+		t.Fatalf("history of ab after a restart: %v", got)
+	}
+	if got := historySeqs(t, s, ac); !slices.Equal(got, []uint64{4}) {
+		t.Fatalf("history of ac after a restart: %v", got)
 	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -42,10 +43,26 @@ import (
 // conversation's history. The writer keeps each conversation's last seq in
 // memory (convState), read from bbolt the first time the conversation
 // sends after a start; a batch whose log write fails gives its seqs back,
-// so there is never a gap. The lazy copy writes the history, and History
-// first copies whatever of its conversation is only in the log.
+// so there is never a gap.
+//
+// A message's history is copied apart from its inbox copy, and later. The
+// inbox copy goes in log order, logCopyDelay after the log write. The
+// history copy goes by conversation: each conversation's logged messages
+// wait in its convState, and its turn comes once per historyCopyPeriod
+// (conversations are spread over historySlots slots, one slot's worth per
+// commit or so), when all of them are copied together. A conversation
+// sending several messages a period then has its conv_log page written
+// once, not once per commit; and the history does not need the bbolt copy
+// for durability, as the log holds it until then. History first copies
+// whatever of its conversation is only in the log. So bbolt records two
+// points: keyWALInbox, how far the inbox copy has gone, and keyWALApplied,
+// the end of the last batch whose messages are wholly copied (no further
+// than keyWALInbox); only the segments before the latter are removed, and
+// recovery replays from it, copying again only the history of what lies
+// up to keyWALInbox, and of that only what bbolt lacks (historyCopy).
 
-// walEntry is a logged message waiting to be copied into bbolt.
+// walEntry is a logged message waiting to be copied into bbolt (into the
+// inboxes, its conversation's history, or both).
 type walEntry struct {
 	msg         *chatpb.Message
 	message     []byte // msg, encoded (with its seq once the log writer gave it one)
@@ -63,8 +80,11 @@ type walEntry struct {
 	end        walPos    // the end of its batch in the log
 	logged     time.Time // when its batch was synced
 	// Guarded by BoltStore.mem:
-	taken   bool   // in the commit under way
-	ackedBy ackers // users who acked before it was copied
+	taken     bool   // its inbox copy is in the commit under way
+	inboxDone bool   // its inbox copy is committed
+	histTaken bool   // its history copy is in the commit under way
+	histDone  bool   // its history copy is committed (or it has none)
+	ackedBy   ackers // users who acked before it was copied
 }
 
 // ackers is a set of user ids: a short list, as nearly every message has
@@ -116,8 +136,9 @@ type appendOp struct {
 	dupOf *appendOp
 }
 
-// maxUnapplied bounds logged messages held in memory before they are in
-// bbolt; past it the log writer waits for a commit.
+// maxUnapplied bounds logged messages held in memory before they are
+// wholly in bbolt; past it the log writer waits for a commit that copies
+// them all.
 const maxUnapplied = 100_000
 
 // maxLogBatch bounds the bytes of one log write.
@@ -128,6 +149,48 @@ const maxLogBatch = 4 << 20
 // most recipients to have acknowledged it, so that the copy leaves them
 // out, short enough to keep little in memory and to replay.
 const logCopyDelay = 500 * time.Millisecond
+
+// historyCopyPeriod is how long a logged message waits at most before its
+// history is copied into bbolt (unless History or memory needs it
+// sooner). A conversation's messages are copied together, so a
+// conversation that sends several in that time has its conv_log page
+// written once; and the conversations are spread over historySlots slots,
+// copied in turn, so that each commit writes an even share.
+const historyCopyPeriod = 2 * time.Second
+
+// historySlots is how many slots the conversations are spread over.
+const historySlots = 64
+
+// historySlot is c's slot. Conversations next to each other in conv_log
+// share one, in runs of historyRun ids (the key sorts by the lower user
+// id first), so that a slot's copy writes neighbouring leaves under the
+// same branch pages rather than one leaf and its branches per
+// conversation. A slot may so hold more than its share (a user with a
+// great many conversations); historyTakeMin and the budget in
+// takeHistoryLocked spread its copy over the next commits.
+func historySlot(c Conversation) int {
+	if c.GroupID != 0 {
+		return int(c.GroupID / historyRun % historySlots)
+	}
+	return int(c.A / historyRun % historySlots)
+}
+
+const historyRun = 8
+
+// historyTakeMin is how many conversations' history a commit may always
+// copy (beside the urgent ones), however few wait.
+const historyTakeMin = 64
+
+// historyHeldHigh is how many held messages (see BoltStore.held) make
+// each commit copy, without a budget, the history of the conversations
+// whose turn came and of those in the next historySlots/8 slots: sends
+// faster than the period's worth of memory allows catch up before
+// maxUnapplied stops them.
+const historyHeldHigh = maxUnapplied / 2
+
+// historyConvMax is how many of one conversation's messages may wait for
+// their history copy before it goes with the next commit.
+const historyConvMax = 1024
 
 // seqFieldMax is the most bytes Message.seq takes on the wire.
 var seqFieldMax = protowire.SizeTag(seqField) + protowire.SizeVarint(math.MaxUint64)
@@ -256,12 +319,13 @@ func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 		op.done <- struct{}{}
 	}
 	s.mem.Lock()
-	behind := len(s.unapplied) > maxUnapplied
+	behind := len(s.held)-s.heldHead > maxUnapplied
 	s.mem.Unlock()
 	if behind {
 		// bbolt is not keeping up (or failing): hold further sends until
 		// it catches up rather than grow memory without bound.
 		s.forceCopy.Store(true)
+		s.forceHistory.Store(true)
 		_ = s.committer.do(context.Background(), noWrite)
 	}
 	return buf
@@ -300,8 +364,9 @@ func (s *BoltStore) flushLog(ops []*appendOp, buf []byte) []byte {
 		}
 		e.end, e.logged = end, now
 		e.cs.last = e.seq
-		e.cs.pending++
+		s.holdHistoryLocked(e)
 		op.res = AppendResult{Message: e.msg, Encoded: e.message}
+		s.held = append(s.held, e)
 		s.unapplied = append(s.unapplied, e)
 		s.unappliedIDs[e.msgID] = e
 		for _, uid := range e.recipients {
@@ -419,7 +484,7 @@ func (s *BoltStore) convStates(batch []*appendOp) {
 				continue // read for an earlier message of this batch
 			}
 			last := storedLastSeq(tx, convKey(e.conv))
-			e.cs = &convState{next: last, last: last}
+			e.cs = &convState{next: last, last: last, conv: e.conv, slot: historySlot(e.conv)}
 			s.mem.Lock()
 			s.convs[e.conv] = e.cs
 			s.mem.Unlock()
@@ -436,8 +501,8 @@ func (s *BoltStore) convStates(batch []*appendOp) {
 }
 
 // dropConvStates bounds the seq states kept: past s.maxConvs it drops
-// some whose conversation has nothing waiting for bbolt, a bounded number
-// per batch. Log writer only, between batches (every state's next is its
+// some whose conversation has no history waiting for bbolt, a bounded
+// number per batch. Log writer only, between batches (every state's next is its
 // last then).
 func (s *BoltStore) dropConvStates() {
 	excess := len(s.convs) - s.maxConvs
@@ -452,18 +517,85 @@ func (s *BoltStore) dropConvStates() {
 			return
 		}
 		visit--
-		if cs.pending == 0 {
+		if len(cs.hist) == 0 {
 			delete(s.convs, c)
 			drop--
 		}
 	}
 }
 
+// holdHistoryLocked keeps e with its conversation until its history is
+// copied, and puts the conversation in its slot (or, past
+// historyConvMax waiting, among the urgent). s.mem is held.
+func (s *BoltStore) holdHistoryLocked(e *walEntry) {
+	if e.seq == 0 {
+		e.histDone = true // no history to copy
+		return
+	}
+	cs := e.cs
+	cs.hist = append(cs.hist, e)
+	s.countHistoryLocked(e, 1)
+	if !cs.queued {
+		s.histSlots[cs.slot] = append(s.histSlots[cs.slot], cs)
+		cs.queued = true
+		s.histQueued++
+	}
+	if len(cs.hist)-cs.histTaken >= historyConvMax {
+		s.urgeHistoryLocked(cs)
+	}
+}
+
+// countHistoryLocked adds d to histFor of e's sender and recipients.
+// s.mem is held.
+func (s *BoltStore) countHistoryLocked(e *walEntry, d int) {
+	if s.histFor == nil {
+		s.histFor = map[uint64]int{}
+	}
+	add := func(uid uint64) {
+		if s.histFor[uid] += d; s.histFor[uid] <= 0 {
+			delete(s.histFor, uid)
+		}
+	}
+	add(e.sender)
+	for _, uid := range e.recipients {
+		if uid != e.sender {
+			add(uid)
+		}
+	}
+}
+
+// pendingReadLocked is the highest seq uid sent from a device in c whose
+// history (and so whose read mark, historyCopy.readBy) is not in bbolt
+// yet; 0 if none. s.mem is held.
+func (s *BoltStore) pendingReadLocked(uid uint64, c Conversation) uint64 {
+	cs := s.convs[c]
+	if cs == nil {
+		return 0
+	}
+	for i := len(cs.hist) - 1; i >= 0; i-- {
+		if e := cs.hist[i]; e.fromDevice && e.sender == uid {
+			return e.seq
+		}
+	}
+	return 0
+}
+
+// urgeHistoryLocked makes the next commit copy cs's history. s.mem is held.
+func (s *BoltStore) urgeHistoryLocked(cs *convState) {
+	if !cs.urgent {
+		s.histUrgent = append(s.histUrgent, cs)
+		cs.urgent = true
+	}
+}
+
 // takePending is the committer's lazy write: the logged messages and the
-// acks waiting, copied into bbolt with the position reached in the log.
+// acks waiting for the inboxes, the history of the conversations whose
+// turn it is, and the position reached in the log.
 func (s *BoltStore) takePending() *writeOp {
 	all := s.forceCopy.Swap(false)
-	cutoff := time.Now().Add(-logCopyDelay)
+	allHistory := s.forceHistory.Swap(false)
+	now := time.Now()
+	cutoff := now.Add(-logCopyDelay)
 	s.mem.Lock()
 	// unapplied is in log order, so the old enough ones are a prefix.
 	n := len(s.unapplied)
@@ -484,14 +616,18 @@ func (s *BoltStore) takePending() *writeOp {
 	acks := s.acks
 	s.acks, s.ackCount = nil, 0
 	s.takenAcks = acks
+	convs, hist := s.takeHistoryLocked(now, allHistory)
+	applied := s.appliedAfterLocked()
 	s.mem.Unlock()
-	if len(entries) == 0 && len(acks) == 0 {
+	if len(entries) == 0 && len(acks) == 0 && len(hist) == 0 {
 		return nil
 	}
+	var h *historyCopy
 	trimmed, histTrimmed := 0, 0
 	fn := func(tx *bolt.Tx) error {
 		var err error
-		if trimmed, histTrimmed, err = s.copyLogged(tx, entries, acks); err != nil {
+		h = s.newHistoryCopy(tx, false)
+		if trimmed, histTrimmed, err = s.copyLogged(tx, entries, hist, h, acks, applied); err != nil {
 			return err
 		}
 		for uid, ids := range acks {
@@ -511,11 +647,23 @@ func (s *BoltStore) takePending() *writeOp {
 			}
 			s.unapplied = append(entries, s.unapplied...)
 			s.restoreAcks(acks)
+			for _, cs := range convs {
+				for _, e := range cs.hist[:cs.histTaken] {
+					e.histTaken = false
+				}
+				cs.histTaken = 0
+				if !cs.queued {
+					// Its turn came: again with the next commits.
+					s.histDue = append(s.histDue, cs)
+					cs.queued = true
+					s.histQueued++
+				}
+			}
 			s.mem.Unlock()
 			return
 		}
 		for _, e := range entries {
-			e.cs.pending--
+			e.inboxDone = true
 			delete(s.unappliedIDs, e.msgID)
 			for _, uid := range e.recipients {
 				if s.unappliedFor[uid]--; s.unappliedFor[uid] <= 0 {
@@ -537,9 +685,21 @@ func (s *BoltStore) takePending() *writeOp {
 				}
 			}
 		}
+		for _, cs := range convs {
+			for _, e := range cs.hist[:cs.histTaken] {
+				e.histTaken, e.histDone = false, true
+				s.countHistoryLocked(e, -1)
+			}
+			rest := copy(cs.hist, cs.hist[cs.histTaken:])
+			clear(cs.hist[rest:])
+			cs.hist, cs.histTaken = cs.hist[:rest], 0
+		}
+		s.releaseHeldLocked()
 		s.mem.Unlock()
-		if len(entries) > 0 {
-			s.removeLogBelow(entries[len(entries)-1].end.seg)
+		h.keepRanges()
+		if applied != s.applied {
+			s.applied = applied
+			s.removeLogBelow(applied.seg)
 		}
 		if trimmed > 0 && s.cfg.ObserveTrim != nil {
 			s.cfg.ObserveTrim(trimmed)
@@ -551,26 +711,169 @@ func (s *BoltStore) takePending() *writeOp {
 	return &writeOp{fn: fn, after: after}
 }
 
-// copyLogged copies logged messages into bbolt (see applyMessage) and
-// records, in the same transaction, how far the log is copied. It returns
-// how many older messages full inboxes lost, and how many retention
-// dropped from conversations.
-func (s *BoltStore) copyLogged(tx *bolt.Tx, entries []*walEntry, acks map[uint64]map[uint64]struct{}) (trimmed, histTrimmed int, err error) {
-	if len(entries) == 0 {
-		return 0, 0, nil
+// takeHistoryLocked takes for this commit the pending history of the
+// urgent conversations, and of those whose slot came round (every slot
+// once per historyPeriod) in the order their turn came, as many as the
+// commit's share of the waiting conversations (twice the average, at
+// least historyTakeMin), so that commits share the work evenly even
+// when slots are uneven; with all, of every conversation. It returns the
+// conversations and their messages, grouped by conversation in seq order
+// and the conversations in key order. s.mem is held; committer goroutine
+// only.
+func (s *BoltStore) takeHistoryLocked(now time.Time, all bool) (convs []*convState, hist []*walEntry) {
+	take := func(cs *convState) bool {
+		if cs.histTaken > 0 || len(cs.hist) == 0 {
+			return false // taken from another list just now, or copied already
+		}
+		for _, e := range cs.hist {
+			e.histTaken = true
+		}
+		cs.histTaken = len(cs.hist)
+		convs = append(convs, cs)
+		return true
 	}
-	h := s.newHistoryCopy(tx)
+	for _, cs := range s.histUrgent {
+		cs.urgent = false
+		take(cs)
+	}
+	clear(s.histUrgent)
+	s.histUrgent = s.histUrgent[:0]
+	// The slots whose turn came since the last commit: first, and the
+	// n-1 after it.
+	first, n := int64(0), int64(0)
+	period := s.cfg.historyPeriod
+	budget := math.MaxInt
+	if period > 0 {
+		// On the monotonic clock: a step of the wall clock neither
+		// skips turns nor holds them back.
+		tick := int64(now.Sub(s.histEpoch) / max(period/historySlots, 1))
+		n = min(max(tick-s.histTick, 0), historySlots)
+		first = tick - n + 1
+		s.histTick = max(s.histTick, tick)
+		if len(s.held)-s.heldHead > historyHeldHigh {
+			// Those whose turn comes next, too: they waited longest.
+			n = min(n+historySlots/8, historySlots)
+		} else {
+			elapsed := min(max(now.Sub(s.histTakenAt), 0), period)
+			budget = max(historyTakeMin, int(2*float64(s.histQueued)*float64(elapsed)/float64(period)))
+		}
+		s.histTakenAt = now
+	}
+	if all {
+		first, n, budget = 0, historySlots, math.MaxInt
+	}
+	for i := range n {
+		slot := &s.histSlots[(first+i)%historySlots]
+		s.histDue = append(s.histDue, *slot...)
+		clear(*slot)
+		*slot = (*slot)[:0]
+	}
+	for ; budget > 0 && s.histDueHead < len(s.histDue); s.histDueHead++ {
+		cs := s.histDue[s.histDueHead]
+		s.histDue[s.histDueHead] = nil
+		cs.queued = false
+		s.histQueued--
+		if take(cs) {
+			budget--
+		}
+	}
+	if s.histDueHead > len(s.histDue)/2 {
+		rest := copy(s.histDue, s.histDue[s.histDueHead:])
+		clear(s.histDue[rest:])
+		s.histDue, s.histDueHead = s.histDue[:rest], 0
+	}
+	// In key order, so that neighbouring conversations' puts find their
+	// pages and branches at hand.
+	slices.SortFunc(convs, func(a, b *convState) int { return compareConvKeys(a.conv, b.conv) })
+	hist = hist[:0]
+	for _, cs := range convs {
+		hist = append(hist, cs.hist[:cs.histTaken]...)
+	}
+	return convs, hist
+}
+
+// compareConvKeys orders conversations as their convKeys sort.
+func compareConvKeys(a, b Conversation) int {
+	if a.GroupID != 0 || b.GroupID != 0 {
+		// 'd' sorts before 'g': a direct conversation has GroupID 0.
+		return cmp.Compare(a.GroupID, b.GroupID)
+	}
+	return cmp.Or(cmp.Compare(a.A, b.A), cmp.Compare(a.B, b.B))
+}
+
+// appliedAfterLocked is where the log will be copied up to once the
+// commit under way is: the end of the last whole batch of held messages
+// whose inbox and history copies are both done or in this commit. (A
+// batch's messages share its end, so a batch only partly copied keeps
+// the position before it.) s.mem is held.
+func (s *BoltStore) appliedAfterLocked() walPos {
+	pos := s.applied
+	held := s.held[s.heldHead:]
+	for i, e := range held {
+		if !(e.inboxDone || e.taken) || !(e.histDone || e.histTaken) {
+			break
+		}
+		if i+1 == len(held) || held[i+1].end != e.end {
+			pos = e.end
+		}
+	}
+	return pos
+}
+
+// releaseHeldLocked lets go of the held messages now wholly in bbolt.
+// s.mem is held.
+func (s *BoltStore) releaseHeldLocked() {
+	for s.heldHead < len(s.held) {
+		e := s.held[s.heldHead]
+		if !e.inboxDone || !e.histDone {
+			break
+		}
+		s.held[s.heldHead] = nil
+		s.heldHead++
+	}
+	if s.heldHead > len(s.held)/2 {
+		// Shift down (in place, and only once half is gone, so each
+		// message is moved about once).
+		rest := copy(s.held, s.held[s.heldHead:])
+		clear(s.held[rest:])
+		s.held, s.heldHead = s.held[:rest], 0
+	}
+}
+
+// copyLogged copies logged messages into bbolt: entries into the inboxes
+// (see applyMessage), hist into their conversations' history (through h),
+// and records, in the same transaction, how far the inbox copy and the
+// whole copy (applied) have gone. It returns how many older messages full
+// inboxes lost, and how many retention dropped from conversations.
+func (s *BoltStore) copyLogged(tx *bolt.Tx, entries, hist []*walEntry, h *historyCopy,
+	acks map[uint64]map[uint64]struct{}, applied walPos) (trimmed, histTrimmed int, err error) {
 	for _, e := range entries {
-		n, err := s.applyMessage(tx, e, acks, h)
+		n, err := s.applyMessage(tx, e, acks)
 		if err != nil {
 			return 0, 0, err
 		}
 		trimmed += n
 	}
+	for _, e := range hist {
+		if err := h.add(e); err != nil {
+			return 0, 0, err
+		}
+	}
 	if histTrimmed, err = h.finish(s.historyCutoffMs(time.Now())); err != nil {
 		return 0, 0, err
 	}
-	return trimmed, histTrimmed, tx.Bucket(bucketMeta).Put(keyWALApplied, entries[len(entries)-1].end.bytes())
+	meta := tx.Bucket(bucketMeta)
+	if len(entries) > 0 {
+		if err := meta.Put(keyWALInbox, entries[len(entries)-1].end.bytes()); err != nil {
+			return 0, 0, err
+		}
+	}
+	if applied != s.applied {
+		if err := meta.Put(keyWALApplied, applied.bytes()); err != nil {
+			return 0, 0, err
+		}
+	}
+	return trimmed, histTrimmed, nil
 }
 
 // restoreAcks puts back acks whose commit failed. s.mem is held.
@@ -607,18 +910,31 @@ func (s *BoltStore) applyLogFor(ctx context.Context, uid uint64) error {
 	return s.committer.do(ctx, noWrite)
 }
 
-// applyLogForConv makes sure every message logged in conversation c so
-// far is in bbolt, so that a history read sees them all.
+// applyLogForConv makes sure the history of every message logged in
+// conversation c so far is in bbolt, so that a history read sees them all.
+// It copies c's alone, with the next commit.
 func (s *BoltStore) applyLogForConv(ctx context.Context, c Conversation) error {
 	s.mem.Lock()
 	cs := s.convs[c]
-	waiting := cs != nil && cs.pending > 0
-	s.mem.Unlock()
-	if !waiting {
+	if cs == nil || len(cs.hist) == 0 {
+		s.mem.Unlock()
 		return nil
 	}
-	s.forceCopy.Store(true)
-	return s.committer.do(ctx, noWrite)
+	upTo := cs.hist[len(cs.hist)-1].seq
+	s.urgeHistoryLocked(cs)
+	s.mem.Unlock()
+	if err := s.committer.do(ctx, noWrite); err != nil {
+		return err
+	}
+	s.mem.Lock()
+	missing := len(cs.hist) > 0 && cs.hist[0].seq <= upTo
+	s.mem.Unlock()
+	if missing {
+		// The copy's commit failed (noWrite succeeds on its own): a page
+		// read now could skip a seq.
+		return fmt.Errorf("store: history copy: %w", errUnavailable)
+	}
+	return nil
 }
 
 // removeLogBelow removes the segments before seg, all copied into bbolt.
@@ -636,25 +952,34 @@ func (s *BoltStore) logDir() string { return s.cfg.Path + ".log" }
 // recoverLog copies into bbolt whatever the log holds past the point bbolt
 // recorded (messages whose SendOK went out before a crash, and acks that
 // had returned), in log order, then removes the old segments and starts a
-// new one.
+// new one. Records up to keyWALInbox had their inbox copy (and acks their
+// effect) already: only their history may be missing, and historyCopy
+// puts back only what is.
 func (s *BoltStore) recoverLog() error {
 	dir := s.logDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("store: message log: %w", err)
 	}
-	var applied walPos
+	var applied, inboxAt walPos
 	if err := s.db.View(func(tx *bolt.Tx) error {
-		applied = parseWALPos(tx.Bucket(bucketMeta).Get(keyWALApplied))
+		meta := tx.Bucket(bucketMeta)
+		applied = parseWALPos(meta.Get(keyWALApplied))
+		inboxAt = applied
+		if v := meta.Get(keyWALInbox); v != nil {
+			inboxAt = later(inboxAt, parseWALPos(v))
+		}
 		return nil
 	}); err != nil {
 		return err
 	}
 	// chunk holds records in log order: a message entry, or an ack (nil
-	// entry) of ack.acked by ack.ackUser.
+	// entry) of ack.acked by ack.ackUser; inboxDone says the record is
+	// at or before inboxAt.
 	type recovered struct {
-		entry *walEntry
-		ack   walRecord
-		end   walPos
+		entry     *walEntry
+		ack       walRecord
+		end       walPos
+		inboxDone bool
 	}
 	var chunk []recovered
 	cutoffMs := s.historyCutoffMs(time.Now())
@@ -663,12 +988,21 @@ func (s *BoltStore) recoverLog() error {
 			return nil
 		}
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			h := s.newHistoryCopy(tx)
+			h := s.newHistoryCopy(tx, true)
 			for _, r := range chunk {
 				if r.entry != nil {
-					if _, err := s.applyMessage(tx, r.entry, nil, h); err != nil {
+					if err := h.add(r.entry); err != nil {
 						return err
 					}
+					if r.inboxDone {
+						continue
+					}
+					if _, err := s.applyMessage(tx, r.entry, nil); err != nil {
+						return err
+					}
+					continue
+				}
+				if r.inboxDone {
 					continue
 				}
 				ids := make(map[uint64]struct{}, len(r.ack.acked))
@@ -682,14 +1016,23 @@ func (s *BoltStore) recoverLog() error {
 			if _, err := h.finish(cutoffMs); err != nil {
 				return err
 			}
-			return tx.Bucket(bucketMeta).Put(keyWALApplied, chunk[len(chunk)-1].end.bytes())
+			end := chunk[len(chunk)-1].end
+			meta := tx.Bucket(bucketMeta)
+			if err := meta.Put(keyWALInbox, later(inboxAt, end).bytes()); err != nil {
+				return err
+			}
+			return meta.Put(keyWALApplied, end.bytes())
 		})
+		if err == nil {
+			applied = chunk[len(chunk)-1].end
+		}
 		chunk = chunk[:0]
 		return err
 	}
 	last, err := replayWAL(dir, applied, func(r walRecord, end walPos) error {
+		inboxDone := !inboxAt.before(end)
 		if r.isAck() {
-			chunk = append(chunk, recovered{ack: r, end: end})
+			chunk = append(chunk, recovered{ack: r, end: end, inboxDone: inboxDone})
 		} else {
 			m := new(chatpb.Message)
 			if err := proto.Unmarshal(r.message, m); err != nil {
@@ -699,7 +1042,7 @@ func (s *BoltStore) recoverLog() error {
 			// their messages go to the inboxes only (historyCopy.add).
 			chunk = append(chunk, recovered{entry: &walEntry{msg: m, message: r.message, conv: ConversationOf(m),
 				seq: m.Seq, msgID: m.MsgId, sender: m.FromUserId, recipients: r.recipients,
-				clientMsgID: r.clientMsgID, senderBox: r.senderBox, fromDevice: r.fromDevice}, end: end})
+				clientMsgID: r.clientMsgID, senderBox: r.senderBox, fromDevice: r.fromDevice}, end: end, inboxDone: inboxDone})
 		}
 		if len(chunk) == 4096 {
 			return flush()
@@ -721,8 +1064,9 @@ func (s *BoltStore) recoverLog() error {
 			return fmt.Errorf("store: message log: %w", err)
 		}
 	}
+	s.applied = applied
 	s.logLowest = last + 1
-	if s.log, err = createWAL(dir, last+1, walSegmentSize); err != nil {
+	if s.log, err = createWAL(dir, last+1, s.cfg.segmentSize); err != nil {
 		return fmt.Errorf("store: message log: %w", err)
 	}
 	return nil

@@ -52,6 +52,19 @@ func (p walPos) bytes() []byte {
 	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, p.seg), uint64(p.off))
 }
 
+// before reports whether p comes before q in the log.
+func (p walPos) before(q walPos) bool {
+	return p.seg < q.seg || (p.seg == q.seg && p.off < q.off)
+}
+
+// later is the later of p and q.
+func later(p, q walPos) walPos {
+	if p.before(q) {
+		return q
+	}
+	return p
+}
+
 func parseWALPos(b []byte) walPos {
 	if len(b) != 16 {
 		return walPos{}
