@@ -191,11 +191,11 @@ func (s *shell) pushes() {
 				human = fmt.Sprintf("%s is typing in group %d…", who, n.GroupId)
 			}
 			s.emit(obj, human)
-		case ev.Disconnected != nil || ev == (client.Event{}):
-			s.emit(map[string]any{"event": "disconnected"}, "disconnected")
 		case ev.Reconnected != nil:
 			s.emit(map[string]any{"event": "reconnected", "user_id": ev.Reconnected.UserId, "node_id": ev.Reconnected.NodeId},
 				"reconnected to node "+ev.Reconnected.NodeId)
+		default: // Disconnected
+			s.emit(map[string]any{"event": "disconnected"}, "disconnected")
 		}
 	}
 }
