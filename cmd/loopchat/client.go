@@ -16,9 +16,10 @@ import (
 
 func newClientCmd() *cobra.Command {
 	var (
-		o        client.Options
-		jsonOut  bool
-		noReconn bool
+		o          client.Options
+		jsonOut    bool
+		noReconn   bool
+		user, pass string
 	)
 	cmd := &cobra.Command{
 		Use:   "client",
@@ -26,22 +27,20 @@ func newClientCmd() *cobra.Command {
 		Long: `Connect to a loopchat server. On a terminal it is an interactive prompt;
 otherwise it reads one command per line from stdin and runs them in order,
 each after the previous one's response, and exits at the end of input.
-Messages received are printed and then acknowledged.
+Messages received are printed and then acknowledged. --user logs in first.
 
 Commands:
 ` + cli.Usage,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Reconnect = !noReconn
+			opts := cli.Options{Client: o, JSON: jsonOut, Out: os.Stdout, User: user, Password: pass}
+			// --json keeps stdout to JSON, prompts included.
+			opts.Interactive = term.IsTerminal(int(os.Stdin.Fd())) && !jsonOut
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
-			err := cli.Run(ctx, os.Stdin, cli.Options{
-				Client:      o,
-				JSON:        jsonOut,
-				Interactive: term.IsTerminal(int(os.Stdin.Fd())),
-				Out:         os.Stdout,
-			})
-			if errors.Is(err, cli.ErrConnect) {
+			err := cli.Run(ctx, os.Stdin, opts)
+			if errors.Is(err, cli.ErrConnect) || errors.Is(err, cli.ErrNoPassword) {
 				fmt.Fprintln(os.Stderr, "loopchat client:", err)
 				return errSilent
 			}
@@ -54,5 +53,7 @@ Commands:
 	f.StringVar(&o.DeviceID, "device-id", "", "this device's stable name (each device of a user has its own inbox; at most 64 bytes)")
 	f.BoolVar(&jsonOut, "json", false, "print one JSON object per line on stdout and nothing else")
 	f.BoolVar(&noReconn, "no-reconnect", false, "do not reconnect (with the login token) when the connection drops")
+	f.StringVar(&user, "user", "", "log in as this user at the start")
+	f.StringVar(&pass, "password", "", "--user's password (seen by anyone who can list processes: prefer the environment, or on a terminal leave it out to be asked)")
 	return cmd
 }
