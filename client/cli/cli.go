@@ -364,7 +364,7 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		}
 		err := s.c.AddFriend(ctx, args[0])
 		if err == nil {
-			s.names.addFriend(args[0])
+			s.names.addFriend(0, args[0])
 		}
 		return map[string]any{}, args[0] + " is now your friend", err
 	case "friends":

@@ -38,13 +38,16 @@ func (n *nameSet) add(id uint64, name string) {
 	}
 }
 
-// addFriend records a new friend, known by name only.
-func (n *nameSet) addFriend(name string) {
-	if n == nil {
+// addFriend records a friend (id 0: not known).
+func (n *nameSet) addFriend(id uint64, name string) {
+	if n == nil || name == "" {
 		return
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if id != 0 {
+		n.byID[id] = name
+	}
 	n.friends[name] = true
 	delete(n.others, name)
 }
