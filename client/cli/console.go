@@ -89,7 +89,11 @@ type console struct {
 	done  chan struct{} // closed when the console stops
 	bg    sync.WaitGroup
 
-	mu     sync.Mutex // guards what follows, and sh.c for other goroutines
+	// mu guards what follows, and sh.c for other goroutines. It may be
+	// held while calling into the Terminal (SetPrompt), never taken with
+	// the Terminal's lock held: the Terminal releases its lock around
+	// the completion callback and History calls.
+	mu     sync.Mutex
 	conv   target
 	status connStatus
 	dead   bool           // sh.c is gone for good: the next command redials
@@ -144,9 +148,10 @@ func (k *console) client() *client.Client {
 	return k.sh.c
 }
 
-// prompt is "alice> ", "alice → bob> ", "(reconnecting…) alice> ", or
-// "> " before logging in.
-func (k *console) prompt() string {
+// setPrompt makes the prompt "alice> ", "alice → bob> ",
+// "(reconnecting…) alice> ", or "> " before logging in. It is set under
+// k.mu so that a prompt made from older state cannot replace a newer one.
+func (k *console) setPrompt() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	var b strings.Builder
@@ -161,13 +166,13 @@ func (k *console) prompt() string {
 		b.WriteString(" → " + clean(k.conv.String()))
 	}
 	b.WriteString("> ")
-	return b.String()
+	k.t.SetPrompt(b.String())
 }
 
 // redraw puts the current prompt on the screen: at once if a line is
 // being typed (term.Terminal repaints it on any Write), else at the next.
 func (k *console) redraw() {
-	k.t.SetPrompt(k.prompt())
+	k.setPrompt()
 	_, _ = k.t.Write(nil)
 }
 

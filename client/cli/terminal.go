@@ -61,7 +61,7 @@ func (k *console) run(ctx context.Context) error {
 		}
 	}
 	for {
-		k.t.SetPrompt(k.prompt())
+		k.setPrompt()
 		line, err := k.readLine(ctx)
 		switch {
 		case err == nil, errors.Is(err, term.ErrPasteIndicator):
