@@ -287,11 +287,15 @@ func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch str
 		}
 		u, err := c.srv.store.Account(ctx, uid)
 		if errors.Is(err, ErrUserNotFound) || err == nil && u.Nonce != nonce {
-			// Gone, or the id now names another account: the token was
-			// issued to someone else.
+			// Gone, or the id now names another account (or the API
+			// revoked the account's tokens): the token was issued to
+			// someone else.
 			return User{}, ErrBadToken
 		}
-		return u, err
+		if err != nil {
+			return User{}, err
+		}
+		return u, loginAllowed(u, time.Now(), true)
 	}
 	if err := protocol.ValidateUsername(req.Username); err != nil {
 		return User{}, err
@@ -312,7 +316,7 @@ func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch str
 		c.srv.guard.failed(c.remoteAddr(), time.Now())
 		return User{}, ErrBadCredentials
 	}
-	return u, nil
+	return u, loginAllowed(u, time.Now(), false)
 }
 
 // contacts lists uid's friends and groups with their presence now, and

@@ -520,6 +520,8 @@ func (s *Server) deliver(c *session, ev Event) {
 			frame = ev.Typing.encode()
 		}
 		c.pushTransient(frame)
+	case ev.Kick != nil:
+		c.kick(kickFor(ev.Kick))
 	case ev.DeviceKick != nil:
 		if ev.DeviceKick.Device == u.device && u.gen <= ev.DeviceKick.Gen {
 			c.kick(chatpb.KickReason_KICK_REASON_DEVICE_LIMIT,
