@@ -60,6 +60,18 @@ func (g *Group) HasMember(uid uint64) bool {
 	return false
 }
 
+// recipients are the members a message from sender to g goes to: all
+// but the sender.
+func (g *Group) recipients(sender uint64) []uint64 {
+	out := make([]uint64, 0, len(g.Members))
+	for _, m := range g.Members {
+		if m.UserID != sender {
+			out = append(out, m.UserID)
+		}
+	}
+	return out
+}
+
 // AppendResult is what Store.AppendMessage did.
 type AppendResult struct {
 	// Message is the stored message. For a duplicate client_msg_id it is the
