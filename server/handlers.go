@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -127,22 +128,32 @@ func (c *session) handle(f *chatpb.Frame) {
 func okFrame() *chatpb.Frame { return &chatpb.Frame{Body: &chatpb.Frame_Ok{Ok: &chatpb.OK{}}} }
 
 func (c *session) register(ctx context.Context, req *chatpb.Register) (*chatpb.Frame, error) {
-	if err := protocol.ValidateUsername(req.Username); err != nil {
-		return nil, err
-	}
-	if err := protocol.ValidatePassword(req.Password); err != nil {
-		return nil, err
-	}
-	hash, err := c.srv.hasher.hash(req.Password)
-	if err != nil {
-		return nil, err
-	}
-	u, err := c.srv.store.CreateUser(ctx, req.Username, hash)
+	u, err := c.srv.createUser(ctx, req.Username, req.Password)
 	if err != nil {
 		return nil, err
 	}
 	c.logger().Info("registered", "user_id", u.ID, "user", u.Name)
 	return &chatpb.Frame{Body: &chatpb.Frame_RegisterOk{RegisterOk: &chatpb.RegisterOK{UserId: u.ID}}}, nil
+}
+
+// createUser registers an account with a valid name and password: a
+// client's Register, or the API's user creation. The name the API sends
+// as is never anyone's.
+func (s *Server) createUser(ctx context.Context, name, password string) (User, error) {
+	if err := protocol.ValidateUsername(name); err != nil {
+		return User{}, err
+	}
+	if err := protocol.ValidatePassword(password); err != nil {
+		return User{}, err
+	}
+	if strings.EqualFold(name, s.opts.APISystemUser) {
+		return User{}, ErrUsernameReserved
+	}
+	hash, err := s.hasher.hash(password)
+	if err != nil {
+		return User{}, err
+	}
+	return s.store.CreateUser(ctx, name, hash)
 }
 
 // login authenticates, makes this the user's only session (newest wins),
