@@ -654,7 +654,11 @@ func (a *api) publish(r *http.Request) (int, any, error) {
 		return http.StatusOK, publishResponse{[]publishResult{{ToGroup: g.ID, MsgID: rc.msgID, Seq: rc.seq,
 			SentAtMs: rc.sentAtMs, Online: rc.online}}}, nil
 	}
-	users, err := a.resolve(ctx, names)
+	field := "to_users"
+	if req.ToUser != "" {
+		field = "to_user"
+	}
+	users, err := a.resolve(ctx, field, names)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -673,10 +677,10 @@ func (a *api) publish(r *http.Request) (int, any, error) {
 	return http.StatusOK, publishResponse{out}, nil
 }
 
-// resolve names users, apiFanout lookups at a time, each user once in the
+// resolve names users (given in field), apiFanout lookups at a time, each user once in the
 // order first named. Any name that is invalid or unknown fails the whole
 // call before anything is sent.
-func (a *api) resolve(ctx context.Context, names []string) ([]User, error) {
+func (a *api) resolve(ctx context.Context, field string, names []string) ([]User, error) {
 	users := make([]User, len(names))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -690,7 +694,7 @@ func (a *api) resolve(ctx context.Context, names []string) ([]User, error) {
 					return
 				}
 				lctx, done := context.WithTimeout(ctx, requestTimeout)
-				u, err := a.userByName(lctx, "to_users", names[i])
+				u, err := a.userByName(lctx, field, names[i])
 				done()
 				if err != nil {
 					cancel(err)
@@ -937,7 +941,7 @@ type clusterStats struct {
 }
 
 // stats answers a few counters: this node's from memory, the cluster's
-// from the registry (one read).
+// from the registry (two reads).
 func (a *api) stats(r *http.Request) (int, any, error) {
 	nodes, err := a.s.clusterNodes(r.Context())
 	if err != nil {
