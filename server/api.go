@@ -193,7 +193,7 @@ func (a *api) start(addr string) error {
 	a.ln = ln
 	a.http = &http.Server{Handler: a.mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
-		ErrorLog: slog.NewLogLogger(a.log.With("component", "api-http").Handler(), slog.LevelWarn)}
+		ErrorLog: slog.NewLogLogger(a.s.log.With("component", "api-http").Handler(), slog.LevelWarn)}
 	go func() {
 		defer close(a.done)
 		_ = a.http.Serve(ln)
@@ -314,13 +314,17 @@ func (a *api) failure(route string, err error) (int, apiErrorBody) {
 	status := httpStatus(pe.Code)
 	var ae *apiError
 	if errors.As(err, &ae) {
-		status = ae.status
+		// An answer of the API's own (a 501 is no outage): nothing to log.
+		return ae.status, apiErrorBody{apiErrorDetail{Code: codeName(pe.Code), Message: pe.Message}}
 	}
 	if pe.Code == chatpb.ErrorCode_ERROR_CODE_INTERNAL || pe.Code == chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE {
 		a.log.Warn("api call failed", "route", route, "err", err)
 	}
-	return status, apiErrorBody{apiErrorDetail{Code: strings.TrimPrefix(pe.Code.String(), "ERROR_CODE_"), Message: pe.Message}}
+	return status, apiErrorBody{apiErrorDetail{Code: codeName(pe.Code), Message: pe.Message}}
 }
+
+// codeName is a wire code as the API names it: INVALID_ARGUMENT, ...
+func codeName(c chatpb.ErrorCode) string { return strings.TrimPrefix(c.String(), "ERROR_CODE_") }
 
 // httpStatus is the HTTP status of a wire error code.
 func httpStatus(code chatpb.ErrorCode) int {

@@ -663,3 +663,24 @@ func TestAPISystemUserTaken(t *testing.T) {
 	// A named sender is still fine.
 	api.publish(map[string]any{"to_user": "alice", "from": "alice", "text": "a"})
 }
+
+// A \u escape must name a character: surrogates only in pairs.
+func TestAPIJSONEscapes(t *testing.T) {
+	for in, want := range map[string]bool{
+		`{"text":"plain"}`:                 true,
+		`{"text":"\u00e9 \ud83d\ude00"}`:   true,
+		`{"text":"\\ud800"}`:               true, // an escaped backslash, then text
+		`{"text":"\\\ud83d\ude00"}`:        true,
+		`{"text":"\ud800"}`:                false,
+		`{"text":"\ud800\u0041"}`:          false,
+		`{"text":"\udc00\ud800"}`:          false,
+		`{"text":"x\ud83d"}`:               false,
+		`{"text":"\u12"}`:                  true, // malformed: the decoder refuses it
+		`{"text":"\ud83d\ude00\ud83d"}`:    false,
+		`{"text":"ok \\\\u d800 \\u0041"}`: true,
+	} {
+		if got := escapesValid([]byte(in)); got != want {
+			t.Errorf("escapesValid(%s) = %v, want %v", in, got, want)
+		}
+	}
+}
