@@ -42,6 +42,9 @@ const (
 	// EventTyping: user_id is typing in the conversation with the
 	// channel's user (group_id 0), or in group group_id.
 	EventTyping = "typing"
+	// EventKick: every session of the channel's user must go, kicked with
+	// DISCONNECTED_BY_SERVER and text (if any) as the reason told.
+	EventKick = "kick"
 )
 
 // ChannelEvent is one JSON object on a user channel. For "message" the
@@ -163,6 +166,10 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 			if err := ValidateUsername(ev.Username); err != nil {
 				return nil, fmt.Errorf("protocol: typing event username: %w", err)
 			}
+		}
+	case EventKick:
+		if err := ValidateKickText(ev.Text); err != nil {
+			return nil, fmt.Errorf("protocol: kick event: %w", err)
 		}
 	default:
 		return nil, fmt.Errorf("protocol: unknown channel event type %q", ev.Type)

@@ -88,6 +88,9 @@ func FuzzParseChannelEvent(f *testing.F) {
 	f.Add([]byte(`{"type":"typing","user_id":2,"group_id":5}`))
 	f.Add([]byte(`{"type":"typing","username":"bob"}`))
 	f.Add([]byte(`{"type":"typing","user_id":2,"username":"b\u0000b"}`))
+	f.Add([]byte(`{"type":"kick","text":"banned for spam","epoch":"9f0c"}`))
+	f.Add([]byte(`{"type":"kick"}`))
+	f.Add([]byte(`{"type":"kick","text":"\xff"}`))
 	f.Add([]byte(`{"type":"other"}`))
 	f.Add([]byte(`{"type":"message","text":"\ud800"}`))
 	f.Add([]byte(`[1,2`))
@@ -114,6 +117,10 @@ func FuzzParseChannelEvent(f *testing.F) {
 		case EventDeviceKick:
 			if ev.Gen == 0 || len(ev.Device) > maxDeviceID {
 				t.Fatalf("accepted device_kick event %+v", ev)
+			}
+		case EventKick:
+			if ValidateKickText(ev.Text) != nil {
+				t.Fatalf("accepted kick event %+v", ev)
 			}
 		case EventRead:
 			if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey {

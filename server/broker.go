@@ -17,6 +17,7 @@ type Event struct {
 	DeviceKick *DeviceSession  // that device's session, at or below Gen, goes (DEVICE_LIMIT)
 	Presence   *PresenceNotice // a friend of the user came online or went offline
 	Typing     *TypingNotice   // someone is typing in a conversation of the user's
+	Kick       *KickNotice     // every session of the user goes (DISCONNECTED_BY_SERVER, accounts.go)
 	// OriginNode and OriginConn name the session that sent Message, and
 	// OriginDevice its device: on the sender's own channel (their other
 	// devices) every session of that device is left out, not only the

@@ -145,6 +145,8 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 		n := ev.Typing
 		ce = protocol.ChannelEvent{Type: protocol.EventTyping, UserID: n.UserID, Username: n.Username,
 			GroupID: n.GroupID, Epoch: ev.Epoch}
+	case ev.Kick != nil:
+		ce = protocol.ChannelEvent{Type: protocol.EventKick, Text: ev.Kick.Message, Epoch: ev.Epoch}
 	case ev.Read != nil:
 		r := ev.Read
 		ce = protocol.ChannelEvent{Type: protocol.EventRead, ReaderUserID: r.Reader, Conv: r.Conv.Key(),
@@ -178,6 +180,9 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 	}
 	if ce.Type == protocol.EventTyping {
 		return Event{Epoch: ce.Epoch, Typing: &TypingNotice{UserID: ce.UserID, Username: ce.Username, GroupID: ce.GroupID}}, nil
+	}
+	if ce.Type == protocol.EventKick {
+		return Event{Epoch: ce.Epoch, Kick: &KickNotice{Message: ce.Text}}, nil
 	}
 	if ce.Type == protocol.EventDeviceKick {
 		return Event{Epoch: ce.Epoch, DeviceKick: &DeviceSession{Device: ce.Device, Gen: ce.Gen}}, nil

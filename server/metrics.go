@@ -57,6 +57,7 @@ type metrics struct {
 	logBatch         prometheus.Histogram
 	redisLatency     *prometheus.HistogramVec // cmd
 	redisErrors      *prometheus.CounterVec   // cmd
+	apiRequests      *prometheus.CounterVec   // route, code
 }
 
 func newMetrics() *metrics {
@@ -147,13 +148,16 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"cmd"}),
 		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "loopchat_redis_errors_total", Help: "Redis commands that failed, by command."}, []string{"cmd"}),
+		apiRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loopchat_api_requests_total", Help: "HTTP API calls, by route (its pattern, or \"unmatched\") and HTTP status code."},
+			[]string{"route", "code"}),
 	}
 	m.registry.MustRegister(m.connsOpen, m.connsByLoop, m.connsTotal, m.requests, m.logins,
 		m.loginFailures, m.loginThrottled, m.connsRefused, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
 		m.inboxReplay, m.inboxTrimmed, m.historyTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
 		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeResets, m.staleEvents, m.deviceKicks,
 		m.presenceChanges, m.presencePending, m.presenceSwept, m.presenceErrors, m.typingNotices, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
-		m.redisLatency, m.redisErrors,
+		m.redisLatency, m.redisErrors, m.apiRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -39,6 +39,7 @@ type Server struct {
 	registry *registry     // cluster mode only
 	addr     net.Addr      // where the engine listens
 	admin    *admin.Server // nil unless Options.AdminAddr
+	api      *api          // nil unless Options.APIAddr
 
 	startedAt  time.Time
 	nextConnID atomic.Uint64
@@ -215,6 +216,14 @@ func (s *Server) Start() (net.Addr, error) {
 		}
 		s.log.Info("admin endpoints", "addr", s.admin.Addr().String())
 	}
+	if s.opts.APIAddr != "" {
+		s.api = newAPI(s)
+		if err := s.api.start(s.opts.APIAddr); err != nil {
+			_ = s.Shutdown(context.Background())
+			return nil, err
+		}
+		s.log.Info("HTTP API", "addr", s.api.ln.Addr().String(), "keys", len(s.opts.APIKeys))
+	}
 	if s.registry != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -270,6 +279,17 @@ func (s *Server) shutdown(ctx context.Context) error {
 		}
 		cancel()
 	}
+	// The API stops taking calls while the clients drain; calls under way
+	// get until the drain is over, or 5 s, to finish.
+	apiClosed := make(chan struct{})
+	go func() {
+		defer close(apiClosed)
+		if s.api != nil {
+			actx, cancel := context.WithTimeout(ctx, max(s.opts.DrainWindow, 5*time.Second))
+			defer cancel()
+			s.api.close(actx)
+		}
+	}()
 	s.drain(ctx)
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -280,6 +300,10 @@ func (s *Server) shutdown(ctx context.Context) error {
 	s.stopBackground()
 	s.presence.close() // settles what waits on one node: before the store closes
 	s.cancel()
+	<-apiClosed
+	if s.api != nil {
+		s.api.wait() // what still runs saw s.ctx end: before the store closes
+	}
 	if s.registry != nil {
 		s.registry.close(stopCtx)
 	}
@@ -520,6 +544,8 @@ func (s *Server) deliver(c *session, ev Event) {
 			frame = ev.Typing.encode()
 		}
 		c.pushTransient(frame)
+	case ev.Kick != nil:
+		c.kick(kickFor(ev.Kick))
 	case ev.DeviceKick != nil:
 		if ev.DeviceKick.Device == u.device && u.gen <= ev.DeviceKick.Gen {
 			c.kick(chatpb.KickReason_KICK_REASON_DEVICE_LIMIT,
@@ -578,6 +604,18 @@ func (t *userTable) get(uid uint64) []*session {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	return st.m[uid]
+}
+
+// count is how many users have a session here.
+func (t *userTable) count() int {
+	n := 0
+	for i := range t.stripes {
+		st := &t.stripes[i]
+		st.mu.RLock()
+		n += len(st.m)
+		st.mu.RUnlock()
+	}
+	return n
 }
 
 // bindUser makes c (logged in as me) the session of me's device, subscribing

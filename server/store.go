@@ -17,7 +17,19 @@ type User struct {
 	// as the second. Zero for accounts made before nonces (and from
 	// UserByID and UserByName, which do not read it).
 	Nonce uint64
+	// BannedUntilMs: the account may not log in before this time, unix ms
+	// (0: not banned; math.MaxInt64: until the ban is lifted). Read by
+	// Credentials and Account only, as Nonce.
+	BannedUntilMs int64
+	// TokensRefusedUntilMs: logins with a token are refused before this
+	// time, unix ms (0: none; Store.RevokeTokens). Credentials and Account
+	// only.
+	TokensRefusedUntilMs int64
 }
+
+// nameOnly is u as the name lookups (UserByID, UserByName, Friends) give
+// it: id and name, none of the account's login state.
+func (u User) nameOnly() User { return User{ID: u.ID, Name: u.Name} }
 
 // Member is one user's membership of a group.
 type Member struct {
@@ -46,6 +58,18 @@ func (g *Group) HasMember(uid uint64) bool {
 		}
 	}
 	return false
+}
+
+// recipients are the members a message from sender to g goes to: all
+// but the sender.
+func (g *Group) recipients(sender uint64) []uint64 {
+	out := make([]uint64, 0, len(g.Members))
+	for _, m := range g.Members {
+		if m.UserID != sender {
+			out = append(out, m.UserID)
+		}
+	}
+	return out
 }
 
 // AppendResult is what Store.AppendMessage did.
@@ -114,6 +138,17 @@ type Store interface {
 	UserByName(ctx context.Context, name string) (User, error)
 	// UserByID finds a user by id, without the hash (cacheable likewise).
 	UserByID(ctx context.Context, id uint64) (User, error)
+	// Users lists up to limit (>= 1) users with ids above after, in id
+	// order, by name only: what a durable broadcast walks (api.go).
+	Users(ctx context.Context, after uint64, limit int) ([]User, error)
+	// SetBan keeps uid from logging in until untilMs (unix ms;
+	// math.MaxInt64: until lifted), or lifts the ban (0). Credentials and
+	// Account report it; the server refuses the login (accounts.go).
+	SetBan(ctx context.Context, uid uint64, untilMs int64) error
+	// RevokeTokens gives uid a new nonce, so that every token issued
+	// before is refused for good, and refuses uid's token logins until
+	// untilMs (unix ms; 0 or past: no such window), in one write.
+	RevokeTokens(ctx context.Context, uid uint64, untilMs int64) error
 
 	// AddFriend makes a and b friends of each other, unless either already
 	// has lim.FriendsPerUser friends (ErrTooManyFriends).

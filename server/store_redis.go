@@ -24,7 +24,7 @@ import (
 // BYLEX) is msg_id order without the 53-bit limit of sorted-set scores.
 //
 //	P user:seq                 INCR source of user ids
-//	P user:<uid>               HASH name, hash
+//	P user:<uid>               HASH name, hash, nonce, ban, tokrev (accounts.go)
 //	P username:<lower name>    STRING uid
 //	P friends:<uid>            ZSET friend uid -> add order
 //	P friend:seq               INCR source of friendship order
@@ -562,7 +562,7 @@ func (s *RedisStore) Account(ctx context.Context, id uint64) (User, error) {
 
 // account reads user id's record from Redis, with the hash if withHash.
 func (s *RedisStore) account(ctx context.Context, id uint64, withHash bool) (User, error) {
-	fields := []string{"name", "nonce"}
+	fields := []string{"name", "nonce", "ban", "tokrev"}
 	if withHash {
 		fields = append(fields, "hash")
 	}
@@ -578,8 +578,14 @@ func (s *RedisStore) account(ctx context.Context, id uint64, withHash bool) (Use
 	if nonce, ok := v[1].(string); ok {
 		u.Nonce, _ = strconv.ParseUint(nonce, 10, 64)
 	}
+	if ban, ok := v[2].(string); ok {
+		u.BannedUntilMs, _ = strconv.ParseInt(ban, 10, 64)
+	}
+	if rev, ok := v[3].(string); ok {
+		u.TokensRefusedUntilMs, _ = strconv.ParseInt(rev, 10, 64)
+	}
 	if withHash {
-		hash, _ := v[2].(string)
+		hash, _ := v[4].(string)
 		u.PasswordHash = []byte(hash)
 	}
 	return u, nil
