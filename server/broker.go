@@ -76,11 +76,15 @@ type ReadNotice struct {
 	ConnID uint64
 }
 
-// GroupMemberNotice says UserID joined GroupID (Joined) or left it.
+// GroupMemberNotice says UserID joined GroupID (Joined) or left it. Seq
+// is a join's JoinedSeq (the group conversation's seq then): a node that
+// starts hearing the group later has missed nothing live if it is still
+// the group's last seq.
 type GroupMemberNotice struct {
 	UserID  uint64
 	GroupID uint64
 	Joined  bool
+	Seq     uint64
 }
 
 // EventHandler receives events for users subscribed on this node (uid),

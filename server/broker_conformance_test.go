@@ -124,10 +124,10 @@ func testBrokerConformance(t *testing.T, newBroker brokerFactory) {
 		t.Fatalf("publish after unsubscribe reached %d", n)
 	}
 	// A user's notice of joining a group travels on their channel.
-	if _, err := b.Publish(ctx, []uint64{2}, Event{Epoch: "e1", GroupMember: &GroupMemberNotice{UserID: 2, GroupID: 9, Joined: true}}); err != nil {
+	if _, err := b.Publish(ctx, []uint64{2}, Event{Epoch: "e1", GroupMember: &GroupMemberNotice{UserID: 2, GroupID: 9, Joined: true, Seq: 12}}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := rec.waitN(t, 2, 3)[2]; ev.GroupMember == nil || *ev.GroupMember != (GroupMemberNotice{UserID: 2, GroupID: 9, Joined: true}) || ev.Epoch != "e1" {
+	if ev := rec.waitN(t, 2, 3)[2]; ev.GroupMember == nil || *ev.GroupMember != (GroupMemberNotice{UserID: 2, GroupID: 9, Joined: true, Seq: 12}) || ev.Epoch != "e1" {
 		t.Fatalf("group member notice %+v", ev)
 	}
 

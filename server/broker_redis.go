@@ -211,7 +211,7 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 	case ev.GroupMember != nil:
 		n := ev.GroupMember
 		ce = protocol.ChannelEvent{Type: protocol.EventGroupMember, UserID: n.UserID, GroupID: n.GroupID,
-			Joined: n.Joined, Epoch: ev.Epoch}
+			Joined: n.Joined, Seq: n.Seq, Epoch: ev.Epoch}
 	case ev.Read != nil:
 		r := ev.Read
 		ce = protocol.ChannelEvent{Type: protocol.EventRead, ReaderUserID: r.Reader, Conv: r.Conv.Key(),
@@ -259,7 +259,7 @@ func decodeBroadcastEvent(payload []byte) (Event, error) {
 // eventOf is the Event a validated channel event stands for.
 func eventOf(ce *protocol.ChannelEvent) (Event, error) {
 	if ce.Type == protocol.EventGroupMember {
-		return Event{Epoch: ce.Epoch, GroupMember: &GroupMemberNotice{UserID: ce.UserID, GroupID: ce.GroupID, Joined: ce.Joined}}, nil
+		return Event{Epoch: ce.Epoch, GroupMember: &GroupMemberNotice{UserID: ce.UserID, GroupID: ce.GroupID, Joined: ce.Joined, Seq: ce.Seq}}, nil
 	}
 	if ce.Type == protocol.EventRead {
 		conv, err := ParseConversationKey(ce.Conv)

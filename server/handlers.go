@@ -253,6 +253,22 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	if ok.Friends, ok.Groups, friends, err = c.contacts(ctx, u.ID); err != nil {
 		c.logger().Warn("login: contacts unavailable", "err", err)
 	}
+	// Hear the user's groups before the replay reads the inbox: a group
+	// message stored from then on reaches this node live (fanout.go). A
+	// join that the list read missed is announced on the user's channel,
+	// which this node already hears.
+	if err == nil {
+		gids := make([]uint64, len(ok.Groups))
+		for i, g := range ok.Groups {
+			gids[i] = g.GroupId
+		}
+		_, err = c.srv.groups.add(ctx, u.ID, gids)
+	} else {
+		err = c.srv.hearGroups(ctx, u.ID)
+	}
+	if err != nil {
+		return abandon(err)
+	}
 	// Online to friends from now: after the friend list was read, so that
 	// a friend's change from here on reaches this session after LoginOK
 	// (pushes wait for the replay), and the list is never newer than it.
@@ -488,7 +504,11 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	case res.Published:
 		c.srv.metrics.messagesSent.Inc()
 		online = res.Online
-		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
+		stored := len(recipients)
+		if res.Recipients > 0 {
+			stored = res.Recipients // the group's members at the append
+		}
+		c.srv.metrics.storedOffline.Add(float64(stored - online))
 	default:
 		c.srv.metrics.messagesSent.Inc()
 		// Stored: SendOK is now true whatever happens to the live push.
@@ -497,6 +517,20 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 			ev.frame = protocol.EncodeMessagePush(res.Encoded)
 		} else if ev.frame, err = encodePush(m); err != nil {
 			return sendReceipt{}, err
+		}
+		if m.GroupId != 0 {
+			// One event for the group's recipients online and the
+			// sender's other devices (not this one: the origin says so).
+			ev.OriginNode, ev.OriginConn, ev.OriginDevice = from.node, from.conn, from.device
+			var copies uint64
+			if res.SenderCopies > 0 {
+				copies = u.id
+			}
+			if online, err = c.srv.publishGroupMessage(ctx, m.GroupId, recipients, copies, ev); err != nil {
+				c.logger().Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
+			}
+			c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
+			break
 		}
 		if online, err = c.srv.broker.Publish(ctx, recipients, ev); err != nil {
 			c.logger().Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
@@ -579,7 +613,7 @@ func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*ch
 	if err := protocol.ValidateGroupDescription(req.Description); err != nil {
 		return nil, err
 	}
-	g, err := c.srv.store.CreateGroup(ctx, c.user.Load().id, req.Name, req.Description, c.srv.opts.limits())
+	g, err := c.srv.createGroup(ctx, c.user.Load().id, req.Name, req.Description)
 	if err != nil {
 		return nil, err
 	}
@@ -587,14 +621,14 @@ func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*ch
 }
 
 func (c *session) joinGroup(ctx context.Context, req *chatpb.JoinGroup) (*chatpb.Frame, error) {
-	if err := c.srv.store.JoinGroup(ctx, req.GroupId, c.user.Load().id, c.srv.opts.limits()); err != nil {
+	if err := c.srv.joinGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil
 }
 
 func (c *session) leaveGroup(ctx context.Context, req *chatpb.LeaveGroup) (*chatpb.Frame, error) {
-	if err := c.srv.store.LeaveGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
+	if err := c.srv.leaveGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil
