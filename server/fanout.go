@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -61,24 +60,34 @@ type groupIndex struct {
 	stop    chan struct{}
 	done    chan struct{}
 
-	// Owned by run.
-	members map[uint64]map[uint64]struct{} // gid -> local users in it
-	of      map[uint64]map[uint64]struct{} // uid -> its gids here
-
-	channels atomic.Int64 // groups subscribed
+	// Owned by run. An entry is confirmed once the store said the user is
+	// a member (a read of their groups, a notice); a JoinGroup's entry is
+	// tentative until then, and undone if the join is refused.
+	members map[uint64]map[uint64]bool // gid -> local users in it -> confirmed
+	of      map[uint64]map[uint64]bool // uid -> its gids here
 }
+
+// groupOpKind is what a groupOp does.
+type groupOpKind uint8
+
+const (
+	opAdd       groupOpKind = iota // the store says uid is in gids
+	opTentative                    // uid is about to join gids (JoinGroup, before the store)
+	opUndo                         // the join was refused: drop the tentative entries
+	opLeave                        // a notice says uid left gids
+	opGone                         // uid's last session here ended
+)
 
 // groupOp is one change to the index.
 type groupOp struct {
+	kind groupOpKind
 	uid  uint64
 	gids []uint64
-	// leave removes gids from uid; with no gids, every group of uid's,
-	// unless uid has a session here again by the time it is applied.
-	leave bool
-	// resync: a notice said uid joined gids[0] at JoinedSeq seq. When the
-	// group was new to uid here, its sessions replay their inboxes if the
-	// group has stored anything since (or the subscription failed).
-	resync bool
+	// notice: opAdd for a notice that uid joined gids[0] at JoinedSeq seq.
+	// When the group was new to uid here, its sessions replay their
+	// inboxes if the group has stored anything since (or the subscription
+	// failed).
+	notice bool
 	seq    uint64
 	done   chan groupResult // capacity 1; nil when nobody waits
 }
@@ -95,16 +104,28 @@ var errIndexClosed = errors.New("server: group index closed")
 
 func newGroupIndex(s *Server) *groupIndex {
 	return &groupIndex{srv: s, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
-		members: make(map[uint64]map[uint64]struct{}), of: make(map[uint64]map[uint64]struct{})}
+		members: make(map[uint64]map[uint64]bool), of: make(map[uint64]map[uint64]bool)}
 }
 
-// add puts uid in each of gids' entries and returns once the node hears
-// every one of them, with how many were new to uid.
+// add puts uid, which the store says is a member, in each of gids' entries
+// and returns once the node hears every one of them, with how many were
+// new to uid.
 func (g *groupIndex) add(ctx context.Context, uid uint64, gids []uint64) (int, error) {
-	if len(gids) == 0 {
+	return g.wait(ctx, &groupOp{kind: opAdd, uid: uid, gids: gids})
+}
+
+// tentative is add for a join not yet stored: undo takes it back if the
+// store refuses the join (unless the store said otherwise meanwhile), so
+// joins of groups that do not exist leave no subscriptions behind.
+func (g *groupIndex) tentative(ctx context.Context, uid, gid uint64) (int, error) {
+	return g.wait(ctx, &groupOp{kind: opTentative, uid: uid, gids: []uint64{gid}})
+}
+
+func (g *groupIndex) wait(ctx context.Context, op *groupOp) (int, error) {
+	if len(op.gids) == 0 {
 		return 0, nil
 	}
-	op := &groupOp{uid: uid, gids: gids, done: make(chan groupResult, 1)}
+	op.done = make(chan groupResult, 1)
 	if !g.enqueue(op) {
 		return 0, errIndexClosed
 	}
@@ -116,20 +137,25 @@ func (g *groupIndex) add(ctx context.Context, uid uint64, gids []uint64) (int, e
 	}
 }
 
+// undo drops uid's tentative entry of gid, if it is still tentative.
+func (g *groupIndex) undo(uid, gid uint64) {
+	g.enqueue(&groupOp{kind: opUndo, uid: uid, gids: []uint64{gid}})
+}
+
 // joined handles a notice that uid joined gid when its conversation was at
 // seq: added as by add, and when that was news, uid's sessions here replay
 // their inboxes if the group stored a message since (catchUp).
 func (g *groupIndex) joined(uid, gid, seq uint64) {
-	g.enqueue(&groupOp{uid: uid, gids: []uint64{gid}, resync: true, seq: seq})
+	g.enqueue(&groupOp{kind: opAdd, uid: uid, gids: []uint64{gid}, notice: true, seq: seq})
 }
 
 // left takes uid out of gids' entries.
 func (g *groupIndex) left(uid uint64, gids ...uint64) {
-	g.enqueue(&groupOp{uid: uid, gids: gids, leave: true})
+	g.enqueue(&groupOp{kind: opLeave, uid: uid, gids: gids})
 }
 
 // gone takes uid out of every entry, unless it has a session here again.
-func (g *groupIndex) gone(uid uint64) { g.enqueue(&groupOp{uid: uid, leave: true}) }
+func (g *groupIndex) gone(uid uint64) { g.enqueue(&groupOp{kind: opGone, uid: uid}) }
 
 func (g *groupIndex) enqueue(op *groupOp) bool {
 	g.mu.Lock()
@@ -193,49 +219,61 @@ func (g *groupIndex) apply(ops []*groupOp) {
 			had[gid] = len(g.members[gid]) > 0
 		}
 	}
+	drop := func(uid, gid uint64) {
+		touch(gid)
+		delete(g.members[gid], uid)
+		if len(g.members[gid]) == 0 {
+			delete(g.members, gid)
+		}
+		delete(g.of[uid], gid)
+		if len(g.of[uid]) == 0 {
+			delete(g.of, uid)
+		}
+	}
 	added := make([][]uint64, len(ops))
 	for i, op := range ops {
 		local := len(g.srv.users.get(op.uid)) > 0
-		if op.leave {
-			gids := op.gids
-			if gids == nil {
-				if local {
-					continue // logged in here again since
-				}
-				for gid := range g.of[op.uid] {
-					gids = append(gids, gid)
+		switch op.kind {
+		case opGone:
+			if local {
+				continue // logged in here again since
+			}
+			for gid := range g.of[op.uid] {
+				drop(op.uid, gid)
+			}
+		case opLeave:
+			for _, gid := range op.gids {
+				drop(op.uid, gid)
+			}
+		case opUndo:
+			for _, gid := range op.gids {
+				if confirmed, in := g.members[gid][op.uid]; in && !confirmed {
+					drop(op.uid, gid)
 				}
 			}
-			for _, gid := range gids {
+		case opAdd, opTentative:
+			if !local {
+				continue // gone meanwhile: nothing of theirs to hear
+			}
+			confirm := op.kind == opAdd
+			for _, gid := range op.gids {
+				if confirmed, in := g.members[gid][op.uid]; in {
+					if confirm && !confirmed {
+						g.members[gid][op.uid], g.of[op.uid][gid] = true, true
+					}
+					continue
+				}
 				touch(gid)
-				delete(g.members[gid], op.uid)
-				if len(g.members[gid]) == 0 {
-					delete(g.members, gid)
+				if g.members[gid] == nil {
+					g.members[gid] = make(map[uint64]bool)
 				}
-				delete(g.of[op.uid], gid)
+				g.members[gid][op.uid] = confirm
+				if g.of[op.uid] == nil {
+					g.of[op.uid] = make(map[uint64]bool)
+				}
+				g.of[op.uid][gid] = confirm
+				added[i] = append(added[i], gid)
 			}
-			if len(g.of[op.uid]) == 0 {
-				delete(g.of, op.uid)
-			}
-			continue
-		}
-		if !local {
-			continue // gone meanwhile: nothing of theirs to hear
-		}
-		for _, gid := range op.gids {
-			if _, in := g.members[gid][op.uid]; in {
-				continue
-			}
-			touch(gid)
-			if g.members[gid] == nil {
-				g.members[gid] = make(map[uint64]struct{})
-			}
-			g.members[gid][op.uid] = struct{}{}
-			if g.of[op.uid] == nil {
-				g.of[op.uid] = make(map[uint64]struct{})
-			}
-			g.of[op.uid][gid] = struct{}{}
-			added[i] = append(added[i], gid)
 		}
 	}
 	var sub, unsub []uint64
@@ -249,7 +287,6 @@ func (g *groupIndex) apply(ops []*groupOp) {
 			unsub = append(unsub, gid)
 		}
 	}
-	g.channels.Store(int64(len(g.members)))
 	g.srv.metrics.groupChannels.Set(float64(len(g.members)))
 	ctx, cancel := context.WithTimeout(context.Background(), groupSubscribeTimeout)
 	defer cancel()
@@ -277,9 +314,9 @@ func (g *groupIndex) apply(ops []*groupOp) {
 			op.done <- r
 		}
 		switch {
-		case op.resync && r.err != nil:
+		case op.notice && r.err != nil:
 			g.srv.resyncUser(op.uid)
-		case op.resync && r.added > 0:
+		case op.notice && r.added > 0:
 			go g.srv.catchUp(op.uid, op.gids[0], op.seq)
 		}
 	}
@@ -333,7 +370,7 @@ func (s *Server) joinGroup(ctx context.Context, gid, uid uint64) error {
 	defer mu.Unlock()
 	fresh := false
 	if len(s.users.get(uid)) > 0 {
-		n, err := s.groups.add(ctx, uid, []uint64{gid})
+		n, err := s.groups.tentative(ctx, uid, gid)
 		if err != nil {
 			return err
 		}
@@ -341,12 +378,26 @@ func (s *Server) joinGroup(ctx context.Context, gid, uid uint64) error {
 	}
 	err := s.store.JoinGroup(ctx, gid, uid, s.opts.limits())
 	switch {
-	case errors.Is(err, ErrAlreadyMember) && fresh:
-		// A member already (another device joined), and this node heard
-		// the group only now: what it published meanwhile is in the inbox.
-		s.resyncUser(uid)
 	case err == nil:
+		// The notice confirms the entry (in a cluster the join's script
+		// published it already).
 		s.memberNotice(ctx, gid, uid, true)
+	case errors.Is(err, ErrAlreadyMember):
+		if fresh {
+			// A member already (another device joined), and this node
+			// heard the group only now: what it published meanwhile is in
+			// the inbox.
+			s.groups.add(ctx, uid, []uint64{gid})
+			s.resyncUser(uid)
+		}
+	case errors.Is(err, ErrGroupNotFound), errors.Is(err, ErrUserNotFound), errors.Is(err, ErrGroupFull), errors.Is(err, ErrTooManyGroups):
+		// Not a member: no subscription stays behind for it (a client
+		// could otherwise pile them up by joining groups that do not
+		// exist). Any other failure may have stored the join after all,
+		// and keeps the entry.
+		if fresh {
+			s.groups.undo(uid, gid)
+		}
 	}
 	return err
 }

@@ -285,6 +285,11 @@ func TestClusterGroupAfterPubSubReconnect(t *testing.T) {
 	member, _ := nodes[1].user(t, "member")
 	expectOK(t, member.do(joinReq(gid)))
 	waitFor(t, "both nodes hear the group", func() bool { return groupSubscribers(t, rdb, gid) == 2 })
+	// A join refused leaves no channel behind.
+	expectCode(t, member.do(joinReq(gid+1000)), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
+	waitFor(t, "no channel for a group that does not exist", func() bool {
+		return groupSubscribers(t, rdb, gid+1000) == 0 && testutil.ToFloat64(nodes[1].metrics.groupChannels) == 1
+	})
 
 	want := map[uint64]bool{}
 	send := func(text string) {
