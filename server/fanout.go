@@ -28,20 +28,23 @@ import (
 // messages. So it keeps one rule:
 //
 //	a user is in a group's entry only once the node hears the group's
-//	channel, and from before the user became a member, or with an inbox
-//	replay of every session of theirs here after the entry was made.
+//	channel, and either heard it from before the user became a member,
+//	or every session of theirs here replays its inbox after the entry
+//	was made, or the group stored nothing in between.
 //
 // Each way in keeps it: a login subscribes its user's channel, then the
 // groups it reads, and replays the inbox after both; a JoinGroup made here
-// subscribes before the store commits the membership; a group_member
-// notice (published on the user's channel by the store's join script, in
-// the same atomic step, so joins and leaves reach every node in the order
-// they happened) adds the group and then replays the user's inbox; a
-// resync (after a pub/sub reconnect, which may have lost notices) reads the
-// user's groups again and adds them before its replay. Entries only leave
-// with a leave notice, in that same order, or when the user's last session
-// here ends: a later join always comes after the leave on the user's
-// channel, and puts the entry back with a replay.
+// subscribes before the store commits the membership (tentatively: a
+// refused join takes it back); a group_member notice (published on the
+// user's channel by the store's create, join and leave scripts, in the
+// same atomic step as the change, so they reach every node in the order
+// they happened) adds the group, then replays the user's inbox if the
+// group's last seq moved past the join's (catchUp); a resync (after a
+// pub/sub reconnect, which may have lost notices) reads the user's groups
+// again and adds them before its replay. Entries only leave with a leave
+// notice, in that same order, or when the user's last session here ends: a
+// later join always comes after the leave on the user's channel, and puts
+// the entry back by way of that notice.
 
 // groupIndex is the node's index of group channels: which local users are
 // members of which groups, as far as this node knows, and the broker
