@@ -70,7 +70,7 @@ func TestClusterGroupFanout(t *testing.T) {
 	leaver, _ := nodes[1].user(t, "leaver")
 	expectOK(t, leaver.do(joinReq(gid)))
 	outsider1, _ := nodes[0].user(t, "outsider1")
-	outsider2, _ := nodes[1].user(t, "outsider2")
+	outsider2, o2OK := nodes[1].user(t, "outsider2")
 	waitFor(t, "both nodes hear the group", func() bool { return groupSubscribers(t, rdb, gid) == 2 })
 	// Right before the send, on the node that still hears the group.
 	expectOK(t, leaver.do(leaveReq(gid)))
@@ -129,6 +129,20 @@ func TestClusterGroupFanout(t *testing.T) {
 		rc, _ := nodes[i%2].user(t, name)
 		if m := rc.nextMessage(); m.MsgId != sent.MsgId {
 			t.Fatalf("%s's replay = %v", name, m)
+		}
+	}
+	// Added by someone else (a backend), through the node that holds no
+	// session of theirs: from then on a member.
+	if err := nodes[0].joinGroup(withEpoch(context.Background(), nodes[0].epoch()), gid, o2OK.UserId); err != nil {
+		t.Fatal(err)
+	}
+	expectOK(t, phone.do(sendGroup(gid, "welcome")))
+	for {
+		if m := outsider2.nextMessage(); m.GroupId == gid {
+			if m.Text != "welcome" {
+				t.Fatalf("the added member got %v", m)
+			}
+			break
 		}
 	}
 }
