@@ -49,7 +49,8 @@ type Options struct {
 	PingInterval time.Duration
 	// Reconnect re-dials after the connection drops and logs in again with
 	// the last token. It does not after Close, Logout, or a kick for
-	// logging in elsewhere.
+	// logging in elsewhere, for the device limit or by the server's API
+	// (DISCONNECTED_BY_SERVER).
 	Reconnect bool
 	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles
 	// with jitter. Zero means 100ms and 5s.
@@ -258,7 +259,10 @@ func (c *Client) readLoop(conn net.Conn) {
 		case *chatpb.Frame_Message:
 			c.emit(Event{Message: b.Message})
 		case *chatpb.Frame_Kicked:
-			if r := b.Kicked.Reason; r == chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE || r == chatpb.KickReason_KICK_REASON_DEVICE_LIMIT {
+			switch b.Kicked.Reason {
+			case chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, chatpb.KickReason_KICK_REASON_DEVICE_LIMIT,
+				chatpb.KickReason_KICK_REASON_DISCONNECTED_BY_SERVER:
+				// Coming back by ourselves would undo what kicked us.
 				c.mu.Lock()
 				c.stopRe = true
 				c.mu.Unlock()
