@@ -66,7 +66,8 @@ type Options struct {
 	DeviceID string
 }
 
-// Event is one push or connection event; exactly one field is set.
+// Event is one push or connection event; exactly one field is set, but for
+// Reconnecting, which goes with Disconnected.
 type Event struct {
 	// Message is a chat message; Ack it once it is shown.
 	Message *chatpb.Message
@@ -86,6 +87,13 @@ type Event struct {
 	Error *chatpb.Error
 	// Disconnected reports a lost connection, with the cause.
 	Disconnected error
+	// Reconnecting, with Disconnected, says the client is trying to
+	// reconnect: Reconnected follows once it has, or another Disconnected
+	// if an attempt fails after connecting. False means it has given up
+	// (no token, Options.Reconnect off, logged out, kicked for a newer
+	// login, or the token refused): requests fail until a new Client is
+	// dialed. A display can tell "reconnecting…" from "offline" by it.
+	Reconnecting bool
 	// Reconnected reports a new connection logged in with the token.
 	Reconnected *chatpb.LoginOK
 }
@@ -284,7 +292,7 @@ func (c *Client) readLoop(conn net.Conn) {
 	if closed {
 		return
 	}
-	c.emit(Event{Disconnected: err})
+	c.emit(Event{Disconnected: err, Reconnecting: reconnect})
 	if reconnect {
 		c.wg.Add(1)
 		go c.reconnect()
