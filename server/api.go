@@ -87,9 +87,6 @@ var (
 	// ErrAPIMethod: the route exists, not with this method (405).
 	ErrAPIMethod = &apiError{http.StatusMethodNotAllowed,
 		protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "method not allowed on this route (see the Allow header)")}
-	// ErrBroadcastLive: a transient broadcast, which this build cannot make yet (501).
-	ErrBroadcastLive = &apiError{http.StatusNotImplemented,
-		protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE, "transient broadcast: not built yet")}
 )
 
 // apiError is a protocol error answered with its own HTTP status rather
@@ -145,10 +142,6 @@ type api struct {
 
 	broadcasts *rate.Limiter
 	durable    chan struct{} // holds a token while a durable broadcast runs
-	// live sends a message to every online user, stored nowhere (the
-	// transient broadcast). While it is nil, such a broadcast is answered
-	// ErrBroadcastLive; the per-node fan-out provides it.
-	live func(ctx context.Context, m *chatpb.Message) (int, error)
 
 	systemMu sync.Mutex // serialises making the system user
 	system   atomic.Pointer[systemUser]
@@ -733,8 +726,11 @@ type broadcastRequest struct {
 type broadcastResponse struct {
 	// Recipients: users a durable broadcast stored the message for.
 	Recipients int `json:"recipients"`
-	// Online: of those (or, transient, of all users), how many were online.
+	// Online: of those, how many were online (durable only).
 	Online int `json:"online"`
+	// Nodes: how many nodes a transient broadcast reached, each of which
+	// pushed it to every session logged in there.
+	Nodes int `json:"nodes,omitempty"`
 }
 
 // broadcast sends a message to every user: durable, stored for each
@@ -766,15 +762,12 @@ func (a *api) broadcast(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	if !req.Durable {
-		if a.live == nil {
-			return 0, nil, ErrBroadcastLive
-		}
 		m := &chatpb.Message{FromUserId: from.ID, FromUsername: from.Name, Text: req.Text}
-		online, err := a.live(bounded, m)
+		nodes, err := a.s.broadcastLive(bounded, m)
 		if err != nil {
 			return 0, nil, err
 		}
-		return http.StatusOK, broadcastResponse{Online: online}, nil
+		return http.StatusOK, broadcastResponse{Nodes: nodes}, nil
 	}
 	select {
 	case a.durable <- struct{}{}:
@@ -1059,8 +1052,8 @@ type memberResponse struct {
 }
 
 // addMember adds a user to a group as JoinGroup would (the same limits).
-// The group's next message reaches them wherever they are logged in:
-// every send reads the group's members from the store.
+// The group's next message reaches them wherever they are logged in: the
+// nodes holding their sessions hear the group (Server.joinGroup).
 func (a *api) addMember(r *http.Request) (int, any, error) {
 	gid, err := groupIDOf(r)
 	if err != nil {
@@ -1075,7 +1068,7 @@ func (a *api) addMember(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := a.s.store.JoinGroup(ctx, gid, u.ID, a.s.opts.limits()); err != nil {
+	if err := a.s.joinGroup(ctx, gid, u.ID); err != nil {
 		return 0, nil, err
 	}
 	a.log.Info("added a group member", "group_id", gid, "user", u.Name)
@@ -1093,7 +1086,7 @@ func (a *api) removeMember(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := a.s.store.LeaveGroup(ctx, gid, u.ID); err != nil {
+	if err := a.s.leaveGroup(ctx, gid, u.ID); err != nil {
 		return 0, nil, err
 	}
 	a.log.Info("removed a group member", "group_id", gid, "user", u.Name)

@@ -631,8 +631,19 @@ func TestAPICluster(t *testing.T) {
 				t.Fatalf("broadcast push = %v", m)
 			}
 		}
-		// The transient kind comes with the per-node fan-out.
-		apiB.fails("POST", "/api/v1/broadcast", map[string]any{"text": "live only"}, http.StatusNotImplemented, "UNAVAILABLE")
+		// The transient kind: one publish, every session on both nodes.
+		var live struct {
+			Nodes int `json:"nodes"`
+		}
+		apiB.ok("POST", "/api/v1/broadcast", map[string]any{"text": "live only"}, http.StatusOK, &live)
+		if live.Nodes != 2 {
+			t.Fatalf("transient broadcast reached %d nodes, want 2", live.Nodes)
+		}
+		for _, rc := range []*rawConn{alice, carol, dave} {
+			if m := recv(rc); m.Text != "live only" || m.FromUsername != "system" {
+				t.Fatalf("transient broadcast push = %v", m)
+			}
+		}
 		// Retried with its key: nothing stored or pushed twice.
 		apiA.ok("POST", "/api/v1/broadcast", map[string]any{"text": "we are back", "durable": true, "idempotency_key": "b1"}, http.StatusOK, &br)
 		if br.Recipients != 5 {

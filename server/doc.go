@@ -25,7 +25,11 @@
 //     goroutines of its own: the message log writer (sends and acks, one
 //     fdatasync per batch) and the bbolt committer (everything else, and
 //     the lazy copy of logged messages and acks); a caller waits for the
-//     one its write needs.
+//     one its write needs. The group index (fanout.go) has one goroutine
+//     that applies changes to the group channels the node hears, in
+//     batches; a login or join waits for its batch's SUBSCRIBE, the
+//     broker's handler only queues (its queue grows with notices not yet
+//     applied, one per join or leave heard).
 //   - Every queue is bounded: mailboxes by Options.MaxPending, the run queue
 //     by the number of connections, outbound bytes by Options.MaxOutbound,
 //     the store's commit and log queues by their batch size (writers wait),

@@ -265,6 +265,22 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	if ok.Friends, ok.Groups, friends, err = c.contacts(ctx, u.ID); err != nil {
 		c.logger().Warn("login: contacts unavailable", "err", err)
 	}
+	// Hear the user's groups before the replay reads the inbox: a group
+	// message stored from then on reaches this node live (fanout.go). A
+	// join that the list read missed is announced on the user's channel,
+	// which this node already hears.
+	if err == nil {
+		gids := make([]uint64, len(ok.Groups))
+		for i, g := range ok.Groups {
+			gids[i] = g.GroupId
+		}
+		_, err = c.srv.groups.add(ctx, u.ID, gids)
+	} else {
+		err = c.srv.hearGroups(ctx, u.ID)
+	}
+	if err != nil {
+		return abandon(err)
+	}
 	// Online to friends from now: after the friend list was read, so that
 	// a friend's change from here on reaches this session after LoginOK
 	// (pushes wait for the replay), and the list is never newer than it.
@@ -529,7 +545,11 @@ func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, err
 	case res.Published:
 		s.metrics.messagesSent.Inc()
 		online = res.Online
-		s.metrics.storedOffline.Add(float64(len(recipients) - online))
+		stored := len(recipients)
+		if res.Recipients > 0 {
+			stored = res.Recipients // the group's members at the append
+		}
+		s.metrics.storedOffline.Add(float64(stored - online))
 	default:
 		s.metrics.messagesSent.Inc()
 		// Stored: SendOK is now true whatever happens to the live push.
@@ -538,6 +558,23 @@ func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, err
 			ev.frame = protocol.EncodeMessagePush(res.Encoded)
 		} else if ev.frame, err = encodePush(m); err != nil {
 			return sendReceipt{}, err
+		}
+		if m.GroupId != 0 {
+			// One event for the group's recipients online and the
+			// sender's other devices (not the sending one: the origin
+			// says so).
+			var copies uint64
+			if o.fromDevice {
+				ev.OriginNode, ev.OriginConn, ev.OriginDevice = o.from.node, o.from.conn, o.from.device
+				if res.SenderCopies > 0 {
+					copies = m.FromUserId
+				}
+			}
+			if online, err = s.publishGroupMessage(ctx, m.GroupId, recipients, copies, ev); err != nil {
+				s.log.Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
+			}
+			s.metrics.storedOffline.Add(float64(len(recipients) - online))
+			break
 		}
 		if online, err = s.broker.Publish(ctx, recipients, ev); err != nil {
 			s.log.Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
@@ -620,7 +657,7 @@ func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*ch
 	if err := protocol.ValidateGroupDescription(req.Description); err != nil {
 		return nil, err
 	}
-	g, err := c.srv.store.CreateGroup(ctx, c.user.Load().id, req.Name, req.Description, c.srv.opts.limits())
+	g, err := c.srv.createGroup(ctx, c.user.Load().id, req.Name, req.Description)
 	if err != nil {
 		return nil, err
 	}
@@ -628,14 +665,14 @@ func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*ch
 }
 
 func (c *session) joinGroup(ctx context.Context, req *chatpb.JoinGroup) (*chatpb.Frame, error) {
-	if err := c.srv.store.JoinGroup(ctx, req.GroupId, c.user.Load().id, c.srv.opts.limits()); err != nil {
+	if err := c.srv.joinGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil
 }
 
 func (c *session) leaveGroup(ctx context.Context, req *chatpb.LeaveGroup) (*chatpb.Frame, error) {
-	if err := c.srv.store.LeaveGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
+	if err := c.srv.leaveGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil

@@ -57,6 +57,12 @@ type Server struct {
 	users      userTable // logged-in users on this node
 	presence   *presence
 	transients *transientFlusher
+	groups     *groupIndex // the group channels this node hears (fanout.go)
+	// memberLocks order each user's joins and leaves made here
+	// (memberLock); storePublishes says the store's scripts publish
+	// group_member notices themselves (cluster mode).
+	memberLocks    [64]sync.Mutex
+	storePublishes bool
 
 	// ctx is cancelled when the server has shut down; request handlers use it.
 	ctx    context.Context
@@ -121,6 +127,7 @@ func New(o Options) (*Server, error) {
 	s.users.init()
 	s.presence = newPresence(s)
 	s.transients = newTransientFlusher()
+	s.groups = newGroupIndex(s)
 	tk := newTokens(opts.TokenSecret, opts.TokenTTL)
 	s.tokens.Store(&tk)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -190,6 +197,7 @@ func (s *Server) Start() (net.Addr, error) {
 	}
 	go s.sweep()
 	go s.transients.run()
+	go s.groups.run()
 	if s.registry != nil {
 		s.epochStop, s.epochDone = make(chan struct{}), make(chan struct{})
 		go s.watchEpoch(s.epochStop, s.epochDone)
@@ -385,6 +393,7 @@ func (s *Server) stopBackground() {
 		}
 		s.runq.close()
 		s.workers.Wait()
+		s.groups.close()
 	})
 }
 
@@ -455,17 +464,23 @@ func (s *Server) sweep() {
 }
 
 // onEvent is the broker's handler: route an event to this node's sessions
-// of uid (one per device), if any.
+// of uid (one per device), if any; a group event to those of the users it
+// lists, a broadcast to every session (fanout.go).
 func (s *Server) onEvent(uid uint64, ev Event) {
+	switch {
+	case ev.Broadcast:
+		s.fanoutAll(ev)
+		return
+	case ev.To != nil:
+		s.fanout(ev)
+		return
+	case ev.GroupMember != nil:
+		s.onGroupMember(uid, ev)
+		return
+	}
 	cs := s.users.get(uid)
-	if len(cs) > 1 && ev.frame == nil {
-		// Once for all the user's devices here.
-		switch {
-		case ev.Presence != nil:
-			ev.frame = ev.Presence.encode()
-		case ev.Typing != nil:
-			ev.frame = ev.Typing.encode()
-		}
+	if len(cs) > 1 {
+		ev = s.shared(ev) // once for all the user's devices here
 	}
 	for _, c := range cs {
 		s.deliver(c, ev)
@@ -680,4 +695,5 @@ func (s *Server) unbindUser(ctx context.Context, u *sessionUser, c *session) {
 	if err := s.broker.Unsubscribe(ctx, uid); err != nil {
 		s.log.Warn("unsubscribe failed", "user_id", uid, "err", err)
 	}
+	s.groups.gone(uid)
 }

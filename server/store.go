@@ -102,6 +102,10 @@ type AppendResult struct {
 	// message went to (see withSendingDevice): when above zero, the caller
 	// pushes it to the sender's user too (unless Published).
 	SenderCopies int
+	// Recipients is how many users the message was stored for when the
+	// store chose them (a group message on the Redis store: its members
+	// at the append, the sender left out); 0 when it took the caller's.
+	Recipients int
 }
 
 // Limits bound what one user or one group may gather. The store checks
@@ -171,11 +175,21 @@ type Store interface {
 	Group(ctx context.Context, gid uint64) (Group, error)
 	// GroupsOf lists the groups uid belongs to, with their members.
 	GroupsOf(ctx context.Context, uid uint64) ([]Group, error)
+	// GroupIDs lists the ids of the groups uid belongs to, ascending: what
+	// GroupsOf lists, without reading the groups (a node's index of the
+	// groups it must hear, fanout.go).
+	GroupIDs(ctx context.Context, uid uint64) ([]uint64, error)
 
 	// AppendMessage durably appends m to its conversation
 	// (ConversationOf) and to the inbox (box, device.go) of every device
 	// of every recipient known when m was sent, and of every other device
-	// of the sender when ctx names the sending device (withSendingDevice). It sets m.Seq
+	// of the sender when ctx names the sending device (withSendingDevice).
+	// For a group message the Redis store ignores recipients and takes
+	// the group's members, all but the sender, in the same atomic write
+	// that takes the seq: a join or leave racing the send then falls
+	// wholly before or after it, so the message goes to exactly the
+	// members whose JoinedSeq is below its seq (AppendResult.Recipients
+	// says how many). The embedded store takes recipients as given. It sets m.Seq
 	// to the conversation's next seq in that same durable write, so seqs
 	// have no gaps and a message is never seen under a seq before every
 	// lower one is stored; the stored and published copies carry it. When

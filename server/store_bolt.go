@@ -678,6 +678,18 @@ func (s *BoltStore) GroupsOf(_ context.Context, uid uint64) (out []Group, err er
 	return out, err
 }
 
+func (s *BoltStore) GroupIDs(_ context.Context, uid uint64) (out []uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		prefix := u64(uid)
+		c := tx.Bucket(bucketUserGroups).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
+			out = append(out, binary.BigEndian.Uint64(k[8:]))
+		}
+		return nil
+	})
+	return out, err
+}
+
 // convState is the seq state of one conversation, in memory: seqs are
 // handed out by the log writer, which is one goroutine, so they follow
 // the log's order without a lock on the send path. It also holds the

@@ -300,6 +300,19 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		if err != nil || len(bg) != 2 {
 			t.Fatalf("b's groups = %v, %v", bg, err)
 		}
+		ids, err := s.GroupIDs(ctx, b.ID)
+		if err != nil || !slices.Equal(ids, []uint64{min(g.ID, g2.ID), max(g.ID, g2.ID)}) {
+			t.Fatalf("b's group ids = %v, %v; want %d and %d", ids, err, g.ID, g2.ID)
+		}
+		if err := s.LeaveGroup(ctx, g.ID, b.ID); err != nil {
+			t.Fatal(err)
+		}
+		if ids, err := s.GroupIDs(ctx, b.ID); err != nil || !slices.Equal(ids, []uint64{g2.ID}) {
+			t.Fatalf("b's group ids after leaving %d = %v, %v", g.ID, ids, err)
+		}
+		if ids, err := s.GroupIDs(ctx, 999999); err != nil || len(ids) != 0 {
+			t.Fatalf("group ids of nobody = %v, %v", ids, err)
+		}
 		if _, err := s.Group(ctx, 999999); !errors.Is(err, ErrGroupNotFound) {
 			t.Fatalf("unknown group = %v", err)
 		}
