@@ -564,7 +564,7 @@ func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, err
 			// sender's other devices (not the sending one: the origin
 			// says so).
 			var copies uint64
-			if o.fromDevice {
+			if o.from != nil {
 				ev.OriginNode, ev.OriginConn, ev.OriginDevice = o.from.node, o.from.conn, o.from.device
 				if res.SenderCopies > 0 {
 					copies = m.FromUserId
