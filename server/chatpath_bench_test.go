@@ -26,14 +26,21 @@ import (
 // protowire into reused buffers), so allocs/op and B/op are the server's
 // per message (docs/BENCHMARKS.md, "Allocations per chat message").
 //
-//	go test ./server -run '^$' -bench ChatPath -benchmem -benchtime 20000x
+//	go test ./server -run '^$' -bench ChatPath -benchmem -benchtime 40000x
+//
+// pairs=1 is one conversation at a time: nothing for the server to
+// gather. pairs=16 sends on 16 conversations at once, as a loaded server
+// sees them: per-loop work (a write task serving several connections) is
+// shared between messages.
 func BenchmarkChatPath(b *testing.B) {
 	for _, engine := range engines {
-		b.Run(engine, func(b *testing.B) { benchChatPath(b, engine) })
+		for _, pairs := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%s/pairs=%d", engine, pairs), func(b *testing.B) { benchChatPath(b, engine, pairs) })
+		}
 	}
 }
 
-func benchChatPath(b *testing.B, engine string) {
+func benchChatPath(b *testing.B, engine string, pairs int) {
 	srv, err := New(Options{
 		Listen: "127.0.0.1:0", DataDir: b.TempDir(), Engine: engine, Loops: 1,
 		BcryptCost: bcrypt.MinCost, Logger: slog.New(slog.DiscardHandler),
@@ -47,38 +54,63 @@ func benchChatPath(b *testing.B, engine string) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = srv.Shutdown(b.Context()) })
-	alice := benchLogin(b, addr.String(), "alice")
-	bob := benchLogin(b, addr.String(), "bob")
-
-	send, err := protocol.Encode(&chatpb.Frame{Seq: 1, Body: &chatpb.Frame_Send{Send: &chatpb.Send{
-		To: &chatpb.Send_Username{Username: "bob"}, Text: "a chat message of some sixty-four bytes, as the bench sends"}}})
-	if err != nil {
-		b.Fatal(err)
-	}
 	const window = 32
-	burst := make([]byte, 0, window*len(send))
-	for range window {
-		burst = append(burst, send...)
+	type pair struct {
+		alice, bob *benchConn
+		burst      []byte // window Sends to bob
+		frame      int    // the size of one
 	}
-	received := make(chan error, 1)
-	b.ReportAllocs()
-	b.ResetTimer()
-	go func() { received <- bob.receive(b.N, window) }()
-	for sent := 0; sent < b.N; {
-		n := min(window, b.N-sent)
-		if _, err := alice.c.Write(burst[:n*len(send)]); err != nil {
+	ps := make([]pair, pairs)
+	for i := range ps {
+		p := &ps[i]
+		p.alice = benchLogin(b, addr.String(), fmt.Sprintf("alice%d", i))
+		p.bob = benchLogin(b, addr.String(), fmt.Sprintf("bob%d", i))
+		send, err := protocol.Encode(&chatpb.Frame{Seq: 1, Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+			To:   &chatpb.Send_Username{Username: fmt.Sprintf("bob%d", i)},
+			Text: "a chat message of some sixty-four bytes, as the bench sends"}}})
+		if err != nil {
 			b.Fatal(err)
 		}
+		p.frame = len(send)
+		for range window {
+			p.burst = append(p.burst, send...)
+		}
+	}
+	errs := make(chan error, 2*pairs)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range ps {
+		p := &ps[i]
+		want := b.N / pairs
+		if i < b.N%pairs {
+			want++
+		}
+		go func() { errs <- p.bob.receive(want, window) }()
+		go func() { errs <- p.alice.sendAll(want, p.burst, p.frame, window) }()
+	}
+	for range 2 * pairs {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// sendAll writes want Sends in bursts of window, reading the SendOKs of
+// each burst before the next.
+func (bc *benchConn) sendAll(want int, burst []byte, frame, window int) error {
+	for sent := 0; sent < want; {
+		n := min(window, want-sent)
+		if _, err := bc.c.Write(burst[:n*frame]); err != nil {
+			return err
+		}
 		for range n {
-			if _, err := alice.next(); err != nil {
-				b.Fatal(err)
+			if _, err := bc.next(); err != nil {
+				return err
 			}
 		}
 		sent += n
 	}
-	if err := <-received; err != nil {
-		b.Fatal(err)
-	}
+	return nil
 }
 
 // benchConn is an allocation-free client for the hot loop.

@@ -13,8 +13,9 @@
 //     in parallel. The net engine runs them inline on the connection's
 //     reader goroutine, which gives the same order.
 //   - Writes to a connection (responses, pushes, kicks) may come from any
-//     goroutine and never block: they are queued (gnet AsyncWrite, or the
-//     net engine's writer queue), bounded in bytes by Options.MaxOutbound.
+//     goroutine and never block: they are queued (in the connection's out
+//     buffer, flushed by its gnet loop's writer task, or the net engine's
+//     writer queue), bounded in bytes by Options.MaxOutbound.
 //     A kick's frame is queued last, after whole frames only, and the
 //     connection closes once it is in the kernel — or is reset when the
 //     client has not read it within 30 s (defaultWriteWait); a stream never

@@ -43,11 +43,11 @@ func (c *session) handle(f *chatpb.Frame) {
 		}
 		// The store checks its writes against the epoch the session (or,
 		// before login, the node) was under when the request came.
-		ep := c.srv.epoch()
 		if u := c.user.Load(); u != nil {
-			ep = u.epoch
+			ctx = withEpochOf(ctx, &u.epoch)
+		} else {
+			ctx = withEpoch(ctx, c.srv.epoch())
 		}
-		ctx = withEpoch(ctx, ep)
 	}
 
 	var resp *chatpb.Frame
@@ -194,6 +194,7 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	}
 	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli(), gen: gen, epoch: ep,
 		device: device, box: boxOf(u.ID, reg.Slot)}
+	info.from = sender{box: info.box, device: device, node: c.srv.opts.NodeID, conn: c.id}
 
 	// Hold live pushes from the moment we subscribe until the replay is
 	// done: subscribe first, then read the inbox, so nothing falls between.
@@ -488,11 +489,12 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	default:
 		return sendReceipt{}, ErrNoRecipient
 	}
-	o := outgoing{msg: m, recipients: recipients, clientMsgID: req.ClientMsgId, epoch: u.epoch,
-		from: sender{box: u.box, device: u.device, node: c.srv.opts.NodeID, conn: c.id}}
-	// The sender's other devices get it too. (A note to yourself already
-	// goes to every device of yours, this one included.)
-	o.fromDevice = m.ToUserId != u.id
+	o := outgoing{msg: m, recipients: recipients, clientMsgID: req.ClientMsgId, epoch: u.epoch}
+	if m.ToUserId != u.id {
+		// The sender's other devices get it too. (A note to yourself
+		// already goes to every device of yours, this one included.)
+		o.from = &u.from
+	}
 	return c.srv.storeAndPush(ctx, o)
 }
 
@@ -505,12 +507,11 @@ type outgoing struct {
 	recipients  []uint64
 	clientMsgID string // "": not idempotent
 	epoch       string // the store epoch it is sent under (epoch.go)
-	// from is the sending session, when fromDevice: the sender's other
-	// devices get the message too, and that session does not. A message
-	// from a program has no device, and the sender's devices get nothing
+	// from is the sending session, if any: the sender's other devices get
+	// the message too, and that session does not. A message from a
+	// program has none (nil), and the sender's devices get nothing
 	// (withSendingDevice).
-	from       sender
-	fromDevice bool
+	from *sender
 }
 
 // storeAndPush stores o.msg durably for its recipients, then pushes it to
@@ -521,8 +522,8 @@ func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, err
 	m.MsgId, m.SentAtMs = s.ids.next(time.Now())
 
 	appendCtx := ctx
-	if o.fromDevice {
-		appendCtx = withSendingDevice(ctx, o.from)
+	if o.from != nil {
+		appendCtx = withSender(ctx, o.from)
 	}
 	res, err := s.store.AppendMessage(appendCtx, m, recipients, o.clientMsgID)
 	if err != nil {
@@ -563,7 +564,7 @@ func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, err
 			// sender's other devices (not the sending one: the origin
 			// says so).
 			var copies uint64
-			if o.fromDevice {
+			if o.from != nil {
 				ev.OriginNode, ev.OriginConn, ev.OriginDevice = o.from.node, o.from.conn, o.from.device
 				if res.SenderCopies > 0 {
 					copies = m.FromUserId

@@ -49,6 +49,7 @@ type sessionUser struct {
 	epoch     string // the store epoch the session logged in under (epoch.go)
 	device    string // Login.device_id ("" also when Options.MaxDevices is 1)
 	box       uint64 // the device's inbox (device.go)
+	from      sender // this session as the sender of its messages
 }
 
 // mailItem is one unit of a session's ordered work: a request, or the
@@ -211,9 +212,11 @@ func (c *session) received(payload []byte, inline bool) bool {
 	f, err := protocol.Decode(payload)
 	var invalid *protocol.InvalidFrameError
 	switch {
+	case err == nil:
+		// errors.As would take &invalid: a heap variable per frame.
 	case errors.As(err, &invalid):
 		f = &chatpb.Frame{Seq: invalid.Seq}
-	case err != nil:
+	default:
 		c.protocolError("garbage", err, inline)
 		return false
 	}
