@@ -150,15 +150,22 @@ func (e *gnetEngine) loop(c gnet.Conn) *gnetLoop {
 }
 
 func (e *gnetEngine) OnClose(c gnet.Conn, err error) gnet.Action {
-	if err == nil && c.OutboundBuffered() > 0 {
+	s, _ := c.Context().(*session)
+	var t *gnetTransport
+	if s != nil {
+		t, _ = s.out.(*gnetTransport)
+	}
+	if err == nil && (c.OutboundBuffered() > 0 || t != nil && t.pending.Load() > 0) {
 		// The server is closing (lingerWait ran out, or the engine stops)
-		// with bytes still unwritten. gnet would write what the socket takes
-		// and end the stream wherever that stops, maybe inside a frame;
-		// a reset tells the client the stream is broken instead.
+		// with bytes still unwritten: in gnet's buffer, where gnet would
+		// write what the socket takes and end the stream wherever that
+		// stops, maybe inside a frame; or accepted and never written, so
+		// a clean end would hide that frames are missing. A reset tells
+		// the client the stream is broken instead.
 		_ = c.SetLinger(0)
 	}
-	if s, ok := c.Context().(*session); ok {
-		if t, ok := s.out.(*gnetTransport); ok {
+	if s != nil {
+		if t != nil {
 			t.gone = true
 			t.loop.conns.Dec()
 		}
