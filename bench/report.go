@@ -64,6 +64,12 @@ func Plot(file string, results []Result) error {
 		}
 		col := palette[i%len(palette)]
 		name := r.Server + " " + r.Scenario
+		if r.Build != "" {
+			name = r.Build + " " + name
+		}
+		if r.Run > 1 {
+			name += fmt.Sprintf(" #%d", r.Run)
+		}
 		var xs, p50, p99, late plotter.XYs
 		for _, pt := range r.Timeline {
 			xs = append(xs, plotter.XY{X: pt.Second, Y: pt.MsgsPerSec})

@@ -186,7 +186,7 @@ func WriteSummary(w io.Writer, sums []Summary) {
 		head = append(head, "RSS B/conn")
 	}
 	head = append(head, "lost/dup/err")
-	fmt.Fprintln(tw, strings.Join(head, "\t")+"\t")
+	fmt.Fprintln(tw, strings.Join(head, "\t"))
 	for _, s := range sums {
 		var row []string
 		if named {
@@ -198,14 +198,42 @@ func WriteSummary(w io.Writer, sums []Summary) {
 			row = append(row, s.RSSBytesPerConn.format("%.0f"))
 		}
 		row = append(row, fmt.Sprintf("%d/%d/%d", s.Lost, s.Duplicates, s.Errors))
-		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
 	}
 	tw.Flush()
+	for _, s := range sums {
+		if note := s.saturationNote(); note != "" {
+			fmt.Fprintln(w, note)
+		}
+	}
 	switch sums[0].Scenario {
 	case "history":
 		fmt.Fprintln(w, "history: delivered/s are 50-message History pages per second; CPU and latency are per page")
 	case "conns", "login":
 		fmt.Fprintln(w, sums[0].Scenario+": delivered/s are logins per second; CPU is per login")
+	}
+}
+
+// saturationNote says when a saturated figure is not the server's limit:
+// a closed loop delivers at most (messages in flight) ÷ (latency when
+// idle), and a chat message waits for an fdatasync, so a few pairs cannot
+// fill a server; and the generator's CPU can run out first. Busy is in
+// CPUs: delivered/s × µs per message.
+func (s Summary) saturationNote() string {
+	if s.Window == 0 || s.CPUMicrosPerMsg.Median == 0 {
+		return ""
+	}
+	server := s.MsgsPerSec.Median * s.CPUMicrosPerMsg.Median / 1e6
+	gen := s.MsgsPerSec.Median * s.GenCPUMicrosPerMsg.Median / 1e6
+	const busy = 0.8
+	who := strings.TrimSpace(s.Build + " " + s.Server)
+	switch {
+	case server >= busy:
+		return ""
+	case gen >= busy:
+		return fmt.Sprintf("note: %s's server used %.2f CPU and the generator %.2f: the generator was the limit", who, server, gen)
+	default:
+		return fmt.Sprintf("note: %s's server used %.2f CPU and the generator %.2f: not saturated, raise --conns or --window", who, server, gen)
 	}
 }
 

@@ -132,7 +132,7 @@ func TestRatiosBetweenBuilds(t *testing.T) {
 func TestWriteSummaryAndRatios(t *testing.T) {
 	sums := []Summary{
 		{Build: "old", Server: "gnet", Scenario: "chat", Runs: 3, Window: 1, MsgsPerSec: Spread{18234, 17900, 18500},
-			CPUMicrosPerMsg: Spread{41.2, 40.1, 43}, GenCPUMicrosPerMsg: Spread{38, 37, 39}, P50ms: Spread{50, 40, 60}, P99ms: Spread{90, 80, 120}},
+			CPUMicrosPerMsg: Spread{51.2, 50.1, 53}, GenCPUMicrosPerMsg: Spread{38, 37, 39}, P50ms: Spread{50, 40, 60}, P99ms: Spread{90, 80, 120}},
 		{Server: "echo", Scenario: "echo", Runs: 3, Window: 1, MsgsPerSec: Spread{40000, 40000, 40000}, Lost: 2},
 	}
 	var b bytes.Buffer
@@ -141,7 +141,7 @@ func TestWriteSummaryAndRatios(t *testing.T) {
 	for _, want := range []string{
 		"chat, saturated (closed loop, 1 in flight per sender): medians of 3 runs [min–max]",
 		"build", "server", "delivered/s", "server µs/msg", "gen µs/msg", "p50 ms", "p99 ms", "lost/dup/err",
-		"18234 [17900–18500]", "41.2 [40.1–43.0]", "38.0 [37.0–39.0]",
+		"18234 [17900–18500]", "51.2 [50.1–53.0]", "38.0 [37.0–39.0]",
 		// A figure the same in every run prints once; one not measured as -.
 		"40000  ", "0/0/0", "2/0/0",
 	} {
@@ -155,6 +155,21 @@ func TestWriteSummaryAndRatios(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 4 || !strings.HasPrefix(lines[3], "-") {
 		t.Errorf("want a title, a header and one line per summary (echo's build as -):\n%s", out)
+	}
+
+	// A saturated figure whose server was not near a full CPU is flagged,
+	// with who was the limit.
+	sums[0].CPUMicrosPerMsg.Median = 20 // 0.36 CPU
+	b.Reset()
+	WriteSummary(&b, sums)
+	if !strings.Contains(b.String(), "note: old gnet's server used 0.36 CPU and the generator 0.69: not saturated, raise --conns or --window") {
+		t.Errorf("no note of a server not saturated:\n%s", b.String())
+	}
+	sums[0].GenCPUMicrosPerMsg.Median = 50 // 0.91 CPU
+	b.Reset()
+	WriteSummary(&b, sums)
+	if !strings.Contains(b.String(), "note: old gnet's server used 0.36 CPU and the generator 0.91: the generator was the limit") {
+		t.Errorf("no note of the generator as the limit:\n%s", b.String())
 	}
 
 	b.Reset()
