@@ -226,14 +226,17 @@ func (s Summary) saturationNote() string {
 	server := s.MsgsPerSec.Median * s.CPUMicrosPerMsg.Median / 1e6
 	gen := s.MsgsPerSec.Median * s.GenCPUMicrosPerMsg.Median / 1e6
 	const busy = 0.8
-	who := strings.TrimSpace(s.Build + " " + s.Server)
+	who := s.Server
+	if s.Build != "" {
+		who = s.Build + "/" + s.Server
+	}
 	switch {
 	case server >= busy:
 		return ""
 	case gen >= busy:
-		return fmt.Sprintf("note: %s's server used %.2f CPU and the generator %.2f: the generator was the limit", who, server, gen)
+		return fmt.Sprintf("note: %s: the server used %.2f CPU, the generator %.2f: the generator was the limit", who, server, gen)
 	default:
-		return fmt.Sprintf("note: %s's server used %.2f CPU and the generator %.2f: not saturated, raise --conns or --window", who, server, gen)
+		return fmt.Sprintf("note: %s: the server used %.2f CPU, the generator %.2f: not saturated, raise --conns or --window", who, server, gen)
 	}
 }
 

@@ -162,13 +162,13 @@ func TestWriteSummaryAndRatios(t *testing.T) {
 	sums[0].CPUMicrosPerMsg.Median = 20 // 0.36 CPU
 	b.Reset()
 	WriteSummary(&b, sums)
-	if !strings.Contains(b.String(), "note: old gnet's server used 0.36 CPU and the generator 0.69: not saturated, raise --conns or --window") {
+	if !strings.Contains(b.String(), "note: old/gnet: the server used 0.36 CPU, the generator 0.69: not saturated, raise --conns or --window") {
 		t.Errorf("no note of a server not saturated:\n%s", b.String())
 	}
 	sums[0].GenCPUMicrosPerMsg.Median = 50 // 0.91 CPU
 	b.Reset()
 	WriteSummary(&b, sums)
-	if !strings.Contains(b.String(), "note: old gnet's server used 0.36 CPU and the generator 0.91: the generator was the limit") {
+	if !strings.Contains(b.String(), "note: old/gnet: the server used 0.36 CPU, the generator 0.91: the generator was the limit") {
 		t.Errorf("no note of the generator as the limit:\n%s", b.String())
 	}
 
