@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -182,5 +183,26 @@ func TestTinyEchoAndPlot(t *testing.T) {
 		if st, err := os.Stat(file); err != nil || st.Size() < 1000 {
 			t.Fatalf("plot %s: %v %v", ext, st, err)
 		}
+	}
+}
+
+// A tiny broadcast run on two nodes sharing a Redis: every connection, on
+// either node, gets every broadcast once.
+func TestTinyBroadcast(t *testing.T) {
+	r := testproc.StartRedis(t)
+	var addrs []string
+	for i := range 2 {
+		_, addr := testnode.Start(t, server.Options{Loops: 2, RateLimit: 1e9, RateBurst: 1 << 30, Redis: r.URL,
+			NodeID: fmt.Sprint("n", i), Heartbeat: 200 * time.Millisecond})
+		addrs = append(addrs, addr)
+	}
+	cfg := bench.Config{Addrs: addrs, Conns: 40, Rate: 4, Duration: time.Second, Redis: r.URL, Server: "gnet", Users: "tbcast"}
+	res, err := bench.Scenarios["broadcast"](context.Background(), cfg)
+	check(t, res, err)
+	if res.Sent != 4 || res.Delivered != 160 || res.Reach99ms <= 0 || res.Reach100ms < res.Reach99ms {
+		t.Fatalf("broadcast: %d sent, %d delivered, reach 99%% %v ms, 100%% %v ms", res.Sent, res.Delivered, res.Reach99ms, res.Reach100ms)
+	}
+	if _, err := bench.Scenarios["broadcast"](context.Background(), bench.Config{Addrs: addrs, Conns: 2}); err == nil {
+		t.Fatal("broadcast without --redis ran")
 	}
 }

@@ -39,6 +39,12 @@ func WriteTable(w io.Writer, results []Result) {
 			break
 		}
 	}
+	for _, r := range results {
+		if r.Scenario == "broadcast" {
+			fmt.Fprintf(w, "broadcast (%s): %d broadcasts to %d connections; until 99%% had each: %s ms, until all: %s ms (the slowest broadcast); latency and CPU are per delivery\n",
+				r.Server, r.Sent, r.Conns, optional(r.Reach99ms, "%.2f"), optional(r.Reach100ms, "%.2f"))
+		}
+	}
 }
 
 func optional(v float64, format string) string {

@@ -58,6 +58,11 @@ type Result struct {
 	// due to its SendOK: the sender's side of the latency (the store's
 	// durable append), as against P99ms (until the receiver has it).
 	SendOKP99ms float64 `json:"sendok_p99_ms,omitempty"`
+	// Reach99ms and Reach100ms are, for broadcast, the slowest
+	// broadcast's time from its PUBLISH until 99% and until all of the
+	// connections had it (0: some broadcast never got that far).
+	Reach99ms  float64 `json:"reach_99_ms,omitempty"`
+	Reach100ms float64 `json:"reach_100_ms,omitempty"`
 	// IdleCPUPercent is server CPU use while the connections sit idle.
 	IdleCPUPercent float64 `json:"idle_cpu_percent,omitempty"`
 	ConnectPerSec  float64 `json:"connect_per_sec,omitempty"`

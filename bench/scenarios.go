@@ -14,12 +14,13 @@ import (
 
 // Scenarios by name.
 var Scenarios = map[string]func(context.Context, Config) (Result, error){
-	"conns":   Conns,
-	"login":   Login,
-	"chat":    Chat,
-	"group":   GroupChat,
-	"echo":    Echo,
-	"history": History,
+	"conns":     Conns,
+	"login":     Login,
+	"chat":      Chat,
+	"group":     GroupChat,
+	"echo":      Echo,
+	"history":   History,
+	"broadcast": Broadcast,
 }
 
 // Conns opens Conns connections, logs each in with a token and holds them

@@ -77,6 +77,11 @@ type Config struct {
 	// i+Friends/2, wrapping around, so every user has Friends friends
 	// (fewer when Conns is smaller). Zero means none.
 	Friends int
+	// Redis is the cluster's Redis URL, to which the broadcast scenario
+	// publishes its broadcasts; RedisPrefix its key and channel prefix
+	// (empty: "loopchat:").
+	Redis       string
+	RedisPrefix string
 	// ServerPID, when set, is sampled for RSS and CPU.
 	ServerPID int
 	// Server names the target in results ("gnet", "net", "echo", ...).
@@ -112,6 +117,9 @@ func (c *Config) defaults() {
 	}
 	if c.Groups <= 0 {
 		c.Groups = max(1, c.Conns/c.GroupSize)
+	}
+	if c.RedisPrefix == "" {
+		c.RedisPrefix = protocol.DefaultPrefix
 	}
 	if c.TextSize <= 0 {
 		c.TextSize = 64

@@ -49,7 +49,8 @@ type Options struct {
 	PingInterval time.Duration
 	// Reconnect re-dials after the connection drops and logs in again with
 	// the last token. It does not after Close, Logout, or a kick for
-	// logging in elsewhere.
+	// logging in elsewhere, for the device limit or by the server's API
+	// (DISCONNECTED_BY_SERVER).
 	Reconnect bool
 	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles
 	// with jitter. Zero means 100ms and 5s.
@@ -65,7 +66,8 @@ type Options struct {
 	DeviceID string
 }
 
-// Event is one push or connection event; exactly one field is set.
+// Event is one push or connection event; exactly one field is set, but for
+// Reconnecting, which goes with Disconnected.
 type Event struct {
 	// Message is a chat message; Ack it once it is shown.
 	Message *chatpb.Message
@@ -85,6 +87,13 @@ type Event struct {
 	Error *chatpb.Error
 	// Disconnected reports a lost connection, with the cause.
 	Disconnected error
+	// Reconnecting, with Disconnected, says the client is trying to
+	// reconnect: Reconnected follows once it has, or another Disconnected
+	// if an attempt fails after connecting. False means it has given up
+	// (no token, Options.Reconnect off, logged out, kicked for a newer
+	// login, or the token refused): requests fail until a new Client is
+	// dialed. A display can tell "reconnecting…" from "offline" by it.
+	Reconnecting bool
 	// Reconnected reports a new connection logged in with the token.
 	Reconnected *chatpb.LoginOK
 }
@@ -250,7 +259,10 @@ func (c *Client) readLoop(conn net.Conn) {
 		case *chatpb.Frame_Message:
 			c.emit(Event{Message: b.Message})
 		case *chatpb.Frame_Kicked:
-			if r := b.Kicked.Reason; r == chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE || r == chatpb.KickReason_KICK_REASON_DEVICE_LIMIT {
+			switch b.Kicked.Reason {
+			case chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, chatpb.KickReason_KICK_REASON_DEVICE_LIMIT,
+				chatpb.KickReason_KICK_REASON_DISCONNECTED_BY_SERVER:
+				// Coming back by ourselves would undo what kicked us.
 				c.mu.Lock()
 				c.stopRe = true
 				c.mu.Unlock()
@@ -280,7 +292,7 @@ func (c *Client) readLoop(conn net.Conn) {
 	if closed {
 		return
 	}
-	c.emit(Event{Disconnected: err})
+	c.emit(Event{Disconnected: err, Reconnecting: reconnect})
 	if reconnect {
 		c.wg.Add(1)
 		go c.reconnect()

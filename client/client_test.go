@@ -132,8 +132,8 @@ func TestReconnectsWithTokenAndGetsMissedMessages(t *testing.T) {
 	if ev := nextEvent(t, bob); ev.Kicked.GetReason() != chatpb.KickReason_KICK_REASON_SERVER_SHUTTING_DOWN {
 		t.Fatalf("first event = %+v, want the shutdown kick", ev)
 	}
-	if ev := nextEvent(t, bob); ev.Disconnected == nil {
-		t.Fatalf("second event = %+v, want Disconnected", ev)
+	if ev := nextEvent(t, bob); ev.Disconnected == nil || !ev.Reconnecting {
+		t.Fatalf("second event = %+v, want Disconnected, reconnecting", ev)
 	}
 	// While bob is away a message is stored for him on the new server.
 	startServer(t, server.Options{DataDir: dir, Listen: addr})
@@ -184,8 +184,8 @@ func TestNoReconnectWhenLoggedInElsewhere(t *testing.T) {
 	if ev := nextEvent(t, first); ev.Kicked.GetReason() != chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE {
 		t.Fatalf("event = %+v", ev)
 	}
-	if ev := nextEvent(t, first); ev.Disconnected == nil {
-		t.Fatalf("event = %+v", ev)
+	if ev := nextEvent(t, first); ev.Disconnected == nil || ev.Reconnecting {
+		t.Fatalf("event = %+v, want Disconnected, not reconnecting", ev)
 	}
 	select {
 	case ev := <-first.Events():

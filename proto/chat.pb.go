@@ -166,6 +166,11 @@ const (
 	// this one had the oldest login. Do not reconnect by yourself: the user's
 	// newer device would be the one kicked next, and so on in a loop.
 	KickReason_KICK_REASON_DEVICE_LIMIT KickReason = 8
+	// The operator's backend ended the session through the server's HTTP API
+	// (a disconnect, or a ban); the message says why. Do not reconnect by
+	// yourself: a banned account is refused, and a disconnected user is meant
+	// to come back only when they ask to.
+	KickReason_KICK_REASON_DISCONNECTED_BY_SERVER KickReason = 9
 )
 
 // Enum value maps for KickReason.
@@ -180,17 +185,19 @@ var (
 		6: "KICK_REASON_LOGIN_TIMEOUT",
 		7: "KICK_REASON_STORE_RESET",
 		8: "KICK_REASON_DEVICE_LIMIT",
+		9: "KICK_REASON_DISCONNECTED_BY_SERVER",
 	}
 	KickReason_value = map[string]int32{
-		"KICK_REASON_UNSPECIFIED":          0,
-		"KICK_REASON_LOGGED_IN_ELSEWHERE":  1,
-		"KICK_REASON_SERVER_SHUTTING_DOWN": 2,
-		"KICK_REASON_SLOW_CONSUMER":        3,
-		"KICK_REASON_IDLE_TIMEOUT":         4,
-		"KICK_REASON_PROTOCOL_ERROR":       5,
-		"KICK_REASON_LOGIN_TIMEOUT":        6,
-		"KICK_REASON_STORE_RESET":          7,
-		"KICK_REASON_DEVICE_LIMIT":         8,
+		"KICK_REASON_UNSPECIFIED":            0,
+		"KICK_REASON_LOGGED_IN_ELSEWHERE":    1,
+		"KICK_REASON_SERVER_SHUTTING_DOWN":   2,
+		"KICK_REASON_SLOW_CONSUMER":          3,
+		"KICK_REASON_IDLE_TIMEOUT":           4,
+		"KICK_REASON_PROTOCOL_ERROR":         5,
+		"KICK_REASON_LOGIN_TIMEOUT":          6,
+		"KICK_REASON_STORE_RESET":            7,
+		"KICK_REASON_DEVICE_LIMIT":           8,
+		"KICK_REASON_DISCONNECTED_BY_SERVER": 9,
 	}
 )
 
@@ -3274,7 +3281,7 @@ const file_chat_proto_rawDesc = "" +
 	"\x17ERROR_CODE_RATE_LIMITED\x10\x06\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\a\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\b\x12\x17\n" +
-	"\x13ERROR_CODE_PROTOCOL\x10\t*\xab\x02\n" +
+	"\x13ERROR_CODE_PROTOCOL\x10\t*\xd3\x02\n" +
 	"\n" +
 	"KickReason\x12\x1b\n" +
 	"\x17KICK_REASON_UNSPECIFIED\x10\x00\x12#\n" +
@@ -3285,7 +3292,8 @@ const file_chat_proto_rawDesc = "" +
 	"\x1aKICK_REASON_PROTOCOL_ERROR\x10\x05\x12\x1d\n" +
 	"\x19KICK_REASON_LOGIN_TIMEOUT\x10\x06\x12\x1b\n" +
 	"\x17KICK_REASON_STORE_RESET\x10\a\x12\x1c\n" +
-	"\x18KICK_REASON_DEVICE_LIMIT\x10\bB+Z)github.com/loopchat/loopchat/proto;chatpbb\x06proto3"
+	"\x18KICK_REASON_DEVICE_LIMIT\x10\b\x12&\n" +
+	"\"KICK_REASON_DISCONNECTED_BY_SERVER\x10\tB+Z)github.com/loopchat/loopchat/proto;chatpbb\x06proto3"
 
 var (
 	file_chat_proto_rawDescOnce sync.Once

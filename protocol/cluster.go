@@ -28,6 +28,27 @@ func ParseUserChannel(prefix, channel string) (uint64, bool) {
 	return uid, err == nil
 }
 
+// GroupChannel is the pub/sub channel of a group's live traffic:
+// "<prefix>group:<id>". A node subscribes to it while it holds a session of
+// a member; each event on it lists the users it is for ("to").
+func GroupChannel(prefix string, gid uint64) string {
+	return prefix + "group:" + strconv.FormatUint(gid, 10)
+}
+
+// ParseGroupChannel returns the group id of a GroupChannel name.
+func ParseGroupChannel(prefix, channel string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(channel, prefix+"group:")
+	if !ok {
+		return 0, false
+	}
+	gid, err := strconv.ParseUint(rest, 10, 64)
+	return gid, err == nil && gid != 0
+}
+
+// BroadcastChannel is the channel every node subscribes to: a message on it
+// is pushed to every logged-in session of every node, live only.
+func BroadcastChannel(prefix string) string { return prefix + "broadcast" }
+
 // Event types on a user channel.
 const (
 	EventMessage = "message" // a chat message to push to the user
@@ -42,9 +63,17 @@ const (
 	// EventTyping: user_id is typing in the conversation with the
 	// channel's user (group_id 0), or in group group_id.
 	EventTyping = "typing"
+	// EventKick: every session of the channel's user must go, kicked with
+	// DISCONNECTED_BY_SERVER and text (if any) as the reason told.
+	EventKick = "kick"
+	// EventGroupMember: the channel's user (user_id) joined group_id
+	// (joined true) or left it. Nodes holding a session of the user start
+	// or stop hearing the group's channel.
+	EventGroupMember = "group_member"
 )
 
-// ChannelEvent is one JSON object on a user channel. For "message" the
+// ChannelEvent is one JSON object on a user, group or the broadcast
+// channel (docs/cluster.md). For "message" the
 // chat fields are used; a message published by a third party may leave
 // msg_id and sent_at_ms zero (the node fills them in) and is pushed live
 // only: it is not stored. For "login" node_id, conn_id, at_ms and gen are used.
@@ -88,6 +117,12 @@ type ChannelEvent struct {
 	// sending session and device its device: no session of that device
 	// gets the user's own message back, the sending one or a later one.
 	Device string `json:"device,omitempty"`
+	// To lists, on a group channel only, the users a message or typing
+	// notice is for: each node pushes it to its own sessions of them.
+	To []uint64 `json:"to,omitempty"`
+	// Joined is, for "group_member", whether user_id joined group_id (or
+	// left it).
+	Joined bool `json:"joined,omitempty"`
 	// Epoch is the store epoch the login or message belongs to; nodes drop
 	// a message, and ignore a login, of an epoch other than their
 	// session's. Other programs leave it out.
@@ -97,6 +132,15 @@ type ChannelEvent struct {
 // MaxChannelEvent bounds a channel payload: the longest text and names,
 // escaped, fit with room to spare; anything bigger is not an event.
 const MaxChannelEvent = 64 << 10
+
+// MaxGroupRecipients bounds the "to" list of a group channel event, far
+// above any group a login answer can carry (docs/design.md, "Friend and
+// group bounds").
+const MaxGroupRecipients = 100_000
+
+// MaxGroupChannelEvent bounds a group channel payload: an event of
+// MaxChannelEvent and MaxGroupRecipients ids of 20 digits with commas.
+const MaxGroupChannelEvent = MaxChannelEvent + 21*MaxGroupRecipients
 
 // maxDeviceID bounds an event's device (Login.device_id's limit).
 const maxDeviceID = 64
@@ -110,16 +154,70 @@ const maxEpoch = 64
 // maxConvKey bounds a read event's conv ("d" and two 20-digit ids).
 const maxConvKey = 48
 
-// ParseChannelEvent decodes and validates a channel payload. Anyone who
-// can PUBLISH to Redis can send one, so every field that reaches a client
-// is checked as strictly as a client's own request would be.
+// ParseChannelEvent decodes and validates a user channel payload. Anyone
+// who can PUBLISH to Redis can send one, so every field that reaches a
+// client is checked as strictly as a client's own request would be.
 func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
-	if len(payload) > MaxChannelEvent {
-		return nil, fmt.Errorf("protocol: channel event of %d bytes, over %d", len(payload), MaxChannelEvent)
+	ev, err := parseEvent(payload, MaxChannelEvent)
+	if err != nil {
+		return nil, err
+	}
+	if len(ev.To) > 0 {
+		return nil, fmt.Errorf("protocol: a user channel event has no \"to\"")
+	}
+	return ev, nil
+}
+
+// ParseGroupEvent decodes and validates a payload on the channel of group
+// gid: a message or typing notice of that group, checked as on a user
+// channel, with the users it is for (1 to MaxGroupRecipients ids, none 0).
+func ParseGroupEvent(payload []byte, gid uint64) (*ChannelEvent, error) {
+	ev, err := parseEvent(payload, MaxGroupChannelEvent)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case ev.Type != EventMessage && ev.Type != EventTyping:
+		return nil, fmt.Errorf("protocol: a group channel carries messages and typing notices, not %q", ev.Type)
+	case ev.GroupID != gid || ev.ToUserID != 0:
+		return nil, fmt.Errorf("protocol: group channel event of group %d (to user %d) on the channel of group %d", ev.GroupID, ev.ToUserID, gid)
+	case len(ev.To) == 0 || len(ev.To) > MaxGroupRecipients:
+		return nil, fmt.Errorf("protocol: group channel event for %d users, want 1-%d", len(ev.To), MaxGroupRecipients)
+	}
+	for _, uid := range ev.To {
+		if uid == 0 {
+			return nil, fmt.Errorf("protocol: group channel event for user 0")
+		}
+	}
+	return ev, nil
+}
+
+// ParseBroadcastEvent decodes and validates a payload on the broadcast
+// channel: a message, checked as on a user channel, for no one in
+// particular (no to_user_id, group_id or "to").
+func ParseBroadcastEvent(payload []byte) (*ChannelEvent, error) {
+	ev, err := parseEvent(payload, MaxChannelEvent)
+	if err != nil {
+		return nil, err
+	}
+	if ev.Type != EventMessage || ev.ToUserID != 0 || ev.GroupID != 0 || len(ev.To) > 0 {
+		return nil, fmt.Errorf("protocol: the broadcast channel carries messages to everyone, not %q to a user or group", ev.Type)
+	}
+	return ev, nil
+}
+
+// parseEvent decodes a channel payload of at most limit bytes and checks
+// what every channel requires of its type.
+func parseEvent(payload []byte, limit int) (*ChannelEvent, error) {
+	if len(payload) > limit {
+		return nil, fmt.Errorf("protocol: channel event of %d bytes, over %d", len(payload), limit)
 	}
 	var ev ChannelEvent
 	if err := json.Unmarshal(payload, &ev); err != nil {
 		return nil, fmt.Errorf("protocol: channel event: %w", err)
+	}
+	if len(ev.To) == 0 {
+		ev.To = nil // "to":[] says what no "to" says
 	}
 	switch ev.Type {
 	case EventMessage:
@@ -163,6 +261,14 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 			if err := ValidateUsername(ev.Username); err != nil {
 				return nil, fmt.Errorf("protocol: typing event username: %w", err)
 			}
+		}
+	case EventKick:
+		if err := ValidateKickText(ev.Text); err != nil {
+			return nil, fmt.Errorf("protocol: kick event: %w", err)
+		}
+	case EventGroupMember:
+		if ev.UserID == 0 || ev.GroupID == 0 {
+			return nil, fmt.Errorf("protocol: group_member event needs user_id and group_id")
 		}
 	default:
 		return nil, fmt.Errorf("protocol: unknown channel event type %q", ev.Type)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
 	"testing"
 	"unicode/utf8"
 
@@ -65,8 +66,10 @@ func FuzzDecodeFrame(f *testing.F) {
 	})
 }
 
-// Anything published on a user channel either parses into an event that
-// passes a client's own checks and survives a round trip, or is refused.
+// Anything published on a user, group or the broadcast channel either
+// parses into an event that passes a client's own checks and that
+// channel's rules and survives a round trip, or is refused. Each payload
+// is tried on all three (as the channel of its own group_id for a group).
 // `go test -fuzz FuzzParseChannelEvent ./protocol`.
 func FuzzParseChannelEvent(f *testing.F) {
 	f.Add([]byte(`{"type":"message","msg_id":382722139389689856,"from_user_id":2,"from_username":"bob","to_user_id":1,"text":"hi alice!","sent_at_ms":1795315268512,"seq":7}`))
@@ -88,56 +91,114 @@ func FuzzParseChannelEvent(f *testing.F) {
 	f.Add([]byte(`{"type":"typing","user_id":2,"group_id":5}`))
 	f.Add([]byte(`{"type":"typing","username":"bob"}`))
 	f.Add([]byte(`{"type":"typing","user_id":2,"username":"b\u0000b"}`))
+	f.Add([]byte(`{"type":"kick","text":"banned for spam","epoch":"9f0c"}`))
+	f.Add([]byte(`{"type":"kick"}`))
+	f.Add([]byte(`{"type":"kick","text":"\xff"}`))
 	f.Add([]byte(`{"type":"other"}`))
 	f.Add([]byte(`{"type":"message","text":"\ud800"}`))
 	f.Add([]byte(`[1,2`))
+	f.Add([]byte(`{"type":"group_member","user_id":2,"group_id":5,"joined":true,"epoch":"9f0c"}`))
+	f.Add([]byte(`{"type":"group_member","user_id":2,"group_id":5}`))
+	f.Add([]byte(`{"type":"group_member","user_id":2}`))
+	f.Add([]byte(`{"type":"message","msg_id":382722139389689856,"from_user_id":2,"from_username":"bob","group_id":5,"text":"hi all","sent_at_ms":1795315268512,"seq":3,"to":[1,3,4]}`))
+	f.Add([]byte(`{"type":"message","from_user_id":2,"group_id":5,"text":"hi","node_id":"n1","conn_id":4,"device":"phone","to":[2,7]}`))
+	f.Add([]byte(`{"type":"message","group_id":5,"text":"nobody","to":[]}`))
+	f.Add([]byte(`{"type":"message","group_id":5,"text":"zero","to":[0]}`))
+	f.Add([]byte(`{"type":"message","group_id":5,"to_user_id":3,"text":"both","to":[3]}`))
+	f.Add([]byte(`{"type":"message","to_user_id":3,"text":"to on a user channel","to":[3]}`))
+	f.Add([]byte(`{"type":"typing","user_id":2,"username":"bob","group_id":5,"to":[1,3]}`))
+	f.Add([]byte(`{"type":"message","msg_id":382722139389689858,"from_username":"ops","text":"maintenance at 5","sent_at_ms":1795315268512}`))
+	f.Add([]byte(`{"type":"message","text":"everyone","to":[-1]}`))
 	f.Fuzz(func(t *testing.T, payload []byte) {
-		ev, err := ParseChannelEvent(payload)
-		if err != nil {
-			return
+		if ev, err := ParseChannelEvent(payload); err == nil {
+			checkChannelEvent(t, ev)
+			if len(ev.To) > 0 {
+				t.Fatalf("user channel accepted \"to\" %v", ev.To)
+			}
+			roundTrip(t, ev, ParseChannelEvent)
 		}
-		switch ev.Type {
-		case EventMessage:
-			if ValidateText(ev.Text) != nil || !utf8.ValidString(ev.Text) {
-				t.Fatalf("accepted text %q", ev.Text)
+		if ev, err := ParseBroadcastEvent(payload); err == nil {
+			checkChannelEvent(t, ev)
+			if ev.Type != EventMessage || ev.ToUserID != 0 || ev.GroupID != 0 || len(ev.To) > 0 {
+				t.Fatalf("broadcast channel accepted %+v", ev)
 			}
-			if ev.FromUsername != "" && ValidateUsername(ev.FromUsername) != nil {
-				t.Fatalf("accepted from_username %q", ev.FromUsername)
-			}
-			if len(ev.Device) > maxDeviceID {
-				t.Fatalf("accepted device of %d bytes", len(ev.Device))
-			}
-		case EventLogin:
-			if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
-				t.Fatalf("accepted node_id %q", ev.NodeID)
-			}
-		case EventDeviceKick:
-			if ev.Gen == 0 || len(ev.Device) > maxDeviceID {
-				t.Fatalf("accepted device_kick event %+v", ev)
-			}
-		case EventRead:
-			if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey {
-				t.Fatalf("accepted read event %+v", ev)
-			}
-		case EventTyping:
-			if ev.UserID == 0 || ev.Username != "" && ValidateUsername(ev.Username) != nil {
-				t.Fatalf("accepted typing event %+v", ev)
-			}
-		case EventPresence:
-			if ev.UserID == 0 || ev.LastSeenMs < 0 || ev.Online && ev.LastSeenMs != 0 ||
-				ev.Username != "" && ValidateUsername(ev.Username) != nil {
-				t.Fatalf("accepted presence event %+v", ev)
-			}
-		default:
-			t.Fatalf("accepted type %q", ev.Type)
+			roundTrip(t, ev, ParseBroadcastEvent)
 		}
-		b, err := json.Marshal(ev)
-		if err != nil {
-			t.Fatal(err)
+		var probe struct {
+			GroupID uint64 `json:"group_id"`
 		}
-		again, err := ParseChannelEvent(b)
-		if err != nil || !reflect.DeepEqual(ev, again) {
-			t.Fatalf("round trip of %s: %v, %+v != %+v", b, err, again, ev)
+		if json.Unmarshal(payload, &probe) != nil {
+			probe.GroupID = 5
+		}
+		if ev, err := ParseGroupEvent(payload, probe.GroupID); err == nil {
+			checkChannelEvent(t, ev)
+			if ev.Type != EventMessage && ev.Type != EventTyping || ev.GroupID != probe.GroupID || ev.ToUserID != 0 ||
+				len(ev.To) == 0 || len(ev.To) > MaxGroupRecipients || slices.Contains(ev.To, 0) {
+				t.Fatalf("group channel %d accepted %+v", probe.GroupID, ev)
+			}
+			roundTrip(t, ev, func(b []byte) (*ChannelEvent, error) { return ParseGroupEvent(b, probe.GroupID) })
 		}
 	})
+}
+
+// checkChannelEvent fails t unless ev passes the checks of its type that
+// every channel applies.
+func checkChannelEvent(t *testing.T, ev *ChannelEvent) {
+	t.Helper()
+	switch ev.Type {
+	case EventMessage:
+		if ValidateText(ev.Text) != nil || !utf8.ValidString(ev.Text) {
+			t.Fatalf("accepted text %q", ev.Text)
+		}
+		if ev.FromUsername != "" && ValidateUsername(ev.FromUsername) != nil {
+			t.Fatalf("accepted from_username %q", ev.FromUsername)
+		}
+		if len(ev.Device) > maxDeviceID {
+			t.Fatalf("accepted device of %d bytes", len(ev.Device))
+		}
+	case EventLogin:
+		if ev.NodeID == "" || len(ev.NodeID) > maxNodeID {
+			t.Fatalf("accepted node_id %q", ev.NodeID)
+		}
+	case EventDeviceKick:
+		if ev.Gen == 0 || len(ev.Device) > maxDeviceID {
+			t.Fatalf("accepted device_kick event %+v", ev)
+		}
+	case EventRead:
+		if ev.ReaderUserID == 0 || ev.UpToSeq == 0 || ev.Conv == "" || len(ev.Conv) > maxConvKey {
+			t.Fatalf("accepted read event %+v", ev)
+		}
+	case EventTyping:
+		if ev.UserID == 0 || ev.Username != "" && ValidateUsername(ev.Username) != nil {
+			t.Fatalf("accepted typing event %+v", ev)
+		}
+	case EventPresence:
+		if ev.UserID == 0 || ev.LastSeenMs < 0 || ev.Online && ev.LastSeenMs != 0 ||
+			ev.Username != "" && ValidateUsername(ev.Username) != nil {
+			t.Fatalf("accepted presence event %+v", ev)
+		}
+	case EventGroupMember:
+		if ev.UserID == 0 || ev.GroupID == 0 {
+			t.Fatalf("accepted group_member event %+v", ev)
+		}
+	case EventKick:
+		if ValidateKickText(ev.Text) != nil {
+			t.Fatalf("accepted kick event %+v", ev)
+		}
+	default:
+		t.Fatalf("accepted type %q", ev.Type)
+	}
+}
+
+// roundTrip fails t unless ev encodes to JSON that parse reads back as ev.
+func roundTrip(t *testing.T, ev *ChannelEvent, parse func([]byte) (*ChannelEvent, error)) {
+	t.Helper()
+	b, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := parse(b)
+	if err != nil || !reflect.DeepEqual(ev, again) {
+		t.Fatalf("round trip of %s: %v, %+v != %+v", b, err, again, ev)
+	}
 }

@@ -167,6 +167,8 @@ func KickReasonName(r chatpb.KickReason) string {
 		return "store_reset"
 	case chatpb.KickReason_KICK_REASON_DEVICE_LIMIT:
 		return "device_limit"
+	case chatpb.KickReason_KICK_REASON_DISCONNECTED_BY_SERVER:
+		return "disconnected_by_server"
 	}
 	return "unspecified"
 }

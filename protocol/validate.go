@@ -23,7 +23,8 @@ const (
 	MaxConvListLimit = 500  // conversations per ListConversations
 	DefConvListLimit = 100  // conversations per ListConversations when limit is 0
 	MaxTokenLength   = 512
-	LoginDeadlineSec = 10 // default seconds to log in after connecting
+	MaxKickText      = 256 // bytes of UTF-8 in Kicked.message from the API (a disconnect's reason)
+	LoginDeadlineSec = 10  // default seconds to log in after connecting
 )
 
 // ValidateUsername checks 3–32 characters of [a-zA-Z0-9_.-].
@@ -67,6 +68,12 @@ func ValidateGroupName(name string) error {
 // ValidateGroupDescription checks a group description: valid UTF-8, 0–512 bytes.
 func ValidateGroupDescription(desc string) error {
 	return validateUTF8("group description", desc, 0, MaxGroupDesc)
+}
+
+// ValidateKickText checks what a kick tells the client: valid UTF-8,
+// 0–256 bytes.
+func ValidateKickText(text string) error {
+	return validateUTF8("reason", text, 0, MaxKickText)
 }
 
 // ValidateClientMsgID checks an idempotency key: at most 64 bytes (empty

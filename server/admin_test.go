@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -212,7 +213,16 @@ func TestNoSecretsInLogs(t *testing.T) {
 	opts := testOptions(t, EngineGnet)
 	opts.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	opts.TokenSecret = []byte("super-secret-token-key")
+	const apiKey, wrongKey, apiPassword = "super-secret-api-key", "wrong-secret-api-key", "api-made-password"
+	opts.APIAddr, opts.APIKeys = "127.0.0.1:0", []APIKey{apiKey}
 	ts := startServer(t, opts)
+	opts.Logger.Info("the options, as a careless operator might log them", "opts", fmt.Sprintf("%+v", opts), "keys", opts.APIKeys)
+	api := newAPIClient(t, ts)
+	api.key = apiKey
+	api.ok("POST", "/api/v1/users", map[string]any{"username": "yan", "password": apiPassword}, http.StatusCreated, nil)
+	api.ok("POST", "/api/v1/publish", map[string]any{"to_user": "yan", "text": "hello"}, http.StatusOK, nil)
+	api.key = wrongKey
+	api.fails("GET", "/api/v1/stats", nil, http.StatusUnauthorized, "UNAUTHENTICATED")
 	const password = "very-secret-password"
 	rc := dial(t, ts.addr)
 	expectOK(t, rc.do(registerReq("zed", password)))
@@ -230,7 +240,11 @@ func TestNoSecretsInLogs(t *testing.T) {
 	if !strings.Contains(out, `"user":"zed"`) || !strings.Contains(out, `"conn":`) || !strings.Contains(out, `"remote":"127.0.0.1:`) {
 		t.Fatalf("connection log lines lack conn, user or remote:\n%s", out)
 	}
-	for _, secret := range []string{password, token, "super-secret-token-key", token[strings.LastIndex(token, ".")+1:]} {
+	if !strings.Contains(out, `"route":"GET /api/v1/stats","status":401`) {
+		t.Fatalf("the refused API call is not logged:\n%s", out)
+	}
+	for _, secret := range []string{password, token, "super-secret-token-key", token[strings.LastIndex(token, ".")+1:],
+		apiKey, wrongKey, apiPassword} {
 		if strings.Contains(out, secret) {
 			t.Fatalf("a secret (%q...) reached the logs", secret[:4])
 		}

@@ -29,14 +29,17 @@ type RedisBrokerConfig struct {
 }
 
 // RedisBroker routes events over Redis pub/sub, one channel per user
-// (<prefix>user:<id>), all on one pub/sub connection per node. Publishes
-// from concurrent requests share pipelines. go-redis re-dials and
-// re-subscribes a broken pub/sub connection by itself; the broker notices
-// the gap and asks the server to resync every local user from its inbox
-// (Event.Resync), since anything published meanwhile was missed live.
+// (<prefix>user:<id>), one per group some local session is a member of
+// (<prefix>group:<id>), and the broadcast channel (<prefix>broadcast),
+// all on one pub/sub connection per node. Publishes from concurrent
+// requests share pipelines. go-redis re-dials and re-subscribes a broken
+// pub/sub connection by itself, every channel in one SUBSCRIBE; the broker
+// notices the gap and asks the server to resync every local user from its
+// inbox (Event.Resync), since anything published meanwhile was missed live.
 type RedisBroker struct {
 	rdb     *redis.Client
 	p       string
+	bcast   string // the broadcast channel
 	handler EventHandler
 	log     *slog.Logger
 	cfg     RedisBrokerConfig
@@ -68,6 +71,16 @@ func NewRedisBroker(cfg RedisBrokerConfig, handler EventHandler) *RedisBroker {
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	b.bcast = protocol.BroadcastChannel(b.p)
+	// Every node hears broadcasts from the start. Not waited for: a
+	// login's own SUBSCRIBE follows this one on the same connection, so a
+	// node has it by the time it has a session; and should Redis be down
+	// now, go-redis keeps the channel and subscribes it when it connects.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	if err := b.ps.Subscribe(ctx, b.bcast); err != nil {
+		b.log.Warn("broadcast channel not subscribed yet; retried when pub/sub connects", "err", err)
+	}
+	cancel()
 	go b.receive()
 	return b
 }
@@ -115,6 +128,56 @@ func (b *RedisBroker) dropWaiter(ch string, w chan struct{}) {
 	}
 }
 
+// SubscribeGroups subscribes the channels of gids in one SUBSCRIBE and
+// waits until Redis confirmed each. On failure the channels stay in
+// go-redis's set, which a reconnect subscribes again (and the server then
+// resyncs every local user): the caller's index of groups keeps them too.
+func (b *RedisBroker) SubscribeGroups(ctx context.Context, gids []uint64) error {
+	if len(gids) == 0 {
+		return nil
+	}
+	chans := make([]string, len(gids))
+	ws := make([]chan struct{}, len(gids))
+	b.mu.Lock()
+	for i, gid := range gids {
+		chans[i] = protocol.GroupChannel(b.p, gid)
+		ws[i] = make(chan struct{})
+		b.waiters[chans[i]] = append(b.waiters[chans[i]], ws[i])
+	}
+	b.mu.Unlock()
+	err := b.ps.Subscribe(ctx, chans...)
+	for i := 0; err == nil && i < len(ws); i++ {
+		select {
+		case <-ws[i]:
+			continue
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-b.stop:
+			err = fmt.Errorf("broker closed")
+		}
+	}
+	if err != nil {
+		b.mu.Lock()
+		for i, ch := range chans {
+			b.dropWaiter(ch, ws[i])
+		}
+		b.mu.Unlock()
+	}
+	return redisErr(err)
+}
+
+// UnsubscribeGroups unsubscribes the channels of gids in one UNSUBSCRIBE.
+func (b *RedisBroker) UnsubscribeGroups(ctx context.Context, gids []uint64) error {
+	if len(gids) == 0 {
+		return nil // an UNSUBSCRIBE without channels would drop them all
+	}
+	chans := make([]string, len(gids))
+	for i, gid := range gids {
+		chans[i] = protocol.GroupChannel(b.p, gid)
+	}
+	return redisErr(b.ps.Unsubscribe(ctx, chans...))
+}
+
 func (b *RedisBroker) Unsubscribe(ctx context.Context, uid uint64) error {
 	b.mu.Lock()
 	delete(b.subs, uid)
@@ -131,7 +194,7 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 		ce = protocol.ChannelEvent{Type: protocol.EventMessage, MsgID: protocol.Uint64(m.MsgId),
 			FromUserID: m.FromUserId, FromUsername: m.FromUsername, ToUserID: m.ToUserId,
 			GroupID: m.GroupId, Text: m.Text, SentAtMs: m.SentAtMs, Seq: m.Seq, Epoch: ev.Epoch,
-			NodeID: ev.OriginNode, ConnID: ev.OriginConn, Device: ev.OriginDevice}
+			NodeID: ev.OriginNode, ConnID: ev.OriginConn, Device: ev.OriginDevice, To: ev.To}
 	case ev.Login != nil:
 		ce = protocol.ChannelEvent{Type: protocol.EventLogin, NodeID: ev.Login.NodeID,
 			ConnID: ev.Login.ConnID, AtMs: ev.Login.AtMs, Gen: ev.Login.Gen, Epoch: ev.Login.Epoch, Device: ev.Login.Device}
@@ -144,7 +207,13 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 	case ev.Typing != nil:
 		n := ev.Typing
 		ce = protocol.ChannelEvent{Type: protocol.EventTyping, UserID: n.UserID, Username: n.Username,
-			GroupID: n.GroupID, Epoch: ev.Epoch}
+			GroupID: n.GroupID, Epoch: ev.Epoch, To: ev.To}
+	case ev.GroupMember != nil:
+		n := ev.GroupMember
+		ce = protocol.ChannelEvent{Type: protocol.EventGroupMember, UserID: n.UserID, GroupID: n.GroupID,
+			Joined: n.Joined, Seq: n.Seq, Epoch: ev.Epoch}
+	case ev.Kick != nil:
+		ce = protocol.ChannelEvent{Type: protocol.EventKick, Text: ev.Kick.Message, Epoch: ev.Epoch}
 	case ev.Read != nil:
 		r := ev.Read
 		ce = protocol.ChannelEvent{Type: protocol.EventRead, ReaderUserID: r.Reader, Conv: r.Conv.Key(),
@@ -155,10 +224,44 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 	return json.Marshal(ce)
 }
 
+// decodeChannelEvent reads a user channel's payload.
 func decodeChannelEvent(payload []byte) (Event, error) {
 	ce, err := protocol.ParseChannelEvent(payload)
 	if err != nil {
 		return Event{}, err
+	}
+	return eventOf(ce)
+}
+
+// decodeGroupEvent reads a payload on the channel of group gid: a message
+// or typing notice for the users in Event.To.
+func decodeGroupEvent(payload []byte, gid uint64) (Event, error) {
+	ce, err := protocol.ParseGroupEvent(payload, gid)
+	if err != nil {
+		return Event{}, err
+	}
+	ev, err := eventOf(ce)
+	ev.To = ce.To
+	return ev, err
+}
+
+// decodeBroadcastEvent reads a payload on the broadcast channel: a message
+// that is never stored, so it has no seq whatever it says.
+func decodeBroadcastEvent(payload []byte) (Event, error) {
+	ce, err := protocol.ParseBroadcastEvent(payload)
+	if err != nil {
+		return Event{}, err
+	}
+	ce.Seq = 0
+	ev, err := eventOf(ce)
+	ev.Broadcast = true
+	return ev, err
+}
+
+// eventOf is the Event a validated channel event stands for.
+func eventOf(ce *protocol.ChannelEvent) (Event, error) {
+	if ce.Type == protocol.EventGroupMember {
+		return Event{Epoch: ce.Epoch, GroupMember: &GroupMemberNotice{UserID: ce.UserID, GroupID: ce.GroupID, Joined: ce.Joined, Seq: ce.Seq}}, nil
 	}
 	if ce.Type == protocol.EventRead {
 		conv, err := ParseConversationKey(ce.Conv)
@@ -178,6 +281,9 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 	}
 	if ce.Type == protocol.EventTyping {
 		return Event{Epoch: ce.Epoch, Typing: &TypingNotice{UserID: ce.UserID, Username: ce.Username, GroupID: ce.GroupID}}, nil
+	}
+	if ce.Type == protocol.EventKick {
+		return Event{Epoch: ce.Epoch, Kick: &KickNotice{Message: ce.Text}}, nil
 	}
 	if ce.Type == protocol.EventDeviceKick {
 		return Event{Epoch: ce.Epoch, DeviceKick: &DeviceSession{Device: ce.Device, Gen: ce.Gen}}, nil
@@ -221,6 +327,36 @@ func (b *RedisBroker) Publish(ctx context.Context, uids []uint64, ev Event) (int
 		}
 	}
 	return online, nil
+}
+
+// PublishGroup sends one PUBLISH to the group's channel, the recipients
+// listed in the payload.
+func (b *RedisBroker) PublishGroup(ctx context.Context, gid uint64, to []uint64, ev Event) (int, error) {
+	ev.To = to
+	return b.publishOne(ctx, protocol.GroupChannel(b.p, gid), ev)
+}
+
+// Broadcast sends one PUBLISH to the broadcast channel.
+func (b *RedisBroker) Broadcast(ctx context.Context, ev Event) (int, error) {
+	ev.To = nil
+	return b.publishOne(ctx, b.bcast, ev)
+}
+
+// publishOne publishes ev to channel, through the shared pipelines, and
+// returns how many subscribers (nodes) it had.
+func (b *RedisBroker) publishOne(ctx context.Context, channel string, ev Event) (int, error) {
+	payload, err := encodeChannelEvent(ev)
+	if err != nil {
+		return 0, err
+	}
+	cmds, err := b.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		return []redis.Cmder{p.Publish(ctx, channel, payload)}
+	})
+	if err != nil {
+		return 0, err
+	}
+	n, err := cmds[0].(*redis.IntCmd).Result()
+	return int(n), redisErr(err)
 }
 
 // Online asks Redis how many subscribers each user channel has: a user is
@@ -297,11 +433,19 @@ func (b *RedisBroker) receive() {
 				}
 			}
 		case *redis.Message:
-			uid, ok := protocol.ParseUserChannel(b.p, m.Channel)
-			if !ok {
+			var uid uint64
+			var ev Event
+			var err error
+			if id, ok := protocol.ParseUserChannel(b.p, m.Channel); ok {
+				uid = id
+				ev, err = decodeChannelEvent([]byte(m.Payload))
+			} else if gid, ok := protocol.ParseGroupChannel(b.p, m.Channel); ok {
+				ev, err = decodeGroupEvent([]byte(m.Payload), gid)
+			} else if m.Channel == b.bcast {
+				ev, err = decodeBroadcastEvent([]byte(m.Payload))
+			} else {
 				continue
 			}
-			ev, err := decodeChannelEvent([]byte(m.Payload))
 			if err != nil {
 				b.log.Warn("dropped a bad channel payload", "channel", m.Channel, "err", err)
 				if b.cfg.OnFrameError != nil {

@@ -55,6 +55,7 @@ func (s *Server) joinCluster() error {
 	s.store = NewRedisStore(RedisConfig{Client: s.rdb, Prefix: o.RedisPrefix, InboxLimit: o.InboxLimit, History: o.History,
 		PublishMessages: true, ResetQuiet: o.NodeTTL})
 	s.ownsStore = true
+	s.storePublishes = true // group_member notices too
 	s.broker = NewRedisBroker(RedisBrokerConfig{
 		Client: s.rdb, Prefix: o.RedisPrefix, Logger: s.log,
 		OnFrameError: s.metrics.channelErrors.Inc,

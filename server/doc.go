@@ -13,8 +13,9 @@
 //     in parallel. The net engine runs them inline on the connection's
 //     reader goroutine, which gives the same order.
 //   - Writes to a connection (responses, pushes, kicks) may come from any
-//     goroutine and never block: they are queued (gnet AsyncWrite, or the
-//     net engine's writer queue), bounded in bytes by Options.MaxOutbound.
+//     goroutine and never block: they are queued (in the connection's out
+//     buffer, flushed by its gnet loop's writer task, or the net engine's
+//     writer queue), bounded in bytes by Options.MaxOutbound.
 //     A kick's frame is queued last, after whole frames only, and the
 //     connection closes once it is in the kernel — or is reset when the
 //     client has not read it within 30 s (defaultWriteWait); a stream never
@@ -24,7 +25,11 @@
 //     goroutines of its own: the message log writer (sends and acks, one
 //     fdatasync per batch) and the bbolt committer (everything else, and
 //     the lazy copy of logged messages and acks); a caller waits for the
-//     one its write needs.
+//     one its write needs. The group index (fanout.go) has one goroutine
+//     that applies changes to the group channels the node hears, in
+//     batches; a login or join waits for its batch's SUBSCRIBE, the
+//     broker's handler only queues (its queue grows with notices not yet
+//     applied, one per join or leave heard).
 //   - Every queue is bounded: mailboxes by Options.MaxPending, the run queue
 //     by the number of connections, outbound bytes by Options.MaxOutbound,
 //     the store's commit and log queues by their batch size (writers wait),

@@ -26,7 +26,10 @@ type gnetEngine struct {
 	gnet.BuiltinEventEngine
 	srv     *Server
 	loopsMu sync.Mutex
-	loops   map[gnet.EventLoop]prometheus.Gauge // open connections, labelled by loop number as first seen
+	loops   map[gnet.EventLoop]*gnetLoop
+	// outbufs holds the buffers transports gather frames in between
+	// flushes (*[]byte), so an idle connection keeps none.
+	outbufs sync.Pool
 	eng     gnet.Engine
 	booted  chan struct{}
 	exited  chan struct{} // closed when gnet.Run returns
@@ -35,7 +38,8 @@ type gnetEngine struct {
 
 func newGnetEngine(s *Server) *gnetEngine {
 	return &gnetEngine{srv: s, booted: make(chan struct{}), exited: make(chan struct{}),
-		loops: make(map[gnet.EventLoop]prometheus.Gauge)}
+		loops:   make(map[gnet.EventLoop]*gnetLoop),
+		outbufs: sync.Pool{New: func() any { b := make([]byte, 0, outbufSize); return &b }}}
 }
 
 func (e *gnetEngine) start() (net.Addr, error) {
@@ -116,7 +120,8 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if !e.srv.admit() {
 		return e.srv.serverFull, gnet.Close
 	}
-	t := &gnetTransport{c: c, limit: int64(e.srv.opts.MaxOutbound), wait: e.srv.opts.lingerWait}
+	loop := e.loop(c)
+	t := &gnetTransport{c: c, loop: loop, limit: int64(e.srv.opts.MaxOutbound), wait: e.srv.opts.lingerWait}
 	s := e.srv.newSession(c.RemoteAddr(), t)
 	t.sess = s
 	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
@@ -125,22 +130,23 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c.SetContext(s)
 	e.srv.addConn(s)
-	e.loopGauge(c).Inc()
+	loop.conns.Inc()
 	return nil, gnet.None
 }
 
-// loopGauge is the open-connections gauge of c's event loop, labelled
-// "0", "1", ... in the order the loops are first seen.
-func (e *gnetEngine) loopGauge(c gnet.Conn) prometheus.Gauge {
+// loop is what the engine keeps for c's event loop; its gauge is
+// labelled "0", "1", ... in the order the loops are first seen.
+func (e *gnetEngine) loop(c gnet.Conn) *gnetLoop {
 	el := c.EventLoop()
 	e.loopsMu.Lock()
 	defer e.loopsMu.Unlock()
-	g, ok := e.loops[el]
+	l, ok := e.loops[el]
 	if !ok {
-		g = e.srv.metrics.connsByLoop.WithLabelValues(strconv.Itoa(len(e.loops)))
-		e.loops[el] = g
+		l = &gnetLoop{el: el, bufs: &e.outbufs,
+			conns: e.srv.metrics.connsByLoop.WithLabelValues(strconv.Itoa(len(e.loops)))}
+		e.loops[el] = l
 	}
-	return g
+	return l
 }
 
 func (e *gnetEngine) OnClose(c gnet.Conn, err error) gnet.Action {
@@ -152,7 +158,10 @@ func (e *gnetEngine) OnClose(c gnet.Conn, err error) gnet.Action {
 		_ = c.SetLinger(0)
 	}
 	if s, ok := c.Context().(*session); ok {
-		e.loopGauge(c).Dec()
+		if t, ok := s.out.(*gnetTransport); ok {
+			t.gone = true
+			t.loop.conns.Dec()
+		}
 		s.closed(false)
 	}
 	return gnet.None
@@ -218,19 +227,90 @@ func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
 // only when the outbound buffer is empty — everything is in the kernel —
 // polling for that from a timer (gnet calls nothing when a buffer drains),
 // or resets the connection after lingerWait (OnClose).
+//
+// Frames are not handed to gnet one AsyncWrite each (a closure, a task and
+// a queue node apiece, and a wakeup of the loop): send appends them to
+// the transport's out buffer, and the loop's writer (gnetLoop) writes
+// every waiting transport's frames in one pass on the loop, each
+// transport's in one write.
 type gnetTransport struct {
 	c        gnet.Conn
+	loop     *gnetLoop
 	sess     *session
 	limit    int64
 	wait     time.Duration          // lingerWait
-	pending  atomic.Int64           // handed to AsyncWrite, callback not yet run
-	buffered atomic.Int64           // OutboundBuffered() at the last callback
+	pending  atomic.Int64           // accepted by send, not yet written on the loop
+	buffered atomic.Int64           // OutboundBuffered() at the last write
 	last     atomic.Pointer[[]byte] // set once: no more frames; this one goes last
 
+	mu    sync.Mutex
+	out   *[]byte // frames waiting for the loop's writer; nil while none wait
+	ready bool    // in the loop's ready list
+
+	// Loop only.
+	gone bool // OnClose ran: the fd may already be another connection's
 	// Loop only, once last is set.
 	lastWritten bool
 	giveUpAt    time.Time
 	pollEvery   time.Duration
+}
+
+// outbufSize is the capacity of a pooled out buffer. One grown past
+// outbufKeep (a big LoginOK, a burst to a slow reader) is not pooled.
+const (
+	outbufSize = 4 << 10
+	outbufKeep = 64 << 10
+)
+
+// gnetLoop is the engine's state for one event loop: its connection
+// gauge, and the writer that flushes transports' frames on the loop.
+type gnetLoop struct {
+	el    gnet.EventLoop
+	conns prometheus.Gauge
+	bufs  *sync.Pool
+
+	mu        sync.Mutex
+	ready     []*gnetTransport // with frames waiting, in the order they got them
+	spare     []*gnetTransport // the other list, swapped in by each flush
+	scheduled bool             // a flush is queued on the loop and has not started
+}
+
+// add puts t, which got its first waiting frame, in the ready list, and
+// queues a flush unless one is queued already: under load one flush, one
+// task and one wakeup serve many frames.
+func (l *gnetLoop) add(t *gnetTransport) {
+	l.mu.Lock()
+	l.ready = append(l.ready, t)
+	schedule := !l.scheduled
+	l.scheduled = true
+	l.mu.Unlock()
+	if schedule {
+		if err := l.el.Execute(context.Background(), l); err != nil {
+			// The engine is stopping: nothing will be written any more.
+			l.mu.Lock()
+			l.scheduled = false
+			l.mu.Unlock()
+		}
+	}
+}
+
+// Run flushes every ready transport; on the loop (gnet.Runnable).
+func (l *gnetLoop) Run(context.Context) error {
+	l.mu.Lock()
+	ready := l.ready
+	l.ready, l.spare = l.spare[:0], nil
+	l.scheduled = false // sends from here on queue another flush
+	l.mu.Unlock()
+	for i, t := range ready {
+		t.flush()
+		ready[i] = nil
+	}
+	l.mu.Lock()
+	if l.spare == nil {
+		l.spare = ready[:0]
+	}
+	l.mu.Unlock()
+	return nil
 }
 
 // noLastFrame marks a transport closed by close(): nothing more to write.
@@ -251,24 +331,56 @@ func (t *gnetTransport) send(frame []byte) {
 		t.sess.slowConsumer()
 		return
 	}
-	_ = t.c.AsyncWrite(frame, func(c gnet.Conn, err error) error {
-		rest := t.pending.Add(-n)
-		if t.last.Load() != nil {
-			if rest == 0 && err == nil {
-				t.finish(c)
-			}
-			return nil
+	t.mu.Lock()
+	if t.out == nil {
+		t.out = t.loop.bufs.Get().(*[]byte)
+	}
+	*t.out = append(*t.out, frame...)
+	first := !t.ready
+	t.ready = true
+	t.mu.Unlock()
+	if first {
+		t.loop.add(t)
+	}
+}
+
+// flush writes the frames waiting in out, on the loop.
+func (t *gnetTransport) flush() {
+	t.mu.Lock()
+	out := t.out
+	t.out, t.ready = nil, false
+	t.mu.Unlock()
+	if out == nil {
+		return
+	}
+	n := int64(len(*out))
+	var err error
+	if t.gone {
+		err = net.ErrClosed
+	} else {
+		// What the socket does not take now, gnet copies into its
+		// outbound buffer: out can go back to the pool.
+		_, err = t.c.Write(*out)
+	}
+	if cap(*out) <= outbufKeep {
+		*out = (*out)[:0]
+		t.loop.bufs.Put(out)
+	}
+	rest := t.pending.Add(-n)
+	if t.last.Load() != nil {
+		if rest == 0 && err == nil {
+			t.finish(t.c)
 		}
-		if err != nil {
-			return nil
-		}
-		ob := int64(c.OutboundBuffered())
-		t.buffered.Store(ob)
-		if ob > t.limit {
-			t.sess.slowConsumer()
-		}
-		return nil
-	})
+		return
+	}
+	if err != nil {
+		return
+	}
+	ob := int64(t.c.OutboundBuffered())
+	t.buffered.Store(ob)
+	if ob > t.limit {
+		t.sess.slowConsumer()
+	}
 }
 
 // retract uncounts a frame that was not handed to the loop after all.

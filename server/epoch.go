@@ -141,13 +141,22 @@ type epochKey struct{}
 
 // withEpoch marks ctx with the store epoch a request is made under.
 func withEpoch(ctx context.Context, epoch string) context.Context {
+	return withEpochOf(ctx, &epoch)
+}
+
+// withEpochOf is withEpoch with an epoch that outlives the request (a
+// session's): the context holds the pointer, so every request costs one
+// allocation here, not two.
+func withEpochOf(ctx context.Context, epoch *string) context.Context {
 	return context.WithValue(ctx, epochKey{}, epoch)
 }
 
 // requestEpoch is the store epoch ctx was marked with ("" if none).
 func requestEpoch(ctx context.Context) string {
-	e, _ := ctx.Value(epochKey{}).(string)
-	return e
+	if e, _ := ctx.Value(epochKey{}).(*string); e != nil {
+		return *e
+	}
+	return ""
 }
 
 // requestOrStoreEpoch is the epoch a request was made under, or else the

@@ -58,6 +58,12 @@ var (
 	ErrFanoutLimited = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "group message rate limit: a send to a big group counts as one request per 100 members")
 	// ErrRateLimited: the connection exceeded its request rate.
 	ErrRateLimited = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "request rate limit exceeded")
+	// ErrBanned: a login (with the right password, or a valid token) of an account the API banned.
+	ErrBanned = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "this account is banned")
+	// ErrTokensRefused: a token login while the API has the account's token logins refused; the password works.
+	ErrTokensRefused = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, "token logins of this account are refused for now; log in with the password")
+	// ErrUsernameReserved: Register (or the API's user creation) of the name the API sends as (--api-system-user).
+	ErrUsernameReserved = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, "username is reserved")
 )
 
 // clientError converts err into what the client is told: protocol errors

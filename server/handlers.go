@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -42,11 +43,11 @@ func (c *session) handle(f *chatpb.Frame) {
 		}
 		// The store checks its writes against the epoch the session (or,
 		// before login, the node) was under when the request came.
-		ep := c.srv.epoch()
 		if u := c.user.Load(); u != nil {
-			ep = u.epoch
+			ctx = withEpochOf(ctx, &u.epoch)
+		} else {
+			ctx = withEpoch(ctx, c.srv.epoch())
 		}
-		ctx = withEpoch(ctx, ep)
 	}
 
 	var resp *chatpb.Frame
@@ -127,22 +128,32 @@ func (c *session) handle(f *chatpb.Frame) {
 func okFrame() *chatpb.Frame { return &chatpb.Frame{Body: &chatpb.Frame_Ok{Ok: &chatpb.OK{}}} }
 
 func (c *session) register(ctx context.Context, req *chatpb.Register) (*chatpb.Frame, error) {
-	if err := protocol.ValidateUsername(req.Username); err != nil {
-		return nil, err
-	}
-	if err := protocol.ValidatePassword(req.Password); err != nil {
-		return nil, err
-	}
-	hash, err := c.srv.hasher.hash(req.Password)
-	if err != nil {
-		return nil, err
-	}
-	u, err := c.srv.store.CreateUser(ctx, req.Username, hash)
+	u, err := c.srv.createUser(ctx, req.Username, req.Password)
 	if err != nil {
 		return nil, err
 	}
 	c.logger().Info("registered", "user_id", u.ID, "user", u.Name)
 	return &chatpb.Frame{Body: &chatpb.Frame_RegisterOk{RegisterOk: &chatpb.RegisterOK{UserId: u.ID}}}, nil
+}
+
+// createUser registers an account with a valid name and password: a
+// client's Register, or the API's user creation. The name the API sends
+// as is never anyone's.
+func (s *Server) createUser(ctx context.Context, name, password string) (User, error) {
+	if err := protocol.ValidateUsername(name); err != nil {
+		return User{}, err
+	}
+	if err := protocol.ValidatePassword(password); err != nil {
+		return User{}, err
+	}
+	if strings.EqualFold(name, s.opts.APISystemUser) {
+		return User{}, ErrUsernameReserved
+	}
+	hash, err := s.hasher.hash(password)
+	if err != nil {
+		return User{}, err
+	}
+	return s.store.CreateUser(ctx, name, hash)
 }
 
 // login authenticates, makes this the user's only session (newest wins),
@@ -183,6 +194,7 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	}
 	info := &sessionUser{id: u.ID, name: u.Name, loginAtMs: now.UnixMilli(), gen: gen, epoch: ep,
 		device: device, box: boxOf(u.ID, reg.Slot)}
+	info.from = sender{box: info.box, device: device, node: c.srv.opts.NodeID, conn: c.id}
 
 	// Hold live pushes from the moment we subscribe until the replay is
 	// done: subscribe first, then read the inbox, so nothing falls between.
@@ -253,6 +265,22 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	if ok.Friends, ok.Groups, friends, err = c.contacts(ctx, u.ID); err != nil {
 		c.logger().Warn("login: contacts unavailable", "err", err)
 	}
+	// Hear the user's groups before the replay reads the inbox: a group
+	// message stored from then on reaches this node live (fanout.go). A
+	// join that the list read missed is announced on the user's channel,
+	// which this node already hears.
+	if err == nil {
+		gids := make([]uint64, len(ok.Groups))
+		for i, g := range ok.Groups {
+			gids[i] = g.GroupId
+		}
+		_, err = c.srv.groups.add(ctx, u.ID, gids)
+	} else {
+		err = c.srv.hearGroups(ctx, u.ID)
+	}
+	if err != nil {
+		return abandon(err)
+	}
 	// Online to friends from now: after the friend list was read, so that
 	// a friend's change from here on reaches this session after LoginOK
 	// (pushes wait for the replay), and the list is never newer than it.
@@ -287,11 +315,15 @@ func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch str
 		}
 		u, err := c.srv.store.Account(ctx, uid)
 		if errors.Is(err, ErrUserNotFound) || err == nil && u.Nonce != nonce {
-			// Gone, or the id now names another account: the token was
-			// issued to someone else.
+			// Gone, or the id now names another account (or the API
+			// revoked the account's tokens): the token was issued to
+			// someone else.
 			return User{}, ErrBadToken
 		}
-		return u, err
+		if err != nil {
+			return User{}, err
+		}
+		return u, loginAllowed(u, time.Now(), true)
 	}
 	if err := protocol.ValidateUsername(req.Username); err != nil {
 		return User{}, err
@@ -312,7 +344,7 @@ func (c *session) authenticate(ctx context.Context, req *chatpb.Login, epoch str
 		c.srv.guard.failed(c.remoteAddr(), time.Now())
 		return User{}, ErrBadCredentials
 	}
-	return u, nil
+	return u, loginAllowed(u, time.Now(), false)
 }
 
 // contacts lists uid's friends and groups with their presence now, and
@@ -412,6 +444,9 @@ type sendReceipt struct {
 	seq      uint64
 }
 
+// sendMessage checks a client's Send and resolves its recipients, as the
+// logged-in user may send (a group only by a member, paying for its size in
+// the rate limit); storeAndPush does the rest.
 func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceipt, error) {
 	u := c.user.Load()
 	if err := protocol.ValidateText(req.Text); err != nil {
@@ -446,12 +481,7 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 		if !g.HasMember(u.id) {
 			return sendReceipt{}, ErrNotMember
 		}
-		m.GroupId = g.ID
-		for _, mem := range g.Members {
-			if mem.UserID != u.id {
-				recipients = append(recipients, mem.UserID)
-			}
-		}
+		m.GroupId, recipients = g.ID, g.recipients(u.id)
 		if !c.allowFanout(len(recipients)) {
 			c.srv.metrics.rateLimited.Inc()
 			return sendReceipt{}, ErrFanoutLimited
@@ -459,25 +489,52 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	default:
 		return sendReceipt{}, ErrNoRecipient
 	}
-	m.MsgId, m.SentAtMs = c.srv.ids.next(time.Now())
-
-	from := sender{box: u.box, device: u.device, node: c.srv.opts.NodeID, conn: c.id}
-	appendCtx := ctx
+	o := outgoing{msg: m, recipients: recipients, clientMsgID: req.ClientMsgId, epoch: u.epoch}
 	if m.ToUserId != u.id {
 		// The sender's other devices get it too. (A note to yourself
 		// already goes to every device of yours, this one included.)
-		appendCtx = withSendingDevice(ctx, from)
+		o.from = &u.from
 	}
-	res, err := c.srv.store.AppendMessage(appendCtx, m, recipients, req.ClientMsgId)
+	return c.srv.storeAndPush(ctx, o)
+}
+
+// outgoing is one message to store and push, whoever asked for it: a
+// client's Send, or the API's publish and broadcast (api.go).
+type outgoing struct {
+	// msg has its sender, its recipient (ToUserId or GroupId) and its text;
+	// storeAndPush gives it its id, time and seq.
+	msg         *chatpb.Message
+	recipients  []uint64
+	clientMsgID string // "": not idempotent
+	epoch       string // the store epoch it is sent under (epoch.go)
+	// from is the sending session, if any: the sender's other devices get
+	// the message too, and that session does not. A message from a
+	// program has none (nil), and the sender's devices get nothing
+	// (withSendingDevice).
+	from *sender
+}
+
+// storeAndPush stores o.msg durably for its recipients, then pushes it to
+// those online through the broker: the one send path of the node. Once it
+// returns nil the message is stored, whatever happened to the push.
+func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, error) {
+	m, recipients := o.msg, o.recipients
+	m.MsgId, m.SentAtMs = s.ids.next(time.Now())
+
+	appendCtx := ctx
+	if o.from != nil {
+		appendCtx = withSender(ctx, o.from)
+	}
+	res, err := s.store.AppendMessage(appendCtx, m, recipients, o.clientMsgID)
 	if err != nil {
 		return sendReceipt{}, err
 	}
-	c.srv.metrics.inboxTrimmed.Add(float64(res.Trimmed))
-	c.srv.metrics.historyTrimmed.Add(float64(res.HistoryTrimmed))
+	s.metrics.inboxTrimmed.Add(float64(res.Trimmed))
+	s.metrics.historyTrimmed.Add(float64(res.HistoryTrimmed))
 	online := 0
 	switch {
 	case res.Duplicate:
-		flags, err := c.srv.broker.Online(ctx, recipients)
+		flags, err := s.broker.Online(ctx, recipients)
 		if err == nil {
 			for _, f := range flags {
 				if f {
@@ -486,27 +543,48 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 			}
 		}
 	case res.Published:
-		c.srv.metrics.messagesSent.Inc()
+		s.metrics.messagesSent.Inc()
 		online = res.Online
-		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
+		stored := len(recipients)
+		if res.Recipients > 0 {
+			stored = res.Recipients // the group's members at the append
+		}
+		s.metrics.storedOffline.Add(float64(stored - online))
 	default:
-		c.srv.metrics.messagesSent.Inc()
+		s.metrics.messagesSent.Inc()
 		// Stored: SendOK is now true whatever happens to the live push.
-		ev := Event{Message: m, Epoch: u.epoch}
+		ev := Event{Message: m, Epoch: o.epoch}
 		if res.Encoded != nil {
 			ev.frame = protocol.EncodeMessagePush(res.Encoded)
 		} else if ev.frame, err = encodePush(m); err != nil {
 			return sendReceipt{}, err
 		}
-		if online, err = c.srv.broker.Publish(ctx, recipients, ev); err != nil {
-			c.logger().Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
+		if m.GroupId != 0 {
+			// One event for the group's recipients online and the
+			// sender's other devices (not the sending one: the origin
+			// says so).
+			var copies uint64
+			if o.from != nil {
+				ev.OriginNode, ev.OriginConn, ev.OriginDevice = o.from.node, o.from.conn, o.from.device
+				if res.SenderCopies > 0 {
+					copies = m.FromUserId
+				}
+			}
+			if online, err = s.publishGroupMessage(ctx, m.GroupId, recipients, copies, ev); err != nil {
+				s.log.Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
+			}
+			s.metrics.storedOffline.Add(float64(len(recipients) - online))
+			break
 		}
-		c.srv.metrics.storedOffline.Add(float64(len(recipients) - online))
+		if online, err = s.broker.Publish(ctx, recipients, ev); err != nil {
+			s.log.Warn("live push failed; message waits in the inbox", "msg_id", m.MsgId, "err", err)
+		}
+		s.metrics.storedOffline.Add(float64(len(recipients) - online))
 		if res.SenderCopies > 0 {
-			// The sender's other devices; this device is left out.
-			ev.OriginNode, ev.OriginConn, ev.OriginDevice = from.node, from.conn, from.device
-			if _, err := c.srv.broker.Publish(ctx, []uint64{u.id}, ev); err != nil {
-				c.logger().Warn("live push to the sender's devices failed; it waits in their inboxes", "msg_id", m.MsgId, "err", err)
+			// The sender's other devices; the sending device is left out.
+			ev.OriginNode, ev.OriginConn, ev.OriginDevice = o.from.node, o.from.conn, o.from.device
+			if _, err := s.broker.Publish(ctx, []uint64{m.FromUserId}, ev); err != nil {
+				s.log.Warn("live push to the sender's devices failed; it waits in their inboxes", "msg_id", m.MsgId, "err", err)
 			}
 		}
 	}
@@ -579,7 +657,7 @@ func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*ch
 	if err := protocol.ValidateGroupDescription(req.Description); err != nil {
 		return nil, err
 	}
-	g, err := c.srv.store.CreateGroup(ctx, c.user.Load().id, req.Name, req.Description, c.srv.opts.limits())
+	g, err := c.srv.createGroup(ctx, c.user.Load().id, req.Name, req.Description)
 	if err != nil {
 		return nil, err
 	}
@@ -587,14 +665,14 @@ func (c *session) createGroup(ctx context.Context, req *chatpb.CreateGroup) (*ch
 }
 
 func (c *session) joinGroup(ctx context.Context, req *chatpb.JoinGroup) (*chatpb.Frame, error) {
-	if err := c.srv.store.JoinGroup(ctx, req.GroupId, c.user.Load().id, c.srv.opts.limits()); err != nil {
+	if err := c.srv.joinGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil
 }
 
 func (c *session) leaveGroup(ctx context.Context, req *chatpb.LeaveGroup) (*chatpb.Frame, error) {
-	if err := c.srv.store.LeaveGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
+	if err := c.srv.leaveGroup(ctx, req.GroupId, c.user.Load().id); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil

@@ -41,6 +41,8 @@ type metrics struct {
 	slowConsumers    prometheus.Counter
 	rateLimited      prometheus.Counter
 	externalPushes   prometheus.Counter
+	broadcasts       prometheus.Counter
+	groupChannels    prometheus.Gauge
 	pubsubReconnects prometheus.Counter
 	channelErrors    prometheus.Counter
 	storeResets      prometheus.Counter
@@ -57,6 +59,7 @@ type metrics struct {
 	logBatch         prometheus.Histogram
 	redisLatency     *prometheus.HistogramVec // cmd
 	redisErrors      *prometheus.CounterVec   // cmd
+	apiRequests      *prometheus.CounterVec   // route, code
 }
 
 func newMetrics() *metrics {
@@ -108,10 +111,14 @@ func newMetrics() *metrics {
 			Name: "loopchat_rate_limited_total", Help: "Requests refused by the per-connection rate or in-flight limit."}),
 		externalPushes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_external_pushes_total", Help: "Messages published to user channels by other programs (pushed live, not stored)."}),
+		broadcasts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "loopchat_broadcasts_total", Help: "Broadcast messages this node pushed to all its logged-in sessions."}),
+		groupChannels: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "loopchat_group_channels", Help: "Group channels this node hears: groups with a member logged in here, as far as it knows."}),
 		pubsubReconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_pubsub_reconnects_total", Help: "Times the Redis pub/sub connection came back after a loss."}),
 		channelErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "loopchat_channel_payload_errors_total", Help: "User channel payloads dropped as invalid JSON or events."}),
+			Name: "loopchat_channel_payload_errors_total", Help: "User, group or broadcast channel payloads dropped as invalid JSON or events."}),
 		storeResets: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_store_resets_total", Help: "Times this node found the store's epoch changed (the store lost its data, was replaced or rolled back) and kicked every session."}),
 		staleEvents: prometheus.NewCounter(prometheus.CounterOpts{
@@ -147,13 +154,16 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"cmd"}),
 		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "loopchat_redis_errors_total", Help: "Redis commands that failed, by command."}, []string{"cmd"}),
+		apiRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loopchat_api_requests_total", Help: "HTTP API calls, by route (its pattern, or \"unmatched\") and HTTP status code."},
+			[]string{"route", "code"}),
 	}
 	m.registry.MustRegister(m.connsOpen, m.connsByLoop, m.connsTotal, m.requests, m.logins,
 		m.loginFailures, m.loginThrottled, m.connsRefused, m.messagesSent, m.deliveredLive, m.deliveredReplay, m.storedOffline,
 		m.inboxReplay, m.inboxTrimmed, m.historyTrimmed, m.frameErrors, m.kicks, m.slowConsumers, m.rateLimited,
-		m.externalPushes, m.pubsubReconnects, m.channelErrors, m.storeResets, m.staleEvents, m.deviceKicks,
+		m.externalPushes, m.broadcasts, m.groupChannels, m.pubsubReconnects, m.channelErrors, m.storeResets, m.staleEvents, m.deviceKicks,
 		m.presenceChanges, m.presencePending, m.presenceSwept, m.presenceErrors, m.typingNotices, m.storeCommit, m.storeBatch, m.logSync, m.logBatch,
-		m.redisLatency, m.redisErrors,
+		m.redisLatency, m.redisErrors, m.apiRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -140,6 +141,19 @@ type Options struct {
 	// AdminAddr serves /metrics, /healthz, /readyz and /debug/pprof/ over
 	// HTTP. Empty means off.
 	AdminAddr string
+	// APIAddr serves the HTTP server API (api.go, docs/api.md): what an
+	// application's backend asks of the whole cluster, from any node.
+	// Empty means off.
+	APIAddr string
+	// APIKeys are the bearer keys the API accepts; APIAddr needs at least
+	// one. A key removed from the list is refused from the next start.
+	// Empty means none (and no API).
+	APIKeys []APIKey
+	// APISystemUser names the account the API sends as when a call names
+	// no sender: made on first use with no password that can log in, and
+	// refused to Register on every node. Give every node the same. Empty
+	// means "system".
+	APISystemUser string
 	// GCHeadroom is how many bytes of garbage the heap may hold above its
 	// live size while the node is busy, so that it collects less often
 	// under load (gctune.go); an idle node goes back to GOGC 100. GOGC is
@@ -163,6 +177,26 @@ type Options struct {
 	// make one short and still read at leisure after the other.
 	lingerWait time.Duration
 }
+
+// APIKey is a bearer key of the HTTP API (Options.APIKeys). Printed in
+// any way, logged or marshalled it reads "[redacted]", so a dump of the
+// options shows no key.
+type APIKey string
+
+// redacted is what an APIKey prints as.
+const redacted = "[redacted]"
+
+// String hides the key from fmt's %v and %s (a struct's fields too).
+func (APIKey) String() string { return redacted }
+
+// GoString hides the key from %#v.
+func (APIKey) GoString() string { return `"` + redacted + `"` }
+
+// LogValue hides the key from log/slog.
+func (APIKey) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// MarshalText hides the key from encoding/json and other encoders.
+func (APIKey) MarshalText() ([]byte, error) { return []byte(redacted), nil }
 
 // defaultWriteWait bounds how long a kicked connection lingers for its
 // client to read Kicked and the frames queued before it; past it the
@@ -268,6 +302,20 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.NodeTTL <= 0 {
 		c.NodeTTL = 3 * c.Heartbeat
+	}
+	if c.APISystemUser == "" {
+		c.APISystemUser = "system"
+	}
+	if err := protocol.ValidateUsername(c.APISystemUser); err != nil {
+		return c, fmt.Errorf("API system user %q: %w", c.APISystemUser, err)
+	}
+	if c.APIAddr != "" && len(c.APIKeys) == 0 {
+		return c, errors.New("the HTTP API (--api-addr) needs at least one key (--api-key): it serves only callers that present one")
+	}
+	for _, k := range c.APIKeys {
+		if k == "" {
+			return c, errors.New("an API key (--api-key) is empty")
+		}
 	}
 	if c.TokenSecret == nil && c.Redis == "" {
 		// A cluster shares its secret through Redis instead (see New).

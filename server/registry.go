@@ -140,3 +140,33 @@ func (r *registry) close(ctx context.Context) {
 	releaseNumberScript.Eval(ctx, pipe, []string{r.numKey(num)}, nodeID)
 	_, _ = pipe.Exec(ctx)
 }
+
+// list reads the registry: every node whose entry has not expired, as
+// `loopchat lb` discovers them (loadbalance.ListNodes, which this package
+// cannot import: its tests import this one).
+func (r *registry) list(ctx context.Context) ([]protocol.NodeInfo, error) {
+	ids, err := r.rdb.ZRange(ctx, protocol.NodesKey(r.p), 0, -1).Result()
+	if err != nil || len(ids) == 0 {
+		return nil, redisErr(err)
+	}
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = protocol.NodeKey(r.p, id)
+	}
+	vals, err := r.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, redisErr(err)
+	}
+	out := make([]protocol.NodeInfo, 0, len(vals))
+	for _, v := range vals {
+		s, ok := v.(string)
+		if !ok {
+			continue // expired: the node is gone
+		}
+		var info protocol.NodeInfo
+		if json.Unmarshal([]byte(s), &info) == nil && info.NodeID != "" {
+			out = append(out, info)
+		}
+	}
+	return out, nil
+}

@@ -39,6 +39,7 @@ type Server struct {
 	registry *registry     // cluster mode only
 	addr     net.Addr      // where the engine listens
 	admin    *admin.Server // nil unless Options.AdminAddr
+	api      *api          // nil unless Options.APIAddr
 
 	startedAt  time.Time
 	nextConnID atomic.Uint64
@@ -56,6 +57,12 @@ type Server struct {
 	users      userTable // logged-in users on this node
 	presence   *presence
 	transients *transientFlusher
+	groups     *groupIndex // the group channels this node hears (fanout.go)
+	// memberLocks order each user's joins and leaves made here
+	// (memberLock); storePublishes says the store's scripts publish
+	// group_member notices themselves (cluster mode).
+	memberLocks    [64]sync.Mutex
+	storePublishes bool
 
 	// ctx is cancelled when the server has shut down; request handlers use it.
 	ctx    context.Context
@@ -120,6 +127,7 @@ func New(o Options) (*Server, error) {
 	s.users.init()
 	s.presence = newPresence(s)
 	s.transients = newTransientFlusher()
+	s.groups = newGroupIndex(s)
 	tk := newTokens(opts.TokenSecret, opts.TokenTTL)
 	s.tokens.Store(&tk)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -189,6 +197,7 @@ func (s *Server) Start() (net.Addr, error) {
 	}
 	go s.sweep()
 	go s.transients.run()
+	go s.groups.run()
 	if s.registry != nil {
 		s.epochStop, s.epochDone = make(chan struct{}), make(chan struct{})
 		go s.watchEpoch(s.epochStop, s.epochDone)
@@ -214,6 +223,14 @@ func (s *Server) Start() (net.Addr, error) {
 			return nil, err
 		}
 		s.log.Info("admin endpoints", "addr", s.admin.Addr().String())
+	}
+	if s.opts.APIAddr != "" {
+		s.api = newAPI(s)
+		if err := s.api.start(s.opts.APIAddr); err != nil {
+			_ = s.Shutdown(context.Background())
+			return nil, err
+		}
+		s.log.Info("HTTP API", "addr", s.api.ln.Addr().String(), "keys", len(s.opts.APIKeys))
 	}
 	if s.registry != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -270,6 +287,17 @@ func (s *Server) shutdown(ctx context.Context) error {
 		}
 		cancel()
 	}
+	// The API stops taking calls while the clients drain; calls under way
+	// get until the drain is over, or 5 s, to finish.
+	apiClosed := make(chan struct{})
+	go func() {
+		defer close(apiClosed)
+		if s.api != nil {
+			actx, cancel := context.WithTimeout(ctx, max(s.opts.DrainWindow, 5*time.Second))
+			defer cancel()
+			s.api.close(actx)
+		}
+	}()
 	s.drain(ctx)
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -280,6 +308,10 @@ func (s *Server) shutdown(ctx context.Context) error {
 	s.stopBackground()
 	s.presence.close() // settles what waits on one node: before the store closes
 	s.cancel()
+	<-apiClosed
+	if s.api != nil {
+		s.api.wait() // what still runs saw s.ctx end: before the store closes
+	}
 	if s.registry != nil {
 		s.registry.close(stopCtx)
 	}
@@ -361,6 +393,7 @@ func (s *Server) stopBackground() {
 		}
 		s.runq.close()
 		s.workers.Wait()
+		s.groups.close()
 	})
 }
 
@@ -431,17 +464,23 @@ func (s *Server) sweep() {
 }
 
 // onEvent is the broker's handler: route an event to this node's sessions
-// of uid (one per device), if any.
+// of uid (one per device), if any; a group event to those of the users it
+// lists, a broadcast to every session (fanout.go).
 func (s *Server) onEvent(uid uint64, ev Event) {
+	switch {
+	case ev.Broadcast:
+		s.fanoutAll(ev)
+		return
+	case ev.To != nil:
+		s.fanout(ev)
+		return
+	case ev.GroupMember != nil:
+		s.onGroupMember(uid, ev)
+		return
+	}
 	cs := s.users.get(uid)
-	if len(cs) > 1 && ev.frame == nil {
-		// Once for all the user's devices here.
-		switch {
-		case ev.Presence != nil:
-			ev.frame = ev.Presence.encode()
-		case ev.Typing != nil:
-			ev.frame = ev.Typing.encode()
-		}
+	if len(cs) > 1 {
+		ev = s.shared(ev) // once for all the user's devices here
 	}
 	for _, c := range cs {
 		s.deliver(c, ev)
@@ -520,6 +559,8 @@ func (s *Server) deliver(c *session, ev Event) {
 			frame = ev.Typing.encode()
 		}
 		c.pushTransient(frame)
+	case ev.Kick != nil:
+		c.kick(kickFor(ev.Kick))
 	case ev.DeviceKick != nil:
 		if ev.DeviceKick.Device == u.device && u.gen <= ev.DeviceKick.Gen {
 			c.kick(chatpb.KickReason_KICK_REASON_DEVICE_LIMIT,
@@ -578,6 +619,18 @@ func (t *userTable) get(uid uint64) []*session {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	return st.m[uid]
+}
+
+// count is how many users have a session here.
+func (t *userTable) count() int {
+	n := 0
+	for i := range t.stripes {
+		st := &t.stripes[i]
+		st.mu.RLock()
+		n += len(st.m)
+		st.mu.RUnlock()
+	}
+	return n
 }
 
 // bindUser makes c (logged in as me) the session of me's device, subscribing
@@ -642,4 +695,5 @@ func (s *Server) unbindUser(ctx context.Context, u *sessionUser, c *session) {
 	if err := s.broker.Unsubscribe(ctx, uid); err != nil {
 		s.log.Warn("unsubscribe failed", "user_id", uid, "err", err)
 	}
+	s.groups.gone(uid)
 }

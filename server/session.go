@@ -21,9 +21,11 @@ import (
 // transport is an engine's write side of one connection. Every method is
 // safe for concurrent use and none blocks.
 type transport interface {
-	// send queues an encoded frame; the transport owns it afterwards. When
-	// more than the outbound limit is waiting, the connection is closed as a
-	// slow consumer instead.
+	// send queues an encoded frame. The transport only reads it, and
+	// nothing may change it afterwards: one push's bytes are shared by
+	// every connection they go to (fanout.go). When more than the outbound
+	// limit is waiting, the connection is closed as a slow consumer
+	// instead.
 	send(frame []byte)
 	// sendAndClose makes frame the last one: nothing is accepted after it,
 	// it is written whole after the frames accepted before it, and the
@@ -47,6 +49,7 @@ type sessionUser struct {
 	epoch     string // the store epoch the session logged in under (epoch.go)
 	device    string // Login.device_id ("" also when Options.MaxDevices is 1)
 	box       uint64 // the device's inbox (device.go)
+	from      sender // this session as the sender of its messages
 }
 
 // mailItem is one unit of a session's ordered work: a request, or the
@@ -85,6 +88,10 @@ type replayState struct {
 	// messages: at login they come after LoginOK, whose friend list they
 	// update.
 	frames [][]byte
+	// again: a resync was asked for while this replay ran (the net engine
+	// runs a login's replay beside the worker that takes the resync), so
+	// the inbox is read once more before the held pushes go out.
+	again bool
 }
 
 // maxHeldPushes bounds live pushes buffered during a replay; beyond it the
@@ -205,9 +212,11 @@ func (c *session) received(payload []byte, inline bool) bool {
 	f, err := protocol.Decode(payload)
 	var invalid *protocol.InvalidFrameError
 	switch {
+	case err == nil:
+		// errors.As would take &invalid: a heap variable per frame.
 	case errors.As(err, &invalid):
 		f = &chatpb.Frame{Seq: invalid.Seq}
-	case err != nil:
+	default:
 		c.protocolError("garbage", err, inline)
 		return false
 	}
@@ -520,15 +529,15 @@ func (c *session) resync(retry time.Duration) {
 	if u == nil {
 		return
 	}
-	c.pushMu.Lock()
-	replaying := c.replay != nil
-	c.pushMu.Unlock()
-	if replaying {
-		return
-	}
 	// A login notice may be among what was missed: a newer session of
 	// this user elsewhere means this one must go.
-	latest, err := c.srv.store.LatestSession(withEpoch(c.srv.ctx, u.epoch), u.id, u.device)
+	ctx := withEpoch(c.srv.ctx, u.epoch)
+	latest, err := c.srv.store.LatestSession(ctx, u.id, u.device)
+	if err == nil && latest <= u.gen {
+		// So may a group_member notice: hear every group of the user's
+		// before the replay reads the inbox (fanout.go).
+		err = c.srv.hearGroups(ctx, u.id)
+	}
 	switch {
 	case errors.Is(err, ErrStoreReset):
 		// Redis came back without this session's store: replaying would
@@ -536,9 +545,9 @@ func (c *session) resync(retry time.Duration) {
 		c.srv.pokeEpoch()
 		return
 	case err != nil:
-		// Unknown whether a newer login happened meanwhile: ask again
-		// soon, from a timer, not by holding a worker. The replay waits
-		// too; the inbox keeps everything.
+		// Unknown whether a newer login happened meanwhile, or which
+		// groups to hear: ask again soon, from a timer, not by holding a
+		// worker. The replay waits too; the inbox keeps everything.
 		next := min(max(2*retry, minResyncRetry), maxResyncRetry)
 		time.AfterFunc(next, func() {
 			if !c.isGone() && !c.kicked.Load() {
@@ -550,7 +559,14 @@ func (c *session) resync(retry time.Duration) {
 		c.kick(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, "logged in elsewhere while this node was cut off")
 		return
 	}
-	c.beginReplay()
+	c.pushMu.Lock()
+	if r := c.replay; r != nil {
+		r.again = true // that replay reads the inbox once more
+		c.pushMu.Unlock()
+		return
+	}
+	c.replay = &replayState{sent: make(map[uint64]struct{})}
+	c.pushMu.Unlock()
 	c.replayInbox(c.srv.ctx, u.box)
 }
 
@@ -608,7 +624,12 @@ func (c *session) replayInbox(ctx context.Context, box uint64) {
 		if r.overflow {
 			// Too many live pushes to hold: they are all in the inbox, so
 			// read it again; the sent set keeps each message to one push.
-			r.overflow, r.held, after = false, nil, 0
+			r.overflow, r.held, r.again, after = false, nil, false, 0
+			c.pushMu.Unlock()
+			continue
+		}
+		if r.again {
+			r.again, after = false, 0
 			c.pushMu.Unlock()
 			continue
 		}

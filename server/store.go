@@ -17,7 +17,19 @@ type User struct {
 	// as the second. Zero for accounts made before nonces (and from
 	// UserByID and UserByName, which do not read it).
 	Nonce uint64
+	// BannedUntilMs: the account may not log in before this time, unix ms
+	// (0: not banned; math.MaxInt64: until the ban is lifted). Read by
+	// Credentials and Account only, as Nonce.
+	BannedUntilMs int64
+	// TokensRefusedUntilMs: logins with a token are refused before this
+	// time, unix ms (0: none; Store.RevokeTokens). Credentials and Account
+	// only.
+	TokensRefusedUntilMs int64
 }
+
+// nameOnly is u as the name lookups (UserByID, UserByName, Friends) give
+// it: id and name, none of the account's login state.
+func (u User) nameOnly() User { return User{ID: u.ID, Name: u.Name} }
 
 // Member is one user's membership of a group.
 type Member struct {
@@ -46,6 +58,18 @@ func (g *Group) HasMember(uid uint64) bool {
 		}
 	}
 	return false
+}
+
+// recipients are the members a message from sender to g goes to: all
+// but the sender.
+func (g *Group) recipients(sender uint64) []uint64 {
+	out := make([]uint64, 0, len(g.Members))
+	for _, m := range g.Members {
+		if m.UserID != sender {
+			out = append(out, m.UserID)
+		}
+	}
+	return out
 }
 
 // AppendResult is what Store.AppendMessage did.
@@ -78,6 +102,10 @@ type AppendResult struct {
 	// message went to (see withSendingDevice): when above zero, the caller
 	// pushes it to the sender's user too (unless Published).
 	SenderCopies int
+	// Recipients is how many users the message was stored for when the
+	// store chose them (a group message on the Redis store: its members
+	// at the append, the sender left out); 0 when it took the caller's.
+	Recipients int
 }
 
 // Limits bound what one user or one group may gather. The store checks
@@ -114,6 +142,17 @@ type Store interface {
 	UserByName(ctx context.Context, name string) (User, error)
 	// UserByID finds a user by id, without the hash (cacheable likewise).
 	UserByID(ctx context.Context, id uint64) (User, error)
+	// Users lists up to limit (>= 1) users with ids above after, in id
+	// order, by name only: what a durable broadcast walks (api.go).
+	Users(ctx context.Context, after uint64, limit int) ([]User, error)
+	// SetBan keeps uid from logging in until untilMs (unix ms;
+	// math.MaxInt64: until lifted), or lifts the ban (0). Credentials and
+	// Account report it; the server refuses the login (accounts.go).
+	SetBan(ctx context.Context, uid uint64, untilMs int64) error
+	// RevokeTokens gives uid a new nonce, so that every token issued
+	// before is refused for good, and refuses uid's token logins until
+	// untilMs (unix ms; 0 or past: no such window), in one write.
+	RevokeTokens(ctx context.Context, uid uint64, untilMs int64) error
 
 	// AddFriend makes a and b friends of each other, unless either already
 	// has lim.FriendsPerUser friends (ErrTooManyFriends).
@@ -136,11 +175,21 @@ type Store interface {
 	Group(ctx context.Context, gid uint64) (Group, error)
 	// GroupsOf lists the groups uid belongs to, with their members.
 	GroupsOf(ctx context.Context, uid uint64) ([]Group, error)
+	// GroupIDs lists the ids of the groups uid belongs to, ascending: what
+	// GroupsOf lists, without reading the groups (a node's index of the
+	// groups it must hear, fanout.go).
+	GroupIDs(ctx context.Context, uid uint64) ([]uint64, error)
 
 	// AppendMessage durably appends m to its conversation
 	// (ConversationOf) and to the inbox (box, device.go) of every device
 	// of every recipient known when m was sent, and of every other device
-	// of the sender when ctx names the sending device (withSendingDevice). It sets m.Seq
+	// of the sender when ctx names the sending device (withSendingDevice).
+	// For a group message the Redis store ignores recipients and takes
+	// the group's members, all but the sender, in the same atomic write
+	// that takes the seq: a join or leave racing the send then falls
+	// wholly before or after it, so the message goes to exactly the
+	// members whose JoinedSeq is below its seq (AppendResult.Recipients
+	// says how many). The embedded store takes recipients as given. It sets m.Seq
 	// to the conversation's next seq in that same durable write, so seqs
 	// have no gaps and a message is never seen under a seq before every
 	// lower one is stored; the stored and published copies carry it. When

@@ -88,6 +88,10 @@ type userRecord struct {
 	Name  string `json:"name"`
 	Hash  []byte `json:"hash"`
 	Nonce uint64 `json:"nonce,omitempty"` // absent in records from before nonces
+	// Ban and TokRev are User.BannedUntilMs and User.TokensRefusedUntilMs
+	// (accounts.go); absent: 0.
+	Ban    int64 `json:"ban,omitempty"`
+	TokRev int64 `json:"tokrev,omitempty"`
 }
 
 type groupRecord struct {
@@ -383,7 +387,8 @@ func getUser(tx *bolt.Tx, id uint64) (User, error) {
 	if err := json.Unmarshal(v, &rec); err != nil {
 		return User{}, fmt.Errorf("store: user %d: %w", id, err)
 	}
-	return User{ID: id, Name: rec.Name, PasswordHash: rec.Hash, Nonce: rec.Nonce}, nil
+	return User{ID: id, Name: rec.Name, PasswordHash: rec.Hash, Nonce: rec.Nonce,
+		BannedUntilMs: rec.Ban, TokensRefusedUntilMs: rec.TokRev}, nil
 }
 
 func (s *BoltStore) Account(_ context.Context, id uint64) (u User, err error) {
@@ -400,8 +405,7 @@ func (s *BoltStore) UserByName(ctx context.Context, name string) (User, error) {
 		return s.UserByID(ctx, id)
 	}
 	u, err := s.Credentials(ctx, name)
-	u.PasswordHash, u.Nonce = nil, 0
-	return u, err
+	return u.nameOnly(), err
 }
 
 func (s *BoltStore) Credentials(_ context.Context, name string) (u User, err error) {
@@ -430,8 +434,7 @@ func (s *BoltStore) UserByID(_ context.Context, id uint64) (u User, err error) {
 	if err == nil {
 		s.remember(u)
 	}
-	u.PasswordHash, u.Nonce = nil, 0
-	return u, err
+	return u.nameOnly(), err
 }
 
 func (s *BoltStore) remember(u User) {
@@ -492,7 +495,7 @@ func (s *BoltStore) Friends(_ context.Context, uid uint64) (out []User, err erro
 			if err != nil {
 				return err
 			}
-			u.PasswordHash, u.Nonce = nil, 0
+			u = u.nameOnly()
 			out = append(out, u)
 			learned = append(learned, u)
 		}
@@ -669,6 +672,18 @@ func (s *BoltStore) GroupsOf(_ context.Context, uid uint64) (out []Group, err er
 				return err
 			}
 			out = append(out, g)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *BoltStore) GroupIDs(_ context.Context, uid uint64) (out []uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		prefix := u64(uid)
+		c := tx.Bucket(bucketUserGroups).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
+			out = append(out, binary.BigEndian.Uint64(k[8:]))
 		}
 		return nil
 	})

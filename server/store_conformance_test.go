@@ -43,6 +43,94 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 			t.Fatalf("Account of an unknown id = %v", err)
 		}
 	})
+	t.Run("bans and token revocation", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "alice", []byte("hash-a"))
+		b, _ := s.CreateUser(ctx, "bob", []byte("hash-b"))
+		if err := s.SetBan(ctx, a.ID, 1234); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.Credentials(ctx, "alice"); err != nil || got.BannedUntilMs != 1234 || string(got.PasswordHash) != "hash-a" {
+			t.Fatalf("Credentials of a banned user = %+v, %v", got, err)
+		}
+		if got, err := s.Account(ctx, a.ID); err != nil || got.BannedUntilMs != 1234 || got.Nonce != a.Nonce {
+			t.Fatalf("Account of a banned user = %+v, %v", got, err)
+		}
+		if got, _ := s.Account(ctx, b.ID); got.BannedUntilMs != 0 || got.TokensRefusedUntilMs != 0 {
+			t.Fatalf("bob, neither banned nor revoked: %+v", got)
+		}
+		if got, _ := s.UserByName(ctx, "alice"); got.ID != a.ID || got.BannedUntilMs != 0 || got.PasswordHash != nil {
+			t.Fatalf("UserByName gives login state: %+v", got)
+		}
+		if err := s.SetBan(ctx, a.ID, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.Credentials(ctx, "alice"); got.BannedUntilMs != 0 {
+			t.Fatalf("ban not lifted: %+v", got)
+		}
+		if err := s.RevokeTokens(ctx, a.ID, 5678); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Account(ctx, a.ID)
+		if err != nil || got.Nonce == a.Nonce || got.Nonce == 0 || got.TokensRefusedUntilMs != 5678 || got.Name != "alice" {
+			t.Fatalf("Account after RevokeTokens = %+v, %v; want a new nonce and the window", got, err)
+		}
+		if c, _ := s.Credentials(ctx, "alice"); string(c.PasswordHash) != "hash-a" || c.Nonce != got.Nonce {
+			t.Fatalf("RevokeTokens touched the password or the name: %+v", c)
+		}
+		if err := s.RevokeTokens(ctx, a.ID, 0); err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := s.Account(ctx, a.ID); again.Nonce == got.Nonce || again.TokensRefusedUntilMs != 0 {
+			t.Fatalf("second RevokeTokens = %+v", again)
+		}
+		for _, err := range []error{s.SetBan(ctx, 999999, 1), s.RevokeTokens(ctx, 999999, 1)} {
+			if !errors.Is(err, ErrUserNotFound) {
+				t.Fatalf("on an unknown user: %v, want ErrUserNotFound", err)
+			}
+		}
+		if _, err := s.Account(ctx, 999999); !errors.Is(err, ErrUserNotFound) {
+			t.Fatalf("a failed ban made user 999999: %v", err)
+		}
+	})
+	t.Run("user list", func(t *testing.T) {
+		s := open(t, 100)
+		if got, err := s.Users(ctx, 0, 10); err != nil || len(got) != 0 {
+			t.Fatalf("Users of an empty store = %v, %v", got, err)
+		}
+		var want []User
+		for i := range 7 {
+			u, err := s.CreateUser(ctx, fmt.Sprintf("user%d", i), []byte("h"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, User{ID: u.ID, Name: u.Name})
+		}
+		var got []User
+		for after := uint64(0); ; {
+			page, err := s.Users(ctx, after, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			if len(page) > 3 {
+				t.Fatalf("a page of %d, limit 3", len(page))
+			}
+			got = append(got, page...)
+			after = page[len(page)-1].ID
+		}
+		same := func(a, b []User) bool {
+			return slices.EqualFunc(a, b, func(x, y User) bool { return x.ID == y.ID && x.Name == y.Name && x.PasswordHash == nil })
+		}
+		if !same(got, want) {
+			t.Fatalf("Users pages = %v, want %v", got, want)
+		}
+		if got, _ := s.Users(ctx, want[5].ID, 100); !same(got, want[6:]) {
+			t.Fatalf("Users after the sixth = %v", got)
+		}
+	})
 	t.Run("session generations", func(t *testing.T) {
 		s := open(t, 100)
 		if g, err := s.LatestSession(ctx, 7, ""); err != nil || g != 0 {
@@ -211,6 +299,19 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		bg, err := s.GroupsOf(ctx, b.ID)
 		if err != nil || len(bg) != 2 {
 			t.Fatalf("b's groups = %v, %v", bg, err)
+		}
+		ids, err := s.GroupIDs(ctx, b.ID)
+		if err != nil || !slices.Equal(ids, []uint64{min(g.ID, g2.ID), max(g.ID, g2.ID)}) {
+			t.Fatalf("b's group ids = %v, %v; want %d and %d", ids, err, g.ID, g2.ID)
+		}
+		if err := s.LeaveGroup(ctx, g.ID, b.ID); err != nil {
+			t.Fatal(err)
+		}
+		if ids, err := s.GroupIDs(ctx, b.ID); err != nil || !slices.Equal(ids, []uint64{g2.ID}) {
+			t.Fatalf("b's group ids after leaving %d = %v, %v", g.ID, ids, err)
+		}
+		if ids, err := s.GroupIDs(ctx, 999999); err != nil || len(ids) != 0 {
+			t.Fatalf("group ids of nobody = %v, %v", ids, err)
 		}
 		if _, err := s.Group(ctx, 999999); !errors.Is(err, ErrGroupNotFound) {
 			t.Fatalf("unknown group = %v", err)

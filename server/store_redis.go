@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // Key layout in Redis (P is the prefix, "loopchat:" by default). Ids are
@@ -24,7 +25,7 @@ import (
 // BYLEX) is msg_id order without the 53-bit limit of sorted-set scores.
 //
 //	P user:seq                 INCR source of user ids
-//	P user:<uid>               HASH name, hash
+//	P user:<uid>               HASH name, hash, nonce, ban, tokrev (accounts.go)
 //	P username:<lower name>    STRING uid
 //	P friends:<uid>            ZSET friend uid -> add order
 //	P friend:seq               INCR source of friendship order
@@ -99,7 +100,9 @@ return 1`)
 	// KEYS: user:<uid>, group:seq, member:seq, user:<uid>:groups; computes
 	// group:<gid>, :members, :roles. The creator's JoinedSeq is 0 (nothing
 	// written): the group's conversation starts with the group. Several
-	// slots.
+	// slots. ARGV[7], ARGV[8]: the creator's channel and the group_member
+	// event to publish there ("": none) without its group_id, which the
+	// script adds.
 	scriptCreateGroup = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local lim = tonumber(ARGV[6])
@@ -110,6 +113,7 @@ redis.call('HSET', g, 'name', ARGV[2], 'description', ARGV[3], 'creator', ARGV[1
 redis.call('ZADD', g .. ':members', redis.call('INCR', KEYS[3]), ARGV[1])
 redis.call('HSET', g .. ':roles', ARGV[1], ARGV[5])
 redis.call('SADD', KEYS[4], gid)
+if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[7], string.sub(ARGV[8], 1, -2) .. ',"group_id":' .. gid .. '}') end
 return gid`)
 
 	// KEYS: group:<gid>, user:<uid>, group:<gid>:members, :roles,
@@ -121,6 +125,12 @@ return gid`)
 	// first, then add the member with it: a message sent in between shows
 	// in the joiner's history without having been sent to them, which is
 	// harmless, where the other order could hide one they were sent.
+	//
+	// ARGV: uid, gid, role, member limit, group limit, the user's channel,
+	// the group_member event to publish there ("": none), to which the
+	// script adds the JoinedSeq as "seq". Published in the script, so the
+	// user's channel carries joins and leaves in the order they happened:
+	// the last one a node hears is the membership (fanout.go).
 	scriptJoinGroup = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
@@ -130,36 +140,59 @@ if members > 0 and redis.call('ZCARD', KEYS[3]) >= members then return -3 end
 if groups > 0 and redis.call('SCARD', KEYS[5]) >= groups then return -4 end
 redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[6]), ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[8], ARGV[1], redis.call('GET', KEYS[7]) or '0')
+local joined = redis.call('GET', KEYS[7]) or '0'
+redis.call('HSET', KEYS[8], ARGV[1], joined)
 redis.call('SADD', KEYS[5], ARGV[2])
+if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[6], string.sub(ARGV[7], 1, -2) .. ',"seq":' .. joined .. '}') end
 return 1`)
 
 	// KEYS: group:<gid>, :members, :roles, user:<uid>:groups,
-	// group:<gid>:joined. The group's keys are one slot under a {g:<gid>}
-	// tag in a cluster; the user's set another.
+	// group:<gid>:joined. ARGV: uid, gid, the user's channel, the
+	// group_member event to publish there ("": none), as for a join. The
+	// group's keys are one slot under a {g:<gid>} tag in a cluster; the
+	// user's set another.
 	scriptLeaveGroup = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[2])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1`)
 
 	// KEYS: msg key, dedup key, {c:<conv>}:seq, :log, :first, and for a
-	// 1:1 conversation both users' {u:<uid>}:convs. ARGV: body (without
+	// 1:1 conversation both users' {u:<uid>}:convs, for a group message
+	// group:<gid>:members. ARGV: body (without
 	// seq), member, inbox limit, dedup TTL seconds (0: no dedup), msg_id,
 	// prefix, channel payload ("": do not publish), sent_at (8 bytes),
 	// history max messages (0: no bound), history cutoff ms (drop messages
 	// sent before it; 0: none), history TTL ms (0: none), conversation
 	// key, sent_at ms, the sender's uid when the sending device is known
-	// (else 0), that device's slot, recipient uids... Reads
+	// (else 0), that device's slot, the group's channel ("": a 1:1
+	// message), the sender's uid, recipient uids (1:1 only)... A group
+	// message goes to the group's members as the script finds them, all
+	// but the sender: the same atomic step that takes the seq, so exactly
+	// the members who joined below it (JoinedSeq) get it. Reads
 	// {u:<uid>}:devices of each recipient (and the sender), computes the
 	// inbox of each of their devices' boxes and msg:<id> of the messages
-	// trimmed from them, and publishes to user:<uid> channels (the
-	// sender's too when the message went to another of its devices).
-	// Returns {1, dedup value} for a duplicate (nothing stored or
-	// published), else {0, inbox trimmed, online recipients, seq, history
-	// trimmed, boxes of the sender's other devices}.
+	// trimmed from them, and publishes: a 1:1 message to user:<uid>
+	// channels (the sender's too when the message went to another of its
+	// devices), a group message once to group:<gid> with "to" listing the
+	// recipients whose user channel has a subscriber (PUBSUB NUMSUB), and
+	// the sender when it went to another of their devices. Returns {1, dedup
+	// value} for a duplicate (nothing stored or published), else {0, inbox
+	// trimmed, online recipients, seq, history trimmed, boxes of the
+	// sender's other devices, recipients}.
+	//
+	// A group message is one PUBLISH however many members and nodes:
+	// Redis forwards it to each node subscribed to the group's channel (a
+	// node holding a member's session), and each node pushes it to its own
+	// sessions of the users listed, encoded once (fanout.go). Listing only
+	// the online recipients is safe: a user whose channel has no
+	// subscriber has no session anywhere yet, and a login subscribes the
+	// user's channel, then the groups', and only then reads the inbox,
+	// where this message already is. It keeps the payload to the online
+	// part of a big group.
 	//
 	// The seq is taken (INCR) and the message stored under it in this one
 	// script, so a seq is never taken without its message, and no message
@@ -269,7 +302,8 @@ else
   redis.call('PERSIST', KEYS[4])
 end
 
-if #KEYS >= 7 then
+local group = ARGV[16] ~= ''
+if not group then
   redis.call('SADD', KEYS[6], ARGV[12])
   redis.call('SADD', KEYS[7], ARGV[12])
 end
@@ -296,9 +330,16 @@ local function boxes(uid, skip, out)
   end
   return n
 end
-local rcpt = 16
+local rcpts, senderIn = {}, false
+if group then
+  for _, u in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+    if u == ARGV[17] then senderIn = true else rcpts[#rcpts + 1] = u end
+  end
+else
+  for i = 18, #ARGV do rcpts[#rcpts + 1] = ARGV[i] end
+end
 local inboxes = {}
-for i = rcpt, #ARGV do boxes(ARGV[i], -1, inboxes) end
+for _, u in ipairs(rcpts) do boxes(u, -1, inboxes) end
 local senderCopies = 0
 if ARGV[14] ~= '0' then senderCopies = boxes(ARGV[14], tonumber(ARGV[15]), inboxes) end
 local n = #inboxes
@@ -326,12 +367,34 @@ end
 if dedup then redis.call('SET', KEYS[2], ARGV[5] .. ':' .. seqs, 'EX', ARGV[4]) end
 if ARGV[7] ~= '' then
   local payload = string.sub(ARGV[7], 1, -2) .. ',"seq":' .. seqs .. '}'
-  for i = rcpt, #ARGV do
-    if redis.call('PUBLISH', p .. 'user:' .. ARGV[i], payload) > 0 then online = online + 1 end
+  if not group then
+    for _, u in ipairs(rcpts) do
+      if redis.call('PUBLISH', p .. 'user:' .. u, payload) > 0 then online = online + 1 end
+    end
+    if senderCopies > 0 then redis.call('PUBLISH', p .. 'user:' .. ARGV[14], payload) end
+  else
+    local to = {}
+    for i = 1, #rcpts, 256 do
+      local chans = {}
+      for j = i, math.min(i + 255, #rcpts) do chans[#chans + 1] = p .. 'user:' .. rcpts[j] end
+      local subs = redis.call('PUBSUB', 'NUMSUB', unpack(chans))
+      for j = 2, #subs, 2 do
+        if subs[j] > 0 then to[#to + 1] = rcpts[i + j / 2 - 1] end
+      end
+    end
+    online = #to
+    if senderCopies > 0 then
+      -- The sender's other devices: a member's sessions are on nodes
+      -- that hear the group. One who left meanwhile is told directly.
+      if senderIn then to[#to + 1] = ARGV[14]
+      else redis.call('PUBLISH', p .. 'user:' .. ARGV[14], payload) end
+    end
+    if #to > 0 then
+      redis.call('PUBLISH', ARGV[16], string.sub(payload, 1, -2) .. ',"to":[' .. table.concat(to, ',') .. ']}')
+    end
   end
-  if senderCopies > 0 then redis.call('PUBLISH', p .. 'user:' .. ARGV[14], payload) end
 end
-return {0, trimmed, online, seq, htrimmed, senderCopies}`)
+return {0, trimmed, online, seq, htrimmed, senderCopies, #rcpts}`)
 
 	// KEYS: inbox key. ARGV: prefix, members... Computes msg:<id> of each
 	// acked message: in a cluster those would be the user's own copies
@@ -562,7 +625,7 @@ func (s *RedisStore) Account(ctx context.Context, id uint64) (User, error) {
 
 // account reads user id's record from Redis, with the hash if withHash.
 func (s *RedisStore) account(ctx context.Context, id uint64, withHash bool) (User, error) {
-	fields := []string{"name", "nonce"}
+	fields := []string{"name", "nonce", "ban", "tokrev"}
 	if withHash {
 		fields = append(fields, "hash")
 	}
@@ -578,8 +641,14 @@ func (s *RedisStore) account(ctx context.Context, id uint64, withHash bool) (Use
 	if nonce, ok := v[1].(string); ok {
 		u.Nonce, _ = strconv.ParseUint(nonce, 10, 64)
 	}
+	if ban, ok := v[2].(string); ok {
+		u.BannedUntilMs, _ = strconv.ParseInt(ban, 10, 64)
+	}
+	if rev, ok := v[3].(string); ok {
+		u.TokensRefusedUntilMs, _ = strconv.ParseInt(rev, 10, 64)
+	}
 	if withHash {
-		hash, _ := v[2].(string)
+		hash, _ := v[4].(string)
 		u.PasswordHash = []byte(hash)
 	}
 	return u, nil
@@ -703,8 +772,12 @@ func (s *RedisStore) Friends(ctx context.Context, uid uint64) ([]User, error) {
 }
 
 func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc string, lim Limits) (Group, error) {
+	ch, payload, err := s.memberEvent(ctx, 0, creator, true)
+	if err != nil {
+		return Group{}, err
+	}
 	keys, args := s.guard(ctx, []string{s.userKey(creator), s.p + "group:seq", s.p + "member:seq", s.userKey(creator) + ":groups"},
-		creator, name, desc, s.p, int(chatpb.Role_ROLE_CREATOR), lim.GroupsPerUser)
+		creator, name, desc, s.p, int(chatpb.Role_ROLE_CREATOR), lim.GroupsPerUser, ch, payload)
 	gid, err := scriptCreateGroup.Run(ctx, s.rdb, keys, args...).Int64()
 	switch {
 	case err != nil:
@@ -724,9 +797,13 @@ func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc
 
 func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits) error {
 	g := s.groupKey(gid)
+	ch, payload, err := s.memberEvent(ctx, gid, uid, true)
+	if err != nil {
+		return err
+	}
 	keys, args := s.guard(ctx, []string{g, s.userKey(uid), g + ":members", g + ":roles", s.userKey(uid) + ":groups", s.p + "member:seq",
 		s.convKey(GroupConversation(gid)) + "seq", g + ":joined"},
-		uid, gid, int(chatpb.Role_ROLE_MEMBER), lim.MembersPerGroup, lim.GroupsPerUser)
+		uid, gid, int(chatpb.Role_ROLE_MEMBER), lim.MembersPerGroup, lim.GroupsPerUser, ch, payload)
 	r, err := scriptJoinGroup.Run(ctx, s.rdb, keys, args...).Int()
 	switch {
 	case err != nil:
@@ -747,7 +824,11 @@ func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits)
 
 func (s *RedisStore) LeaveGroup(ctx context.Context, gid, uid uint64) error {
 	g := s.groupKey(gid)
-	keys, args := s.guard(ctx, []string{g, g + ":members", g + ":roles", s.userKey(uid) + ":groups", g + ":joined"}, uid, gid)
+	ch, payload, err := s.memberEvent(ctx, gid, uid, false)
+	if err != nil {
+		return err
+	}
+	keys, args := s.guard(ctx, []string{g, g + ":members", g + ":roles", s.userKey(uid) + ":groups", g + ":joined"}, uid, gid, ch, payload)
 	r, err := scriptLeaveGroup.Run(ctx, s.rdb, keys, args...).Int()
 	switch {
 	case err != nil:
@@ -758,6 +839,18 @@ func (s *RedisStore) LeaveGroup(ctx context.Context, gid, uid uint64) error {
 		return ErrNotMember
 	}
 	return nil
+}
+
+// memberEvent is the user channel and the group_member event a join
+// (joined) or leave publishes with PublishMessages; "" without. A join's
+// script adds the JoinedSeq, a creation's the group id (gid 0 here).
+func (s *RedisStore) memberEvent(ctx context.Context, gid, uid uint64, joined bool) (channel string, payload []byte, err error) {
+	if !s.cfg.PublishMessages {
+		return "", nil, nil
+	}
+	payload, err = encodeChannelEvent(Event{Epoch: s.requestOrStoreEpoch(ctx),
+		GroupMember: &GroupMemberNotice{UserID: uid, GroupID: gid, Joined: joined}})
+	return protocol.UserChannel(s.p, uid), payload, err
 }
 
 func (s *RedisStore) Group(ctx context.Context, gid uint64) (Group, error) {
@@ -772,13 +865,21 @@ func (s *RedisStore) Group(ctx context.Context, gid uint64) (Group, error) {
 }
 
 func (s *RedisStore) GroupsOf(ctx context.Context, uid uint64) ([]Group, error) {
+	gids, err := s.GroupIDs(ctx, uid)
+	if err != nil {
+		return nil, err
+	}
+	return s.groups(ctx, gids)
+}
+
+func (s *RedisStore) GroupIDs(ctx context.Context, uid uint64) ([]uint64, error) {
 	ids, err := s.rdb.SMembers(ctx, s.userKey(uid)+":groups").Result()
 	if err != nil {
 		return nil, redisErr(err)
 	}
 	gids := parseIDs(ids)
 	slices.Sort(gids)
-	return s.groups(ctx, gids)
+	return gids, nil
 }
 
 // groups loads groups with their members in one pipeline (plus one for
@@ -877,9 +978,15 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 		histTTL = hist.MaxAge.Milliseconds()
 	}
 	conv := ConversationOf(m)
-	args := make([]any, 0, 15+len(recipients))
+	groupChannel := ""
+	if conv.GroupID != 0 {
+		groupChannel = protocol.GroupChannel(s.p, conv.GroupID)
+		recipients = nil // the script reads the members
+	}
+	args := make([]any, 0, 17+len(recipients))
 	args = append(args, body, member, s.cfg.InboxLimit, ttl, m.MsgId, s.p, payload,
-		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL, conv.Key(), m.SentAtMs, senderUID, senderSlot)
+		sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL, conv.Key(), m.SentAtMs, senderUID, senderSlot,
+		groupChannel, m.FromUserId)
 	for _, uid := range recipients {
 		args = append(args, uid)
 	}
@@ -887,6 +994,8 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	keys := []string{s.p + "msg:" + member, dedupKey, ck + "seq", ck + "log", ck + "first"}
 	if conv.GroupID == 0 {
 		keys = append(keys, s.convsKey(conv.A), s.convsKey(conv.B))
+	} else {
+		keys = append(keys, s.groupKey(conv.GroupID)+":members")
 	}
 	keys, args = s.guard(ctx, keys, args...)
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
@@ -916,15 +1025,20 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	online, _ := res[2].(int64)
 	seq, _ := res[3].(int64)
 	histTrimmed, _ := res[4].(int64)
-	var senderCopies int64
-	if len(res) > 5 {
+	var senderCopies, rcpts int64
+	if len(res) > 6 {
 		senderCopies, _ = res[5].(int64)
+		rcpts, _ = res[6].(int64)
 	}
 	m.Seq = uint64(seq)
 	// The same bytes the script stored: the body and then field 8.
 	encoded := protowire.AppendVarint(protowire.AppendTag(body, 8, protowire.VarintType), m.Seq)
-	return AppendResult{Message: m, Encoded: encoded, Trimmed: int(trimmed), HistoryTrimmed: int(histTrimmed),
-		Published: payload != nil, Online: int(online), SenderCopies: int(senderCopies)}, nil
+	r := AppendResult{Message: m, Encoded: encoded, Trimmed: int(trimmed), HistoryTrimmed: int(histTrimmed),
+		Published: payload != nil, Online: int(online), SenderCopies: int(senderCopies)}
+	if conv.GroupID != 0 {
+		r.Recipients = int(rcpts)
+	}
+	return r, nil
 }
 
 // parseDedupValue reads a dedup key's value: "<msg_id>:<seq>", or a bare

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -384,4 +385,130 @@ func TestRedisStoreSchema(t *testing.T) {
 	if again, err := s.Epoch(ctx); err != nil || again != e {
 		t.Fatalf("Epoch over its own schema = %q, %v", again, err)
 	}
+}
+
+// A group message is stored for the group's members as the append script
+// finds them, whatever recipients the caller passed, and published once,
+// to the group's channel, listing the members online; joins and leaves
+// publish group_member on the user's channel in the same script.
+func TestRedisStoreGroupAppendPublishesOnce(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := testRedis(t)
+	s := NewRedisStore(RedisConfig{Client: rdb, Prefix: "pub:", PublishMessages: true})
+	defer s.Close()
+	var us []User
+	for _, n := range []string{"ann", "ben", "cat", "dan"} {
+		u, err := s.CreateUser(ctx, n, []byte("h"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		us = append(us, u)
+	}
+	a, b, c, d := us[0], us[1], us[2], us[3]
+	// a, b and d are "online" (their channels have a subscriber), and the
+	// group_member notices on them show.
+	ps := rdb.Subscribe(ctx, "pub:user:"+fmt.Sprint(a.ID), "pub:user:"+fmt.Sprint(b.ID), "pub:user:"+fmt.Sprint(d.ID))
+	defer ps.Close()
+	for range 3 {
+		if _, err := ps.Receive(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	notice := func(u User) GroupMemberNotice {
+		t.Helper()
+		got, err := ps.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := decodeChannelEvent([]byte(got.Payload))
+		if err != nil || got.Channel != "pub:user:"+fmt.Sprint(u.ID) || ev.GroupMember == nil {
+			t.Fatalf("on %s: %s (%v), want a group_member notice on %s's channel", got.Channel, got.Payload, err, u.Name)
+		}
+		return *ev.GroupMember
+	}
+	g, err := s.CreateGroup(ctx, a.ID, "g", "", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := notice(a); n != (GroupMemberNotice{UserID: a.ID, GroupID: g.ID, Joined: true}) {
+		t.Fatalf("the creator's notice %+v", n)
+	}
+	if err := ps.Subscribe(ctx, "pub:group:"+fmt.Sprint(g.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []User{b, c, d} {
+		if err := s.JoinGroup(ctx, g.ID, u.ID, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.LeaveGroup(ctx, g.ID, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []GroupMemberNotice{{UserID: b.ID, GroupID: g.ID, Joined: true}, {UserID: d.ID, GroupID: g.ID, Joined: true},
+		{UserID: d.ID, GroupID: g.ID}} {
+		if n := notice(map[uint64]User{b.ID: b, d.ID: d}[want.UserID]); n != want {
+			t.Fatalf("notice %+v, want %+v", n, want)
+		}
+	}
+
+	before := publishCalls(t, rdb)
+	m := testMessage(newMsgIDGen(0), a, "to the group")
+	m.GroupId = g.ID
+	// The caller's list is stale (d left, c is missing): the script's own
+	// reading of the members decides.
+	res, err := s.AppendMessage(ctx, m, []uint64{b.ID, d.ID}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := publishCalls(t, rdb) - before; n != 1 {
+		t.Fatalf("a group message cost %d PUBLISH calls, want 1", n)
+	}
+	if !res.Published || res.Online != 1 || res.Recipients != 2 {
+		t.Fatalf("append result Published=%v Online=%d Recipients=%d, want true, 1 (b), 2 (b, c)", res.Published, res.Online, res.Recipients)
+	}
+	got, err := ps.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := decodeGroupEvent([]byte(got.Payload), g.ID)
+	if err != nil || got.Channel != "pub:group:"+fmt.Sprint(g.ID) || ev.Message.GetMsgId() != m.MsgId || ev.Message.Seq != 1 ||
+		!slices.Equal(ev.To, []uint64{b.ID}) {
+		t.Fatalf("on %s: %s decodes to %+v, %v; want the message with seq 1 for b only", got.Channel, got.Payload, ev, err)
+	}
+	for _, u := range us[1:] {
+		in, err := s.Inbox(ctx, u.ID, 0, 10)
+		if err != nil || (len(in) == 1) != (u.ID != d.ID) {
+			t.Fatalf("inbox of %s = %v, %v", u.Name, in, err)
+		}
+	}
+	if extra, err := ps.ReceiveTimeout(ctx, 100*time.Millisecond); err == nil {
+		t.Fatalf("published again: %v", extra)
+	}
+	// A join's notice carries its JoinedSeq.
+	if err := s.JoinGroup(ctx, g.ID, d.ID, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := notice(d); n != (GroupMemberNotice{UserID: d.ID, GroupID: g.ID, Joined: true, Seq: 1}) {
+		t.Fatalf("d's rejoin notice %+v, want seq 1", n)
+	}
+}
+
+// publishCalls is Redis's count of PUBLISH commands run so far, those
+// scripts ran included.
+func publishCalls(t *testing.T, rdb *redis.Client) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_publish:calls="); ok {
+			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+			return n
+		}
+	}
+	return 0
 }

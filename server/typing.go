@@ -79,7 +79,14 @@ func (c *session) typingNotice(ctx context.Context, req *chatpb.Typing) (*chatpb
 	}
 	if len(to) > 0 {
 		ev := Event{Typing: n, Epoch: u.epoch, frame: n.encode()}
-		if _, err := c.srv.broker.Publish(ctx, to, ev); err != nil {
+		var err error
+		if n.GroupID != 0 {
+			// One event to the nodes that hear the group (fanout.go).
+			_, err = c.srv.broker.PublishGroup(ctx, n.GroupID, to, ev)
+		} else {
+			_, err = c.srv.broker.Publish(ctx, to, ev)
+		}
+		if err != nil {
 			// Transient: a notice that does not make it is simply not seen.
 			c.logger().Debug("typing notice not published", "err", err)
 		}

@@ -48,13 +48,23 @@ type Options struct {
 	JSON        bool // one JSON object per line on Out
 	Interactive bool // print a prompt and help; otherwise run a script
 	Out         io.Writer
+	// User, if set, logs in as this user before the first command, with
+	// Password. Without a Password, RunTerminal asks for it (no echo);
+	// Run, which has no terminal to ask on, fails.
+	User, Password string
 }
+
+// ErrNoPassword: Options.User without a Password, and no terminal to ask on.
+var ErrNoPassword = errors.New("--user needs --password (or $LOOPCHAT_PASSWORD) when stdin is not a terminal")
 
 // ErrConnect wraps a failure to reach the server (exit status non-zero).
 var ErrConnect = errors.New("cannot connect")
 
 // Run executes commands from in until /quit or end of input.
 func Run(ctx context.Context, in io.Reader, opts Options) error {
+	if opts.User != "" && opts.Password == "" {
+		return ErrNoPassword
+	}
 	c, err := client.Dial(ctx, opts.Client)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConnect, err)
@@ -63,7 +73,7 @@ func Run(ctx context.Context, in io.Reader, opts Options) error {
 	pushesDone := make(chan struct{})
 	go func() {
 		defer close(pushesDone)
-		s.pushes()
+		s.pushes(c)
 	}()
 	defer func() {
 		c.Close()
@@ -72,6 +82,9 @@ func Run(ctx context.Context, in io.Reader, opts Options) error {
 
 	if opts.Interactive {
 		s.println("connected to " + opts.Client.Addr + "; /help lists commands")
+	}
+	if opts.User != "" {
+		s.report(s.do(ctx, "login", []string{opts.User, opts.Password}, ""))
 	}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -95,9 +108,18 @@ func Run(ctx context.Context, in io.Reader, opts Options) error {
 }
 
 type shell struct {
+	// c is the connection commands use. Only the goroutine running
+	// commands replaces it (the interactive mode redials a dead one).
 	c    *client.Client
 	opts Options
 	out  io.Writer
+
+	// names, if set, learns users' names from logins, lists and history,
+	// for the interactive mode's completion.
+	names *nameSet
+	// watch, if set, sees each event of c first and says whether to print
+	// it as the script mode does; the interactive mode shows some its own way.
+	watch func(c *client.Client, ev client.Event) bool
 
 	mu sync.Mutex // one line at a time on out
 }
@@ -125,78 +147,91 @@ func (s *shell) emit(obj map[string]any, human string) {
 	s.println(human)
 }
 
-// pushes prints messages (then acknowledges them), kicks and disconnects.
-func (s *shell) pushes() {
-	for ev := range s.c.Events() {
-		switch {
-		case ev.Message != nil:
-			m := ev.Message
-			obj := map[string]any{"event": "message", "msg_id": m.MsgId, "seq": m.Seq, "from": m.FromUsername,
-				"text": m.Text, "sent_at_ms": m.SentAtMs}
-			when := time.UnixMilli(m.SentAtMs).Format("15:04:05")
-			var human string
-			if m.GroupId != 0 {
-				obj["group_id"] = m.GroupId
-				human = fmt.Sprintf("[%s] %s @ group %d: %s", when, m.FromUsername, m.GroupId, m.Text)
-			} else if m.FromUserId == s.c.UserID() && m.ToUserId != m.FromUserId {
-				// Sent by this user from another device.
-				obj["to_user_id"], obj["own"] = m.ToUserId, true
-				human = fmt.Sprintf("[%s] you (another device) -> user %d: %s", when, m.ToUserId, m.Text)
-			} else {
-				obj["to"] = s.c.Username()
-				human = fmt.Sprintf("[%s] %s: %s", when, m.FromUsername, m.Text)
-			}
-			s.emit(obj, human)
-			_ = s.c.Ack(m.MsgId)
-		case ev.Kicked != nil:
-			reason := protocol.KickReasonName(ev.Kicked.Reason)
-			s.emit(map[string]any{"event": "kicked", "reason": reason, "message": ev.Kicked.Message},
-				"kicked by the server: "+strings.ReplaceAll(reason, "_", " "))
-		case ev.Error != nil:
-			s.emit(map[string]any{"event": "error", "error": errObj(ev.Error.Code, ev.Error.Message)},
-				"server error: "+ev.Error.Message)
-		case ev.Read != nil:
-			r := ev.Read
-			obj := map[string]any{"event": "read", "reader_user_id": r.ReaderUserId, "up_to_seq": r.UpToSeq}
-			where := fmt.Sprintf("user %d", r.PeerUserId)
-			if r.GroupId != 0 {
-				obj["group_id"], where = r.GroupId, fmt.Sprintf("group %d", r.GroupId)
-			} else {
-				obj["peer_user_id"] = r.PeerUserId
-			}
-			s.emit(obj, fmt.Sprintf("user %d read your conversation with %s up to #%d", r.ReaderUserId, where, r.UpToSeq))
-		case ev.Presence != nil:
-			p := ev.Presence
-			obj := map[string]any{"event": "presence", "user_id": p.UserId, "username": p.Username, "online": p.Online}
-			who := p.Username
-			if who == "" {
-				who = fmt.Sprintf("user %d", p.UserId)
-			}
-			human := who + " is online"
-			if !p.Online {
-				obj["last_seen_ms"] = p.LastSeenMs
-				human = who + " went offline" + lastSeen(p.LastSeenMs, "15:04:05")
-			}
-			s.emit(obj, human)
-		case ev.Typing != nil:
-			n := ev.Typing
-			obj := map[string]any{"event": "typing", "user_id": n.UserId, "username": n.Username}
-			who := n.Username
-			if who == "" {
-				who = fmt.Sprintf("user %d", n.UserId)
-			}
-			human := who + " is typing…"
-			if n.GroupId != 0 {
-				obj["group_id"] = n.GroupId
-				human = fmt.Sprintf("%s is typing in group %d…", who, n.GroupId)
-			}
-			s.emit(obj, human)
-		case ev.Disconnected != nil || ev == (client.Event{}):
-			s.emit(map[string]any{"event": "disconnected"}, "disconnected")
-		case ev.Reconnected != nil:
-			s.emit(map[string]any{"event": "reconnected", "user_id": ev.Reconnected.UserId, "node_id": ev.Reconnected.NodeId},
-				"reconnected to node "+ev.Reconnected.NodeId)
+// pushes prints c's messages (then acknowledges them), kicks and
+// disconnects, until c is closed.
+func (s *shell) pushes(c *client.Client) {
+	for ev := range c.Events() {
+		if s.watch != nil && !s.watch(c, ev) {
+			continue
 		}
+		s.show(c, ev)
+	}
+}
+
+// show prints one event of c.
+func (s *shell) show(c *client.Client, ev client.Event) {
+	switch {
+	case ev.Message != nil:
+		m := ev.Message
+		obj := map[string]any{"event": "message", "msg_id": m.MsgId, "seq": m.Seq, "from": m.FromUsername,
+			"text": m.Text, "sent_at_ms": m.SentAtMs}
+		when := time.UnixMilli(m.SentAtMs).Format("15:04:05")
+		var human string
+		if m.GroupId != 0 {
+			obj["group_id"] = m.GroupId
+			human = fmt.Sprintf("[%s] %s @ group %d: %s", when, m.FromUsername, m.GroupId, m.Text)
+		} else if m.FromUserId == c.UserID() && m.ToUserId != m.FromUserId {
+			// Sent by this user from another device.
+			obj["to_user_id"], obj["own"] = m.ToUserId, true
+			to := s.names.name(m.ToUserId)
+			if to == "" {
+				to = fmt.Sprintf("user %d", m.ToUserId)
+			}
+			human = fmt.Sprintf("[%s] you (another device) -> %s: %s", when, to, m.Text)
+		} else {
+			obj["to"] = c.Username()
+			human = fmt.Sprintf("[%s] %s: %s", when, m.FromUsername, m.Text)
+		}
+		s.emit(obj, human)
+		_ = c.Ack(m.MsgId)
+	case ev.Kicked != nil:
+		reason := protocol.KickReasonName(ev.Kicked.Reason)
+		s.emit(map[string]any{"event": "kicked", "reason": reason, "message": ev.Kicked.Message},
+			"kicked by the server: "+strings.ReplaceAll(reason, "_", " "))
+	case ev.Error != nil:
+		s.emit(map[string]any{"event": "error", "error": errObj(ev.Error.Code, ev.Error.Message)},
+			"server error: "+ev.Error.Message)
+	case ev.Read != nil:
+		r := ev.Read
+		obj := map[string]any{"event": "read", "reader_user_id": r.ReaderUserId, "up_to_seq": r.UpToSeq}
+		where := fmt.Sprintf("user %d", r.PeerUserId)
+		if r.GroupId != 0 {
+			obj["group_id"], where = r.GroupId, fmt.Sprintf("group %d", r.GroupId)
+		} else {
+			obj["peer_user_id"] = r.PeerUserId
+		}
+		s.emit(obj, fmt.Sprintf("user %d read your conversation with %s up to #%d", r.ReaderUserId, where, r.UpToSeq))
+	case ev.Presence != nil:
+		p := ev.Presence
+		obj := map[string]any{"event": "presence", "user_id": p.UserId, "username": p.Username, "online": p.Online}
+		who := p.Username
+		if who == "" {
+			who = fmt.Sprintf("user %d", p.UserId)
+		}
+		human := who + " is online"
+		if !p.Online {
+			obj["last_seen_ms"] = p.LastSeenMs
+			human = who + " went offline" + lastSeen(p.LastSeenMs, "15:04:05")
+		}
+		s.emit(obj, human)
+	case ev.Typing != nil:
+		n := ev.Typing
+		obj := map[string]any{"event": "typing", "user_id": n.UserId, "username": n.Username}
+		who := n.Username
+		if who == "" {
+			who = fmt.Sprintf("user %d", n.UserId)
+		}
+		human := who + " is typing…"
+		if n.GroupId != 0 {
+			obj["group_id"] = n.GroupId
+			human = fmt.Sprintf("%s is typing in group %d…", who, n.GroupId)
+		}
+		s.emit(obj, human)
+	case ev.Reconnected != nil:
+		s.emit(map[string]any{"event": "reconnected", "user_id": ev.Reconnected.UserId, "node_id": ev.Reconnected.NodeId},
+			"reconnected to node "+ev.Reconnected.NodeId)
+	default: // Disconnected
+		s.emit(map[string]any{"event": "disconnected"}, "disconnected")
 	}
 }
 
@@ -206,15 +241,41 @@ func errObj(code chatpb.ErrorCode, msg string) map[string]any {
 
 // run executes one command line and prints its response.
 func (s *shell) run(ctx context.Context, line string) {
+	name, args := parse(line)
+	s.report(s.do(ctx, name, args, line))
+}
+
+// parse splits a command line into the command's name ("msg", or for
+// two-word commands "friend add", "group create", ...) and its arguments.
+func parse(line string) (name string, args []string) {
 	words := strings.Fields(line)
 	cmd, args := words[0], words[1:]
-	name := strings.TrimPrefix(cmd, "/")
-	// Two-word commands: "/friend add", "/group create", ...
+	name = strings.TrimPrefix(cmd, "/")
 	if (cmd == "/friend" || cmd == "/group") && len(args) > 0 {
 		name += " " + args[0]
 		args = args[1:]
 	}
+	return name, args
+}
+
+// result is a command's outcome: its JSON fields and human text, or its error.
+type result struct {
+	name   string
+	fields map[string]any
+	human  string
+	err    error
+}
+
+// do runs a parsed command; line is the whole of it, for the text of /msg
+// and the like.
+func (s *shell) do(ctx context.Context, name string, args []string, line string) result {
 	fields, human, err := s.dispatch(ctx, name, args, line)
+	return result{name, fields, human, err}
+}
+
+// report prints a command's outcome.
+func (s *shell) report(r result) {
+	name, fields, human, err := r.name, r.fields, r.human, r.err
 	if errors.Is(err, errUsage) && name == "help" {
 		s.println(Usage)
 		return
@@ -280,6 +341,7 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		if err != nil {
 			return nil, "", err
 		}
+		s.names.setFriends(ok.Friends)
 		human := fmt.Sprintf("logged in as %s (user %d) on node %s; %d friends, %d groups",
 			ok.Username, ok.UserId, ok.NodeId, len(ok.Friends), len(ok.Groups))
 		if ok.PresenceHidden {
@@ -301,9 +363,15 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 			return nil, "", usage("/friend add USERNAME")
 		}
 		err := s.c.AddFriend(ctx, args[0])
+		if err == nil {
+			s.names.addFriend(0, args[0])
+		}
 		return map[string]any{}, args[0] + " is now your friend", err
 	case "friends":
 		fl, err := s.c.ListFriends(ctx)
+		if err == nil {
+			s.names.setFriends(fl)
+		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "%d friends", len(fl))
 		for _, f := range fl {
@@ -397,6 +465,7 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 		}
 		list := make([]map[string]any, 0, len(msgs))
 		for _, m := range msgs {
+			s.names.add(m.FromUserId, m.FromUsername)
 			fmt.Fprintf(&b, "\n  #%d [%s] %s: %s", m.Seq, time.UnixMilli(m.SentAtMs).Format("01-02 15:04:05"), m.FromUsername, m.Text)
 			list = append(list, map[string]any{"seq": m.Seq, "msg_id": m.MsgId, "from": m.FromUsername,
 				"text": m.Text, "sent_at_ms": m.SentAtMs})
@@ -487,6 +556,7 @@ func (s *shell) conversations(ctx context.Context, args []string) (map[string]an
 			obj["group_id"], obj["group_name"] = c.GroupId, c.GroupName
 			fmt.Fprintf(&b, "\n  group %d %s", c.GroupId, c.GroupName)
 		} else {
+			s.names.add(c.PeerUserId, c.PeerUsername)
 			obj["peer_user_id"], obj["peer_username"] = c.PeerUserId, c.PeerUsername
 			fmt.Fprintf(&b, "\n  %s (user %d)", c.PeerUsername, c.PeerUserId)
 		}

@@ -46,6 +46,11 @@ func newBenchCmd() *cobra.Command {
           measured), then 50-message History pages open loop at --rate
           (latest and before a random seq, each page checked); pages/s in
           the msgs/s column, latency and CPU per page (or --step)
+  broadcast
+          N connections across --addr (a cluster's nodes), a broadcast
+          published to the cluster's Redis (--redis) --rate times a second
+          (1 by default); time until 99% and 100% of them had each, and
+          CPU per delivery
   echo    the same framing against 'loopchat bench echo-server' (--step, --saturate too)
 
 'loopchat bench compare' starts the servers itself (gnet, net, echo), pinned
@@ -106,7 +111,7 @@ headline measurement (docs/BENCHMARKS.md, "How to measure"):
 		}
 		return errors.Join(errs...)
 	}
-	for _, name := range []string{"conns", "login", "chat", "group", "history", "echo"} {
+	for _, name := range []string{"conns", "login", "chat", "group", "history", "broadcast", "echo"} {
 		cmd.AddCommand(newScenarioCmd(name))
 	}
 	cmd.AddCommand(newCompareCmd(), newEchoServerCmd())
@@ -132,6 +137,8 @@ func scenarioFlags(f *pflag.FlagSet, c *bench.Config) {
 	f.IntVar(&c.Friends, "friends", 0, "login: befriend each user with this many others before the storm (not measured)")
 	f.IntVar(&c.SeedMessages, "seed-messages", 60, "history: messages sent into each conversation before pages are read (not measured)")
 	f.StringVar(&c.Users, "users", "", "user name prefix; empty means a fresh one per run")
+	f.StringVar(&c.Redis, "redis", "", "broadcast: the cluster's Redis URL, where the broadcasts are published")
+	f.StringVar(&c.RedisPrefix, "redis-prefix", "loopchat:", "broadcast: the cluster's --redis-prefix")
 }
 
 type outputFlags struct {
@@ -205,6 +212,9 @@ func newScenarioCmd(name string) *cobra.Command {
 			}
 			var res bench.Result
 			var err error
+			if procs > 1 && name == "broadcast" {
+				return errors.New("broadcast runs in one generator process (each would publish its own broadcasts)")
+			}
 			if procs > 1 {
 				res, err = runProcs(ctx, name, c, procs)
 			} else {

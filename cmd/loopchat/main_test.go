@@ -327,3 +327,35 @@ func TestServeShutsDownCleanlyOnSIGTERM(t *testing.T) {
 		t.Fatal("a password reached the server log")
 	}
 }
+
+// --user logs in before a script's first command, with --password or
+// $LOOPCHAT_PASSWORD; without either a script fails at once, having no
+// terminal to ask on.
+func TestClientUserFlagInScripts(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	script(t, n.addr, "/register alice hunter2hunter2")
+	run := func(env []string, args ...string) (string, string, error) {
+		cmd := exec.Command(binary, append([]string{"client", "--addr", n.addr, "--json", "--user", "alice"}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		cmd.Stdin = strings.NewReader("/ping\n")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		return stdout.String(), stderr.String(), err
+	}
+	for _, env := range [][]string{nil, {"LOOPCHAT_PASSWORD=hunter2hunter2"}} {
+		var args []string
+		if env == nil {
+			args = []string{"--password", "hunter2hunter2"}
+		}
+		out, errOut, err := run(env, args...)
+		if err != nil || !strings.HasPrefix(out, `{"event":"response","cmd":"login","ok":true`) ||
+			!strings.Contains(out, "\n"+`{"event":"response","cmd":"ping","ok":true`) {
+			t.Fatalf("--user with %v %v: %v\nstdout: %s\nstderr: %s", env, args, err, out, errOut)
+		}
+	}
+	out, errOut, err := run(nil)
+	if err == nil || out != "" || !strings.Contains(errOut, "--user needs --password") {
+		t.Fatalf("--user without a password: %v\nstdout: %s\nstderr: %s", err, out, errOut)
+	}
+}

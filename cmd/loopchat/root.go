@@ -29,9 +29,10 @@ func newRoot() *cobra.Command {
 			return applyEnv(cmd.Flags())
 		},
 	}
-	root.AddCommand(newServeCmd(), newClientCmd(), newLBCmd(), newBenchCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newClientCmd(), newLBCmd(), newBenchCmd(), newAPICmd(), newVersionCmd())
 	for _, c := range root.Commands() {
 		describeEnv(c.Flags())
+		describeEnv(c.PersistentFlags())
 	}
 	return root
 }
@@ -54,11 +55,24 @@ func envName(flag string) string {
 	return "LOOPCHAT_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
+// envAnnotation, on a flag, names the variable that sets it instead of
+// envName's: the api command's --key and --addr read $LOOPCHAT_API_KEY and
+// $LOOPCHAT_API_ADDR, which client's --addr does not.
+const envAnnotation = "loopchat-env"
+
+// flagEnv is the environment variable that can set f.
+func flagEnv(f *pflag.Flag) string {
+	if v := f.Annotations[envAnnotation]; len(v) == 1 {
+		return v[0]
+	}
+	return envName(f.Name)
+}
+
 // describeEnv appends each flag's variable to its help text.
 func describeEnv(fs *pflag.FlagSet) {
 	fs.VisitAll(func(f *pflag.Flag) {
 		if f.Name != "help" {
-			f.Usage += " [$" + envName(f.Name) + "]"
+			f.Usage += " [$" + flagEnv(f) + "]"
 		}
 	})
 }
@@ -71,9 +85,9 @@ func applyEnv(fs *pflag.FlagSet) error {
 		if f.Changed || err != nil || f.Name == "help" {
 			return
 		}
-		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+		if v, ok := os.LookupEnv(flagEnv(f)); ok {
 			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("$%s: %w", envName(f.Name), e)
+				err = fmt.Errorf("$%s: %w", flagEnv(f), e)
 			}
 		}
 	})

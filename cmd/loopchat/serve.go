@@ -24,6 +24,7 @@ func newServeCmd() *cobra.Command {
 		shutdownTimeout     time.Duration
 		gcHeadroomMiB       int
 		proxyFrom           []string
+		apiKeys             []string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -35,7 +36,11 @@ same --token-secret, or none and they share one kept in Redis.
 
 Every flag can also be set from the environment variable shown beside it;
 a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
---token-secret, which other users can see in the process list.`,
+--token-secret, and $LOOPCHAT_API_KEY to --api-key: other users can see
+the command line in the process list.
+
+--api-addr serves the HTTP server API (docs/api.md) to callers holding
+one of the --api-key values.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(os.Stderr, logLevel, logFormat)
@@ -60,6 +65,9 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 					log.Warn("token secret is shorter than 16 bytes; tokens are easier to forge")
 				}
 				o.TokenSecret = []byte(secret)
+			}
+			for _, k := range apiKeys {
+				o.APIKeys = append(o.APIKeys, server.APIKey(k))
 			}
 			o.GCHeadroom = int64(gcHeadroomMiB) << 20
 			if os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" {
@@ -131,6 +139,9 @@ a flag on the command line wins. Prefer $LOOPCHAT_TOKEN_SECRET to
 	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 15*time.Second, "on SIGINT/SIGTERM, the most time to drain before closing anyway")
 	f.StringSliceVar(&proxyFrom, "proxy-protocol-from", nil, "CIDRs (or IPs) of proxies whose PROXY protocol header is honoured, e.g. nginx at 127.0.0.1/32; a header from anyone else is an error")
 	f.StringVar(&o.AdminAddr, "admin-addr", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ on this HTTP address; empty means off")
+	f.StringVar(&o.APIAddr, "api-addr", "", "serve the HTTP server API (docs/api.md) on this address, e.g. 127.0.0.1:8080; needs --api-key; empty means off")
+	f.StringSliceVar(&apiKeys, "api-key", nil, "a bearer key the HTTP API accepts; repeat it, or separate keys with commas, for several (e.g. while rotating); a key left out is refused from the next start")
+	f.StringVar(&o.APISystemUser, "api-system-user", "system", "the account the HTTP API sends as when a call names no sender: made on first use with no password that logs in, and nobody may register it; the same on every node")
 	f.IntVar(&gcHeadroomMiB, "gc-headroom-mib", 64, "MiB of garbage the heap may hold over its live size while busy (fewer collections under load; GOGC 100 again when idle); 0, or GOGC/GOMEMLIMIT in the environment, leaves the Go runtime's settings")
 	return cmd
 }
