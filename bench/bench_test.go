@@ -113,6 +113,23 @@ func TestTinyScenarios(t *testing.T) {
 			t.Fatalf("tfriends0 has %d friends (%v), want 6", len(fl), err)
 		}
 	})
+	// Saturated: closed loop, as fast as the server takes it, nothing lost
+	// and at most the window in flight per pair.
+	t.Run("chat-saturate", func(t *testing.T) {
+		cfg := tiny(addr)
+		cfg.Users, cfg.Conns, cfg.Saturate, cfg.Window, cfg.Duration = "tsat", 40, true, 2, 500*time.Millisecond
+		cfg.Warmup = 200 * time.Millisecond
+		r, err := bench.Chat(ctx, cfg)
+		check(t, r, err)
+		if r.Window != 2 || r.OfferedRate != 0 || r.Sent != r.Delivered || r.CPUMicrosPerMsg <= 0 || r.GenCPUMicrosPerMsg <= 0 {
+			t.Fatalf("saturated chat: %+v", r)
+		}
+		// Throughput counts what arrived before sending stopped; the
+		// window's worth that drained after is in Delivered only.
+		if inTime := r.MsgsPerSec * r.Seconds; inTime > float64(r.Delivered)+0.5 || inTime < float64(r.Delivered-20*2)-0.5 {
+			t.Fatalf("%.0f/s over %.2fs against %d delivered with 20 pairs × 2 in flight", r.MsgsPerSec, r.Seconds, r.Delivered)
+		}
+	})
 	t.Run("chat-step", func(t *testing.T) {
 		cfg := tiny(addr)
 		cfg.Users, cfg.Step, cfg.P99Bound, cfg.Rate, cfg.MaxRate, cfg.Duration = "tstep", true, time.Second, 200, 500, 500*time.Millisecond
@@ -150,6 +167,13 @@ func TestTinyEchoAndPlot(t *testing.T) {
 	// twice the deliveries; each generator's own CPU adds up.
 	if merged.CPUMicrosPerMsg != 5 || merged.GenCPUMicrosPerMsg != 30 {
 		t.Fatalf("merged CPU per message: server %v (want 5), generator %v (want 30)", merged.CPUMicrosPerMsg, merged.GenCPUMicrosPerMsg)
+	}
+	sat := tiny(ln)
+	sat.Server, sat.Saturate, sat.Duration, sat.Conns = "echo", true, 500*time.Millisecond, 40
+	rs, err := bench.Echo(context.Background(), sat)
+	check(t, rs, err)
+	if rs.Window != 1 || rs.OfferedRate != 0 || rs.Sent != rs.Delivered {
+		t.Fatalf("saturated echo: %+v", rs)
 	}
 	for _, ext := range []string{".png", ".svg"} {
 		file := filepath.Join(t.TempDir(), "plot"+ext)

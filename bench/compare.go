@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -20,22 +22,143 @@ type CompareConfig struct {
 	// server always runs the echo scenario with the same connections and
 	// rates, and only beside chat or echo.
 	Scenario string
-	// Binary is the loopchat executable to start servers from.
+	// Binary is the loopchat executable to start servers from, and the
+	// echo server always.
 	Binary string
+	// Builds are loopchat executables to compare with each other, by name,
+	// in one interleaved run: each loopchat server runs from each build in
+	// turn. Empty means Binary alone, unnamed.
+	Builds []Build
 	// Servers to compare, from "gnet", "net", "echo". Empty means all three.
 	Servers []string
+	// Repeat is how many rounds to run: each round runs every server (of
+	// every build) once, in the same order, so a box that slows down
+	// during the session slows every server alike. Zero means 1.
+	Repeat int
 	// Loops for the gnet servers. Zero means 1 (one CPU for the server).
 	Loops int
 	// ServerCPUs pins servers with taskset -c (e.g. "0"); empty means no pinning.
 	ServerCPUs string
-	// Dir holds the servers' data. Empty means a temp dir, removed after.
+	// Dir holds the servers' data, a fresh directory per run. Empty means
+	// a temp dir, each run's removed after it.
 	Dir string
+}
+
+// Build is one loopchat executable under comparison.
+type Build struct {
+	Name   string `json:"name"`
+	Binary string `json:"binary"`
+}
+
+// buildName is what a build may be called: it goes into ratio names
+// ("new_over_old/gnet_cpu_per_msg") and directory names.
+var buildName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// ParseBuilds reads --binary values: NAME=PATH, or a bare PATH named
+// after its file.
+func ParseBuilds(specs []string) ([]Build, error) {
+	var out []Build
+	for _, spec := range specs {
+		name, path, ok := strings.Cut(spec, "=")
+		if !ok {
+			name, path = filepath.Base(spec), spec
+		}
+		if path == "" {
+			return nil, fmt.Errorf("--binary %q: no path", spec)
+		}
+		if !buildName.MatchString(name) {
+			return nil, fmt.Errorf("--binary %q: a build name is letters, digits, '.', '_' and '-'", spec)
+		}
+		for _, b := range out {
+			if b.Name == name {
+				return nil, fmt.Errorf("--binary: build %q named twice", name)
+			}
+		}
+		out = append(out, Build{Name: name, Binary: path})
+	}
+	return out, nil
+}
+
+// Validate checks cc before anything starts, and fills in its defaults.
+func (cc *CompareConfig) Validate() error {
+	if cc.Scenario == "" {
+		cc.Scenario = "chat"
+	}
+	if _, ok := Scenarios[cc.Scenario]; !ok {
+		return fmt.Errorf("unknown scenario %q", cc.Scenario)
+	}
+	if len(cc.Servers) == 0 {
+		cc.Servers = []string{"gnet", "net", "echo"}
+	}
+	for _, s := range cc.Servers {
+		if s != "gnet" && s != "net" && s != "echo" {
+			return fmt.Errorf("unknown server %q: want gnet, net or echo", s)
+		}
+	}
+	if cc.Repeat < 0 {
+		return fmt.Errorf("repeat %d: want 1 or more", cc.Repeat)
+	}
+	if cc.Repeat == 0 {
+		cc.Repeat = 1
+	}
+	if cc.Saturate && cc.Step {
+		return fmt.Errorf("--saturate and --step are two measurements: run them apart")
+	}
+	if cc.Saturate && cc.Scenario != "chat" && cc.Scenario != "echo" {
+		return fmt.Errorf("--saturate is for chat and echo, not %s", cc.Scenario)
+	}
+	if cc.Loops <= 0 {
+		cc.Loops = 1
+	}
+	if len(cc.Builds) == 0 {
+		cc.Builds = []Build{{Binary: cc.Binary}}
+	}
+	for _, b := range cc.Builds {
+		if _, err := exec.LookPath(b.Binary); err != nil {
+			return fmt.Errorf("build %s: %w", orDash(b.Name), err)
+		}
+	}
+	return nil
 }
 
 // Comparison is the outcome of Compare.
 type Comparison struct {
-	Results []Result           `json:"results"`
-	Ratios  map[string]float64 `json:"ratios"`
+	// Results are every run, in the order they ran, with its own figures.
+	Results []Result `json:"results"`
+	// Summary is each server's (of each build's) runs: medians and ranges.
+	Summary []Summary `json:"summary"`
+	// Ratios are from the medians (see Ratios).
+	Ratios map[string]float64 `json:"ratios"`
+}
+
+// run is one measurement of a compare: a fresh server process and data
+// directory.
+type run struct {
+	Round  int
+	Build  Build
+	Server string
+}
+
+// plan orders the runs: round by round, and within a round server by
+// server in the order asked, each loopchat server once per build (builds
+// side by side, so an A/B pair runs back to back). The echo server is the
+// generator's own, not a build's: once a round, beside chat or echo only.
+func plan(cc *CompareConfig) []run {
+	var runs []run
+	for round := 1; round <= cc.Repeat; round++ {
+		for _, server := range cc.Servers {
+			if server == "echo" {
+				if cc.Scenario == "chat" || cc.Scenario == "echo" {
+					runs = append(runs, run{round, Build{Binary: cc.Binary}, server})
+				}
+				continue
+			}
+			for _, b := range cc.Builds {
+				runs = append(runs, run{round, b, server})
+			}
+		}
+	}
+	return runs
 }
 
 type serverProc struct {
@@ -53,7 +176,7 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func startServerProc(cc *CompareConfig, kind string) (*serverProc, error) {
+func startServerProc(cc *CompareConfig, binary, kind, dataDir string) (*serverProc, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -63,7 +186,7 @@ func startServerProc(cc *CompareConfig, kind string) (*serverProc, error) {
 		args = []string{"bench", "echo-server", "--listen", addr, "--loops", strconv.Itoa(cc.Loops)}
 	} else {
 		args = []string{"serve", "--listen", addr, "--engine", kind, "--loops", strconv.Itoa(cc.Loops),
-			"--data", filepath.Join(cc.Dir, kind), "--log-level", "error",
+			"--data", dataDir, "--log-level", "error",
 			// Bench users are generated: cheap hashes, no per-connection
 			// request limit, room for bursts.
 			"--bcrypt-cost", "4", "--rate-limit", "1e9", "--rate-burst", "1000000000",
@@ -71,10 +194,10 @@ func startServerProc(cc *CompareConfig, kind string) (*serverProc, error) {
 			// Groups as big as the scenario asks for.
 			"--max-group-members", strconv.Itoa(max(1000, cc.GroupSize))}
 	}
-	name := cc.Binary
+	name := binary
 	if cc.ServerCPUs != "" {
 		if tp, err := exec.LookPath("taskset"); err == nil {
-			args = append([]string{"-c", cc.ServerCPUs, cc.Binary}, args...)
+			args = append([]string{"-c", cc.ServerCPUs, binary}, args...)
 			name = tp
 		}
 	}
@@ -92,6 +215,11 @@ func startServerProc(cc *CompareConfig, kind string) (*serverProc, error) {
 		if err == nil {
 			c.Close()
 			return p, nil
+		}
+		select {
+		case err := <-p.done:
+			return nil, fmt.Errorf("%s server from %s exited before listening: %v", kind, binary, err)
+		default:
 		}
 		if time.Now().After(deadline) {
 			p.stop()
@@ -111,21 +239,17 @@ func (p *serverProc) stop() {
 	}
 }
 
-// Compare runs cc.Scenario against each server in turn, in one run, and
-// computes the ratios: gnet÷net and chat÷echo for rates, net÷gnet for
-// memory per connection.
+// Compare runs cc.Scenario against each server (of each build), Repeat
+// rounds interleaved, a fresh server process and data directory per run,
+// and summarizes each server's runs: medians, ranges, and the ratios of
+// the medians (see Ratios).
 func Compare(ctx context.Context, cc CompareConfig) (Comparison, error) {
 	cc.defaults()
-	if cc.Scenario == "" {
-		cc.Scenario = "chat"
+	if err := cc.Validate(); err != nil {
+		return Comparison{}, err
 	}
-	if len(cc.Servers) == 0 {
-		cc.Servers = []string{"gnet", "net", "echo"}
-	}
-	if cc.Loops <= 0 {
-		cc.Loops = 1
-	}
-	if cc.Dir == "" {
+	temp := cc.Dir == ""
+	if temp {
 		dir, err := os.MkdirTemp("", "loopchat-bench")
 		if err != nil {
 			return Comparison{}, err
@@ -133,44 +257,85 @@ func Compare(ctx context.Context, cc CompareConfig) (Comparison, error) {
 		defer os.RemoveAll(dir)
 		cc.Dir = dir
 	}
-	scenario, ok := Scenarios[cc.Scenario]
-	if !ok {
-		return Comparison{}, fmt.Errorf("unknown scenario %q", cc.Scenario)
-	}
+	scenario := Scenarios[cc.Scenario]
 	out := Comparison{Ratios: map[string]float64{}}
-	byServer := map[string]Result{}
-	for _, kind := range cc.Servers {
-		run := scenario
-		if kind == "echo" {
-			if cc.Scenario != "chat" && cc.Scenario != "echo" {
-				continue // only message rates compare with an echo server
-			}
-			run = Echo
-		}
-		p, err := startServerProc(&cc, kind)
+	runs := plan(&cc)
+	for i, r := range runs {
+		res, err := compareRun(ctx, &cc, r, scenario, temp)
 		if err != nil {
-			return out, err
+			return out, fmt.Errorf("run %d/%d (%s): %w", i+1, len(runs), runLabel(r.Build.Name, r.Server, r.Round), err)
 		}
-		cfg := cc.Config
-		// taskset execs the server in place, so the PID is the server's.
-		cfg.Addrs, cfg.Server, cfg.ServerPID = []string{p.addr}, kind, p.cmd.Process.Pid
-		res, err := run(ctx, cfg)
-		p.stop()
-		if err != nil {
-			return out, fmt.Errorf("%s %s: %w", kind, cc.Scenario, err)
-		}
+		res.Build, res.Run = r.Build.Name, r.Round
 		out.Results = append(out.Results, res)
-		byServer[kind] = res
-	}
-	ratio := func(name string, a, b float64) {
-		if a > 0 && b > 0 {
-			out.Ratios[name] = a / b
+		if cc.Progress != nil {
+			fmt.Fprintf(cc.Progress, "[%d/%d] %s\n", i+1, len(runs), RunLine(res))
 		}
 	}
-	g, n, e := byServer["gnet"], byServer["net"], byServer["echo"]
-	ratio("gnet_over_net_msgs_per_sec", g.MsgsPerSec, n.MsgsPerSec)
-	ratio("chat_over_echo_msgs_per_sec", g.MsgsPerSec, e.MsgsPerSec)
-	ratio("net_over_gnet_rss_per_conn", n.RSSBytesPerConn, g.RSSBytesPerConn)
-	ratio("net_over_gnet_cpu_per_msg", n.CPUMicrosPerMsg, g.CPUMicrosPerMsg)
+	out.Summary = Summarize(out.Results)
+	out.Ratios = Ratios(out.Summary)
 	return out, nil
+}
+
+// compareRun starts r's server, runs the scenario against it and stops it.
+func compareRun(ctx context.Context, cc *CompareConfig, r run, scenario func(context.Context, Config) (Result, error), temp bool) (Result, error) {
+	if r.Server == "echo" {
+		scenario = Echo
+	}
+	dataDir := filepath.Join(cc.Dir, fmt.Sprintf("%s-%d", runLabel(r.Build.Name, r.Server, 0), r.Round))
+	if temp {
+		// A few runs of 10,000 users' logs add up; each run's are done with.
+		defer os.RemoveAll(dataDir)
+	}
+	p, err := startServerProc(cc, r.Build.Binary, r.Server, dataDir)
+	if err != nil {
+		return Result{}, err
+	}
+	cfg := cc.Config
+	// taskset execs the server in place, so the PID is the server's.
+	cfg.Addrs, cfg.Server, cfg.ServerPID = []string{p.addr}, r.Server, p.cmd.Process.Pid
+	res, err := scenario(ctx, cfg)
+	p.stop()
+	return res, err
+}
+
+// runLabel names a run in progress lines, errors and data directories:
+// build-server, then the round when there is one.
+func runLabel(build, server string, round int) string {
+	l := server
+	if build != "" {
+		l = build + "-" + server
+	}
+	if round > 0 {
+		l += fmt.Sprintf(" round %d", round)
+	}
+	return l
+}
+
+// RunLine is one run's figures on one line, for progress as each run of
+// a compare ends: the compact table then has only the medians.
+func RunLine(r Result) string {
+	b := &strings.Builder{}
+	fmt.Fprintf(b, "%s %s: %.0f/s", runLabel(r.Build, r.Server, r.Run), r.Scenario, r.MsgsPerSec)
+	if r.Window > 0 {
+		fmt.Fprintf(b, " saturated")
+	} else if r.OfferedRate > 0 {
+		fmt.Fprintf(b, " of %.0f/s offered", r.OfferedRate)
+	}
+	fmt.Fprintf(b, ", p50 %.2f p99 %.2f ms", r.P50ms, r.P99ms)
+	if r.SendOKP99ms > 0 {
+		fmt.Fprintf(b, " (SendOK p99 %.2f)", r.SendOKP99ms)
+	}
+	if r.LateP99ms > 0 {
+		fmt.Fprintf(b, " (generator late p99 %.2f)", r.LateP99ms)
+	}
+	if r.RSSBytesPerConn > 0 {
+		fmt.Fprintf(b, ", %.0f B/conn", r.RSSBytesPerConn)
+	}
+	// Busy CPUs (µs per message × messages per second) say who was the
+	// limit of a saturated run: the server near 1 (its pinned CPU), or
+	// the generator.
+	fmt.Fprintf(b, ", server %.1f µs/msg (%.2f CPU), generator %.1f µs/msg (%.2f CPU), lost %d dup %d errors %d",
+		r.CPUMicrosPerMsg, r.CPUMicrosPerMsg*r.MsgsPerSec/1e6, r.GenCPUMicrosPerMsg, r.GenCPUMicrosPerMsg*r.MsgsPerSec/1e6,
+		r.Lost, r.Duplicates, r.Errors)
+	return b.String()
 }

@@ -18,4 +18,12 @@
 // each second of the timeline), and chat the p99 until SendOK: where the
 // lateness is a large part of the tail, the CPUs the generator shares, not
 // the server, set it.
+//
+// The headline figures are not latencies but what a server delivers at
+// saturation and the CPU it spends per message: chat and echo can run
+// closed loop (Config.Saturate), a window of messages in flight per
+// sender, offering as much as the server takes whatever the box's state;
+// and Compare repeats its runs in interleaved rounds and reports each
+// server's medians and ranges, and the ratios of the medians (Summarize,
+// Ratios), because one run on a shared box measures the box.
 package bench

@@ -14,12 +14,21 @@ import (
 
 // Result is one scenario run against one server.
 type Result struct {
+	// Build names the loopchat binary the server ran from, when compare
+	// has several (--binary NAME=PATH); empty for one.
+	Build    string `json:"build,omitempty"`
 	Server   string `json:"server"`
 	Scenario string `json:"scenario"`
-	Conns    int    `json:"conns"`
+	// Run is the round of a repeated compare (1, 2, ...): each round runs
+	// every server once, so runs of one server are spread over the session.
+	Run   int `json:"run,omitempty"`
+	Conns int `json:"conns"`
 	// OfferedRate is the open-loop rate asked for (msgs, logins or
 	// History requests per second); 0 means as fast as possible.
 	OfferedRate float64 `json:"offered_rate,omitempty"`
+	// Window is, for a saturated run (closed loop), the messages each
+	// sender kept in flight; 0 for an open-loop run.
+	Window int `json:"window,omitempty"`
 	// MsgsPerSec is what got through: delivered messages (chat, group
 	// deliveries, echoes), logins, or for history checked 50-message
 	// History pages, per second. The per-message figures below (latency,

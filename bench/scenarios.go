@@ -148,7 +148,26 @@ type pair struct {
 	phase    int     // current step; late traffic of earlier steps is ignored
 	sentOK   []bool  // by message number: SendOK received
 	got      []uint8 // by message number: pushes received
+	settled  []bool  // by message number: its window slot given back (saturated runs)
 	acks     []uint64
+}
+
+// settle gives message k's slot in the window back once the message is
+// done: SendOK'd and delivered, or failed. A closed loop needs both, not
+// the first: what the sender waits for bounds every kind of work the
+// server has in flight. p.mu is held; win nil (open loop) does nothing.
+func (p *pair) settle(win *inFlight, i, k int, failed bool) {
+	if win == nil {
+		return
+	}
+	for len(p.settled) <= k {
+		p.settled = append(p.settled, false)
+	}
+	done := failed || (k < len(p.sentOK) && p.sentOK[k] && k < len(p.got) && p.got[k] > 0)
+	if done && !p.settled[k] {
+		p.settled[k] = true
+		win.release(i)
+	}
 }
 
 // ackDelay is how long a receiver waits before acknowledging, gathering
@@ -234,11 +253,70 @@ func openLoop(ctx context.Context, n int, rate float64, d time.Duration, send fu
 	return time.Since(start), late
 }
 
+// inFlight is the window of each sender of a closed loop: a slot taken
+// per message sent, given back when the message is done.
+type inFlight struct{ slots []chan struct{} }
+
+func newInFlight(senders, window int) *inFlight {
+	f := &inFlight{slots: make([]chan struct{}, senders)}
+	for i := range f.slots {
+		f.slots[i] = make(chan struct{}, window)
+	}
+	return f
+}
+
+// release gives back one of sender i's slots. It never blocks: a message
+// released twice (an error reported both by a write and by the closing
+// reader) frees at most what was taken, and no reader waits on it.
+func (f *inFlight) release(i int) {
+	select {
+	case <-f.slots[i]:
+	default:
+	}
+}
+
+// closedLoop runs one sender per slot set of f for d: sender i calls
+// send(i, k, now) for its k-th message as soon as it has a free slot, and
+// the caller releases the slot when the message is done. Offered load is
+// then whatever the server (or the generator) can take, and the
+// generator's memory stays bounded by the window. It returns how long
+// sending took.
+func closedLoop(ctx context.Context, f *inFlight, d time.Duration, send func(i, k int, sent time.Time)) time.Duration {
+	start := time.Now()
+	stop := make(chan struct{})
+	var once sync.Once
+	end := func() { once.Do(func() { close(stop) }) }
+	t := time.AfterFunc(d, end)
+	defer t.Stop()
+	defer context.AfterFunc(ctx, end)()
+	var wg sync.WaitGroup
+	for i, slots := range f.slots {
+		wg.Go(func() {
+			for k := 0; ; k++ {
+				select {
+				case slots <- struct{}{}:
+				case <-stop:
+					return
+				}
+				select {
+				case <-stop: // both were ready: the time is up
+					return
+				default:
+				}
+				send(i, k, time.Now())
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
 // Chat runs Pairs sender->receiver pairs among Conns logged-in connections,
 // open loop at Rate messages per second in all; latency is from when a
 // message was due to when its receiver got it. With Step it raises the rate
 // until p99 passes P99Bound (or anything is lost) and reports the last
-// rate that held.
+// rate that held. With Saturate it runs closed loop instead (see
+// Config.Saturate): latency is then from each send.
 func Chat(ctx context.Context, cfg Config) (Result, error) {
 	cfg.defaults()
 	conns, ids, err := loggedIn(ctx, &cfg)
@@ -264,6 +342,9 @@ func stepped(ctx context.Context, cfg *Config, name string, measure func(rate fl
 		collectBetweenPhases()
 		return measure(rate)
 	}
+	if cfg.Saturate && cfg.Step {
+		return Result{}, fmt.Errorf("%s: saturate and step are two different measurements; choose one", name)
+	}
 	rate := cfg.Rate
 	if rate <= 0 {
 		rate = 1000
@@ -277,7 +358,11 @@ func stepped(ctx context.Context, cfg *Config, name string, measure func(rate fl
 			return r, err
 		}
 		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, "[%s %s] warm-up %.0f/s for %v: p99 %.2fms (not counted)\n", name, cfg.Server, rate, cfg.Warmup, r.P99ms)
+			offered := fmt.Sprintf("%.0f/s", rate)
+			if cfg.Saturate {
+				offered = fmt.Sprintf("saturated (got %.0f/s)", r.MsgsPerSec)
+			}
+			fmt.Fprintf(cfg.Progress, "[%s %s] warm-up %s for %v: p99 %.2fms (not counted)\n", name, cfg.Server, offered, cfg.Warmup, r.P99ms)
 		}
 	}
 	if !cfg.Step {
@@ -327,11 +412,16 @@ func stepped(ctx context.Context, cfg *Config, name string, measure func(rate fl
 
 func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, phase int) (Result, error) {
 	res := Result{Server: cfg.Server, Scenario: "chat", Conns: cfg.Conns, OfferedRate: rate}
+	var win *inFlight
+	if cfg.Saturate {
+		res.OfferedRate, res.Window = 0, cfg.Window
+		win = newInFlight(len(pairs), cfg.Window)
+	}
 	rec := newRecorder()
 	var delivered, dups, sentOK, errs, attempts atomic.Int64
 	for i, p := range pairs {
 		p.mu.Lock()
-		p.sentOK, p.got, p.phase = nil, nil, phase
+		p.sentOK, p.got, p.settled, p.phase = nil, nil, nil, phase
 		p.mu.Unlock()
 		p.to.OnPush(func(f *chatpb.Frame) {
 			m := f.GetMessage()
@@ -354,6 +444,7 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 			p.got[k]++
 			first := p.got[k] == 1
 			p.ack(m.MsgId)
+			p.settle(win, i, k, false)
 			p.mu.Unlock()
 			if first {
 				rec.record(time.Since(due))
@@ -365,19 +456,33 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 	}
 	cpu := startCPU(cfg.ServerPID)
 	stop := make(chan struct{})
+	offered := fmt.Sprintf("offered %.0f/s", rate)
+	if win != nil {
+		offered = "saturated"
+	}
 	go progress(cfg, "chat", stop, func() string {
 		n, p99 := rec.snapshot()
-		return fmt.Sprintf("offered %.0f/s sent %d delivered %d p99 %.2fms errors %d", rate, sentOK.Load(), n, p99, errs.Load())
+		return fmt.Sprintf("%s sent %d delivered %d p99 %.2fms errors %d", offered, sentOK.Load(), n, p99, errs.Load())
 	})
 	okLatency := newQuantiles()
-	sendEnd, late := openLoop(ctx, len(pairs), rate, cfg.Duration, func(i, k int, due time.Time) {
+	failed := func(p *pair, i, k int) {
+		errs.Add(1)
+		if win != nil {
+			p.mu.Lock()
+			if p.phase == phase {
+				p.settle(win, i, k, true)
+			}
+			p.mu.Unlock()
+		}
+	}
+	send := func(i, k int, due time.Time) {
 		p := pairs[i]
 		f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
 			To: &chatpb.Send_UserId{UserId: p.toID}, Text: messageText(phase, i, k, due, cfg.TextSize)}}}
 		attempts.Add(1)
 		err := p.from.Go(f, true, func(r *chatpb.Frame, err error) {
 			if err != nil || r.GetSendOk() == nil {
-				errs.Add(1)
+				failed(p, i, k)
 				return
 			}
 			okLatency.record(time.Since(due))
@@ -385,13 +490,23 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 			if p.phase == phase {
 				sentOK.Add(1)
 				p.mark(&p.sentOK, k)
+				p.settle(win, i, k, false)
 			}
 			p.mu.Unlock()
 		})
 		if err != nil {
-			errs.Add(1)
+			failed(p, i, k)
 		}
-	})
+	}
+	var sendEnd time.Duration
+	var late *recorder
+	var inTime int64 // saturated: delivered before sending stopped
+	if win != nil {
+		sendEnd = closedLoop(ctx, win, cfg.Duration, send)
+		inTime = delivered.Load()
+	} else {
+		sendEnd, late = openLoop(ctx, len(pairs), rate, cfg.Duration, send)
+	}
 	// Let what is in flight arrive (bounded): every response, then every
 	// message that got SendOK. Counts alone could match while different
 	// messages are outstanding, so check message by message.
@@ -416,9 +531,17 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 	res.Sent, res.Delivered, res.Duplicates, res.Errors, res.Lost = sentOK.Load(), delivered.Load(), dups.Load(), errs.Load(), lost
 	res.Seconds = sendEnd.Seconds()
 	res.MsgsPerSec = float64(res.Delivered) / sendEnd.Seconds()
+	if win != nil {
+		// What drains after sending stopped (up to a window per pair) is
+		// not throughput; counting it would flatter a short run. CPU per
+		// message still divides all the work by all the deliveries.
+		res.MsgsPerSec = float64(inTime) / sendEnd.Seconds()
+	}
 	res.SendOKP99ms = okLatency.p99ms()
 	rec.fill(&res)
-	late.fillLate(&res)
+	if late != nil {
+		late.fillLate(&res)
+	}
 	cpu.fill(&res)
 	return res, nil
 }
@@ -536,8 +659,9 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 }
 
 // Echo loads an echo server (same framing) the way Chat loads a chat
-// server: Conns connections, Pairs of them sending at Rate in all, with
-// frames the size of a chat message; latency is the round trip.
+// server: Conns connections, Pairs of them sending at Rate in all (or
+// closed loop with Saturate), with frames the size of a chat message;
+// latency is the round trip.
 func Echo(ctx context.Context, cfg Config) (Result, error) {
 	cfg.defaults()
 	conns := make([]*Conn, cfg.Conns)
@@ -551,19 +675,31 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 	}
 	return stepped(ctx, &cfg, "echo", func(rate float64) (Result, error) {
 		res := Result{Server: cfg.Server, Scenario: "echo", Conns: cfg.Conns, OfferedRate: rate}
+		offered := fmt.Sprintf("offered %.0f/s", rate)
+		var win *inFlight
+		if cfg.Saturate {
+			res.OfferedRate, res.Window, offered = 0, cfg.Window, "saturated"
+			win = newInFlight(cfg.Pairs, cfg.Window)
+		}
+		release := func(i int) {
+			if win != nil {
+				win.release(i)
+			}
+		}
 		rec := newRecorder()
 		var sent, got, errs atomic.Int64
 		cpu := startCPU(cfg.ServerPID)
 		stop := make(chan struct{})
 		go progress(&cfg, "echo", stop, func() string {
 			n, p99 := rec.snapshot()
-			return fmt.Sprintf("offered %.0f/s echoed %d p99 %.2fms", rate, n, p99)
+			return fmt.Sprintf("%s echoed %d p99 %.2fms", offered, n, p99)
 		})
-		took, late := openLoop(ctx, cfg.Pairs, rate, cfg.Duration, func(i, k int, due time.Time) {
+		send := func(i, k int, due time.Time) {
 			f := &chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
 				To: &chatpb.Send_UserId{UserId: 1}, Text: messageText(0, i, k, due, cfg.TextSize)}}}
 			sent.Add(1)
 			if err := conns[i].Go(f, true, func(_ *chatpb.Frame, err error) {
+				defer release(i)
 				if err != nil {
 					errs.Add(1)
 					return
@@ -572,8 +708,18 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 				got.Add(1)
 			}); err != nil {
 				errs.Add(1)
+				release(i)
 			}
-		})
+		}
+		var took time.Duration
+		var late *recorder
+		var inTime int64 // saturated: echoed before sending stopped
+		if win != nil {
+			took = closedLoop(ctx, win, cfg.Duration, send)
+			inTime = got.Load()
+		} else {
+			took, late = openLoop(ctx, cfg.Pairs, rate, cfg.Duration, send)
+		}
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) && got.Load()+errs.Load() < sent.Load() {
 			time.Sleep(10 * time.Millisecond)
@@ -583,8 +729,13 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 		res.Lost = res.Sent - res.Delivered - res.Errors
 		res.Seconds = took.Seconds()
 		res.MsgsPerSec = float64(res.Delivered) / took.Seconds()
+		if win != nil {
+			res.MsgsPerSec = float64(inTime) / took.Seconds() // as chat: not what drained after
+		}
 		rec.fill(&res)
-		late.fillLate(&res)
+		if late != nil {
+			late.fillLate(&res)
+		}
 		cpu.fill(&res)
 		return res, nil
 	})

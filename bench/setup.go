@@ -38,6 +38,20 @@ type Config struct {
 	// that held and the first that failed, after that failure. Zero means
 	// none.
 	Refine int
+	// Saturate runs chat and echo closed loop instead: each sender keeps
+	// Window messages in flight and sends the next as soon as one is done
+	// (for chat, when it has both its SendOK and its delivery), so the
+	// server gets all it can take whatever its capacity on the day, and
+	// the generator holds at most Pairs×Window messages. Rate is ignored;
+	// MsgsPerSec is what was delivered within the measured time, and
+	// latency (from each send) is reported but decides nothing. Not with
+	// Step.
+	Saturate bool
+	// Window is what each sender keeps in flight with Saturate. Zero
+	// means 1: one message at a time per sender, as a person typing sends,
+	// so the server reads about one frame per read as at lower rates, and
+	// many pairs (not deep pipelines) fill it.
+	Window int
 	// P99Bound for Step. Zero means 10ms.
 	P99Bound time.Duration
 	// Duration of a measurement (of each step). Zero means 5s.
@@ -88,6 +102,9 @@ func (c *Config) defaults() {
 	}
 	if c.Pairs <= 0 || 2*c.Pairs > c.Conns {
 		c.Pairs = c.Conns / 2
+	}
+	if c.Window <= 0 {
+		c.Window = 1
 	}
 	if c.P99Bound <= 0 {
 		c.P99Bound = 10 * time.Millisecond

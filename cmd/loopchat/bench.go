@@ -38,7 +38,9 @@ func newBenchCmd() *cobra.Command {
   conns   open N connections, log each in with a token, hold them idle
   login   a login storm at --rate per second, or as fast as possible
   chat    --pairs sender->receiver pairs among N connections, open loop at --rate
-          (or --step to find the highest rate with p99 under --p99-bound)
+          (or --step to find the highest rate with p99 under --p99-bound, or
+          --saturate: closed loop, --window messages in flight per sender, as
+          many delivered per second as the server takes)
   group   groups of --group-size; latency until the last member has it
   history --pairs 1:1 conversations, each seeded with --seed-messages (not
           measured), then 50-message History pages open loop at --rate
@@ -49,10 +51,15 @@ func newBenchCmd() *cobra.Command {
           published to the cluster's Redis (--redis) --rate times a second
           (1 by default); time until 99% and 100% of them had each, and
           CPU per delivery
-  echo    the same framing against 'loopchat bench echo-server'
+  echo    the same framing against 'loopchat bench echo-server' (--step, --saturate too)
 
 'loopchat bench compare' starts the servers itself (gnet, net, echo), pinned
-apart from the generator, and prints ratios. See docs/BENCHMARKS.md.`,
+apart from the generator, --repeat rounds interleaved (a fresh server per
+run), from one loopchat binary or several (--binary NAME=PATH, for A/B), and
+prints each server's medians and ranges and the ratios of the medians. The
+headline measurement (docs/BENCHMARKS.md, "How to measure"):
+
+  loopchat bench compare --scenario chat --conns 10000 --saturate --duration 10s --repeat 3`,
 	}
 	// The generator's own profile: on one box it competes with the server
 	// for CPU, and this is how to see what it spends it on.
@@ -118,6 +125,8 @@ func scenarioFlags(f *pflag.FlagSet, c *bench.Config) {
 	f.DurationVar(&c.Warmup, "warmup", time.Second, "chat/echo/history: run the first rate this long, unmeasured, before measuring (0 for none)")
 	f.Float64Var(&c.Rate, "rate", 0, "offered rate per second in all (messages, logins or History pages); 0 means the scenario's default")
 	f.BoolVar(&c.Step, "step", false, "chat/echo/history: raise the rate ×1.5 per step until p99 passes --p99-bound; report the last that held")
+	f.BoolVar(&c.Saturate, "saturate", false, "chat/echo: closed loop, --window messages in flight per sender: delivered/s is what the server takes (--rate is ignored, latency decides nothing)")
+	f.IntVar(&c.Window, "window", 1, "messages each sender keeps in flight with --saturate")
 	f.DurationVar(&c.P99Bound, "p99-bound", 10*time.Millisecond, "latency bound for --step")
 	f.Float64Var(&c.MaxRate, "max-rate", 0, "stop --step at this rate; 0 means no limit")
 	f.IntVar(&c.Refine, "refine", 2, "after --step finds a rate that fails, halve the gap to the last that held this many times")
@@ -142,7 +151,9 @@ func (o *outputFlags) add(f *pflag.FlagSet) {
 	f.StringVar(&o.plot, "plot", "", "draw throughput and latency over time into this .png or .svg file")
 }
 
-func (o *outputFlags) emit(w io.Writer, v any, results []bench.Result) error {
+// emit writes v as JSON with --json, else human (which writes a table),
+// and the plot of results with --plot.
+func (o *outputFlags) emit(w io.Writer, v any, results []bench.Result, human func(io.Writer)) error {
 	if o.plot != "" {
 		if err := bench.Plot(o.plot, results); err != nil {
 			return err
@@ -153,7 +164,22 @@ func (o *outputFlags) emit(w io.Writer, v any, results []bench.Result) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
-	bench.WriteTable(w, results)
+	human(w)
+	return nil
+}
+
+// checkSaturate refuses --saturate where it has no meaning, before any
+// setup runs.
+func checkSaturate(scenario string, c *bench.Config) error {
+	if !c.Saturate {
+		return nil
+	}
+	if c.Step {
+		return errors.New("--saturate and --step are two measurements: run them apart")
+	}
+	if scenario != "chat" && scenario != "echo" {
+		return fmt.Errorf("--saturate is for chat and echo, not %s", scenario)
+	}
 	return nil
 }
 
@@ -172,6 +198,9 @@ func newScenarioCmd(name string) *cobra.Command {
 		Short: "Run the " + name + " scenario",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkSaturate(name, &c); err != nil {
+				return err
+			}
 			c.Addrs = addrs
 			if c.Users == "" {
 				c.Users = freshUsers()
@@ -197,7 +226,7 @@ func newScenarioCmd(name string) *cobra.Command {
 			if worker {
 				return json.NewEncoder(os.Stdout).Encode(exported(res))
 			}
-			return out.emit(os.Stdout, res, []bench.Result{res})
+			return out.emit(os.Stdout, res, []bench.Result{res}, func(w io.Writer) { bench.WriteTable(w, []bench.Result{res}) })
 		},
 	}
 	f := cmd.Flags()
@@ -238,6 +267,7 @@ func runProcs(ctx context.Context, name string, c bench.Config, k int) (bench.Re
 			"--duration", c.Duration.String(), "--group-size", strconv.Itoa(c.GroupSize), "--groups", strconv.Itoa(c.Groups / k),
 			"--text-size", strconv.Itoa(c.TextSize), "--seed-messages", strconv.Itoa(c.SeedMessages),
 			"--friends", strconv.Itoa(c.Friends),
+			"--saturate=" + strconv.FormatBool(c.Saturate), "--window", strconv.Itoa(c.Window),
 			"--users", fmt.Sprintf("%sp%dx", c.Users, i),
 			"--source-offset", strconv.Itoa(c.SourceOffset + i*(c.Conns/k))}
 		wg.Add(1)
@@ -262,32 +292,39 @@ func runProcs(ctx context.Context, name string, c bench.Config, k int) (bench.Re
 
 func newCompareCmd() *cobra.Command {
 	var (
-		cc      bench.CompareConfig
-		servers []string
-		genCPUs string
-		out     outputFlags
+		cc       bench.CompareConfig
+		servers  []string
+		binaries []string
+		genCPUs  string
+		out      outputFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "compare",
 		Short: "Start gnet, net and echo servers and run the same scenario against each",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			if cc.Builds, err = bench.ParseBuilds(binaries); err != nil {
+				return err
+			}
+			cc.Binary, cc.Servers, cc.Progress = self, servers, os.Stderr
+			// Refuse a bad command line here, before pinning re-runs it.
+			if err := cc.Validate(); err != nil {
+				return err
+			}
 			if genCPUs != "" && os.Getenv("LOOPCHAT_BENCH_PINNED") == "" {
 				if tp, err := exec.LookPath("taskset"); err == nil {
 					// Re-run this command pinned, so generator and servers do
 					// not share a CPU.
-					self, _ := os.Executable()
 					c := exec.Command(tp, append([]string{"-c", genCPUs, self}, os.Args[1:]...)...)
 					c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 					c.Env = append(os.Environ(), "LOOPCHAT_BENCH_PINNED=1")
 					return c.Run()
 				}
 			}
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			cc.Binary, cc.Servers, cc.Progress = self, servers, os.Stderr
 			if cc.Users == "" {
 				cc.Users = freshUsers()
 			}
@@ -297,21 +334,23 @@ func newCompareCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := out.emit(os.Stdout, cmp, cmp.Results); err != nil {
-				return err
-			}
-			if !out.json {
-				for k, v := range cmp.Ratios {
-					fmt.Printf("%s = %.2f\n", k, v)
+			// Each run's own line went to stderr as it ended; the JSON has
+			// everything.
+			return out.emit(os.Stdout, cmp, cmp.Results, func(w io.Writer) {
+				bench.WriteSummary(w, cmp.Summary)
+				if len(cmp.Ratios) > 0 {
+					fmt.Fprintln(w)
+					bench.WriteRatios(w, cmp.Ratios)
 				}
-			}
-			return nil
+			})
 		},
 	}
 	f := cmd.Flags()
 	scenarioFlags(f, &cc.Config)
 	f.StringVar(&cc.Scenario, "scenario", "chat", "scenario: chat, conns, login, group or history")
 	f.StringSliceVar(&servers, "servers", []string{"gnet", "net", "echo"}, "servers to compare")
+	f.IntVar(&cc.Repeat, "repeat", 1, "rounds, each running every server once in turn (3 for figures to keep: medians and ranges)")
+	f.StringSliceVar(&binaries, "binary", nil, "loopchat binaries to compare as NAME=PATH (repeated or comma-separated), each server from each in turn; default this one")
 	f.IntVar(&cc.Loops, "loops", 1, "event loops of the gnet servers")
 	f.StringVar(&cc.ServerCPUs, "server-cpus", "0", "taskset CPU list for the servers; empty means no pinning")
 	f.StringVar(&genCPUs, "gen-cpus", "1", "taskset CPU list for the load generator; empty means no pinning")

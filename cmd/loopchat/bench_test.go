@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 type benchResult struct {
@@ -100,5 +103,89 @@ func TestBenchCompareHistory(t *testing.T) {
 		if r.Scenario != "history" || r.Delivered == 0 || r.Lost != 0 || r.Errors != 0 || r.P99 <= 0 || r.CPU <= 0 {
 			t.Errorf("%s: %+v", r.Server, r)
 		}
+	}
+}
+
+// A repeated, saturated A/B compare, as tiny as it gets: two builds (this
+// binary twice) and the echo server, two rounds interleaved, each run's
+// figures kept, medians per build and server, ratios per build and
+// between builds. Correctness only, never speed.
+func TestBenchCompareRepeatBuilds(t *testing.T) {
+	out, err := exec.Command(binary, "bench", "compare", "--conns", "50", "--duration", "1s", "--warmup", "0",
+		"--saturate", "--repeat", "2", "--servers", "gnet,echo", "--binary", "a="+binary, "--binary", "b="+binary,
+		"--json", "--server-cpus", "", "--gen-cpus", "").Output()
+	if err != nil {
+		t.Fatalf("compare --repeat 2 --saturate --binary a --binary b: %v", err)
+	}
+	var cmp struct {
+		Results []struct {
+			benchResult
+			Build  string `json:"build"`
+			Run    int    `json:"run"`
+			Window int    `json:"window"`
+		} `json:"results"`
+		Summary []struct {
+			Build      string `json:"build"`
+			Server     string `json:"server"`
+			Runs       int    `json:"runs"`
+			MsgsPerSec struct {
+				Median, Min, Max float64
+			} `json:"msgs_per_sec"`
+		} `json:"summary"`
+		Ratios map[string]float64 `json:"ratios"`
+	}
+	if err := json.Unmarshal(out, &cmp); err != nil {
+		t.Fatalf("stdout is not the JSON report: %v\n%s", err, out)
+	}
+	var order []string
+	for _, r := range cmp.Results {
+		order = append(order, fmt.Sprintf("%s-%s-%d", r.Build, r.Server, r.Run))
+		if r.Delivered == 0 || r.Lost != 0 || r.Errors != 0 || r.Window != 1 {
+			t.Errorf("%s %s run %d: %+v", r.Build, r.Server, r.Run, r)
+		}
+	}
+	if got, want := strings.Join(order, " "), "a-gnet-1 b-gnet-1 -echo-1 a-gnet-2 b-gnet-2 -echo-2"; got != want {
+		t.Fatalf("runs in the order %s, want %s", got, want)
+	}
+	if len(cmp.Summary) != 3 {
+		t.Fatalf("summary %+v, want a, b and echo", cmp.Summary)
+	}
+	for _, s := range cmp.Summary {
+		m := s.MsgsPerSec
+		if s.Runs != 2 || m.Min <= 0 || m.Min > m.Median || m.Median > m.Max {
+			t.Errorf("summary of %s %s: %+v", s.Build, s.Server, s)
+		}
+	}
+	for _, k := range []string{"a/chat_over_echo_cpu_per_msg", "b/chat_over_echo_msgs_per_sec", "b_over_a/gnet_cpu_per_msg", "b_over_a/gnet_msgs_per_sec"} {
+		if cmp.Ratios[k] <= 0 {
+			t.Errorf("ratio %s missing: %v", k, cmp.Ratios)
+		}
+	}
+}
+
+// Command lines that cannot measure anything are refused at once, before
+// a server starts or users are made.
+func TestBenchFlagsRefused(t *testing.T) {
+	for _, args := range [][]string{
+		{"compare", "--saturate", "--step"},
+		{"compare", "--saturate", "--scenario", "login"},
+		{"compare", "--repeat", "-1"},
+		{"compare", "--servers", "gnet,nginx"},
+		{"compare", "--binary", "a=" + binary + ",a=" + binary},
+		{"compare", "--binary", "old=/nonexistent/loopchat"},
+		{"chat", "--saturate", "--step", "--addr", "127.0.0.1:1"},
+		{"history", "--saturate", "--addr", "127.0.0.1:1"},
+	} {
+		cmd := exec.Command(binary, append([]string{"bench"}, args...)...)
+		start := time.Now()
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("bench %s: no error\n%s", strings.Join(args, " "), out)
+			continue
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("bench %s: refused after %v", strings.Join(args, " "), took)
+		}
+		t.Logf("bench %s: %s", strings.Join(args, " "), bytes.TrimSpace(out))
 	}
 }
