@@ -56,9 +56,9 @@ func (e *gnetEngine) start() (net.Addr, error) {
 		defer close(e.exited)
 		addrs := []string{"tcp://" + e.srv.opts.Listen}
 		if e.srv.opts.WSListen != "" {
-			addrs = append(addrs, "tcp://"+e.srv.opts.WSListen)
+			addrs = append(addrs, "tcp://"+wsListenAddr(e.srv.opts.WSListen, e.srv.opts.Listen))
 		}
-		e.runErr = gnet.Rotate(e, addrs,
+		err := gnet.Rotate(e, addrs,
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(e.srv.opts.Loops),
 			gnet.WithLoadBalancing(lb),
@@ -68,13 +68,16 @@ func (e *gnetEngine) start() (net.Addr, error) {
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 			gnet.WithLogger(gnetLogger{e.srv.log}),
 		)
+		if err != nil || e.runErr == nil {
+			e.runErr = err
+		}
 	}()
 	select {
 	case <-e.booted:
 	case <-e.exited:
 		return nil, fmt.Errorf("gnet: listen %s: %w", e.srv.opts.Listen, e.runErr)
 	}
-	return configureListener(e.eng, e.srv.opts.Listen)
+	return configureListener(e.eng, "tcp", e.srv.opts.Listen)
 }
 
 func (e *gnetEngine) exit() (<-chan struct{}, func() error) {
@@ -85,8 +88,8 @@ func (e *gnetEngine) exit() (<-chan struct{}, func() error) {
 // maximum) to listenBacklog — listen(2) again on a listening socket
 // resizes its queue — and asks the kernel which address the listener is
 // bound to, which tells the port when Listen asked for port 0.
-func configureListener(eng gnet.Engine, addr string) (*net.TCPAddr, error) {
-	fd, err := eng.DupListener("tcp", addr)
+func configureListener(eng gnet.Engine, network, addr string) (*net.TCPAddr, error) {
+	fd, err := eng.DupListener(network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("gnet: listener fd: %w", err)
 	}
@@ -119,9 +122,9 @@ func (e *gnetEngine) stop(ctx context.Context) error {
 func (e *gnetEngine) OnBoot(eng gnet.Engine) gnet.Action {
 	e.eng = eng
 	if e.srv.opts.WSListen != "" {
-		a, err := configureListener(eng, e.srv.opts.WSListen)
+		a, err := configureListener(eng, "tcp", wsListenAddr(e.srv.opts.WSListen, e.srv.opts.Listen))
 		if err != nil {
-			e.srv.log.Error("websocket listener", "err", err)
+			e.runErr = fmt.Errorf("websocket listener %s: %w", e.srv.opts.WSListen, err) // Rotate returns nil after Shutdown
 			return gnet.Shutdown
 		}
 		e.wsAddr = a
@@ -134,7 +137,7 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if e.srv.closing.Load() {
 		return nil, gnet.Close
 	}
-	isWS := isWSListener(e.wsAddr, c.LocalAddr())
+	isWS := isWSConn(e.wsAddr, c)
 	if !e.srv.admit() {
 		if isWS {
 			return wsServerFull, gnet.Close

@@ -231,6 +231,9 @@ func (o *Options) withDefaults() (Options, error) {
 	if c.WSListen != "" && c.Engine == EngineNet {
 		return c, errors.New("--ws-listen: the net engine does not serve WebSocket yet; use the gnet engine")
 	}
+	if c.WSListen != "" && wsListenAddr(c.WSListen, c.Listen) == c.Listen {
+		return c, errors.New("--ws-listen must differ from --listen")
+	}
 	if c.Loops <= 0 {
 		c.Loops = runtime.NumCPU()
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/loopchat/loopchat/codec"
 )
@@ -323,14 +324,28 @@ func wsCloseFrame(code ws.StatusCode, reason string) []byte {
 	return append(wsAppendHeader(nil, ws.OpClose, len(body)), body...)
 }
 
-// isWSListener tells whether local, a connection's local address, belongs
-// to the WebSocket listener at ln.
-func isWSListener(ln *net.TCPAddr, local net.Addr) bool {
+// isWSConn tells whether c came through the WebSocket listener at ln.
+// gnet's LocalAddr is the address its listener was asked for (port 0
+// stays 0), so the socket itself is asked: one getsockname per accepted
+// connection, only while a WebSocket listener runs.
+func isWSConn(ln *net.TCPAddr, c gnet.Conn) bool {
 	if ln == nil {
 		return false
 	}
-	ta, ok := local.(*net.TCPAddr)
-	if !ok || ta.Port != ln.Port {
+	sa, err := unix.Getsockname(c.Fd())
+	if err != nil {
+		return false
+	}
+	var ta net.TCPAddr
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		ta = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	case *unix.SockaddrInet6:
+		ta = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	default:
+		return false
+	}
+	if ta.Port != ln.Port {
 		return false
 	}
 	if ln.IP == nil || ln.IP.IsUnspecified() {
@@ -466,4 +481,18 @@ func (s *Server) WSAddr() net.Addr {
 		return e.wsAddr
 	}
 	return nil
+}
+
+// wsListenAddr is the address string the WebSocket listener is opened
+// with. gnet finds a listener by its address string (DupListener), so when
+// both listeners ask for port 0 on the same host the WebSocket one is
+// spelt with port "00" — the same port 0 to the resolver, another string
+// to gnet. Any other equal pair is refused by Options (both cannot bind).
+func wsListenAddr(ws, tcp string) string {
+	if ws == tcp {
+		if host, port, err := net.SplitHostPort(ws); err == nil && port == "0" {
+			return net.JoinHostPort(host, "00")
+		}
+	}
+	return ws
 }
