@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/panjf2000/gnet/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -34,6 +35,10 @@ type gnetEngine struct {
 	booted  chan struct{}
 	exited  chan struct{} // closed when gnet.Run returns
 	runErr  error         // what it returned; read after exited
+	// wsAddr is the WebSocket listener's address (nil: none), set in
+	// OnBoot before any connection opens; OnOpen tells its connections
+	// from the TCP listener's by their local address.
+	wsAddr *net.TCPAddr
 }
 
 func newGnetEngine(s *Server) *gnetEngine {
@@ -49,7 +54,11 @@ func (e *gnetEngine) start() (net.Addr, error) {
 	}
 	go func() {
 		defer close(e.exited)
-		e.runErr = gnet.Run(e, "tcp://"+e.srv.opts.Listen,
+		addrs := []string{"tcp://" + e.srv.opts.Listen}
+		if e.srv.opts.WSListen != "" {
+			addrs = append(addrs, "tcp://"+wsListenAddr(e.srv.opts.WSListen, e.srv.opts.Listen))
+		}
+		err := gnet.Rotate(e, addrs,
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(e.srv.opts.Loops),
 			gnet.WithLoadBalancing(lb),
@@ -59,13 +68,16 @@ func (e *gnetEngine) start() (net.Addr, error) {
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 			gnet.WithLogger(gnetLogger{e.srv.log}),
 		)
+		if err != nil || e.runErr == nil {
+			e.runErr = err
+		}
 	}()
 	select {
 	case <-e.booted:
 	case <-e.exited:
 		return nil, fmt.Errorf("gnet: listen %s: %w", e.srv.opts.Listen, e.runErr)
 	}
-	return configureListener(e.eng)
+	return configureListener(e.eng, "tcp", e.srv.opts.Listen)
 }
 
 func (e *gnetEngine) exit() (<-chan struct{}, func() error) {
@@ -76,8 +88,8 @@ func (e *gnetEngine) exit() (<-chan struct{}, func() error) {
 // maximum) to listenBacklog — listen(2) again on a listening socket
 // resizes its queue — and asks the kernel which address the listener is
 // bound to, which tells the port when Listen asked for port 0.
-func configureListener(eng gnet.Engine) (net.Addr, error) {
-	fd, err := eng.Dup()
+func configureListener(eng gnet.Engine, network, addr string) (*net.TCPAddr, error) {
+	fd, err := eng.DupListener(network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("gnet: listener fd: %w", err)
 	}
@@ -109,6 +121,14 @@ func (e *gnetEngine) stop(ctx context.Context) error {
 
 func (e *gnetEngine) OnBoot(eng gnet.Engine) gnet.Action {
 	e.eng = eng
+	if e.srv.opts.WSListen != "" {
+		a, err := configureListener(eng, "tcp", wsListenAddr(e.srv.opts.WSListen, e.srv.opts.Listen))
+		if err != nil {
+			e.runErr = fmt.Errorf("websocket listener %s: %w", e.srv.opts.WSListen, err) // Rotate returns nil after Shutdown
+			return gnet.Shutdown
+		}
+		e.wsAddr = a
+	}
 	close(e.booted)
 	return gnet.None
 }
@@ -117,15 +137,25 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if e.srv.closing.Load() {
 		return nil, gnet.Close
 	}
+	isWS := isWSConn(e.wsAddr, c)
 	if !e.srv.admit() {
+		if isWS {
+			return wsServerFull, gnet.Close
+		}
 		return e.srv.serverFull, gnet.Close
 	}
 	loop := e.loop(c)
 	t := &gnetTransport{c: c, loop: loop, limit: int64(e.srv.opts.MaxOutbound), wait: e.srv.opts.lingerWait}
+	if isWS {
+		t.ws = &wsConn{}
+	}
 	s := e.srv.newSession(c.RemoteAddr(), t)
 	t.sess = s
 	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
 		e.srv.slots.Add(-1) // never added: no OnClose work to undo it
+		if isWS {
+			return wsAddressBusy, gnet.Close
+		}
 		return e.srv.addressBusy, gnet.Close
 	}
 	c.SetContext(s)
@@ -202,6 +232,9 @@ func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
 			_, _ = c.Discard(size)
 		}
 	}
+	if t, _ := s.out.(*gnetTransport); t != nil && t.ws != nil {
+		return e.wsTraffic(c, s, t)
+	}
 	for {
 		payload, size, err := codec.PeekFrame(c, e.srv.opts.MaxFrame)
 		if err != nil {
@@ -253,6 +286,14 @@ type gnetTransport struct {
 	mu    sync.Mutex
 	out   *[]byte // frames waiting for the loop's writer; nil while none wait
 	ready bool    // in the loop's ready list
+
+	// ws is set on a WebSocket connection (websocket.go): frames are sent
+	// as binary messages once wsOpen, and dropped before (nothing but a
+	// refusal is written before the upgrade). wsCode is the close code
+	// after the last frame (0: 1000).
+	ws     *wsConn
+	wsOpen atomic.Bool
+	wsCode atomic.Int32
 
 	// Loop only.
 	gone bool // OnClose ran: the fd may already be another connection's
@@ -324,7 +365,22 @@ func (l *gnetLoop) Run(context.Context) error {
 var noLastFrame = []byte{}
 
 func (t *gnetTransport) send(frame []byte) {
-	n := int64(len(frame))
+	if t.ws != nil {
+		if !t.wsOpen.Load() {
+			return
+		}
+		t.queue(frame, int64(wsWireSize(frame)), true)
+		return
+	}
+	t.queue(frame, int64(len(frame)), false)
+}
+
+// sendRaw queues bytes written as they are (a WebSocket pong).
+func (t *gnetTransport) sendRaw(b []byte) { t.queue(b, int64(len(b)), false) }
+
+// queue appends frame, n bytes on the wire, to the out buffer; with wrap
+// each length-prefixed frame becomes a binary WebSocket message.
+func (t *gnetTransport) queue(frame []byte, n int64, wrap bool) {
 	// Count the frame before looking at last: a frame counted while last
 	// was still unset is written before it (finish waits for pending to
 	// drain), and one counted after sees it set and backs out.
@@ -342,7 +398,11 @@ func (t *gnetTransport) send(frame []byte) {
 	if t.out == nil {
 		t.out = t.loop.bufs.Get().(*[]byte)
 	}
-	*t.out = append(*t.out, frame...)
+	if wrap {
+		*t.out = wsAppendFrames(*t.out, frame)
+	} else {
+		*t.out = append(*t.out, frame...)
+	}
 	first := !t.ready
 	t.ready = true
 	t.mu.Unlock()
@@ -416,6 +476,22 @@ func (t *gnetTransport) onLoop(fn func(gnet.Conn)) {
 // queue (at most about the outbound limit) is held until it is written or
 // lingerWait runs out.
 func (t *gnetTransport) sendAndClose(frame []byte, _ bool) {
+	if t.ws != nil {
+		if !t.wsOpen.Load() {
+			frame = noLastFrame // before the upgrade: no frames, just the close
+		} else {
+			code := ws.StatusCode(t.wsCode.Load())
+			if code == 0 {
+				code = ws.StatusNormalClosure
+			}
+			frame = append(wsAppendFrames(nil, frame), wsCloseFrame(code, "")...)
+		}
+	}
+	t.sendRawAndClose(frame)
+}
+
+// sendRawAndClose is sendAndClose with frame written as it is.
+func (t *gnetTransport) sendRawAndClose(frame []byte) {
 	if !t.last.CompareAndSwap(nil, &frame) {
 		return
 	}

@@ -36,7 +36,7 @@ type metrics struct {
 	inboxReplay      prometheus.Histogram
 	inboxTrimmed     prometheus.Counter
 	historyTrimmed   prometheus.Counter
-	frameErrors      *prometheus.CounterVec // kind: zero_length, too_large, garbage
+	frameErrors      *prometheus.CounterVec // kind: zero_length, too_large, garbage, proxy_header, ws_upgrade
 	kicks            *prometheus.CounterVec // reason
 	slowConsumers    prometheus.Counter
 	rateLimited      prometheus.Counter

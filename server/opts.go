@@ -25,6 +25,15 @@ type Options struct {
 	// Listen is the TCP address to serve. Empty means 127.0.0.1:7000; port 0
 	// picks a free port (see Server.Addr).
 	Listen string
+	// WSListen is the address of the WebSocket listener (docs/protocol.md,
+	// "WebSocket"), served by the same gnet loops. Empty means off. The
+	// net engine does not serve WebSocket yet.
+	WSListen string
+	// WSAllowedOrigins lists the Origin values (e.g. https://chat.example)
+	// whose browsers may open a WebSocket; "*" allows any. An upgrade
+	// without Origin (a native client) is always allowed; one with an
+	// Origin not listed is refused with 403. Empty means no browser.
+	WSAllowedOrigins []string
 	// DataDir holds the embedded store and the generated token secret.
 	// Empty means ./loopchat-data.
 	DataDir string
@@ -218,6 +227,12 @@ func (o *Options) withDefaults() (Options, error) {
 	case EngineGnet, EngineNet:
 	default:
 		return c, fmt.Errorf("unknown engine %q (want %q or %q)", c.Engine, EngineGnet, EngineNet)
+	}
+	if c.WSListen != "" && c.Engine == EngineNet {
+		return c, errors.New("--ws-listen: the net engine does not serve WebSocket yet; use the gnet engine")
+	}
+	if c.WSListen != "" && wsListenAddr(c.WSListen, c.Listen) == c.Listen {
+		return c, errors.New("--ws-listen must differ from --listen")
 	}
 	if c.Loops <= 0 {
 		c.Loops = runtime.NumCPU()

@@ -247,6 +247,9 @@ func (s *Server) Start() (net.Addr, error) {
 		return nil, fmt.Errorf("presence: %w", err)
 	}
 	s.log.Info("serving", "addr", addr.String(), "engine", s.opts.Engine, "loops", s.opts.Loops)
+	if a := s.WSAddr(); a != nil {
+		s.log.Info("serving WebSocket", "addr", a.String(), "subprotocol", WSSubprotocol)
+	}
 	return addr, nil
 }
 

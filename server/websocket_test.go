@@ -1,0 +1,374 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
+)
+
+func startWSServer(t *testing.T, mutate func(*Options)) *testServer {
+	t.Helper()
+	o := testOptions(t, EngineGnet)
+	o.WSListen = "127.0.0.1:0"
+	o.WSAllowedOrigins = []string{"https://chat.example"}
+	if mutate != nil {
+		mutate(&o)
+	}
+	return startServer(t, o)
+}
+
+// wsClient wraps a coder/websocket connection speaking loopchat.v1.
+type wsClient struct {
+	t   *testing.T
+	c   *websocket.Conn
+	seq uint64
+}
+
+func dialWS(t *testing.T, ts *testServer) *wsClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, "ws://"+ts.WSAddr().String()+"/", &websocket.DialOptions{
+		Subprotocols: []string{WSSubprotocol},
+	})
+	if err != nil {
+		t.Fatalf("dial ws: %v (%v)", err, resp)
+	}
+	if c.Subprotocol() != WSSubprotocol {
+		t.Fatalf("subprotocol %q", c.Subprotocol())
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return &wsClient{t: t, c: c}
+}
+
+func (w *wsClient) send(f *chatpb.Frame) uint64 {
+	w.t.Helper()
+	w.seq++
+	f.Seq = w.seq
+	buf, err := protocol.Encode(f)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.c.Write(ctx, websocket.MessageBinary, buf[4:]); err != nil {
+		w.t.Fatalf("ws write: %v", err)
+	}
+	return f.Seq
+}
+
+func (w *wsClient) read() *chatpb.Frame {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	typ, p, err := w.c.Read(ctx)
+	if err != nil {
+		w.t.Fatalf("ws read: %v", err)
+	}
+	if typ != websocket.MessageBinary {
+		w.t.Fatalf("message type %v", typ)
+	}
+	f, err := protocol.Decode(p)
+	if err != nil {
+		w.t.Fatalf("decode: %v", err)
+	}
+	return f
+}
+
+func (w *wsClient) do(f *chatpb.Frame) *chatpb.Frame {
+	w.t.Helper()
+	seq := w.send(f)
+	for {
+		r := w.read()
+		if r.Seq == seq {
+			return r
+		}
+	}
+}
+
+func TestWebSocketChatWithTCPUser(t *testing.T) {
+	ts := startWSServer(t, nil)
+	tcp, _ := ts.user(t, "tina")
+
+	w := dialWS(t, ts)
+	expectOK(t, w.do(registerReq("wendy", pw)))
+	resp := w.do(loginReq("wendy", pw))
+	expectOK(t, resp)
+	if resp.GetLoginOk() == nil {
+		t.Fatalf("login: %v", resp)
+	}
+	if r := w.do(sendTo("tina", "hello from the browser")); r.GetSendOk() == nil {
+		t.Fatalf("send: %v", r)
+	}
+	if m := tcp.nextMessage(); m.Text != "hello from the browser" || m.FromUsername != "wendy" {
+		t.Fatalf("tcp got %v", m)
+	}
+	expectOK(t, tcp.do(sendTo("wendy", "hello back")))
+	for {
+		f := w.read()
+		if m := f.GetMessage(); m != nil {
+			if m.Text != "hello back" {
+				t.Fatalf("ws got %v", m)
+			}
+			break
+		}
+	}
+	// Ping through the library: the server answers pongs.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	go func() { _, _, _ = w.c.Read(ctx) }() // Ping needs a reader
+	if err := w.c.Ping(ctx); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+}
+
+// rawWS is a hand-made WebSocket client on a net.Conn, to send what a
+// library would not.
+type rawWS struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+const wsTestKey = "dGhlIHNhbXBsZSBub25jZQ=="
+
+func upgradeRequest(addr string, extra ...string) string {
+	h := "GET /ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: " + wsTestKey + "\r\nSec-WebSocket-Version: 13\r\n"
+	for _, e := range extra {
+		h += e + "\r\n"
+	}
+	return h + "\r\n"
+}
+
+// dialRawWS sends req and returns the connection and the HTTP response.
+func dialRawWS(t *testing.T, ts *testServer, req string) (*rawWS, *http.Response) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", ts.WSAddr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("read upgrade response: %v", err)
+	}
+	return &rawWS{t: t, c: c, br: br}, resp
+}
+
+func openRawWS(t *testing.T, ts *testServer) *rawWS {
+	t.Helper()
+	r, resp := dialRawWS(t, ts, upgradeRequest(ts.WSAddr().String(), "Sec-WebSocket-Protocol: foo, "+WSSubprotocol))
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Protocol") != WSSubprotocol {
+		t.Fatalf("upgrade: %v %v", resp.Status, resp.Header)
+	}
+	return r
+}
+
+// frame writes one masked client frame.
+func (r *rawWS) frame(fin bool, op byte, payload []byte) {
+	r.t.Helper()
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	buf := []byte{b0}
+	switch n := len(payload); {
+	case n < 126:
+		buf = append(buf, 0x80|byte(n))
+	case n <= 0xffff:
+		buf = append(buf, 0x80|126, byte(n>>8), byte(n))
+	default:
+		buf = append(buf, 0x80|127)
+		buf = binary.BigEndian.AppendUint64(buf, uint64(n))
+	}
+	mask := [4]byte{0x12, 0x34, 0x56, 0x78}
+	buf = append(buf, mask[:]...)
+	for i, b := range payload {
+		buf = append(buf, b^mask[i%4])
+	}
+	if _, err := r.c.Write(buf); err != nil {
+		r.t.Fatalf("write: %v", err)
+	}
+}
+
+// next reads one server frame: opcode and payload.
+func (r *rawWS) next() (byte, []byte, error) {
+	var h [2]byte
+	if _, err := io.ReadFull(r.br, h[:]); err != nil {
+		return 0, nil, err
+	}
+	if h[1]&0x80 != 0 || h[0]&0x80 == 0 {
+		return 0, nil, fmt.Errorf("server frame masked or not final: % x", h)
+	}
+	n := int(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		if _, err := io.ReadFull(r.br, l[:]); err != nil {
+			return 0, nil, err
+		}
+		n = int(binary.BigEndian.Uint16(l[:]))
+	case 127:
+		var l [8]byte
+		if _, err := io.ReadFull(r.br, l[:]); err != nil {
+			return 0, nil, err
+		}
+		n = int(binary.BigEndian.Uint64(l[:]))
+	}
+	p := make([]byte, n)
+	_, err := io.ReadFull(r.br, p)
+	return h[0] & 0x0f, p, err
+}
+
+// expectClose reads past binary messages to the close frame, checks its
+// code, then expects the connection to end.
+func (r *rawWS) expectClose(code int) {
+	r.t.Helper()
+	for {
+		op, p, err := r.next()
+		if err != nil {
+			r.t.Fatalf("waiting for close %d: %v", code, err)
+		}
+		if op != 0x8 {
+			continue
+		}
+		if len(p) < 2 || int(binary.BigEndian.Uint16(p)) != code {
+			r.t.Fatalf("close frame % x, want code %d", p, code)
+		}
+		break
+	}
+	if _, _, err := r.next(); err == nil || !(errors.Is(err, io.EOF) || isReset(err)) {
+		r.t.Fatalf("after close: %v", err)
+	}
+}
+
+func encodePayload(t *testing.T, f *chatpb.Frame) []byte {
+	t.Helper()
+	buf, err := protocol.Encode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf[4:]
+}
+
+func TestWebSocketBadUpgrade(t *testing.T) {
+	ts := startWSServer(t, nil)
+	addr := ts.WSAddr().String()
+	for _, tc := range []struct {
+		name   string
+		req    string
+		status int
+	}{
+		{"no subprotocol", upgradeRequest(addr), 400},
+		{"other subprotocol", upgradeRequest(addr, "Sec-WebSocket-Protocol: chat"), 400},
+		{"bad origin", upgradeRequest(addr, "Sec-WebSocket-Protocol: "+WSSubprotocol, "Origin: https://evil.example"), 403},
+		{"not an upgrade", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"too large", "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + strings.Repeat("a", 9000) + "\r\n\r\n", 431},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, resp := dialRawWS(t, ts, tc.req)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %v, want %d", resp.Status, tc.status)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			if _, err := r.br.ReadByte(); err == nil {
+				t.Fatal("bytes after the refusal")
+			}
+		})
+	}
+	// An allowed browser origin and a native client (no Origin) get in.
+	r, resp := dialRawWS(t, ts, upgradeRequest(addr, "Sec-WebSocket-Protocol: "+WSSubprotocol, "Origin: https://chat.example"))
+	if resp.StatusCode != 101 {
+		t.Fatalf("allowed origin: %v", resp.Status)
+	}
+	r.frame(true, 0x2, encodePayload(t, &chatpb.Frame{Seq: 1, Body: pingReq().Body}))
+	if op, p, err := r.next(); err != nil || op != 0x2 {
+		t.Fatalf("pong: %v %v", op, err)
+	} else if f, err := protocol.Decode(p); err != nil || f.Seq != 1 {
+		t.Fatalf("pong frame %v %v", f, err)
+	}
+}
+
+func TestWebSocketTextMessageClosed1003(t *testing.T) {
+	ts := startWSServer(t, nil)
+	r := openRawWS(t, ts)
+	r.frame(true, 0x1, []byte("hello"))
+	r.expectClose(1003)
+}
+
+func TestWebSocketFragmentedAndPing(t *testing.T) {
+	ts := startWSServer(t, nil)
+	r := openRawWS(t, ts)
+	p := encodePayload(t, &chatpb.Frame{Seq: 7, Body: registerReq("frag", pw).Body})
+	r.frame(false, 0x2, p[:3])
+	r.frame(true, 0x9, []byte("between fragments")) // control frames may interleave
+	r.frame(false, 0x0, p[3:5])
+	r.frame(true, 0x0, p[5:])
+	op, body, err := r.next()
+	if err != nil || op != 0xA || string(body) != "between fragments" {
+		t.Fatalf("pong: op %x %q %v", op, body, err)
+	}
+	op, body, err = r.next()
+	if err != nil || op != 0x2 {
+		t.Fatalf("response: op %x %v", op, err)
+	}
+	f, err := protocol.Decode(body)
+	if err != nil || f.Seq != 7 {
+		t.Fatalf("response %v %v", f, err)
+	}
+	expectOK(t, f)
+	// A clean close is answered with a close frame carrying its code.
+	r.frame(true, 0x8, []byte{0x03, 0xe8})
+	r.expectClose(1000)
+}
+
+func TestWebSocketOversizedClosed1009(t *testing.T) {
+	ts := startWSServer(t, func(o *Options) { o.MaxFrame = 1024 })
+	r := openRawWS(t, ts)
+	r.frame(true, 0x2, make([]byte, 2000))
+	r.expectClose(1009)
+
+	// Fragments that add up past the limit too.
+	r = openRawWS(t, ts)
+	r.frame(false, 0x2, make([]byte, 600))
+	r.frame(true, 0x0, make([]byte, 600))
+	r.expectClose(1009)
+}
+
+func TestWebSocketProtocolErrors1002(t *testing.T) {
+	ts := startWSServer(t, nil)
+	for name, send := range map[string]func(r *rawWS){
+		"rsv":                func(r *rawWS) { r.frame(true, 0x2|0x40, []byte{1}) },
+		"unmasked":           func(r *rawWS) { _, _ = r.c.Write([]byte{0x82, 0x01, 0x00}) },
+		"lone continuation":  func(r *rawWS) { r.frame(true, 0x0, []byte{1}) },
+		"long ping":          func(r *rawWS) { r.frame(true, 0x9, make([]byte, 126)) },
+		"fragmented ping":    func(r *rawWS) { r.frame(false, 0x9, nil) },
+		"reserved opcode":    func(r *rawWS) { r.frame(true, 0x3, nil) },
+		"message in message": func(r *rawWS) { r.frame(false, 0x2, []byte{1}); r.frame(true, 0x2, []byte{1}) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := openRawWS(t, ts)
+			send(r)
+			r.expectClose(1002)
+		})
+	}
+}
