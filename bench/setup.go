@@ -150,6 +150,27 @@ const setupParallel = 64
 func tokens(ctx context.Context, cfg *Config, n int) ([]string, []uint64, error) {
 	toks := make([]string, n)
 	ids := make([]uint64, n)
+	err := eachUser(ctx, cfg, n, func(ctx context.Context, c *Conn, i int) error {
+		reg := &chatpb.Frame{Body: &chatpb.Frame_Register{Register: &chatpb.Register{Username: cfg.user(i), Password: cfg.Password}}}
+		if _, err := c.Call(ctx, reg); err != nil && !protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS) {
+			return fmt.Errorf("register %s: %w", cfg.user(i), err)
+		}
+		login := &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Username: cfg.user(i), Password: cfg.Password}}}
+		resp, err := c.Call(ctx, login)
+		if err != nil {
+			return fmt.Errorf("login %s: %w", cfg.user(i), err)
+		}
+		toks[i], ids[i] = resp.GetLoginOk().Token, resp.GetLoginOk().UserId
+		_, err = c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}})
+		return err
+	})
+	return toks, ids, err
+}
+
+// eachUser runs fn for users [0,n), setupParallel at a time, each worker
+// on one connection of its own (spread over cfg's addresses) that fn
+// leaves logged out for the next user.
+func eachUser(ctx context.Context, cfg *Config, n int, fn func(ctx context.Context, c *Conn, i int) error) error {
 	var next atomic.Int64
 	g, ctx := errgroup.WithContext(ctx)
 	for w := range setupParallel {
@@ -164,23 +185,13 @@ func tokens(ctx context.Context, cfg *Config, n int) ([]string, []uint64, error)
 				if i >= n {
 					return nil
 				}
-				reg := &chatpb.Frame{Body: &chatpb.Frame_Register{Register: &chatpb.Register{Username: cfg.user(i), Password: cfg.Password}}}
-				if _, err := c.Call(ctx, reg); err != nil && !protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS) {
-					return fmt.Errorf("register %s: %w", cfg.user(i), err)
-				}
-				login := &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Username: cfg.user(i), Password: cfg.Password}}}
-				resp, err := c.Call(ctx, login)
-				if err != nil {
-					return fmt.Errorf("login %s: %w", cfg.user(i), err)
-				}
-				toks[i], ids[i] = resp.GetLoginOk().Token, resp.GetLoginOk().UserId
-				if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}}); err != nil {
+				if err := fn(ctx, c, i); err != nil {
 					return err
 				}
 			}
 		})
 	}
-	return toks, ids, g.Wait()
+	return g.Wait()
 }
 
 // settleAfterFriends is how long the login scenario waits after
@@ -200,38 +211,21 @@ func befriend(ctx context.Context, cfg *Config, toks []string) error {
 	if half <= 0 {
 		return nil
 	}
-	var next atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	for w := range setupParallel {
-		g.Go(func() error {
-			ctx := gctx
-			c, err := Dial(ctx, cfg.addr(w), netip.Addr{})
-			if err != nil {
-				return err
+	err := eachUser(ctx, cfg, n, func(ctx context.Context, c *Conn, i int) error {
+		login := &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: toks[i]}}}
+		if _, err := c.Call(ctx, login); err != nil {
+			return fmt.Errorf("login %s: %w", cfg.user(i), err)
+		}
+		for d := 1; d <= half; d++ {
+			add := &chatpb.Frame{Body: &chatpb.Frame_AddFriend{AddFriend: &chatpb.AddFriend{Username: cfg.user((i + d) % n)}}}
+			if _, err := c.Call(ctx, add); err != nil && !protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS) {
+				return fmt.Errorf("%s befriends %s: %w", cfg.user(i), cfg.user((i+d)%n), err)
 			}
-			defer c.Close()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return nil
-				}
-				login := &chatpb.Frame{Body: &chatpb.Frame_Login{Login: &chatpb.Login{Token: toks[i]}}}
-				if _, err := c.Call(ctx, login); err != nil {
-					return fmt.Errorf("login %s: %w", cfg.user(i), err)
-				}
-				for d := 1; d <= half; d++ {
-					add := &chatpb.Frame{Body: &chatpb.Frame_AddFriend{AddFriend: &chatpb.AddFriend{Username: cfg.user((i + d) % n)}}}
-					if _, err := c.Call(ctx, add); err != nil && !protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS) {
-						return fmt.Errorf("%s befriends %s: %w", cfg.user(i), cfg.user((i+d)%n), err)
-					}
-				}
-				if _, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}}); err != nil {
-					return err
-				}
-			}
-		})
-	}
-	if err := g.Wait(); err != nil {
+		}
+		_, err := c.Call(ctx, &chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}})
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	select {
