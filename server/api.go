@@ -638,6 +638,10 @@ func (a *api) publish(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	if req.ToGroup != 0 {
+		if order := a.s.groupOrder(req.ToGroup); order != nil {
+			order.RLock()
+			defer order.RUnlock()
+		}
 		g, err := a.s.store.Group(bounded, req.ToGroup)
 		if err != nil {
 			return 0, nil, err

@@ -362,6 +362,21 @@ func (s *Server) memberLock(uid uint64) *sync.Mutex {
 	return &s.memberLocks[uid%uint64(len(s.memberLocks))]
 }
 
+// groupOrder orders gid's sends with its joins and leaves on the embedded
+// store, where the node reads a message's recipients before the append: a
+// send holds it shared from reading the members until the message is
+// stored, a join or leave holds it alone while stored. So a message stored
+// after a join (a seq above the joiner's join point, from which its history
+// shows the group) had the joiner among its recipients, and one stored
+// before it did not. nil on Redis, whose append script reads the members
+// itself, atomically with the seq.
+func (s *Server) groupOrder(gid uint64) *sync.RWMutex {
+	if s.storePublishes {
+		return nil
+	}
+	return &s.groupOrders[gid%uint64(len(s.groupOrders))]
+}
+
 // joinGroup makes uid a member of gid: a client's JoinGroup, or a backend
 // adding someone. When uid has a session here, the node hears the group
 // before the membership is stored, so every message stored with uid among
@@ -378,6 +393,10 @@ func (s *Server) joinGroup(ctx context.Context, gid, uid uint64) error {
 			return err
 		}
 		fresh = n > 0
+	}
+	if order := s.groupOrder(gid); order != nil {
+		order.Lock()
+		defer order.Unlock()
 	}
 	err := s.store.JoinGroup(ctx, gid, uid, s.opts.limits())
 	switch {
@@ -440,6 +459,10 @@ func (s *Server) leaveGroup(ctx context.Context, gid, uid uint64) error {
 	mu := s.memberLock(uid)
 	mu.Lock()
 	defer mu.Unlock()
+	if order := s.groupOrder(gid); order != nil {
+		order.Lock()
+		defer order.Unlock()
+	}
 	err := s.store.LeaveGroup(ctx, gid, uid)
 	if err == nil {
 		s.memberNotice(ctx, gid, uid, false)

@@ -474,6 +474,10 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 		}
 		m.ToUserId, recipients = target.ID, []uint64{target.ID}
 	case *chatpb.Send_GroupId:
+		if order := c.srv.groupOrder(to.GroupId); order != nil {
+			order.RLock()
+			defer order.RUnlock()
+		}
 		g, err := c.srv.store.Group(ctx, to.GroupId)
 		if err != nil {
 			return sendReceipt{}, err

@@ -63,6 +63,9 @@ type Server struct {
 	// group_member notices themselves (cluster mode).
 	memberLocks    [64]sync.Mutex
 	storePublishes bool
+	// groupOrders order a group's sends with its joins and leaves where
+	// the node picks a message's recipients (groupOrder).
+	groupOrders [64]sync.RWMutex
 
 	// ctx is cancelled when the server has shut down; request handlers use it.
 	ctx    context.Context
