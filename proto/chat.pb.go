@@ -2547,7 +2547,9 @@ type ConversationSummary struct {
 	ReadSeq uint64 `protobuf:"varint,7,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`
 	// How many seqs lie above what the caller has read: last_seq minus
 	// read_seq (in a group, minus the larger of read_seq and the seq the
-	// caller joined at), never negative. The caller's own messages count.
+	// caller joined at), never negative. Sending moves the read seq up to
+	// the message sent, so the caller's own messages count only where they
+	// do not (a note to oneself, a message a program sent as the caller).
 	Unread        uint64 `protobuf:"varint,8,opt,name=unread,proto3" json:"unread,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

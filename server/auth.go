@@ -49,7 +49,9 @@ func newTokens(secret []byte, ttl time.Duration) tokens {
 }
 
 func (t tokens) issue(u User, now time.Time, epoch string) (token string, expires time.Time) {
-	expires = now.Add(t.ttl)
+	// Whole seconds, as the token holds it: the time reported is the
+	// moment verify starts refusing it.
+	expires = time.Unix(now.Add(t.ttl).Unix(), 0)
 	var p [24]byte
 	binary.BigEndian.PutUint64(p[:8], u.ID)
 	binary.BigEndian.PutUint64(p[8:16], uint64(expires.Unix()))

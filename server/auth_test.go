@@ -60,6 +60,19 @@ func TestTokensIssueAndVerify(t *testing.T) {
 	if _, _, err := tk.verify(tok, now.Add(time.Hour), "e1"); err == nil {
 		t.Error("a token at its expiry still verifies")
 	}
+	// The expiry reported is the one the token holds, to the second: it
+	// verifies up to the millisecond before and not at it.
+	odd := now.Add(1500 * time.Millisecond)
+	tok2, exp2 := tk.issue(User{ID: 42, Nonce: 9}, odd, "e1")
+	if exp2.UnixMilli()%1000 != 0 || exp2.After(odd.Add(time.Hour)) || exp2.Before(odd.Add(time.Hour-time.Second)) {
+		t.Fatalf("expires %v for a token issued at %v", exp2, odd)
+	}
+	if _, _, err := tk.verify(tok2, exp2.Add(-time.Millisecond), "e1"); err != nil {
+		t.Errorf("a token 1 ms before its reported expiry: %v", err)
+	}
+	if _, _, err := tk.verify(tok2, exp2, "e1"); err == nil {
+		t.Error("a token at its reported expiry still verifies")
+	}
 	// A token names a user of one store: another epoch refuses it.
 	if _, _, err := tk.verify(tok, now, "e2"); !errors.Is(err, ErrBadToken) {
 		t.Errorf("a token of epoch e1 under e2: verify = %v, want ErrBadToken", err)

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -23,13 +24,16 @@ import (
 // device of each recipient (and of the sender, but for the device it was
 // sent from), and each device acks in its own box only.
 //
-// A user with no device on record has the implicit device "" in slot 0.
-// The first device recorded takes slot 0, with whatever its inbox holds;
-// a later one takes a free slot and starts "now": its box gets the
-// messages sent from then on (since), and it pulls older ones from
-// history. Past maxKnownDevices the device with the oldest login is
-// forgotten, and its box emptied. Clients without a device id never cause
-// a write: they stay the implicit device.
+// A user with no device on record (none has logged in since devices
+// existed) has the implicit device "" in slot 0. The first device
+// recorded, "" included, takes slot 0, with whatever its inbox holds; a
+// later one takes a free slot and starts "now": its box gets the messages
+// sent from then on (since), and it pulls older ones from history. Past
+// maxKnownDevices the device with the oldest login is forgotten, and its
+// box emptied. A client without a device id is recorded like any other
+// (one write at its first login): were it left implicit, the first named
+// device would take slot 0 while it is still in use, and the two would
+// share one inbox.
 //
 // Online, at most Options.MaxDevices devices of a user have a session at
 // once. A new login of a device replaces that device's older session
@@ -92,7 +96,7 @@ func validateDeviceID(id string) error {
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "device_id is not UTF-8")
 	}
 	for _, r := range id {
-		if r < 0x20 || r == 0x7f {
+		if unicode.IsControl(r) {
 			return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "device_id has control characters")
 		}
 	}
@@ -110,9 +114,8 @@ func registerDevice(devs []Device, id string, nowMs int64) ([]Device, bool, Devi
 		return devs, true, DeviceReg{Slot: devs[i].Slot}
 	}
 	if len(devs) == 0 {
-		if id == "" {
-			return devs, false, DeviceReg{} // the implicit device: no record
-		}
+		// The first device on record, named or not, takes the box the
+		// user had before any login.
 		return []Device{{ID: id, Slot: 0, SinceMs: 0, LastLoginMs: nowMs}}, true, DeviceReg{}
 	}
 	var reg DeviceReg

@@ -26,7 +26,7 @@ if cur then
 end
 local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then
-  if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], '0:0:' .. ARGV[2] .. ':' .. ARGV[1]) end
+  redis.call('HSET', KEYS[1], ARGV[1], '0:0:' .. ARGV[2] .. ':' .. ARGV[1])
   return {0, 0, ''}
 end
 local used, oldest, oldestLast, oldestSlot = {}, nil, nil, nil

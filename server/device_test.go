@@ -249,3 +249,71 @@ func TestNoteToSelfReachesEachDeviceOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestUnnamedDeviceHasItsOwnInbox: a client without a device_id is a
+// device of its own. A named device logging in while it is in use gets a
+// box of its own: the unnamed one's acks leave it alone, and each gets the
+// user's messages sent from the other.
+func TestUnnamedDeviceHasItsOwnInbox(t *testing.T) {
+	onOneNodeAndTwo(t, func(t *testing.T, a, b *testServer) {
+		plain, _ := a.user(t, "alice") // no device_id
+		named, _ := b.device(t, "alice", "x")
+		bob, _ := a.user(t, "bob")
+
+		sent := bob.do(sendTo("alice", "to both"))
+		expectOK(t, sent)
+		id := sent.GetSendOk().MsgId
+		for name, dev := range map[string]*rawConn{"unnamed": plain, "x": named} {
+			if m := dev.nextMessage(); m.MsgId != id {
+				t.Fatalf("%s got %+v", name, m)
+			}
+		}
+		own := plain.do(sendTo("bob", "from the unnamed device"))
+		expectOK(t, own)
+		if m := named.nextMessage(); m.MsgId != own.GetSendOk().MsgId {
+			t.Fatalf("x got %+v, want alice's own message from the unnamed device", m)
+		}
+
+		// The unnamed device acks; x acks nothing and comes back.
+		plain.sendFrame(ackReq(id))
+		expectOK(t, plain.do(pingReq()))
+		named.c.Close()
+		named, _ = b.device(t, "alice", "x")
+		got := []uint64{named.nextMessage().MsgId, named.nextMessage().MsgId}
+		if got[0] != id || got[1] != own.GetSendOk().MsgId {
+			t.Fatalf("x's replay %v, want [%d %d]", got, id, own.GetSendOk().MsgId)
+		}
+
+		// Both away: each gets what was sent meanwhile at its next login.
+		plain.c.Close()
+		named.c.Close()
+		time.Sleep(100 * time.Millisecond)
+		away := bob.do(sendTo("alice", "while both were away"))
+		expectOK(t, away)
+		plain, _ = a.user(t, "alice")
+		if m := plain.nextMessage(); m.MsgId != away.GetSendOk().MsgId {
+			t.Fatalf("the unnamed device's replay: %+v", m)
+		}
+		named, _ = b.device(t, "alice", "x")
+		named.nextMessage() // bob's first, still unacked by x
+		if m := named.nextMessage(); m.MsgId != own.GetSendOk().MsgId {
+			t.Fatalf("x's replay: %+v", m)
+		}
+		if m := named.nextMessage(); m.MsgId != away.GetSendOk().MsgId {
+			t.Fatalf("x's replay: %+v", m)
+		}
+	})
+}
+
+func TestValidateDeviceID(t *testing.T) {
+	for _, ok := range []string{"", "phone", "Phone", "téléphone 2", strings.Repeat("x", maxDeviceID)} {
+		if err := validateDeviceID(ok); err != nil {
+			t.Errorf("validateDeviceID(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"a\x01b", "a\x7fb", "a\u0085b", "a\u009fb", "\xff", strings.Repeat("x", maxDeviceID+1)} {
+		if err := validateDeviceID(bad); err == nil {
+			t.Errorf("validateDeviceID(%q) accepted", bad)
+		}
+	}
+}

@@ -448,15 +448,28 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 			}
 			return res.Message
 		}
-		// Clients without a device id are the implicit device: no record.
-		if reg, err := s.RegisterDevice(ctx, b.ID, "", 1000); err != nil || reg.Slot != 0 || reg.Forgot {
+		// A client without a device id is a device on record too, and the
+		// first one takes slot 0: a named device after it gets a box of
+		// its own, and the two never share one.
+		c, _ := s.CreateUser(ctx, "c", nil)
+		if reg, err := s.RegisterDevice(ctx, c.ID, "", 1000); err != nil || reg.Slot != 0 || reg.Forgot {
 			t.Fatalf("RegisterDevice(\"\") = %+v, %v", reg, err)
 		}
-		if devs, _ := s.Devices(ctx, b.ID); len(devs) != 0 {
-			t.Fatalf("devices after the implicit one: %+v", devs)
+		if devs, _ := s.Devices(ctx, c.ID); len(devs) != 1 || devs[0].ID != "" || devs[0].Slot != 0 {
+			t.Fatalf("devices after a login without an id: %+v", devs)
 		}
+		if reg, err := s.RegisterDevice(ctx, c.ID, "tablet", 1200); err != nil || reg.Slot != 1 {
+			t.Fatalf("RegisterDevice(tablet) after \"\" = %+v, %v", reg, err)
+		}
+		toC := send(a, c.ID, 1300, nil)
+		for slot := range 2 {
+			if got := inboxIDs(t, s, boxOf(c.ID, slot)); !slices.Equal(got, []uint64{toC.MsgId}) {
+				t.Fatalf("c's box %d = %v, want [%d]", slot, got, toC.MsgId)
+			}
+		}
+		// Before any login the user's messages wait in slot 0's box.
 		m0 := send(a, b.ID, 1500, nil)
-		// The first named device takes slot 0, with what its inbox holds.
+		// The first device on record takes slot 0, with what its inbox holds.
 		if reg, err := s.RegisterDevice(ctx, b.ID, "phone", 2000); err != nil || reg.Slot != 0 {
 			t.Fatalf("RegisterDevice(phone) = %+v, %v", reg, err)
 		}
