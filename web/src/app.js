@@ -226,7 +226,7 @@ async function login(creds) {
   }
   saved.setItem("loopchat.epoch", ok.storeEpoch);
   if (st.me && st.me.id !== ok.userId) resetData();
-  st.me = { id: ok.userId, name: ok.username };
+  st.me = { id: ok.userId, name: ok.username, node: ok.nodeId };
   st.token = ok.token;
   saved.setItem("loopchat.token", ok.token);
   st.friends.clear();
@@ -319,6 +319,8 @@ function showChat() {
   $("logout").hidden = false;
   $("me").hidden = false;
   $("me").textContent = st.me.name;
+  $("me").dataset.node = st.me.node; // which node the session landed on
+  $("me").title = st.me.node ? "connected to node " + st.me.node : "";
   renderFriends();
   renderGroups();
 }
