@@ -15,7 +15,6 @@ import (
 
 	"github.com/loopchat/loopchat/client"
 	"github.com/loopchat/loopchat/internal/testproc"
-	chatpb "github.com/loopchat/loopchat/proto"
 )
 
 // These tests drive the web page (--web, docs/web.md) in Debian's headless
@@ -353,10 +352,10 @@ func TestWebPageInBrowser(t *testing.T) {
 }
 
 // TestWebPageTalksToTerminalUserAcrossNodes is the issue's done line: a
-// person in a browser chats with a person on the SDK (what the terminal
-// client runs on), on two nodes sharing a real Redis, both through nginx —
-// the browser through its http {} block (page and WebSocket), the other
-// through its stream {} block.
+// person in a browser chats with a person in `loopchat client` on a
+// terminal (a real pseudo-terminal), on two nodes sharing a real Redis,
+// both through nginx — the browser through its http {} block (page and
+// WebSocket), the terminal through its stream {} block.
 func TestWebPageTalksToTerminalUserAcrossNodes(t *testing.T) {
 	r := testproc.StartRedis(t)
 	common := []string{"--redis", r.URL, "--web", "--proxy-protocol-from", "127.0.0.0/8", "--heartbeat", "200ms", "--presence-grace", "300ms"}
@@ -373,22 +372,11 @@ func TestWebPageTalksToTerminalUserAcrossNodes(t *testing.T) {
 	})
 	_ = n1
 
-	ctx := testproc.Ctx(t, 50*time.Second)
-	term, err := client.Dial(ctx, client.Options{Addr: ng.Addr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer term.Close()
-	if _, err := term.Register(ctx, "terry", "hunter2hunter2"); err != nil {
-		t.Fatal(err)
-	}
-	ok, err := term.Login(ctx, "terry", "hunter2hunter2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok.NodeId != "n2" {
-		t.Fatalf("the terminal user landed on %q, want n2", ok.NodeId)
-	}
+	script(t, ng.Addr, "/register terry hunter2hunter2")
+	terry := startTTYClient(t, ng.Addr, "--user", "terry")
+	terry.waitLine("password for terry:")
+	terry.typ("hunter2hunter2\r")
+	terry.waitText("logged in as terry (user 1) on node n2")
 
 	b := startBrowser(t)
 	web := b.page("wendy")
@@ -401,50 +389,29 @@ func TestWebPageTalksToTerminalUserAcrossNodes(t *testing.T) {
 		chromedp.Click(chromedp.ID("add-friend-submit")))
 	web.wait("terry online (on the other node)", `!!document.querySelector('#friends li[data-username="terry"][data-online="true"]')`)
 
+	// Browser to terminal; the terminal reads it, and the page shows it read.
 	web.openConv("friends", "terry")
 	web.send("hello from the browser")
-	msg := nextEvent(b, term, func(e client.Event) bool { return e.Message != nil }).Message
-	if msg.Text != "hello from the browser" || msg.FromUsername != "wendy" {
-		b.fatalf("terry got %v", msg)
-	}
-	_ = term.Ack(msg.MsgId)
-	// terry reads it (sending a reply marks read too, but tells nobody).
-	if err := term.MarkRead(ctx, &chatpb.MarkRead{PeerUsername: "wendy", UpToSeq: msg.Seq}); err != nil {
-		b.fatalf("%v", err)
-	}
+	terry.waitText("wendy: hello from the browser")
+	terry.typ("/open wendy\r")
+	terry.waitLine("terry → wendy>")
+	terry.typ("/read\r")
+	terry.waitText("read up to #1")
 	web.wait("a read receipt on the browser's message", `document.querySelector('#messages li[data-mine="true"]').dataset.read === "true"`)
 
-	if err := term.TypingTo(ctx, "wendy"); err != nil {
-		b.fatalf("%v", err)
-	}
+	// Terminal to browser: typing shows while the line is typed, then the
+	// message; the page has the conversation open, reads it, and the
+	// terminal is told.
+	terry.typ("hello from the terminal")
 	web.wait("terry typing", `document.getElementById("typing").textContent === "terry is typing…"`)
-	if _, err := term.SendToUser(ctx, "wendy", "hello from the terminal"); err != nil {
-		b.fatalf("%v", err)
-	}
+	terry.typ("\r")
 	web.waitShown("hello from the terminal")
-	// The conversation is open in a visible page: it is marked read, and
-	// terry is told.
-	rr := nextEvent(b, term, func(e client.Event) bool { return e.Read != nil }).Read
-	if rr.UpToSeq != 2 || rr.PeerUserId == 0 {
-		b.fatalf("terry's read receipt %v; want wendy read up to seq 2", rr)
-	}
+	terry.waitText("wendy read your messages up to #2")
 
-	// terry goes offline: the browser shows it, across nodes.
-	term.Close()
+	// terry quits: the browser shows him offline, across nodes.
+	terry.typ("/quit\r")
+	if err := terry.wait(); err != nil {
+		b.fatalf("the terminal client exited with %v", err)
+	}
 	web.wait("terry offline", `!!document.querySelector('#friends li[data-username="terry"][data-online="false"]')`)
-}
-
-func nextEvent(b *browser, c *client.Client, match func(client.Event) bool) client.Event {
-	b.t.Helper()
-	deadline := time.After(15 * time.Second)
-	for {
-		select {
-		case e := <-c.Events():
-			if match(e) {
-				return e
-			}
-		case <-deadline:
-			b.fatalf("no such event within 15s")
-		}
-	}
 }
