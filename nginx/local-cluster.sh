@@ -59,7 +59,7 @@ for i in $(seq "$nodes"); do
 	wp=$(free_port)
 	ap=$(free_port)
 	LOOPCHAT_TOKEN_SECRET=local-cluster-secret-0123456789 "$bin" serve --listen "127.0.0.1:$np" \
-		--ws-listen "127.0.0.1:$wp" \
+		--ws-listen "127.0.0.1:$wp" --web \
 		--data "$dir/n$i" --redis "$redis" --node-id "n$i" --proxy-protocol-from 127.0.0.0/8 \
 		--admin-addr "127.0.0.1:$ap" ${NODE_FLAGS:-} >"$dir/n$i.log" 2>&1 &
 	pids+=($!)
@@ -83,7 +83,7 @@ wait_port "$port"
 pids+=($!)
 say "lb" "admin http://127.0.0.1:$lbp/debug/nodes  log: $dir/lb.log"
 say "nginx" "127.0.0.1:$port  conf: $dir/nginx.conf  logs: $dir/access.log $dir/error.log"
-say "browsers" "ws://127.0.0.1:$web_port/ through nginx  log: $dir/http-access.log"
+say "browsers" "http://127.0.0.1:$web_port/ (the chat page and its WebSocket) through nginx  log: $dir/http-access.log"
 
 for _ in $(seq 50); do grep -q '^server 127' "$dir/upstream.conf" && grep -vq 'down;' "$dir/upstream.conf" && break; sleep 0.1; done
 printf '\nready: %s client --addr 127.0.0.1:%s\n' "$bin" "$port"
