@@ -1,10 +1,11 @@
 #!/bin/sh
-# Rebuilds web/dist/ — the chat page a node serves with --web, committed and
-# embedded in the binary (go:embed), so building and testing need no Node —
-# from web/src/ and proto/chat.proto: protoc-gen-es makes the protobuf code,
-# esbuild bundles it with @bufbuild/protobuf and the page's script into one
-# file. Needs node/npm (versions pinned in web/package-lock.json) and protoc.
-# Run it after changing web/src/, proto/chat.proto or web/package*.json, and
+# Rebuilds web/dist/app.js — the script of the chat page a node serves with
+# --web, committed and embedded in the binary (go:embed) with web/src's
+# index.html and style.css, so building and testing need no Node — from
+# web/src/app.js and proto/chat.proto: protoc-gen-es makes the protobuf
+# code, esbuild bundles it with @bufbuild/protobuf and the page's script.
+# Needs node/npm (versions pinned in web/package-lock.json) and protoc. Run
+# it after changing web/src/*.js, proto/chat.proto or web/package*.json, and
 # commit web/dist/: TestDistIsFresh (web/) fails while dist/ is stale.
 set -eu
 cd "$(dirname "$0")/.."
@@ -18,8 +19,7 @@ protoc --plugin=protoc-gen-es=web/node_modules/.bin/protoc-gen-es --es_out=web/g
 	-I proto proto/chat.proto
 web/node_modules/.bin/esbuild web/src/app.js --bundle --format=iife --target=es2020 --minify \
 	--charset=utf8 --legal-comments=none --log-level=warning --outfile=web/dist/app.js
-cp web/src/index.html web/src/style.css web/dist/
 # What dist/ was built from; TestDistIsFresh compares it with the tree.
 sha256sum proto/chat.proto scripts/build-web.sh web/package.json web/package-lock.json \
-	$(find web/src -type f | LC_ALL=C sort) >web/dist/inputs.sha256
+	$(find web/src -type f -name '*.js' | LC_ALL=C sort) >web/dist/inputs.sha256
 ls -l web/dist

@@ -52,24 +52,12 @@ func newWebPage() (*webPage, error) {
 		notFound: webError(404, "Not Found", "no such page"),
 		badVerb:  webError(405, "Method Not Allowed", "only GET and HEAD"),
 	}
-	files := web.Files()
-	err := fs.WalkDir(files, ".", func(name string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		body, err := fs.ReadFile(files, name)
-		if err != nil {
-			return err
-		}
+	for name, body := range web.Files() {
 		f, err := newWebFile(name, body)
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("web page: %w", err)
 		}
 		p.files["/"+name] = f
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("web page: %w", err)
 	}
 	if p.files["/index.html"] == nil {
 		return nil, fmt.Errorf("web page: %w: index.html", fs.ErrNotExist)

@@ -4,7 +4,6 @@ import (
 	"compress/gzip"
 	"context"
 	"io"
-	"io/fs"
 	"net/http"
 	"strings"
 	"testing"
@@ -43,8 +42,8 @@ func webGet(t *testing.T, method, url string, header map[string]string) (*http.R
 func TestWebPageServedOnWSListener(t *testing.T) {
 	ts := startWSServer(t, func(o *Options) { o.Web = true })
 	base := "http://" + ts.WSAddr().String()
-	index := fsRead(t, "index.html")
-	app := fsRead(t, "app.js")
+	index := string(web.Files()["index.html"])
+	app := string(web.Files()["app.js"])
 
 	resp, body := webGet(t, "GET", base+"/", nil)
 	if resp.StatusCode != 200 || string(body) != index {
@@ -146,13 +145,4 @@ func TestWebPageOffByDefault(t *testing.T) {
 	if _, err := New(Options{Web: true, DataDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "--ws-listen") {
 		t.Fatalf("--web without --ws-listen: %v", err)
 	}
-}
-
-func fsRead(t *testing.T, name string) string {
-	t.Helper()
-	b, err := fs.ReadFile(web.Files(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }

@@ -202,6 +202,20 @@ func (p *page) waitOnline() {
 	p.wait("the page to be online", `document.getElementById("status").dataset.state === "online" && !document.getElementById("chat-view").hidden`)
 }
 
+func (p *page) addFriend(name string) {
+	p.t.Helper()
+	p.do("add "+name+" as a friend",
+		chromedp.SendKeys(chromedp.ID("add-friend-name"), name),
+		chromedp.Click(chromedp.ID("add-friend-submit")))
+}
+
+// waitFriend waits until the friend list shows name online or offline.
+func (p *page) waitFriend(name string, online bool) {
+	p.t.Helper()
+	p.wait(fmt.Sprintf("%s online=%v in the friend list", name, online),
+		fmt.Sprintf(`!!document.querySelector('#friends li[data-username=%q][data-online="%v"]')`, name, online))
+}
+
 // openConv clicks an entry of a sidebar list (#friends, #groups,
 // #conversations) by the title it shows.
 func (p *page) openConv(list, title string) {
@@ -254,10 +268,8 @@ func TestWebPageInBrowser(t *testing.T) {
 	bob.open(url, "bob", true)
 
 	// Friends, with presence.
-	alice.do("add bob as a friend",
-		chromedp.SendKeys(chromedp.ID("add-friend-name"), "bob"),
-		chromedp.Click(chromedp.ID("add-friend-submit")))
-	alice.wait("bob online in the friend list", `!!document.querySelector('#friends li[data-username="bob"][data-online="true"]')`)
+	alice.addFriend("bob")
+	alice.waitFriend("bob", true)
 
 	// A 1:1 chat: unread on bob's side until he opens it; then alice's
 	// message shows read, and typing shows.
@@ -384,10 +396,8 @@ func TestWebPageTalksToTerminalUserAcrossNodes(t *testing.T) {
 	if node := evalIn[string](web, `document.getElementById("me").dataset.node`); node != "n1" {
 		b.fatalf("the browser landed on %q, want n1", node)
 	}
-	web.do("add terry as a friend",
-		chromedp.SendKeys(chromedp.ID("add-friend-name"), "terry"),
-		chromedp.Click(chromedp.ID("add-friend-submit")))
-	web.wait("terry online (on the other node)", `!!document.querySelector('#friends li[data-username="terry"][data-online="true"]')`)
+	web.addFriend("terry")
+	web.waitFriend("terry", true) // on the other node
 
 	// Browser to terminal; the terminal reads it, and the page shows it read.
 	web.openConv("friends", "terry")
@@ -413,5 +423,5 @@ func TestWebPageTalksToTerminalUserAcrossNodes(t *testing.T) {
 	if err := terry.wait(); err != nil {
 		b.fatalf("the terminal client exited with %v", err)
 	}
-	web.wait("terry offline", `!!document.querySelector('#friends li[data-username="terry"][data-online="false"]')`)
+	web.waitFriend("terry", false)
 }
