@@ -53,7 +53,6 @@ redis="redis://127.0.0.1:$redis_port/0"
 
 printf '\nloopchat local cluster in %s\n\n' "$dir"
 say "redis" "127.0.0.1:$redis_port  (AOF, fsync always)  log: $dir/redis.log"
-: >"$dir/ws-upstream.conf"
 for i in $(seq "$nodes"); do
 	np=$(free_port)
 	wp=$(free_port)
@@ -64,9 +63,6 @@ for i in $(seq "$nodes"); do
 		--admin-addr "127.0.0.1:$ap" ${NODE_FLAGS:-} >"$dir/n$i.log" 2>&1 &
 	pids+=($!)
 	wait_port "$np"
-	# The http {} upstream is static here: nginx's passive checks skip a
-	# node that refuses connections (loopchat lb renders only the stream one).
-	echo "server 127.0.0.1:$wp max_fails=1 fail_timeout=5s;" >>"$dir/ws-upstream.conf"
 	say "node n$i" "127.0.0.1:$np  ws 127.0.0.1:$wp  admin http://127.0.0.1:$ap/metrics  log: $dir/n$i.log"
 done
 
@@ -74,11 +70,13 @@ sed -e "s|@PREFIX@|$dir|g" -e "s|@LISTEN@|127.0.0.1:$port|g" -e "s|@UPSTREAM@|$d
 	-e "s|@WS_LISTEN@|127.0.0.1:$web_port|g" -e "s|@WS_UPSTREAM@|$dir/ws-upstream.conf|g" \
 	"$root/nginx/nginx.conf.tmpl" >"$dir/nginx.conf"
 echo "server 127.0.0.1:1 down;" >"$dir/upstream.conf"
+echo "server 127.0.0.1:1 down;" >"$dir/ws-upstream.conf"
 lbp=$(free_port)
 "$nginx_bin" -c "$dir/nginx.conf" -e stderr -g "daemon off;" >"$dir/nginx.out" 2>&1 &
 pids+=($!)
 wait_port "$port"
-"$bin" lb --redis "$redis" --upstream-file "$dir/upstream.conf" --nginx-conf "$dir/nginx.conf" \
+"$bin" lb --redis "$redis" --upstream-file "$dir/upstream.conf" --ws-upstream-file "$dir/ws-upstream.conf" \
+	--nginx-conf "$dir/nginx.conf" \
 	--nginx-bin "$nginx_bin" --admin-addr "127.0.0.1:$lbp" >"$dir/lb.log" 2>&1 &
 pids+=($!)
 say "lb" "admin http://127.0.0.1:$lbp/debug/nodes  log: $dir/lb.log"
