@@ -184,9 +184,11 @@ func (p *page) open(url, user string, register bool) {
 	if register {
 		button = "register-submit"
 	}
+	p.do("load the page", chromedp.Navigate(url), chromedp.WaitVisible(chromedp.ID("login-username")))
+	if evalIn[bool](p, visible("chat-view")) {
+		p.b.fatalf("%s: the chat shows before logging in", p.name)
+	}
 	p.do("log in through the form",
-		chromedp.Navigate(url),
-		chromedp.WaitVisible(chromedp.ID("login-username")),
 		chromedp.SendKeys(chromedp.ID("login-username"), user),
 		chromedp.SendKeys(chromedp.ID("login-password"), "hunter2hunter2"),
 		chromedp.Click(chromedp.ID(button)),
@@ -199,7 +201,8 @@ func (p *page) open(url, user string, register bool) {
 
 func (p *page) waitOnline() {
 	p.t.Helper()
-	p.wait("the page to be online", `document.getElementById("status").dataset.state === "online" && !document.getElementById("chat-view").hidden`)
+	p.wait("the page to be online", `document.getElementById("status").dataset.state === "online" && `+
+		visible("chat-view")+" && !"+visible("login-view"))
 }
 
 func (p *page) addFriend(name string) {
@@ -216,6 +219,12 @@ func (p *page) waitFriend(name string, online bool) {
 		fmt.Sprintf(`!!document.querySelector('#friends li[data-username=%q][data-online="%v"]')`, name, online))
 }
 
+// visible is the expression: the element with id is rendered (what a
+// person sees, not only its hidden attribute).
+func visible(id string) string {
+	return fmt.Sprintf(`document.getElementById(%q).checkVisibility()`, id)
+}
+
 // openConv clicks an entry of a sidebar list (#friends, #groups,
 // #conversations) by the title it shows.
 func (p *page) openConv(list, title string) {
@@ -223,7 +232,7 @@ func (p *page) openConv(list, title string) {
 	sel := fmt.Sprintf(`[...document.querySelectorAll("#%s li")].find(li => li.querySelector(".title").textContent === %q)`, list, title)
 	p.wait(title+" in #"+list, "!!"+sel)
 	evalIn[chromedp.Void](p, sel+`.querySelector("button").click()`)
-	p.wait("the conversation with "+title+" open", fmt.Sprintf(`document.getElementById("chat-title").textContent === %q && !document.getElementById("composer").hidden`, title))
+	p.wait("the conversation with "+title+" open", fmt.Sprintf(`document.getElementById("chat-title").textContent === %q && `, title)+visible("composer"))
 }
 
 func (p *page) send(text string) {
