@@ -33,6 +33,11 @@ type Options struct {
 	Rise int
 	// UpstreamFile is the nginx include to render; required.
 	UpstreamFile string
+	// WSUpstreamFile is a second include, for the http {} block: the
+	// WebSocket address (registry ws_addr) of each node in UpstreamFile
+	// that has one. Empty means none. Static Nodes have no WebSocket
+	// address.
+	WSUpstreamFile string
 	// ServerParams follow each address in the include. Empty means
 	// "max_fails=1 fail_timeout=5s" (nginx's passive check between probes).
 	ServerParams string
@@ -50,6 +55,7 @@ type Options struct {
 // NodeState is what the balancer knows of one node.
 type NodeState struct {
 	Addr      string    `json:"addr"`
+	WSAddr    string    `json:"ws_addr,omitempty"`
 	NodeID    string    `json:"node_id,omitempty"`
 	Static    bool      `json:"static"`
 	Up        bool      `json:"up"`
@@ -68,10 +74,11 @@ type Balancer struct {
 	nginx nginx
 	m     *lbMetrics
 
-	mu       sync.Mutex
-	nodes    map[string]*NodeState // by address
-	rendered []string              // the set in the include, nil before the first render
-	lastErr  error                 // of the last render, for /readyz
+	mu         sync.Mutex
+	nodes      map[string]*NodeState // by address
+	rendered   []string              // the set in the include, nil before the first render
+	renderedWS []string              // the WebSocket addresses in WSUpstreamFile
+	lastErr    error                 // of the last render, for /readyz
 }
 
 // New checks the options; Run starts the work.
@@ -163,6 +170,10 @@ func (b *Balancer) discover(ctx context.Context) {
 			b.log.Info("node discovered", "node", info.NodeID, "addr", info.Addr)
 		}
 		n.NodeID = info.NodeID
+		if n.WSAddr != info.WSAddr && info.WSAddr != "" {
+			b.log.Info("node WebSocket address", "node", info.NodeID, "addr", info.Addr, "ws_addr", info.WSAddr)
+		}
+		n.WSAddr = info.WSAddr
 		if n.Draining != info.Draining {
 			b.log.Info("node draining changed", "node", info.NodeID, "addr", info.Addr, "draining", info.Draining)
 		}
@@ -224,20 +235,24 @@ func (b *Balancer) probeAll(ctx context.Context) {
 // attempt failed), checks it with nginx -t and reloads nginx.
 func (b *Balancer) apply(ctx context.Context) {
 	b.mu.Lock()
-	var set []string
+	var set, wsSet []string
 	for a, n := range b.nodes {
 		if n.Up && !n.Draining {
 			set = append(set, a)
+			if n.WSAddr != "" {
+				wsSet = append(wsSet, n.WSAddr)
+			}
 		}
 	}
 	slices.Sort(set)
-	unchanged := b.rendered != nil && slices.Equal(set, b.rendered) && b.lastErr == nil
+	slices.Sort(wsSet)
+	unchanged := b.rendered != nil && slices.Equal(set, b.rendered) && slices.Equal(wsSet, b.renderedWS) && b.lastErr == nil
 	b.updateGauges()
 	b.mu.Unlock()
 	if unchanged {
 		return
 	}
-	err := b.render(ctx, set)
+	err := b.render(ctx, set, wsSet)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.lastErr = err
@@ -246,7 +261,7 @@ func (b *Balancer) apply(ctx context.Context) {
 		b.log.Error("upstream not updated", "err", err)
 		return
 	}
-	b.rendered = set
+	b.rendered, b.renderedWS = set, wsSet
 	if set == nil {
 		b.rendered = []string{}
 	}
@@ -254,23 +269,42 @@ func (b *Balancer) apply(ctx context.Context) {
 		n.InService = slices.Contains(set, a)
 	}
 	b.updateGauges()
-	b.log.Info("upstream updated", "servers", set)
+	b.log.Info("upstream updated", "servers", set, "ws_servers", wsSet)
 }
 
-func (b *Balancer) render(ctx context.Context, set []string) error {
-	prev, err := writeAtomic(b.o.UpstreamFile, renderUpstream(set, b.o.ServerParams, time.Now()))
-	if err != nil {
-		return fmt.Errorf("write %s: %w", b.o.UpstreamFile, err)
+// render writes the includes, then checks and reloads nginx once.
+func (b *Balancer) render(ctx context.Context, set, wsSet []string) error {
+	now := time.Now()
+	files := []struct {
+		path       string
+		data, prev []byte
+	}{{path: b.o.UpstreamFile, data: renderUpstream(set, b.o.ServerParams, now)}}
+	if b.o.WSUpstreamFile != "" {
+		files = append(files, files[0])
+		files[1].path, files[1].data = b.o.WSUpstreamFile, renderUpstream(wsSet, b.o.ServerParams, now)
+	}
+	// Put the last good includes back when a step fails, so a later reload
+	// (by anyone) does not pick up a broken or half-made pair.
+	rollback := func() {
+		for _, f := range files {
+			if f.prev != nil {
+				_, _ = writeAtomic(f.path, f.prev)
+			}
+		}
+	}
+	for i := range files {
+		prev, err := writeAtomic(files[i].path, files[i].data)
+		if err != nil {
+			rollback()
+			return fmt.Errorf("write %s: %w", files[i].path, err)
+		}
+		files[i].prev = prev
 	}
 	if b.o.NginxConf == "" {
 		return nil
 	}
 	if err := b.nginx.test(ctx); err != nil {
-		// Put the last good include back so a later reload (by anyone)
-		// does not pick up a broken one.
-		if prev != nil {
-			_, _ = writeAtomic(b.o.UpstreamFile, prev)
-		}
+		rollback()
 		return err
 	}
 	if err := b.nginx.reload(ctx); err != nil {

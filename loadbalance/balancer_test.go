@@ -5,11 +5,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/loopchat/loopchat/codec"
 	"github.com/loopchat/loopchat/internal/testproc"
@@ -112,5 +115,78 @@ func TestBadRenderIsRolledBack(t *testing.T) {
 	st := b.States()
 	if len(st) != 1 || !st[0].Up || st[0].InService {
 		t.Fatalf("states = %+v", st)
+	}
+}
+
+// With a WebSocket include, lb renders the nodes' registry ws_addr into
+// nginx's http {} upstream beside the stream one, and takes a draining
+// node out of both; a WebSocket through nginx reaches a node.
+func TestWSUpstreamFromRegistry(t *testing.T) {
+	r := testproc.StartRedis(t)
+	ng := testproc.StartNginxWith(t, testproc.NginxUpstreams{})
+	var wsAddrs []string
+	var nodes []*server.Server
+	for _, id := range []string{"n1", "n2"} {
+		srv, err := server.New(server.Options{Listen: "127.0.0.1:0", WSListen: "127.0.0.1:0", DataDir: t.TempDir(),
+			Redis: r.URL, NodeID: id, Heartbeat: 100 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+		nodes = append(nodes, srv)
+		wsAddrs = append(wsAddrs, srv.WSAddr().String())
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	b, err := loadbalance.New(loadbalance.Options{Redis: rdb, UpstreamFile: ng.Upstream, WSUpstreamFile: ng.WSUpstream,
+		NginxConf: ng.Conf, NginxBin: ng.Bin, Interval: 100 * time.Millisecond, Rise: 1, Fall: 1,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = b.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	servers := func(path string) []string {
+		data, _ := os.ReadFile(path)
+		var out []string
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "server" && !strings.Contains(line, "down;") {
+				out = append(out, f[1])
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	slices.Sort(wsAddrs)
+	testproc.WaitUntil(t, "both nodes' WebSocket addresses in the http {} include", 10*time.Second, func() bool {
+		return slices.Equal(servers(ng.WSUpstream), wsAddrs) && len(servers(ng.Upstream)) == 2
+	})
+
+	// The include goes live with nginx's reload: a WebSocket through nginx
+	// gets in.
+	testproc.WaitUntil(t, "a WebSocket through nginx after lb's render", 10*time.Second, func() bool {
+		dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer dcancel()
+		c, _, err := websocket.Dial(dctx, "ws://"+ng.WSAddr+"/", &websocket.DialOptions{Subprotocols: []string{server.WSSubprotocol}})
+		if err != nil {
+			return false
+		}
+		c.CloseNow()
+		return true
+	})
+
+	// n2 drains (shutting down): out of both includes.
+	go func() { _ = nodes[1].Shutdown(context.Background()) }()
+	testproc.WaitUntil(t, "the draining node out of the http {} include", 10*time.Second, func() bool {
+		return slices.Equal(servers(ng.WSUpstream), []string{nodes[0].WSAddr().String()}) && len(servers(ng.Upstream)) == 1
+	})
+	if out, err := ng.Check(); err != nil {
+		t.Fatalf("nginx -t after the renders: %v\n%s", err, out)
 	}
 }

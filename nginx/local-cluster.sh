@@ -3,12 +3,14 @@
 # `loopchat lb` and nginx, all in a temp dir. Ctrl-C stops every process it
 # started (by PID) and removes the temp dir.
 #
-#   make cluster                 # clients connect to 127.0.0.1:7000
+#   make cluster                 # clients connect to 127.0.0.1:7000,
+#                                # browsers to http://127.0.0.1:7080/
 #   CLUSTER_PORT=7100 NODES=5 make cluster
 #   NODE_FLAGS="--rate-limit 1000" make cluster    # extra flags for every node
 set -euo pipefail
 
 port=${CLUSTER_PORT:-7000}
+web_port=${CLUSTER_WEB_PORT:-$((port + 80))}
 nodes=${NODES:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$(mktemp -d -t loopchat-cluster.XXXXXX)
@@ -53,27 +55,33 @@ printf '\nloopchat local cluster in %s\n\n' "$dir"
 say "redis" "127.0.0.1:$redis_port  (AOF, fsync always)  log: $dir/redis.log"
 for i in $(seq "$nodes"); do
 	np=$(free_port)
+	wp=$(free_port)
 	ap=$(free_port)
 	LOOPCHAT_TOKEN_SECRET=local-cluster-secret-0123456789 "$bin" serve --listen "127.0.0.1:$np" \
+		--ws-listen "127.0.0.1:$wp" --web \
 		--data "$dir/n$i" --redis "$redis" --node-id "n$i" --proxy-protocol-from 127.0.0.0/8 \
 		--admin-addr "127.0.0.1:$ap" ${NODE_FLAGS:-} >"$dir/n$i.log" 2>&1 &
 	pids+=($!)
 	wait_port "$np"
-	say "node n$i" "127.0.0.1:$np  admin http://127.0.0.1:$ap/metrics  log: $dir/n$i.log"
+	say "node n$i" "127.0.0.1:$np  ws 127.0.0.1:$wp  admin http://127.0.0.1:$ap/metrics  log: $dir/n$i.log"
 done
 
 sed -e "s|@PREFIX@|$dir|g" -e "s|@LISTEN@|127.0.0.1:$port|g" -e "s|@UPSTREAM@|$dir/upstream.conf|g" \
+	-e "s|@WS_LISTEN@|127.0.0.1:$web_port|g" -e "s|@WS_UPSTREAM@|$dir/ws-upstream.conf|g" \
 	"$root/nginx/nginx.conf.tmpl" >"$dir/nginx.conf"
 echo "server 127.0.0.1:1 down;" >"$dir/upstream.conf"
+echo "server 127.0.0.1:1 down;" >"$dir/ws-upstream.conf"
 lbp=$(free_port)
 "$nginx_bin" -c "$dir/nginx.conf" -e stderr -g "daemon off;" >"$dir/nginx.out" 2>&1 &
 pids+=($!)
 wait_port "$port"
-"$bin" lb --redis "$redis" --upstream-file "$dir/upstream.conf" --nginx-conf "$dir/nginx.conf" \
+"$bin" lb --redis "$redis" --upstream-file "$dir/upstream.conf" --ws-upstream-file "$dir/ws-upstream.conf" \
+	--nginx-conf "$dir/nginx.conf" \
 	--nginx-bin "$nginx_bin" --admin-addr "127.0.0.1:$lbp" >"$dir/lb.log" 2>&1 &
 pids+=($!)
 say "lb" "admin http://127.0.0.1:$lbp/debug/nodes  log: $dir/lb.log"
 say "nginx" "127.0.0.1:$port  conf: $dir/nginx.conf  logs: $dir/access.log $dir/error.log"
+say "browsers" "http://127.0.0.1:$web_port/ (the chat page and its WebSocket) through nginx  log: $dir/http-access.log"
 
 for _ in $(seq 50); do grep -q '^server 127' "$dir/upstream.conf" && grep -vq 'down;' "$dir/upstream.conf" && break; sleep 0.1; done
 printf '\nready: %s client --addr 127.0.0.1:%s\n' "$bin" "$port"

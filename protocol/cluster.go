@@ -302,8 +302,11 @@ func (u *Uint64) UnmarshalJSON(b []byte) error {
 // NodeInfo is what a node heartbeats into the registry at NodeKey, with a
 // short TTL: it disappears a few seconds after the node dies.
 type NodeInfo struct {
-	NodeID    string `json:"node_id"`
-	Addr      string `json:"addr"`
+	NodeID string `json:"node_id"`
+	Addr   string `json:"addr"`
+	// WSAddr is the node's WebSocket (and --web page) address for a proxy
+	// such as nginx's http {} block; empty when it serves none.
+	WSAddr    string `json:"ws_addr,omitempty"`
 	Conns     int    `json:"conns"`
 	Draining  bool   `json:"draining"`
 	StartedAt int64  `json:"started_at_ms"`

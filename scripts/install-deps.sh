@@ -2,7 +2,8 @@
 # Installs the Debian packages the test suite needs, and only those missing:
 # protoc (generated-code check), redis-server (cluster tests), nginx with the
 # stream module (load-balancer tests), prlimit (descriptor-limit tests; part
-# of util-linux, which Debian always has).
+# of util-linux, which Debian always has), chromium (the web page's browser
+# tests drive it headless; Debian's package, no browser download).
 set -eu
 missing=""
 command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
@@ -10,6 +11,7 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$missing libnginx-mod-stream"
 command -v prlimit >/dev/null 2>&1 || missing="$missing util-linux"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 [ -z "$missing" ] && exit 0
 
 sudo=""

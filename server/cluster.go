@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -74,8 +76,24 @@ func (s *Server) nodeInfo() protocol.NodeInfo {
 	if addr == "" && s.addr != nil {
 		addr = s.addr.String()
 	}
-	return protocol.NodeInfo{NodeID: s.opts.NodeID, Addr: addr, Conns: s.connCount(),
-		Draining: s.closing.Load(), StartedAt: s.startedAt.UnixMilli()}
+	return protocol.NodeInfo{NodeID: s.opts.NodeID, Addr: addr, WSAddr: s.advertisedWSAddr(addr),
+		Conns: s.connCount(), Draining: s.closing.Load(), StartedAt: s.startedAt.UnixMilli()}
+}
+
+// advertisedWSAddr is the WebSocket listener's address as the registry
+// gives it: as bound, or, when bound to every interface, on the host of
+// the advertised TCP address (the one a proxy reaches this node at).
+func (s *Server) advertisedWSAddr(advertised string) string {
+	a, ok := s.WSAddr().(*net.TCPAddr)
+	if !ok || a == nil {
+		return ""
+	}
+	if a.IP == nil || a.IP.IsUnspecified() {
+		if host, _, err := net.SplitHostPort(advertised); err == nil && host != "" {
+			return net.JoinHostPort(host, strconv.Itoa(a.Port))
+		}
+	}
+	return a.String()
 }
 
 // sharedSecret returns the cluster's token secret from Redis, creating one

@@ -34,6 +34,10 @@ type Options struct {
 	// without Origin (a native client) is always allowed; one with an
 	// Origin not listed is refused with 403. Empty means no browser.
 	WSAllowedOrigins []string
+	// Web serves the chat page (docs/web.md) on WSListen: plain HTTP GETs
+	// get the embedded files, and the page's own origin may open a
+	// WebSocket without being in WSAllowedOrigins. Needs WSListen.
+	Web bool
 	// DataDir holds the embedded store and the generated token secret.
 	// Empty means ./loopchat-data.
 	DataDir string
@@ -230,6 +234,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.WSListen != "" && c.Engine == EngineNet {
 		return c, errors.New("--ws-listen: the net engine does not serve WebSocket yet; use the gnet engine")
+	}
+	if c.Web && c.WSListen == "" {
+		return c, errors.New("--web serves the page on the WebSocket listener: give --ws-listen too")
 	}
 	if c.WSListen != "" && wsListenAddr(c.WSListen, c.Listen) == c.Listen {
 		return c, errors.New("--ws-listen must differ from --listen")

@@ -82,6 +82,7 @@ type Server struct {
 	anon         *anonymous    // connections not logged in, per address
 	serverFull   []byte        // what a connection past MaxConns reads (refusalFrame)
 	addressBusy  []byte        // what a connection refused for its address reads
+	web          *webPage      // --web's responses; nil when off
 	gcDone       chan struct{} // the GC tuner has put GOGC back; nil without one
 	shutdownOnce sync.Once
 	stopBgOnce   sync.Once
@@ -126,6 +127,11 @@ func New(o Options) (*Server, error) {
 		epochPoke:   make(chan struct{}, 1),
 		serverFull:  refusalFrame(ErrServerFull),
 		addressBusy: refusalFrame(ErrAddressBusy),
+	}
+	if opts.Web {
+		if s.web, err = newWebPage(); err != nil {
+			return nil, err
+		}
 	}
 	s.users.init()
 	s.presence = newPresence(s)
@@ -251,7 +257,7 @@ func (s *Server) Start() (net.Addr, error) {
 	}
 	s.log.Info("serving", "addr", addr.String(), "engine", s.opts.Engine, "loops", s.opts.Loops)
 	if a := s.WSAddr(); a != nil {
-		s.log.Info("serving WebSocket", "addr", a.String(), "subprotocol", WSSubprotocol)
+		s.log.Info("serving WebSocket", "addr", a.String(), "subprotocol", WSSubprotocol, "web_page", s.web != nil)
 	}
 	return addr, nil
 }

@@ -368,7 +368,14 @@ func (e *gnetEngine) wsTraffic(c gnet.Conn, s *session, t *gnetTransport) gnet.A
 			}
 			return gnet.None
 		}
-		resp, err := wsHandshake(buf[:end+4], e.srv.opts.WSAllowedOrigins)
+		req := buf[:end+4]
+		if resp, ok := e.srv.web.reply(req); ok { // --web: a plain GET for the page (web.go)
+			s.broken = true
+			_, _ = c.Discard(c.InboundBuffered())
+			t.sendRawAndClose(resp)
+			return gnet.None
+		}
+		resp, err := wsHandshake(req, e.srv.wsOrigins(req))
 		if err != nil {
 			e.wsRefuse(c, s, t, resp, err)
 			return gnet.None

@@ -34,8 +34,9 @@ func newLBCmd() *cobra.Command {
 Discovers nodes from the cluster registry (--redis) and/or --nodes, probes
 each with a protocol Ping every --probe-interval (down after --fall misses,
 up after --rise answers), leaves draining nodes out, and rewrites
---upstream-file atomically, then runs nginx -t and reloads nginx, only when
-the set changed. See docs/load-balancing.md.`,
+--upstream-file (and --ws-upstream-file, the nodes' WebSocket addresses for
+the http {} block) atomically, then runs nginx -t and reloads nginx, only
+when the set changed. See docs/load-balancing.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(os.Stderr, logLevel, logFormat)
@@ -87,6 +88,7 @@ the set changed. See docs/load-balancing.md.`,
 	f.IntVar(&o.Fall, "fall", 3, "missed probes in a row that take a node out")
 	f.IntVar(&o.Rise, "rise", 2, "answered probes in a row that put a node back")
 	f.StringVar(&o.UpstreamFile, "upstream-file", "", "the nginx include to render (server lines for the upstream block)")
+	f.StringVar(&o.WSUpstreamFile, "ws-upstream-file", "", "a second include to render, for nginx's http {} block: the WebSocket address of each node in service that has one (registry ws_addr); empty means none")
 	f.StringVar(&o.ServerParams, "server-params", "max_fails=1 fail_timeout=5s", "nginx parameters after each server address")
 	f.StringVar(&o.NginxConf, "nginx-conf", "", "nginx's main configuration, for nginx -t and reload; empty means only render the file")
 	f.StringVar(&o.NginxBin, "nginx-bin", "nginx", "the nginx executable")

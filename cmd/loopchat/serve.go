@@ -103,6 +103,7 @@ one of the --api-key values.`,
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:7000", "TCP address to accept clients on")
 	f.StringVar(&o.WSListen, "ws-listen", "", "address to accept WebSocket clients on (subprotocol loopchat.v1, gnet engine only); empty: off")
 	f.StringSliceVar(&o.WSAllowedOrigins, "ws-allowed-origins", nil, "Origin values whose browsers may open a WebSocket (repeatable; \"*\": any); upgrades without Origin are always allowed")
+	f.BoolVar(&o.Web, "web", false, "serve the web chat page on --ws-listen (plain HTTP GETs; the page's own origin may open a WebSocket)")
 	f.StringVar(&o.DataDir, "data", "./loopchat-data", "directory of the embedded store and the generated token secret")
 	f.StringVar(&o.Engine, "engine", server.EngineGnet, `network engine: "gnet" (epoll reactors) or "net" (goroutine per connection, the baseline)`)
 	f.IntVar(&o.Loops, "loops", 0, "gnet event loops (sub-reactors), each running on one thread at a time; 0 means one per CPU")
