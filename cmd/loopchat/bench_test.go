@@ -111,7 +111,7 @@ func TestBenchCompareHistory(t *testing.T) {
 // figures kept, medians per build and server, ratios per build and
 // between builds. Correctness only, never speed.
 func TestBenchCompareRepeatBuilds(t *testing.T) {
-	out, err := exec.Command(binary, "bench", "compare", "--conns", "50", "--duration", "1s", "--warmup", "0",
+	out, err := exec.Command(binary, "bench", "compare", "--conns", "50", "--duration", "2s", "--warmup", "0",
 		"--saturate", "--repeat", "2", "--servers", "gnet,echo", "--binary", "a="+binary, "--binary", "b="+binary,
 		"--json", "--server-cpus", "", "--gen-cpus", "").Output()
 	if err != nil {
