@@ -127,6 +127,9 @@ func (e *InvalidFrameError) Unwrap() error { return e.Err }
 // does not alias payload. A payload that is valid protobuf but not a valid
 // Frame returns an *InvalidFrameError.
 func Decode(payload []byte) (*chatpb.Frame, error) {
+	if f := decodeFast(payload); f != nil {
+		return f, nil
+	}
 	f := new(chatpb.Frame)
 	if err := proto.Unmarshal(payload, f); err != nil {
 		if seq, ok := wireSeq(payload); ok {
