@@ -44,7 +44,7 @@ func (c *session) handle(f *chatpb.Frame) {
 		// The store checks its writes against the epoch the session (or,
 		// before login, the node) was under when the request came.
 		if u := c.user.Load(); u != nil {
-			ctx = withEpochOf(ctx, &u.epoch)
+			ctx = c.reqCtx.of(ctx, u)
 		} else {
 			ctx = withEpoch(ctx, c.srv.epoch())
 		}
@@ -123,6 +123,39 @@ func (c *session) handle(f *chatpb.Frame) {
 	if after != nil {
 		after()
 	}
+}
+
+// requestCtx keeps the context a logged-in session's requests last ran
+// under, so that the next ones, as long as they share its deadline (one
+// in sharedDeadline's slack), cost no context of their own: at thousands
+// of sends a second the epoch and the sender were two allocations each.
+// Only handle uses it, which runs one request of a connection at a time.
+type requestCtx struct {
+	base context.Context // the deadline context it derives from
+	user *sessionUser
+	ctx  context.Context // base with the user's epoch
+	// sender is ctx with the session as a message's sender (withSender),
+	// made at the first send.
+	sender context.Context
+}
+
+// of is base with u's epoch, made anew when base or u changed.
+func (r *requestCtx) of(base context.Context, u *sessionUser) context.Context {
+	if r.base != base || r.user != u {
+		*r = requestCtx{base: base, user: u, ctx: withEpochOf(base, &u.epoch)}
+	}
+	return r.ctx
+}
+
+// withSender is of's context with u as the sender, for ctx made by of.
+func (r *requestCtx) withSender(ctx context.Context, u *sessionUser) context.Context {
+	if ctx != r.ctx || r.user != u {
+		return withSender(ctx, &u.from)
+	}
+	if r.sender == nil {
+		r.sender = withSender(ctx, &u.from)
+	}
+	return r.sender
 }
 
 func okFrame() *chatpb.Frame { return &chatpb.Frame{Body: &chatpb.Frame_Ok{Ok: &chatpb.OK{}}} }
@@ -493,7 +526,7 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	if m.ToUserId != u.id {
 		// The sender's other devices get it too. (A note to yourself
 		// already goes to every device of yours, this one included.)
-		o.from = &u.from
+		o.from, o.fromCtx = &u.from, c.reqCtx.withSender(ctx, u)
 	}
 	return c.srv.storeAndPush(ctx, o)
 }
@@ -512,6 +545,8 @@ type outgoing struct {
 	// program has none (nil), and the sender's devices get nothing
 	// (withSendingDevice).
 	from *sender
+	// fromCtx, if set, is ctx with from as the sender already.
+	fromCtx context.Context
 }
 
 // storeAndPush stores o.msg durably for its recipients, then pushes it to
@@ -522,7 +557,10 @@ func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, err
 	m.MsgId, m.SentAtMs = s.ids.next(time.Now())
 
 	appendCtx := ctx
-	if o.from != nil {
+	switch {
+	case o.fromCtx != nil:
+		appendCtx = o.fromCtx
+	case o.from != nil:
 		appendCtx = withSender(ctx, o.from)
 	}
 	res, err := s.store.AppendMessage(appendCtx, m, recipients, o.clientMsgID)

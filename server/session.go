@@ -130,6 +130,7 @@ type session struct {
 	// out and in again (or registers users) is not a lurker.
 	loggedInOnce atomic.Bool
 	user         atomic.Pointer[sessionUser]
+	reqCtx       requestCtx // handle's only
 	// anonHeld: counted among its address's connections not logged in
 	// (anonKey), until it logs in or goes.
 	anonHeld atomic.Bool
