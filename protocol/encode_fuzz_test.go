@@ -15,6 +15,7 @@ func FuzzEncodeSendOK(f *testing.F) {
 	f.Add(uint64(1), uint64(1)<<40, int64(1700000000000), true, uint64(1))
 	f.Add(uint64(0), uint64(0), int64(0), false, uint64(0)) // every field at its zero value is omitted
 	f.Add(^uint64(0), ^uint64(0), int64(-1), false, ^uint64(0))
+	f.Add(^uint64(0), ^uint64(0), int64(-1), true, ^uint64(0)) // the widest
 	f.Add(uint64(300), uint64(7), int64(1), true, uint64(300))
 	f.Fuzz(func(t *testing.T, seq, msgID uint64, sentAtMs int64, online bool, msgSeq uint64) {
 		want, err := Encode(&chatpb.Frame{Seq: seq, Body: &chatpb.Frame_SendOk{SendOk: &chatpb.SendOK{
@@ -24,6 +25,13 @@ func FuzzEncodeSendOK(f *testing.F) {
 		}
 		if got := EncodeSendOK(seq, msgID, sentAtMs, online, msgSeq); string(got) != string(want) {
 			t.Fatalf("EncodeSendOK(%d, %d, %d, %v, %d) = %x, Encode = %x", seq, msgID, sentAtMs, online, msgSeq, got, want)
+		}
+		if len(want) > SendOKMaxSize {
+			t.Fatalf("%d bytes, SendOKMaxSize is %d", len(want), SendOKMaxSize)
+		}
+		prefix := []byte("before")
+		if got := AppendSendOK(prefix, seq, msgID, sentAtMs, online, msgSeq); string(got) != "before"+string(want) {
+			t.Fatalf("AppendSendOK = %x, want %x after the prefix", got, want)
 		}
 	})
 }

@@ -77,6 +77,17 @@ func fieldNumber(m proto.Message, name protoreflect.Name) protowire.Number {
 // messages and the reflection Encode would use. The bytes are Encode's (a
 // test checks).
 func EncodeSendOK(seq, msgID uint64, sentAtMs int64, online bool, msgSeq uint64) []byte {
+	var scratch [SendOKMaxSize]byte
+	return append([]byte(nil), AppendSendOK(scratch[:0], seq, msgID, sentAtMs, online, msgSeq)...)
+}
+
+// SendOKMaxSize bounds the bytes of a SendOK frame, header included: its
+// seq and four fields at their widest take 53.
+const SendOKMaxSize = 64
+
+// AppendSendOK appends EncodeSendOK's frame to dst, for a writer that
+// encodes it straight into its own buffer.
+func AppendSendOK(dst []byte, seq, msgID uint64, sentAtMs int64, online bool, msgSeq uint64) []byte {
 	var scratch [48]byte // four tagged varints fit
 	body := scratch[:0]
 	if msgID != 0 {
@@ -95,12 +106,12 @@ func EncodeSendOK(seq, msgID uint64, sentAtMs int64, online bool, msgSeq uint64)
 	if seq != 0 {
 		size += protowire.SizeTag(seqField) + protowire.SizeVarint(seq)
 	}
-	buf := codec.AppendHeader(make([]byte, 0, codec.HeaderSize+size), size)
+	dst = codec.AppendHeader(dst, size)
 	if seq != 0 {
-		buf = protowire.AppendVarint(protowire.AppendTag(buf, seqField, protowire.VarintType), seq)
+		dst = protowire.AppendVarint(protowire.AppendTag(dst, seqField, protowire.VarintType), seq)
 	}
-	buf = protowire.AppendTag(buf, sendOKField, protowire.BytesType)
-	return protowire.AppendBytes(buf, body)
+	dst = protowire.AppendTag(dst, sendOKField, protowire.BytesType)
+	return protowire.AppendBytes(dst, body)
 }
 
 // Encode returns f as one length-prefixed frame in a new buffer of exactly

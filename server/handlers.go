@@ -51,7 +51,8 @@ func (c *session) handle(f *chatpb.Frame) {
 	}
 
 	var resp *chatpb.Frame
-	var encoded []byte // the response, when a handler encodes its own
+	var sent sendReceipt // a send's, answered with SendOK
+	var isSend bool
 	var err error
 	var after func() // runs after the response is written
 	switch b := f.Body.(type) {
@@ -64,10 +65,8 @@ func (c *session) handle(f *chatpb.Frame) {
 	case *chatpb.Frame_Logout:
 		resp, err = c.logout(ctx)
 	case *chatpb.Frame_Send:
-		var r sendReceipt
-		if r, err = c.sendMessage(ctx, b.Send); err == nil {
-			encoded = protocol.EncodeSendOK(f.Seq, r.msgID, r.sentAtMs, r.online, r.seq)
-		}
+		sent, err = c.sendMessage(ctx, b.Send)
+		isSend = true
 	case *chatpb.Frame_Ack:
 		err = c.ack(ctx, b.Ack)
 	case *chatpb.Frame_AddFriend:
@@ -114,8 +113,8 @@ func (c *session) handle(f *chatpb.Frame) {
 	}
 	c.srv.metrics.requestOK(kind)
 	switch {
-	case encoded != nil:
-		c.out.send(encoded)
+	case isSend:
+		c.sendOK(f.Seq, sent)
 	case resp != nil:
 		resp.Seq = f.Seq
 		c.write(resp)
@@ -156,6 +155,18 @@ func (r *requestCtx) withSender(ctx context.Context, u *sessionUser) context.Con
 		r.sender = withSender(ctx, &u.from)
 	}
 	return r.sender
+}
+
+// sendOK answers request seq with r's SendOK. On gnet the frame is
+// encoded on the stack and copied into the connection's out buffer, not
+// allocated: it is the most frequent frame a server writes.
+func (c *session) sendOK(seq uint64, r sendReceipt) {
+	if t, ok := c.out.(*gnetTransport); ok {
+		var buf [protocol.SendOKMaxSize]byte
+		t.send(protocol.AppendSendOK(buf[:0], seq, r.msgID, r.sentAtMs, r.online, r.seq))
+		return
+	}
+	c.out.send(protocol.EncodeSendOK(seq, r.msgID, r.sentAtMs, r.online, r.seq))
 }
 
 func okFrame() *chatpb.Frame { return &chatpb.Frame{Body: &chatpb.Frame_Ok{Ok: &chatpb.OK{}}} }
