@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -39,6 +40,7 @@ func FuzzEncodeSendOK(f *testing.F) {
 func FuzzEncodeMessagePush(f *testing.F) {
 	f.Add(uint64(1)<<40, uint64(3), "alice", uint64(4), uint64(0), "hi", int64(1700000000000))
 	f.Add(uint64(0), uint64(0), "", uint64(0), uint64(9), "", int64(0))
+	f.Add(uint64(5), uint64(3), "alice", uint64(4), uint64(0), strings.Repeat("a long message ", 300), int64(1))
 	f.Fuzz(func(t *testing.T, msgID, from uint64, fromName string, to, group uint64, text string, sentAtMs int64) {
 		m := &chatpb.Message{MsgId: msgID, FromUserId: from, FromUsername: fromName, ToUserId: to,
 			GroupId: group, Text: text, SentAtMs: sentAtMs}
@@ -52,6 +54,16 @@ func FuzzEncodeMessagePush(f *testing.F) {
 		}
 		if got := EncodeMessagePush(encoded); string(got) != string(want) {
 			t.Fatalf("EncodeMessagePush = %x, Encode = %x", got, want)
+		}
+		buf := append(make([]byte, MessagePushRoom), encoded...)
+		for i := range MessagePushRoom {
+			buf[i] = 0xee // what the room held: overwritten only where the header goes
+		}
+		if got := MessagePushInPlace(buf, MessagePushRoom); string(got) != string(want) {
+			t.Fatalf("MessagePushInPlace = %x, Encode = %x", got, want)
+		}
+		if string(buf[MessagePushRoom:]) != string(encoded) {
+			t.Fatal("MessagePushInPlace changed the message")
 		}
 	})
 }

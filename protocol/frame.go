@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -55,6 +56,24 @@ func EncodeMessagePush(message []byte) []byte {
 	buf := codec.AppendHeader(make([]byte, 0, codec.HeaderSize+size), size)
 	buf = protowire.AppendTag(buf, messageField, protowire.BytesType)
 	return protowire.AppendBytes(buf, message)
+}
+
+// MessagePushRoom is the room MessagePushInPlace needs before a message:
+// a frame header, the field's tag and the message's length.
+const MessagePushRoom = codec.HeaderSize + 2 + binary.MaxVarintLen32
+
+// MessagePushInPlace is EncodeMessagePush without a copy: buf[at:] is the
+// message in wire form, and at >= MessagePushRoom bytes before it are free;
+// it writes the frame's header into the last of those and returns the
+// frame, which ends where buf does. A store that encodes a message with
+// that room ahead of it so pushes it without another allocation.
+func MessagePushInPlace(buf []byte, at int) []byte {
+	size := protowire.SizeTag(messageField) + protowire.SizeBytes(len(buf)-at)
+	start := at - (codec.HeaderSize + size - (len(buf) - at))
+	head := codec.AppendHeader(buf[start:start], size)
+	head = protowire.AppendTag(head, messageField, protowire.BytesType)
+	protowire.AppendVarint(head, uint64(len(buf)-at))
+	return buf[start:]
 }
 
 // Field numbers for the frames encoded by hand below, from the schema.

@@ -603,10 +603,15 @@ func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, err
 		s.metrics.messagesSent.Inc()
 		// Stored: SendOK is now true whatever happens to the live push.
 		ev := Event{Message: m, Epoch: o.epoch}
-		if res.Encoded != nil {
+		switch {
+		case res.Push != nil:
+			ev.frame = res.Push
+		case res.Encoded != nil:
 			ev.frame = protocol.EncodeMessagePush(res.Encoded)
-		} else if ev.frame, err = encodePush(m); err != nil {
-			return sendReceipt{}, err
+		default:
+			if ev.frame, err = encodePush(m); err != nil {
+				return sendReceipt{}, err
+			}
 		}
 		if m.GroupId != 0 {
 			// One event for the group's recipients online and the
