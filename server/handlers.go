@@ -499,7 +499,13 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	if err := protocol.ValidateClientMsgID(req.ClientMsgId); err != nil {
 		return sendReceipt{}, err
 	}
-	m := &chatpb.Message{FromUserId: u.id, FromUsername: u.name, Text: req.Text}
+	// The message and a single recipient's slice in one allocation.
+	blk := &struct {
+		m  chatpb.Message
+		to [1]uint64
+	}{}
+	m := &blk.m
+	m.FromUserId, m.FromUsername, m.Text = u.id, u.name, req.Text
 	var recipients []uint64
 	switch to := req.To.(type) {
 	case *chatpb.Send_UserId:
@@ -507,7 +513,8 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 		if err != nil {
 			return sendReceipt{}, err
 		}
-		m.ToUserId, recipients = target.ID, []uint64{target.ID}
+		blk.to[0] = target.ID
+		m.ToUserId, recipients = target.ID, blk.to[:]
 	case *chatpb.Send_Username:
 		if err := protocol.ValidateUsername(to.Username); err != nil {
 			return sendReceipt{}, err
@@ -516,7 +523,8 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 		if err != nil {
 			return sendReceipt{}, err
 		}
-		m.ToUserId, recipients = target.ID, []uint64{target.ID}
+		blk.to[0] = target.ID
+		m.ToUserId, recipients = target.ID, blk.to[:]
 	case *chatpb.Send_GroupId:
 		g, err := c.srv.store.Group(ctx, to.GroupId)
 		if err != nil {

@@ -94,6 +94,9 @@ type walEntry struct {
 type ackers struct {
 	few  []uint64
 	many map[uint64]struct{}
+	// one holds the first: nearly every message's only acker costs no
+	// allocation. (An ackers is never copied: it lives in its walEntry.)
+	one [1]uint64
 }
 
 const ackersListMax = 16
@@ -103,6 +106,9 @@ func (a *ackers) add(uid uint64) {
 	case a.many != nil:
 		a.many[uid] = struct{}{}
 	case slices.Contains(a.few, uid):
+	case a.few == nil:
+		a.one[0] = uid
+		a.few = a.one[:]
 	case len(a.few) < ackersListMax:
 		a.few = append(a.few, uid)
 	default:
