@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -74,6 +75,74 @@ func MessagePushInPlace(buf []byte, at int) []byte {
 	head = protowire.AppendTag(head, messageField, protowire.BytesType)
 	protowire.AppendVarint(head, uint64(len(buf)-at))
 	return buf[start:]
+}
+
+// Message's fields, from the schema, for EncodePush.
+var (
+	msgIDField  = fieldNumber(&chatpb.Message{}, "msg_id")
+	msgFromID   = fieldNumber(&chatpb.Message{}, "from_user_id")
+	msgFromName = fieldNumber(&chatpb.Message{}, "from_username")
+	msgToID     = fieldNumber(&chatpb.Message{}, "to_user_id")
+	msgGroupID  = fieldNumber(&chatpb.Message{}, "group_id")
+	msgText     = fieldNumber(&chatpb.Message{}, "text")
+	msgSentAt   = fieldNumber(&chatpb.Message{}, "sent_at_ms")
+	msgSeq      = fieldNumber(&chatpb.Message{}, "seq")
+)
+
+// EncodePush returns the frame that pushes m: Encode's bytes (a fuzzer
+// checks), built with protowire in one allocation instead of through
+// reflection and three. Every message a node receives from Redis or
+// replays from an inbox is encoded this way. A message carrying unknown
+// fields (stored by a newer node) goes through Encode, which keeps them.
+func EncodePush(m *chatpb.Message) ([]byte, error) {
+	if len(m.ProtoReflect().GetUnknown()) > 0 {
+		return Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+	}
+	size := 0
+	varint := func(num protowire.Number, v uint64) {
+		if v != 0 {
+			size += protowire.SizeTag(num) + protowire.SizeVarint(v)
+		}
+	}
+	str := func(num protowire.Number, v string) {
+		if v != "" {
+			size += protowire.SizeTag(num) + protowire.SizeBytes(len(v))
+		}
+	}
+	varint(msgIDField, m.MsgId)
+	varint(msgFromID, m.FromUserId)
+	str(msgFromName, m.FromUsername)
+	varint(msgToID, m.ToUserId)
+	varint(msgGroupID, m.GroupId)
+	str(msgText, m.Text)
+	varint(msgSentAt, uint64(m.SentAtMs))
+	varint(msgSeq, m.Seq)
+	if !utf8.ValidString(m.FromUsername) || !utf8.ValidString(m.Text) {
+		// What proto.Marshal refuses; say it as it would.
+		return Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+	}
+	frame := protowire.SizeTag(messageField) + protowire.SizeBytes(size)
+	buf := codec.AppendHeader(make([]byte, 0, codec.HeaderSize+frame), frame)
+	buf = protowire.AppendVarint(protowire.AppendTag(buf, messageField, protowire.BytesType), uint64(size))
+	appendVarint := func(num protowire.Number, v uint64) {
+		if v != 0 {
+			buf = protowire.AppendVarint(protowire.AppendTag(buf, num, protowire.VarintType), v)
+		}
+	}
+	appendStr := func(num protowire.Number, v string) {
+		if v != "" {
+			buf = protowire.AppendString(protowire.AppendTag(buf, num, protowire.BytesType), v)
+		}
+	}
+	appendVarint(msgIDField, m.MsgId)
+	appendVarint(msgFromID, m.FromUserId)
+	appendStr(msgFromName, m.FromUsername)
+	appendVarint(msgToID, m.ToUserId)
+	appendVarint(msgGroupID, m.GroupId)
+	appendStr(msgText, m.Text)
+	appendVarint(msgSentAt, uint64(m.SentAtMs))
+	appendVarint(msgSeq, m.Seq)
+	return buf, nil
 }
 
 // Field numbers for the frames encoded by hand below, from the schema.

@@ -525,7 +525,7 @@ func (c *session) writePush(m *chatpb.Message, frame []byte) {
 }
 
 func encodePush(m *chatpb.Message) ([]byte, error) {
-	return protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+	return protocol.EncodePush(m)
 }
 
 // resync replays the inbox of a logged-in session whose live pushes may
