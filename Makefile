@@ -41,6 +41,7 @@ fuzz:
 	$(GO) test ./server -run '^$$' -fuzz FuzzParseWALRecord -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzEncodeSendOK -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzEncodeMessagePush -fuzztime $(FUZZTIME)
+	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeFast -fuzztime $(FUZZTIME)
 
 ## cluster: redis-server + 3 nodes + loopchat lb + nginx on loopback (CLUSTER_PORT, default 7000); Ctrl-C stops all.
 cluster: deps

@@ -1,8 +1,10 @@
 package protocol
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -57,6 +59,92 @@ func EncodeMessagePush(message []byte) []byte {
 	return protowire.AppendBytes(buf, message)
 }
 
+// MessagePushRoom is the room MessagePushInPlace needs before a message:
+// a frame header, the field's tag and the message's length.
+const MessagePushRoom = codec.HeaderSize + 2 + binary.MaxVarintLen32
+
+// MessagePushInPlace is EncodeMessagePush without a copy: buf[at:] is the
+// message in wire form, and at >= MessagePushRoom bytes before it are free;
+// it writes the frame's header into the last of those and returns the
+// frame, which ends where buf does. A store that encodes a message with
+// that room ahead of it so pushes it without another allocation.
+func MessagePushInPlace(buf []byte, at int) []byte {
+	size := protowire.SizeTag(messageField) + protowire.SizeBytes(len(buf)-at)
+	start := at - (codec.HeaderSize + size - (len(buf) - at))
+	head := codec.AppendHeader(buf[start:start], size)
+	head = protowire.AppendTag(head, messageField, protowire.BytesType)
+	protowire.AppendVarint(head, uint64(len(buf)-at))
+	return buf[start:]
+}
+
+// Message's fields, from the schema, for EncodePush.
+var (
+	msgIDField  = fieldNumber(&chatpb.Message{}, "msg_id")
+	msgFromID   = fieldNumber(&chatpb.Message{}, "from_user_id")
+	msgFromName = fieldNumber(&chatpb.Message{}, "from_username")
+	msgToID     = fieldNumber(&chatpb.Message{}, "to_user_id")
+	msgGroupID  = fieldNumber(&chatpb.Message{}, "group_id")
+	msgText     = fieldNumber(&chatpb.Message{}, "text")
+	msgSentAt   = fieldNumber(&chatpb.Message{}, "sent_at_ms")
+	msgSeq      = fieldNumber(&chatpb.Message{}, "seq")
+)
+
+// EncodePush returns the frame that pushes m: Encode's bytes (a fuzzer
+// checks), built with protowire in one allocation instead of through
+// reflection and three. Every message a node receives from Redis or
+// replays from an inbox is encoded this way. A message carrying unknown
+// fields (stored by a newer node) goes through Encode, which keeps them.
+func EncodePush(m *chatpb.Message) ([]byte, error) {
+	if len(m.ProtoReflect().GetUnknown()) > 0 {
+		return Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+	}
+	size := 0
+	varint := func(num protowire.Number, v uint64) {
+		if v != 0 {
+			size += protowire.SizeTag(num) + protowire.SizeVarint(v)
+		}
+	}
+	str := func(num protowire.Number, v string) {
+		if v != "" {
+			size += protowire.SizeTag(num) + protowire.SizeBytes(len(v))
+		}
+	}
+	varint(msgIDField, m.MsgId)
+	varint(msgFromID, m.FromUserId)
+	str(msgFromName, m.FromUsername)
+	varint(msgToID, m.ToUserId)
+	varint(msgGroupID, m.GroupId)
+	str(msgText, m.Text)
+	varint(msgSentAt, uint64(m.SentAtMs))
+	varint(msgSeq, m.Seq)
+	if !utf8.ValidString(m.FromUsername) || !utf8.ValidString(m.Text) {
+		// What proto.Marshal refuses; say it as it would.
+		return Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+	}
+	frame := protowire.SizeTag(messageField) + protowire.SizeBytes(size)
+	buf := codec.AppendHeader(make([]byte, 0, codec.HeaderSize+frame), frame)
+	buf = protowire.AppendVarint(protowire.AppendTag(buf, messageField, protowire.BytesType), uint64(size))
+	appendVarint := func(num protowire.Number, v uint64) {
+		if v != 0 {
+			buf = protowire.AppendVarint(protowire.AppendTag(buf, num, protowire.VarintType), v)
+		}
+	}
+	appendStr := func(num protowire.Number, v string) {
+		if v != "" {
+			buf = protowire.AppendString(protowire.AppendTag(buf, num, protowire.BytesType), v)
+		}
+	}
+	appendVarint(msgIDField, m.MsgId)
+	appendVarint(msgFromID, m.FromUserId)
+	appendStr(msgFromName, m.FromUsername)
+	appendVarint(msgToID, m.ToUserId)
+	appendVarint(msgGroupID, m.GroupId)
+	appendStr(msgText, m.Text)
+	appendVarint(msgSentAt, uint64(m.SentAtMs))
+	appendVarint(msgSeq, m.Seq)
+	return buf, nil
+}
+
 // Field numbers for the frames encoded by hand below, from the schema.
 var (
 	seqField    = fieldNumber(&chatpb.Frame{}, "seq")
@@ -77,6 +165,17 @@ func fieldNumber(m proto.Message, name protoreflect.Name) protowire.Number {
 // messages and the reflection Encode would use. The bytes are Encode's (a
 // test checks).
 func EncodeSendOK(seq, msgID uint64, sentAtMs int64, online bool, msgSeq uint64) []byte {
+	var scratch [SendOKMaxSize]byte
+	return append([]byte(nil), AppendSendOK(scratch[:0], seq, msgID, sentAtMs, online, msgSeq)...)
+}
+
+// SendOKMaxSize bounds the bytes of a SendOK frame, header included: its
+// seq and four fields at their widest take 53.
+const SendOKMaxSize = 64
+
+// AppendSendOK appends EncodeSendOK's frame to dst, for a writer that
+// encodes it straight into its own buffer.
+func AppendSendOK(dst []byte, seq, msgID uint64, sentAtMs int64, online bool, msgSeq uint64) []byte {
 	var scratch [48]byte // four tagged varints fit
 	body := scratch[:0]
 	if msgID != 0 {
@@ -95,12 +194,12 @@ func EncodeSendOK(seq, msgID uint64, sentAtMs int64, online bool, msgSeq uint64)
 	if seq != 0 {
 		size += protowire.SizeTag(seqField) + protowire.SizeVarint(seq)
 	}
-	buf := codec.AppendHeader(make([]byte, 0, codec.HeaderSize+size), size)
+	dst = codec.AppendHeader(dst, size)
 	if seq != 0 {
-		buf = protowire.AppendVarint(protowire.AppendTag(buf, seqField, protowire.VarintType), seq)
+		dst = protowire.AppendVarint(protowire.AppendTag(dst, seqField, protowire.VarintType), seq)
 	}
-	buf = protowire.AppendTag(buf, sendOKField, protowire.BytesType)
-	return protowire.AppendBytes(buf, body)
+	dst = protowire.AppendTag(dst, sendOKField, protowire.BytesType)
+	return protowire.AppendBytes(dst, body)
 }
 
 // Encode returns f as one length-prefixed frame in a new buffer of exactly
@@ -127,6 +226,9 @@ func (e *InvalidFrameError) Unwrap() error { return e.Err }
 // does not alias payload. A payload that is valid protobuf but not a valid
 // Frame returns an *InvalidFrameError.
 func Decode(payload []byte) (*chatpb.Frame, error) {
+	if f := decodeFast(payload); f != nil {
+		return f, nil
+	}
 	f := new(chatpb.Frame)
 	if err := proto.Unmarshal(payload, f); err != nil {
 		if seq, ok := wireSeq(payload); ok {

@@ -184,6 +184,11 @@ type netTransport struct {
 	done    chan struct{}
 	once    sync.Once
 
+	// The writer's: the batch it writes (iov, kept for its array) and
+	// what is left of it to write (bufs).
+	iov  [][]byte
+	bufs net.Buffers
+
 	mu        sync.Mutex
 	queue     [][]byte
 	lastFrame bool // the last frame is queued: accept no more, close after writing it
@@ -352,14 +357,19 @@ func (t *netTransport) writeBatch(batch [][]byte) error {
 		n += int64(len(f))
 	}
 	defer t.pending.Add(-n)
-	bufs := net.Buffers(batch) // WriteTo consumes what it writes, from batch's array
-	for len(bufs) > 0 {
-		if t.drop.Load() && len(bufs) > 1 {
-			clear(bufs[1:]) // whole frames not yet started: let them go
-			bufs = bufs[:1]
+	// WriteTo consumes what it writes from the slice it is called on, so
+	// it works on a copy of batch, the writer's own: a net.Buffers made
+	// here would escape, an allocation per write.
+	t.iov = append(t.iov[:0], batch...)
+	t.bufs = t.iov
+	defer func() { clear(t.iov); t.bufs = nil }()
+	for len(t.bufs) > 0 {
+		if t.drop.Load() && len(t.bufs) > 1 {
+			clear(t.bufs[1:]) // whole frames not yet started: let them go
+			t.bufs = t.bufs[:1]
 		}
 		_ = t.conn.SetWriteDeadline(t.deadline())
-		_, err := bufs.WriteTo(t.conn)
+		_, err := t.bufs.WriteTo(t.conn)
 		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return err
 		}

@@ -44,14 +44,15 @@ func (c *session) handle(f *chatpb.Frame) {
 		// The store checks its writes against the epoch the session (or,
 		// before login, the node) was under when the request came.
 		if u := c.user.Load(); u != nil {
-			ctx = withEpochOf(ctx, &u.epoch)
+			ctx = c.reqCtx.of(ctx, u)
 		} else {
 			ctx = withEpoch(ctx, c.srv.epoch())
 		}
 	}
 
 	var resp *chatpb.Frame
-	var encoded []byte // the response, when a handler encodes its own
+	var sent sendReceipt // a send's, answered with SendOK
+	var isSend bool
 	var err error
 	var after func() // runs after the response is written
 	switch b := f.Body.(type) {
@@ -64,10 +65,8 @@ func (c *session) handle(f *chatpb.Frame) {
 	case *chatpb.Frame_Logout:
 		resp, err = c.logout(ctx)
 	case *chatpb.Frame_Send:
-		var r sendReceipt
-		if r, err = c.sendMessage(ctx, b.Send); err == nil {
-			encoded = protocol.EncodeSendOK(f.Seq, r.msgID, r.sentAtMs, r.online, r.seq)
-		}
+		sent, err = c.sendMessage(ctx, b.Send)
+		isSend = true
 	case *chatpb.Frame_Ack:
 		err = c.ack(ctx, b.Ack)
 	case *chatpb.Frame_AddFriend:
@@ -114,8 +113,8 @@ func (c *session) handle(f *chatpb.Frame) {
 	}
 	c.srv.metrics.requestOK(kind)
 	switch {
-	case encoded != nil:
-		c.out.send(encoded)
+	case isSend:
+		c.sendOK(f.Seq, sent)
 	case resp != nil:
 		resp.Seq = f.Seq
 		c.write(resp)
@@ -123,6 +122,51 @@ func (c *session) handle(f *chatpb.Frame) {
 	if after != nil {
 		after()
 	}
+}
+
+// requestCtx keeps the context a logged-in session's requests last ran
+// under, so that the next ones, as long as they share its deadline (one
+// in sharedDeadline's slack), cost no context of their own: at thousands
+// of sends a second the epoch and the sender were two allocations each.
+// Only handle uses it, which runs one request of a connection at a time.
+type requestCtx struct {
+	base context.Context // the deadline context it derives from
+	user *sessionUser
+	ctx  context.Context // base with the user's epoch
+	// sender is ctx with the session as a message's sender (withSender),
+	// made at the first send.
+	sender context.Context
+}
+
+// of is base with u's epoch, made anew when base or u changed.
+func (r *requestCtx) of(base context.Context, u *sessionUser) context.Context {
+	if r.base != base || r.user != u {
+		*r = requestCtx{base: base, user: u, ctx: withEpochOf(base, &u.epoch)}
+	}
+	return r.ctx
+}
+
+// withSender is of's context with u as the sender, for ctx made by of.
+func (r *requestCtx) withSender(ctx context.Context, u *sessionUser) context.Context {
+	if ctx != r.ctx || r.user != u {
+		return withSender(ctx, &u.from)
+	}
+	if r.sender == nil {
+		r.sender = withSender(ctx, &u.from)
+	}
+	return r.sender
+}
+
+// sendOK answers request seq with r's SendOK. On gnet the frame is
+// encoded on the stack and copied into the connection's out buffer, not
+// allocated: it is the most frequent frame a server writes.
+func (c *session) sendOK(seq uint64, r sendReceipt) {
+	if t, ok := c.out.(*gnetTransport); ok {
+		var buf [protocol.SendOKMaxSize]byte
+		t.send(protocol.AppendSendOK(buf[:0], seq, r.msgID, r.sentAtMs, r.online, r.seq))
+		return
+	}
+	c.out.send(protocol.EncodeSendOK(seq, r.msgID, r.sentAtMs, r.online, r.seq))
 }
 
 func okFrame() *chatpb.Frame { return &chatpb.Frame{Body: &chatpb.Frame_Ok{Ok: &chatpb.OK{}}} }
@@ -455,7 +499,13 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	if err := protocol.ValidateClientMsgID(req.ClientMsgId); err != nil {
 		return sendReceipt{}, err
 	}
-	m := &chatpb.Message{FromUserId: u.id, FromUsername: u.name, Text: req.Text}
+	// The message and a single recipient's slice in one allocation.
+	blk := &struct {
+		m  chatpb.Message
+		to [1]uint64
+	}{}
+	m := &blk.m
+	m.FromUserId, m.FromUsername, m.Text = u.id, u.name, req.Text
 	var recipients []uint64
 	switch to := req.To.(type) {
 	case *chatpb.Send_UserId:
@@ -463,7 +513,8 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 		if err != nil {
 			return sendReceipt{}, err
 		}
-		m.ToUserId, recipients = target.ID, []uint64{target.ID}
+		blk.to[0] = target.ID
+		m.ToUserId, recipients = target.ID, blk.to[:]
 	case *chatpb.Send_Username:
 		if err := protocol.ValidateUsername(to.Username); err != nil {
 			return sendReceipt{}, err
@@ -472,7 +523,8 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 		if err != nil {
 			return sendReceipt{}, err
 		}
-		m.ToUserId, recipients = target.ID, []uint64{target.ID}
+		blk.to[0] = target.ID
+		m.ToUserId, recipients = target.ID, blk.to[:]
 	case *chatpb.Send_GroupId:
 		if order := c.srv.groupOrder(to.GroupId); order != nil {
 			order.RLock()
@@ -497,7 +549,7 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	if m.ToUserId != u.id {
 		// The sender's other devices get it too. (A note to yourself
 		// already goes to every device of yours, this one included.)
-		o.from = &u.from
+		o.from, o.fromCtx = &u.from, c.reqCtx.withSender(ctx, u)
 	}
 	return c.srv.storeAndPush(ctx, o)
 }
@@ -516,6 +568,8 @@ type outgoing struct {
 	// program has none (nil), and the sender's devices get nothing
 	// (withSendingDevice).
 	from *sender
+	// fromCtx, if set, is ctx with from as the sender already.
+	fromCtx context.Context
 }
 
 // storeAndPush stores o.msg durably for its recipients, then pushes it to
@@ -526,7 +580,10 @@ func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, err
 	m.MsgId, m.SentAtMs = s.ids.next(time.Now())
 
 	appendCtx := ctx
-	if o.from != nil {
+	switch {
+	case o.fromCtx != nil:
+		appendCtx = o.fromCtx
+	case o.from != nil:
 		appendCtx = withSender(ctx, o.from)
 	}
 	res, err := s.store.AppendMessage(appendCtx, m, recipients, o.clientMsgID)
@@ -558,10 +615,15 @@ func (s *Server) storeAndPush(ctx context.Context, o outgoing) (sendReceipt, err
 		s.metrics.messagesSent.Inc()
 		// Stored: SendOK is now true whatever happens to the live push.
 		ev := Event{Message: m, Epoch: o.epoch}
-		if res.Encoded != nil {
+		switch {
+		case res.Push != nil:
+			ev.frame = res.Push
+		case res.Encoded != nil:
 			ev.frame = protocol.EncodeMessagePush(res.Encoded)
-		} else if ev.frame, err = encodePush(m); err != nil {
-			return sendReceipt{}, err
+		default:
+			if ev.frame, err = encodePush(m); err != nil {
+				return sendReceipt{}, err
+			}
 		}
 		if m.GroupId != 0 {
 			// One event for the group's recipients online and the

@@ -130,6 +130,7 @@ type session struct {
 	// out and in again (or registers users) is not a lurker.
 	loggedInOnce atomic.Bool
 	user         atomic.Pointer[sessionUser]
+	reqCtx       requestCtx // handle's only
 	// anonHeld: counted among its address's connections not logged in
 	// (anonKey), until it logs in or goes.
 	anonHeld atomic.Bool
@@ -210,29 +211,23 @@ func (c *session) debug(msg string, args ...any) {
 // must stay cheap when a client floods (docs/protocol.md says so).
 func (c *session) received(payload []byte, inline bool) bool {
 	f, err := protocol.Decode(payload)
-	var invalid *protocol.InvalidFrameError
-	switch {
-	case err == nil:
-		// errors.As would take &invalid: a heap variable per frame.
-	case errors.As(err, &invalid):
-		f = &chatpb.Frame{Seq: invalid.Seq}
-	default:
-		c.protocolError("garbage", err, inline)
-		return false
+	var refusal error
+	if err != nil {
+		// Not inline: a variable errors.As takes the address of is a heap
+		// variable for every frame, failed or not.
+		if f, refusal = invalidRequest(err); f == nil {
+			c.protocolError("garbage", err, inline)
+			return false
+		}
 	}
 	if !c.limiter.Allow() {
 		c.srv.metrics.rateLimited.Inc()
 		c.fail(f.GetSeq(), protocol.Kind(f), ErrRateLimited)
 		return true
 	}
-	var refusal error
-	if invalid != nil {
-		refusal = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT,
-			"malformed request (strings must be valid UTF-8): %v", invalid.Err)
-	}
 	switch {
 	case inline && refusal != nil:
-		c.fail(invalid.Seq, "invalid", refusal)
+		c.fail(f.Seq, "invalid", refusal)
 		return true
 	case inline:
 		c.handle(f)
@@ -243,6 +238,18 @@ func (c *session) received(payload []byte, inline bool) bool {
 		c.fail(f.GetSeq(), protocol.Kind(f), ErrTooManyPending)
 	}
 	return true
+}
+
+// invalidRequest is what received answers a frame Decode refused with:
+// a frame holding only its seq and the INVALID_ARGUMENT to answer it with,
+// or nil when the payload is garbage.
+func invalidRequest(err error) (*chatpb.Frame, error) {
+	var invalid *protocol.InvalidFrameError
+	if !errors.As(err, &invalid) {
+		return nil, nil
+	}
+	return &chatpb.Frame{Seq: invalid.Seq}, protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT,
+		"malformed request (strings must be valid UTF-8): %v", invalid.Err)
 }
 
 // frameError is called by an engine when the framing itself is broken;
@@ -518,7 +525,7 @@ func (c *session) writePush(m *chatpb.Message, frame []byte) {
 }
 
 func encodePush(m *chatpb.Message) ([]byte, error) {
-	return protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+	return protocol.EncodePush(m)
 }
 
 // resync replays the inbox of a logged-in session whose live pushes may

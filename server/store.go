@@ -80,6 +80,9 @@ type AppendResult struct {
 	// Encoded is Message in protobuf wire form when the store made it
 	// (nil otherwise); pushes reuse it. Read-only.
 	Encoded []byte
+	// Push is the frame that pushes Message when the store made it with
+	// Encoded (nil otherwise): its header, then Encoded. Read-only.
+	Push []byte
 	// Duplicate is true when the (sender, client_msg_id) pair was seen
 	// before: nothing was stored and nothing must be delivered.
 	Duplicate bool

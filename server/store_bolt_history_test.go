@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // historySeqs pages through all of conv, oldest first, checking each
@@ -47,11 +48,26 @@ func sendText(t *testing.T, s Store, ids *msgIDGen, from User, to, gid, wantSeq 
 	if gid != 0 {
 		recipients = nil
 	}
-	if _, err := s.AppendMessage(context.Background(), m, recipients, ""); err != nil {
+	res, err := s.AppendMessage(context.Background(), m, recipients, "")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if m.Seq != wantSeq {
 		t.Fatalf("seq %d, want %d", m.Seq, wantSeq)
+	}
+	// The embedded store hands back the push made in place: the
+	// message as stored, seq included.
+	if _, bolt := s.(*BoltStore); bolt && res.Push == nil {
+		t.Fatal("no push frame from the embedded store")
+	}
+	if res.Push != nil {
+		want, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(res.Push) != string(want) {
+			t.Fatalf("push %x, want %x", res.Push, want)
+		}
 	}
 	return m
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	chatpb "github.com/loopchat/loopchat/proto"
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // The embedded store's send path. A bbolt commit costs two fdatasyncs and
@@ -93,6 +94,9 @@ type walEntry struct {
 type ackers struct {
 	few  []uint64
 	many map[uint64]struct{}
+	// one holds the first: nearly every message's only acker costs no
+	// allocation. (An ackers is never copied: it lives in its walEntry.)
+	one [1]uint64
 }
 
 const ackersListMax = 16
@@ -102,6 +106,9 @@ func (a *ackers) add(uid uint64) {
 	case a.many != nil:
 		a.many[uid] = struct{}{}
 	case slices.Contains(a.few, uid):
+	case a.few == nil:
+		a.one[0] = uid
+		a.few = a.one[:]
 	case len(a.few) < ackersListMax:
 		a.few = append(a.few, uid)
 	default:
@@ -206,8 +213,11 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 	// Encoded without a seq, with room for the one the writer appends:
 	// as cheap as proto.Marshal (which sizes first too), and the writer
 	// neither re-encodes nor copies.
+	// Room before it too, for the header that makes it a push (Push).
 	m.Seq = 0
-	encoded, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(make([]byte, 0, proto.Size(m)+seqFieldMax), m)
+	const room = protocol.MessagePushRoom
+	buf := make([]byte, room, room+proto.Size(m)+seqFieldMax)
+	encoded, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(buf[room:], m)
 	if err != nil {
 		return AppendResult{}, fmt.Errorf("store: encode message: %w", err)
 	}
@@ -244,6 +254,12 @@ func (s *BoltStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipi
 		s.doneChans.Put(op.done) // signalled once and drained: reusable
 		if !op.res.Duplicate {
 			op.res.SenderCopies = senderCopies
+			if e := op.res.Encoded; op.err == nil && len(e) > 0 && len(e) <= cap(buf)-room {
+				if full := buf[:room+len(e)]; &full[room] == &e[0] {
+					// The writer appended the seq in place, as there was room.
+					op.res.Push = protocol.MessagePushInPlace(full, room)
+				}
+			}
 		}
 		return op.res, op.err
 	case <-ctx.Done():

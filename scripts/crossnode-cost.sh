@@ -1,0 +1,126 @@
+#!/bin/bash
+# crossnode-cost.sh: what a cross-node chat message costs against a local
+# one, in CPU (docs/BENCHMARKS.md, "Cross-node cost").
+#
+#   scripts/crossnode-cost.sh RATE ROUNDS NAME=BINARY [NAME=BINARY ...]
+#   e.g. scripts/crossnode-cost.sh 2000 3 old=/tmp/lc-old new=./bin/loopchat
+#
+# Each run is fresh: Redis (AOF, appendfsync always) and two gnet nodes
+# (one loop each) pinned to CPU 0, the load generator to CPU 1, 2,000
+# connections alternating between the nodes and 999 pairs, so every
+# message crosses Redis pub/sub, open loop at RATE for 10 s; then one node
+# alone on CPU 0 at the same rate. CPU is user + system time from
+# /proc/PID/stat over 6 s of the measured phase, per delivered message.
+# Rounds interleave the builds (old new old new ...).
+set -euo pipefail
+[ $# -ge 3 ] || { sed -n 2,15p "$0" >&2; exit 2; }
+RATE=$1 ROUNDS=$2
+shift 2
+HZ=$(getconf CLK_TCK)
+FLAGS=(--engine gnet --loops 1 --bcrypt-cost 4 --rate-limit 1e9 --rate-burst 1000000000
+	--max-outbound 67108864 --idle-timeout 10m --log-level error)
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+port() { # a port nothing listens on
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 20000))
+		(echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }
+	done
+}
+wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# measure LOG PID...: ticks of each PID over 6 s from 1.5 s into the
+# measured phase, then the seconds measured.
+measure() {
+	local log=$1
+	shift
+	until grep -q 'warm-up' "$log" 2>/dev/null; do sleep 0.1; done
+	sleep 1.5
+	local before=() p t0 t1 out=""
+	for p in "$@"; do before+=("$(ticks "$p")"); done
+	t0=$(date +%s.%N)
+	sleep 6
+	t1=$(date +%s.%N)
+	local i=0
+	for p in "$@"; do out="$out $(($(ticks "$p") - before[i]))"; i=$((i + 1)); done
+	echo "$out $(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')"
+}
+
+# delivered LOG: the msgs/s column of the generator's result line.
+delivered() { awk '$1 == "server" && $2 == "chat" {r = $5} END {print r}' "$1"; }
+
+run() { # NAME BINARY ROUND
+	local name=$1 bin=$2 round=$3 d
+	d=$(mktemp -d "$WORK/run.XXXX")
+	local rp p1 p2 p0
+	rp=$(port) p1=$(port) p2=$(port) p0=$(port)
+	taskset -c 0 redis-server --port "$rp" --dir "$d" --appendonly yes --appendfsync always --save '' >"$d/redis.log" 2>&1 &
+	local redis=$!
+	PIDS+=("$redis")
+	wait_port "$rp"
+	taskset -c 0 "$bin" serve --listen "127.0.0.1:$p1" --redis "redis://127.0.0.1:$rp/0" --node-id n1 --data "$d/n1" "${FLAGS[@]}" &
+	local n1=$!
+	taskset -c 0 "$bin" serve --listen "127.0.0.1:$p2" --redis "redis://127.0.0.1:$rp/0" --node-id n2 --data "$d/n2" "${FLAGS[@]}" &
+	local n2=$!
+	PIDS+=("$n1" "$n2")
+	wait_port "$p1"
+	wait_port "$p2"
+	taskset -c 1 "$bin" bench chat --addr "127.0.0.1:$p1,127.0.0.1:$p2" --conns 2000 --pairs 999 --rate "$RATE" \
+		--duration 10s >"$d/cluster.log" 2>&1 &
+	local gen=$!
+	local m
+	m=$(measure "$d/cluster.log" "$redis" "$n1" "$n2")
+	wait "$gen" || { echo "$name round $round: the cluster run failed" >&2; tail -5 "$d/cluster.log" >&2; exit 1; }
+	local crate
+	crate=$(delivered "$d/cluster.log")
+	kill "$n1" "$n2" "$redis"
+	wait "$n1" "$n2" "$redis" 2>/dev/null || true
+
+	taskset -c 0 "$bin" serve --listen "127.0.0.1:$p0" --data "$d/n0" "${FLAGS[@]}" &
+	local n0=$!
+	PIDS+=("$n0")
+	wait_port "$p0"
+	taskset -c 1 "$bin" bench chat --addr "127.0.0.1:$p0" --conns 2000 --pairs 999 --rate "$RATE" \
+		--duration 10s >"$d/local.log" 2>&1 &
+	gen=$!
+	local m1
+	m1=$(measure "$d/local.log" "$n0")
+	wait "$gen" || { echo "$name round $round: the one-node run failed" >&2; tail -5 "$d/local.log" >&2; exit 1; }
+	local lrate
+	lrate=$(delivered "$d/local.log")
+	kill "$n0"
+	wait "$n0" 2>/dev/null || true
+	rm -rf "$d"
+
+	# name round redis n1 n2 cluster local ratio (µs per message)
+	echo "$m" "$crate" "$m1" "$lrate" | awk -v hz="$HZ" -v name="$name" -v round="$round" '{
+		us = 1e6 / hz
+		redis = $1 * us / ($4 * $5); n1 = $2 * us / ($4 * $5); n2 = $3 * us / ($4 * $5)
+		local = $6 * us / ($7 * $8); total = redis + n1 + n2
+		printf "%s %d %.1f %.1f %.1f %.1f %.1f %.2f %d %d\n", name, round, redis, n1, n2, total, local, total / local, $5, $8
+	}'
+}
+
+echo "build round redis_us n1_us n2_us cluster_us local_us ratio cluster_msgs/s local_msgs/s"
+results=$WORK/results
+for round in $(seq "$ROUNDS"); do
+	for nb in "$@"; do
+		run "${nb%%=*}" "${nb#*=}" "$round" | tee -a "$results"
+	done
+done
+echo "medians over $ROUNDS rounds (µs of CPU per message):"
+for nb in "$@"; do
+	name=${nb%%=*}
+	for col in 3 4 5 6 7; do
+		awk -v n="$name" -v c="$col" '$1 == n {print $c}' "$results" | sort -g | awk '{v[NR] = $1} END {printf "%s ", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+	done | awk -v n="$name" '{printf "%s: redis %s + n1 %s + n2 %s = cluster %s against local %s: ratio of the medians %.2f\n", n, $1, $2, $3, $4, $5, $4 / $5}'
+done
