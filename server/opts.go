@@ -26,8 +26,8 @@ type Options struct {
 	// picks a free port (see Server.Addr).
 	Listen string
 	// WSListen is the address of the WebSocket listener (docs/protocol.md,
-	// "WebSocket"), served by the same gnet loops. Empty means off. The
-	// net engine does not serve WebSocket yet.
+	// "WebSocket"), served by the same engine (on gnet, the same loops).
+	// Empty means off.
 	WSListen string
 	// WSAllowedOrigins lists the Origin values (e.g. https://chat.example)
 	// whose browsers may open a WebSocket; "*" allows any. An upgrade
@@ -227,9 +227,6 @@ func (o *Options) withDefaults() (Options, error) {
 	case EngineGnet, EngineNet:
 	default:
 		return c, fmt.Errorf("unknown engine %q (want %q or %q)", c.Engine, EngineGnet, EngineNet)
-	}
-	if c.WSListen != "" && c.Engine == EngineNet {
-		return c, errors.New("--ws-listen: the net engine does not serve WebSocket yet; use the gnet engine")
 	}
 	if c.WSListen != "" && wsListenAddr(c.WSListen, c.Listen) == c.Listen {
 		return c, errors.New("--ws-listen must differ from --listen")

@@ -125,6 +125,9 @@ type session struct {
 	// first one. Requests run one at a time: no lock.
 	typing *rate.Limiter
 	broken bool
+	// ws is set on a WebSocket connection (websocket.go); its transport
+	// holds the same.
+	ws     *wsConn
 	kicked atomic.Bool
 	// loggedInOnce lifts the login deadline for good: a client that logs
 	// out and in again (or registers users) is not a lurker.

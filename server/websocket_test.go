@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -14,14 +15,15 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	chatpb "github.com/loopchat/loopchat/proto"
 	"github.com/loopchat/loopchat/protocol"
 )
 
-func startWSServer(t *testing.T, mutate func(*Options)) *testServer {
+func startWSServer(t *testing.T, engine string, mutate func(*Options)) *testServer {
 	t.Helper()
-	o := testOptions(t, EngineGnet)
+	o := testOptions(t, engine)
 	o.WSListen = "127.0.0.1:0"
 	o.WSAllowedOrigins = []string{"https://chat.example"}
 	if mutate != nil {
@@ -100,39 +102,41 @@ func (w *wsClient) do(f *chatpb.Frame) *chatpb.Frame {
 }
 
 func TestWebSocketChatWithTCPUser(t *testing.T) {
-	ts := startWSServer(t, nil)
-	tcp, _ := ts.user(t, "tina")
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, nil)
+		tcp, _ := ts.user(t, "tina")
 
-	w := dialWS(t, ts)
-	expectOK(t, w.do(registerReq("wendy", pw)))
-	resp := w.do(loginReq("wendy", pw))
-	expectOK(t, resp)
-	if resp.GetLoginOk() == nil {
-		t.Fatalf("login: %v", resp)
-	}
-	if r := w.do(sendTo("tina", "hello from the browser")); r.GetSendOk() == nil {
-		t.Fatalf("send: %v", r)
-	}
-	if m := tcp.nextMessage(); m.Text != "hello from the browser" || m.FromUsername != "wendy" {
-		t.Fatalf("tcp got %v", m)
-	}
-	expectOK(t, tcp.do(sendTo("wendy", "hello back")))
-	for {
-		f := w.read()
-		if m := f.GetMessage(); m != nil {
-			if m.Text != "hello back" {
-				t.Fatalf("ws got %v", m)
-			}
-			break
+		w := dialWS(t, ts)
+		expectOK(t, w.do(registerReq("wendy", pw)))
+		resp := w.do(loginReq("wendy", pw))
+		expectOK(t, resp)
+		if resp.GetLoginOk() == nil {
+			t.Fatalf("login: %v", resp)
 		}
-	}
-	// Ping through the library: the server answers pongs.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	go func() { _, _, _ = w.c.Read(ctx) }() // Ping needs a reader
-	if err := w.c.Ping(ctx); err != nil {
-		t.Fatalf("ping: %v", err)
-	}
+		if r := w.do(sendTo("tina", "hello from the browser")); r.GetSendOk() == nil {
+			t.Fatalf("send: %v", r)
+		}
+		if m := tcp.nextMessage(); m.Text != "hello from the browser" || m.FromUsername != "wendy" {
+			t.Fatalf("tcp got %v", m)
+		}
+		expectOK(t, tcp.do(sendTo("wendy", "hello back")))
+		for {
+			f := w.read()
+			if m := f.GetMessage(); m != nil {
+				if m.Text != "hello back" {
+					t.Fatalf("ws got %v", m)
+				}
+				break
+			}
+		}
+		// Ping through the library: the server answers pongs.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		go func() { _, _, _ = w.c.Read(ctx) }() // Ping needs a reader
+		if err := w.c.Ping(ctx); err != nil {
+			t.Fatalf("ping: %v", err)
+		}
+	})
 }
 
 // rawWS is a hand-made WebSocket client on a net.Conn, to send what a
@@ -271,104 +275,212 @@ func encodePayload(t *testing.T, f *chatpb.Frame) []byte {
 }
 
 func TestWebSocketBadUpgrade(t *testing.T) {
-	ts := startWSServer(t, nil)
-	addr := ts.WSAddr().String()
-	for _, tc := range []struct {
-		name   string
-		req    string
-		status int
-	}{
-		{"no subprotocol", upgradeRequest(addr), 400},
-		{"other subprotocol", upgradeRequest(addr, "Sec-WebSocket-Protocol: chat"), 400},
-		{"bad origin", upgradeRequest(addr, "Sec-WebSocket-Protocol: "+WSSubprotocol, "Origin: https://evil.example"), 403},
-		{"not an upgrade", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
-		{"too large", "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + strings.Repeat("a", 9000) + "\r\n\r\n", 431},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r, resp := dialRawWS(t, ts, tc.req)
-			if resp.StatusCode != tc.status {
-				t.Fatalf("status %v, want %d", resp.Status, tc.status)
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			if _, err := r.br.ReadByte(); err == nil {
-				t.Fatal("bytes after the refusal")
-			}
-		})
-	}
-	// An allowed browser origin and a native client (no Origin) get in.
-	r, resp := dialRawWS(t, ts, upgradeRequest(addr, "Sec-WebSocket-Protocol: "+WSSubprotocol, "Origin: https://chat.example"))
-	if resp.StatusCode != 101 {
-		t.Fatalf("allowed origin: %v", resp.Status)
-	}
-	r.frame(true, 0x2, encodePayload(t, &chatpb.Frame{Seq: 1, Body: pingReq().Body}))
-	if op, p, err := r.next(); err != nil || op != 0x2 {
-		t.Fatalf("pong: %v %v", op, err)
-	} else if f, err := protocol.Decode(p); err != nil || f.Seq != 1 {
-		t.Fatalf("pong frame %v %v", f, err)
-	}
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, nil)
+		addr := ts.WSAddr().String()
+		for _, tc := range []struct {
+			name   string
+			req    string
+			status int
+		}{
+			{"no subprotocol", upgradeRequest(addr), 400},
+			{"other subprotocol", upgradeRequest(addr, "Sec-WebSocket-Protocol: chat"), 400},
+			{"bad origin", upgradeRequest(addr, "Sec-WebSocket-Protocol: "+WSSubprotocol, "Origin: https://evil.example"), 403},
+			{"not an upgrade", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+			{"too large", "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + strings.Repeat("a", 9000) + "\r\n\r\n", 431},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r, resp := dialRawWS(t, ts, tc.req)
+				if resp.StatusCode != tc.status {
+					t.Fatalf("status %v, want %d", resp.Status, tc.status)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				if _, err := r.br.ReadByte(); err == nil {
+					t.Fatal("bytes after the refusal")
+				}
+			})
+		}
+		// An allowed browser origin and a native client (no Origin) get in.
+		r, resp := dialRawWS(t, ts, upgradeRequest(addr, "Sec-WebSocket-Protocol: "+WSSubprotocol, "Origin: https://chat.example"))
+		if resp.StatusCode != 101 {
+			t.Fatalf("allowed origin: %v", resp.Status)
+		}
+		r.frame(true, 0x2, encodePayload(t, &chatpb.Frame{Seq: 1, Body: pingReq().Body}))
+		if op, p, err := r.next(); err != nil || op != 0x2 {
+			t.Fatalf("pong: %v %v", op, err)
+		} else if f, err := protocol.Decode(p); err != nil || f.Seq != 1 {
+			t.Fatalf("pong frame %v %v", f, err)
+		}
+	})
 }
 
 func TestWebSocketTextMessageClosed1003(t *testing.T) {
-	ts := startWSServer(t, nil)
-	r := openRawWS(t, ts)
-	r.frame(true, 0x1, []byte("hello"))
-	r.expectClose(1003)
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, nil)
+		r := openRawWS(t, ts)
+		r.frame(true, 0x1, []byte("hello"))
+		r.expectClose(1003)
+	})
 }
 
 func TestWebSocketFragmentedAndPing(t *testing.T) {
-	ts := startWSServer(t, nil)
-	r := openRawWS(t, ts)
-	p := encodePayload(t, &chatpb.Frame{Seq: 7, Body: registerReq("frag", pw).Body})
-	r.frame(false, 0x2, p[:3])
-	r.frame(true, 0x9, []byte("between fragments")) // control frames may interleave
-	r.frame(false, 0x0, p[3:5])
-	r.frame(true, 0x0, p[5:])
-	op, body, err := r.next()
-	if err != nil || op != 0xA || string(body) != "between fragments" {
-		t.Fatalf("pong: op %x %q %v", op, body, err)
-	}
-	op, body, err = r.next()
-	if err != nil || op != 0x2 {
-		t.Fatalf("response: op %x %v", op, err)
-	}
-	f, err := protocol.Decode(body)
-	if err != nil || f.Seq != 7 {
-		t.Fatalf("response %v %v", f, err)
-	}
-	expectOK(t, f)
-	// A clean close is answered with a close frame carrying its code.
-	r.frame(true, 0x8, []byte{0x03, 0xe8})
-	r.expectClose(1000)
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, nil)
+		r := openRawWS(t, ts)
+		p := encodePayload(t, &chatpb.Frame{Seq: 7, Body: registerReq("frag", pw).Body})
+		r.frame(false, 0x2, p[:3])
+		r.frame(true, 0x9, []byte("between fragments")) // control frames may interleave
+		r.frame(false, 0x0, p[3:5])
+		r.frame(true, 0x0, p[5:])
+		op, body, err := r.next()
+		if err != nil || op != 0xA || string(body) != "between fragments" {
+			t.Fatalf("pong: op %x %q %v", op, body, err)
+		}
+		op, body, err = r.next()
+		if err != nil || op != 0x2 {
+			t.Fatalf("response: op %x %v", op, err)
+		}
+		f, err := protocol.Decode(body)
+		if err != nil || f.Seq != 7 {
+			t.Fatalf("response %v %v", f, err)
+		}
+		expectOK(t, f)
+		// A clean close is answered with a close frame carrying its code.
+		r.frame(true, 0x8, []byte{0x03, 0xe8})
+		r.expectClose(1000)
+	})
 }
 
 func TestWebSocketOversizedClosed1009(t *testing.T) {
-	ts := startWSServer(t, func(o *Options) { o.MaxFrame = 1024 })
-	r := openRawWS(t, ts)
-	r.frame(true, 0x2, make([]byte, 2000))
-	r.expectClose(1009)
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, func(o *Options) { o.MaxFrame = 1024 })
+		r := openRawWS(t, ts)
+		r.frame(true, 0x2, make([]byte, 2000))
+		r.expectClose(1009)
 
-	// Fragments that add up past the limit too.
-	r = openRawWS(t, ts)
-	r.frame(false, 0x2, make([]byte, 600))
-	r.frame(true, 0x0, make([]byte, 600))
-	r.expectClose(1009)
+		// Fragments that add up past the limit too.
+		r = openRawWS(t, ts)
+		r.frame(false, 0x2, make([]byte, 600))
+		r.frame(true, 0x0, make([]byte, 600))
+		r.expectClose(1009)
+	})
 }
 
 func TestWebSocketProtocolErrors1002(t *testing.T) {
-	ts := startWSServer(t, nil)
-	for name, send := range map[string]func(r *rawWS){
-		"rsv":                func(r *rawWS) { r.frame(true, 0x2|0x40, []byte{1}) },
-		"unmasked":           func(r *rawWS) { _, _ = r.c.Write([]byte{0x82, 0x01, 0x00}) },
-		"lone continuation":  func(r *rawWS) { r.frame(true, 0x0, []byte{1}) },
-		"long ping":          func(r *rawWS) { r.frame(true, 0x9, make([]byte, 126)) },
-		"fragmented ping":    func(r *rawWS) { r.frame(false, 0x9, nil) },
-		"reserved opcode":    func(r *rawWS) { r.frame(true, 0x3, nil) },
-		"message in message": func(r *rawWS) { r.frame(false, 0x2, []byte{1}); r.frame(true, 0x2, []byte{1}) },
-	} {
-		t.Run(name, func(t *testing.T) {
-			r := openRawWS(t, ts)
-			send(r)
-			r.expectClose(1002)
-		})
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, nil)
+		for name, send := range map[string]func(r *rawWS){
+			"rsv":                func(r *rawWS) { r.frame(true, 0x2|0x40, []byte{1}) },
+			"unmasked":           func(r *rawWS) { _, _ = r.c.Write([]byte{0x82, 0x01, 0x00}) },
+			"lone continuation":  func(r *rawWS) { r.frame(true, 0x0, []byte{1}) },
+			"long ping":          func(r *rawWS) { r.frame(true, 0x9, make([]byte, 126)) },
+			"fragmented ping":    func(r *rawWS) { r.frame(false, 0x9, nil) },
+			"reserved opcode":    func(r *rawWS) { r.frame(true, 0x3, nil) },
+			"message in message": func(r *rawWS) { r.frame(false, 0x2, []byte{1}); r.frame(true, 0x2, []byte{1}) },
+		} {
+			t.Run(name, func(t *testing.T) {
+				r := openRawWS(t, ts)
+				send(r)
+				r.expectClose(1002)
+			})
+		}
+	})
+}
+
+// paddedPing is a Ping request of about n bytes: the padding is an unknown
+// field, which decoding keeps aside.
+func paddedPing(t *testing.T, seq uint64, n int) []byte {
+	t.Helper()
+	p := encodePayload(t, &chatpb.Frame{Seq: seq, Body: pingReq().Body})
+	p = protowire.AppendTag(p, 1000, protowire.BytesType)
+	return protowire.AppendBytes(p, make([]byte, max(0, n-len(p)-4)))
+}
+
+// expectPong reads the next binary message and checks it is the Pong to seq.
+func (r *rawWS) expectPong(seq uint64) {
+	r.t.Helper()
+	op, p, err := r.next()
+	if err != nil || op != 0x2 {
+		r.t.Fatalf("waiting for pong %d: op %x %v", seq, op, err)
+	}
+	f, err := protocol.Decode(p)
+	if err != nil || f.Seq != seq || f.GetPong() == nil {
+		r.t.Fatalf("want pong %d, got %v %v", seq, f, err)
 	}
 }
+
+// The input arrives however TCP cuts it: an upgrade dribbled a few bytes
+// at a time, frames in the same write as the upgrade, a message larger
+// than a read buffer, many messages in one write.
+func TestWebSocketInputCutAnywhere(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, nil)
+		c, err := net.DialTimeout("tcp", ts.WSAddr().String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := &rawWS{t: t, c: c, br: bufio.NewReader(c)}
+		req := upgradeRequest(ts.WSAddr().String(), "Sec-WebSocket-Protocol: "+WSSubprotocol)
+		cut := len(req) - 10
+		for i := 0; i < cut; i += 7 {
+			if _, err := io.WriteString(c, req[i:min(i+7, cut)]); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		// The upgrade's last bytes and a whole message in one write.
+		var frames bytes.Buffer
+		r.c = writerConn{c, &frames}
+		r.frame(true, 0x2, paddedPing(t, 1, 20))
+		r.c = c
+		if _, err := io.WriteString(c, req[cut:]+frames.String()); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(r.br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		r.expectPong(1)
+
+		// Bigger than any read buffer, and split mid-header and mid-payload.
+		frames.Reset()
+		r.c = writerConn{c, &frames}
+		r.frame(true, 0x2, paddedPing(t, 2, 60<<10))
+		r.frame(true, 0x2, paddedPing(t, 3, 200))
+		r.c = c
+		b := frames.Bytes()
+		for _, cut := range [][2]int{{0, 1}, {1, 9000}, {9000, len(b) - 100}, {len(b) - 100, len(b)}} {
+			if _, err := c.Write(b[cut[0]:cut[1]]); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		r.expectPong(2)
+		r.expectPong(3)
+
+		// Many small messages in one write, each answered in order.
+		frames.Reset()
+		r.c = writerConn{c, &frames}
+		for seq := uint64(10); seq < 60; seq++ {
+			r.frame(true, 0x2, paddedPing(t, seq, 30))
+		}
+		r.c = c
+		if _, err := c.Write(frames.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		for seq := uint64(10); seq < 60; seq++ {
+			r.expectPong(seq)
+		}
+	})
+}
+
+// writerConn is a net.Conn whose writes go to w: rawWS.frame builds into
+// a buffer through it, for tests that choose where the writes are cut.
+type writerConn struct {
+	net.Conn
+	w io.Writer
+}
+
+func (c writerConn) Write(p []byte) (int, error) { return c.w.Write(p) }

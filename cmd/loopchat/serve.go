@@ -101,7 +101,7 @@ one of the --api-key values.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:7000", "TCP address to accept clients on")
-	f.StringVar(&o.WSListen, "ws-listen", "", "address to accept WebSocket clients on (subprotocol loopchat.v1, gnet engine only); empty: off")
+	f.StringVar(&o.WSListen, "ws-listen", "", "address to accept WebSocket clients on (subprotocol loopchat.v1); empty: off")
 	f.StringSliceVar(&o.WSAllowedOrigins, "ws-allowed-origins", nil, "Origin values whose browsers may open a WebSocket (repeatable; \"*\": any); upgrades without Origin are always allowed")
 	f.StringVar(&o.DataDir, "data", "./loopchat-data", "directory of the embedded store and the generated token secret")
 	f.StringVar(&o.Engine, "engine", server.EngineGnet, `network engine: "gnet" (epoll reactors) or "net" (goroutine per connection, the baseline)`)
