@@ -408,6 +408,9 @@ func (c *session) kick(reason chatpb.KickReason, msg string) {
 	}
 	c.srv.metrics.kicks.WithLabelValues(protocol.KickReasonName(reason)).Inc()
 	c.logger().Info("kicked", "reason", protocol.KickReasonName(reason))
+	if c.ws != nil {
+		c.ws.code.CompareAndSwap(0, int32(wsCloseCode(reason))) // a WebSocket error found first keeps its own
+	}
 	buf, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Kicked{Kicked: &chatpb.Kicked{Reason: reason, Message: msg}}})
 	if err != nil {
 		c.out.close()

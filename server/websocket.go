@@ -10,10 +10,12 @@ import (
 	"net"
 	"strings"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 
 	"github.com/loopchat/loopchat/codec"
+	chatpb "github.com/loopchat/loopchat/proto"
 )
 
 // WebSocket (--ws-listen) on either engine: the same sessions and limits
@@ -33,6 +35,7 @@ const wsMaxHandshake = 8 << 10
 var (
 	errWSProtocol = errors.New("websocket: protocol error")
 	errWSText     = errors.New("websocket: text messages are not accepted; send one binary message per Frame")
+	errWSUTF8     = errors.New("websocket: text that is not UTF-8")
 )
 
 // wsConn is a WebSocket connection's state, shared by its session (the
@@ -54,8 +57,9 @@ type wsConn struct {
 	// last frame becomes an HTTP refusal. Set by the transport's upgrade,
 	// in step with its last frame (engine_gnet.go, engine_net.go).
 	opened atomic.Bool
-	// code is the close code after the last frame (0: 1000), set by the
-	// reading side on a WebSocket-level error.
+	// code is the close code after the last frame (0: 1000), set once by
+	// whatever ends the connection first: a WebSocket-level error, or a
+	// kick (wsCloseCode).
 	code atomic.Int32
 }
 
@@ -247,10 +251,18 @@ func (w *wsConn) frame(h ws.Header, payload []byte, max int) (ev wsEvent, msg []
 	case ws.OpPong:
 		return wsPong, nil, nil
 	case ws.OpClose:
+		if err := wsCheckClose(payload); err != nil {
+			return 0, nil, err
+		}
 		return wsClose, payload, nil
 	case ws.OpText:
 		if w.fragmenting {
 			return 0, nil, &wsError{ws.StatusProtocolError, fmt.Errorf("%w: a new message inside a fragmented one", errWSProtocol)}
+		}
+		// Refused either way; invalid UTF-8 is the more precise fault
+		// (RFC 6455 8.1). A fragment may end inside a character.
+		if !validUTF8Prefix(payload, h.Fin) {
+			return 0, nil, &wsError{ws.StatusInvalidFramePayloadData, errWSUTF8}
 		}
 		return 0, nil, &wsError{ws.StatusUnsupportedData, errWSText}
 	case ws.OpBinary:
@@ -451,11 +463,9 @@ func (s *session) wsRead(in codec.Peeker, w *wsConn, out wsOutput, inline bool) 
 		case wsPing:
 			out.sendRaw(append(wsAppendHeader(make([]byte, 0, 2+len(msg)), ws.OpPong, len(msg)), msg...))
 		case wsClose:
-			code := ws.StatusNormalClosure
+			code := ws.StatusNormalClosure // none given: RFC 6455 allows either an empty close or 1000
 			if len(msg) >= 2 {
-				if c := ws.StatusCode(binary.BigEndian.Uint16(msg)); wsValidCloseCode(c) {
-					code = c
-				}
+				code = ws.StatusCode(binary.BigEndian.Uint16(msg)) // checked by frame: echo it
 			}
 			s.broken = true // nothing more is read
 			_, _ = in.Discard(in.InboundBuffered())
@@ -511,18 +521,77 @@ func (s *session) wsFail(in codec.Peeker, err error, inline bool) {
 	if errors.As(err, &we) {
 		code = we.code
 	}
-	s.ws.code.Store(int32(code))
+	s.ws.code.CompareAndSwap(0, int32(code)) // a kick that came first keeps its own
 	s.frameError(err, inline)
 	_, _ = in.Discard(in.InboundBuffered())
 }
 
-// wsValidCloseCode: a code a peer may send in a close frame (RFC 6455 7.4).
+// wsValidCloseCode: a code a peer may send in a close frame (RFC 6455
+// 7.4; 1012-1014 are registered with IANA since). 1004-1006 and 1015 are
+// reserved, never sent; below 1000, 1016-2999 and from 5000 are not codes.
 func wsValidCloseCode(c ws.StatusCode) bool {
 	switch {
-	case c >= 1000 && c <= 1003, c >= 1007 && c <= 1011, c >= 3000 && c <= 4999:
+	case c >= 1000 && c <= 1003, c >= 1007 && c <= 1014, c >= 3000 && c <= 4999:
 		return true
 	}
 	return false
+}
+
+// wsCheckClose checks a client close frame's body: empty, or a valid code
+// and a UTF-8 reason (RFC 6455 5.5.1).
+func wsCheckClose(body []byte) error {
+	switch {
+	case len(body) == 0:
+		return nil
+	case len(body) == 1:
+		return &wsError{ws.StatusProtocolError, fmt.Errorf("%w: a close body of one byte", errWSProtocol)}
+	case !wsValidCloseCode(ws.StatusCode(binary.BigEndian.Uint16(body))):
+		return &wsError{ws.StatusProtocolError, fmt.Errorf("%w: close code %d", errWSProtocol, binary.BigEndian.Uint16(body))}
+	case !utf8.Valid(body[2:]):
+		return &wsError{ws.StatusInvalidFramePayloadData, fmt.Errorf("%w: a close reason that is not UTF-8", errWSProtocol)}
+	}
+	return nil
+}
+
+// validUTF8Prefix: p is UTF-8, or with more to come (not fin) may end
+// inside a character whose bytes so far are valid.
+func validUTF8Prefix(p []byte, fin bool) bool {
+	if utf8.Valid(p) {
+		return true
+	}
+	if fin {
+		return false
+	}
+	for cut := 1; cut <= 3 && cut <= len(p); cut++ {
+		start := len(p) - cut
+		if utf8.RuneStart(p[start]) {
+			tail := p[start:]
+			// A started, unfinished character: a leading byte that wants
+			// more than it has, continuation bytes after it.
+			return !utf8.FullRune(tail) && p[start] >= 0xc2 && p[start] <= 0xf4 && utf8.Valid(p[:start])
+		}
+	}
+	return false
+}
+
+// wsCloseCode is the close code after Kicked{reason}: the server going
+// away (1001), a broken protocol (1002, or a more precise code set
+// before), a client that does not read (1008, policy violation), the
+// server's store lost (1011, an unexpected condition); any other kick ends
+// the session as the server's policy says, normally (1000), and Kicked
+// tells why.
+func wsCloseCode(reason chatpb.KickReason) ws.StatusCode {
+	switch reason {
+	case chatpb.KickReason_KICK_REASON_SERVER_SHUTTING_DOWN:
+		return ws.StatusGoingAway
+	case chatpb.KickReason_KICK_REASON_PROTOCOL_ERROR:
+		return ws.StatusProtocolError
+	case chatpb.KickReason_KICK_REASON_SLOW_CONSUMER:
+		return ws.StatusPolicyViolation
+	case chatpb.KickReason_KICK_REASON_STORE_RESET:
+		return ws.StatusInternalServerError
+	}
+	return ws.StatusNormalClosure
 }
 
 // WSAddr is the address the WebSocket listener is bound to (nil when

@@ -314,15 +314,6 @@ func TestWebSocketBadUpgrade(t *testing.T) {
 	})
 }
 
-func TestWebSocketTextMessageClosed1003(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, engine string) {
-		ts := startWSServer(t, engine, nil)
-		r := openRawWS(t, ts)
-		r.frame(true, 0x1, []byte("hello"))
-		r.expectClose(1003)
-	})
-}
-
 func TestWebSocketFragmentedAndPing(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		ts := startWSServer(t, engine, nil)
@@ -431,11 +422,8 @@ func TestWebSocketInputCutAnywhere(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		// The upgrade's last bytes and a whole message in one write.
-		var frames bytes.Buffer
-		r.c = writerConn{c, &frames}
-		r.frame(true, 0x2, paddedPing(t, 1, 20))
-		r.c = c
-		if _, err := io.WriteString(c, req[cut:]+frames.String()); err != nil {
+		ping := r.gather(func() { r.frame(true, 0x2, paddedPing(t, 1, 20)) })
+		if _, err := io.WriteString(c, req[cut:]+string(ping)); err != nil {
 			t.Fatal(err)
 		}
 		resp, err := http.ReadResponse(r.br, nil)
@@ -445,12 +433,10 @@ func TestWebSocketInputCutAnywhere(t *testing.T) {
 		r.expectPong(1)
 
 		// Bigger than any read buffer, and split mid-header and mid-payload.
-		frames.Reset()
-		r.c = writerConn{c, &frames}
-		r.frame(true, 0x2, paddedPing(t, 2, 60<<10))
-		r.frame(true, 0x2, paddedPing(t, 3, 200))
-		r.c = c
-		b := frames.Bytes()
+		b := r.gather(func() {
+			r.frame(true, 0x2, paddedPing(t, 2, 60<<10))
+			r.frame(true, 0x2, paddedPing(t, 3, 200))
+		})
 		for _, cut := range [][2]int{{0, 1}, {1, 9000}, {9000, len(b) - 100}, {len(b) - 100, len(b)}} {
 			if _, err := c.Write(b[cut[0]:cut[1]]); err != nil {
 				t.Fatal(err)
@@ -461,13 +447,12 @@ func TestWebSocketInputCutAnywhere(t *testing.T) {
 		r.expectPong(3)
 
 		// Many small messages in one write, each answered in order.
-		frames.Reset()
-		r.c = writerConn{c, &frames}
-		for seq := uint64(10); seq < 60; seq++ {
-			r.frame(true, 0x2, paddedPing(t, seq, 30))
-		}
-		r.c = c
-		if _, err := c.Write(frames.Bytes()); err != nil {
+		b = r.gather(func() {
+			for seq := uint64(10); seq < 60; seq++ {
+				r.frame(true, 0x2, paddedPing(t, seq, 30))
+			}
+		})
+		if _, err := c.Write(b); err != nil {
 			t.Fatal(err)
 		}
 		for seq := uint64(10); seq < 60; seq++ {
@@ -484,3 +469,155 @@ type writerConn struct {
 }
 
 func (c writerConn) Write(p []byte) (int, error) { return c.w.Write(p) }
+
+// nextFrame reads the next binary message as a Frame.
+func (r *rawWS) nextFrame() *chatpb.Frame {
+	r.t.Helper()
+	op, p, err := r.next()
+	if err != nil || op != 0x2 {
+		r.t.Fatalf("waiting for a message: op %x %v", op, err)
+	}
+	f, err := protocol.Decode(p)
+	if err != nil {
+		r.t.Fatalf("decode: %v", err)
+	}
+	return f
+}
+
+// expectKicked reads past pushes to Kicked{reason} (right after an
+// Error{PROTOCOL} when the reason is a protocol error), then expects the
+// close frame with code and the end.
+func (r *rawWS) expectKicked(reason chatpb.KickReason, code int) {
+	r.t.Helper()
+	var before *chatpb.Frame
+	for {
+		f := r.nextFrame()
+		if k := f.GetKicked(); k != nil {
+			if k.Reason != reason {
+				r.t.Fatalf("want Kicked{%v}, got %v", reason, k)
+			}
+			break
+		}
+		before = f
+	}
+	if e := before.GetError(); reason == chatpb.KickReason_KICK_REASON_PROTOCOL_ERROR && (e == nil || e.Code != codeProtocol) {
+		r.t.Fatalf("want Error{PROTOCOL} before Kicked, got %v", before)
+	}
+	r.expectClose(code)
+}
+
+// gather returns the bytes of the frames fn writes, for the caller to
+// write where it wants them cut.
+func (r *rawWS) gather(fn func()) []byte {
+	var b bytes.Buffer
+	c := r.c
+	r.c = writerConn{c, &b}
+	defer func() { r.c = c }()
+	fn()
+	return b.Bytes()
+}
+
+// A message that is not a Frame breaks the protocol like a bad WebSocket
+// frame: the requests before it are answered, then Error{PROTOCOL},
+// Kicked and a close with 1002.
+func TestWebSocketGarbageClosed1002(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, nil)
+		r := openRawWS(t, ts)
+		b := r.gather(func() {
+			r.frame(true, 0x2, paddedPing(t, 1, 10))
+			r.frame(true, 0x2, []byte{0xff, 0xff, 0xff, 0xff})
+		})
+		if _, err := r.c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		r.expectPong(1)
+		r.expectKicked(chatpb.KickReason_KICK_REASON_PROTOCOL_ERROR, 1002)
+	})
+}
+
+// Kicks close with the code RFC 6455 has for their reason; before the
+// upgrade has been read, with an HTTP error instead.
+func TestWebSocketKickCloseCodes(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, func(o *Options) { o.LoginTimeout = 400 * time.Millisecond })
+
+		// Logged in elsewhere: a normal close, Kicked says why.
+		first := openRawWS(t, ts)
+		first.frame(true, 0x2, encodePayload(t, &chatpb.Frame{Seq: 1, Body: registerReq("kim", pw).Body}))
+		expectOK(t, first.nextFrame())
+		login := encodePayload(t, &chatpb.Frame{Seq: 2, Body: loginReq("kim", pw).Body})
+		first.frame(true, 0x2, login)
+		expectOK(t, first.nextFrame())
+		second := openRawWS(t, ts)
+		second.frame(true, 0x2, login)
+		expectOK(t, second.nextFrame())
+		first.expectKicked(chatpb.KickReason_KICK_REASON_LOGGED_IN_ELSEWHERE, 1000)
+
+		// The login timeout: 1000 after an upgrade, 408 before one.
+		idle := openRawWS(t, ts)
+		half, _ := dialRawWSPartial(t, ts, "GET / HTTP/1.1\r\nHost: x\r\n")
+		idle.expectKicked(chatpb.KickReason_KICK_REASON_LOGIN_TIMEOUT, 1000)
+		resp, err := http.ReadResponse(half.br, nil)
+		if err != nil || resp.StatusCode != http.StatusRequestTimeout {
+			t.Fatalf("no upgrade within the login timeout: %v %v", resp, err)
+		}
+
+		// Shutting down: going away.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		go func() { _ = ts.Shutdown(ctx) }()
+		second.expectKicked(chatpb.KickReason_KICK_REASON_SERVER_SHUTTING_DOWN, 1001)
+	})
+}
+
+// dialRawWSPartial connects and writes req, an unfinished upgrade.
+func dialRawWSPartial(t *testing.T, ts *testServer, req string) (*rawWS, error) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", ts.WSAddr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(c, req)
+	return &rawWS{t: t, c: c, br: bufio.NewReader(c)}, err
+}
+
+// A client's close frame is checked as RFC 6455 5.5.1 and 7.4 say: a
+// valid code is echoed; a bad code or a one-byte body is a protocol
+// error, a reason that is not UTF-8 invalid data. Text frames are refused
+// (1003), as invalid data when they are not UTF-8 (1007).
+func TestWebSocketCloseFramesAndText(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, nil)
+		closeBody := func(code uint16, reason string) []byte {
+			return append(binary.BigEndian.AppendUint16(nil, code), reason...)
+		}
+		for _, tc := range []struct {
+			name string
+			send func(r *rawWS)
+			want int
+		}{
+			{"close empty", func(r *rawWS) { r.frame(true, 0x8, nil) }, 1000},
+			{"close 1001 echoed", func(r *rawWS) { r.frame(true, 0x8, closeBody(1001, "bye")) }, 1001},
+			{"close 4000 echoed", func(r *rawWS) { r.frame(true, 0x8, closeBody(4000, "")) }, 4000},
+			{"close one byte", func(r *rawWS) { r.frame(true, 0x8, []byte{0x03}) }, 1002},
+			{"close 1005", func(r *rawWS) { r.frame(true, 0x8, closeBody(1005, "")) }, 1002},
+			{"close 999", func(r *rawWS) { r.frame(true, 0x8, closeBody(999, "")) }, 1002},
+			{"close 5000", func(r *rawWS) { r.frame(true, 0x8, closeBody(5000, "")) }, 1002},
+			{"close reason not UTF-8", func(r *rawWS) {
+				r.frame(true, 0x8, closeBody(1000, "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"))
+			}, 1007},
+			{"text", func(r *rawWS) { r.frame(true, 0x1, []byte("héllo")) }, 1003},
+			{"text not UTF-8", func(r *rawWS) { r.frame(true, 0x1, []byte("h\xffllo")) }, 1007},
+			{"text cut inside a character", func(r *rawWS) { r.frame(false, 0x1, []byte("h\xc3")) }, 1003},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r := openRawWS(t, ts)
+				tc.send(r)
+				r.expectClose(tc.want)
+			})
+		}
+	})
+}
