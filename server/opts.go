@@ -144,8 +144,11 @@ type Options struct {
 	DrainWindow time.Duration
 	// ProxyProtocolFrom lists the proxies (e.g. nginx with proxy_protocol
 	// on) whose PROXY protocol header is honoured: the client address it
-	// carries is the one logs and debug views show. A header from anyone
-	// else is a protocol error. Empty means no one is trusted.
+	// carries is the one per-address limits count and logs and debug
+	// views show. A header from anyone else is a protocol error. On the
+	// WebSocket listener their X-Forwarded-For is honoured too, read from
+	// the right while each hop is in this list (takeForwardedFor), and
+	// ignored from anyone else. Empty means no one is trusted.
 	ProxyProtocolFrom []netip.Prefix
 	// AdminAddr serves /metrics, /healthz, /readyz and /debug/pprof/ over
 	// HTTP. Empty means off.

@@ -49,7 +49,8 @@ type wsConn struct {
 	fragmenting bool
 	// fromProxy: the TCP peer is a trusted proxy, so the upgrade's
 	// X-Forwarded-For may name the client, and the connection is counted
-	// under the client's address only once the upgrade has been read.
+	// under the client's address only once the upgrade has been read
+	// (finishProxy, wsUpgrade).
 	fromProxy bool
 
 	// opened: the 101 is written (or queued before anything else), so
@@ -484,16 +485,27 @@ func (s *session) wsUpgrade(in codec.Peeker, w *wsConn, out wsOutput) bool {
 	end := bytes.Index(buf, []byte("\r\n\r\n"))
 	if end < 0 {
 		if len(buf) >= wsMaxHandshake {
+			s.srv.metrics.frameErrors.WithLabelValues("ws_upgrade").Inc()
 			s.wsRefuse(in, out, wsTooLarge, errors.New("upgrade request too large"))
 		}
 		return false
 	}
-	resp, _, err := wsHandshake(buf[:end+4], s.srv.opts.WSAllowedOrigins)
+	resp, forwarded, err := wsHandshake(buf[:end+4], s.srv.opts.WSAllowedOrigins)
 	if err != nil {
+		s.srv.metrics.frameErrors.WithLabelValues("ws_upgrade").Inc()
 		s.wsRefuse(in, out, resp, err)
 		return false
 	}
 	_, _ = in.Discard(end + 4)
+	if w.fromProxy {
+		// Through a trusted proxy the client's address is known only now;
+		// count the connection under it.
+		s.takeForwardedFor(forwarded)
+		if !s.srv.holdAnonymous(s) {
+			s.wsRefuse(in, out, wsAddressBusy, ErrAddressBusy)
+			return false
+		}
+	}
 	if !out.upgrade(resp) {
 		s.broken = true // kicked meanwhile: its refusal is on its way
 		_, _ = in.Discard(in.InboundBuffered())
@@ -503,10 +515,9 @@ func (s *session) wsUpgrade(in codec.Peeker, w *wsConn, out wsOutput) bool {
 	return true
 }
 
-// wsRefuse answers a bad upgrade with an HTTP error and closes.
+// wsRefuse answers an upgrade with an HTTP error and closes.
 func (s *session) wsRefuse(in codec.Peeker, out wsOutput, resp []byte, err error) {
 	s.broken = true
-	s.srv.metrics.frameErrors.WithLabelValues("ws_upgrade").Inc()
 	s.debug("websocket upgrade refused", "err", err)
 	_, _ = in.Discard(in.InboundBuffered())
 	out.sendRawAndClose(resp)

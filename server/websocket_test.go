@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -618,6 +619,115 @@ func TestWebSocketCloseFramesAndText(t *testing.T) {
 				tc.send(r)
 				r.expectClose(tc.want)
 			})
+		}
+	})
+}
+
+// upgradeVia is an upgrade request as a proxy sends it: X-Forwarded-For
+// (xff, when not empty), after a PROXY v1 header naming proxied (when not
+// empty).
+func upgradeVia(ts *testServer, proxied, xff string) string {
+	var extra []string
+	extra = append(extra, "Sec-WebSocket-Protocol: "+WSSubprotocol)
+	if xff != "" {
+		extra = append(extra, "X-Forwarded-For: "+xff)
+	}
+	req := upgradeRequest(ts.WSAddr().String(), extra...)
+	if proxied != "" {
+		req = "PROXY TCP4 " + proxied + " 127.0.0.1 40001 7000\r\n" + req
+	}
+	return req
+}
+
+// openVia upgrades through upgradeVia and checks the answer's status.
+func openVia(t *testing.T, ts *testServer, proxied, xff string, status int) *rawWS {
+	t.Helper()
+	r, resp := dialRawWS(t, ts, upgradeVia(ts, proxied, xff))
+	if resp.StatusCode != status {
+		t.Fatalf("upgrade via %q, X-Forwarded-For %q: %v, want %d", proxied, xff, resp.Status, status)
+	}
+	return r
+}
+
+// loginAs registers and logs in user on r.
+func (r *rawWS) loginAs(user string) {
+	r.t.Helper()
+	r.frame(true, 0x2, encodePayload(r.t, &chatpb.Frame{Seq: 1, Body: registerReq(user, pw).Body}))
+	expectOK(r.t, r.nextFrame())
+	r.frame(true, 0x2, encodePayload(r.t, &chatpb.Frame{Seq: 2, Body: loginReq(user, pw).Body}))
+	expectOK(r.t, r.nextFrame())
+}
+
+// From a trusted proxy, X-Forwarded-For names the client: the address
+// connections not logged in are counted under, failed logins are
+// throttled by, and logs and /debug/conns show.
+func TestWebSocketForwardedForFromTrustedProxy(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, func(o *Options) {
+			o.AdminAddr = "127.0.0.1:0"
+			o.MaxAnonymousPerAddress = 1
+			o.LoginFailures = 2
+			o.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+		})
+		a := openVia(t, ts, "", "203.0.113.60", 101)
+		openVia(t, ts, "", "203.0.113.61", 101) // another client through the same proxy
+		openVia(t, ts, "", "203.0.113.60", 429)
+		a.loginAs("xff1")
+		if c := remoteOf(t, ts, "xff1"); c.Remote != "203.0.113.60" || !strings.HasPrefix(c.Peer, "127.0.0.1:") {
+			t.Fatalf("seen as %+v", c)
+		}
+
+		// Read from the right while the hop is a trusted proxy: what a
+		// client wrote left of the first untrusted address is not believed.
+		for _, tc := range []struct{ user, proxied, xff, want string }{
+			{"xff2", "", "198.51.100.1, 127.0.0.9", "198.51.100.1"},
+			{"xff3", "", "10.9.9.9, 198.51.100.2", "198.51.100.2"},
+			{"xff4", "", "2001:db8::7", "2001:db8::7"},
+			// Past an entry that is not an address nothing is believed:
+			// the client is the last proxy that could be trusted.
+			{"xff5", "", "198.51.100.3, unknown, 127.0.0.2", "127.0.0.2"},
+			// A PROXY header naming a client that is not a proxy: its own
+			// X-Forwarded-For is not believed.
+			{"xff6", "198.51.100.4", "203.0.113.99", "198.51.100.4:40001"},
+			// A PROXY header naming another trusted proxy: it is.
+			{"xff7", "127.0.0.8", "198.51.100.5", "198.51.100.5"},
+		} {
+			r := openVia(t, ts, tc.proxied, tc.xff, 101)
+			r.loginAs(tc.user)
+			if c := remoteOf(t, ts, tc.user); c.Remote != tc.want {
+				t.Errorf("via %q with X-Forwarded-For %q: seen as %q, want %q", tc.proxied, tc.xff, c.Remote, tc.want)
+			}
+		}
+
+		// Failed logins count against the forwarded client, not the proxy.
+		guesser := openVia(t, ts, "", "203.0.113.50", 101)
+		for seq := uint64(1); seq <= 2; seq++ {
+			guesser.frame(true, 0x2, encodePayload(t, &chatpb.Frame{Seq: seq, Body: loginReq("xff1", "not the password").Body}))
+			expectCode(t, guesser.nextFrame(), codeUnauth)
+		}
+		guesser.frame(true, 0x2, encodePayload(t, &chatpb.Frame{Seq: 3, Body: loginReq("xff1", pw).Body}))
+		expectCode(t, guesser.nextFrame(), codeRateLimited)
+		other := openVia(t, ts, "", "203.0.113.51", 101)
+		other.frame(true, 0x2, encodePayload(t, &chatpb.Frame{Seq: 1, Body: loginReq("xff1", pw).Body}))
+		expectOK(t, other.nextFrame())
+	})
+}
+
+// From anyone else X-Forwarded-For is ignored: the client is the TCP peer.
+func TestWebSocketForwardedForFromUntrustedPeer(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, func(o *Options) {
+			o.AdminAddr = "127.0.0.1:0"
+			o.MaxAnonymousPerAddress = 1
+			o.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+		})
+		a := openVia(t, ts, "", "203.0.113.60", 101)
+		// Another forwarded address, but the same peer, which has its one
+		// connection not logged in already.
+		openVia(t, ts, "", "203.0.113.61", 429)
+		a.loginAs("direct")
+		if c := remoteOf(t, ts, "direct"); !strings.HasPrefix(c.Remote, "127.0.0.1:") || c.Peer != "" {
+			t.Fatalf("seen as %+v", c)
 		}
 	})
 }
