@@ -294,11 +294,18 @@ func dialLibrary(t *testing.T, ts *testServer) (net.Conn, *bufio.Reader) {
 func expectServerFrame(t *testing.T, br *bufio.Reader, want in) {
 	t.Helper()
 	for {
-		f, err := ws.ReadFrame(br)
+		h, err := ws.ReadHeader(br)
+		if err == nil && h.Length > 1<<20 {
+			err = fmt.Errorf("a server frame of %d bytes", h.Length)
+		}
+		var f ws.Frame
+		if err == nil {
+			f = ws.Frame{Header: h, Payload: make([]byte, h.Length)}
+			_, err = io.ReadFull(br, f.Payload)
+		}
 		if err != nil {
 			t.Fatalf("waiting for %v: %v", want.op, err)
 		}
-		h := f.Header
 		if h.Masked || !h.Fin || h.Rsv != 0 {
 			t.Fatalf("server frame masked, fragmented or with RSV bits: %+v", h)
 		}
