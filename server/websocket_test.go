@@ -159,8 +159,9 @@ func upgradeRequest(addr string, extra ...string) string {
 	return h + "\r\n"
 }
 
-// dialRawWS sends req and returns the connection and the HTTP response.
-func dialRawWS(t *testing.T, ts *testServer, req string) (*rawWS, *http.Response) {
+// connectWS connects to the WebSocket listener and writes req, which
+// may be unfinished or empty.
+func connectWS(t *testing.T, ts *testServer, req string) *rawWS {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", ts.WSAddr().String(), 5*time.Second)
 	if err != nil {
@@ -171,12 +172,18 @@ func dialRawWS(t *testing.T, ts *testServer, req string) (*rawWS, *http.Response
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
+	return &rawWS{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+// dialRawWS sends req and returns the connection and the HTTP response.
+func dialRawWS(t *testing.T, ts *testServer, req string) (*rawWS, *http.Response) {
+	t.Helper()
+	r := connectWS(t, ts, req)
+	resp, err := http.ReadResponse(r.br, nil)
 	if err != nil {
 		t.Fatalf("read upgrade response: %v", err)
 	}
-	return &rawWS{t: t, c: c, br: br}, resp
+	return r, resp
 }
 
 func openRawWS(t *testing.T, ts *testServer) *rawWS {
@@ -350,13 +357,8 @@ func (r *rawWS) expectPong(seq uint64) {
 func TestWebSocketInputCutAnywhere(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		ts := startWSServer(t, engine, nil)
-		c, err := net.DialTimeout("tcp", ts.WSAddr().String(), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		r := &rawWS{t: t, c: c, br: bufio.NewReader(c)}
+		r := connectWS(t, ts, "")
+		c := r.c
 		req := upgradeRequest(ts.WSAddr().String(), "Sec-WebSocket-Protocol: "+WSSubprotocol)
 		cut := len(req) - 10
 		for i := 0; i < cut; i += 7 {
@@ -500,7 +502,7 @@ func TestWebSocketKickCloseCodes(t *testing.T) {
 
 		// The login timeout: 1000 after an upgrade, 408 before one.
 		idle := openRawWS(t, ts)
-		half, _ := dialRawWSPartial(t, ts, "GET / HTTP/1.1\r\nHost: x\r\n")
+		half := connectWS(t, ts, "GET / HTTP/1.1\r\nHost: x\r\n")
 		idle.expectKicked(chatpb.KickReason_KICK_REASON_LOGIN_TIMEOUT, 1000)
 		resp, err := http.ReadResponse(half.br, nil)
 		if err != nil || resp.StatusCode != http.StatusRequestTimeout {
@@ -513,19 +515,6 @@ func TestWebSocketKickCloseCodes(t *testing.T) {
 		go func() { _ = ts.Shutdown(ctx) }()
 		second.expectKicked(chatpb.KickReason_KICK_REASON_SERVER_SHUTTING_DOWN, 1001)
 	})
-}
-
-// dialRawWSPartial connects and writes req, an unfinished upgrade.
-func dialRawWSPartial(t *testing.T, ts *testServer, req string) (*rawWS, error) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", ts.WSAddr().String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	_, err = io.WriteString(c, req)
-	return &rawWS{t: t, c: c, br: bufio.NewReader(c)}, err
 }
 
 // upgradeVia is an upgrade request as a proxy sends it: X-Forwarded-For
