@@ -39,6 +39,8 @@ fuzz:
 	$(GO) test ./codec -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./codec -run '^$$' -fuzz FuzzParseProxyHeader -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzParseWALRecord -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz FuzzWSFrames -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz FuzzWSHandshake -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzEncodeSendOK -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzEncodeMessagePush -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeFast -fuzztime $(FUZZTIME)

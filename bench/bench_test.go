@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,6 +146,40 @@ func TestTinyScenarios(t *testing.T) {
 			t.Fatalf("stepping stopped at %v/s with a 1s p99 bound", r.OfferedRate)
 		}
 	})
+}
+
+// The scenarios speak WebSocket too, to either engine's --ws-listen:
+// connections held, chat open and closed loop, nothing lost.
+func TestTinyScenariosOverWebSocket(t *testing.T) {
+	ctx := context.Background()
+	for _, engine := range []string{server.EngineGnet, server.EngineNet} {
+		t.Run(engine, func(t *testing.T) {
+			srv, _ := testnode.Start(t, server.Options{Engine: engine, Loops: 2, RateLimit: 1e9, RateBurst: 1 << 30,
+				WSListen: "127.0.0.1:0"})
+			wsAddr := srv.WSAddr().String()
+			for _, name := range []string{"conns", "chat", "chat-saturate"} {
+				t.Run(name, func(t *testing.T) {
+					cfg := tiny(wsAddr)
+					cfg.Transport, cfg.Users, cfg.Conns, cfg.Server = bench.TransportWS, "tws"+name, 60, engine
+					cfg.Duration = 500 * time.Millisecond
+					if name == "conns" {
+						cfg.ServerPID = 0 // this process is not only the server
+					}
+					if name == "chat-saturate" {
+						cfg.Saturate, cfg.Window = true, 2
+					}
+					r, err := bench.Scenarios[strings.TrimSuffix(name, "-saturate")](ctx, cfg)
+					check(t, r, err)
+					if name != "conns" && r.Sent != r.Delivered {
+						t.Fatalf("%s: sent %d, delivered %d", name, r.Sent, r.Delivered)
+					}
+				})
+			}
+		})
+	}
+	if _, err := bench.Echo(ctx, bench.Config{Addrs: []string{"127.0.0.1:1"}, Transport: bench.TransportWS}); err == nil {
+		t.Fatal("echo over WebSocket ran against a TCP-only echo server")
+	}
 }
 
 func TestTinyEchoAndPlot(t *testing.T) {

@@ -31,6 +31,11 @@ type CompareConfig struct {
 	Builds []Build
 	// Servers to compare, from "gnet", "net", "echo". Empty means all three.
 	Servers []string
+	// Transports each loopchat server is measured over, in turn:
+	// TransportTCP, TransportWS (the server then runs with --ws-listen and
+	// the generator connects there). The echo server speaks TCP only.
+	// Empty means TCP alone.
+	Transports []string
 	// Repeat is how many rounds to run: each round runs every server (of
 	// every build) once, in the same order, so a box that slows down
 	// during the session slows every server alike. Zero means 1.
@@ -95,6 +100,14 @@ func (cc *CompareConfig) Validate() error {
 			return fmt.Errorf("unknown server %q: want gnet, net or echo", s)
 		}
 	}
+	if len(cc.Transports) == 0 {
+		cc.Transports = []string{TransportTCP}
+	}
+	for _, t := range cc.Transports {
+		if err := CheckTransport(t); err != nil {
+			return err
+		}
+	}
 	if cc.Repeat < 0 {
 		return fmt.Errorf("repeat %d: want 1 or more", cc.Repeat)
 	}
@@ -134,27 +147,35 @@ type Comparison struct {
 // run is one measurement of a compare: a fresh server process and data
 // directory.
 type run struct {
-	Round  int
-	Build  Build
-	Server string
+	Round     int
+	Build     Build
+	Server    string
+	Transport string
 }
 
 // plan orders the runs: round by round, and within a round server by
-// server in the order asked, each loopchat server once per build (builds
-// side by side, so an A/B pair runs back to back). The echo server is the
-// generator's own, not a build's: once a round, beside chat or echo only.
+// server in the order asked, each loopchat server once per transport and
+// build (builds side by side, so an A/B pair runs back to back; TCP and
+// WebSocket likewise). The echo server is the generator's own, not a
+// build's: once a round, over TCP, beside chat or echo only.
 func plan(cc *CompareConfig) []run {
 	var runs []run
+	transports := cc.Transports
+	if len(transports) == 0 {
+		transports = []string{TransportTCP}
+	}
 	for round := 1; round <= cc.Repeat; round++ {
 		for _, server := range cc.Servers {
 			if server == "echo" {
 				if cc.Scenario == "chat" || cc.Scenario == "echo" {
-					runs = append(runs, run{round, Build{Binary: cc.Binary}, server})
+					runs = append(runs, run{round, Build{Binary: cc.Binary}, server, TransportTCP})
 				}
 				continue
 			}
-			for _, b := range cc.Builds {
-				runs = append(runs, run{round, b, server})
+			for _, t := range transports {
+				for _, b := range cc.Builds {
+					runs = append(runs, run{round, b, server, t})
+				}
 			}
 		}
 	}
@@ -162,9 +183,10 @@ func plan(cc *CompareConfig) []run {
 }
 
 type serverProc struct {
-	cmd  *exec.Cmd
-	addr string
-	done chan error
+	cmd    *exec.Cmd
+	addr   string
+	wsAddr string // the WebSocket listener, when asked for
+	done   chan error
 }
 
 func freePort() (string, error) {
@@ -176,10 +198,19 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func startServerProc(cc *CompareConfig, binary, kind, dataDir string) (*serverProc, error) {
+// startServerProc starts a server of kind from binary; with ws, a loopchat
+// server also listens for WebSocket clients (only for runs over
+// WebSocket: a second listener is not free for the TCP runs).
+func startServerProc(cc *CompareConfig, binary, kind, dataDir string, ws bool) (*serverProc, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
+	}
+	var wsAddr string
+	if ws {
+		if wsAddr, err = freePort(); err != nil {
+			return nil, err
+		}
 	}
 	var args []string
 	if kind == "echo" {
@@ -193,6 +224,9 @@ func startServerProc(cc *CompareConfig, binary, kind, dataDir string) (*serverPr
 			"--max-outbound", strconv.Itoa(64 << 20), "--idle-timeout", "10m",
 			// Groups as big as the scenario asks for.
 			"--max-group-members", strconv.Itoa(max(1000, cc.GroupSize))}
+		if ws {
+			args = append(args, "--ws-listen", wsAddr)
+		}
 	}
 	name := binary
 	if cc.ServerCPUs != "" {
@@ -207,7 +241,7 @@ func startServerProc(cc *CompareConfig, binary, kind, dataDir string) (*serverPr
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &serverProc{cmd: cmd, addr: addr, done: make(chan error, 1)}
+	p := &serverProc{cmd: cmd, addr: addr, wsAddr: wsAddr, done: make(chan error, 1)}
 	go func() { p.done <- cmd.Wait() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -263,9 +297,9 @@ func Compare(ctx context.Context, cc CompareConfig) (Comparison, error) {
 	for i, r := range runs {
 		res, err := compareRun(ctx, &cc, r, scenario, temp)
 		if err != nil {
-			return out, fmt.Errorf("run %d/%d (%s): %w", i+1, len(runs), runLabel(r.Build.Name, r.Server, r.Round), err)
+			return out, fmt.Errorf("run %d/%d (%s): %w", i+1, len(runs), runLabel(r.Build.Name, r.Server, r.Transport, r.Round), err)
 		}
-		res.Build, res.Run = r.Build.Name, r.Round
+		res.Build, res.Run, res.Transport = r.Build.Name, r.Round, r.Transport
 		out.Results = append(out.Results, res)
 		if cc.Progress != nil {
 			fmt.Fprintf(cc.Progress, "[%d/%d] %s\n", i+1, len(runs), RunLine(res))
@@ -281,29 +315,35 @@ func compareRun(ctx context.Context, cc *CompareConfig, r run, scenario func(con
 	if r.Server == "echo" {
 		scenario = Echo
 	}
-	dataDir := filepath.Join(cc.Dir, fmt.Sprintf("%s-%d", runLabel(r.Build.Name, r.Server, 0), r.Round))
+	dataDir := filepath.Join(cc.Dir, fmt.Sprintf("%s-%d", runLabel(r.Build.Name, r.Server, r.Transport, 0), r.Round))
 	if temp {
 		// A few runs of 10,000 users' logs add up; each run's are done with.
 		defer os.RemoveAll(dataDir)
 	}
-	p, err := startServerProc(cc, r.Build.Binary, r.Server, dataDir)
+	p, err := startServerProc(cc, r.Build.Binary, r.Server, dataDir, r.Transport == TransportWS)
 	if err != nil {
 		return Result{}, err
 	}
 	cfg := cc.Config
 	// taskset execs the server in place, so the PID is the server's.
-	cfg.Addrs, cfg.Server, cfg.ServerPID = []string{p.addr}, r.Server, p.cmd.Process.Pid
+	cfg.Addrs, cfg.Server, cfg.ServerPID, cfg.Transport = []string{p.addr}, r.Server, p.cmd.Process.Pid, r.Transport
+	if r.Transport == TransportWS {
+		cfg.Addrs = []string{p.wsAddr}
+	}
 	res, err := scenario(ctx, cfg)
 	p.stop()
 	return res, err
 }
 
 // runLabel names a run in progress lines, errors and data directories:
-// build-server, then the round when there is one.
-func runLabel(build, server string, round int) string {
+// build-server(-ws), then the round when there is one.
+func runLabel(build, server, transport string, round int) string {
 	l := server
+	if transport == TransportWS {
+		l += "-ws"
+	}
 	if build != "" {
-		l = build + "-" + server
+		l = build + "-" + l
 	}
 	if round > 0 {
 		l += fmt.Sprintf(" round %d", round)
@@ -315,7 +355,7 @@ func runLabel(build, server string, round int) string {
 // a compare ends: the compact table then has only the medians.
 func RunLine(r Result) string {
 	b := &strings.Builder{}
-	fmt.Fprintf(b, "%s %s: %.0f/s", runLabel(r.Build, r.Server, r.Run), r.Scenario, r.MsgsPerSec)
+	fmt.Fprintf(b, "%s %s: %.0f/s", runLabel(r.Build, r.Server, r.Transport, r.Run), r.Scenario, r.MsgsPerSec)
 	if r.Window > 0 {
 		fmt.Fprintf(b, " saturated")
 	} else if r.OfferedRate > 0 {

@@ -9,7 +9,7 @@ import (
 func labels(runs []run) string {
 	var l []string
 	for _, r := range runs {
-		l = append(l, runLabel(r.Build.Name, r.Server, r.Round))
+		l = append(l, runLabel(r.Build.Name, r.Server, r.Transport, r.Round))
 	}
 	return strings.Join(l, ", ")
 }
@@ -35,9 +35,17 @@ func TestPlanInterleaves(t *testing.T) {
 	}
 	for _, r := range runs {
 		if want := map[string]string{"old": "/tmp/a", "new": "/tmp/b", "": "/self"}[r.Build.Name]; r.Build.Binary != want {
-			t.Errorf("%s runs %s, want %s", runLabel(r.Build.Name, r.Server, r.Round), r.Build.Binary, want)
+			t.Errorf("%s runs %s, want %s", runLabel(r.Build.Name, r.Server, r.Transport, r.Round), r.Build.Binary, want)
 		}
 	}
+
+	// Over TCP and WebSocket: each loopchat server over both, back to
+	// back; echo over TCP only.
+	cc.Repeat, cc.Builds, cc.Transports = 1, []Build{{Binary: "/self"}}, []string{TransportTCP, TransportWS}
+	if got, want := labels(plan(&cc)), "gnet round 1, gnet-ws round 1, net round 1, net-ws round 1, echo round 1"; got != want {
+		t.Errorf("plan over TCP and WebSocket:\n%s\nwant:\n%s", got, want)
+	}
+	cc.Transports = nil
 
 	// Echo compares only with message rates.
 	cc.Scenario, cc.Repeat, cc.Builds = "history", 1, []Build{{Binary: "/self"}}
@@ -91,6 +99,7 @@ func TestCompareConfigValidate(t *testing.T) {
 		"negative repeat":       {Binary: self, Repeat: -1},
 		"unknown server":        {Binary: self, Servers: []string{"gnet", "nginx"}},
 		"unknown scenario":      {Binary: self, Scenario: "chaos"},
+		"unknown transport":     {Binary: self, Transports: []string{"tcp", "quic"}},
 		"a build that is not":   {Binary: self, Builds: []Build{{"old", "/nonexistent/loopchat"}}},
 		"no binary to start at": {},
 	} {

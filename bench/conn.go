@@ -21,10 +21,11 @@ import (
 // errClosed: the connection is gone.
 var errClosed = errors.New("bench: connection closed")
 
-// Conn is one load-generator connection.
+// Conn is one load-generator connection, over TCP or WebSocket.
 type Conn struct {
 	c   net.Conn
-	r   *codec.Reader
+	r   frameReader
+	ws  bool // frames go out as masked binary WebSocket messages
 	wmu sync.Mutex
 	w   *bufio.Writer
 	seq atomic.Uint64
@@ -82,11 +83,18 @@ func dialer(src netip.Addr) *net.Dialer {
 // are a few hundred bytes, and 19,000 connections per process add up.
 const connBuffer = 1024
 
-// Dial connects to addr from src (the zero Addr for any). A cancelled ctx
+// frameReader reads frame payloads: codec.Reader over TCP, wsReader over
+// WebSocket.
+type frameReader interface {
+	Next() ([]byte, error)
+}
+
+// Dial connects to addr from src (the zero Addr for any), speaking
+// transport (TransportTCP or TransportWS; empty is TCP). A cancelled ctx
 // stops new dials; a connect already under way is not interrupted
 // (synRetries bounds it), which spares a watcher goroutine per dial.
-func Dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
-	c, err := dial(ctx, addr, src)
+func Dial(ctx context.Context, transport, addr string, src netip.Addr) (*Conn, error) {
+	c, err := dial(ctx, transport, addr, src)
 	if err != nil {
 		return nil, err
 	}
@@ -99,8 +107,8 @@ func Dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
 // reader: when thousands connect at once that spares a hand-off between
 // goroutines per login. ctx being cancelled closes a connection still
 // waiting.
-func DialLogin(ctx context.Context, addr string, src netip.Addr, token string) (*Conn, error) {
-	c, err := dialLogin(ctx, addr, src, token)
+func DialLogin(ctx context.Context, transport, addr string, src netip.Addr, token string) (*Conn, error) {
+	c, err := dialLogin(ctx, transport, addr, src, token)
 	if err != nil {
 		return nil, err
 	}
@@ -112,8 +120,8 @@ func DialLogin(ctx context.Context, addr string, src netip.Addr, token string) (
 // closed, as in a login storm: with no reader goroutine (one goroutine,
 // read and park fewer per connection), requests on it fail with
 // errClosed and Close does not wait for a reader.
-func holdLogin(ctx context.Context, addr string, src netip.Addr, token string) (*Conn, error) {
-	c, err := dialLogin(ctx, addr, src, token)
+func holdLogin(ctx context.Context, transport, addr string, src netip.Addr, token string) (*Conn, error) {
+	c, err := dialLogin(ctx, transport, addr, src, token)
 	if err != nil {
 		return nil, err
 	}
@@ -123,8 +131,8 @@ func holdLogin(ctx context.Context, addr string, src netip.Addr, token string) (
 }
 
 // dialLogin connects and logs in, without starting the reader.
-func dialLogin(ctx context.Context, addr string, src netip.Addr, token string) (*Conn, error) {
-	c, err := dial(ctx, addr, src)
+func dialLogin(ctx context.Context, transport, addr string, src netip.Addr, token string) (*Conn, error) {
+	c, err := dial(ctx, transport, addr, src)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +147,10 @@ func dialLogin(ctx context.Context, addr string, src netip.Addr, token string) (
 	if err != nil {
 		return fail(err)
 	}
-	if _, err := c.c.Write(buf); err != nil {
+	if err = c.writeFrame(buf); err == nil {
+		err = c.w.Flush()
+	}
+	if err != nil {
 		return fail(err)
 	}
 	for {
@@ -168,8 +179,8 @@ func dialLogin(ctx context.Context, addr string, src netip.Addr, token string) (
 	return c, nil
 }
 
-// dial connects without starting the reader.
-func dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
+// dial connects (and upgrades, over WebSocket) without starting the reader.
+func dial(ctx context.Context, transport, addr string, src netip.Addr) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -177,9 +188,40 @@ func dial(ctx context.Context, addr string, src netip.Addr) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{c: nc, r: codec.NewReader(bufio.NewReaderSize(nc, connBuffer), protocol.ClientMaxFrame),
-		w: bufio.NewWriterSize(nc, connBuffer), pending: make(map[uint64]func(*chatpb.Frame, error)),
-		done: make(chan struct{})}, nil
+	c := &Conn{c: nc, w: bufio.NewWriterSize(nc, connBuffer), pending: make(map[uint64]func(*chatpb.Frame, error)),
+		done: make(chan struct{})}
+	switch transport {
+	case "", TransportTCP:
+		c.r = codec.NewReader(bufio.NewReaderSize(nc, connBuffer), protocol.ClientMaxFrame)
+	case TransportWS:
+		stop := context.AfterFunc(ctx, func() { nc.Close() })
+		rest, err := wsUpgrade(nc, addr)
+		if !stop() && err == nil {
+			err = ctx.Err()
+		}
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		if rest == nil {
+			rest = nc
+		}
+		c.r, c.ws = newWSReader(bufio.NewReaderSize(rest, connBuffer), protocol.ClientMaxFrame), true
+	default:
+		nc.Close()
+		return nil, CheckTransport(transport)
+	}
+	return c, nil
+}
+
+// writeFrame buffers one encoded frame (length-prefixed), as a masked
+// binary message over WebSocket; c.wmu held, or c not yet shared.
+func (c *Conn) writeFrame(buf []byte) error {
+	if c.ws {
+		return writeWS(c.w, buf)
+	}
+	_, err := c.w.Write(buf)
+	return err
 }
 
 // OnPush sets the handler of server pushes (seq 0); it runs on the reader.
@@ -241,7 +283,7 @@ func (c *Conn) Go(f *chatpb.Frame, flush bool, cb func(*chatpb.Frame, error)) er
 	c.mu.Unlock()
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if _, err := c.w.Write(buf); err != nil {
+	if err := c.writeFrame(buf); err != nil {
 		return err
 	}
 	if flush {

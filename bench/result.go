@@ -16,9 +16,12 @@ import (
 type Result struct {
 	// Build names the loopchat binary the server ran from, when compare
 	// has several (--binary NAME=PATH); empty for one.
-	Build    string `json:"build,omitempty"`
-	Server   string `json:"server"`
-	Scenario string `json:"scenario"`
+	Build  string `json:"build,omitempty"`
+	Server string `json:"server"`
+	// Transport is what the generator spoke: TransportTCP or TransportWS
+	// (empty in results from before WebSocket: TCP).
+	Transport string `json:"transport,omitempty"`
+	Scenario  string `json:"scenario"`
 	// Run is the round of a repeated compare (1, 2, ...): each round runs
 	// every server once, so runs of one server are spread over the session.
 	Run   int `json:"run,omitempty"`

@@ -107,7 +107,7 @@ func Login(ctx context.Context, cfg Config) (Result, error) {
 	for range inFlight {
 		wg.Go(func() {
 			for j := range jobs {
-				c, err := holdLogin(ctx, cfg.addr(j.i), SourceIP(cfg.SourceOffset+j.i), toks[j.i])
+				c, err := holdLogin(ctx, cfg.Transport, cfg.addr(j.i), SourceIP(cfg.SourceOffset+j.i), toks[j.i])
 				if err != nil {
 					failed.Add(1)
 					continue
@@ -664,10 +664,13 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 // latency is the round trip.
 func Echo(ctx context.Context, cfg Config) (Result, error) {
 	cfg.defaults()
+	if cfg.Transport != TransportTCP {
+		return Result{}, fmt.Errorf("echo: the echo server speaks %s only", TransportTCP)
+	}
 	conns := make([]*Conn, cfg.Conns)
 	defer func() { closeAll(conns) }()
 	for i := range conns {
-		c, err := Dial(ctx, cfg.addr(i), SourceIP(cfg.SourceOffset+i))
+		c, err := Dial(ctx, cfg.Transport, cfg.addr(i), SourceIP(cfg.SourceOffset+i))
 		if err != nil {
 			return Result{}, err
 		}

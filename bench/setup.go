@@ -18,8 +18,13 @@ import (
 
 // Config is what every scenario takes. Zero values mean the default.
 type Config struct {
-	// Addrs are the servers (or nginx) to load, used round-robin.
+	// Addrs are the servers (or nginx) to load, used round-robin: their
+	// WebSocket listeners (--ws-listen) with TransportWS.
 	Addrs []string
+	// Transport is what the connections speak: TransportTCP (length-
+	// prefixed frames) or TransportWS (one masked binary WebSocket message
+	// per frame, after an upgrade offering loopchat.v1). Empty means TCP.
+	Transport string
 	// Conns is the number of connections. Zero means 100.
 	Conns int
 	// Pairs is the number of sender->receiver pairs (chat, echo senders),
@@ -97,6 +102,9 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
+	if c.Transport == "" {
+		c.Transport = TransportTCP
+	}
 	if c.Conns <= 0 {
 		c.Conns = 100
 	}
@@ -175,7 +183,7 @@ func eachUser(ctx context.Context, cfg *Config, n int, fn func(ctx context.Conte
 	g, ctx := errgroup.WithContext(ctx)
 	for w := range setupParallel {
 		g.Go(func() error {
-			c, err := Dial(ctx, cfg.addr(w), netip.Addr{})
+			c, err := Dial(ctx, cfg.Transport, cfg.addr(w), netip.Addr{})
 			if err != nil {
 				return err
 			}
@@ -252,7 +260,7 @@ func connectAll(ctx context.Context, cfg *Config, toks []string, onLogin func(i 
 					return nil
 				}
 				t0 := time.Now()
-				c, err := DialLogin(ctx, cfg.addr(i), SourceIP(cfg.SourceOffset+i), toks[i])
+				c, err := DialLogin(ctx, cfg.Transport, cfg.addr(i), SourceIP(cfg.SourceOffset+i), toks[i])
 				if err != nil {
 					return fmt.Errorf("connection %d (token login): %w", i, err)
 				}

@@ -37,10 +37,11 @@ func spreadOf(vs []float64) Spread {
 // by figure. Each figure's median is taken on its own, so the medians of
 // one summary may come from different runs.
 type Summary struct {
-	Build    string `json:"build,omitempty"`
-	Server   string `json:"server"`
-	Scenario string `json:"scenario"`
-	Runs     int    `json:"runs"`
+	Build     string `json:"build,omitempty"`
+	Server    string `json:"server"`
+	Transport string `json:"transport,omitempty"`
+	Scenario  string `json:"scenario"`
+	Runs      int    `json:"runs"`
 	// Window is the saturated runs' window (see Result.Window).
 	Window             int    `json:"window,omitempty"`
 	MsgsPerSec         Spread `json:"msgs_per_sec"`
@@ -56,14 +57,14 @@ type Summary struct {
 	Errors     int64 `json:"errors"`
 }
 
-// Summarize groups results by build, server and scenario, in the order
-// each first appears, and takes each figure's median and range.
+// Summarize groups results by build, server, transport and scenario, in
+// the order each first appears, and takes each figure's median and range.
 func Summarize(results []Result) []Summary {
-	type key struct{ build, server, scenario string }
+	type key struct{ build, server, transport, scenario string }
 	var order []key
 	groups := map[key][]Result{}
 	for _, r := range results {
-		k := key{r.Build, r.Server, r.Scenario}
+		k := key{r.Build, r.Server, transportOf(r.Transport), r.Scenario}
 		if _, ok := groups[k]; !ok {
 			order = append(order, k)
 		}
@@ -79,7 +80,7 @@ func Summarize(results []Result) []Summary {
 			}
 			return spreadOf(vs)
 		}
-		s := Summary{Build: k.build, Server: k.server, Scenario: k.scenario, Runs: len(rs), Window: rs[0].Window,
+		s := Summary{Build: k.build, Server: k.server, Transport: k.transport, Scenario: k.scenario, Runs: len(rs), Window: rs[0].Window,
 			MsgsPerSec:         fig(func(r Result) float64 { return r.MsgsPerSec }),
 			CPUMicrosPerMsg:    fig(func(r Result) float64 { return r.CPUMicrosPerMsg }),
 			GenCPUMicrosPerMsg: fig(func(r Result) float64 { return r.GenCPUMicrosPerMsg }),
@@ -97,15 +98,26 @@ func Summarize(results []Result) []Summary {
 	return out
 }
 
+// transportOf is t, or TCP for results from before WebSocket.
+func transportOf(t string) string {
+	if t == "" {
+		return TransportTCP
+	}
+	return t
+}
+
 // Ratios compares the summaries' medians. Per build (a prefix "NAME/"
 // when builds are named): gnet÷net of throughput and of server CPU per
 // message, net÷gnet of memory per connection, and chat (gnet) ÷ echo of
 // throughput and of server CPU per message — the last has a floor of
 // about 2, since a chat message costs the server two socket reads and
-// two writes where an echo costs one each. Between builds, each later
-// build against the first, per server ("NEW_over_OLD/gnet_cpu_per_msg"):
-// the same-run A/B this project measures regressions with. For CPU and
-// memory lower is better; for throughput higher.
+// two writes where an echo costs one each. Those are over TCP; with
+// WebSocket runs too, the same gnet÷net ratios over WebSocket ("ws_..."),
+// and WebSocket÷TCP per server ("gnet_ws_over_tcp_cpu_per_msg"). Between
+// builds, each later build against the first, per server
+// ("NEW_over_OLD/gnet_cpu_per_msg", over TCP): the same-run A/B this
+// project measures regressions with. For CPU and memory lower is better;
+// for throughput higher.
 func Ratios(sums []Summary) map[string]float64 {
 	out := map[string]float64{}
 	ratio := func(name string, a, b float64) {
@@ -113,14 +125,15 @@ func Ratios(sums []Summary) map[string]float64 {
 			out[name] = a / b
 		}
 	}
-	find := func(build, server string) Summary {
+	findOver := func(build, server, transport string) Summary {
 		for _, s := range sums {
-			if s.Server == server && (s.Build == build || server == "echo") {
+			if s.Server == server && (s.Build == build || server == "echo") && transportOf(s.Transport) == transport {
 				return s
 			}
 		}
 		return Summary{}
 	}
+	find := func(build, server string) Summary { return findOver(build, server, TransportTCP) }
 	// The echo server is the generator's own, one per round whatever the
 	// builds, so it has no build of its own to group by.
 	var builds []string
@@ -141,6 +154,16 @@ func Ratios(sums []Summary) map[string]float64 {
 		ratio(prefix+"net_over_gnet_rss_per_conn", n.RSSBytesPerConn.Median, g.RSSBytesPerConn.Median)
 		ratio(prefix+"chat_over_echo_msgs_per_sec", g.MsgsPerSec.Median, e.MsgsPerSec.Median)
 		ratio(prefix+"chat_over_echo_cpu_per_msg", g.CPUMicrosPerMsg.Median, e.CPUMicrosPerMsg.Median)
+		gw, nw := findOver(b, "gnet", TransportWS), findOver(b, "net", TransportWS)
+		ratio(prefix+"ws_gnet_over_net_msgs_per_sec", gw.MsgsPerSec.Median, nw.MsgsPerSec.Median)
+		ratio(prefix+"ws_gnet_over_net_cpu_per_msg", gw.CPUMicrosPerMsg.Median, nw.CPUMicrosPerMsg.Median)
+		ratio(prefix+"ws_net_over_gnet_rss_per_conn", nw.RSSBytesPerConn.Median, gw.RSSBytesPerConn.Median)
+		for _, server := range []string{"gnet", "net"} {
+			t, w := find(b, server), findOver(b, server, TransportWS)
+			ratio(prefix+server+"_ws_over_tcp_msgs_per_sec", w.MsgsPerSec.Median, t.MsgsPerSec.Median)
+			ratio(prefix+server+"_ws_over_tcp_cpu_per_msg", w.CPUMicrosPerMsg.Median, t.CPUMicrosPerMsg.Median)
+			ratio(prefix+server+"_ws_over_tcp_rss_per_conn", w.RSSBytesPerConn.Median, t.RSSBytesPerConn.Median)
+		}
 	}
 	for _, b := range builds[min(1, len(builds)):] {
 		for _, server := range []string{"gnet", "net"} {
@@ -160,10 +183,11 @@ func WriteSummary(w io.Writer, sums []Summary) {
 	if len(sums) == 0 {
 		return
 	}
-	named, rss := false, false
+	named, rss, ws := false, false, false
 	runs := 0
 	for _, s := range sums {
 		named = named || s.Build != ""
+		ws = ws || s.Transport == TransportWS
 		rss = rss || s.RSSBytesPerConn.Median > 0
 		runs = max(runs, s.Runs)
 	}
@@ -181,7 +205,11 @@ func WriteSummary(w io.Writer, sums []Summary) {
 	if named {
 		head = append(head, "build")
 	}
-	head = append(head, "server", "delivered/s", "server µs/msg", "gen µs/msg", "p50 ms", "p99 ms")
+	head = append(head, "server")
+	if ws {
+		head = append(head, "transport")
+	}
+	head = append(head, "delivered/s", "server µs/msg", "gen µs/msg", "p50 ms", "p99 ms")
 	if rss {
 		head = append(head, "RSS B/conn")
 	}
@@ -192,7 +220,11 @@ func WriteSummary(w io.Writer, sums []Summary) {
 		if named {
 			row = append(row, orDash(s.Build))
 		}
-		row = append(row, s.Server, s.MsgsPerSec.format("%.0f"), s.CPUMicrosPerMsg.format("%.1f"),
+		row = append(row, s.Server)
+		if ws {
+			row = append(row, s.Transport)
+		}
+		row = append(row, s.MsgsPerSec.format("%.0f"), s.CPUMicrosPerMsg.format("%.1f"),
 			s.GenCPUMicrosPerMsg.format("%.1f"), s.P50ms.format("%.2f"), s.P99ms.format("%.2f"))
 		if rss {
 			row = append(row, s.RSSBytesPerConn.format("%.0f"))
@@ -227,6 +259,9 @@ func (s Summary) saturationNote() string {
 	gen := s.MsgsPerSec.Median * s.GenCPUMicrosPerMsg.Median / 1e6
 	const busy = 0.8
 	who := s.Server
+	if s.Transport == TransportWS {
+		who += "/ws"
+	}
 	if s.Build != "" {
 		who = s.Build + "/" + s.Server
 	}

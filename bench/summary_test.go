@@ -96,6 +96,37 @@ func TestRatiosFromMedians(t *testing.T) {
 	}
 }
 
+// WebSocket runs beside TCP ones: WebSocket over TCP per server, and gnet
+// over net among the WebSocket runs; the TCP ratios keep their names.
+func TestRatiosOverWebSocket(t *testing.T) {
+	sums := []Summary{
+		{Server: "gnet", Transport: TransportTCP, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 40}, RSSBytesPerConn: Spread{Median: 1000}},
+		{Server: "gnet", Transport: TransportWS, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 50}, RSSBytesPerConn: Spread{Median: 1200}},
+		{Server: "net", Transport: TransportTCP, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 60}, RSSBytesPerConn: Spread{Median: 20000}},
+		{Server: "net", Transport: TransportWS, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 75}, RSSBytesPerConn: Spread{Median: 24000}},
+	}
+	got := Ratios(sums)
+	for k, v := range map[string]float64{
+		"gnet_over_net_cpu_per_msg":     40.0 / 60,
+		"net_over_gnet_rss_per_conn":    20,
+		"ws_gnet_over_net_cpu_per_msg":  50.0 / 75,
+		"ws_net_over_gnet_rss_per_conn": 20,
+		"gnet_ws_over_tcp_cpu_per_msg":  1.25,
+		"gnet_ws_over_tcp_rss_per_conn": 1.2,
+		"net_ws_over_tcp_cpu_per_msg":   1.25,
+		"net_ws_over_tcp_rss_per_conn":  1.2,
+	} {
+		if !near(got[k], v) {
+			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
+		}
+	}
+	var b strings.Builder
+	WriteSummary(&b, sums)
+	if !strings.Contains(b.String(), "transport") || !strings.Contains(b.String(), "gnet    ws") {
+		t.Errorf("summary without its transport column:\n%s", b.String())
+	}
+}
+
 // With named builds every ratio is per build, the one echo server serves
 // both, and each later build is compared with the first, server by server.
 func TestRatiosBetweenBuilds(t *testing.T) {

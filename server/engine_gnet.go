@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -35,10 +36,10 @@ type gnetEngine struct {
 	booted  chan struct{}
 	exited  chan struct{} // closed when gnet.Run returns
 	runErr  error         // what it returned; read after exited
-	// wsAddr is the WebSocket listener's address (nil: none), set in
+	// wsBound is the WebSocket listener's address (nil: none), set in
 	// OnBoot before any connection opens; OnOpen tells its connections
 	// from the TCP listener's by their local address.
-	wsAddr *net.TCPAddr
+	wsBound *net.TCPAddr
 }
 
 func newGnetEngine(s *Server) *gnetEngine {
@@ -78,6 +79,13 @@ func (e *gnetEngine) start() (net.Addr, error) {
 		return nil, fmt.Errorf("gnet: listen %s: %w", e.srv.opts.Listen, e.runErr)
 	}
 	return configureListener(e.eng, "tcp", e.srv.opts.Listen)
+}
+
+func (e *gnetEngine) wsAddr() net.Addr {
+	if e.wsBound == nil {
+		return nil // not a nil *net.TCPAddr in an interface
+	}
+	return e.wsBound
 }
 
 func (e *gnetEngine) exit() (<-chan struct{}, func() error) {
@@ -127,7 +135,7 @@ func (e *gnetEngine) OnBoot(eng gnet.Engine) gnet.Action {
 			e.runErr = fmt.Errorf("websocket listener %s: %w", e.srv.opts.WSListen, err) // Rotate returns nil after Shutdown
 			return gnet.Shutdown
 		}
-		e.wsAddr = a
+		e.wsBound = a
 	}
 	close(e.booted)
 	return gnet.None
@@ -137,7 +145,7 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if e.srv.closing.Load() {
 		return nil, gnet.Close
 	}
-	isWS := isWSConn(e.wsAddr, c)
+	isWS := isWSConn(e.wsBound, c)
 	if !e.srv.admit() {
 		if isWS {
 			return wsServerFull, gnet.Close
@@ -150,6 +158,7 @@ func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		t.ws = &wsConn{}
 	}
 	s := e.srv.newSession(c.RemoteAddr(), t)
+	s.ws = t.ws
 	t.sess = s
 	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
 		e.srv.slots.Add(-1) // never added: no OnClose work to undo it
@@ -232,8 +241,9 @@ func (e *gnetEngine) OnTraffic(c gnet.Conn) gnet.Action {
 			_, _ = c.Discard(size)
 		}
 	}
-	if t, _ := s.out.(*gnetTransport); t != nil && t.ws != nil {
-		return e.wsTraffic(c, s, t)
+	if s.ws != nil {
+		s.wsRead(c, s.ws, s.out.(*gnetTransport), false)
+		return gnet.None
 	}
 	for {
 		payload, size, err := codec.PeekFrame(c, e.srv.opts.MaxFrame)
@@ -278,22 +288,19 @@ type gnetTransport struct {
 	loop     *gnetLoop
 	sess     *session
 	limit    int64
-	wait     time.Duration          // lingerWait
-	pending  atomic.Int64           // accepted by send, not yet written on the loop
-	buffered atomic.Int64           // OutboundBuffered() at the last write
-	last     atomic.Pointer[[]byte] // set once: no more frames; this one goes last
+	wait     time.Duration             // lingerWait
+	pending  atomic.Int64              // accepted by send, not yet written on the loop
+	buffered atomic.Int64              // OutboundBuffered() at the last write
+	last     atomic.Pointer[lastWrite] // set once: no more frames; this one goes last
 
 	mu    sync.Mutex
 	out   *[]byte // frames waiting for the loop's writer; nil while none wait
 	ready bool    // in the loop's ready list
 
 	// ws is set on a WebSocket connection (websocket.go): frames are sent
-	// as binary messages once wsOpen, and dropped before (nothing but a
-	// refusal is written before the upgrade). wsCode is the close code
-	// after the last frame (0: 1000).
-	ws     *wsConn
-	wsOpen atomic.Bool
-	wsCode atomic.Int32
+	// as binary messages once it is opened, and dropped before (nothing
+	// but a refusal is written before the upgrade).
+	ws *wsConn
 
 	// Loop only.
 	gone bool // OnClose ran: the fd may already be another connection's
@@ -361,12 +368,22 @@ func (l *gnetLoop) Run(context.Context) error {
 	return nil
 }
 
+// lastWrite is a connection's last frame (gnetTransport.last).
+type lastWrite struct {
+	frame []byte
+	// ws: frame is a length-prefixed frame for a WebSocket connection,
+	// turned into its last bytes (wsConn.last) on the loop, where the
+	// upgrade happens: a binary message and a close frame, or an HTTP
+	// refusal if the upgrade has not been answered.
+	ws bool
+}
+
 // noLastFrame marks a transport closed by close(): nothing more to write.
-var noLastFrame = []byte{}
+var noLastFrame = &lastWrite{}
 
 func (t *gnetTransport) send(frame []byte) {
 	if t.ws != nil {
-		if !t.wsOpen.Load() {
+		if !t.ws.opened.Load() {
 			return
 		}
 		t.queue(frame, int64(wsWireSize(frame)), true)
@@ -377,6 +394,20 @@ func (t *gnetTransport) send(frame []byte) {
 
 // sendRaw queues bytes written as they are (a WebSocket pong).
 func (t *gnetTransport) sendRaw(b []byte) { t.queue(b, int64(len(b)), false) }
+
+// upgrade writes the 101 on the loop, unless a last frame was set first.
+// finish, which turns a WebSocket last frame into bytes, runs on the loop
+// too, so it sees the connection either opened or not, never in between.
+func (t *gnetTransport) upgrade(resp []byte) bool {
+	if t.last.Load() != nil {
+		return false
+	}
+	if _, err := t.c.Write(resp); err != nil {
+		return false
+	}
+	t.ws.opened.Store(true)
+	return true
+}
 
 // queue appends frame, n bytes on the wire, to the out buffer; with wrap
 // each length-prefixed frame becomes a binary WebSocket message.
@@ -476,23 +507,14 @@ func (t *gnetTransport) onLoop(fn func(gnet.Conn)) {
 // queue (at most about the outbound limit) is held until it is written or
 // lingerWait runs out.
 func (t *gnetTransport) sendAndClose(frame []byte, _ bool) {
-	if t.ws != nil {
-		if !t.wsOpen.Load() {
-			frame = noLastFrame // before the upgrade: no frames, just the close
-		} else {
-			code := ws.StatusCode(t.wsCode.Load())
-			if code == 0 {
-				code = ws.StatusNormalClosure
-			}
-			frame = append(wsAppendFrames(nil, frame), wsCloseFrame(code, "")...)
-		}
-	}
-	t.sendRawAndClose(frame)
+	t.setLast(&lastWrite{frame: frame, ws: t.ws != nil})
 }
 
 // sendRawAndClose is sendAndClose with frame written as it is.
-func (t *gnetTransport) sendRawAndClose(frame []byte) {
-	if !t.last.CompareAndSwap(nil, &frame) {
+func (t *gnetTransport) sendRawAndClose(frame []byte) { t.setLast(&lastWrite{frame: frame}) }
+
+func (t *gnetTransport) setLast(l *lastWrite) {
+	if !t.last.CompareAndSwap(nil, l) {
 		return
 	}
 	t.onLoop(t.finish)
@@ -507,7 +529,12 @@ func (t *gnetTransport) finish(c gnet.Conn) {
 	}
 	t.lastWritten = true
 	t.giveUpAt = time.Now().Add(t.wait)
-	if frame := *t.last.Load(); len(frame) > 0 {
+	l := t.last.Load()
+	frame := l.frame
+	if l.ws {
+		frame = t.ws.last(frame, ws.StatusCode(t.ws.code.Load()))
+	}
+	if len(frame) > 0 {
 		if _, err := c.Write(frame); err != nil {
 			return // gnet has closed the connection
 		}
@@ -540,7 +567,7 @@ func (t *gnetTransport) refresh() {
 }
 
 func (t *gnetTransport) close() {
-	t.last.CompareAndSwap(nil, &noLastFrame)
+	t.last.CompareAndSwap(nil, noLastFrame)
 	_ = t.c.Close()
 }
 
@@ -552,3 +579,35 @@ func (g gnetLogger) Infof(f string, a ...any)  { g.l.Info(fmt.Sprintf(f, a...), 
 func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn(fmt.Sprintf(f, a...), "component", "gnet") }
 func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "component", "gnet") }
 func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "component", "gnet") }
+
+// isWSConn tells whether c came through the WebSocket listener at ln.
+// gnet's LocalAddr is the address its listener was asked for (port 0
+// stays 0), so the socket itself is asked: one getsockname per accepted
+// connection, only while a WebSocket listener runs.
+func isWSConn(ln *net.TCPAddr, c gnet.Conn) bool {
+	if ln == nil {
+		return false
+	}
+	sa, err := unix.Getsockname(c.Fd())
+	if err != nil {
+		return false
+	}
+	var ta net.TCPAddr
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		ta = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	case *unix.SockaddrInet6:
+		ta = net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	default:
+		return false
+	}
+	if ta.Port != ln.Port {
+		return false
+	}
+	if ln.IP == nil || ln.IP.IsUnspecified() {
+		return true
+	}
+	a, _ := netip.AddrFromSlice(ta.IP)
+	b, _ := netip.AddrFromSlice(ln.IP)
+	return a.Unmap() == b.Unmap()
+}

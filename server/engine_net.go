@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/ws"
+
 	"github.com/loopchat/loopchat/codec"
 )
 
@@ -21,19 +23,27 @@ import (
 type netEngine struct {
 	srv    *Server
 	ln     net.Listener
+	wsLn   net.Listener // the WebSocket listener; nil when off
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	conns  map[net.Conn]*netTransport // nil until serve made it
-	exited chan struct{}              // closed when the accept loop returns
+	exited chan struct{}              // closed when the accept loops return
 }
 
 func newNetEngine(s *Server) *netEngine {
 	return &netEngine{srv: s, conns: make(map[net.Conn]*netTransport), exited: make(chan struct{})}
 }
 
-// exit: the accept loop ends only when the listener is closed, by stop.
+// exit: the accept loops end only when the listeners are closed, by stop.
 func (e *netEngine) exit() (<-chan struct{}, func() error) {
 	return e.exited, func() error { return nil }
+}
+
+func (e *netEngine) wsAddr() net.Addr {
+	if e.wsLn == nil {
+		return nil
+	}
+	return e.wsLn.Addr()
 }
 
 func (e *netEngine) start() (net.Addr, error) {
@@ -41,18 +51,44 @@ func (e *netEngine) start() (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("net: %w", err)
 	}
+	if e.srv.opts.WSListen != "" {
+		wsLn, err := net.Listen("tcp", wsListenAddr(e.srv.opts.WSListen, e.srv.opts.Listen))
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("net: websocket listener: %w", err)
+		}
+		e.wsLn = wsLn
+	}
 	e.ln = ln
-	e.wg.Add(1)
-	go e.accept()
+	var accepting sync.WaitGroup
+	for _, l := range []net.Listener{e.ln, e.wsLn} {
+		if l == nil {
+			continue
+		}
+		e.wg.Add(1)
+		accepting.Add(1)
+		go func() {
+			defer accepting.Done()
+			e.accept(l, l == e.wsLn)
+		}()
+	}
+	go func() {
+		accepting.Wait()
+		close(e.exited)
+	}()
 	return ln.Addr(), nil
 }
 
-func (e *netEngine) accept() {
+// accept serves ln's connections: WebSocket ones when isWS.
+func (e *netEngine) accept(ln net.Listener, isWS bool) {
 	defer e.wg.Done()
-	defer close(e.exited)
+	serverFull := e.srv.serverFull
+	if isWS {
+		serverFull = wsServerFull
+	}
 	var backoff time.Duration
 	for {
-		conn, err := e.ln.Accept()
+		conn, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -71,7 +107,7 @@ func (e *netEngine) accept() {
 		if !e.srv.admit() {
 			// A fresh socket's send buffer is empty: this write does not wait.
 			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = conn.Write(e.srv.serverFull)
+			_, _ = conn.Write(serverFull)
 			conn.Close()
 			continue
 		}
@@ -79,19 +115,25 @@ func (e *netEngine) accept() {
 		e.conns[conn] = nil
 		e.mu.Unlock()
 		e.wg.Add(1)
-		go e.serve(conn)
+		go e.serve(conn, isWS)
 	}
 }
 
-func (e *netEngine) serve(conn net.Conn) {
+func (e *netEngine) serve(conn net.Conn, isWS bool) {
 	defer e.wg.Done()
 	t := newNetTransport(conn, int64(e.srv.opts.MaxOutbound), e.srv.opts.writeWait, e.srv.opts.lingerWait)
+	addressBusy := e.srv.addressBusy
+	if isWS {
+		t.ws = &wsConn{}
+		addressBusy = wsAddressBusy
+	}
 	s := e.srv.newSession(conn.RemoteAddr(), t)
+	s.ws = t.ws
 	t.sess = s
 	if s.proxy == proxyNone && !e.srv.holdAnonymous(s) {
 		e.srv.slots.Add(-1) // admitted, but never added
 		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = conn.Write(e.srv.addressBusy)
+		_, _ = conn.Write(addressBusy)
 		e.mu.Lock()
 		delete(e.conns, conn)
 		e.mu.Unlock()
@@ -119,6 +161,10 @@ func (e *netEngine) serve(conn net.Conn) {
 		}
 		return
 	}
+	if s.ws != nil {
+		readWS(conn, br, s, t)
+		return
+	}
 	r := codec.NewReader(br, e.srv.opts.MaxFrame)
 	for {
 		payload, err := r.Next()
@@ -139,8 +185,33 @@ func (e *netEngine) serve(conn net.Conn) {
 	}
 }
 
+// readWS reads a WebSocket connection with the code gnet runs on its
+// loops (wsRead), requests inline.
+func readWS(conn net.Conn, br *bufio.Reader, s *session, t *netTransport) {
+	in := newWSInbound(conn, br)
+	for {
+		if s.kicked.Load() {
+			// A kicked client gets no more answers; read on until the
+			// writer closes.
+			_, _ = in.Discard(in.InboundBuffered())
+		} else {
+			s.wsRead(in, s.ws, t, true)
+		}
+		if s.broken {
+			return
+		}
+		if err := in.fill(); err != nil {
+			return
+		}
+		s.lastSeen.Store(time.Now().UnixNano())
+	}
+}
+
 func (e *netEngine) stop(ctx context.Context) error {
 	err := e.ln.Close()
+	if e.wsLn != nil {
+		err = errors.Join(err, e.wsLn.Close())
+	}
 	e.mu.Lock()
 	for c, t := range e.conns {
 		if t != nil {
@@ -178,11 +249,14 @@ type netTransport struct {
 	linger  time.Duration // lingerWait
 	pending atomic.Int64
 	closing atomic.Bool
-	giveUp  atomic.Int64  // unix ns, set after closing by sendAndClose: when to stop waiting for the client to read
-	drop    atomic.Bool   // drop whole frames not yet started (a slow consumer); the last frame is never among them
-	wake    chan struct{} // capacity 1: "the queue is not empty"
-	done    chan struct{}
-	once    sync.Once
+	giveUp  atomic.Int64 // unix ns, set after closing by sendAndClose: when to stop waiting for the client to read
+	drop    atomic.Bool  // drop whole frames not yet started (a slow consumer); the last frame is never among them
+	// ws is set on a WebSocket connection (websocket.go): frames are sent
+	// as binary messages once it is opened, and dropped before.
+	ws   *wsConn
+	wake chan struct{} // capacity 1: "the queue is not empty"
+	done chan struct{}
+	once sync.Once
 
 	// The writer's: the batch it writes (iov, kept for its array) and
 	// what is left of it to write (bufs).
@@ -199,6 +273,18 @@ func newNetTransport(conn net.Conn, limit int64, wait, linger time.Duration) *ne
 }
 
 func (t *netTransport) send(frame []byte) {
+	if t.ws != nil {
+		if !t.ws.opened.Load() {
+			return
+		}
+		frame = wsAppendFrames(make([]byte, 0, wsWireSize(frame)), frame)
+	}
+	t.sendRaw(frame)
+}
+
+// sendRaw queues bytes written as they are (a WebSocket pong, or a frame
+// send has wrapped).
+func (t *netTransport) sendRaw(frame []byte) {
 	if t.closing.Load() {
 		return
 	}
@@ -234,13 +320,42 @@ func (t *netTransport) signal() {
 	}
 }
 
+// upgrade queues the 101 ahead of every frame, under the lock that
+// sendAndClose turns a WebSocket last frame into bytes under: the two see
+// the connection either opened or not, never in between.
+func (t *netTransport) upgrade(resp []byte) bool {
+	t.mu.Lock()
+	if t.lastFrame {
+		t.mu.Unlock()
+		return false
+	}
+	t.pending.Add(int64(len(resp)))
+	t.queue = append(t.queue, resp)
+	t.ws.opened.Store(true)
+	t.mu.Unlock()
+	t.signal()
+	return true
+}
+
 func (t *netTransport) sendAndClose(frame []byte, dropQueued bool) {
+	t.closeWith(frame, dropQueued, t.ws != nil)
+}
+
+// sendRawAndClose is sendAndClose with frame written as it is.
+func (t *netTransport) sendRawAndClose(frame []byte) { t.closeWith(frame, false, false) }
+
+// closeWith queues the last frame; with wrap, frame is turned into a
+// WebSocket connection's last bytes (wsConn.last) first.
+func (t *netTransport) closeWith(frame []byte, dropQueued, wrap bool) {
 	if !t.closing.CompareAndSwap(false, true) {
 		return
 	}
 	t.giveUp.Store(time.Now().Add(t.linger).UnixNano())
-	t.pending.Add(int64(len(frame)))
 	t.mu.Lock()
+	if wrap {
+		frame = t.ws.last(frame, ws.StatusCode(t.ws.code.Load()))
+	}
+	t.pending.Add(int64(len(frame)))
 	if dropQueued {
 		for i, f := range t.queue {
 			t.pending.Add(-int64(len(f)))

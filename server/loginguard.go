@@ -38,11 +38,11 @@ func newLoginGuard(perMinute int) *loginGuard {
 // source is the address a remote "host:port" is counted under; ok is false
 // when it cannot be parsed (a unix socket, say), which is never limited.
 func source(remote string) (netip.Prefix, bool) {
-	ap, err := netip.ParseAddrPort(remote)
-	if err != nil {
+	a, ok := hostOf(remote) // with a port, or without (X-Forwarded-For)
+	if !ok {
 		return netip.Prefix{}, false
 	}
-	a := ap.Addr().Unmap()
+	a = a.Unmap()
 	bits := 32
 	if a.Is6() {
 		bits = 64

@@ -30,7 +30,7 @@ func TestNginxTemplatePassesNginxCheck(t *testing.T) {
 // A WebSocket client reaches a node through nginx's http {} block and
 // chats with a TCP client that came through its stream {} block.
 func TestWebSocketThroughNginx(t *testing.T) {
-	ts := startWSServer(t, func(o *Options) {
+	ts := startWSServer(t, EngineGnet, func(o *Options) {
 		o.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	})
 	ng := testproc.StartNginxWith(t, testproc.NginxUpstreams{Stream: []string{ts.addr}, WS: []string{ts.WSAddr().String()}})

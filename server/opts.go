@@ -26,8 +26,8 @@ type Options struct {
 	// picks a free port (see Server.Addr).
 	Listen string
 	// WSListen is the address of the WebSocket listener (docs/protocol.md,
-	// "WebSocket"), served by the same gnet loops. Empty means off. The
-	// net engine does not serve WebSocket yet.
+	// "WebSocket"), served by the same engine (on gnet, the same loops).
+	// Empty means off.
 	WSListen string
 	// WSAllowedOrigins lists the Origin values (e.g. https://chat.example)
 	// whose browsers may open a WebSocket; "*" allows any. An upgrade
@@ -148,8 +148,11 @@ type Options struct {
 	DrainWindow time.Duration
 	// ProxyProtocolFrom lists the proxies (e.g. nginx with proxy_protocol
 	// on) whose PROXY protocol header is honoured: the client address it
-	// carries is the one logs and debug views show. A header from anyone
-	// else is a protocol error. Empty means no one is trusted.
+	// carries is the one per-address limits count and logs and debug
+	// views show. A header from anyone else is a protocol error. On the
+	// WebSocket listener their X-Forwarded-For is honoured too, read from
+	// the right while each hop is in this list (takeForwardedFor), and
+	// ignored from anyone else. Empty means no one is trusted.
 	ProxyProtocolFrom []netip.Prefix
 	// AdminAddr serves /metrics, /healthz, /readyz and /debug/pprof/ over
 	// HTTP. Empty means off.
@@ -231,9 +234,6 @@ func (o *Options) withDefaults() (Options, error) {
 	case EngineGnet, EngineNet:
 	default:
 		return c, fmt.Errorf("unknown engine %q (want %q or %q)", c.Engine, EngineGnet, EngineNet)
-	}
-	if c.WSListen != "" && c.Engine == EngineNet {
-		return c, errors.New("--ws-listen: the net engine does not serve WebSocket yet; use the gnet engine")
 	}
 	if c.Web && c.WSListen == "" {
 		return c, errors.New("--web serves the page on the WebSocket listener: give --ws-listen too")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/loopchat/loopchat/codec"
 )
@@ -29,16 +30,21 @@ const maxProxyHeader = 1024
 
 func (s *Server) proxyStateFor(peer net.Addr) proxyState {
 	ap, err := netip.ParseAddrPort(peer.String())
-	if err != nil {
+	if err != nil || !s.trustedProxy(ap.Addr()) {
 		return proxyNone
 	}
-	ip := ap.Addr().Unmap()
+	return proxyMaybe
+}
+
+// trustedProxy: a is in --proxy-protocol-from.
+func (s *Server) trustedProxy(a netip.Addr) bool {
+	a = a.Unmap()
 	for _, p := range s.opts.ProxyProtocolFrom {
-		if p.Contains(ip) {
-			return proxyMaybe
+		if p.Contains(a) {
+			return true
 		}
 	}
-	return proxyNone
+	return false
 }
 
 // errUntrustedProxy: a PROXY header from a peer not in --proxy-protocol-from.
@@ -87,14 +93,54 @@ func (c *session) takeProxyHeader(buf []byte) (size int, done bool, err error) {
 
 // finishProxy marks the header done: the client's address is final, so a
 // connection from a trusted proxy is counted under it now (one from
-// anyone else was counted when it opened).
+// anyone else was counted when it opened) — except a WebSocket one,
+// whose upgrade request may still name the client (takeForwardedFor).
 func (c *session) finishProxy() error {
 	was := c.proxy
 	c.proxy = proxyDone
-	if was == proxyMaybe && !c.srv.holdAnonymous(c) {
+	switch {
+	case was != proxyMaybe:
+	case c.ws != nil:
+		c.ws.fromProxy = true
+	case !c.srv.holdAnonymous(c):
 		return errAddressBusy
 	}
 	return nil
+}
+
+// takeForwardedFor takes the client's address from a WebSocket upgrade's
+// X-Forwarded-For (its values joined by commas, in order), read from a
+// trusted proxy. Each proxy appends the address it was reached from, so
+// the list is read from the right: an entry is believed only while the
+// hop it came from — the address found so far, starting with the one the
+// PROXY header or the socket gave — is a trusted proxy. The first
+// untrusted address is the client; anything left of it could be forged.
+func (c *session) takeForwardedFor(xff string) {
+	cur, ok := hostOf(c.remoteAddr())
+	if !ok || xff == "" {
+		return
+	}
+	found := false
+	for hops := strings.Split(xff, ","); len(hops) > 0 && c.srv.trustedProxy(cur); hops = hops[:len(hops)-1] {
+		a, ok := hostOf(strings.TrimSpace(hops[len(hops)-1]))
+		if !ok {
+			break // not an address (e.g. "unknown"): believe nothing past it
+		}
+		cur, found = a, true
+	}
+	if found {
+		remote := cur.Unmap().String()
+		c.remote.Store(&remote)
+	}
+}
+
+// hostOf parses an address with or without a port ("[v6]:port" too).
+func hostOf(s string) (netip.Addr, bool) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr(), true
+	}
+	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
+	return a, err == nil
 }
 
 // readProxyHeader does the same on a blocking reader (net engine).

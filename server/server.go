@@ -98,6 +98,8 @@ type engine interface {
 	// exit is closed when the engine has stopped serving, and then tells
 	// why (nil after stop).
 	exit() (<-chan struct{}, func() error)
+	// wsAddr is the WebSocket listener's address once started (nil: none).
+	wsAddr() net.Addr
 }
 
 // New prepares a server: it opens the store and builds the broker but does

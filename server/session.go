@@ -125,6 +125,9 @@ type session struct {
 	// first one. Requests run one at a time: no lock.
 	typing *rate.Limiter
 	broken bool
+	// ws is set on a WebSocket connection (websocket.go); its transport
+	// holds the same.
+	ws     *wsConn
 	kicked atomic.Bool
 	// loggedInOnce lifts the login deadline for good: a client that logs
 	// out and in again (or registers users) is not a lurker.
@@ -412,6 +415,9 @@ func (c *session) kick(reason chatpb.KickReason, msg string) {
 	}
 	c.srv.metrics.kicks.WithLabelValues(protocol.KickReasonName(reason)).Inc()
 	c.logger().Info("kicked", "reason", protocol.KickReasonName(reason))
+	if c.ws != nil {
+		c.ws.code.CompareAndSwap(0, int32(wsCloseCode(reason))) // a WebSocket error found first keeps its own
+	}
 	buf, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Kicked{Kicked: &chatpb.Kicked{Reason: reason, Message: msg}}})
 	if err != nil {
 		c.out.close()

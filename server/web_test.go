@@ -36,100 +36,102 @@ func webGet(t *testing.T, method, url string, header map[string]string) (*http.R
 	return resp, body
 }
 
-// With --web, the WebSocket listener answers plain GETs with the embedded
+// With --web, the WebSocket listener (on either engine) answers plain GETs with the embedded
 // page: the files, gzip when asked, HEAD, revalidation, 404 and 405, and
 // the headers that keep the page to its own origin.
 func TestWebPageServedOnWSListener(t *testing.T) {
-	ts := startWSServer(t, func(o *Options) { o.Web = true })
-	base := "http://" + ts.WSAddr().String()
-	index := string(web.Files()["index.html"])
-	app := string(web.Files()["app.js"])
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startWSServer(t, engine, func(o *Options) { o.Web = true })
+		base := "http://" + ts.WSAddr().String()
+		index := string(web.Files()["index.html"])
+		app := string(web.Files()["app.js"])
 
-	resp, body := webGet(t, "GET", base+"/", nil)
-	if resp.StatusCode != 200 || string(body) != index {
-		t.Fatalf("GET / = %d, %d bytes; want 200 and index.html", resp.StatusCode, len(body))
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
-		t.Errorf("Content-Type %q", ct)
-	}
-	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "connect-src 'self'") || !strings.Contains(csp, "script-src 'self'") {
-		t.Errorf("Content-Security-Policy %q", csp)
-	}
-	if resp.Header.Get("X-Content-Type-Options") != "nosniff" || resp.Header.Get("ETag") == "" {
-		t.Errorf("headers %v", resp.Header)
-	}
+		resp, body := webGet(t, "GET", base+"/", nil)
+		if resp.StatusCode != 200 || string(body) != index {
+			t.Fatalf("GET / = %d, %d bytes; want 200 and index.html", resp.StatusCode, len(body))
+		}
+		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
+			t.Errorf("Content-Type %q", ct)
+		}
+		if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "connect-src 'self'") || !strings.Contains(csp, "script-src 'self'") {
+			t.Errorf("Content-Security-Policy %q", csp)
+		}
+		if resp.Header.Get("X-Content-Type-Options") != "nosniff" || resp.Header.Get("ETag") == "" {
+			t.Errorf("headers %v", resp.Header)
+		}
 
-	resp, body = webGet(t, "GET", base+"/app.js?v=1", map[string]string{"Accept-Encoding": "br, gzip"})
-	if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "gzip" {
-		t.Fatalf("GET /app.js with gzip = %d %v", resp.StatusCode, resp.Header)
-	}
-	zr, err := gzip.NewReader(strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain, err := io.ReadAll(zr)
-	if err != nil || string(plain) != app {
-		t.Fatalf("gunzipped app.js: %d bytes, %v", len(plain), err)
-	}
-	if len(body) >= len(app)/2 {
-		t.Errorf("gzip of app.js %d bytes, plain %d", len(body), len(app))
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.Contains(ct, "javascript") {
-		t.Errorf("app.js Content-Type %q", ct)
-	}
-	resp, _ = webGet(t, "GET", base+"/app.js", map[string]string{"Accept-Encoding": "gzip;q=0"})
-	if resp.Header.Get("Content-Encoding") != "" {
-		t.Errorf("gzip;q=0 got %q", resp.Header.Get("Content-Encoding"))
-	}
+		resp, body = webGet(t, "GET", base+"/app.js?v=1", map[string]string{"Accept-Encoding": "br, gzip"})
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "gzip" {
+			t.Fatalf("GET /app.js with gzip = %d %v", resp.StatusCode, resp.Header)
+		}
+		zr, err := gzip.NewReader(strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, err := io.ReadAll(zr)
+		if err != nil || string(plain) != app {
+			t.Fatalf("gunzipped app.js: %d bytes, %v", len(plain), err)
+		}
+		if len(body) >= len(app)/2 {
+			t.Errorf("gzip of app.js %d bytes, plain %d", len(body), len(app))
+		}
+		if ct := resp.Header.Get("Content-Type"); !strings.Contains(ct, "javascript") {
+			t.Errorf("app.js Content-Type %q", ct)
+		}
+		resp, _ = webGet(t, "GET", base+"/app.js", map[string]string{"Accept-Encoding": "gzip;q=0"})
+		if resp.Header.Get("Content-Encoding") != "" {
+			t.Errorf("gzip;q=0 got %q", resp.Header.Get("Content-Encoding"))
+		}
 
-	resp, body = webGet(t, "HEAD", base+"/style.css", nil)
-	if resp.StatusCode != 200 || len(body) != 0 || resp.ContentLength <= 0 {
-		t.Fatalf("HEAD /style.css = %d, body %d, length %d", resp.StatusCode, len(body), resp.ContentLength)
-	}
-	etag := resp.Header.Get("ETag")
-	resp, body = webGet(t, "GET", base+"/style.css", map[string]string{"If-None-Match": etag})
-	if resp.StatusCode != 304 || len(body) != 0 {
-		t.Fatalf("GET with If-None-Match = %d, %d bytes", resp.StatusCode, len(body))
-	}
-	if resp, _ = webGet(t, "GET", base+"/../etc/passwd", nil); resp.StatusCode != 404 {
-		t.Errorf("GET /../etc/passwd = %d", resp.StatusCode)
-	}
-	if resp, _ = webGet(t, "POST", base+"/", nil); resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" {
-		t.Errorf("POST / = %d %v", resp.StatusCode, resp.Header)
-	}
+		resp, body = webGet(t, "HEAD", base+"/style.css", nil)
+		if resp.StatusCode != 200 || len(body) != 0 || resp.ContentLength <= 0 {
+			t.Fatalf("HEAD /style.css = %d, body %d, length %d", resp.StatusCode, len(body), resp.ContentLength)
+		}
+		etag := resp.Header.Get("ETag")
+		resp, body = webGet(t, "GET", base+"/style.css", map[string]string{"If-None-Match": etag})
+		if resp.StatusCode != 304 || len(body) != 0 {
+			t.Fatalf("GET with If-None-Match = %d, %d bytes", resp.StatusCode, len(body))
+		}
+		if resp, _ = webGet(t, "GET", base+"/../etc/passwd", nil); resp.StatusCode != 404 {
+			t.Errorf("GET /../etc/passwd = %d", resp.StatusCode)
+		}
+		if resp, _ = webGet(t, "POST", base+"/", nil); resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET, HEAD" {
+			t.Errorf("POST / = %d %v", resp.StatusCode, resp.Header)
+		}
 
-	// The page's own origin opens a WebSocket without being listed; another
-	// origin still needs --ws-allowed-origins.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, _, err := websocket.Dial(ctx, "ws://"+ts.WSAddr().String()+"/ws", &websocket.DialOptions{
-		Subprotocols: []string{WSSubprotocol}, HTTPHeader: http.Header{"Origin": {base}},
-	})
-	if err != nil {
-		t.Fatalf("same-origin upgrade: %v", err)
-	}
-	w := &wsClient{t: t, c: c}
-	expectOK(t, w.do(registerReq("pagey", pw)))
-	c.CloseNow()
-	_, resp, err = websocket.Dial(ctx, "ws://"+ts.WSAddr().String()+"/ws", &websocket.DialOptions{
-		Subprotocols: []string{WSSubprotocol}, HTTPHeader: http.Header{"Origin": {"http://elsewhere.example"}},
-	})
-	if err == nil || resp == nil || resp.StatusCode != 403 {
-		t.Fatalf("cross-origin upgrade: %v %v", err, resp)
-	}
-	if c, _, err := websocket.Dial(ctx, "ws://"+ts.WSAddr().String()+"/", &websocket.DialOptions{
-		Subprotocols: []string{WSSubprotocol}, HTTPHeader: http.Header{"Origin": {"https://chat.example"}},
-	}); err != nil {
-		t.Fatalf("listed origin: %v", err)
-	} else {
+		// The page's own origin opens a WebSocket without being listed; another
+		// origin still needs --ws-allowed-origins.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, "ws://"+ts.WSAddr().String()+"/ws", &websocket.DialOptions{
+			Subprotocols: []string{WSSubprotocol}, HTTPHeader: http.Header{"Origin": {base}},
+		})
+		if err != nil {
+			t.Fatalf("same-origin upgrade: %v", err)
+		}
+		w := &wsClient{t: t, c: c}
+		expectOK(t, w.do(registerReq("pagey", pw)))
 		c.CloseNow()
-	}
+		_, resp, err = websocket.Dial(ctx, "ws://"+ts.WSAddr().String()+"/ws", &websocket.DialOptions{
+			Subprotocols: []string{WSSubprotocol}, HTTPHeader: http.Header{"Origin": {"http://elsewhere.example"}},
+		})
+		if err == nil || resp == nil || resp.StatusCode != 403 {
+			t.Fatalf("cross-origin upgrade: %v %v", err, resp)
+		}
+		if c, _, err := websocket.Dial(ctx, "ws://"+ts.WSAddr().String()+"/", &websocket.DialOptions{
+			Subprotocols: []string{WSSubprotocol}, HTTPHeader: http.Header{"Origin": {"https://chat.example"}},
+		}); err != nil {
+			t.Fatalf("listed origin: %v", err)
+		} else {
+			c.CloseNow()
+		}
+	})
 }
 
 // Without --web nothing changes: a GET is a bad upgrade, and a page's
 // origin needs listing like any other.
 func TestWebPageOffByDefault(t *testing.T) {
-	ts := startWSServer(t, nil)
+	ts := startWSServer(t, EngineGnet, nil)
 	base := "http://" + ts.WSAddr().String()
 	if resp, _ := webGet(t, "GET", base+"/", nil); resp.StatusCode != 400 {
 		t.Fatalf("GET / without --web = %d", resp.StatusCode)

@@ -59,7 +59,7 @@ func FuzzWSHandshake(f *testing.F) {
 	f.Add([]byte(upgradeRequest("x:1", "Origin: https://a", "Sec-WebSocket-Protocol: a, "+WSSubprotocol)))
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, req []byte) {
-		resp, err := wsHandshake(req, []string{"https://a"})
+		resp, _, err := wsHandshake(req, []string{"https://a"})
 		switch {
 		case err == nil && !bytes.HasPrefix(resp, []byte("HTTP/1.1 101 ")):
 			t.Fatalf("accepted with %q", resp)

@@ -53,11 +53,16 @@ func newBenchCmd() *cobra.Command {
           CPU per delivery
   echo    the same framing against 'loopchat bench echo-server' (--step, --saturate too)
 
+Every scenario but echo can speak WebSocket instead of TCP (--transport ws,
+--addr at the servers' --ws-listen): an upgrade offering loopchat.v1, then
+one masked binary message per frame.
+
 'loopchat bench compare' starts the servers itself (gnet, net, echo), pinned
 apart from the generator, --repeat rounds interleaved (a fresh server per
 run), from one loopchat binary or several (--binary NAME=PATH, for A/B), and
-prints each server's medians and ranges and the ratios of the medians. The
-headline measurement (docs/BENCHMARKS.md, "How to measure"):
+prints each server's medians and ranges and the ratios of the medians;
+--transport tcp,ws measures each loopchat server over both in the same run.
+The headline measurement (docs/BENCHMARKS.md, "How to measure"):
 
   loopchat bench compare --scenario chat --conns 10000 --saturate --duration 10s --repeat 3`,
 	}
@@ -201,6 +206,9 @@ func newScenarioCmd(name string) *cobra.Command {
 			if err := checkSaturate(name, &c); err != nil {
 				return err
 			}
+			if err := bench.CheckTransport(c.Transport); err != nil {
+				return err
+			}
 			c.Addrs = addrs
 			if c.Users == "" {
 				c.Users = freshUsers()
@@ -223,6 +231,7 @@ func newScenarioCmd(name string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			res.Transport = c.Transport
 			if worker {
 				return json.NewEncoder(os.Stdout).Encode(exported(res))
 			}
@@ -230,7 +239,8 @@ func newScenarioCmd(name string) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&addrs, "addr", []string{"127.0.0.1:7000"}, "server addresses (comma-separated or repeated), used round-robin")
+	f.StringSliceVar(&addrs, "addr", []string{"127.0.0.1:7000"}, "server addresses (comma-separated or repeated), used round-robin; with --transport ws, their --ws-listen addresses")
+	f.StringVar(&c.Transport, "transport", bench.TransportTCP, "what the connections speak: tcp (length-prefixed frames) or ws (WebSocket, one masked binary message per frame)")
 	scenarioFlags(f, &c)
 	f.IntVar(&c.ServerPID, "server-pid", 0, "PID of the server, to sample its RSS (conns) and CPU (every scenario)")
 	f.IntVar(&procs, "procs", 1, "generator processes (each may hold ~19,000 connections); their results are merged")
@@ -267,7 +277,7 @@ func runProcs(ctx context.Context, name string, c bench.Config, k int) (bench.Re
 			"--duration", c.Duration.String(), "--group-size", strconv.Itoa(c.GroupSize), "--groups", strconv.Itoa(c.Groups / k),
 			"--text-size", strconv.Itoa(c.TextSize), "--seed-messages", strconv.Itoa(c.SeedMessages),
 			"--friends", strconv.Itoa(c.Friends),
-			"--saturate=" + strconv.FormatBool(c.Saturate), "--window", strconv.Itoa(c.Window),
+			"--saturate=" + strconv.FormatBool(c.Saturate), "--window", strconv.Itoa(c.Window), "--transport", c.Transport,
 			"--users", fmt.Sprintf("%sp%dx", c.Users, i),
 			"--source-offset", strconv.Itoa(c.SourceOffset + i*(c.Conns/k))}
 		wg.Add(1)
@@ -349,6 +359,7 @@ func newCompareCmd() *cobra.Command {
 	scenarioFlags(f, &cc.Config)
 	f.StringVar(&cc.Scenario, "scenario", "chat", "scenario: chat, conns, login, group or history")
 	f.StringSliceVar(&servers, "servers", []string{"gnet", "net", "echo"}, "servers to compare")
+	f.StringSliceVar(&cc.Transports, "transport", []string{bench.TransportTCP}, "transports to measure each loopchat server over, in turn: tcp, ws (WebSocket: the server also gets --ws-listen); the echo server is TCP only")
 	f.IntVar(&cc.Repeat, "repeat", 1, "rounds, each running every server once in turn (3 for figures to keep: medians and ranges)")
 	f.StringSliceVar(&binaries, "binary", nil, "loopchat binaries to compare as NAME=PATH (repeated or comma-separated), each server from each in turn; default this one")
 	f.IntVar(&cc.Loops, "loops", 1, "event loops of the gnet servers")

@@ -163,6 +163,42 @@ func TestBenchCompareRepeatBuilds(t *testing.T) {
 	}
 }
 
+// compare measures each loopchat server over TCP and WebSocket in one
+// run, and reports WebSocket against TCP. Correctness only, never speed.
+func TestBenchCompareOverWebSocket(t *testing.T) {
+	out, err := exec.Command(binary, "bench", "compare", "--transport", "tcp,ws", "--servers", "gnet,net",
+		"--conns", "40", "--rate", "200", "--duration", "1s", "--warmup", "0",
+		"--json", "--server-cpus", "", "--gen-cpus", "").Output()
+	if err != nil {
+		t.Fatalf("compare --transport tcp,ws: %v", err)
+	}
+	var cmp struct {
+		Results []struct {
+			benchResult
+			Transport string `json:"transport"`
+		} `json:"results"`
+		Ratios map[string]float64 `json:"ratios"`
+	}
+	if err := json.Unmarshal(out, &cmp); err != nil {
+		t.Fatalf("stdout is not the JSON report: %v\n%s", err, out)
+	}
+	var order []string
+	for _, r := range cmp.Results {
+		order = append(order, r.Server+"/"+r.Transport)
+		if r.Scenario != "chat" || r.Delivered == 0 || r.Lost != 0 || r.Errors != 0 || r.CPU <= 0 {
+			t.Errorf("%s over %s: %+v", r.Server, r.Transport, r)
+		}
+	}
+	if got, want := strings.Join(order, " "), "gnet/tcp gnet/ws net/tcp net/ws"; got != want {
+		t.Fatalf("runs %s, want %s", got, want)
+	}
+	for _, k := range []string{"gnet_ws_over_tcp_cpu_per_msg", "net_ws_over_tcp_cpu_per_msg", "ws_gnet_over_net_cpu_per_msg", "gnet_over_net_cpu_per_msg"} {
+		if cmp.Ratios[k] <= 0 {
+			t.Errorf("ratio %s missing: %v", k, cmp.Ratios)
+		}
+	}
+}
+
 // Command lines that cannot measure anything are refused at once, before
 // a server starts or users are made.
 func TestBenchFlagsRefused(t *testing.T) {
@@ -175,6 +211,9 @@ func TestBenchFlagsRefused(t *testing.T) {
 		{"compare", "--binary", "old=/nonexistent/loopchat"},
 		{"chat", "--saturate", "--step", "--addr", "127.0.0.1:1"},
 		{"history", "--saturate", "--addr", "127.0.0.1:1"},
+		{"compare", "--transport", "tcp,quic"},
+		{"echo", "--transport", "ws", "--addr", "127.0.0.1:1"},
+		{"chat", "--transport", "quic", "--addr", "127.0.0.1:1"},
 	} {
 		cmd := exec.Command(binary, append([]string{"bench"}, args...)...)
 		start := time.Now()

@@ -101,7 +101,7 @@ one of the --api-key values.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:7000", "TCP address to accept clients on")
-	f.StringVar(&o.WSListen, "ws-listen", "", "address to accept WebSocket clients on (subprotocol loopchat.v1, gnet engine only); empty: off")
+	f.StringVar(&o.WSListen, "ws-listen", "", "address to accept WebSocket clients on (subprotocol loopchat.v1); empty: off")
 	f.StringSliceVar(&o.WSAllowedOrigins, "ws-allowed-origins", nil, "Origin values whose browsers may open a WebSocket (repeatable; \"*\": any); upgrades without Origin are always allowed")
 	f.BoolVar(&o.Web, "web", false, "serve the web chat page on --ws-listen (plain HTTP GETs; the page's own origin may open a WebSocket)")
 	f.StringVar(&o.DataDir, "data", "./loopchat-data", "directory of the embedded store and the generated token secret")
@@ -140,7 +140,7 @@ one of the --api-key values.`,
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.DurationVar(&o.DrainWindow, "drain-window", 2*time.Second, "on SIGINT/SIGTERM, kick clients (to reconnect elsewhere) spread over this long")
 	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 15*time.Second, "on SIGINT/SIGTERM, the most time to drain before closing anyway")
-	f.StringSliceVar(&proxyFrom, "proxy-protocol-from", nil, "CIDRs (or IPs) of proxies whose PROXY protocol header is honoured, e.g. nginx at 127.0.0.1/32; a header from anyone else is an error")
+	f.StringSliceVar(&proxyFrom, "proxy-protocol-from", nil, "CIDRs (or IPs) of proxies whose PROXY protocol header (and, on --ws-listen, X-Forwarded-For) is honoured, e.g. nginx at 127.0.0.1/32; a PROXY header from anyone else is an error, their X-Forwarded-For ignored")
 	f.StringVar(&o.AdminAddr, "admin-addr", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ on this HTTP address; empty means off")
 	f.StringVar(&o.APIAddr, "api-addr", "", "serve the HTTP server API (docs/api.md) on this address, e.g. 127.0.0.1:8080; needs --api-key; empty means off")
 	f.StringSliceVar(&apiKeys, "api-key", nil, "a bearer key the HTTP API accepts; repeat it, or separate keys with commas, for several (e.g. while rotating); a key left out is refused from the next start")
