@@ -17,18 +17,6 @@ import (
 // here to exactly what proto.Unmarshal makes of it (FuzzDecodeFast checks
 // that) or is decoded by proto.Unmarshal itself.
 
-// Field numbers of the frames decoded by hand, from the schema.
-var (
-	sendField      = fieldNumber(&chatpb.Frame{}, "send")
-	ackField       = fieldNumber(&chatpb.Frame{}, "ack")
-	sendUserID     = fieldNumber(&chatpb.Send{}, "user_id")
-	sendUsername   = fieldNumber(&chatpb.Send{}, "username")
-	sendGroupID    = fieldNumber(&chatpb.Send{}, "group_id")
-	sendText       = fieldNumber(&chatpb.Send{}, "text")
-	sendClientMsg  = fieldNumber(&chatpb.Send{}, "client_msg_id")
-	ackMsgIDsField = fieldNumber(&chatpb.Ack{}, "msg_ids")
-)
-
 // sendBlock is a decoded Send frame in one allocation.
 type sendBlock struct {
 	frame chatpb.Frame

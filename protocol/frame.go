@@ -8,7 +8,6 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/loopchat/loopchat/codec"
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -45,9 +44,6 @@ func appendSized(dst []byte, f *chatpb.Frame, size int) ([]byte, error) {
 // errConcurrentChange reports a frame modified while it was being encoded.
 var errConcurrentChange = errors.New("frame changed while encoding")
 
-// messageField is the Frame field that pushes a Message.
-var messageField = fieldNumber(&chatpb.Frame{}, "message")
-
 // EncodeMessagePush returns the frame that pushes a Message, given the
 // Message already in wire form (stores encode it to keep it): a Frame that
 // holds only a message is that field's header followed by the message, so
@@ -77,36 +73,30 @@ func MessagePushInPlace(buf []byte, at int) []byte {
 	return buf[start:]
 }
 
-// Message's fields, from the schema, for EncodePush.
-var (
-	msgIDField  = fieldNumber(&chatpb.Message{}, "msg_id")
-	msgFromID   = fieldNumber(&chatpb.Message{}, "from_user_id")
-	msgFromName = fieldNumber(&chatpb.Message{}, "from_username")
-	msgToID     = fieldNumber(&chatpb.Message{}, "to_user_id")
-	msgGroupID  = fieldNumber(&chatpb.Message{}, "group_id")
-	msgText     = fieldNumber(&chatpb.Message{}, "text")
-	msgSentAt   = fieldNumber(&chatpb.Message{}, "sent_at_ms")
-	msgSeq      = fieldNumber(&chatpb.Message{}, "seq")
-)
-
 // EncodePush returns the frame that pushes m: Encode's bytes (a fuzzer
 // checks), built with protowire in one allocation instead of through
 // reflection and three. Every message a node receives from Redis or
 // replays from an inbox is encoded this way. A message carrying unknown
-// fields (stored by a newer node) goes through Encode, which keeps them.
+// fields (stored by a newer node) goes through Encode, which keeps them,
+// and so does one Encode refuses (invalid UTF-8), to say why as it does.
 func EncodePush(m *chatpb.Message) ([]byte, error) {
-	if len(m.ProtoReflect().GetUnknown()) > 0 {
+	if len(m.ProtoReflect().GetUnknown()) > 0 || !utf8.ValidString(m.FromUsername) || !utf8.ValidString(m.Text) {
 		return Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
 	}
-	size := 0
+	// The message is written after room for the frame's header, which
+	// MessagePushInPlace then fills in: no sizing pass. At most six
+	// varint fields of a tag and 10 bytes, two strings of a tag and a
+	// length of 5.
+	bound := 6*11 + 2*6 + len(m.FromUsername) + len(m.Text)
+	buf := make([]byte, MessagePushRoom, MessagePushRoom+bound)
 	varint := func(num protowire.Number, v uint64) {
 		if v != 0 {
-			size += protowire.SizeTag(num) + protowire.SizeVarint(v)
+			buf = protowire.AppendVarint(protowire.AppendTag(buf, num, protowire.VarintType), v)
 		}
 	}
 	str := func(num protowire.Number, v string) {
 		if v != "" {
-			size += protowire.SizeTag(num) + protowire.SizeBytes(len(v))
+			buf = protowire.AppendString(protowire.AppendTag(buf, num, protowire.BytesType), v)
 		}
 	}
 	varint(msgIDField, m.MsgId)
@@ -117,46 +107,7 @@ func EncodePush(m *chatpb.Message) ([]byte, error) {
 	str(msgText, m.Text)
 	varint(msgSentAt, uint64(m.SentAtMs))
 	varint(msgSeq, m.Seq)
-	if !utf8.ValidString(m.FromUsername) || !utf8.ValidString(m.Text) {
-		// What proto.Marshal refuses; say it as it would.
-		return Encode(&chatpb.Frame{Body: &chatpb.Frame_Message{Message: m}})
-	}
-	frame := protowire.SizeTag(messageField) + protowire.SizeBytes(size)
-	buf := codec.AppendHeader(make([]byte, 0, codec.HeaderSize+frame), frame)
-	buf = protowire.AppendVarint(protowire.AppendTag(buf, messageField, protowire.BytesType), uint64(size))
-	appendVarint := func(num protowire.Number, v uint64) {
-		if v != 0 {
-			buf = protowire.AppendVarint(protowire.AppendTag(buf, num, protowire.VarintType), v)
-		}
-	}
-	appendStr := func(num protowire.Number, v string) {
-		if v != "" {
-			buf = protowire.AppendString(protowire.AppendTag(buf, num, protowire.BytesType), v)
-		}
-	}
-	appendVarint(msgIDField, m.MsgId)
-	appendVarint(msgFromID, m.FromUserId)
-	appendStr(msgFromName, m.FromUsername)
-	appendVarint(msgToID, m.ToUserId)
-	appendVarint(msgGroupID, m.GroupId)
-	appendStr(msgText, m.Text)
-	appendVarint(msgSentAt, uint64(m.SentAtMs))
-	appendVarint(msgSeq, m.Seq)
-	return buf, nil
-}
-
-// Field numbers for the frames encoded by hand below, from the schema.
-var (
-	seqField    = fieldNumber(&chatpb.Frame{}, "seq")
-	sendOKField = fieldNumber(&chatpb.Frame{}, "send_ok")
-	sendOKMsgID = fieldNumber(&chatpb.SendOK{}, "msg_id")
-	sendOKSent  = fieldNumber(&chatpb.SendOK{}, "sent_at_ms")
-	sendOKLive  = fieldNumber(&chatpb.SendOK{}, "online")
-	sendOKSeq   = fieldNumber(&chatpb.SendOK{}, "seq")
-)
-
-func fieldNumber(m proto.Message, name protoreflect.Name) protowire.Number {
-	return m.ProtoReflect().Descriptor().Fields().ByName(name).Number()
+	return MessagePushInPlace(buf, MessagePushRoom), nil
 }
 
 // EncodeSendOK returns the frame answering request seq with

@@ -11,11 +11,14 @@
 # message crosses Redis pub/sub, open loop at RATE for 10 s; then one node
 # alone on CPU 0 at the same rate. CPU is user + system time from
 # /proc/PID/stat over 6 s of the measured phase, per delivered message.
-# Rounds interleave the builds (old new old new ...).
+# Rounds interleave the builds (old new old new ...). The generator is
+# always the first build's (GEN=PATH to choose another), so only the
+# servers differ between builds.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,15p "$0" >&2; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,17p "$0" >&2; exit 2; }
 RATE=$1 ROUNDS=$2
 shift 2
+GEN=${GEN:-${1#*=}}
 HZ=$(getconf CLK_TCK)
 FLAGS=(--engine gnet --loops 1 --bcrypt-cost 4 --rate-limit 1e9 --rate-burst 1000000000
 	--max-outbound 67108864 --idle-timeout 10m --log-level error)
@@ -74,7 +77,7 @@ run() { # NAME BINARY ROUND
 	PIDS+=("$n1" "$n2")
 	wait_port "$p1"
 	wait_port "$p2"
-	taskset -c 1 "$bin" bench chat --addr "127.0.0.1:$p1,127.0.0.1:$p2" --conns 2000 --pairs 999 --rate "$RATE" \
+	taskset -c 1 "$GEN" bench chat --addr "127.0.0.1:$p1,127.0.0.1:$p2" --conns 2000 --pairs 999 --rate "$RATE" \
 		--duration 10s >"$d/cluster.log" 2>&1 &
 	local gen=$!
 	local m
@@ -89,7 +92,7 @@ run() { # NAME BINARY ROUND
 	local n0=$!
 	PIDS+=("$n0")
 	wait_port "$p0"
-	taskset -c 1 "$bin" bench chat --addr "127.0.0.1:$p0" --conns 2000 --pairs 999 --rate "$RATE" \
+	taskset -c 1 "$GEN" bench chat --addr "127.0.0.1:$p0" --conns 2000 --pairs 999 --rate "$RATE" \
 		--duration 10s >"$d/local.log" 2>&1 &
 	gen=$!
 	local m1

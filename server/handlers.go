@@ -44,6 +44,9 @@ func (c *session) handle(f *chatpb.Frame) {
 		// The store checks its writes against the epoch the session (or,
 		// before login, the node) was under when the request came.
 		if u := c.user.Load(); u != nil {
+			if c.reqCtx == nil {
+				c.reqCtx = new(requestCtx)
+			}
 			ctx = c.reqCtx.of(ctx, u)
 		} else {
 			ctx = withEpoch(ctx, c.srv.epoch())
@@ -549,7 +552,10 @@ func (c *session) sendMessage(ctx context.Context, req *chatpb.Send) (sendReceip
 	if m.ToUserId != u.id {
 		// The sender's other devices get it too. (A note to yourself
 		// already goes to every device of yours, this one included.)
-		o.from, o.fromCtx = &u.from, c.reqCtx.withSender(ctx, u)
+		o.from = &u.from
+		if c.reqCtx != nil {
+			o.fromCtx = c.reqCtx.withSender(ctx, u)
+		}
 	}
 	return c.srv.storeAndPush(ctx, o)
 }

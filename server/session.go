@@ -133,7 +133,9 @@ type session struct {
 	// out and in again (or registers users) is not a lurker.
 	loggedInOnce atomic.Bool
 	user         atomic.Pointer[sessionUser]
-	reqCtx       requestCtx // handle's only
+	// reqCtx is handle's only, made at a logged-in session's first
+	// request that needs a context: an idle session (pings) keeps none.
+	reqCtx *requestCtx
 	// anonHeld: counted among its address's connections not logged in
 	// (anonKey), until it logs in or goes.
 	anonHeld atomic.Bool
