@@ -155,11 +155,12 @@ const usersPage = 512
 
 // Users reads names by id from after up to the id counter: ids are
 // handed out by INCR in the script that makes the user, so there are no
-// holes but those of a store that lost data. Names go around the node's
+// holes but those of a store that lost data (and on a cluster, ids taken
+// by registrations whose name was taken meanwhile). Names go around the node's
 // name cache: a broadcast walking every user would only evict the names
 // that sends actually use.
 func (s *RedisStore) Users(ctx context.Context, after uint64, limit int) ([]User, error) {
-	last, err := s.rdb.Get(ctx, s.p+"user:seq").Uint64()
+	last, err := s.rdb.Get(ctx, s.metaKey("user:seq")).Uint64()
 	if errors.Is(err, redis.Nil) || limit <= 0 {
 		return nil, nil
 	}
@@ -172,7 +173,7 @@ func (s *RedisStore) Users(ctx context.Context, after uint64, limit int) ([]User
 		cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 			out := make([]redis.Cmder, n)
 			for i := range n {
-				out[i] = p.HGet(ctx, s.userKey(next+i), "name")
+				out[i] = p.HMGet(ctx, s.userKey(next+i), "name", "pend")
 			}
 			return out
 		})
@@ -180,8 +181,12 @@ func (s *RedisStore) Users(ctx context.Context, after uint64, limit int) ([]User
 			return nil, err
 		}
 		for i, c := range cmds {
-			if name, err := c.(*redis.StringCmd).Result(); err == nil {
-				out = append(out, User{ID: next + uint64(i), Name: name})
+			// A pending record (a cluster's registration cut off before it
+			// claimed the name) is no user yet.
+			if v := c.(*redis.SliceCmd).Val(); len(v) == 2 && v[1] == nil {
+				if name, ok := v[0].(string); ok {
+					out = append(out, User{ID: next + uint64(i), Name: name})
+				}
 			}
 		}
 		next += n
