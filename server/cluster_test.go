@@ -26,13 +26,20 @@ func clusterNodes(t *testing.T, r *testproc.Redis, n int, engine string) []*test
 // clusterNodesWith is clusterNodes with tweak (if set) applied to each
 // node's options.
 func clusterNodesWith(t *testing.T, r *testproc.Redis, n int, engine string, tweak func(*Options)) []*testServer {
+	return backendNodes(t, &redisBackend{url: r.URL}, n, engine, tweak)
+}
+
+// backendNodes starts n nodes on rb (one Redis, or the Redis Cluster
+// under the test's own prefix), with tweak (if set) applied to each
+// node's options.
+func backendNodes(t *testing.T, rb *redisBackend, n int, engine string, tweak func(*Options)) []*testServer {
 	var nodes []*testServer
 	for i := range n {
 		opts := testOptions(t, engine)
 		if tweak != nil {
 			tweak(&opts)
 		}
-		opts.Redis = r.URL
+		opts.Redis, opts.RedisPrefix = rb.url, rb.prefix
 		opts.NodeID = fmt.Sprintf("node-%d", i+1)
 		opts.Heartbeat = 200 * time.Millisecond
 		nodes = append(nodes, startServer(t, opts))
@@ -40,10 +47,26 @@ func clusterNodesWith(t *testing.T, r *testproc.Redis, n int, engine string, twe
 	return nodes
 }
 
+// forEachRedisEngine runs fn for each engine on one Redis and on the
+// Redis Cluster.
+func forEachRedisEngine(t *testing.T, fn func(t *testing.T, rb *redisBackend, engine string)) {
+	for _, name := range []string{"redis", "cluster"} {
+		t.Run(name, func(t *testing.T) {
+			forEachEngine(t, func(t *testing.T, engine string) {
+				// A Redis, or a prefix on the cluster, of each engine's own.
+				if name == "redis" {
+					fn(t, oneRedis(t), engine)
+				} else {
+					fn(t, onCluster(t), engine)
+				}
+			})
+		})
+	}
+}
+
 func TestClusterChatAcrossNodes(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, engine string) {
-		r := testproc.StartRedis(t)
-		nodes := clusterNodes(t, r, 2, engine)
+	forEachRedisEngine(t, func(t *testing.T, rb *redisBackend, engine string) {
+		nodes := backendNodes(t, rb, 2, engine, nil)
 		a, b := nodes[0], nodes[1]
 
 		alice, aliceOK := a.user(t, "alice")
