@@ -152,13 +152,16 @@ func TestClusterChatAcrossNodes(t *testing.T) {
 }
 
 func TestThirdPartyPublishReachesUser(t *testing.T) {
-	r, rdb := testRedis(t)
-	nodes := clusterNodes(t, r, 1, EngineGnet)
+	forEachRedis(t, testThirdPartyPublishReachesUser)
+}
+
+func testThirdPartyPublishReachesUser(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 1, EngineGnet, nil)
 	dave, ok := nodes[0].user(t, "dave")
 	// A seq on a message without msg_id is ignored: a live-only push was
 	// never stored, so it has no place in a conversation.
 	payload := `{"type":"message","from_username":"billing","text":"your invoice is ready","seq":9}`
-	n, err := rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), payload).Result()
+	n, err := rb.publishUser(context.Background(), ok.UserId, payload)
 	if err != nil || n != 1 {
 		t.Fatalf("PUBLISH = %d, %v", n, err)
 	}
@@ -177,7 +180,7 @@ func TestThirdPartyPublishReachesUser(t *testing.T) {
 		`{"type":"message","text":"spoofed","device":"` + strings.Repeat("d", 65) + `"}`,
 	}
 	for _, p := range bad {
-		_ = rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), p).Err()
+		_, _ = rb.publishUser(context.Background(), ok.UserId, p)
 	}
 	waitFor(t, "bad payloads counted", func() bool {
 		return testutil.ToFloat64(nodes[0].metrics.channelErrors) == float64(len(bad))
@@ -326,8 +329,11 @@ func TestRedisCrashLosesNothingAcknowledged(t *testing.T) {
 // inbox replay at their next login (the stored body, likewise). Each
 // conversation counts its own.
 func TestClusterSeqsReachOtherNodes(t *testing.T) {
-	r := testproc.StartRedis(t)
-	nodes := clusterNodes(t, r, 2, EngineGnet)
+	forEachRedis(t, testClusterSeqsReachOtherNodes)
+}
+
+func testClusterSeqsReachOtherNodes(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 2, EngineGnet, nil)
 	alice, _ := nodes[0].user(t, "alice")
 	bob, _ := nodes[1].user(t, "bob")
 	for i := 1; i <= 2; i++ {

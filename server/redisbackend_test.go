@@ -1,9 +1,11 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/loopchat/loopchat/internal/testproc"
+	"github.com/loopchat/loopchat/protocol"
 )
 
 // sharedCluster is the Redis Cluster the package's tests share (each
@@ -78,3 +81,92 @@ func forEachRedis(t *testing.T, fn func(t *testing.T, rb *redisBackend)) {
 
 // isCluster reports whether a test name runs on the cluster backend.
 func isCluster(t *testing.T) bool { return strings.Contains(t.Name(), "/cluster") }
+
+// keyPrefix is the prefix the nodes of rb use.
+func (rb *redisBackend) keyPrefix() string {
+	if rb.prefix == "" {
+		return protocol.DefaultPrefix
+	}
+	return rb.prefix
+}
+
+// publishUser publishes payload on uid's channel as another program would:
+// PUBLISH on one Redis, SPUBLISH of the shard channel on the cluster.
+func (rb *redisBackend) publishUser(ctx context.Context, uid uint64, payload string) (int64, error) {
+	if rb.c != nil {
+		return rb.client.SPublish(ctx, protocol.ShardUserChannel(rb.keyPrefix(), uid), payload).Result()
+	}
+	return rb.client.Publish(ctx, protocol.UserChannel(rb.keyPrefix(), uid), payload).Result()
+}
+
+// store is a store on rb under the nodes' prefix, for key names and
+// direct reads.
+func (rb *redisBackend) store(t *testing.T) *RedisStore {
+	s := NewRedisStore(RedisConfig{Client: rb.client, Prefix: rb.keyPrefix()})
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// groupSubscribers is how many nodes hear group gid's channel.
+func (rb *redisBackend) groupSubscribers(t *testing.T, gid uint64) int64 {
+	t.Helper()
+	if rb.c == nil {
+		return groupSubscribers(t, rb.client.(*redis.Client), gid)
+	}
+	n, err := scriptShardSubscribers.Run(context.Background(), rb.client,
+		[]string{protocol.ShardGroupChannel(rb.keyPrefix(), gid)}).Int64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// publishCalls is how many PUBLISH (and SPUBLISH) calls Redis ran, in
+// scripts too: summed over the primaries of the cluster.
+func (rb *redisBackend) publishCalls(t *testing.T) int {
+	t.Helper()
+	if rb.c == nil {
+		return publishCalls(t, rb.client.(*redis.Client))
+	}
+	var mu sync.Mutex
+	total := 0
+	err := rb.client.(*redis.ClusterClient).ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error {
+		n := commandCalls(t, c, "publish") + commandCalls(t, c, "spublish")
+		mu.Lock()
+		total += n
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return total
+}
+
+// publishBroadcast publishes payload on the broadcast channel as another
+// program would.
+func (rb *redisBackend) publishBroadcast(ctx context.Context, payload string) error {
+	if rb.c != nil {
+		return rb.client.SPublish(ctx, protocol.BroadcastChannel(rb.keyPrefix()), payload).Err()
+	}
+	return rb.client.Publish(ctx, protocol.BroadcastChannel(rb.keyPrefix()), payload).Err()
+}
+
+// killPubSub drops every pub/sub connection (CLIENT KILL TYPE pubsub), on
+// every primary of the cluster.
+func (rb *redisBackend) killPubSub(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	if rb.c == nil {
+		if err := rb.client.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	err := rb.client.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		return c.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -498,13 +498,19 @@ func TestRedisStoreGroupAppendPublishesOnce(t *testing.T) {
 // publishCalls is Redis's count of PUBLISH commands run so far, those
 // scripts ran included.
 func publishCalls(t *testing.T, rdb *redis.Client) int {
+	return commandCalls(t, rdb, "publish")
+}
+
+// commandCalls is how many times this Redis ran command (INFO
+// commandstats), in scripts too.
+func commandCalls(t *testing.T, rdb *redis.Client, command string) int {
 	t.Helper()
 	info, err := rdb.Info(context.Background(), "commandstats").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(info, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_publish:calls="); ok {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+command+":calls="); ok {
 			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
 			return n
 		}
