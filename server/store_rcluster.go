@@ -149,23 +149,27 @@ local joined = redis.call('GET', KEYS[5]) or '0'
 redis.call('HSET', KEYS[4], ARGV[1], joined)
 return {1, tonumber(joined)}`)
 
-	// KEYS: the group's record, :members, :roles, :joined. ARGV: uid.
-	// Returns -1 (no group), 0 (not a member), 1.
+	// KEYS: the group's record, :members, :roles, :joined, and its
+	// conversation's seq. ARGV: uid. Returns {-1} (no group), {0} (not a
+	// member), {1, the conversation's seq}.
 	scriptClusterGroupLeave = guardedScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return {0, 0} end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
-return 1`)
+return {1, tonumber(redis.call('GET', KEYS[5]) or '0')}`)
 
 	// The first step of an append, in the conversation's slot: the dedup
 	// check, the seq, the log (luaSeqAndLog), and for a group message the
 	// recipients, read in the step that takes the seq.
 	//
 	// KEYS: {c:<conv>}:seq, :log, :first, the dedup key, and for a group
-	// message the group's :members and :joined. ARGV: body without seq,
-	// sent_at (8 bytes), history max messages, cutoff ms, TTL ms, dedup
-	// TTL s (0: no dedup), msg_id, sender uid. Returns {0, seq, history
+	// message the group's :members, :joined and :inflight. ARGV: body
+	// without seq, sent_at (8 bytes), history max messages, cutoff ms, TTL
+	// ms, dedup TTL s (0: no dedup), msg_id, sender uid, now ms. A group
+	// message's seq goes into :inflight (scored by now) until its last
+	// step (scriptClusterGroupPublish), so that a leave waits for it
+	// (clusterLeaveGroup). Returns {0, seq, history
 	// trimmed, sender a member (0/1), recipients...}, or for a duplicate
 	// {1, dedup value, the first message's log value (false: trimmed),
 	// sender a member, recipients...}, the recipients being the members
@@ -207,8 +211,32 @@ local maxmsgs, cutoff, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV
 ` + luaSeqAndLog + `
 if dedup then redis.call('SET', KEYS[4], ARGV[7] .. ':' .. seqs, 'EX', ARGV[6]) end
 local out = {0, seq, htrimmed, 0}
-if group then out[4] = recipients(out, 0) end
+if group then
+  out[4] = recipients(out, 0)
+  local now = tonumber(ARGV[9])
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 60000)
+  redis.call('ZADD', KEYS[7], now, seqs)
+end
 return out`)
+
+	// The last step of a group message's append, in the group's slot: its
+	// seq out of :inflight, and the message published on the group's
+	// channel (once every recipient's inbox has it). KEYS: the group's
+	// :inflight. ARGV: seq, channel, payload ("": none to publish).
+	scriptClusterGroupPublish = redis.NewScript(`
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then redis.call('SPUBLISH', ARGV[2], ARGV[3]) end
+return 0`)
+
+	// KEYS: the group's :inflight. ARGV: seq, since ms. Counts the group
+	// messages up to seq still being appended, left since (older ones
+	// were left by a node that died mid-append: not waited for).
+	scriptClusterInflight = redis.NewScript(`
+local n = 0
+for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')) do
+  if tonumber(s) <= tonumber(ARGV[1]) then n = n + 1 end
+end
+return n`)
 
 	// The second step of an append, once per user it reaches, in the
 	// user's slot: the message into each box (inbox and body) of the
@@ -311,6 +339,7 @@ return 0`)
 		scriptClusterUserSettle, scriptClusterFriendPropose, scriptClusterFriendAccept, scriptClusterFriendSettle,
 		scriptClusterUserGroupAdd, scriptClusterUserGroupRemove, scriptClusterGroupCreate, scriptClusterGroupJoin,
 		scriptClusterGroupLeave, scriptClusterAppendConv, scriptClusterAppendUser, scriptClusterAck,
+		scriptClusterGroupPublish, scriptClusterInflight,
 		scriptClusterRegisterDevice, scriptClusterPresenceJoin, scriptClusterPresenceSettle,
 		scriptClusterPresenceVisible, scriptClusterPresenceClaim, scriptClusterIndexDead}
 )
@@ -654,41 +683,74 @@ func (s *RedisStore) clusterJoinGroup(ctx context.Context, gid, uid uint64, lim 
 	return nil
 }
 
-// clusterLeaveGroup removes uid from gid in two steps: (1) the group out
-// of the user's set, with the group_member event (the user's slot); (2)
-// the member out of the group (the group's slot). A crash after 1 leaves
-// a member whose list lacks the group, as a crash in a join does; leaving
-// again finishes it.
+// clusterLeaveGroup removes uid from gid in three steps: (1) the member
+// out of the group, reading the conversation's seq (the group's slot);
+// (2) a wait until every message up to that seq has been published on the
+// group's channel (the group's :inflight); (3) the group out of the
+// user's set, with the group_member event (the user's slot). The event
+// makes the user's nodes stop hearing the group: after 2, no message
+// listing the user is published any more, so none is lost by it (on one
+// Redis the append publishes in its one step, and the order holds by
+// itself). A crash after 1 leaves the group in the user's list: they are
+// no member, and GroupsOf leaves it out; leaving again finishes it.
 func (s *RedisStore) clusterLeaveGroup(ctx context.Context, gid, uid uint64) error {
 	g := s.groupKey(gid)
-	pipe := s.rdb.Pipeline()
-	exists := pipe.Exists(ctx, g)
-	member := pipe.ZScore(ctx, g+":members", strconv.FormatUint(uid, 10))
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return redisErr(err)
+	res, err := s.run(ctx, scriptClusterGroupLeave, []string{g, g + ":members", g + ":roles", g + ":joined",
+		s.convKey(GroupConversation(gid)) + "seq"}, uid).Int64Slice()
+	if err != nil || len(res) != 2 {
+		return fmt.Errorf("store: leave reply %v: %w", res, redisErr(err))
 	}
-	if exists.Val() == 0 {
+	switch res[0] {
+	case -1:
 		return ErrGroupNotFound
-	}
-	if errors.Is(member.Err(), redis.Nil) {
-		return ErrNotMember
+	case 1:
+		if err := s.awaitGroupPublishes(ctx, gid, res[1]); err != nil {
+			return err
+		}
 	}
 	payload, err := s.clusterMemberEvent(ctx, gid, uid, false, 0)
 	if err != nil {
 		return err
 	}
+	if res[0] == 0 {
+		// No member: finish a leave that stopped after step 1, if so.
+		in, err := s.rdb.SIsMember(ctx, s.userGroupsKey(uid), gid).Result()
+		if err != nil {
+			return redisErr(err)
+		}
+		if !in {
+			return ErrNotMember
+		}
+	}
 	if _, err := s.runInt(ctx, scriptClusterUserGroupRemove, []string{s.userGroupsKey(uid)}, gid, s.userChannel(uid), payload); err != nil {
 		return err
 	}
-	switch r, err := s.runInt(ctx, scriptClusterGroupLeave, []string{g, g + ":members", g + ":roles", g + ":joined"}, uid); {
-	case err != nil:
-		return err
-	case r == -1:
-		return ErrGroupNotFound
-	case r == 0:
+	if res[0] == 0 {
 		return ErrNotMember
 	}
 	return nil
+}
+
+// inflightWait is how long a leave waits for a group message's last step
+// at most: one older was left by a node that died mid-append.
+const inflightWait = 5 * time.Second
+
+// awaitGroupPublishes waits until gid's messages up to seq have been
+// published (their last append step ran), polling.
+func (s *RedisStore) awaitGroupPublishes(ctx context.Context, gid uint64, seq int64) error {
+	key := s.groupKey(gid) + ":inflight"
+	for {
+		since := time.Now().Add(-inflightWait).UnixMilli()
+		n, err := scriptClusterInflight.Run(ctx, s.rdb, []string{key}, seq, since).Int64()
+		if err != nil || n == 0 {
+			return redisErr(err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // ---- messages ----
@@ -734,10 +796,10 @@ func (s *RedisStore) clusterAppendMessage(ctx context.Context, m *chatpb.Message
 	keys := []string{ck + "seq", ck + "log", ck + "first", ck + "dedup:" + strconv.FormatUint(m.FromUserId, 10) + ":" + clientMsgID}
 	if conv.GroupID != 0 {
 		g := s.groupKey(conv.GroupID)
-		keys = append(keys, g+":members", g+":joined")
+		keys = append(keys, g+":members", g+":joined", g+":inflight")
 	}
 	res, err := s.run(ctx, scriptClusterAppendConv, keys, body, sentAt[:], max(hist.MaxMessages, 0), cutoff, histTTL,
-		dedupTTL, m.MsgId, m.FromUserId).Slice()
+		dedupTTL, m.MsgId, m.FromUserId, time.Now().UnixMilli()).Slice()
 	if err != nil || len(res) < 4 {
 		return AppendResult{}, fmt.Errorf("store: append reply %v: %w", res, redisErr(err))
 	}
@@ -891,17 +953,19 @@ func (s *RedisStore) clusterDeliver(ctx context.Context, m *chatpb.Message, body
 	if senderIn && r.SenderCopies > 0 {
 		to = append(to, m.FromUserId)
 	}
-	if payload == nil || len(to) == 0 {
-		return nil
+	var gp []byte
+	if payload != nil && len(to) > 0 {
+		ev := Event{Message: m, Epoch: s.requestOrStoreEpoch(ctx), OriginNode: from.node, OriginConn: from.conn,
+			OriginDevice: from.device, To: to}
+		var err error
+		if gp, err = encodeChannelEvent(ev); err != nil {
+			return err
+		}
 	}
-	ev := Event{Message: m, Epoch: s.requestOrStoreEpoch(ctx), OriginNode: from.node, OriginConn: from.conn,
-		OriginDevice: from.device, To: to}
-	gp, err := encodeChannelEvent(ev)
-	if err != nil {
-		return err
-	}
+	keys := []string{s.groupKey(conv.GroupID) + ":inflight"}
 	_, err = s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{p.SPublish(ctx, protocol.ShardGroupChannel(s.p, conv.GroupID), gp)}
+		return []redis.Cmder{scriptClusterGroupPublish.EvalSha(ctx, p, keys, m.Seq,
+			protocol.ShardGroupChannel(s.p, conv.GroupID), gp)}
 	})
 	return err
 }

@@ -1007,7 +1007,15 @@ func (s *RedisStore) GroupsOf(ctx context.Context, uid uint64) ([]Group, error) 
 	if err != nil {
 		return nil, err
 	}
-	return s.groups(ctx, gids)
+	gs, err := s.groups(ctx, gids)
+	if err != nil || !s.cluster {
+		return gs, err
+	}
+	// On a cluster a leave cut off between its steps leaves the group in
+	// the user's set after they left it (clusterLeaveGroup).
+	return slices.DeleteFunc(gs, func(g Group) bool {
+		return !slices.ContainsFunc(g.Members, func(m Member) bool { return m.UserID == uid })
+	}), nil
 }
 
 func (s *RedisStore) GroupIDs(ctx context.Context, uid uint64) ([]uint64, error) {
