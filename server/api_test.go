@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"gopkg.in/yaml.v3"
 
-	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
 )
 
@@ -407,8 +406,11 @@ func recv(rc *rawConn) *chatpb.Message {
 // Two nodes on one Redis: every call made on node B acts on users whose
 // sessions are on node A, and what it stores is what A's clients read.
 func TestAPICluster(t *testing.T) {
-	r := testproc.StartRedis(t)
-	nodes := clusterNodesWith(t, r, 2, EngineGnet, func(o *Options) {
+	forEachRedis(t, testAPICluster)
+}
+
+func testAPICluster(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 2, EngineGnet, func(o *Options) {
 		o.APIAddr = "127.0.0.1:0"
 		o.APIKeys = []APIKey{testAPIKey}
 	})

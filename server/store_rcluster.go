@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -220,13 +221,19 @@ end
 return out`)
 
 	// The last step of a group message's append, in the group's slot: its
-	// seq out of :inflight, and the message published on the group's
-	// channel (once every recipient's inbox has it). KEYS: the group's
-	// :inflight. ARGV: seq, channel, payload ("": none to publish).
+	// seq out of :inflight, the message published on the group's channel
+	// (once every recipient's inbox has it), and its dedup entry marked
+	// done (scriptClusterDedupDone). KEYS: the group's :inflight, the
+	// dedup key. ARGV: seq, channel, payload ("": none to publish).
 	scriptClusterGroupPublish = redis.NewScript(`
 redis.call('ZREM', KEYS[1], ARGV[1])
 if ARGV[3] ~= '' then redis.call('SPUBLISH', ARGV[2], ARGV[3]) end
-return 0`)
+` + luaDedupDone)
+
+	// KEYS: a dedup key. Marks its entry done: every step of the append
+	// ran, so a resend returns the first message and delivers nothing
+	// again (as on one Redis).
+	scriptClusterDedupDone = redis.NewScript(luaDedupDone)
 
 	// KEYS: the group's :inflight. ARGV: seq, since ms. Counts the group
 	// messages up to seq still being appended, left since (older ones
@@ -339,10 +346,17 @@ return 0`)
 		scriptClusterUserSettle, scriptClusterFriendPropose, scriptClusterFriendAccept, scriptClusterFriendSettle,
 		scriptClusterUserGroupAdd, scriptClusterUserGroupRemove, scriptClusterGroupCreate, scriptClusterGroupJoin,
 		scriptClusterGroupLeave, scriptClusterAppendConv, scriptClusterAppendUser, scriptClusterAck,
-		scriptClusterGroupPublish, scriptClusterInflight,
+		scriptClusterGroupPublish, scriptClusterInflight, scriptClusterDedupDone,
 		scriptClusterRegisterDevice, scriptClusterPresenceJoin, scriptClusterPresenceSettle,
 		scriptClusterPresenceVisible, scriptClusterPresenceClaim, scriptClusterIndexDead}
 )
+
+// luaDedupDone marks the dedup entry KEYS[#KEYS] done: ":d" after its
+// "<msg_id>:<seq>", its TTL kept.
+const luaDedupDone = `
+local v = redis.call('GET', KEYS[#KEYS])
+if v and string.sub(v, -2) ~= ':d' then redis.call('SET', KEYS[#KEYS], v .. ':d', 'KEEPTTL') end
+return 0`
 
 // clusterPresenceAnnounce is presenceAnnounce on a cluster: announce lists
 // the payload and the user's friends (less pending ones) to tell, which
@@ -811,6 +825,7 @@ func (s *RedisStore) clusterAppendMessage(ctx context.Context, m *chatpb.Message
 	var r AppendResult
 	if dup == 1 {
 		v, _ := res[1].(string)
+		v, done := strings.CutSuffix(v, ":d")
 		id, seq, err := parseDedupValue(v)
 		if err != nil {
 			return AppendResult{}, err
@@ -819,8 +834,9 @@ func (s *RedisStore) clusterAppendMessage(ctx context.Context, m *chatpb.Message
 		first.MsgId, first.SentAtMs, first.Seq = id, msgIDUnixMs(id), seq
 		r = AppendResult{Message: first, Duplicate: true}
 		logged, _ := res[2].(string)
-		if len(logged) < 8 || proto.Unmarshal([]byte(logged[8:]), first) != nil {
-			// Trimmed from history since: nothing to deliver again.
+		if done || len(logged) < 8 || proto.Unmarshal([]byte(logged[8:]), first) != nil {
+			// Delivered (or trimmed from history since): nothing to do
+			// again.
 			return r, nil
 		}
 		m, body = first, []byte(logged[8:])
@@ -831,7 +847,11 @@ func (s *RedisStore) clusterAppendMessage(ctx context.Context, m *chatpb.Message
 		body = protowire.AppendVarint(protowire.AppendTag(body, 8, protowire.VarintType), m.Seq)
 		r = AppendResult{Message: m, Encoded: body, HistoryTrimmed: int(htrimmed)}
 	}
-	if err := s.clusterDeliver(ctx, m, body, conv, recipients, senderIn == 1, &r); err != nil {
+	dedupKey := keys[3]
+	if clientMsgID == "" {
+		dedupKey = ""
+	}
+	if err := s.clusterDeliver(ctx, m, body, conv, recipients, senderIn == 1, dedupKey, &r); err != nil {
 		return AppendResult{}, err
 	}
 	if r.Duplicate {
@@ -855,7 +875,7 @@ func stringsOf(vs []any) []string {
 // clusterDeliver runs steps 2 and 3 of clusterAppendMessage for m (with
 // its seq; body is its encoding), filling r's counts.
 func (s *RedisStore) clusterDeliver(ctx context.Context, m *chatpb.Message, body []byte, conv Conversation,
-	recipients []uint64, senderIn bool, r *AppendResult) error {
+	recipients []uint64, senderIn bool, dedupKey string, r *AppendResult) error {
 	from, fromDevice := sendingDevice(ctx)
 	group := conv.GroupID != 0
 	var payload []byte
@@ -947,6 +967,14 @@ func (s *RedisStore) clusterDeliver(ctx context.Context, m *chatpb.Message, body
 	}
 	r.Published = payload != nil
 	if !group {
+		if dedupKey != "" {
+			// Not waited for: a mark that is lost only means a resend
+			// delivers again (clients drop the second push by msg_id).
+			bg := context.WithoutCancel(ctx)
+			return s.batch.post(ctx, func(p redis.Pipeliner) []redis.Cmder {
+				return []redis.Cmder{scriptClusterDedupDone.EvalSha(bg, p, []string{dedupKey})}
+			})
+		}
 		return nil
 	}
 	r.Recipients = len(recipients)
@@ -962,7 +990,7 @@ func (s *RedisStore) clusterDeliver(ctx context.Context, m *chatpb.Message, body
 			return err
 		}
 	}
-	keys := []string{s.groupKey(conv.GroupID) + ":inflight"}
+	keys := []string{s.groupKey(conv.GroupID) + ":inflight", cmp.Or(dedupKey, s.convKey(conv)+"dedup:")}
 	_, err = s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{scriptClusterGroupPublish.EvalSha(ctx, p, keys, m.Seq,
 			protocol.ShardGroupChannel(s.p, conv.GroupID), gp)}
