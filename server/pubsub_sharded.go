@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,10 @@ type shardedSubs struct {
 	mu      sync.Mutex
 	want    map[string]*subState  // wanted channel -> where it is subscribed
 	conns   map[string]*shardConn // primary address -> its connection
+	// owners is each slot's primary as last learned (CLUSTER SLOTS, or a
+	// MOVED); nil until first needed, and after a connection broke.
+	owners  []string
+	clients map[string]*redis.Client // primary address -> a client of it
 	waiters map[string][]chan struct{}
 	again   map[string]struct{} // channels to place again
 	kick    chan struct{}       // wakes the replacer
@@ -75,7 +80,7 @@ type shardConn struct {
 
 func newShardedSubs(rdb *redis.ClusterClient, log *slog.Logger) *shardedSubs {
 	s := &shardedSubs{rdb: rdb, log: log, out: make(chan any, 1024),
-		want: make(map[string]*subState), conns: make(map[string]*shardConn),
+		want: make(map[string]*subState), conns: make(map[string]*shardConn), clients: make(map[string]*redis.Client),
 		waiters: make(map[string][]chan struct{}), again: make(map[string]struct{}),
 		kick: make(chan struct{}, 1), stop: make(chan struct{})}
 	s.wg.Add(1)
@@ -173,17 +178,82 @@ func (s *shardedSubs) place(ctx context.Context, channels []string) error {
 	return first
 }
 
+// ownerOf is the primary serving slot, as last learned; it asks the
+// cluster (CLUSTER SLOTS) when it does not know. The go-redis cluster
+// client's own view reloads lazily, in the background: a channel placed
+// again right after a slot moved needs the news now.
+func (s *shardedSubs) ownerOf(ctx context.Context, slot int) (string, error) {
+	s.mu.Lock()
+	owners := s.owners
+	s.mu.Unlock()
+	if owners == nil {
+		ranges, err := s.rdb.ClusterSlots(ctx).Result()
+		if err != nil {
+			return "", fmt.Errorf("cluster slots: %w", err)
+		}
+		owners = make([]string, clusterSlots)
+		for _, r := range ranges {
+			if len(r.Nodes) == 0 {
+				continue
+			}
+			for i := r.Start; i <= r.End && i < clusterSlots; i++ {
+				owners[i] = r.Nodes[0].Addr
+			}
+		}
+		s.mu.Lock()
+		s.owners = owners
+		s.mu.Unlock()
+	}
+	if owners[slot] == "" {
+		return "", fmt.Errorf("slot %d is not served", slot)
+	}
+	return owners[slot], nil
+}
+
+// forgetOwners drops what was learned of the slots' primaries.
+func (s *shardedSubs) forgetOwners() {
+	s.mu.Lock()
+	s.owners = nil
+	s.mu.Unlock()
+}
+
+// moved records that slot is served by addr now (a MOVED redirection).
+func (s *shardedSubs) moved(slot int, addr string) {
+	s.mu.Lock()
+	if s.owners != nil && addr != "" {
+		owners := slices.Clone(s.owners)
+		owners[slot] = addr
+		s.owners = owners
+	} else {
+		s.owners = nil
+	}
+	s.mu.Unlock()
+}
+
+// client is a client of the primary at addr, with the cluster client's
+// options.
+func (s *shardedSubs) client(addr string) *redis.Client {
+	c := s.clients[addr]
+	if c == nil {
+		o := s.rdb.Options()
+		c = redis.NewClient(&redis.Options{Addr: addr, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig,
+			Dialer: o.Dialer, Protocol: o.Protocol, DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout,
+			WriteTimeout: o.WriteTimeout, MaxRetries: -1})
+		s.clients[addr] = c
+	}
+	return c
+}
+
 // placeSlot subscribes channels of one slot on its primary.
 func (s *shardedSubs) placeSlot(ctx context.Context, chs []string) error {
-	node, err := s.rdb.MasterForKey(ctx, chs[0])
+	addr, err := s.ownerOf(ctx, keySlot(chs[0]))
 	if err != nil {
-		return fmt.Errorf("the primary of %s: %w", chs[0], err)
+		return err
 	}
-	addr := node.Options().Addr
 	s.mu.Lock()
 	c := s.conns[addr]
 	if c == nil {
-		c = &shardConn{addr: addr, ps: node.SSubscribe(context.Background()), chans: make(map[string]struct{})}
+		c = &shardConn{addr: addr, ps: s.client(addr).SSubscribe(context.Background()), chans: make(map[string]struct{})}
 		s.conns[addr] = c
 		s.wg.Add(2)
 		go s.receive(c)
@@ -245,6 +315,7 @@ func (s *shardedSubs) drop(c *shardConn, why error) {
 			chs = append(chs, ch)
 		}
 	}
+	s.owners = nil // a failover may be why
 	s.mu.Unlock()
 	select {
 	case <-s.stop:
@@ -262,7 +333,8 @@ func (s *shardedSubs) receive(c *shardConn) {
 	for {
 		msg, err := c.ps.Receive(context.Background())
 		if err != nil {
-			if moved, slot := movedSlot(err); moved {
+			if moved, slot, addr := movedSlot(err); moved {
+				s.moved(slot, addr)
 				s.reslot(c, slot)
 				continue
 			}
@@ -302,6 +374,7 @@ func (s *shardedSubs) receive(c *shardConn) {
 				}
 				s.mu.Unlock()
 				if still {
+					s.forgetOwners()
 					s.placeLater([]string{m.Channel})
 				}
 			}
@@ -325,18 +398,23 @@ func (s *shardedSubs) reslot(c *shardConn, slot int) {
 	s.placeLater(chs)
 }
 
-// movedSlot reads a MOVED or ASK redirection's slot.
-func movedSlot(err error) (bool, int) {
+// movedSlot reads a MOVED or ASK redirection: the slot, and where it is
+// served ("" if not said).
+func movedSlot(err error) (bool, int, string) {
 	var rerr redis.Error
 	if !errors.As(err, &rerr) {
-		return false, 0
+		return false, 0, ""
 	}
 	f := strings.Fields(err.Error())
 	if len(f) < 2 || (f[0] != "MOVED" && f[0] != "ASK") {
-		return false, 0
+		return false, 0, ""
 	}
 	slot, convErr := strconv.Atoi(f[1])
-	return convErr == nil, slot
+	addr := ""
+	if len(f) > 2 && f[0] == "MOVED" {
+		addr = f[2]
+	}
+	return convErr == nil && slot >= 0 && slot < clusterSlots, slot, addr
 }
 
 // keepalive pings a connection, so that a silent one is found dead.
@@ -389,8 +467,9 @@ func (s *shardedSubs) replacer() {
 			if len(chs) == 0 {
 				break
 			}
+			// The cluster client's view too, for the publishes.
+			s.rdb.ReloadState(context.Background())
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			s.rdb.ReloadState(ctx)
 			err := s.Subscribe(ctx, chs...)
 			cancel()
 			if err == nil {
@@ -443,5 +522,8 @@ func (s *shardedSubs) Close() error {
 		_ = c.ps.Close()
 	}
 	s.wg.Wait()
+	for _, c := range s.clients {
+		_ = c.Close()
+	}
 	return nil
 }
