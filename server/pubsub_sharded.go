@@ -43,9 +43,9 @@ type shardedSubs struct {
 	// dropped have been subscribed again.
 	out chan any
 
-	mu      sync.Mutex
-	want    map[string]*subState  // wanted channel -> where it is subscribed
-	conns   map[string]*shardConn // primary address -> its connection
+	mu    sync.Mutex
+	want  map[string]*subState  // wanted channel -> where it is subscribed
+	conns map[string]*shardConn // primary address -> its connection
 	// owners is each slot's primary as last learned (CLUSTER SLOTS, or a
 	// MOVED); nil until first needed, and after a connection broke.
 	owners  []string
