@@ -127,17 +127,15 @@ return 1`)
 // SetBan writes the ban into uid's hash, only if the user exists: an
 // HSET alone would make a user hash out of nothing.
 func (s *RedisStore) SetBan(ctx context.Context, uid uint64, untilMs int64) error {
-	keys, args := s.guard(ctx, []string{s.userKey(uid)}, strconv.FormatInt(max(untilMs, 0), 10))
-	return userScriptResult(scriptSetBan.Run(ctx, s.rdb, keys, args...).Int())
+	return userScriptResult(s.run(ctx, scriptSetBan, []string{s.userKey(uid)}, strconv.FormatInt(max(untilMs, 0), 10)).Int())
 }
 
 // RevokeTokens replaces uid's nonce and writes the window, in one script.
 // Token logins read the account from Redis, never from a cache
 // (Store.Account), so every node refuses the old tokens at once.
 func (s *RedisStore) RevokeTokens(ctx context.Context, uid uint64, untilMs int64) error {
-	keys, args := s.guard(ctx, []string{s.userKey(uid)}, strconv.FormatUint(newNonce(), 10),
-		strconv.FormatInt(max(untilMs, 0), 10))
-	return userScriptResult(scriptRevokeTokens.Run(ctx, s.rdb, keys, args...).Int())
+	return userScriptResult(s.run(ctx, scriptRevokeTokens, []string{s.userKey(uid)}, strconv.FormatUint(newNonce(), 10),
+		strconv.FormatInt(max(untilMs, 0), 10)).Int())
 }
 
 func userScriptResult(r int, err error) error {

@@ -78,16 +78,15 @@ func NewRedisBroker(cfg RedisBrokerConfig, handler EventHandler) *RedisBroker {
 	b.bcast = protocol.BroadcastChannel(b.p)
 	if cc, ok := cfg.Client.(*redis.ClusterClient); ok {
 		b.sharded = newShardedSubs(cc, b.log)
-		// As below, not waited for: one that fails is placed again in the
-		// background.
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			if err := b.sharded.Subscribe(ctx, b.bcast); err != nil {
-				b.log.Warn("broadcast channel not subscribed yet; retried in the background", "err", err)
-			}
-		}()
 		go b.receiveSharded()
+		// Waited for, up to a second: the broadcast channel is on a
+		// connection of its own shard, which a login's subscription does
+		// not confirm. One that fails is placed again in the background.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := b.sharded.Subscribe(ctx, b.bcast); err != nil {
+			b.log.Warn("broadcast channel not subscribed yet; retried in the background", "err", err)
+		}
+		cancel()
 		return b
 	}
 	b.ps = cfg.Client.Subscribe(context.Background())

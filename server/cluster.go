@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -25,6 +26,10 @@ func (s *Server) joinCluster() error {
 	}
 	s.rdb = rdb
 	s.rdb.AddHook(redisMetricsHook{s.metrics})
+	// In before any command: a cluster's nodes get it as they are met.
+	var replicas atomic.Int32
+	waitForReplicas(s.rdb, replicaWait{n: &replicas, timeout: o.RedisReplicaTimeout,
+		short: func() { s.metrics.redisErrors.WithLabelValues("wait").Inc() }})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -32,6 +37,13 @@ func (s *Server) joinCluster() error {
 		s.rdb.Close()
 		return fmt.Errorf("redis %s unreachable: %w", addr, err)
 	}
+	n, err := minReplicas(ctx, s.rdb, o.RedisMinReplicas)
+	if err != nil {
+		s.rdb.Close()
+		return err
+	}
+	replicas.Store(int32(n))
+	s.log.Info("redis writes are acknowledged once on replicas", "min_replicas", n, "timeout", o.RedisReplicaTimeout)
 	if s.tokens.Load().secret == nil {
 		secret, err := sharedSecret(ctx, s.rdb, o.RedisPrefix, nil)
 		if err != nil {

@@ -197,6 +197,8 @@ local dedup = tonumber(ARGV[6]) > 0
 if dedup then
   local prev = redis.call('GET', KEYS[4])
   if prev then
+    -- A write, for the WAIT after it (as in scriptAppend).
+    redis.call('SET', KEYS[4], prev, 'KEEPTTL')
     local out = {1, prev, false, 0}
     local first = tonumber(string.match(prev, ':(%d+)$') or '0')
     if first > 0 then
@@ -383,6 +385,11 @@ end
 // carries it, and --redis-min-replicas can WAIT for it: redis_wait.go).
 func (s *RedisStore) run(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
 	keys, args = s.guard(ctx, keys, args...)
+	return s.runGuarded(ctx, script, keys, args...)
+}
+
+// runGuarded is run with keys and args that went through guard already.
+func (s *RedisStore) runGuarded(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{script.EvalSha(ctx, p, keys, args...)}
 	})

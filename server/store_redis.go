@@ -334,7 +334,12 @@ return 1`)
 local dedup = tonumber(ARGV[4]) > 0
 if dedup then
   local prev = redis.call('GET', KEYS[2])
-  if prev then return {1, prev} end
+  if prev then
+    -- Written again, unchanged: a write, so that the WAIT after this
+    -- script (--redis-min-replicas) covers the first send's writes too.
+    redis.call('SET', KEYS[2], prev, 'KEEPTTL')
+    return {1, prev}
+  end
 end
 local seqKey, logKey, firstKey = KEYS[3], KEYS[4], KEYS[5]
 local bodyIn, sentAt = ARGV[1], ARGV[8]
@@ -491,7 +496,7 @@ return out`)
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
 		scriptNewSession, scriptLatestSession, scriptMarkRead, scriptDeviceOnline, scriptDeviceOffline,
-		scriptRegisterDevice, scriptConvTail}
+		scriptRegisterDevice, scriptConvTail, scriptSetBan, scriptRevokeTokens}
 )
 
 // redisSchema is the version of the key layout this code writes (the
@@ -700,7 +705,7 @@ func (s *RedisStore) CreateUser(ctx context.Context, name string, hash []byte) (
 	gen := s.cacheGen.Load()
 	nonce := newNonce()
 	keys, args := s.guard(ctx, []string{s.usernameKey(strings.ToLower(name)), s.metaKey("user:seq")}, name, hash, s.p, strconv.FormatUint(nonce, 10))
-	id, err := scriptCreateUser.Run(ctx, s.rdb, keys, args...).Uint64()
+	id, err := s.runGuarded(ctx, scriptCreateUser, keys, args...).Uint64()
 	if err != nil {
 		return User{}, redisErr(err)
 	}
@@ -861,7 +866,7 @@ func (s *RedisStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) err
 	}
 	keys, args := s.guard(ctx, []string{s.userKey(a), s.userKey(b), s.friendsKey(a), s.friendsKey(b), s.metaKey("friend:seq")},
 		a, b, lim.FriendsPerUser)
-	r, err := scriptAddFriend.Run(ctx, s.rdb, keys, args...).Int()
+	r, err := s.runGuarded(ctx, scriptAddFriend, keys, args...).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
@@ -910,7 +915,7 @@ func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc
 	}
 	keys, args := s.guard(ctx, []string{s.userKey(creator), s.metaKey("group:seq"), s.metaKey("member:seq"), s.userGroupsKey(creator)},
 		creator, name, desc, s.p, int(chatpb.Role_ROLE_CREATOR), lim.GroupsPerUser, ch, payload)
-	gid, err := scriptCreateGroup.Run(ctx, s.rdb, keys, args...).Int64()
+	gid, err := s.runGuarded(ctx, scriptCreateGroup, keys, args...).Int64()
 	switch {
 	case err != nil:
 		return Group{}, redisErr(err)
@@ -939,7 +944,7 @@ func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits)
 	keys, args := s.guard(ctx, []string{g, s.userKey(uid), g + ":members", g + ":roles", s.userGroupsKey(uid), s.metaKey("member:seq"),
 		s.convKey(GroupConversation(gid)) + "seq", g + ":joined"},
 		uid, gid, int(chatpb.Role_ROLE_MEMBER), lim.MembersPerGroup, lim.GroupsPerUser, ch, payload)
-	r, err := scriptJoinGroup.Run(ctx, s.rdb, keys, args...).Int()
+	r, err := s.runGuarded(ctx, scriptJoinGroup, keys, args...).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
@@ -967,7 +972,7 @@ func (s *RedisStore) LeaveGroup(ctx context.Context, gid, uid uint64) error {
 		return err
 	}
 	keys, args := s.guard(ctx, []string{g, g + ":members", g + ":roles", s.userGroupsKey(uid), g + ":joined"}, uid, gid, ch, payload)
-	r, err := scriptLeaveGroup.Run(ctx, s.rdb, keys, args...).Int()
+	r, err := s.runGuarded(ctx, scriptLeaveGroup, keys, args...).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)

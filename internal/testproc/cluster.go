@@ -496,3 +496,21 @@ func (c *Cluster) KeySlot(ctx context.Context, key string) (int, error) {
 	n, err := cl.ClusterKeySlot(ctx, key).Result()
 	return int(n), err
 }
+
+// ReplicaOf is a replica of primary, as the replicas report it (nil if
+// none is up).
+func (c *Cluster) ReplicaOf(ctx context.Context, primary *ClusterNode) *ClusterNode {
+	for _, n := range c.Nodes {
+		if n == primary || !n.Running() {
+			continue
+		}
+		role, err := n.do(ctx, "ROLE")
+		r, ok := role.([]any)
+		if err == nil && ok && len(r) > 2 && r[0] == "slave" {
+			if port, ok := r[2].(int64); ok && int(port) == primary.Port {
+				return n
+			}
+		}
+	}
+	return nil
+}
