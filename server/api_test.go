@@ -490,7 +490,14 @@ func testAPICluster(t *testing.T, rb *redisBackend) {
 			t.Fatalf("group publish = %+v", res)
 		}
 		for _, rc := range []*rawConn{alice, carol, dave} {
-			if m := recv(rc); m.GroupId != gid || m.Text != "maintenance at 6" || m.FromUsername != "system" {
+			m := recv(rc)
+			for m.Text == "welcome both" && rc != carol {
+				// The node of a member added elsewhere replays their inbox
+				// when the group moved past the join (catchUp), which may
+				// repeat what came live: clients drop it by msg_id.
+				m = recv(rc)
+			}
+			if m.GroupId != gid || m.Text != "maintenance at 6" || m.FromUsername != "system" {
 				t.Fatalf("member got %v", m)
 			}
 		}
