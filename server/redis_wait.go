@@ -66,7 +66,10 @@ func (h replicaWait) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 				writes = writes || !readOnlyCommand(name)
 			}
 		}
-		if !writes {
+		switch {
+		case len(own) == 0:
+			return nil // only a WAIT carried over: nothing of its own to run
+		case !writes:
 			return next(ctx, own)
 		}
 		wait := redis.NewIntCmd(ctx, "wait", want, h.timeout.Milliseconds())
