@@ -6,6 +6,7 @@
 #   make cluster                 # clients connect to 127.0.0.1:7000
 #   CLUSTER_PORT=7100 NODES=5 make cluster
 #   NODE_FLAGS="--rate-limit 1000" make cluster    # extra flags for every node
+#   make cluster REDIS=cluster   # a Redis Cluster (3 primaries + 3 replicas) instead of one redis-server
 set -euo pipefail
 
 port=${CLUSTER_PORT:-7000}
@@ -13,6 +14,7 @@ nodes=${NODES:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$(mktemp -d -t loopchat-cluster.XXXXXX)
 pids=()
+node_pids=()
 
 say() { printf '%-10s %s\n' "$1" "$2"; }
 
@@ -20,11 +22,14 @@ stop() {
 	trap - INT TERM EXIT
 	echo
 	say "stopping" "${#pids[@]} processes"
-	# Nodes first (they drain), then the rest; each by the PID we started.
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null || true
+	# Nodes first (they drain, still talking to Redis), then the rest;
+	# each by the PID we started.
+	for group in "${node_pids[*]:-}" "${pids[*]}"; do
+		for pid in $group; do kill -TERM "$pid" 2>/dev/null || true; done
+		for pid in $group; do
+			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			kill -KILL "$pid" 2>/dev/null || true
+		done
 	done
 	rm -rf "$dir"
 	say "stopped" "nothing left listening"
@@ -42,15 +47,43 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 (cd "$root" && go build -o "$dir/loopchat" ./cmd/loopchat)
 bin="$dir/loopchat"
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync always \
-	--save "" --daemonize no --loglevel warning >"$dir/redis.log" 2>&1 &
-pids+=($!)
-wait_port "$redis_port"
-redis="redis://127.0.0.1:$redis_port/0"
-
-printf '\nloopchat local cluster in %s\n\n' "$dir"
-say "redis" "127.0.0.1:$redis_port  (AOF, fsync always)  log: $dir/redis.log"
+if [ "${REDIS:-}" = cluster ]; then
+	# Three primaries with a replica each, joined by redis-cli; the nodes
+	# wait for a replica on every write (--redis-min-replicas defaults to 1).
+	need redis-cli
+	addrs=()
+	for i in $(seq 6); do
+		p=$(free_port)
+		bp=$(free_port)
+		mkdir -p "$dir/redis$i"
+		redis-server --port "$p" --cluster-port "$bp" --bind 127.0.0.1 --dir "$dir/redis$i" --cluster-enabled yes \
+			--cluster-config-file nodes.conf --cluster-node-timeout 2000 --cluster-require-full-coverage no \
+			--appendonly yes --appendfsync always --save "" --repl-diskless-sync-delay 0 --daemonize no \
+			--loglevel warning >"$dir/redis$i.log" 2>&1 &
+		pids+=($!)
+		wait_port "$p"
+		addrs+=("127.0.0.1:$p")
+	done
+	redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$dir/cluster-create.log" 2>&1
+	for a in "${addrs[@]}"; do
+		for _ in $(seq 100); do
+			redis-cli -h 127.0.0.1 -p "${a##*:}" cluster info | grep -q 'cluster_state:ok' && break
+			sleep 0.1
+		done
+	done
+	redis="redis-cluster://$(IFS=,; echo "${addrs[*]}")"
+	printf '\nloopchat local cluster in %s\n\n' "$dir"
+	say "redis" "Redis Cluster ${addrs[*]}  (3 primaries + 3 replicas, AOF, fsync always)  logs: $dir/redis*.log"
+else
+	redis_port=$(free_port)
+	redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync always \
+		--save "" --daemonize no --loglevel warning >"$dir/redis.log" 2>&1 &
+	pids+=($!)
+	wait_port "$redis_port"
+	redis="redis://127.0.0.1:$redis_port/0"
+	printf '\nloopchat local cluster in %s\n\n' "$dir"
+	say "redis" "127.0.0.1:$redis_port  (AOF, fsync always)  log: $dir/redis.log"
+fi
 for i in $(seq "$nodes"); do
 	np=$(free_port)
 	ap=$(free_port)
@@ -58,6 +91,7 @@ for i in $(seq "$nodes"); do
 		--data "$dir/n$i" --redis "$redis" --node-id "n$i" --proxy-protocol-from 127.0.0.0/8 \
 		--admin-addr "127.0.0.1:$ap" ${NODE_FLAGS:-} >"$dir/n$i.log" 2>&1 &
 	pids+=($!)
+	node_pids+=($!)
 	wait_port "$np"
 	say "node n$i" "127.0.0.1:$np  admin http://127.0.0.1:$ap/metrics  log: $dir/n$i.log"
 done
@@ -75,7 +109,12 @@ pids+=($!)
 say "lb" "admin http://127.0.0.1:$lbp/debug/nodes  log: $dir/lb.log"
 say "nginx" "127.0.0.1:$port  conf: $dir/nginx.conf  logs: $dir/access.log $dir/error.log"
 
-for _ in $(seq 50); do grep -q '^server 127' "$dir/upstream.conf" && grep -vq 'down;' "$dir/upstream.conf" && break; sleep 0.1; done
+# Ready once a Ping goes through nginx to a node (lb has rendered the
+# upstreams and reloaded nginx).
+for _ in $(seq 100); do
+	printf '/ping\n' | "$bin" client --addr "127.0.0.1:$port" --json 2>/dev/null | grep -q '"ok":true' && break
+	sleep 0.1
+done
 printf '\nready: %s client --addr 127.0.0.1:%s\n' "$bin" "$port"
 printf 'try: kill -STOP <node pid> and watch %s/lb.log; Ctrl-C stops everything.\n\n' "$dir"
 wait

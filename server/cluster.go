@@ -20,7 +20,7 @@ import (
 // broker and the node registry (started once the engine listens).
 func (s *Server) joinCluster() error {
 	o := s.opts
-	rdb, addr, err := redisClient(o.Redis)
+	rdb, addr, err := NewRedisClient(o.Redis)
 	if err != nil {
 		return fmt.Errorf("--redis: %w", err)
 	}
@@ -71,7 +71,7 @@ func (s *Server) joinCluster() error {
 	return nil
 }
 
-// redisClient connects to what --redis names: one Redis
+// NewRedisClient connects to what --redis names: one Redis
 // (redis://host:port/db, rediss://, unix://), or a Redis Cluster
 // (redis-cluster://host:port,host:port,... with any of its nodes; the
 // client finds the others). It returns the client and the address(es)
@@ -84,7 +84,7 @@ func (s *Server) joinCluster() error {
 // cluster the client follows MOVED and ASK redirections (a slot that
 // moved) and tries a command once more on a failing node, and reloads
 // the cluster's layout every second, so a failover is found quickly.
-func redisClient(url string) (redis.UniversalClient, string, error) {
+func NewRedisClient(url string) (redis.UniversalClient, string, error) {
 	if rest, ok := strings.CutPrefix(url, "redis-cluster://"); ok {
 		copts, err := parseClusterURL(rest)
 		if err != nil {
