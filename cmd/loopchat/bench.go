@@ -233,6 +233,7 @@ func newScenarioCmd(name string) *cobra.Command {
 	f.StringSliceVar(&addrs, "addr", []string{"127.0.0.1:7000"}, "server addresses (comma-separated or repeated), used round-robin")
 	scenarioFlags(f, &c)
 	f.IntVar(&c.ServerPID, "server-pid", 0, "PID of the server, to sample its RSS (conns) and CPU (every scenario)")
+	f.IntSliceVar(&c.CPUPIDs, "cpu-pid", nil, "more PIDs whose CPU counts as the server's (repeated or comma-separated): a cluster's other nodes and Redis servers")
 	f.IntVar(&procs, "procs", 1, "generator processes (each may hold ~19,000 connections); their results are merged")
 	f.IntVar(&c.SourceOffset, "source-offset", 0, "first source address index (set for each --procs child)")
 	f.BoolVar(&worker, "worker", false, "internal: run as a --procs child")
