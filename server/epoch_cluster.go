@@ -130,15 +130,16 @@ func (s *RedisStore) writeEpochCopies(ctx context.Context, e string, gen, quietM
 // or another: it reads the copy of the first slot of every slot range the
 // cluster serves.
 func (s *RedisStore) epochCopyLost(ctx context.Context, e string) (bool, error) {
-	cc := s.rdb.(*redis.ClusterClient)
-	ranges, err := cc.ClusterSlots(ctx).Result()
+	owners, err := slotOwners(ctx, s.rdb.(*redis.ClusterClient))
 	if err != nil {
 		return false, redisErr(err)
 	}
 	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(ranges))
-	for i, r := range ranges {
-		cmds[i] = pipe.Get(ctx, s.slotKey(int(r.Start), "epoch"))
+	var cmds []*redis.StringCmd
+	for slot, o := range owners {
+		if o != "" && (slot == 0 || owners[slot-1] != o) {
+			cmds = append(cmds, pipe.Get(ctx, s.slotKey(slot, "epoch")))
+		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return false, redisErr(err)

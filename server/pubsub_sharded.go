@@ -46,7 +46,7 @@ type shardedSubs struct {
 	mu    sync.Mutex
 	want  map[string]*subState  // wanted channel -> where it is subscribed
 	conns map[string]*shardConn // primary address -> its connection
-	// owners is each slot's primary as last learned (CLUSTER SLOTS, or a
+	// owners is each slot's primary as last learned (CLUSTER SHARDS, or a
 	// MOVED); nil until first needed, and after a connection broke.
 	owners  []string
 	clients map[string]*redis.Client // primary address -> a client of it
@@ -179,7 +179,7 @@ func (s *shardedSubs) place(ctx context.Context, channels []string) error {
 }
 
 // ownerOf is the primary serving slot, as last learned; it asks the
-// cluster (CLUSTER SLOTS) when it does not know. The go-redis cluster
+// cluster (CLUSTER SHARDS) when it does not know. The go-redis cluster
 // client's own view reloads lazily, in the background: a channel placed
 // again right after a slot moved needs the news now.
 func (s *shardedSubs) ownerOf(ctx context.Context, slot int) (string, error) {
@@ -187,18 +187,9 @@ func (s *shardedSubs) ownerOf(ctx context.Context, slot int) (string, error) {
 	owners := s.owners
 	s.mu.Unlock()
 	if owners == nil {
-		ranges, err := s.rdb.ClusterSlots(ctx).Result()
-		if err != nil {
-			return "", fmt.Errorf("cluster slots: %w", err)
-		}
-		owners = make([]string, clusterSlots)
-		for _, r := range ranges {
-			if len(r.Nodes) == 0 {
-				continue
-			}
-			for i := r.Start; i <= r.End && i < clusterSlots; i++ {
-				owners[i] = r.Nodes[0].Addr
-			}
+		var err error
+		if owners, err = slotOwners(ctx, s.rdb); err != nil {
+			return "", err
 		}
 		s.mu.Lock()
 		s.owners = owners

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -78,9 +77,6 @@ func forEachRedis(t *testing.T, fn func(t *testing.T, rb *redisBackend)) {
 		})
 	}
 }
-
-// isCluster reports whether a test name runs on the cluster backend.
-func isCluster(t *testing.T) bool { return strings.Contains(t.Name(), "/cluster") }
 
 // keyPrefix is the prefix the nodes of rb use.
 func (rb *redisBackend) keyPrefix() string {

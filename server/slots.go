@@ -1,8 +1,13 @@
 package server
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"strconv"
 	"strings"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Redis Cluster hash slots, computed the way Redis does (CLUSTER KEYSLOT):
@@ -57,4 +62,29 @@ func slotTags() []string {
 		}
 	}
 	return tags
+}
+
+// slotOwners asks a Redis Cluster (CLUSTER SHARDS, one node's view) which
+// primary serves each slot: the address for each of the 16,384, "" for a
+// slot no primary serves.
+func slotOwners(ctx context.Context, rdb *redis.ClusterClient) ([]string, error) {
+	shards, err := rdb.ClusterShards(ctx).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cluster shards: %w", err)
+	}
+	owners := make([]string, clusterSlots)
+	for _, sh := range shards {
+		for _, n := range sh.Nodes {
+			if n.Role != "master" || n.Health == "fail" {
+				continue
+			}
+			addr := net.JoinHostPort(n.IP, strconv.FormatInt(n.Port, 10))
+			for _, r := range sh.Slots {
+				for i := r.Start; i <= r.End && i < clusterSlots; i++ {
+					owners[i] = addr
+				}
+			}
+		}
+	}
+	return owners, nil
 }

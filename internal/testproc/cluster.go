@@ -411,15 +411,22 @@ func (c *Cluster) SlotOwner(ctx context.Context, slot int) (*ClusterNode, error)
 			continue
 		}
 		cl := n.Client()
-		ranges, err := cl.ClusterSlots(ctx).Result()
+		shards, err := cl.ClusterShards(ctx).Result()
 		cl.Close()
 		if err != nil {
 			continue
 		}
-		for _, r := range ranges {
-			if int(r.Start) <= slot && slot <= int(r.End) && len(r.Nodes) > 0 {
-				if o := c.Node(r.Nodes[0].Addr); o != nil {
-					return o, nil
+		for _, sh := range shards {
+			for _, r := range sh.Slots {
+				if int(r.Start) > slot || slot > int(r.End) {
+					continue
+				}
+				for _, node := range sh.Nodes {
+					if node.Role == "master" {
+						if o := c.Node(net.JoinHostPort(node.IP, strconv.FormatInt(node.Port, 10))); o != nil {
+							return o, nil
+						}
+					}
 				}
 			}
 		}
