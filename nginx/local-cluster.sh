@@ -18,20 +18,14 @@ node_pids=()
 
 say() { printf '%-10s %s\n' "$1" "$2"; }
 
+# shellcheck source=../scripts/procs.sh
+. "$root/scripts/procs.sh"
+
 stop() {
 	trap - INT TERM EXIT
 	echo
 	say "stopping" "${#pids[@]} processes"
-	# Nodes first (they drain, still talking to Redis), then the rest;
-	# each by the PID we started.
-	for group in "${node_pids[*]:-}" "${pids[*]}"; do
-		for pid in $group; do kill -TERM "$pid" 2>/dev/null || true; done
-		for pid in $group; do
-			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-			kill -KILL "$pid" 2>/dev/null || true
-		done
-	done
-	rm -rf "$dir"
+	stop_procs
 	say "stopped" "nothing left listening"
 }
 trap stop INT TERM EXIT
@@ -41,8 +35,6 @@ need redis-server
 need nginx
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; return 1; }
 
 (cd "$root" && go build -o "$dir/loopchat" ./cmd/loopchat)
 bin="$dir/loopchat"

@@ -32,21 +32,9 @@ dir=$(mktemp -d -t loopchat-bench-rc.XXXXXX)
 pids=()
 node_pids=()
 
-stop() {
-	trap - INT TERM EXIT
-	for group in "${node_pids[*]:-}" "${pids[*]:-}"; do
-		for pid in $group; do kill -TERM "$pid" 2>/dev/null || true; done
-		for pid in $group; do
-			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-			kill -KILL "$pid" 2>/dev/null || true
-		done
-	done
-	rm -rf "$dir"
-}
-trap stop INT TERM EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; return 1; }
+# shellcheck source=procs.sh
+. "$root/scripts/procs.sh"
+trap 'trap - INT TERM EXIT; stop_procs' INT TERM EXIT
 # cpu_ticks PID... : their utime+stime, in clock ticks.
 cpu_ticks() { local t=0 f; for p in "$@"; do f=($(sed 's/^.*) //' "/proc/$p/stat")); t=$((t + f[11] + f[12])); done; echo "$t"; }
 # sent ADMIN... : loopchat_messages_sent_total summed over the nodes.

@@ -90,30 +90,28 @@ func NewRedisClient(url string) (redis.UniversalClient, string, error) {
 		if err != nil {
 			return nil, "", err
 		}
-		copts.DialTimeout = time.Second
-		copts.ReadTimeout = 3 * time.Second
-		copts.WriteTimeout = 3 * time.Second
-		copts.MaxRetries = -1
-		copts.MaxRedirects = 8
-		copts.DialerRetries = 1
-		copts.DialerRetryTimeout = 10 * time.Millisecond
-		copts.PoolSize = max(copts.PoolSize, 64)
-		copts.ClusterStateReloadInterval = time.Second
+		copts.DialTimeout, copts.ReadTimeout, copts.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+		copts.MaxRetries, copts.DialerRetries, copts.DialerRetryTimeout = -1, 1, 10*time.Millisecond
+		copts.PoolSize = max(copts.PoolSize, redisPool)
+		copts.MaxRedirects, copts.ClusterStateReloadInterval = 8, time.Second
 		return redis.NewClusterClient(copts), strings.Join(copts.Addrs, ","), nil
 	}
 	ropts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, "", err
 	}
-	ropts.DialTimeout = time.Second
-	ropts.ReadTimeout = 3 * time.Second
-	ropts.WriteTimeout = 3 * time.Second
-	ropts.MaxRetries = -1
-	ropts.DialerRetries = 1
-	ropts.DialerRetryTimeout = 10 * time.Millisecond
-	ropts.PoolSize = max(ropts.PoolSize, 64)
+	ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+	ropts.MaxRetries, ropts.DialerRetries, ropts.DialerRetryTimeout = -1, 1, 10*time.Millisecond
+	ropts.PoolSize = max(ropts.PoolSize, redisPool)
 	return redis.NewClient(ropts), ropts.Addr, nil
 }
+
+// The Redis client's timeouts and pool (see NewRedisClient).
+const (
+	redisDialTimeout = time.Second
+	redisIOTimeout   = 3 * time.Second
+	redisPool        = 64
+)
 
 // parseClusterURL reads what follows "redis-cluster://":
 // [user[:password]@]host:port[,host:port...][?option=value...], the

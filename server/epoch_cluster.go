@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -107,6 +108,11 @@ func (s *RedisStore) epochCopies(ctx context.Context, e string) (string, error) 
 // writeEpochCopies writes epoch e of generation gen into every slot, with
 // the quiet period's quietMs left, in pipelines of a few thousand.
 func (s *RedisStore) writeEpochCopies(ctx context.Context, e string, gen, quietMs int64) error {
+	// Some 0.2 s, but once per epoch, and every write waits for it: not
+	// cut short by the caller's deadline (a heartbeat's, the start's 5 s)
+	// on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	// Loaded on every primary first: a pipeline of EVALSHAs cannot fall
 	// back to EVAL one by one.
 	if err := scriptEpochCopy.Load(ctx, s.rdb).Err(); err != nil {

@@ -592,10 +592,10 @@ func (s *RedisStore) PresenceSweep(ctx context.Context, ttl int64, max int) ([]s
 	if s.cluster {
 		return s.clusterPresenceSweep(ctx, ttl, max)
 	}
-	if err := scriptPresenceClaim.Run(ctx, s.rdb, []string{s.p + "presence:nodes", s.p + "presence:dead"}, ttl, s.p, 16).Err(); err != nil {
+	if err := scriptPresenceClaim.Run(ctx, s.rdb, []string{s.metaKey("presence:nodes"), s.metaKey("presence:dead")}, ttl, s.p, 16).Err(); err != nil {
 		return nil, false, redisErr(err)
 	}
-	dead, err := s.rdb.ZRangeWithScores(ctx, s.p+"presence:dead", 0, 15).Result()
+	dead, err := s.rdb.ZRangeWithScores(ctx, s.metaKey("presence:dead"), 0, 15).Result()
 	if err != nil {
 		return nil, false, redisErr(err)
 	}
@@ -603,25 +603,12 @@ func (s *RedisStore) PresenceSweep(ctx context.Context, ttl int64, max int) ([]s
 	for _, d := range dead {
 		inst, _ := d.Member.(string)
 		index := s.presenceDeadIndex(inst)
-		members, err := s.rdb.SRandMemberN(ctx, index, int64(max-len(out))).Result()
+		uids, err := s.deadUsers(ctx, inst, index, max-len(out))
 		if err != nil {
-			return out, true, redisErr(err)
+			return out, true, err
 		}
-		if len(members) == 0 {
-			// Swept (a set that empties is gone): forget the instance.
-			if err := s.rdb.ZRem(ctx, s.p+"presence:dead", inst).Err(); err != nil {
-				return out, true, redisErr(err)
-			}
+		if len(uids) == 0 {
 			continue
-		}
-		uids := make([]uint64, 0, len(members))
-		for _, m := range members {
-			uid, err := strconv.ParseUint(m, 10, 64)
-			if err != nil {
-				s.rdb.SRem(ctx, index, m) // not a user id: nothing to settle
-				continue
-			}
-			uids = append(uids, uid)
 		}
 		// One pipeline for them all: a dead node may have had many users.
 		keys := make([][]string, len(uids))
@@ -652,4 +639,27 @@ func (s *RedisStore) PresenceSweep(ctx context.Context, ttl int64, max int) ([]s
 		}
 	}
 	return out, false, nil
+}
+
+// deadUsers takes up to n users of a dead instance's index to settle; when
+// it is empty (a set that empties is gone), the instance is swept and
+// forgotten.
+func (s *RedisStore) deadUsers(ctx context.Context, inst, index string, n int) ([]uint64, error) {
+	members, err := s.rdb.SRandMemberN(ctx, index, int64(n)).Result()
+	if err != nil {
+		return nil, redisErr(err)
+	}
+	if len(members) == 0 {
+		return nil, redisErr(s.rdb.ZRem(ctx, s.metaKey("presence:dead"), inst).Err())
+	}
+	uids := make([]uint64, 0, len(members))
+	for _, m := range members {
+		uid, err := strconv.ParseUint(m, 10, 64)
+		if err != nil {
+			s.rdb.SRem(ctx, index, m) // not a user id: nothing to settle
+			continue
+		}
+		uids = append(uids, uid)
+	}
+	return uids, nil
 }

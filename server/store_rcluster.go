@@ -1188,22 +1188,11 @@ func (s *RedisStore) clusterPresenceSweep(ctx context.Context, ttl int64, max in
 		if err := scriptClusterIndexDead.Run(ctx, s.rdb, []string{s.presenceIndex(inst), index}).Err(); err != nil {
 			return out, true, redisErr(err)
 		}
-		members, err := s.rdb.SRandMemberN(ctx, index, int64(max-len(out))).Result()
+		uids, err := s.deadUsers(ctx, inst, index, max-len(out))
 		if err != nil {
-			return out, true, redisErr(err)
+			return out, true, err
 		}
-		if len(members) == 0 {
-			if err := s.rdb.ZRem(ctx, s.metaKey("presence:dead"), inst).Err(); err != nil {
-				return out, true, redisErr(err)
-			}
-			continue
-		}
-		for _, m := range members {
-			uid, err := strconv.ParseUint(m, 10, 64)
-			if err != nil {
-				s.rdb.SRem(ctx, index, m) // not a user id: nothing to settle
-				continue
-			}
+		for _, uid := range uids {
 			ch, err := s.clusterSettle(ctx, uid, inst, index, int64(d.Score))
 			if err != nil {
 				return out, true, err
