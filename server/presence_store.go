@@ -589,10 +589,14 @@ type sweptUser struct {
 // settles up to max users of claimed ones, each last seen at their
 // instance's last heartbeat. It returns them, and whether more are left.
 func (s *RedisStore) PresenceSweep(ctx context.Context, ttl int64, max int) ([]sweptUser, bool, error) {
+	claimKeys := []string{s.metaKey("presence:nodes"), s.metaKey("presence:dead")}
+	var err error
 	if s.cluster {
-		return s.clusterPresenceSweep(ctx, ttl, max)
+		err = scriptClusterPresenceClaim.Run(ctx, s.rdb, claimKeys, ttl, 16).Err()
+	} else {
+		err = scriptPresenceClaim.Run(ctx, s.rdb, claimKeys, ttl, s.p, 16).Err()
 	}
-	if err := scriptPresenceClaim.Run(ctx, s.rdb, []string{s.metaKey("presence:nodes"), s.metaKey("presence:dead")}, ttl, s.p, 16).Err(); err != nil {
+	if err != nil {
 		return nil, false, redisErr(err)
 	}
 	dead, err := s.rdb.ZRangeWithScores(ctx, s.metaKey("presence:dead"), 0, 15).Result()
@@ -603,42 +607,68 @@ func (s *RedisStore) PresenceSweep(ctx context.Context, ttl int64, max int) ([]s
 	for _, d := range dead {
 		inst, _ := d.Member.(string)
 		index := s.presenceDeadIndex(inst)
+		if s.cluster {
+			// The claim moved the instance in {meta}; its index follows
+			// here, in the instance's slot, again on every pass until it
+			// is swept.
+			if err := scriptClusterIndexDead.Run(ctx, s.rdb, []string{s.presenceIndex(inst), index}).Err(); err != nil {
+				return out, true, redisErr(err)
+			}
+		}
 		uids, err := s.deadUsers(ctx, inst, index, max-len(out))
 		if err != nil {
 			return out, true, err
 		}
-		if len(uids) == 0 {
-			continue
+		var changes []PresenceChange
+		if s.cluster {
+			changes, err = s.clusterSettleAll(ctx, uids, inst, index, int64(d.Score))
+		} else {
+			changes, err = s.settleAll(ctx, uids, inst, index, int64(d.Score))
 		}
-		// One pipeline for them all: a dead node may have had many users.
-		keys := make([][]string, len(uids))
-		args := make([][]any, len(uids))
-		for i, uid := range uids {
-			keys[i], args[i] = s.guard(ctx, []string{s.presenceKey(uid), s.presenceNodes(uid), index},
-				inst, uid, int64(d.Score), s.p, s.publishFlag())
+		for i, ch := range changes {
+			out = append(out, sweptUser{UID: uids[i], Change: ch})
 		}
-		cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-			out := make([]redis.Cmder, len(uids))
-			for i := range uids {
-				out[i] = scriptPresenceSettle.EvalSha(ctx, p, keys[i], args[i]...)
-			}
-			return out
-		})
 		if err != nil {
 			return out, true, err
-		}
-		for i, c := range cmds {
-			ch, err := parsePresenceChange(c)
-			if err != nil {
-				return out, true, err
-			}
-			out = append(out, sweptUser{UID: uids[i], Change: ch})
 		}
 		if len(out) >= max {
 			return out, true, nil
 		}
 	}
 	return out, false, nil
+}
+
+// settleAll settles users of a dead instance, last seen at atMs, in one
+// pipeline: a dead node may have had many users.
+func (s *RedisStore) settleAll(ctx context.Context, uids []uint64, inst, index string, atMs int64) ([]PresenceChange, error) {
+	if len(uids) == 0 {
+		return nil, nil
+	}
+	keys := make([][]string, len(uids))
+	args := make([][]any, len(uids))
+	for i, uid := range uids {
+		keys[i], args[i] = s.guard(ctx, []string{s.presenceKey(uid), s.presenceNodes(uid), index},
+			inst, uid, atMs, s.p, s.publishFlag())
+	}
+	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		out := make([]redis.Cmder, len(uids))
+		for i := range uids {
+			out[i] = scriptPresenceSettle.EvalSha(ctx, p, keys[i], args[i]...)
+		}
+		return out
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PresenceChange, 0, len(cmds))
+	for _, c := range cmds {
+		ch, err := parsePresenceChange(c)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, ch)
+	}
+	return out, nil
 }
 
 // deadUsers takes up to n users of a dead instance's index to settle; when

@@ -1168,40 +1168,16 @@ func (s *RedisStore) presenceDeadIndex(inst string) string {
 	return s.p + "presence:dead:" + inst
 }
 
-// clusterPresenceSweep is PresenceSweep on a cluster: the claim moves
-// dead instances in {meta}, then each one's index moves to its dead index
-// in the instance's slot (scriptClusterIndexDead, run again on every pass
-// until the instance is swept), and each user is settled in two steps
-// (clusterSettle).
-func (s *RedisStore) clusterPresenceSweep(ctx context.Context, ttl int64, max int) ([]sweptUser, bool, error) {
-	if err := scriptClusterPresenceClaim.Run(ctx, s.rdb, []string{s.metaKey("presence:nodes"), s.metaKey("presence:dead")}, ttl, 16).Err(); err != nil {
-		return nil, false, redisErr(err)
-	}
-	dead, err := s.rdb.ZRangeWithScores(ctx, s.metaKey("presence:dead"), 0, 15).Result()
-	if err != nil {
-		return nil, false, redisErr(err)
-	}
-	var out []sweptUser
-	for _, d := range dead {
-		inst, _ := d.Member.(string)
-		index := s.presenceDeadIndex(inst)
-		if err := scriptClusterIndexDead.Run(ctx, s.rdb, []string{s.presenceIndex(inst), index}).Err(); err != nil {
-			return out, true, redisErr(err)
-		}
-		uids, err := s.deadUsers(ctx, inst, index, max-len(out))
+// clusterSettleAll settles users of a dead instance one by one, each in
+// two steps (clusterSettle).
+func (s *RedisStore) clusterSettleAll(ctx context.Context, uids []uint64, inst, index string, atMs int64) ([]PresenceChange, error) {
+	out := make([]PresenceChange, 0, len(uids))
+	for _, uid := range uids {
+		ch, err := s.clusterSettle(ctx, uid, inst, index, atMs)
 		if err != nil {
-			return out, true, err
+			return out, err
 		}
-		for _, uid := range uids {
-			ch, err := s.clusterSettle(ctx, uid, inst, index, int64(d.Score))
-			if err != nil {
-				return out, true, err
-			}
-			out = append(out, sweptUser{UID: uid, Change: ch})
-		}
-		if len(out) >= max {
-			return out, true, nil
-		}
+		out = append(out, ch)
 	}
-	return out, false, nil
+	return out, nil
 }
