@@ -37,6 +37,21 @@ node_pids=()
 trap 'trap - INT TERM EXIT; stop_procs' INT TERM EXIT
 # cpu_ticks PID... : their utime+stime, in clock ticks.
 cpu_ticks() { local t=0 f; for p in "$@"; do f=($(sed 's/^.*) //' "/proc/$p/stat")); t=$((t + f[11] + f[12])); done; echo "$t"; }
+# used_memory PORT... : the memory the primaries among them hold for data
+# (used_memory less what their clients' buffers, the replication backlog
+# and the AOF buffer take, which move with connections, not data), summed;
+# their replicas hold as much again.
+used_memory() {
+	local t=0 v
+	for p in "$@"; do
+		redis-cli -p "$p" role | head -1 | grep -q master || continue
+		v=$(redis-cli -p "$p" info memory | tr -d '\r' | awk -F: '
+			/^used_memory:/{m=$2} /^mem_clients_normal:/{c=$2} /^mem_clients_slaves:/{r=$2}
+			/^mem_replication_backlog:/{b=$2} /^mem_aof_buffer:/{a=$2} END{print m-c-r-b-a}')
+		t=$((t + v))
+	done
+	echo "$t"
+}
 # sent ADMIN... : loopchat_messages_sent_total summed over the nodes.
 sent() { local t=0 v; for a in "$@"; do v=$(curl -s "http://$a/metrics" | awk '/^loopchat_messages_sent_total /{print $2}'); t=$(awk -v a="$t" -v b="${v:-0}" 'BEGIN{printf "%d", a+b}'); done; echo "$t"; }
 
@@ -50,11 +65,13 @@ mkdir -p "$dir/redis"
 redis-server --port "$rp" --dir "$dir/redis" "${redis_flags[@]}" >"$dir/redis.log" 2>&1 &
 pids+=($!)
 single_redis=($!)
+single_ports=("$rp")
 wait_port "$rp"
 
 # The cluster.
 addrs=()
 cluster_redis=()
+cluster_ports=()
 for i in $(seq 6); do
 	p=$(free_port)
 	bp=$(free_port)
@@ -64,6 +81,7 @@ for i in $(seq 6); do
 		"${redis_flags[@]}" >"$dir/c$i.log" 2>&1 &
 	pids+=($!)
 	cluster_redis+=($!)
+	cluster_ports+=("$p")
 	wait_port "$p"
 	addrs+=("127.0.0.1:$p")
 done
@@ -75,7 +93,7 @@ sleep 1 # the replicas' first sync
 cluster_url="redis-cluster://$(IFS=,; echo "${addrs[*]}")"
 
 node_flags=(--bcrypt-cost 4 --rate-limit 1e9 --rate-burst 1000000000 --heartbeat 1s)
-declare -A setup_addrs setup_admins setup_nodes setup_redis
+declare -A setup_addrs setup_admins setup_nodes setup_redis setup_ports
 start_setup() { # name url extra-flags...
 	local name=$1 url=$2
 	shift 2
@@ -100,37 +118,49 @@ start_setup() { # name url extra-flags...
 }
 start_setup redis "redis://127.0.0.1:$rp/0"
 setup_redis[redis]="${single_redis[*]}"
+setup_ports[redis]="${single_ports[*]}"
 start_setup cluster "$cluster_url" --redis-min-replicas 1
 setup_redis[cluster]="${cluster_redis[*]}"
+setup_ports[cluster]="${cluster_ports[*]}"
 start_setup cluster-nowait "$cluster_url" --redis-min-replicas -1
 setup_redis[cluster-nowait]="${cluster_redis[*]}"
+setup_ports[cluster-nowait]="${cluster_ports[*]}"
 
 printf '%s, load before: %s\n' "$(date -u +%FT%TZ)" "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-15s %5s %8s %9s %8s %8s %10s %10s %10s %10s\n' setup round "msgs/s" "p50 ms" "p99 ms" "lost" "nodes µs" "redis µs" "total µs" "load"
+printf '%-15s %5s %8s %9s %8s %8s %10s %10s %10s %9s %9s %6s\n' setup round "msgs/s" "p50 ms" "p99 ms" "lost" "nodes µs" "redis µs" "total µs" "B/user" "B/msg" "load"
 for round in $(seq "$rounds"); do
 	for name in redis cluster cluster-nowait; do
 		read -r -a nodes <<<"${setup_nodes[$name]}"
 		read -r -a redis <<<"${setup_redis[$name]}"
 		read -r -a admins <<<"${setup_admins[$name]}"
+		read -r -a ports <<<"${setup_ports[$name]}"
+		m0=$(used_memory "${ports[@]}")
 		"$bin" bench chat --addr "${setup_addrs[$name]}" --conns "$conns" --pairs "$pairs" --rate "$rate" \
 			--duration "$duration" --json >"$dir/out.json" 2>"$dir/bench.err" &
 		bench=$!
 		# Messages flow once the bench has logged everyone in.
-		s0=$(sent "${admins[@]}")
-		for _ in $(seq 600); do sleep 0.1; [ "$(sent "${admins[@]}")" -gt "$((s0 + rate))" ] && break; done
+		start=$(sent "${admins[@]}")
+		for _ in $(seq 600); do sleep 0.1; [ "$(sent "${admins[@]}")" -gt "$((start + rate))" ] && break; done
 		sleep 2
-		n0=$(cpu_ticks "${nodes[@]}") r0=$(cpu_ticks "${redis[@]}") s0=$(sent "${admins[@]}")
+		n0=$(cpu_ticks "${nodes[@]}") r0=$(cpu_ticks "${redis[@]}") s0=$(sent "${admins[@]}") m1=$(used_memory "${ports[@]}")
 		sleep "$window"
-		n1=$(cpu_ticks "${nodes[@]}") r1=$(cpu_ticks "${redis[@]}") s1=$(sent "${admins[@]}")
+		n1=$(cpu_ticks "${nodes[@]}") r1=$(cpu_ticks "${redis[@]}") s1=$(sent "${admins[@]}") m2=$(used_memory "${ports[@]}")
 		wait "$bench" || { cat "$dir/bench.err" >&2; exit 1; }
-		python3 - "$dir/out.json" "$name" "$round" "$((n1 - n0))" "$((r1 - r0))" "$((s1 - s0))" "$(cut -d' ' -f1 /proc/loadavg)" <<'EOF'
+		# Memory: the users the bench made (registered, logged in, their
+		# sessions, devices, presence and channel), and each message kept
+		# (history; inbox entries go with their acks).
+		python3 - "$dir/out.json" "$name" "$round" "$((n1 - n0))" "$((r1 - r0))" "$((s1 - s0))" "$(cut -d' ' -f1 /proc/loadavg)" \
+			"$((m1 - m0))" "$((m2 - m1))" "$conns" "$((s0 - start))" <<'EOF'
 import json, sys
 res = json.load(open(sys.argv[1]))
 r = res[0] if isinstance(res, list) else res
 name, rnd, nt, rt, msgs, load = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), max(int(sys.argv[6]), 1), sys.argv[7]
+users_mem, msgs_mem, conns, early = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11])
 us = lambda ticks: ticks * 10000 / msgs  # 100 ticks a second
+per_msg = msgs_mem / msgs
+users_mem -= per_msg * early  # the messages sent before the window
 print(f"{name:<15} {rnd:>5} {r['msgs_per_sec']:>8.0f} {r['p50_ms']:>9.2f} {r['p99_ms']:>8.2f} {r['lost']:>8} "
-      f"{us(nt):>10.1f} {us(rt):>10.1f} {us(nt + rt):>10.1f} {load:>10}")
+      f"{us(nt):>10.1f} {us(rt):>10.1f} {us(nt + rt):>10.1f} {users_mem / conns:>9.0f} {per_msg:>9.0f} {load:>6}")
 EOF
 	done
 done
