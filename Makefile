@@ -46,8 +46,10 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeFast -fuzztime $(FUZZTIME)
 
 ## cluster: redis-server + 3 nodes + loopchat lb + nginx on loopback (CLUSTER_PORT, default 7000); Ctrl-C stops all.
+## REDIS=cluster: a Redis Cluster of 3 primaries + 3 replicas instead of one redis-server.
+REDIS ?=
 cluster: deps
-	nginx/local-cluster.sh
+	REDIS="$(REDIS)" nginx/local-cluster.sh
 
 clean:
 	rm -rf bin

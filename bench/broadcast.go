@@ -93,7 +93,7 @@ func Broadcast(ctx context.Context, cfg Config) (Result, error) {
 	}
 	channel := protocol.BroadcastChannel(cfg.RedisPrefix)
 	collectBetweenPhases()
-	cpu := startCPU(cfg.ServerPID)
+	cpu := startCPU(cfg.cpuPIDs()...)
 	stop := make(chan struct{})
 	go progress(&cfg, "broadcast", stop, func() string {
 		return fmt.Sprintf("broadcasts %d deliveries %d", count, deliveries.Load())

@@ -367,7 +367,7 @@ func historyPhase(ctx context.Context, cfg *Config, convs []*conversation, rate 
 		s := fmt.Sprintf(format, args...)
 		firstBad.CompareAndSwap(nil, &s)
 	}
-	cpu := startCPU(cfg.ServerPID)
+	cpu := startCPU(cfg.cpuPIDs()...)
 	stopProgress := startProgress(cfg, func() string {
 		n, p99 := rec.snapshot()
 		return fmt.Sprintf("offered %.0f/s pages %d p99 %.2fms errors %d", rate, n, p99, errs.Load())

@@ -265,20 +265,41 @@ func (r *Result) ExportHist() {
 	}
 }
 
-// cpuMeter measures the CPU time the server (when its PID is known) and
-// this generator process spend over one measured phase.
+// cpuMeter measures the CPU time the server's processes (when their PIDs
+// are known) and this generator process spend over one measured phase.
 type cpuMeter struct {
-	serverPID    int
+	serverPIDs   []int
 	server, self time.Duration
 }
 
-func startCPU(serverPID int) cpuMeter {
-	m := cpuMeter{serverPID: serverPID}
-	if serverPID > 0 {
-		_, m.server, _ = procStats(serverPID)
+// cpuPIDs are the processes whose CPU is the server's: ServerPID and
+// CPUPIDs.
+func (c Config) cpuPIDs() []int {
+	var out []int
+	if c.ServerPID > 0 {
+		out = append(out, c.ServerPID)
 	}
+	return append(out, c.CPUPIDs...)
+}
+
+func startCPU(serverPIDs ...int) cpuMeter {
+	m := cpuMeter{serverPIDs: serverPIDs}
+	m.server, _ = sumCPU(serverPIDs)
 	_, m.self, _ = procStats(os.Getpid())
 	return m
+}
+
+// sumCPU is the CPU time of pids together.
+func sumCPU(pids []int) (time.Duration, error) {
+	var total time.Duration
+	for _, pid := range pids {
+		_, cpu, err := procStats(pid)
+		if err != nil {
+			return 0, err
+		}
+		total += cpu
+	}
+	return total, nil
 }
 
 // fill sets res's CPU figures per delivered message (or login).
@@ -287,8 +308,8 @@ func (m cpuMeter) fill(res *Result) {
 		return
 	}
 	n := float64(res.Delivered)
-	if m.serverPID > 0 {
-		if _, cpu, err := procStats(m.serverPID); err == nil {
+	if len(m.serverPIDs) > 0 {
+		if cpu, err := sumCPU(m.serverPIDs); err == nil {
 			res.CPUMicrosPerMsg = float64((cpu - m.server).Microseconds()) / n
 		}
 	}

@@ -94,7 +94,7 @@ func Login(ctx context.Context, cfg Config) (Result, error) {
 		return fmt.Sprintf("logged in %d, failed %d", ok.Load(), failed.Load())
 	})
 	collectBetweenPhases()
-	cpu := startCPU(cfg.ServerPID)
+	cpu := startCPU(cfg.cpuPIDs()...)
 	// A fixed pool of workers, not a goroutine per login: a fresh
 	// goroutine grows its stack through the dial path every time.
 	const inFlight = 512
@@ -454,7 +454,7 @@ func chatPhase(ctx context.Context, cfg *Config, pairs []*pair, rate float64, ph
 			}
 		})
 	}
-	cpu := startCPU(cfg.ServerPID)
+	cpu := startCPU(cfg.cpuPIDs()...)
 	stop := make(chan struct{})
 	offered := fmt.Sprintf("offered %.0f/s", rate)
 	if win != nil {
@@ -623,7 +623,7 @@ func GroupChat(ctx context.Context, cfg Config) (Result, error) {
 		}
 	}
 	collectBetweenPhases()
-	cpu := startCPU(cfg.ServerPID)
+	cpu := startCPU(cfg.cpuPIDs()...)
 	stop := make(chan struct{})
 	go progress(&cfg, res.Scenario, stop, func() string {
 		return fmt.Sprintf("sent %d deliveries %d complete %d", sentOK.Load(), deliveries.Load(), complete.Load())
@@ -691,7 +691,7 @@ func Echo(ctx context.Context, cfg Config) (Result, error) {
 		}
 		rec := newRecorder()
 		var sent, got, errs atomic.Int64
-		cpu := startCPU(cfg.ServerPID)
+		cpu := startCPU(cfg.cpuPIDs()...)
 		stop := make(chan struct{})
 		go progress(&cfg, "echo", stop, func() string {
 			n, p99 := rec.snapshot()

@@ -89,6 +89,9 @@ type Config struct {
 	RedisPrefix string
 	// ServerPID, when set, is sampled for RSS and CPU.
 	ServerPID int
+	// CPUPIDs are more processes whose CPU counts as the server's (in
+	// CPUMicrosPerMsg): a cluster's other nodes and its Redis servers.
+	CPUPIDs []int
 	// Server names the target in results ("gnet", "net", "echo", ...).
 	Server string
 	// Users prefixes user names, so runs do not collide. Empty means "b".

@@ -18,7 +18,7 @@ import (
 // Options configures a Balancer. Zero values mean the documented default.
 type Options struct {
 	// Redis is the cluster registry's client; nil means static Nodes only.
-	Redis *redis.Client
+	Redis redis.UniversalClient
 	// Prefix of the registry keys. Empty means "loopchat:".
 	Prefix string
 	// Nodes are node addresses probed whether or not they are in the registry.

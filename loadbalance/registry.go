@@ -3,6 +3,7 @@ package loadbalance
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
@@ -11,8 +12,9 @@ import (
 )
 
 // ListNodes reads the cluster registry: every node whose heartbeat has not
-// expired.
-func ListNodes(ctx context.Context, rdb *redis.Client, prefix string) ([]protocol.NodeInfo, error) {
+// expired. rdb is one Redis or a Redis Cluster (the entries are then in
+// different slots: GETs in a pipeline, not one MGET).
+func ListNodes(ctx context.Context, rdb redis.UniversalClient, prefix string) ([]protocol.NodeInfo, error) {
 	ids, err := rdb.ZRange(ctx, protocol.NodesKey(prefix), 0, -1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
@@ -20,18 +22,18 @@ func ListNodes(ctx context.Context, rdb *redis.Client, prefix string) ([]protoco
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	keys := make([]string, len(ids))
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ids))
 	for i, id := range ids {
-		keys[i] = protocol.NodeKey(prefix, id)
+		cmds[i] = pipe.Get(ctx, protocol.NodeKey(prefix, id))
 	}
-	vals, err := rdb.MGet(ctx, keys...).Result()
-	if err != nil {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
 	var out []protocol.NodeInfo
-	for _, v := range vals {
-		s, ok := v.(string)
-		if !ok {
+	for _, c := range cmds {
+		s, err := c.Result()
+		if err != nil {
 			continue // expired: the node is gone
 		}
 		var info protocol.NodeInfo

@@ -18,11 +18,24 @@ func UserChannel(prefix string, uid uint64) string {
 	return prefix + "user:" + strconv.FormatUint(uid, 10)
 }
 
-// ParseUserChannel returns the user id of a UserChannel name.
+// ShardUserChannel is a user's channel on a Redis Cluster, a shard channel
+// (SSUBSCRIBE, SPUBLISH): "<prefix>user:{u:<id>}", whose hash tag puts it
+// in the slot of the user's keys ("<prefix>{u:<id>}:...").
+func ShardUserChannel(prefix string, uid uint64) string {
+	return prefix + "user:{u:" + strconv.FormatUint(uid, 10) + "}"
+}
+
+// ParseUserChannel returns the user id of a UserChannel or
+// ShardUserChannel name.
 func ParseUserChannel(prefix, channel string) (uint64, bool) {
 	rest, ok := strings.CutPrefix(channel, prefix+"user:")
 	if !ok {
 		return 0, false
+	}
+	if tagged, ok := strings.CutPrefix(rest, "{u:"); ok {
+		if rest, ok = strings.CutSuffix(tagged, "}"); !ok {
+			return 0, false
+		}
 	}
 	uid, err := strconv.ParseUint(rest, 10, 64)
 	return uid, err == nil
@@ -35,11 +48,23 @@ func GroupChannel(prefix string, gid uint64) string {
 	return prefix + "group:" + strconv.FormatUint(gid, 10)
 }
 
-// ParseGroupChannel returns the group id of a GroupChannel name.
+// ShardGroupChannel is a group's channel on a Redis Cluster, a shard
+// channel: "<prefix>group:{c:g<id>}", in the slot of the group's keys.
+func ShardGroupChannel(prefix string, gid uint64) string {
+	return prefix + "group:{c:g" + strconv.FormatUint(gid, 10) + "}"
+}
+
+// ParseGroupChannel returns the group id of a GroupChannel or
+// ShardGroupChannel name.
 func ParseGroupChannel(prefix, channel string) (uint64, bool) {
 	rest, ok := strings.CutPrefix(channel, prefix+"group:")
 	if !ok {
 		return 0, false
+	}
+	if tagged, ok := strings.CutPrefix(rest, "{c:g"); ok {
+		if rest, ok = strings.CutSuffix(tagged, "}"); !ok {
+			return 0, false
+		}
 	}
 	gid, err := strconv.ParseUint(rest, 10, 64)
 	return gid, err == nil && gid != 0

@@ -36,9 +36,32 @@ func TestChannelRules(t *testing.T) {
 	if gid, ok := ParseGroupChannel(DefaultPrefix, GroupChannel(DefaultPrefix, 42)); !ok || gid != 42 {
 		t.Fatalf("group channel round trip = %d, %v", gid, ok)
 	}
-	for _, ch := range []string{"loopchat:group:", "loopchat:group:0", "loopchat:group:x", "loopchat:user:3", BroadcastChannel(DefaultPrefix)} {
+	for _, ch := range []string{"loopchat:group:", "loopchat:group:0", "loopchat:group:x", "loopchat:user:3", BroadcastChannel(DefaultPrefix),
+		"loopchat:group:{c:g7", "loopchat:group:{c:g}", "loopchat:group:{c:d1:2}", ShardUserChannel(DefaultPrefix, 3)} {
 		if _, ok := ParseGroupChannel(DefaultPrefix, ch); ok {
 			t.Errorf("%q parsed as a group channel", ch)
+		}
+	}
+}
+
+// Shard channels (Redis Cluster) carry the tag of their user's or group's
+// keys, and parse back like the plain ones.
+func TestShardChannels(t *testing.T) {
+	if ch := ShardUserChannel(DefaultPrefix, 3); ch != "loopchat:user:{u:3}" {
+		t.Fatalf("ShardUserChannel = %q", ch)
+	}
+	if ch := ShardGroupChannel(DefaultPrefix, 42); ch != "loopchat:group:{c:g42}" {
+		t.Fatalf("ShardGroupChannel = %q", ch)
+	}
+	if uid, ok := ParseUserChannel(DefaultPrefix, ShardUserChannel(DefaultPrefix, 3)); !ok || uid != 3 {
+		t.Fatalf("shard user channel round trip = %d, %v", uid, ok)
+	}
+	if gid, ok := ParseGroupChannel(DefaultPrefix, ShardGroupChannel(DefaultPrefix, 42)); !ok || gid != 42 {
+		t.Fatalf("shard group channel round trip = %d, %v", gid, ok)
+	}
+	for _, ch := range []string{"loopchat:user:{u:3", "loopchat:user:{u:}", "loopchat:user:{u:x}", ShardGroupChannel(DefaultPrefix, 3)} {
+		if _, ok := ParseUserChannel(DefaultPrefix, ch); ok {
+			t.Errorf("%q parsed as a user channel", ch)
 		}
 	}
 }

@@ -127,17 +127,15 @@ return 1`)
 // SetBan writes the ban into uid's hash, only if the user exists: an
 // HSET alone would make a user hash out of nothing.
 func (s *RedisStore) SetBan(ctx context.Context, uid uint64, untilMs int64) error {
-	keys, args := s.guard(ctx, []string{s.userKey(uid)}, strconv.FormatInt(max(untilMs, 0), 10))
-	return userScriptResult(scriptSetBan.Run(ctx, s.rdb, keys, args...).Int())
+	return userScriptResult(s.run(ctx, scriptSetBan, []string{s.userKey(uid)}, strconv.FormatInt(max(untilMs, 0), 10)).Int())
 }
 
 // RevokeTokens replaces uid's nonce and writes the window, in one script.
 // Token logins read the account from Redis, never from a cache
 // (Store.Account), so every node refuses the old tokens at once.
 func (s *RedisStore) RevokeTokens(ctx context.Context, uid uint64, untilMs int64) error {
-	keys, args := s.guard(ctx, []string{s.userKey(uid)}, strconv.FormatUint(newNonce(), 10),
-		strconv.FormatInt(max(untilMs, 0), 10))
-	return userScriptResult(scriptRevokeTokens.Run(ctx, s.rdb, keys, args...).Int())
+	return userScriptResult(s.run(ctx, scriptRevokeTokens, []string{s.userKey(uid)}, strconv.FormatUint(newNonce(), 10),
+		strconv.FormatInt(max(untilMs, 0), 10)).Int())
 }
 
 func userScriptResult(r int, err error) error {
@@ -155,11 +153,12 @@ const usersPage = 512
 
 // Users reads names by id from after up to the id counter: ids are
 // handed out by INCR in the script that makes the user, so there are no
-// holes but those of a store that lost data. Names go around the node's
+// holes but those of a store that lost data (and on a cluster, ids taken
+// by registrations whose name was taken meanwhile). Names go around the node's
 // name cache: a broadcast walking every user would only evict the names
 // that sends actually use.
 func (s *RedisStore) Users(ctx context.Context, after uint64, limit int) ([]User, error) {
-	last, err := s.rdb.Get(ctx, s.p+"user:seq").Uint64()
+	last, err := s.rdb.Get(ctx, s.metaKey("user:seq")).Uint64()
 	if errors.Is(err, redis.Nil) || limit <= 0 {
 		return nil, nil
 	}
@@ -172,7 +171,7 @@ func (s *RedisStore) Users(ctx context.Context, after uint64, limit int) ([]User
 		cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 			out := make([]redis.Cmder, n)
 			for i := range n {
-				out[i] = p.HGet(ctx, s.userKey(next+i), "name")
+				out[i] = p.HMGet(ctx, s.userKey(next+i), "name", "pend")
 			}
 			return out
 		})
@@ -180,8 +179,12 @@ func (s *RedisStore) Users(ctx context.Context, after uint64, limit int) ([]User
 			return nil, err
 		}
 		for i, c := range cmds {
-			if name, err := c.(*redis.StringCmd).Result(); err == nil {
-				out = append(out, User{ID: next + uint64(i), Name: name})
+			// A pending record (a cluster's registration cut off before it
+			// claimed the name) is no user yet.
+			if v := c.(*redis.SliceCmd).Val(); len(v) == 2 && v[1] == nil {
+				if name, ok := v[0].(string); ok {
+					out = append(out, User{ID: next + uint64(i), Name: name})
+				}
 			}
 		}
 		next += n

@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"gopkg.in/yaml.v3"
 
-	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
 )
 
@@ -407,8 +406,11 @@ func recv(rc *rawConn) *chatpb.Message {
 // Two nodes on one Redis: every call made on node B acts on users whose
 // sessions are on node A, and what it stores is what A's clients read.
 func TestAPICluster(t *testing.T) {
-	r := testproc.StartRedis(t)
-	nodes := clusterNodesWith(t, r, 2, EngineGnet, func(o *Options) {
+	forEachRedis(t, testAPICluster)
+}
+
+func testAPICluster(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 2, EngineGnet, func(o *Options) {
 		o.APIAddr = "127.0.0.1:0"
 		o.APIKeys = []APIKey{testAPIKey}
 	})
@@ -488,7 +490,14 @@ func TestAPICluster(t *testing.T) {
 			t.Fatalf("group publish = %+v", res)
 		}
 		for _, rc := range []*rawConn{alice, carol, dave} {
-			if m := recv(rc); m.GroupId != gid || m.Text != "maintenance at 6" || m.FromUsername != "system" {
+			m := recv(rc)
+			for m.Text == "welcome both" && rc != carol {
+				// The node of a member added elsewhere replays their inbox
+				// when the group moved past the join (catchUp), which may
+				// repeat what came live: clients drop it by msg_id.
+				m = recv(rc)
+			}
+			if m.GroupId != gid || m.Text != "maintenance at 6" || m.FromUsername != "system" {
 				t.Fatalf("member got %v", m)
 			}
 		}

@@ -213,11 +213,12 @@ func TestMemoryBrokerConformance(t *testing.T) {
 }
 
 func TestRedisBrokerConformance(t *testing.T) {
-	_, rdb := testRedis(t)
-	testBrokerConformance(t, func(t *testing.T, h EventHandler) Broker {
-		b := NewRedisBroker(RedisBrokerConfig{Client: rdb, Logger: testLogger()}, h)
-		t.Cleanup(func() { b.Close() })
-		return b
+	forEachRedis(t, func(t *testing.T, rb *redisBackend) {
+		testBrokerConformance(t, func(t *testing.T, h EventHandler) Broker {
+			b := NewRedisBroker(RedisBrokerConfig{Client: rb.client, Prefix: rb.prefix, Logger: testLogger()}, h)
+			t.Cleanup(func() { b.Close() })
+			return b
+		})
 	})
 }
 
@@ -262,13 +263,17 @@ func TestRedisBrokerResyncsAfterReconnect(t *testing.T) {
 // node that subscribed to it, and group subscriptions survive a pub/sub
 // reconnect like user ones.
 func TestRedisBrokerGroupsAcrossNodes(t *testing.T) {
-	_, rdb := testRedis(t)
+	forEachRedis(t, testRedisBrokerGroupsAcrossNodes)
+}
+
+func testRedisBrokerGroupsAcrossNodes(t *testing.T, rb *redisBackend) {
 	ctx := context.Background()
 	rec1, rec2 := newRecorder(), newRecorder()
-	b1 := NewRedisBroker(RedisBrokerConfig{Client: rdb, Logger: testLogger()}, rec1.handle)
+	b1 := NewRedisBroker(RedisBrokerConfig{Client: rb.client, Prefix: rb.prefix, Logger: testLogger()}, rec1.handle)
 	defer b1.Close()
 	reconnects := make(chan struct{}, 4)
-	b2 := NewRedisBroker(RedisBrokerConfig{Client: rdb, Logger: testLogger(), OnReconnect: func() { reconnects <- struct{}{} }}, rec2.handle)
+	b2 := NewRedisBroker(RedisBrokerConfig{Client: rb.client, Prefix: rb.prefix, Logger: testLogger(),
+		OnReconnect: func() { reconnects <- struct{}{} }}, rec2.handle)
 	defer b2.Close()
 	// A subscription on each confirms the connection (and with it the
 	// broadcast channel, subscribed first).
@@ -298,9 +303,13 @@ func TestRedisBrokerGroupsAcrossNodes(t *testing.T) {
 	// is dropped and counted.
 	for _, p := range []string{`{"type":"message","group_id":8,"text":"other group","to":[4]}`, `{"type":"message","group_id":9,"text":"no one"}`,
 		`{"type":"login","node_id":"n1","to":[4]}`, `not json`} {
-		_ = rdb.Publish(ctx, protocol.GroupChannel(protocol.DefaultPrefix, 9), p).Err()
+		if rb.c != nil {
+			_ = rb.client.SPublish(ctx, protocol.ShardGroupChannel(rb.keyPrefix(), 9), p).Err()
+		} else {
+			_ = rb.client.Publish(ctx, protocol.GroupChannel(rb.keyPrefix(), 9), p).Err()
+		}
 	}
-	_ = rdb.Publish(ctx, protocol.BroadcastChannel(protocol.DefaultPrefix), `{"type":"message","to_user_id":4,"text":"not everyone"}`).Err()
+	_ = rb.publishBroadcast(ctx, `{"type":"message","to_user_id":4,"text":"not everyone"}`)
 	time.Sleep(100 * time.Millisecond)
 	if evs := rec2.get(0); len(evs) != 2 {
 		t.Fatalf("bad payloads delivered: %+v", evs[2:])
@@ -310,9 +319,7 @@ func TestRedisBrokerGroupsAcrossNodes(t *testing.T) {
 	}
 
 	// Kill node 2's pub/sub connection: it comes back with the group.
-	if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
-		t.Fatal(err)
-	}
+	rb.killPubSub(t)
 	select {
 	case <-reconnects:
 	case <-time.After(10 * time.Second):

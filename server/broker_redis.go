@@ -17,7 +17,9 @@ import (
 // RedisBrokerConfig configures the Redis broker. Zero values mean the default.
 type RedisBrokerConfig struct {
 	// Client is the Redis connection pool; required. The broker does not close it.
-	Client *redis.Client
+	// A *redis.ClusterClient makes the channels shard channels
+	// (SSUBSCRIBE, SPUBLISH; pubsub_sharded.go).
+	Client redis.UniversalClient
 	// Prefix starts channel names. Empty means "loopchat:".
 	Prefix string
 	// Logger gets the broker's logs. Nil means slog.Default().
@@ -37,7 +39,7 @@ type RedisBrokerConfig struct {
 // notices the gap and asks the server to resync every local user from its
 // inbox (Event.Resync), since anything published meanwhile was missed live.
 type RedisBroker struct {
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	p       string
 	bcast   string // the broadcast channel
 	handler EventHandler
@@ -45,6 +47,9 @@ type RedisBroker struct {
 	cfg     RedisBrokerConfig
 	ps      *redis.PubSub
 	batch   *redisBatcher
+	// sharded: on a Redis Cluster, the shard channel subscriptions (ps
+	// is nil then).
+	sharded *shardedSubs
 
 	mu      sync.Mutex
 	subs    map[uint64]struct{}
@@ -64,14 +69,27 @@ func NewRedisBroker(cfg RedisBrokerConfig, handler EventHandler) *RedisBroker {
 	}
 	b := &RedisBroker{
 		rdb: cfg.Client, p: cfg.Prefix, handler: handler, log: cfg.Logger, cfg: cfg,
-		ps:      cfg.Client.Subscribe(context.Background()),
-		batch:   newRedisBatcher(cfg.Client, 4, 1024),
+		batch:   newRedisBatcher(cfg.Client, 4, 1024, scriptShardSubscribers),
 		subs:    make(map[uint64]struct{}),
 		waiters: make(map[string][]chan struct{}),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	b.bcast = protocol.BroadcastChannel(b.p)
+	if cc, ok := cfg.Client.(*redis.ClusterClient); ok {
+		b.sharded = newShardedSubs(cc, b.log)
+		go b.receiveSharded()
+		// Waited for, up to a second: the broadcast channel is on a
+		// connection of its own shard, which a login's subscription does
+		// not confirm. One that fails is placed again in the background.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := b.sharded.Subscribe(ctx, b.bcast); err != nil {
+			b.log.Warn("broadcast channel not subscribed yet; retried in the background", "err", err)
+		}
+		cancel()
+		return b
+	}
+	b.ps = cfg.Client.Subscribe(context.Background())
 	// Every node hears broadcasts from the start. Not waited for: a
 	// login's own SUBSCRIBE follows this one on the same connection, so a
 	// node has it by the time it has a session; and should Redis be down
@@ -88,6 +106,20 @@ func NewRedisBroker(cfg RedisBrokerConfig, handler EventHandler) *RedisBroker {
 // Subscribe returns once Redis confirmed the subscription, so a message
 // published after it returns reaches this node.
 func (b *RedisBroker) Subscribe(ctx context.Context, uid uint64) error {
+	if b.sharded != nil {
+		ch := protocol.ShardUserChannel(b.p, uid)
+		b.mu.Lock()
+		b.subs[uid] = struct{}{}
+		b.mu.Unlock()
+		err := b.sharded.Subscribe(ctx, ch)
+		if err != nil {
+			b.mu.Lock()
+			delete(b.subs, uid)
+			b.mu.Unlock()
+			_ = b.sharded.Unsubscribe(context.Background(), ch)
+		}
+		return redisErr(err)
+	}
 	ch := protocol.UserChannel(b.p, uid)
 	w := make(chan struct{})
 	b.mu.Lock()
@@ -136,6 +168,9 @@ func (b *RedisBroker) SubscribeGroups(ctx context.Context, gids []uint64) error 
 	if len(gids) == 0 {
 		return nil
 	}
+	if b.sharded != nil {
+		return redisErr(b.sharded.Subscribe(ctx, b.groupChannels(gids)...))
+	}
 	chans := make([]string, len(gids))
 	ws := make([]chan struct{}, len(gids))
 	b.mu.Lock()
@@ -171,6 +206,9 @@ func (b *RedisBroker) UnsubscribeGroups(ctx context.Context, gids []uint64) erro
 	if len(gids) == 0 {
 		return nil // an UNSUBSCRIBE without channels would drop them all
 	}
+	if b.sharded != nil {
+		return redisErr(b.sharded.Unsubscribe(ctx, b.groupChannels(gids)...))
+	}
 	chans := make([]string, len(gids))
 	for i, gid := range gids {
 		chans[i] = protocol.GroupChannel(b.p, gid)
@@ -178,10 +216,38 @@ func (b *RedisBroker) UnsubscribeGroups(ctx context.Context, gids []uint64) erro
 	return redisErr(b.ps.Unsubscribe(ctx, chans...))
 }
 
+// groupChannels are the shard channels of gids.
+func (b *RedisBroker) groupChannels(gids []uint64) []string {
+	chans := make([]string, len(gids))
+	for i, gid := range gids {
+		chans[i] = protocol.ShardGroupChannel(b.p, gid)
+	}
+	return chans
+}
+
+// userChannel is uid's channel: a shard channel on a cluster.
+func (b *RedisBroker) userChannel(uid uint64) string {
+	if b.sharded != nil {
+		return protocol.ShardUserChannel(b.p, uid)
+	}
+	return protocol.UserChannel(b.p, uid)
+}
+
+// publish is PUBLISH, or SPUBLISH on a cluster.
+func (b *RedisBroker) publish(ctx context.Context, p redis.Pipeliner, channel string, payload []byte) *redis.IntCmd {
+	if b.sharded != nil {
+		return p.SPublish(ctx, channel, payload)
+	}
+	return p.Publish(ctx, channel, payload)
+}
+
 func (b *RedisBroker) Unsubscribe(ctx context.Context, uid uint64) error {
 	b.mu.Lock()
 	delete(b.subs, uid)
 	b.mu.Unlock()
+	if b.sharded != nil {
+		return redisErr(b.sharded.Unsubscribe(ctx, b.userChannel(uid)))
+	}
 	return redisErr(b.ps.Unsubscribe(ctx, protocol.UserChannel(b.p, uid)))
 }
 
@@ -313,7 +379,7 @@ func (b *RedisBroker) Publish(ctx context.Context, uids []uint64, ev Event) (int
 	cmds, err := b.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
 		out := make([]redis.Cmder, len(uids))
 		for i, uid := range uids {
-			out[i] = p.Publish(ctx, protocol.UserChannel(b.p, uid), payload)
+			out[i] = b.publish(ctx, p, b.userChannel(uid), payload)
 		}
 		return out
 	})
@@ -333,6 +399,9 @@ func (b *RedisBroker) Publish(ctx context.Context, uids []uint64, ev Event) (int
 // listed in the payload.
 func (b *RedisBroker) PublishGroup(ctx context.Context, gid uint64, to []uint64, ev Event) (int, error) {
 	ev.To = to
+	if b.sharded != nil {
+		return b.publishOne(ctx, protocol.ShardGroupChannel(b.p, gid), ev)
+	}
 	return b.publishOne(ctx, protocol.GroupChannel(b.p, gid), ev)
 }
 
@@ -350,7 +419,7 @@ func (b *RedisBroker) publishOne(ctx context.Context, channel string, ev Event) 
 		return 0, err
 	}
 	cmds, err := b.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{p.Publish(ctx, channel, payload)}
+		return []redis.Cmder{b.publish(ctx, p, channel, payload)}
 	})
 	if err != nil {
 		return 0, err
@@ -366,6 +435,9 @@ func (b *RedisBroker) Online(ctx context.Context, uids []uint64) ([]bool, error)
 	out := make([]bool, len(uids))
 	if len(uids) == 0 {
 		return out, nil
+	}
+	if b.sharded != nil {
+		return b.shardOnline(ctx, uids)
 	}
 	chans := make([]string, len(uids))
 	for i, uid := range uids {
@@ -384,6 +456,12 @@ func (b *RedisBroker) Online(ctx context.Context, uids []uint64) ([]bool, error)
 // Close stops the receive loop and the pub/sub connection.
 func (b *RedisBroker) Close() error {
 	close(b.stop)
+	if b.sharded != nil {
+		err := b.sharded.Close()
+		<-b.done
+		b.batch.close()
+		return err
+	}
 	err := b.ps.Close()
 	<-b.done
 	b.batch.close()
@@ -433,29 +511,80 @@ func (b *RedisBroker) receive() {
 				}
 			}
 		case *redis.Message:
-			var uid uint64
-			var ev Event
-			var err error
-			if id, ok := protocol.ParseUserChannel(b.p, m.Channel); ok {
-				uid = id
-				ev, err = decodeChannelEvent([]byte(m.Payload))
-			} else if gid, ok := protocol.ParseGroupChannel(b.p, m.Channel); ok {
-				ev, err = decodeGroupEvent([]byte(m.Payload), gid)
-			} else if m.Channel == b.bcast {
-				ev, err = decodeBroadcastEvent([]byte(m.Payload))
-			} else {
-				continue
-			}
-			if err != nil {
-				b.log.Warn("dropped a bad channel payload", "channel", m.Channel, "err", err)
-				if b.cfg.OnFrameError != nil {
-					b.cfg.OnFrameError()
-				}
-				continue
-			}
-			b.handler(uid, ev)
+			b.deliver(m)
 		}
 	}
+}
+
+// deliver decodes a channel message and hands it to the handler.
+func (b *RedisBroker) deliver(m *redis.Message) {
+	var uid uint64
+	var ev Event
+	var err error
+	if id, ok := protocol.ParseUserChannel(b.p, m.Channel); ok {
+		uid = id
+		ev, err = decodeChannelEvent([]byte(m.Payload))
+	} else if gid, ok := protocol.ParseGroupChannel(b.p, m.Channel); ok {
+		ev, err = decodeGroupEvent([]byte(m.Payload), gid)
+	} else if m.Channel == b.bcast {
+		ev, err = decodeBroadcastEvent([]byte(m.Payload))
+	} else {
+		return
+	}
+	if err != nil {
+		b.log.Warn("dropped a bad channel payload", "channel", m.Channel, "err", err)
+		if b.cfg.OnFrameError != nil {
+			b.cfg.OnFrameError()
+		}
+		return
+	}
+	b.handler(uid, ev)
+}
+
+// receiveSharded is receive on a Redis Cluster: messages from every
+// shard's connection, and after channels were dropped and subscribed
+// again (a failover, a slot moved), a resync, as after a reconnect.
+func (b *RedisBroker) receiveSharded() {
+	defer close(b.done)
+	for {
+		select {
+		case <-b.stop:
+			return
+		case msg := <-b.sharded.out:
+			switch m := msg.(type) {
+			case *redis.Message:
+				b.deliver(m)
+			case lost:
+				b.log.Info("redis cluster pub/sub channels back; resyncing local users")
+				b.resync()
+			}
+		}
+	}
+}
+
+// scriptShardSubscribers counts the subscribers of a shard channel, given
+// as its key so that the cluster client sends it to the primary of the
+// channel's slot (PUBSUB SHARDNUMSUB answers for its own node only).
+var scriptShardSubscribers = redis.NewScript(`return redis.call('PUBSUB', 'SHARDNUMSUB', KEYS[1])[2]`)
+
+// shardOnline is Online on a cluster.
+func (b *RedisBroker) shardOnline(ctx context.Context, uids []uint64) ([]bool, error) {
+	cmds, err := b.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		out := make([]redis.Cmder, len(uids))
+		for i, uid := range uids {
+			out[i] = scriptShardSubscribers.EvalSha(ctx, p, []string{b.userChannel(uid)})
+		}
+		return out
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]bool, len(uids))
+	for i, c := range cmds {
+		n, _ := c.(*redis.Cmd).Int64()
+		out[i] = n > 0
+	}
+	return out, nil
 }
 
 // resync asks the server to replay every local user's inbox: messages

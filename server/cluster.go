@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,30 +22,30 @@ import (
 // broker and the node registry (started once the engine listens).
 func (s *Server) joinCluster() error {
 	o := s.opts
-	ropts, err := redis.ParseURL(o.Redis)
+	rdb, addr, err := NewRedisClient(o.Redis)
 	if err != nil {
 		return fmt.Errorf("--redis: %w", err)
 	}
-	// Fail fast while Redis is down: requests answer UNAVAILABLE at once
-	// rather than queueing. No automatic retries: a retried write whose
-	// first attempt landed is handled by the scripts' idempotency, but a
-	// request should rather fail visibly than hang.
-	ropts.DialTimeout = time.Second
-	ropts.ReadTimeout = 3 * time.Second
-	ropts.WriteTimeout = 3 * time.Second
-	ropts.MaxRetries = -1
-	ropts.DialerRetries = 1
-	ropts.DialerRetryTimeout = 10 * time.Millisecond
-	ropts.PoolSize = max(ropts.PoolSize, 64)
-	s.rdb = redis.NewClient(ropts)
+	s.rdb = rdb
 	s.rdb.AddHook(redisMetricsHook{s.metrics})
+	// In before any command: a cluster's nodes get it as they are met.
+	var replicas atomic.Int32
+	waitForReplicas(s.rdb, replicaWait{n: &replicas, timeout: o.RedisReplicaTimeout,
+		short: func() { s.metrics.redisErrors.WithLabelValues("wait").Inc() }})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
 		s.rdb.Close()
-		return fmt.Errorf("redis %s unreachable: %w", ropts.Addr, err)
+		return fmt.Errorf("redis %s unreachable: %w", addr, err)
 	}
+	n, err := minReplicas(ctx, s.rdb, o.RedisMinReplicas)
+	if err != nil {
+		s.rdb.Close()
+		return err
+	}
+	replicas.Store(int32(n))
+	s.log.Info("redis writes are acknowledged once on replicas", "min_replicas", n, "timeout", o.RedisReplicaTimeout)
 	if s.tokens.Load().secret == nil {
 		secret, err := sharedSecret(ctx, s.rdb, o.RedisPrefix, nil)
 		if err != nil {
@@ -68,6 +71,69 @@ func (s *Server) joinCluster() error {
 		info: s.nodeInfo,
 	}
 	return nil
+}
+
+// NewRedisClient connects to what --redis names: one Redis
+// (redis://host:port/db, rediss://, unix://), or a Redis Cluster
+// (redis-cluster://host:port,host:port,... with any of its nodes; the
+// client finds the others). It returns the client and the address(es)
+// for messages.
+//
+// Fail fast while Redis is down: requests answer UNAVAILABLE at once
+// rather than queueing. No automatic retries on one Redis: a retried
+// write whose first attempt landed is handled by the scripts'
+// idempotency, but a request should rather fail visibly than hang. On a
+// cluster the client follows MOVED and ASK redirections (a slot that
+// moved) and tries a command once more on a failing node, and reloads
+// the cluster's layout every second, so a failover is found quickly.
+func NewRedisClient(url string) (redis.UniversalClient, string, error) {
+	if rest, ok := strings.CutPrefix(url, "redis-cluster://"); ok {
+		copts, err := parseClusterURL(rest)
+		if err != nil {
+			return nil, "", err
+		}
+		copts.DialTimeout, copts.ReadTimeout, copts.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+		copts.MaxRetries, copts.DialerRetries, copts.DialerRetryTimeout = -1, 1, 10*time.Millisecond
+		copts.PoolSize = max(copts.PoolSize, redisPool)
+		copts.MaxRedirects, copts.ClusterStateReloadInterval = 8, time.Second
+		return redis.NewClusterClient(copts), strings.Join(copts.Addrs, ","), nil
+	}
+	ropts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, "", err
+	}
+	ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+	ropts.MaxRetries, ropts.DialerRetries, ropts.DialerRetryTimeout = -1, 1, 10*time.Millisecond
+	ropts.PoolSize = max(ropts.PoolSize, redisPool)
+	return redis.NewClient(ropts), ropts.Addr, nil
+}
+
+// The Redis client's timeouts and pool (see NewRedisClient).
+const (
+	redisDialTimeout = time.Second
+	redisIOTimeout   = 3 * time.Second
+	redisPool        = 64
+)
+
+// parseClusterURL reads what follows "redis-cluster://":
+// [user[:password]@]host:port[,host:port...][?option=value...], the
+// options those of go-redis's cluster URLs (redis.ParseClusterURL).
+func parseClusterURL(rest string) (*redis.ClusterOptions, error) {
+	hosts, query, _ := strings.Cut(rest, "?")
+	userinfo := ""
+	if at := strings.LastIndexByte(hosts, '@'); at >= 0 {
+		userinfo, hosts = hosts[:at+1], hosts[at+1:]
+	}
+	hosts = strings.TrimSuffix(hosts, "/")
+	addrs := strings.Split(hosts, ",")
+	if hosts == "" || slices.Contains(addrs, "") {
+		return nil, fmt.Errorf("redis-cluster:// needs host:port[,host:port...]")
+	}
+	u := "redis://" + userinfo + addrs[0] + "?" + query
+	for _, a := range addrs[1:] {
+		u += "&addr=" + a
+	}
+	return redis.ParseClusterURL(u)
 }
 
 // nodeInfo is this node's registry entry.
@@ -99,7 +165,7 @@ func (s *Server) advertisedWSAddr(advertised string) string {
 // sharedSecret returns the cluster's token secret from Redis, creating one
 // (offer, or else random) if no node has yet: nodes started without
 // --token-secret then still accept each other's tokens.
-func sharedSecret(ctx context.Context, rdb *redis.Client, prefix string, offer []byte) ([]byte, error) {
+func sharedSecret(ctx context.Context, rdb redis.UniversalClient, prefix string, offer []byte) ([]byte, error) {
 	key := prefix + "token-secret"
 	buf := offer
 	if buf == nil {

@@ -26,13 +26,20 @@ func clusterNodes(t *testing.T, r *testproc.Redis, n int, engine string) []*test
 // clusterNodesWith is clusterNodes with tweak (if set) applied to each
 // node's options.
 func clusterNodesWith(t *testing.T, r *testproc.Redis, n int, engine string, tweak func(*Options)) []*testServer {
+	return backendNodes(t, &redisBackend{url: r.URL}, n, engine, tweak)
+}
+
+// backendNodes starts n nodes on rb (one Redis, or the Redis Cluster
+// under the test's own prefix), with tweak (if set) applied to each
+// node's options.
+func backendNodes(t *testing.T, rb *redisBackend, n int, engine string, tweak func(*Options)) []*testServer {
 	var nodes []*testServer
 	for i := range n {
 		opts := testOptions(t, engine)
 		if tweak != nil {
 			tweak(&opts)
 		}
-		opts.Redis = r.URL
+		opts.Redis, opts.RedisPrefix = rb.url, rb.prefix
 		opts.NodeID = fmt.Sprintf("node-%d", i+1)
 		opts.Heartbeat = 200 * time.Millisecond
 		nodes = append(nodes, startServer(t, opts))
@@ -40,10 +47,26 @@ func clusterNodesWith(t *testing.T, r *testproc.Redis, n int, engine string, twe
 	return nodes
 }
 
+// forEachRedisEngine runs fn for each engine on one Redis and on the
+// Redis Cluster.
+func forEachRedisEngine(t *testing.T, fn func(t *testing.T, rb *redisBackend, engine string)) {
+	for _, name := range []string{"redis", "cluster"} {
+		t.Run(name, func(t *testing.T) {
+			forEachEngine(t, func(t *testing.T, engine string) {
+				// A Redis, or a prefix on the cluster, of each engine's own.
+				if name == "redis" {
+					fn(t, oneRedis(t), engine)
+				} else {
+					fn(t, onCluster(t), engine)
+				}
+			})
+		})
+	}
+}
+
 func TestClusterChatAcrossNodes(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, engine string) {
-		r := testproc.StartRedis(t)
-		nodes := clusterNodes(t, r, 2, engine)
+	forEachRedisEngine(t, func(t *testing.T, rb *redisBackend, engine string) {
+		nodes := backendNodes(t, rb, 2, engine, nil)
 		a, b := nodes[0], nodes[1]
 
 		alice, aliceOK := a.user(t, "alice")
@@ -129,13 +152,16 @@ func TestClusterChatAcrossNodes(t *testing.T) {
 }
 
 func TestThirdPartyPublishReachesUser(t *testing.T) {
-	r, rdb := testRedis(t)
-	nodes := clusterNodes(t, r, 1, EngineGnet)
+	forEachRedis(t, testThirdPartyPublishReachesUser)
+}
+
+func testThirdPartyPublishReachesUser(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 1, EngineGnet, nil)
 	dave, ok := nodes[0].user(t, "dave")
 	// A seq on a message without msg_id is ignored: a live-only push was
 	// never stored, so it has no place in a conversation.
 	payload := `{"type":"message","from_username":"billing","text":"your invoice is ready","seq":9}`
-	n, err := rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), payload).Result()
+	n, err := rb.publishUser(context.Background(), ok.UserId, payload)
 	if err != nil || n != 1 {
 		t.Fatalf("PUBLISH = %d, %v", n, err)
 	}
@@ -154,7 +180,7 @@ func TestThirdPartyPublishReachesUser(t *testing.T) {
 		`{"type":"message","text":"spoofed","device":"` + strings.Repeat("d", 65) + `"}`,
 	}
 	for _, p := range bad {
-		_ = rdb.Publish(context.Background(), fmt.Sprintf("loopchat:user:%d", ok.UserId), p).Err()
+		_, _ = rb.publishUser(context.Background(), ok.UserId, p)
 	}
 	waitFor(t, "bad payloads counted", func() bool {
 		return testutil.ToFloat64(nodes[0].metrics.channelErrors) == float64(len(bad))
@@ -303,8 +329,11 @@ func TestRedisCrashLosesNothingAcknowledged(t *testing.T) {
 // inbox replay at their next login (the stored body, likewise). Each
 // conversation counts its own.
 func TestClusterSeqsReachOtherNodes(t *testing.T) {
-	r := testproc.StartRedis(t)
-	nodes := clusterNodes(t, r, 2, EngineGnet)
+	forEachRedis(t, testClusterSeqsReachOtherNodes)
+}
+
+func testClusterSeqsReachOtherNodes(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 2, EngineGnet, nil)
 	alice, _ := nodes[0].user(t, "alice")
 	bob, _ := nodes[1].user(t, "bob")
 	for i := 1; i <= 2; i++ {

@@ -292,7 +292,7 @@ return {tonumber(last), redis.call('HGET', KEYS[2], last)}`)
 // user's join point (another), and the peers' names (cached).
 func (s *RedisStore) ListConversations(ctx context.Context, uid uint64, limit int) ([]ConversationSummary, bool, error) {
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{p.SMembers(ctx, s.convsKey(uid)), p.SMembers(ctx, s.userKey(uid)+":groups"),
+		return []redis.Cmder{p.SMembers(ctx, s.convsKey(uid)), p.SMembers(ctx, s.userGroupsKey(uid)),
 			p.HGetAll(ctx, s.readKey(uid))}
 	})
 	if err != nil {
@@ -398,7 +398,7 @@ func (s *RedisStore) migrateConvIndex(ctx context.Context) error {
 	if s.convsIndexed.Load() {
 		return nil
 	}
-	v, err := s.rdb.Get(ctx, s.p+"schema").Result()
+	v, err := s.rdb.Get(ctx, s.metaKey("schema")).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
 		v = "1"

@@ -366,11 +366,11 @@ func TestBoltConversationListConformance(t *testing.T) {
 }
 
 func TestRedisConversationListConformance(t *testing.T) {
-	_, rdb := testRedis(t)
-	var n atomic.Int64
-	testConvListConformance(t, func(t *testing.T, lim HistoryLimits) Store {
-		s := NewRedisStore(RedisConfig{Client: rdb, Prefix: fmt.Sprintf("cl%d:", n.Add(1)), History: lim})
-		t.Cleanup(func() { s.Close() })
-		return s
+	forEachRedis(t, func(t *testing.T, rb *redisBackend) {
+		testConvListConformance(t, func(t *testing.T, lim HistoryLimits) Store {
+			s := NewRedisStore(RedisConfig{Client: rb.client, Prefix: rb.newPrefix(), History: lim})
+			t.Cleanup(func() { s.Close() })
+			return s
+		})
 	})
 }

@@ -7,15 +7,14 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// scriptRegisterDevice is registerDevice (device.go) in Redis, so that it
-// is one atomic step with the box it may empty.
+// luaRegisterDevice is registerDevice (device.go) as a script, so that
+// it is one atomic step with the box it may empty: the script defines
+// forgetBox(p, uid, slot), which empties the box of uid's device in slot.
 //
 // KEYS: {u:<uid>}:devices. ARGV: device id, now ms, deviceTouchMs, max
-// known devices, prefix, uid. Computes the inbox of a forgotten device's
-// box and the msg:<id> of what it held (other slots: the box moves under
-// the user's tag in a cluster). Returns {slot, 1 if a device was
-// forgotten else 0, its id}.
-var scriptRegisterDevice = guardedScript(`
+// known devices, prefix, uid. Returns {slot, 1 if a device was forgotten
+// else 0, its id}.
+const luaRegisterDevice = `
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local slot, since, last = string.match(cur, '^(%d+):(%-?%d+):(%-?%d+):')
@@ -41,23 +40,37 @@ if #all / 2 >= tonumber(ARGV[4]) then
   redis.call('HDEL', KEYS[1], oldest)
   used[oldestSlot] = nil
   forgot, evicted = 1, oldest
-  local box = ARGV[5] .. 'inbox:' .. ARGV[6]
-  if oldestSlot ~= 0 then box = box .. ':' .. oldestSlot end
-  for _, m in ipairs(redis.call('ZRANGE', box, 0, -1)) do
-    local mk = ARGV[5] .. 'msg:' .. m
-    if redis.call('HINCRBY', mk, 'refs', -1) <= 0 then redis.call('DEL', mk) end
-  end
-  redis.call('DEL', box)
+  forgetBox(ARGV[5], ARGV[6], oldestSlot)
 end
 local slot = 0
 while used[slot] do slot = slot + 1 end
 redis.call('HSET', KEYS[1], ARGV[1], slot .. ':' .. ARGV[2] .. ':' .. ARGV[2] .. ':' .. ARGV[1])
-return {slot, forgot, evicted}`)
+return {slot, forgot, evicted}`
+
+// scriptRegisterDevice is luaRegisterDevice on one Redis: the forgotten
+// box's inbox and the msg:<id> of what it held are other slots (on a
+// cluster, the box and its bodies are under the user's tag:
+// scriptClusterRegisterDevice).
+var scriptRegisterDevice = guardedScript(`
+local function forgetBox(p, uid, slot)
+  local box = p .. 'inbox:' .. uid
+  if slot ~= 0 then box = box .. ':' .. slot end
+  for _, m in ipairs(redis.call('ZRANGE', box, 0, -1)) do
+    local mk = p .. 'msg:' .. m
+    if redis.call('HINCRBY', mk, 'refs', -1) <= 0 then redis.call('DEL', mk) end
+  end
+  redis.call('DEL', box)
+end
+` + luaRegisterDevice)
 
 func (s *RedisStore) RegisterDevice(ctx context.Context, uid uint64, device string, nowMs int64) (DeviceReg, error) {
 	keys, args := s.guard(ctx, []string{s.userTagKey(uid, "devices")}, device, nowMs, deviceTouchMs, maxKnownDevices, s.p, uid)
+	script := scriptRegisterDevice
+	if s.cluster {
+		script = scriptClusterRegisterDevice
+	}
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{scriptRegisterDevice.EvalSha(ctx, p, keys, args...)}
+		return []redis.Cmder{script.EvalSha(ctx, p, keys, args...)}
 	})
 	if err != nil {
 		return DeviceReg{}, err

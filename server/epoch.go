@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -94,8 +95,11 @@ func guardedScript(src string) *redis.Script { return redis.NewScript(epochGuard
 // absent one (a keyspace from before the marker, or a fresh one) is marked
 // as this code's, which reads every older layout.
 //
-// KEYS: epoch, user id counter, quiet key, schema. ARGV: a fresh epoch,
-// known epoch, max uid, quiet ms, quiet on creation, this code's schema.
+// KEYS: epoch, user id counter, quiet key, schema, and on a cluster the
+// epoch's generation, counted up with every new epoch (epoch_cluster.go).
+// ARGV: a fresh epoch, known epoch, max uid, quiet ms, quiet on creation,
+// this code's schema, and "1" to replace the known epoch whatever the
+// counter says (a cluster shard lost its copy of it).
 var scriptEpoch = redis.NewScript(`
 local schema = redis.call('GET', KEYS[4])
 if schema ~= ARGV[6] then
@@ -112,7 +116,7 @@ if not e then
   if ARGV[5] == '1' and tonumber(ARGV[4]) > 0 then
     redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[4])
   end
-elseif e == ARGV[2] and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then
+elseif e == ARGV[2] and (ARGV[7] == '1' or tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3])) then
   replace = true
   if tonumber(ARGV[4]) > 0 then
     redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[4])
@@ -120,6 +124,7 @@ elseif e == ARGV[2] and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(A
 end
 if replace then
   redis.call('SET', KEYS[1], ARGV[1])
+  if KEYS[5] then redis.call('INCR', KEYS[5]) end
   return ARGV[1]
 end
 return e`)
@@ -173,7 +178,13 @@ func (s *RedisStore) requestOrStoreEpoch(ctx context.Context) string {
 
 // guard appends the epoch and quiet keys and the expected epoch (the
 // request's, or else the store's) to a guarded script's keys and arguments.
+// On a cluster they are the copies in the slot of the script's keys
+// (epoch_cluster.go).
 func (s *RedisStore) guard(ctx context.Context, keys []string, args ...any) ([]string, []any) {
+	if s.cluster {
+		tag := s.p + "{" + s.tags[keySlot(keys[0])] + "}:"
+		return append(keys, tag+"epoch", tag+"epoch:quiet"), append(args, s.requestOrStoreEpoch(ctx))
+	}
 	return append(keys, s.p+"epoch", s.p+"epoch:quiet"), append(args, s.requestOrStoreEpoch(ctx))
 }
 
@@ -200,13 +211,11 @@ func (s *RedisStore) Epoch(ctx context.Context) (string, error) {
 	// subscriber. A first start finds none, and serves at once.
 	quietOnCreate := known != ""
 	if !quietOnCreate {
-		switch err := s.rdb.Get(ctx, s.p+"epoch").Err(); {
+		switch err := s.rdb.Get(ctx, s.metaKey("epoch")).Err(); {
 		case errors.Is(err, redis.Nil):
-			chans, err := s.rdb.PubSubChannels(ctx, s.p+"user:*").Result()
-			if err != nil {
-				return "", redisErr(err)
+			if quietOnCreate, err = s.anyUserSubscribed(ctx); err != nil {
+				return "", err
 			}
-			quietOnCreate = len(chans) > 0
 		case err != nil:
 			return "", redisErr(err)
 		}
@@ -219,8 +228,27 @@ func (s *RedisStore) Epoch(ctx context.Context) (string, error) {
 	if err := s.migrateConvIndex(ctx); err != nil {
 		return "", err
 	}
-	e, err := scriptEpoch.Run(ctx, s.rdb, []string{s.p + "epoch", s.p + "user:seq", s.p + "epoch:quiet", s.p + "schema"},
-		newEpoch(), known, s.maxUID.Load(), s.cfg.ResetQuiet.Milliseconds(), flag, redisSchema).Text()
+	e, err := s.runEpochScript(ctx, known, flag, false)
+	if err == nil && s.cluster {
+		return s.epochCopies(ctx, e)
+	}
+	return e, err
+}
+
+// runEpochScript runs scriptEpoch: known is the epoch this node knows,
+// quietOnCreate "1" when a creation must start the quiet period, replace
+// whether to replace known whatever the id counter says.
+func (s *RedisStore) runEpochScript(ctx context.Context, known, quietOnCreate string, replace bool) (string, error) {
+	keys := []string{s.metaKey("epoch"), s.metaKey("user:seq"), s.metaKey("epoch:quiet"), s.metaKey("schema")}
+	if s.cluster {
+		keys = append(keys, s.metaKey("epoch:gen"))
+	}
+	force := "0"
+	if replace {
+		force = "1"
+	}
+	e, err := scriptEpoch.Run(ctx, s.rdb, keys,
+		newEpoch(), known, s.maxUID.Load(), s.cfg.ResetQuiet.Milliseconds(), quietOnCreate, redisSchema, force).Text()
 	if err != nil {
 		if v, ok := strings.CutPrefix(err.Error(), schemaErrPrefix+" "); ok {
 			return "", fmt.Errorf("store: the Redis keyspace %q has schema version %s, but this loopchat knows versions up to %d: "+
@@ -228,6 +256,26 @@ func (s *RedisStore) Epoch(ctx context.Context) (string, error) {
 		}
 	}
 	return e, redisErr(err)
+}
+
+// anyUserSubscribed reports whether some user channel has a subscriber:
+// some node serves sessions. On a cluster, shard channels, on every shard.
+func (s *RedisStore) anyUserSubscribed(ctx context.Context) (bool, error) {
+	pattern := globEscape(s.p) + "user:*"
+	cc, ok := s.rdb.(*redis.ClusterClient)
+	if !ok {
+		chans, err := s.rdb.PubSubChannels(ctx, pattern).Result()
+		return len(chans) > 0, redisErr(err)
+	}
+	var any atomic.Bool
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		chans, err := c.PubSubShardChannels(ctx, pattern).Result()
+		if len(chans) > 0 {
+			any.Store(true)
+		}
+		return err
+	})
+	return any.Load(), redisErr(err)
 }
 
 // errSchemaNewer: the store was written by a newer loopchat, in a layout

@@ -47,8 +47,11 @@ func groupSubscribers(t *testing.T, rdb *redis.Client, gid uint64) int64 {
 // left just before on the other node, not a non-member on a node that
 // holds members.
 func TestClusterGroupFanout(t *testing.T) {
-	r, rdb := testRedis(t)
-	nodes := clusterNodes(t, r, 2, EngineGnet)
+	forEachRedis(t, testClusterGroupFanout)
+}
+
+func testClusterGroupFanout(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 2, EngineGnet, nil)
 	phone, _ := nodes[0].device(t, "sender", "phone")
 	laptop, _ := nodes[1].device(t, "sender", "laptop")
 	gid := createGroup(t, phone, "big")
@@ -71,14 +74,14 @@ func TestClusterGroupFanout(t *testing.T) {
 	expectOK(t, leaver.do(joinReq(gid)))
 	outsider1, _ := nodes[0].user(t, "outsider1")
 	outsider2, o2OK := nodes[1].user(t, "outsider2")
-	waitFor(t, "both nodes hear the group", func() bool { return groupSubscribers(t, rdb, gid) == 2 })
+	waitFor(t, "both nodes hear the group", func() bool { return rb.groupSubscribers(t, gid) == 2 })
 	// Right before the send, on the node that still hears the group.
 	expectOK(t, leaver.do(leaveReq(gid)))
 
-	before := publishCalls(t, rdb)
+	before := rb.publishCalls(t)
 	resp := phone.do(sendGroup(gid, "to all thirty"))
 	expectOK(t, resp)
-	publishes := publishCalls(t, rdb) - before
+	publishes := rb.publishCalls(t) - before
 	t.Logf("a message to %d members (%d online) over 2 nodes cost %d PUBLISH", members, len(online), publishes)
 	if publishes > 2 {
 		t.Fatalf("%d PUBLISH calls, want at most one per node holding members (2)", publishes)
@@ -154,15 +157,19 @@ func TestClusterGroupFanout(t *testing.T) {
 // message stored while the user was a member (above the JoinedSeq each
 // join recorded), live or by replay, and none sent after a leave returned.
 func TestClusterGroupJoinLeaveRace(t *testing.T) {
-	r, rdb := testRedis(t)
-	nodes := clusterNodes(t, r, 3, EngineGnet)
+	forEachRedis(t, testClusterGroupJoinLeaveRace)
+}
+
+func testClusterGroupJoinLeaveRace(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 3, EngineGnet, nil)
 	ctx := context.Background()
+	rdb, keys := rb.client, rb.store(t)
 	sender, _ := nodes[0].user(t, "sender")
 	gid := createGroup(t, sender, "busy")
 	devA, aOK := nodes[1].device(t, "joiner", "a")
 	devB, _ := nodes[2].device(t, "joiner", "b")
 	uid := aOK.UserId
-	seqKey := fmt.Sprintf("loopchat:{c:g%d}:seq", gid)
+	seqKey := keys.convKey(GroupConversation(gid)) + "seq"
 	lastSeq := func() uint64 {
 		n, err := rdb.Get(ctx, seqKey).Uint64()
 		if err != nil && err != redis.Nil {
@@ -210,7 +217,7 @@ func TestClusterGroupJoinLeaveRace(t *testing.T) {
 	lastLeft := uint64(0)
 	for range 5 {
 		expectOK(t, devA.do(joinReq(gid)))
-		joined, err := rdb.HGet(ctx, fmt.Sprintf("loopchat:group:%d:joined", gid), fmt.Sprint(uid)).Uint64()
+		joined, err := rdb.HGet(ctx, keys.groupKey(gid)+":joined", fmt.Sprint(uid)).Uint64()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -291,18 +298,20 @@ func TestClusterGroupJoinLeaveRace(t *testing.T) {
 // killed; group messages sent before the node is back arrive by the replay
 // that follows, and later ones live on the resubscribed group channel.
 func TestClusterGroupAfterPubSubReconnect(t *testing.T) {
-	r, rdb := testRedis(t)
-	nodes := clusterNodes(t, r, 2, EngineGnet)
-	ctx := context.Background()
+	forEachRedis(t, testClusterGroupAfterPubSubReconnect)
+}
+
+func testClusterGroupAfterPubSubReconnect(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 2, EngineGnet, nil)
 	sender, _ := nodes[0].user(t, "sender")
 	gid := createGroup(t, sender, "g")
 	member, _ := nodes[1].user(t, "member")
 	expectOK(t, member.do(joinReq(gid)))
-	waitFor(t, "both nodes hear the group", func() bool { return groupSubscribers(t, rdb, gid) == 2 })
+	waitFor(t, "both nodes hear the group", func() bool { return rb.groupSubscribers(t, gid) == 2 })
 	// A join refused leaves no channel behind.
 	expectCode(t, member.do(joinReq(gid+1000)), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
 	waitFor(t, "no channel for a group that does not exist", func() bool {
-		return groupSubscribers(t, rdb, gid+1000) == 0 && testutil.ToFloat64(nodes[1].metrics.groupChannels) == 1
+		return rb.groupSubscribers(t, gid+1000) == 0 && testutil.ToFloat64(nodes[1].metrics.groupChannels) == 1
 	})
 
 	want := map[uint64]bool{}
@@ -313,16 +322,14 @@ func TestClusterGroupAfterPubSubReconnect(t *testing.T) {
 	}
 	send("before")
 	reconnects := testutil.ToFloat64(nodes[1].metrics.pubsubReconnects)
-	if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
-		t.Fatal(err)
-	}
+	rb.killPubSub(t)
 	for i := range 5 {
 		send(fmt.Sprint("during ", i))
 	}
 	waitFor(t, "node 2 reconnected", func() bool {
 		return testutil.ToFloat64(nodes[1].metrics.pubsubReconnects) > reconnects
 	})
-	waitFor(t, "both nodes hear the group again", func() bool { return groupSubscribers(t, rdb, gid) == 2 })
+	waitFor(t, "both nodes hear the group again", func() bool { return rb.groupSubscribers(t, gid) == 2 })
 	send("after")
 	got := map[uint64]bool{}
 	for len(got) < len(want) {
@@ -339,8 +346,11 @@ func TestClusterGroupAfterPubSubReconnect(t *testing.T) {
 // has not logged in; a broadcast another program publishes does too, an
 // id per node; bad broadcast payloads are dropped and counted.
 func TestClusterBroadcastLive(t *testing.T) {
-	r, rdb := testRedis(t)
-	nodes := clusterNodes(t, r, 2, EngineGnet)
+	forEachRedis(t, testClusterBroadcastLive)
+}
+
+func testClusterBroadcastLive(t *testing.T, rb *redisBackend) {
+	nodes := backendNodes(t, rb, 2, EngineGnet, nil)
 	ctx := context.Background()
 	type sess struct {
 		rc   *rawConn
@@ -387,7 +397,7 @@ func TestClusterBroadcastLive(t *testing.T) {
 	}
 
 	// From another program: one id per node, shared by its sessions.
-	if err := rdb.Publish(ctx, protocol.BroadcastChannel(protocol.DefaultPrefix), `{"type":"message","from_username":"billing","text":"from outside"}`).Err(); err != nil {
+	if err := rb.publishBroadcast(ctx, `{"type":"message","from_username":"billing","text":"from outside"}`); err != nil {
 		t.Fatal(err)
 	}
 	ids := map[int]uint64{}
@@ -403,7 +413,7 @@ func TestClusterBroadcastLive(t *testing.T) {
 	}
 	errs := testutil.ToFloat64(nodes[0].metrics.channelErrors)
 	for _, p := range []string{`{"type":"message","text":"to one","to_user_id":3}`, `{"type":"message","text":""}`, `{"type":"login","node_id":"x"}`} {
-		_ = rdb.Publish(ctx, protocol.BroadcastChannel(protocol.DefaultPrefix), p).Err()
+		_ = rb.publishBroadcast(ctx, p)
 	}
 	waitFor(t, "bad broadcasts counted", func() bool { return testutil.ToFloat64(nodes[0].metrics.channelErrors) == errs+3 })
 	for _, s := range all[:2] {

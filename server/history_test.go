@@ -161,7 +161,8 @@ func TestConversationKeysRoundTrip(t *testing.T) {
 }
 
 // onOneNodeAndTwo runs a test of two users, on each engine: both on one
-// node (a and b the same), and on two nodes sharing a real Redis.
+// node (a and b the same), on two nodes sharing a real Redis, and on two
+// nodes sharing the Redis Cluster.
 func onOneNodeAndTwo(t *testing.T, run func(t *testing.T, a, b *testServer)) {
 	onOneNodeAndTwoWith(t, nil, run)
 }
@@ -180,6 +181,10 @@ func onOneNodeAndTwoWith(t *testing.T, tweak func(*Options), run func(t *testing
 		})
 		t.Run("two nodes", func(t *testing.T) {
 			nodes := clusterNodesWith(t, testproc.StartRedis(t), 2, engine, tweak)
+			run(t, nodes[0], nodes[1])
+		})
+		t.Run("two nodes on a Redis Cluster", func(t *testing.T) {
+			nodes := backendNodes(t, onCluster(t), 2, engine, tweak)
 			run(t, nodes[0], nodes[1])
 		})
 	})

@@ -3,13 +3,10 @@ package server
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/loopchat/loopchat/internal/testproc"
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -28,9 +25,8 @@ type raceOutcome struct {
 // exactly one session: the others are kicked with LOGGED_IN_ELSEWHERE, and
 // only the survivor receives the next message.
 func TestRacingLoginsLeaveExactlyOneSession(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, engine string) {
-		r := testproc.StartRedis(t)
-		nodes := clusterNodes(t, r, 2, engine)
+	forEachRedisEngine(t, func(t *testing.T, rb *redisBackend, engine string) {
+		nodes := backendNodes(t, rb, 2, engine, nil)
 		sender, _ := nodes[0].user(t, "sender")
 		const trials = 25
 		for i := range trials {
@@ -132,8 +128,14 @@ func TestRacingLoginsLeaveExactlyOneSession(t *testing.T) {
 // it starts (a failing broker or store around the real one).
 func clusterNode(t *testing.T, r *testproc.Redis, id, engine string, wrap func(*Server)) *testServer {
 	t.Helper()
+	return backendNode(t, &redisBackend{url: r.URL}, id, engine, wrap)
+}
+
+// backendNode is clusterNode on rb.
+func backendNode(t *testing.T, rb *redisBackend, id, engine string, wrap func(*Server)) *testServer {
+	t.Helper()
 	opts := testOptions(t, engine)
-	opts.Redis, opts.NodeID, opts.Heartbeat = r.URL, id, 200*time.Millisecond
+	opts.Redis, opts.RedisPrefix, opts.NodeID, opts.Heartbeat = rb.url, rb.prefix, id, 200*time.Millisecond
 	srv, err := New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -183,10 +185,13 @@ func (b *failingLoginNotices) Publish(ctx context.Context, uids []uint64, ev Eve
 // A login whose notice cannot be published fails, rather than leave the
 // older session elsewhere alive beside it for good.
 func TestLoginWithoutItsNoticeFails(t *testing.T) {
-	r := testproc.StartRedis(t)
-	n1 := clusterNode(t, r, "node-1", EngineGnet, nil)
+	forEachRedis(t, testLoginWithoutItsNoticeFails)
+}
+
+func testLoginWithoutItsNoticeFails(t *testing.T, rb *redisBackend) {
+	n1 := backendNode(t, rb, "node-1", EngineGnet, nil)
 	var fb *failingLoginNotices
-	n2 := clusterNode(t, r, "node-2", EngineGnet, func(s *Server) { fb = &failingLoginNotices{Broker: s.broker}; s.broker = fb })
+	n2 := backendNode(t, rb, "node-2", EngineGnet, func(s *Server) { fb = &failingLoginNotices{Broker: s.broker}; s.broker = fb })
 	bob, _ := n1.user(t, "bob")
 	older, aliceOK := n1.user(t, "alice")
 	fb.fail.Store(true)
@@ -220,17 +225,24 @@ func (s *flakyLatest) LatestSession(ctx context.Context, uid uint64, device stri
 // asks the store after reconnecting, and asks again if that fails, so the
 // older session goes all the same.
 func TestResyncRetriesTheGenerationCheck(t *testing.T) {
-	r := testproc.StartRedis(t)
+	forEachRedis(t, testResyncRetriesTheGenerationCheck)
+}
+
+func testResyncRetriesTheGenerationCheck(t *testing.T, rb *redisBackend) {
 	var fs *flakyLatest
-	n1 := clusterNode(t, r, "node-1", EngineGnet, func(s *Server) { fs = &flakyLatest{Store: s.store}; s.store = fs })
-	n2 := clusterNode(t, r, "node-2", EngineGnet, nil)
+	n1 := backendNode(t, rb, "node-1", EngineGnet, func(s *Server) { fs = &flakyLatest{Store: s.store}; s.store = fs })
+	n2 := backendNode(t, rb, "node-2", EngineGnet, nil)
 	bob, _ := n2.user(t, "bob")
 	older, ok := n1.user(t, "alice")
 	ctx := context.Background()
-	ps := n1.broker.(*RedisBroker).ps
-	ch := protocol.UserChannel(protocol.DefaultPrefix, ok.UserId)
+	b := n1.broker.(*RedisBroker)
+	ch := b.userChannel(ok.UserId)
+	unsubscribe, subscribe := func() error { return b.ps.Unsubscribe(ctx, ch) }, func() error { return b.ps.Subscribe(ctx, ch) }
+	if b.sharded != nil {
+		unsubscribe, subscribe = func() error { return b.sharded.Unsubscribe(ctx, ch) }, func() error { return b.sharded.Subscribe(ctx, ch) }
+	}
 	// node-1 misses the next notice, as if its pub/sub connection were down.
-	if err := ps.Unsubscribe(ctx, ch); err != nil {
+	if err := unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
 	testproc.WaitUntil(t, "node-1 to leave alice's channel", 5*time.Second, func() bool {
@@ -238,7 +250,7 @@ func TestResyncRetriesTheGenerationCheck(t *testing.T) {
 		return err == nil && !on[0]
 	})
 	newer, _ := n2.user(t, "alice")
-	if err := ps.Subscribe(ctx, ch); err != nil {
+	if err := subscribe(); err != nil {
 		t.Fatal(err)
 	}
 	fs.fail.Store(2)
@@ -253,18 +265,19 @@ func TestResyncRetriesTheGenerationCheck(t *testing.T) {
 // A session counter that went back (Redis lost recent writes) still lets
 // the newest login win: generations follow Redis's clock past the counter.
 func TestNewestLoginWinsAfterTheCounterWentBack(t *testing.T) {
-	r := testproc.StartRedis(t)
-	n1 := clusterNode(t, r, "node-1", EngineGnet, nil)
-	n2 := clusterNode(t, r, "node-2", EngineGnet, nil)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	t.Cleanup(func() { rdb.Close() })
+	forEachRedis(t, testNewestLoginWinsAfterTheCounterWentBack)
+}
+
+func testNewestLoginWinsAfterTheCounterWentBack(t *testing.T, rb *redisBackend) {
+	n1 := backendNode(t, rb, "node-1", EngineGnet, nil)
+	n2 := backendNode(t, rb, "node-2", EngineGnet, nil)
 	bob, _ := n2.user(t, "bob")
 	var ok *chatpb.LoginOK
 	for range 3 {
 		_, ok = n1.user(t, "alice")
 	}
-	key := protocol.DefaultPrefix + "session:" + strconv.FormatUint(ok.UserId, 10)
-	if err := rdb.Set(context.Background(), key, 1, 0).Err(); err != nil {
+	key := rb.store(t).sessionKey(ok.UserId)
+	if err := rb.client.Set(context.Background(), key, 1, 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	sameNode, _ := n1.user(t, "alice") // must not be refused as older

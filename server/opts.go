@@ -129,11 +129,21 @@ type Options struct {
 	Logger *slog.Logger
 	// Redis, when set, makes this node one of a cluster: users, groups and
 	// inboxes live in the Redis at this URL (redis://host:port/db) and
-	// messages route over its pub/sub. Empty means a single node on the
-	// embedded store.
+	// messages route over its pub/sub; redis-cluster://host:port,... names
+	// a Redis Cluster instead (any of its nodes; docs/cluster.md). Empty
+	// means a single node on the embedded store.
 	Redis string
 	// RedisPrefix starts every Redis key and channel. Empty means "loopchat:".
 	RedisPrefix string
+	// RedisMinReplicas is how many replicas must acknowledge a write
+	// before the node acknowledges it (SendOK and every other answer to a
+	// write: WAIT, redis_wait.go). Zero means 1 when every Redis primary
+	// has a replica connected when the node starts, else none; negative
+	// means never wait.
+	RedisMinReplicas int
+	// RedisReplicaTimeout bounds that wait: a write not on enough replicas
+	// by then fails (UNAVAILABLE). Zero means 1s.
+	RedisReplicaTimeout time.Duration
 	// Heartbeat is how often a cluster node refreshes its registry entry.
 	// Zero means 1s.
 	Heartbeat time.Duration
@@ -318,6 +328,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.RedisPrefix == "" {
 		c.RedisPrefix = protocol.DefaultPrefix
+	}
+	if c.RedisReplicaTimeout <= 0 {
+		c.RedisReplicaTimeout = time.Second
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = time.Second

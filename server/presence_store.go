@@ -279,67 +279,72 @@ func (s *BoltStore) SetPresenceVisible(ctx context.Context, uid uint64, visible 
 func (s *RedisStore) presenceKey(uid uint64) string   { return s.userTagKey(uid, "presence") }
 func (s *RedisStore) presenceNodes(uid uint64) string { return s.userTagKey(uid, "pnodes") }
 func (s *RedisStore) presenceIndex(node string) string {
+	if s.cluster {
+		return s.p + "{i:" + node + "}:presence:node"
+	}
 	return s.p + "presence:node:" + node
 }
 
-// presenceAnnounce is Lua shared by the presence scripts: announce(uid,
-// online, seen) publishes the user's presence to every friend's channel
-// when ARGV says to publish. The epoch is the guard's (want): nodes drop an
-// event of another store's contents.
-const presenceAnnounce = `
-local function announce(p, uid, online, seen)
-  local name = redis.call('HGET', p .. 'user:' .. uid, 'name')
+// presencePayload is Lua shared by the presence scripts:
+// presencePayload(uid, online, seen, name) is the presence event's JSON.
+// The epoch is the guard's (want): nodes drop an event of another store's
+// contents.
+const presencePayload = `
+local function presencePayload(uid, online, seen, name)
   local payload = '{"type":"presence","user_id":' .. uid .. ',"online":' .. (online and 'true' or 'false')
   if seen > 0 then payload = payload .. ',"last_seen_ms":' .. string.format('%d', seen) end
   if name then payload = payload .. ',"username":"' .. name .. '"' end
   if want ~= '' then payload = payload .. ',"epoch":"' .. want .. '"' end
-  payload = payload .. '}'
+  return payload .. '}'
+end
+`
+
+// presenceAnnounce is Lua for the presence scripts on one Redis:
+// announce(p, uid, online, seen) publishes the user's presence to every
+// friend's channel, and done(reply) is the reply as it is. (On a cluster,
+// announce lists the friends instead, and done adds them to the reply:
+// store_rcluster.go.)
+const presenceAnnounce = presencePayload + `
+local function announce(p, uid, online, seen)
+  local payload = presencePayload(uid, online, seen, redis.call('HGET', p .. 'user:' .. uid, 'name'))
   for _, f in ipairs(redis.call('ZRANGE', p .. 'friends:' .. uid, 0, -1)) do
     redis.call('PUBLISH', p .. 'user:' .. f, payload)
   end
 end
+local function done(reply) return reply end
 `
 
-// Every presence script returns {announce, hidden, published, online,
-// last seen} (parsePresenceChange).
-var (
+// The presence scripts, less their announce (presenceAnnounce, or the
+// cluster's). Each returns done({announce, hidden, published, online,
+// last seen}) (parsePresenceChange). The instance's index key is last in
+// KEYS on one Redis; on a cluster it is in another slot, left out, and
+// written apart (store_rcluster.go).
+const (
 	// KEYS: {u:<uid>}:presence, :pnodes (the user's slot), the instance's
-	// index. ARGV: instance, uid, prefix, publish ("1"). Computes
-	// user:<uid> and friends:<uid>, and publishes to each friend's channel.
-	scriptPresenceJoin = guardedScript(presenceAnnounce + `
+	// index. ARGV: instance, uid, prefix, publish ("1"). Computes the
+	// user's record and friends, and announces to each friend.
+	luaPresenceJoin = `
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[2])
+if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[2]) end
 local st = redis.call('HMGET', KEYS[1], 'on', 'hidden')
 local hidden = st[2] == '1'
 local h = hidden and 1 or 0
 local vis = hidden and 0 or 1
-if st[1] == '1' then return {0, h, 0, vis, 0} end
+if st[1] == '1' then return done({0, h, 0, vis, 0}) end
 redis.call('HSET', KEYS[1], 'on', '1')
-if hidden then return {0, 1, 0, 0, 0} end
+if hidden then return done({0, 1, 0, 0, 0}) end
 if ARGV[4] == '1' then
   announce(ARGV[3], ARGV[2], true, 0)
-  return {1, 0, 1, 1, 0}
+  return done({1, 0, 1, 1, 0})
 end
-return {1, 0, 0, 1, 0}`)
-
-	// KEYS: {u:<uid>}:pnodes, the instance's index. ARGV: instance, uid.
-	// Returns 1 when no instance has a session of the user any more: the
-	// caller settles them after the grace, and until then the user stays
-	// in the instance's index. Else the index lets the user go.
-	scriptPresenceLeave = guardedScript(`
-redis.call('SREM', KEYS[1], ARGV[1])
-if redis.call('SCARD', KEYS[1]) > 0 then
-  redis.call('SREM', KEYS[2], ARGV[2])
-  return 0
-end
-return 1`)
+return done({1, 0, 0, 1, 0})`
 
 	// KEYS: {u:<uid>}:presence, :pnodes, the instance's index (or what
 	// is left of a dead one's). ARGV: instance, uid, last seen ms, prefix,
 	// publish ("1").
-	scriptPresenceSettle = guardedScript(presenceAnnounce + `
+	luaPresenceSettle = `
 redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[2])
+if KEYS[3] then redis.call('SREM', KEYS[3], ARGV[2]) end
 local st = redis.call('HMGET', KEYS[1], 'on', 'hidden', 'seen')
 local hidden = st[2] == '1'
 local h = hidden and 1 or 0
@@ -347,20 +352,20 @@ if redis.call('SCARD', KEYS[2]) > 0 or st[1] ~= '1' then
   local online = (st[1] == '1' and not hidden) and 1 or 0
   local seen = 0
   if online == 0 and not hidden then seen = tonumber(st[3] or '0') end
-  return {0, h, 0, online, seen}
+  return done({0, h, 0, online, seen})
 end
 local at = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'on', '0', 'seen', ARGV[3])
-if hidden then return {0, 1, 0, 0, 0} end
+if hidden then return done({0, 1, 0, 0, 0}) end
 if ARGV[5] == '1' then
   announce(ARGV[4], ARGV[2], false, at)
-  return {1, 0, 1, 0, at}
+  return done({1, 0, 1, 0, at})
 end
-return {1, 0, 0, 0, at}`)
+return done({1, 0, 0, 0, at})`
 
 	// KEYS: {u:<uid>}:presence. ARGV: visible ("1" or "0"), uid, prefix,
 	// publish ("1").
-	scriptPresenceVisible = guardedScript(presenceAnnounce + `
+	luaPresenceVisible = `
 local st = redis.call('HMGET', KEYS[1], 'on', 'hidden', 'seen')
 local was = st[2] == '1'
 local hide = ARGV[1] ~= '1'
@@ -369,13 +374,32 @@ local seen = 0
 if not hide and st[1] ~= '1' then seen = tonumber(st[3] or '0') end
 local h = hide and 1 or 0
 local on = online and 1 or 0
-if was == hide then return {0, h, 0, on, seen} end
+if was == hide then return done({0, h, 0, on, seen}) end
 if hide then redis.call('HSET', KEYS[1], 'hidden', '1') else redis.call('HDEL', KEYS[1], 'hidden') end
 if ARGV[4] == '1' then
   announce(ARGV[3], ARGV[2], online, seen)
-  return {1, h, 1, on, seen}
+  return done({1, h, 1, on, seen})
 end
-return {1, h, 0, on, seen}`)
+return done({1, h, 0, on, seen})`
+)
+
+var (
+	scriptPresenceJoin    = guardedScript(presenceAnnounce + luaPresenceJoin)
+	scriptPresenceSettle  = guardedScript(presenceAnnounce + luaPresenceSettle)
+	scriptPresenceVisible = guardedScript(presenceAnnounce + luaPresenceVisible)
+
+	// KEYS: {u:<uid>}:pnodes, the instance's index (on one Redis).
+	// ARGV: instance, uid. Returns 1 when no instance has a session of
+	// the user any more: the caller settles them after the grace, and
+	// until then the user stays in the instance's index. Else the index
+	// lets the user go.
+	scriptPresenceLeave = guardedScript(`
+redis.call('SREM', KEYS[1], ARGV[1])
+if redis.call('SCARD', KEYS[1]) > 0 then
+  if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[2]) end
+  return 0
+end
+return 1`)
 
 	presenceScripts = []*redis.Script{scriptPresenceJoin, scriptPresenceLeave, scriptPresenceSettle,
 		scriptPresenceVisible, scriptPresenceBeat, scriptPresenceClaim}
@@ -413,6 +437,9 @@ func (s *RedisStore) presenceScript(ctx context.Context, script *redis.Script, k
 }
 
 func (s *RedisStore) PresenceJoin(ctx context.Context, uid uint64, node string) (PresenceChange, error) {
+	if s.cluster {
+		return s.clusterPresenceJoin(ctx, uid, node)
+	}
 	cmd, err := s.presenceScript(ctx, scriptPresenceJoin,
 		[]string{s.presenceKey(uid), s.presenceNodes(uid), s.presenceIndex(node)}, node, uid, s.p, s.publishFlag())
 	if err != nil {
@@ -422,6 +449,9 @@ func (s *RedisStore) PresenceJoin(ctx context.Context, uid uint64, node string) 
 }
 
 func (s *RedisStore) PresenceLeave(ctx context.Context, uid uint64, node string) (bool, error) {
+	if s.cluster {
+		return s.clusterPresenceLeave(ctx, uid, node)
+	}
 	cmd, err := s.presenceScript(ctx, scriptPresenceLeave, []string{s.presenceNodes(uid), s.presenceIndex(node)}, node, uid)
 	if err != nil {
 		return false, err
@@ -431,6 +461,9 @@ func (s *RedisStore) PresenceLeave(ctx context.Context, uid uint64, node string)
 }
 
 func (s *RedisStore) PresenceSettle(ctx context.Context, uid uint64, node string, atMs int64) (PresenceChange, error) {
+	if s.cluster {
+		return s.clusterSettle(ctx, uid, node, s.presenceIndex(node), atMs)
+	}
 	return s.settle(ctx, uid, node, s.presenceIndex(node), atMs)
 }
 
@@ -447,6 +480,9 @@ func (s *RedisStore) SetPresenceVisible(ctx context.Context, uid uint64, visible
 	v := "0"
 	if visible {
 		v = "1"
+	}
+	if s.cluster {
+		return s.clusterPresence(ctx, scriptClusterPresenceVisible, []string{s.presenceKey(uid)}, v, uid, s.p, s.publishFlag())
 	}
 	cmd, err := s.presenceScript(ctx, scriptPresenceVisible, []string{s.presenceKey(uid)}, v, uid, s.p, s.publishFlag())
 	if err != nil {
@@ -536,7 +572,7 @@ func (s *RedisStore) PresenceBeat(ctx context.Context, node string, first bool) 
 	if first {
 		f = "1"
 	}
-	n, err := scriptPresenceBeat.Run(ctx, s.rdb, []string{s.p + "presence:nodes"}, node, f).Int64()
+	n, err := scriptPresenceBeat.Run(ctx, s.rdb, []string{s.metaKey("presence:nodes")}, node, f).Int64()
 	if err != nil {
 		return false, redisErr(err)
 	}
@@ -553,64 +589,107 @@ type sweptUser struct {
 // settles up to max users of claimed ones, each last seen at their
 // instance's last heartbeat. It returns them, and whether more are left.
 func (s *RedisStore) PresenceSweep(ctx context.Context, ttl int64, max int) ([]sweptUser, bool, error) {
-	if err := scriptPresenceClaim.Run(ctx, s.rdb, []string{s.p + "presence:nodes", s.p + "presence:dead"}, ttl, s.p, 16).Err(); err != nil {
+	claimKeys := []string{s.metaKey("presence:nodes"), s.metaKey("presence:dead")}
+	var err error
+	if s.cluster {
+		err = scriptClusterPresenceClaim.Run(ctx, s.rdb, claimKeys, ttl, 16).Err()
+	} else {
+		err = scriptPresenceClaim.Run(ctx, s.rdb, claimKeys, ttl, s.p, 16).Err()
+	}
+	if err != nil {
 		return nil, false, redisErr(err)
 	}
-	dead, err := s.rdb.ZRangeWithScores(ctx, s.p+"presence:dead", 0, 15).Result()
+	dead, err := s.rdb.ZRangeWithScores(ctx, s.metaKey("presence:dead"), 0, 15).Result()
 	if err != nil {
 		return nil, false, redisErr(err)
 	}
 	var out []sweptUser
 	for _, d := range dead {
 		inst, _ := d.Member.(string)
-		index := s.p + "presence:dead:" + inst
-		members, err := s.rdb.SRandMemberN(ctx, index, int64(max-len(out))).Result()
-		if err != nil {
-			return out, true, redisErr(err)
-		}
-		if len(members) == 0 {
-			// Swept (a set that empties is gone): forget the instance.
-			if err := s.rdb.ZRem(ctx, s.p+"presence:dead", inst).Err(); err != nil {
+		index := s.presenceDeadIndex(inst)
+		if s.cluster {
+			// The claim moved the instance in {meta}; its index follows
+			// here, in the instance's slot, again on every pass until it
+			// is swept.
+			if err := scriptClusterIndexDead.Run(ctx, s.rdb, []string{s.presenceIndex(inst), index}).Err(); err != nil {
 				return out, true, redisErr(err)
 			}
-			continue
 		}
-		uids := make([]uint64, 0, len(members))
-		for _, m := range members {
-			uid, err := strconv.ParseUint(m, 10, 64)
-			if err != nil {
-				s.rdb.SRem(ctx, index, m) // not a user id: nothing to settle
-				continue
-			}
-			uids = append(uids, uid)
-		}
-		// One pipeline for them all: a dead node may have had many users.
-		keys := make([][]string, len(uids))
-		args := make([][]any, len(uids))
-		for i, uid := range uids {
-			keys[i], args[i] = s.guard(ctx, []string{s.presenceKey(uid), s.presenceNodes(uid), index},
-				inst, uid, int64(d.Score), s.p, s.publishFlag())
-		}
-		cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-			out := make([]redis.Cmder, len(uids))
-			for i := range uids {
-				out[i] = scriptPresenceSettle.EvalSha(ctx, p, keys[i], args[i]...)
-			}
-			return out
-		})
+		uids, err := s.deadUsers(ctx, inst, index, max-len(out))
 		if err != nil {
 			return out, true, err
 		}
-		for i, c := range cmds {
-			ch, err := parsePresenceChange(c)
-			if err != nil {
-				return out, true, err
-			}
+		var changes []PresenceChange
+		if s.cluster {
+			changes, err = s.clusterSettleAll(ctx, uids, inst, index, int64(d.Score))
+		} else {
+			changes, err = s.settleAll(ctx, uids, inst, index, int64(d.Score))
+		}
+		for i, ch := range changes {
 			out = append(out, sweptUser{UID: uids[i], Change: ch})
+		}
+		if err != nil {
+			return out, true, err
 		}
 		if len(out) >= max {
 			return out, true, nil
 		}
 	}
 	return out, false, nil
+}
+
+// settleAll settles users of a dead instance, last seen at atMs, in one
+// pipeline: a dead node may have had many users.
+func (s *RedisStore) settleAll(ctx context.Context, uids []uint64, inst, index string, atMs int64) ([]PresenceChange, error) {
+	if len(uids) == 0 {
+		return nil, nil
+	}
+	keys := make([][]string, len(uids))
+	args := make([][]any, len(uids))
+	for i, uid := range uids {
+		keys[i], args[i] = s.guard(ctx, []string{s.presenceKey(uid), s.presenceNodes(uid), index},
+			inst, uid, atMs, s.p, s.publishFlag())
+	}
+	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		out := make([]redis.Cmder, len(uids))
+		for i := range uids {
+			out[i] = scriptPresenceSettle.EvalSha(ctx, p, keys[i], args[i]...)
+		}
+		return out
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PresenceChange, 0, len(cmds))
+	for _, c := range cmds {
+		ch, err := parsePresenceChange(c)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, ch)
+	}
+	return out, nil
+}
+
+// deadUsers takes up to n users of a dead instance's index to settle; when
+// it is empty (a set that empties is gone), the instance is swept and
+// forgotten.
+func (s *RedisStore) deadUsers(ctx context.Context, inst, index string, n int) ([]uint64, error) {
+	members, err := s.rdb.SRandMemberN(ctx, index, int64(n)).Result()
+	if err != nil {
+		return nil, redisErr(err)
+	}
+	if len(members) == 0 {
+		return nil, redisErr(s.rdb.ZRem(ctx, s.metaKey("presence:dead"), inst).Err())
+	}
+	uids := make([]uint64, 0, len(members))
+	for _, m := range members {
+		uid, err := strconv.ParseUint(m, 10, 64)
+		if err != nil {
+			s.rdb.SRem(ctx, index, m) // not a user id: nothing to settle
+			continue
+		}
+		uids = append(uids, uid)
+	}
+	return uids, nil
 }

@@ -81,8 +81,7 @@ func (s *RedisStore) MarkRead(ctx context.Context, uid uint64, c Conversation, u
 	if err != nil {
 		return 0, false, err
 	}
-	keys, args := s.guard(ctx, []string{s.readKey(uid)}, c.Key(), min(upTo, last))
-	res, err := scriptMarkRead.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	res, err := s.run(ctx, scriptMarkRead, []string{s.readKey(uid)}, c.Key(), min(upTo, last)).Int64Slice()
 	if err != nil || len(res) != 2 {
 		return 0, false, redisErr(err)
 	}

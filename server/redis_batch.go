@@ -55,6 +55,13 @@ func (b *redisBatcher) do(ctx context.Context, build func(redis.Pipeliner) []red
 	}
 }
 
+// post queues build's commands without waiting for their pipeline (the
+// queue is bounded: it waits while that is full). Their results are not
+// read.
+func (b *redisBatcher) post(ctx context.Context, build func(redis.Pipeliner) []redis.Cmder) error {
+	return b.ops.send(ctx, &pipeOp{build: build, done: make(chan error, 1)})
+}
+
 func (b *redisBatcher) close() {
 	b.ops.close()
 	b.wg.Wait()

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -32,7 +33,7 @@ return 0`)
 // short TTL (what `loopchat lb` discovers), and a claim on one of the 1024
 // node numbers that keep message ids unique across the cluster.
 type registry struct {
-	rdb      *redis.Client
+	rdb      redis.UniversalClient
 	p        string
 	interval time.Duration
 	ttl      time.Duration
@@ -149,18 +150,20 @@ func (r *registry) list(ctx context.Context) ([]protocol.NodeInfo, error) {
 	if err != nil || len(ids) == 0 {
 		return nil, redisErr(err)
 	}
-	keys := make([]string, len(ids))
+	// GETs in a pipeline, not one MGET: on a Redis Cluster the entries
+	// are in different slots.
+	pipe := r.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ids))
 	for i, id := range ids {
-		keys[i] = protocol.NodeKey(r.p, id)
+		cmds[i] = pipe.Get(ctx, protocol.NodeKey(r.p, id))
 	}
-	vals, err := r.rdb.MGet(ctx, keys...).Result()
-	if err != nil {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, redisErr(err)
 	}
-	out := make([]protocol.NodeInfo, 0, len(vals))
-	for _, v := range vals {
-		s, ok := v.(string)
-		if !ok {
+	out := make([]protocol.NodeInfo, 0, len(cmds))
+	for _, c := range cmds {
+		s, err := c.Result()
+		if err != nil {
 			continue // expired: the node is gone
 		}
 		var info protocol.NodeInfo

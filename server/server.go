@@ -35,11 +35,11 @@ type Server struct {
 	engine    engine
 	runq      *runQueue
 
-	rdb      *redis.Client // cluster mode only
-	registry *registry     // cluster mode only
-	addr     net.Addr      // where the engine listens
-	admin    *admin.Server // nil unless Options.AdminAddr
-	api      *api          // nil unless Options.APIAddr
+	rdb      redis.UniversalClient // cluster mode only: one Redis or a Redis Cluster
+	registry *registry             // cluster mode only
+	addr     net.Addr              // where the engine listens
+	admin    *admin.Server         // nil unless Options.AdminAddr
+	api      *api                  // nil unless Options.APIAddr
 
 	startedAt  time.Time
 	nextConnID atomic.Uint64

@@ -136,6 +136,9 @@ func oldestOver(online []DeviceSession, max int) []DeviceSession {
 
 // sessionKey is the Redis counter of uid's session generations.
 func (s *RedisStore) sessionKey(uid uint64) string {
+	if s.cluster {
+		return s.userTagKey(uid, "session")
+	}
 	return s.p + "session:" + strconv.FormatUint(uid, 10)
 }
 
@@ -157,8 +160,8 @@ func (s *RedisStore) userTagKey(uid uint64, name string) string {
 // counter is the user's, so generations also order the user's devices
 // (DEVICE_LIMIT kicks the oldest); each device's newest is kept beside.
 var (
-	// KEYS: session counter, {u:<uid>}:devgen (two slots; in a cluster the
-	// counter would move under the user's tag). ARGV: device.
+	// KEYS: session counter, {u:<uid>}:devgen (two slots on one Redis; on
+	// a cluster the counter is under the user's tag too). ARGV: device.
 	scriptNewSession = guardedScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])

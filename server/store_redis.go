@@ -20,6 +20,87 @@ import (
 	"github.com/loopchat/loopchat/protocol"
 )
 
+// luaSeqAndLog is the part of an append that runs in the conversation's
+// slot, shared by the append on one Redis (scriptAppend) and the first
+// step of one on a cluster (store_rcluster.go). It takes the next seq
+// (INCR seqKey), gives the body (bodyIn, encoded without a seq) its seq,
+// stores sentAt .. body in the log under it, and trims the log to
+// maxmsgs messages and the age cutoff (0: none), with a TTL of ttl ms
+// (0: none) on the log and its first key. It leaves seq, seqs (its
+// decimal), body and htrimmed (how many the log dropped).
+const luaSeqAndLog = `
+local seq = redis.call('INCR', seqKey)
+local seqs = string.format('%d', seq)
+local vi, v = {}, seq
+while v >= 128 do
+  vi[#vi + 1] = string.char(v % 128 + 128)
+  v = math.floor(v / 128)
+end
+vi[#vi + 1] = string.char(v)
+local body = bodyIn .. '\64' .. table.concat(vi)
+
+redis.call('HSET', logKey, seqs, sentAt .. body)
+local low = tonumber(redis.call('GET', firstKey) or '0')
+if low == 0 then low = seq end
+local htrimmed, budget = 0, 64
+if maxmsgs > 0 and seq - low + 1 > maxmsgs then
+  local upto = math.min(seq - maxmsgs, low + budget - 1)
+  local fields = {}
+  for i = low, upto do fields[#fields + 1] = string.format('%d', i) end
+  htrimmed = redis.call('HDEL', logKey, unpack(fields))
+  budget = budget - #fields
+  low = upto + 1
+end
+if cutoff > 0 then
+  while low < seq and budget > 0 do
+    local old = redis.call('HGET', logKey, string.format('%d', low))
+    if old then
+      local at = 0
+      for i = 1, 8 do at = at * 256 + (string.byte(old, i) or 0) end
+      if at >= cutoff then break end
+      redis.call('HDEL', logKey, string.format('%d', low))
+      htrimmed = htrimmed + 1
+    end
+    low = low + 1
+    budget = budget - 1
+  end
+end
+if ttl > 0 then
+  redis.call('SET', firstKey, string.format('%d', low), 'PX', ttl)
+  redis.call('PEXPIRE', logKey, ttl)
+else
+  redis.call('SET', firstKey, string.format('%d', low))
+  redis.call('PERSIST', logKey)
+end
+`
+
+// luaBoxes defines boxes(uid, skip, out), shared by the append on one
+// Redis and the inbox step of one on a cluster: the script defines p (the
+// prefix), sent (the message's sent_at ms) and box(uid, slot), what goes
+// into out for each box.
+const luaBoxes = `
+-- The boxes (device inboxes, device.go) of uid's devices that get a
+-- message sent now, but the one in slot skip: box(uid, slot) of each
+-- goes into out. Returns how many devices that is.
+local function boxes(uid, skip, out)
+  local vals = redis.call('HVALS', p .. '{u:' .. uid .. '}:devices')
+  if #vals == 0 then
+    if skip ~= 0 then out[#out + 1] = box(uid, 0) end
+    return 0
+  end
+  local n = 0
+  for _, v in ipairs(vals) do
+    local slot, since = string.match(v, '^(%d+):(%-?%d+):')
+    slot = tonumber(slot)
+    if slot ~= skip and tonumber(since) <= sent then
+      out[#out + 1] = box(uid, slot)
+      n = n + 1
+    end
+  end
+  return n
+end
+`
+
 // Key layout in Redis (P is the prefix, "loopchat:" by default). Ids are
 // decimal; inbox members are 16 hex digits so that lexical order (ZRANGE
 // BYLEX) is msg_id order without the 53-bit limit of sorted-set scores.
@@ -253,55 +334,17 @@ return 1`)
 local dedup = tonumber(ARGV[4]) > 0
 if dedup then
   local prev = redis.call('GET', KEYS[2])
-  if prev then return {1, prev} end
-end
-local seq = redis.call('INCR', KEYS[3])
-local seqs = string.format('%d', seq)
-local vi, v = {}, seq
-while v >= 128 do
-  vi[#vi + 1] = string.char(v % 128 + 128)
-  v = math.floor(v / 128)
-end
-vi[#vi + 1] = string.char(v)
-local body = ARGV[1] .. '\64' .. table.concat(vi)
-
-redis.call('HSET', KEYS[4], seqs, ARGV[8] .. body)
-local low = tonumber(redis.call('GET', KEYS[5]) or '0')
-if low == 0 then low = seq end
-local htrimmed, budget = 0, 64
-local maxmsgs = tonumber(ARGV[9])
-if maxmsgs > 0 and seq - low + 1 > maxmsgs then
-  local upto = math.min(seq - maxmsgs, low + budget - 1)
-  local fields = {}
-  for i = low, upto do fields[#fields + 1] = string.format('%d', i) end
-  htrimmed = redis.call('HDEL', KEYS[4], unpack(fields))
-  budget = budget - #fields
-  low = upto + 1
-end
-local cutoff = tonumber(ARGV[10])
-if cutoff > 0 then
-  while low < seq and budget > 0 do
-    local old = redis.call('HGET', KEYS[4], string.format('%d', low))
-    if old then
-      local at = 0
-      for i = 1, 8 do at = at * 256 + (string.byte(old, i) or 0) end
-      if at >= cutoff then break end
-      redis.call('HDEL', KEYS[4], string.format('%d', low))
-      htrimmed = htrimmed + 1
-    end
-    low = low + 1
-    budget = budget - 1
+  if prev then
+    -- Written again, unchanged: a write, so that the WAIT after this
+    -- script (--redis-min-replicas) covers the first send's writes too.
+    redis.call('SET', KEYS[2], prev, 'KEEPTTL')
+    return {1, prev}
   end
 end
-local ttl = tonumber(ARGV[11])
-if ttl > 0 then
-  redis.call('SET', KEYS[5], string.format('%d', low), 'PX', ttl)
-  redis.call('PEXPIRE', KEYS[4], ttl)
-else
-  redis.call('SET', KEYS[5], string.format('%d', low))
-  redis.call('PERSIST', KEYS[4])
-end
-
+local seqKey, logKey, firstKey = KEYS[3], KEYS[4], KEYS[5]
+local bodyIn, sentAt = ARGV[1], ARGV[8]
+local maxmsgs, cutoff, ttl = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+` + luaSeqAndLog + `
 local group = ARGV[16] ~= ''
 if not group then
   redis.call('SADD', KEYS[6], ARGV[12])
@@ -310,27 +353,11 @@ end
 
 local p = ARGV[6]
 local sent = tonumber(ARGV[13])
--- The boxes (device inboxes, device.go) of uid's devices that get a
--- message sent now, but the one in slot skip.
-local function boxes(uid, skip, out)
-  local vals = redis.call('HVALS', p .. '{u:' .. uid .. '}:devices')
-  if #vals == 0 then
-    if skip ~= 0 then out[#out + 1] = p .. 'inbox:' .. uid end
-    return 0
-  end
-  local n = 0
-  for _, v in ipairs(vals) do
-    local slot, since = string.match(v, '^(%d+):(%-?%d+):')
-    slot = tonumber(slot)
-    if slot ~= skip and tonumber(since) <= sent then
-      if slot == 0 then out[#out + 1] = p .. 'inbox:' .. uid
-      else out[#out + 1] = p .. 'inbox:' .. uid .. ':' .. slot end
-      n = n + 1
-    end
-  end
-  return n
+local function box(uid, slot)
+  if slot == 0 then return p .. 'inbox:' .. uid end
+  return p .. 'inbox:' .. uid .. ':' .. slot
 end
-local rcpts, senderIn = {}, false
+` + luaBoxes + `local rcpts, senderIn = {}, false
 if group then
   for _, u in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
     if u == ARGV[17] then senderIn = true else rcpts[#rcpts + 1] = u end
@@ -469,7 +496,7 @@ return out`)
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
 		scriptNewSession, scriptLatestSession, scriptMarkRead, scriptDeviceOnline, scriptDeviceOffline,
-		scriptRegisterDevice, scriptConvTail}
+		scriptRegisterDevice, scriptConvTail, scriptSetBan, scriptRevokeTokens}
 )
 
 // redisSchema is the version of the key layout this code writes (the
@@ -494,7 +521,9 @@ const redisSchema = 3
 // RedisConfig configures the Redis store. Zero values mean the default.
 type RedisConfig struct {
 	// Client is the Redis connection pool; required. The store does not close it.
-	Client *redis.Client
+	// A *redis.ClusterClient makes it a Redis Cluster store: the cluster
+	// key layout and per-slot steps of store_rcluster.go.
+	Client redis.UniversalClient
 	// Prefix starts every key. Empty means "loopchat:".
 	Prefix string
 	// InboxLimit caps each user's inbox. Zero means 10,000.
@@ -520,12 +549,16 @@ type RedisConfig struct {
 // RedisStore is the cluster Store: every node shares it. Hot-path writes
 // (appends, acks) are batched into pipelines by a redisBatcher.
 type RedisStore struct {
-	rdb   *redis.Client
-	p     string
-	cfg   RedisConfig
-	batch *redisBatcher
-	names idCache[uint64, string] // user id -> name
-	ids   idCache[string, uint64] // lower-case name -> user id
+	rdb redis.UniversalClient
+	p   string
+	// cluster: the client is a Redis Cluster's; tags names a hash tag of
+	// each slot, for the slots' copies of the epoch (epoch_cluster.go).
+	cluster bool
+	tags    []string
+	cfg     RedisConfig
+	batch   *redisBatcher
+	names   idCache[uint64, string] // user id -> name
+	ids     idCache[string, uint64] // lower-case name -> user id
 	// epoch is the store epoch writes are made under (UseEpoch; epoch.go),
 	// nil until set; maxUID the highest user id this node has seen exist in
 	// it, to notice a store rolled back to an older snapshot.
@@ -557,8 +590,16 @@ func NewRedisStore(cfg RedisConfig) *RedisStore {
 		cfg.Pipelines = 4
 	}
 	cfg.History = cfg.History.withDefaults()
-	return &RedisStore{rdb: cfg.Client, p: cfg.Prefix, cfg: cfg,
-		batch: newRedisBatcher(cfg.Client, cfg.Pipelines, 512, append(slices.Clone(redisStoreScripts), presenceScripts...)...)}
+	s := &RedisStore{rdb: cfg.Client, p: cfg.Prefix, cfg: cfg,
+		batch: newRedisBatcher(cfg.Client, cfg.Pipelines, 512, slices.Concat(redisStoreScripts, presenceScripts, clusterScripts)...)}
+	if _, ok := cfg.Client.(*redis.ClusterClient); ok {
+		s.cluster = true
+		s.tags = slotTags()
+		// A cluster keyspace starts with the layout's latest schema: there
+		// is nothing older to index.
+		s.convsIndexed.Store(true)
+	}
+	return s
 }
 
 // Ping checks Redis answers.
@@ -570,19 +611,86 @@ func (s *RedisStore) Close() error {
 	return nil
 }
 
-func (s *RedisStore) userKey(uid uint64) string { return s.p + "user:" + strconv.FormatUint(uid, 10) }
+// The key names below differ between one Redis (the layout at the top)
+// and a Redis Cluster, where every key of one step shares a hash tag
+// (docs/cluster.md, "Redis Cluster").
+
+// userKey is the user's record: user:<uid>, or {u:<uid>}:user.
+func (s *RedisStore) userKey(uid uint64) string {
+	if s.cluster {
+		return s.userTagKey(uid, "user")
+	}
+	return s.p + "user:" + strconv.FormatUint(uid, 10)
+}
+
+// userGroupsKey is the set of uid's groups: user:<uid>:groups, or
+// {u:<uid>}:groups.
+func (s *RedisStore) userGroupsKey(uid uint64) string {
+	if s.cluster {
+		return s.userTagKey(uid, "groups")
+	}
+	return s.userKey(uid) + ":groups"
+}
+
+// friendsKey is uid's friends: friends:<uid>, or {u:<uid>}:friends.
+func (s *RedisStore) friendsKey(uid uint64) string {
+	if s.cluster {
+		return s.userTagKey(uid, "friends")
+	}
+	return s.p + "friends:" + strconv.FormatUint(uid, 10)
+}
+
+// usernameKey maps a lower-case name to its user: username:<lower>, or
+// {n:<lower>}:username (names are [a-zA-Z0-9_.-], never a brace).
+func (s *RedisStore) usernameKey(lower string) string {
+	if s.cluster {
+		return s.p + "{n:" + lower + "}:username"
+	}
+	return s.p + "username:" + lower
+}
+
+// metaKey is one of the store's own keys (counters, epoch, schema,
+// presence instances): P<name>, or P{meta}:<name>, all in one slot.
+func (s *RedisStore) metaKey(name string) string {
+	if s.cluster {
+		return s.p + "{meta}:" + name
+	}
+	return s.p + name
+}
+
+// groupKey is the group's record, to which ":members", ":roles" and
+// ":joined" are added: group:<gid>, or {c:g<gid>}:group, under the tag
+// of the group's conversation, so that an append reads the members in
+// the step that takes the seq, and a join reads the seq in the step that
+// adds the member.
 func (s *RedisStore) groupKey(gid uint64) string {
+	if s.cluster {
+		return s.p + "{c:g" + strconv.FormatUint(gid, 10) + "}:group"
+	}
 	return s.p + "group:" + strconv.FormatUint(gid, 10)
 }
 
 // inboxKey is box's inbox: inbox:<uid> for slot 0 (every inbox before
-// devices), inbox:<uid>:<slot> for the others.
+// devices), inbox:<uid>:<slot> for the others; {u:<uid>}:inbox[:<slot>]
+// on a cluster.
 func (s *RedisStore) inboxKey(box uint64) string {
 	k := s.p + "inbox:" + strconv.FormatUint(boxUser(box), 10)
+	if s.cluster {
+		k = s.userTagKey(boxUser(box), "inbox")
+	}
 	if slot := boxSlot(box); slot != 0 {
 		k += ":" + strconv.Itoa(slot)
 	}
 	return k
+}
+
+// userChannel is uid's pub/sub channel; on a cluster a shard channel in
+// the slot of the user's keys, so a step there can SPUBLISH to it.
+func (s *RedisStore) userChannel(uid uint64) string {
+	if s.cluster {
+		return protocol.ShardUserChannel(s.p, uid)
+	}
+	return protocol.UserChannel(s.p, uid)
 }
 func msgMember(id uint64) string { return fmt.Sprintf("%016x", id) }
 
@@ -591,10 +699,13 @@ func msgMember(id uint64) string { return fmt.Sprintf("%016x", id) }
 func (s *RedisStore) convKey(c Conversation) string { return s.p + "{c:" + c.Key() + "}:" }
 
 func (s *RedisStore) CreateUser(ctx context.Context, name string, hash []byte) (User, error) {
+	if s.cluster {
+		return s.clusterCreateUser(ctx, name, hash)
+	}
 	gen := s.cacheGen.Load()
 	nonce := newNonce()
-	keys, args := s.guard(ctx, []string{s.p + "username:" + strings.ToLower(name), s.p + "user:seq"}, name, hash, s.p, strconv.FormatUint(nonce, 10))
-	id, err := scriptCreateUser.Run(ctx, s.rdb, keys, args...).Uint64()
+	keys, args := s.guard(ctx, []string{s.usernameKey(strings.ToLower(name)), s.metaKey("user:seq")}, name, hash, s.p, strconv.FormatUint(nonce, 10))
+	id, err := s.runGuarded(ctx, scriptCreateUser, keys, args...).Uint64()
 	if err != nil {
 		return User{}, redisErr(err)
 	}
@@ -625,7 +736,9 @@ func (s *RedisStore) Account(ctx context.Context, id uint64) (User, error) {
 
 // account reads user id's record from Redis, with the hash if withHash.
 func (s *RedisStore) account(ctx context.Context, id uint64, withHash bool) (User, error) {
-	fields := []string{"name", "nonce", "ban", "tokrev"}
+	// pend: a record of a registration that has not claimed its name yet
+	// (only on a cluster: clusterCreateUser).
+	fields := []string{"name", "nonce", "ban", "tokrev", "pend"}
 	if withHash {
 		fields = append(fields, "hash")
 	}
@@ -648,8 +761,18 @@ func (s *RedisStore) account(ctx context.Context, id uint64, withHash bool) (Use
 		u.TokensRefusedUntilMs, _ = strconv.ParseInt(rev, 10, 64)
 	}
 	if withHash {
-		hash, _ := v[4].(string)
+		hash, _ := v[5].(string)
 		u.PasswordHash = []byte(hash)
+	}
+	if v[4] != nil {
+		if !withHash {
+			return User{}, ErrUserNotFound
+		}
+		// Found by its name, which names it: the registration claimed the
+		// name and stopped before its last step. Finish it.
+		if err := s.settlePendingUser(ctx, id); err != nil {
+			return User{}, err
+		}
 	}
 	return u, nil
 }
@@ -663,7 +786,7 @@ func (s *RedisStore) userID(ctx context.Context, name string) (uint64, error) {
 	}
 	gen := s.cacheGen.Load()
 	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{p.Get(ctx, s.p+"username:"+lower)}
+		return []redis.Cmder{p.Get(ctx, s.usernameKey(lower))}
 	})
 	if err != nil {
 		return 0, err
@@ -738,9 +861,12 @@ func (s *RedisStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) err
 	if a == b {
 		return ErrFriendSelf
 	}
-	keys, args := s.guard(ctx, []string{s.userKey(a), s.userKey(b), s.p + "friends:" + strconv.FormatUint(a, 10),
-		s.p + "friends:" + strconv.FormatUint(b, 10), s.p + "friend:seq"}, a, b, lim.FriendsPerUser)
-	r, err := scriptAddFriend.Run(ctx, s.rdb, keys, args...).Int()
+	if s.cluster {
+		return s.clusterAddFriend(ctx, a, b, lim)
+	}
+	keys, args := s.guard(ctx, []string{s.userKey(a), s.userKey(b), s.friendsKey(a), s.friendsKey(b), s.metaKey("friend:seq")},
+		a, b, lim.FriendsPerUser)
+	r, err := s.runGuarded(ctx, scriptAddFriend, keys, args...).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
@@ -754,12 +880,20 @@ func (s *RedisStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) err
 	return nil
 }
 
-func (s *RedisStore) Friends(ctx context.Context, uid uint64) ([]User, error) {
-	ids, err := s.rdb.ZRange(ctx, s.p+"friends:"+strconv.FormatUint(uid, 10), 0, -1).Result()
-	if err != nil {
-		return nil, redisErr(err)
+// friendIDs lists uid's friends in the order they were added.
+func (s *RedisStore) friendIDs(ctx context.Context, uid uint64) ([]uint64, error) {
+	if s.cluster {
+		return s.clusterFriendIDs(ctx, uid)
 	}
-	uids := parseIDs(ids)
+	ids, err := s.rdb.ZRange(ctx, s.friendsKey(uid), 0, -1).Result()
+	return parseIDs(ids), redisErr(err)
+}
+
+func (s *RedisStore) Friends(ctx context.Context, uid uint64) ([]User, error) {
+	uids, err := s.friendIDs(ctx, uid)
+	if err != nil {
+		return nil, err
+	}
 	names, err := s.usernames(ctx, uids)
 	if err != nil {
 		return nil, err
@@ -772,13 +906,16 @@ func (s *RedisStore) Friends(ctx context.Context, uid uint64) ([]User, error) {
 }
 
 func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc string, lim Limits) (Group, error) {
+	if s.cluster {
+		return s.clusterCreateGroup(ctx, creator, name, desc, lim)
+	}
 	ch, payload, err := s.memberEvent(ctx, 0, creator, true)
 	if err != nil {
 		return Group{}, err
 	}
-	keys, args := s.guard(ctx, []string{s.userKey(creator), s.p + "group:seq", s.p + "member:seq", s.userKey(creator) + ":groups"},
+	keys, args := s.guard(ctx, []string{s.userKey(creator), s.metaKey("group:seq"), s.metaKey("member:seq"), s.userGroupsKey(creator)},
 		creator, name, desc, s.p, int(chatpb.Role_ROLE_CREATOR), lim.GroupsPerUser, ch, payload)
-	gid, err := scriptCreateGroup.Run(ctx, s.rdb, keys, args...).Int64()
+	gid, err := s.runGuarded(ctx, scriptCreateGroup, keys, args...).Int64()
 	switch {
 	case err != nil:
 		return Group{}, redisErr(err)
@@ -796,15 +933,18 @@ func (s *RedisStore) CreateGroup(ctx context.Context, creator uint64, name, desc
 }
 
 func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits) error {
+	if s.cluster {
+		return s.clusterJoinGroup(ctx, gid, uid, lim)
+	}
 	g := s.groupKey(gid)
 	ch, payload, err := s.memberEvent(ctx, gid, uid, true)
 	if err != nil {
 		return err
 	}
-	keys, args := s.guard(ctx, []string{g, s.userKey(uid), g + ":members", g + ":roles", s.userKey(uid) + ":groups", s.p + "member:seq",
+	keys, args := s.guard(ctx, []string{g, s.userKey(uid), g + ":members", g + ":roles", s.userGroupsKey(uid), s.metaKey("member:seq"),
 		s.convKey(GroupConversation(gid)) + "seq", g + ":joined"},
 		uid, gid, int(chatpb.Role_ROLE_MEMBER), lim.MembersPerGroup, lim.GroupsPerUser, ch, payload)
-	r, err := scriptJoinGroup.Run(ctx, s.rdb, keys, args...).Int()
+	r, err := s.runGuarded(ctx, scriptJoinGroup, keys, args...).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
@@ -823,13 +963,16 @@ func (s *RedisStore) JoinGroup(ctx context.Context, gid, uid uint64, lim Limits)
 }
 
 func (s *RedisStore) LeaveGroup(ctx context.Context, gid, uid uint64) error {
+	if s.cluster {
+		return s.clusterLeaveGroup(ctx, gid, uid)
+	}
 	g := s.groupKey(gid)
 	ch, payload, err := s.memberEvent(ctx, gid, uid, false)
 	if err != nil {
 		return err
 	}
-	keys, args := s.guard(ctx, []string{g, g + ":members", g + ":roles", s.userKey(uid) + ":groups", g + ":joined"}, uid, gid, ch, payload)
-	r, err := scriptLeaveGroup.Run(ctx, s.rdb, keys, args...).Int()
+	keys, args := s.guard(ctx, []string{g, g + ":members", g + ":roles", s.userGroupsKey(uid), g + ":joined"}, uid, gid, ch, payload)
+	r, err := s.runGuarded(ctx, scriptLeaveGroup, keys, args...).Int()
 	switch {
 	case err != nil:
 		return redisErr(err)
@@ -869,11 +1012,19 @@ func (s *RedisStore) GroupsOf(ctx context.Context, uid uint64) ([]Group, error) 
 	if err != nil {
 		return nil, err
 	}
-	return s.groups(ctx, gids)
+	gs, err := s.groups(ctx, gids)
+	if err != nil || !s.cluster {
+		return gs, err
+	}
+	// On a cluster a leave cut off between its steps leaves the group in
+	// the user's set after they left it (clusterLeaveGroup).
+	return slices.DeleteFunc(gs, func(g Group) bool {
+		return !slices.ContainsFunc(g.Members, func(m Member) bool { return m.UserID == uid })
+	}), nil
 }
 
 func (s *RedisStore) GroupIDs(ctx context.Context, uid uint64) ([]uint64, error) {
-	ids, err := s.rdb.SMembers(ctx, s.userKey(uid)+":groups").Result()
+	ids, err := s.rdb.SMembers(ctx, s.userGroupsKey(uid)).Result()
 	if err != nil {
 		return nil, redisErr(err)
 	}
@@ -940,6 +1091,9 @@ func (s *RedisStore) groups(ctx context.Context, gids []uint64) ([]Group, error)
 }
 
 func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error) {
+	if s.cluster {
+		return s.clusterAppendMessage(ctx, m, recipients, clientMsgID)
+	}
 	// Encoded without a seq: the script appends the one it takes, and a
 	// seq field before it would only be dead weight.
 	m.Seq = 0
@@ -1124,6 +1278,9 @@ func (s *RedisStore) guardedUint(ctx context.Context, script *redis.Script, keys
 }
 
 func (s *RedisStore) Inbox(ctx context.Context, box, after uint64, limit int) ([]*chatpb.Message, error) {
+	if s.cluster {
+		return s.clusterInbox(ctx, box, after, limit)
+	}
 	members, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
 		Key: s.inboxKey(box), Start: "(" + msgMember(after), Stop: "+", ByLex: true, Count: int64(limit),
 	}).Result()
@@ -1157,6 +1314,9 @@ func (s *RedisStore) Inbox(ctx context.Context, box, after uint64, limit int) ([
 }
 
 func (s *RedisStore) Ack(ctx context.Context, box uint64, ids []uint64) error {
+	if s.cluster {
+		return s.clusterAck(ctx, box, ids)
+	}
 	args := make([]any, 0, 2+len(ids))
 	args = append(args, s.p)
 	for _, id := range ids {

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,18 +29,18 @@ func testRedis(t *testing.T) (*testproc.Redis, *redis.Client) {
 }
 
 func TestRedisStoreConformance(t *testing.T) {
-	_, rdb := testRedis(t)
-	var n atomic.Int64
-	testStoreConformance(t, func(t *testing.T, inboxLimit int) Store {
-		// Each store gets its own key prefix in the shared server.
-		s := NewRedisStore(RedisConfig{Client: rdb, Prefix: fmt.Sprintf("t%d:", n.Add(1)), InboxLimit: inboxLimit})
-		t.Cleanup(func() { s.Close() })
-		return s
-	})
-	testHistoryConformance(t, func(t *testing.T, lim HistoryLimits) Store {
-		s := NewRedisStore(RedisConfig{Client: rdb, Prefix: fmt.Sprintf("t%d:", n.Add(1)), History: lim})
-		t.Cleanup(func() { s.Close() })
-		return s
+	forEachRedis(t, func(t *testing.T, rb *redisBackend) {
+		testStoreConformance(t, func(t *testing.T, inboxLimit int) Store {
+			// Each store gets its own key prefix in the shared server.
+			s := NewRedisStore(RedisConfig{Client: rb.client, Prefix: rb.newPrefix(), InboxLimit: inboxLimit})
+			t.Cleanup(func() { s.Close() })
+			return s
+		})
+		testHistoryConformance(t, func(t *testing.T, lim HistoryLimits) Store {
+			s := NewRedisStore(RedisConfig{Client: rb.client, Prefix: rb.newPrefix(), History: lim})
+			t.Cleanup(func() { s.Close() })
+			return s
+		})
 	})
 }
 
@@ -499,13 +498,19 @@ func TestRedisStoreGroupAppendPublishesOnce(t *testing.T) {
 // publishCalls is Redis's count of PUBLISH commands run so far, those
 // scripts ran included.
 func publishCalls(t *testing.T, rdb *redis.Client) int {
+	return commandCalls(t, rdb, "publish")
+}
+
+// commandCalls is how many times this Redis ran command (INFO
+// commandstats), in scripts too.
+func commandCalls(t *testing.T, rdb *redis.Client, command string) int {
 	t.Helper()
 	info, err := rdb.Info(context.Background(), "commandstats").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(info, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_publish:calls="); ok {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+command+":calls="); ok {
 			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
 			return n
 		}

@@ -243,6 +243,7 @@ func newScenarioCmd(name string) *cobra.Command {
 	f.StringVar(&c.Transport, "transport", bench.TransportTCP, "what the connections speak: tcp (length-prefixed frames) or ws (WebSocket, one masked binary message per frame)")
 	scenarioFlags(f, &c)
 	f.IntVar(&c.ServerPID, "server-pid", 0, "PID of the server, to sample its RSS (conns) and CPU (every scenario)")
+	f.IntSliceVar(&c.CPUPIDs, "cpu-pid", nil, "more PIDs whose CPU counts as the server's (repeated or comma-separated): a cluster's other nodes and Redis servers")
 	f.IntVar(&procs, "procs", 1, "generator processes (each may hold ~19,000 connections); their results are merged")
 	f.IntVar(&c.SourceOffset, "source-offset", 0, "first source address index (set for each --procs child)")
 	f.BoolVar(&worker, "worker", false, "internal: run as a --procs child")

@@ -14,18 +14,31 @@ import (
 	"github.com/loopchat/loopchat/internal/testproc"
 )
 
-// TestClusterNodeKilled runs two real nodes on one real Redis, kills one
+// TestClusterNodeKilled runs two real nodes on one real Redis (and on a
+// Redis Cluster), kills one
 // with SIGKILL, and checks what its users' friends see (a Presence push
 // within the node TTL and a heartbeat, and their lists) and that messages
 // sent to them wait for their next login, on the other node.
 func TestClusterNodeKilled(t *testing.T) {
-	r := testproc.StartRedis(t)
-	n1 := startNode(t, t.TempDir(), "--redis", r.URL, "--node-id", "n1", "--heartbeat", "200ms")
-	n2 := startNode(t, t.TempDir(), "--redis", r.URL, "--node-id", "n2", "--heartbeat", "200ms")
+	t.Run("redis", func(t *testing.T) {
+		r := testproc.StartRedis(t)
+		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+		defer rdb.Close()
+		testClusterNodeKilled(t, r.URL, rdb)
+	})
+	t.Run("cluster", func(t *testing.T) {
+		c := testproc.StartCluster(t)
+		rdb := c.Client()
+		defer rdb.Close()
+		testClusterNodeKilled(t, c.URL, rdb)
+	})
+}
+
+func testClusterNodeKilled(t *testing.T, url string, rdb redis.UniversalClient) {
+	n1 := startNode(t, t.TempDir(), "--redis", url, "--node-id", "n1", "--heartbeat", "200ms")
+	n2 := startNode(t, t.TempDir(), "--redis", url, "--node-id", "n2", "--heartbeat", "200ms")
 
 	// Both nodes are in the registry.
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-	defer rdb.Close()
 	waitNodes := func(want ...string) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)

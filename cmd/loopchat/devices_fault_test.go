@@ -94,6 +94,68 @@ func TestFaultDevicesCluster(t *testing.T) {
 	w.settleAndCheck()
 }
 
+// TestFaultDevicesRedisCluster: two nodes on a Redis Cluster of three
+// primaries with a replica each, every write waiting for a replica
+// (--redis-min-replicas 1). A primary is SIGKILLed (by PID) under load:
+// its replica takes over, the nodes find it by themselves (the client
+// reloads the cluster's layout; the pub/sub connections to the dead
+// primary are placed again, and every local user replays), and the killed
+// server is started again, coming back as the new primary's replica.
+// Then another primary, the same way. Nothing that got SendOK is lost.
+func TestFaultDevicesRedisCluster(t *testing.T) {
+	c := testproc.StartCluster(t)
+	w := newFaultWorld(t, 2, func(i int) []string {
+		return []string{"--redis", c.URL, "--node-id", fmt.Sprint("n", i+1), "--heartbeat", "200ms",
+			"--redis-min-replicas", "1", "--redis-replica-timeout", "500ms"}
+	})
+	w.setup(8)
+	ctx := w.ctx
+	killPrimary := func(skip *testproc.ClusterNode) *testproc.ClusterNode {
+		ps, err := c.Primaries(ctx)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		victim := ps[0]
+		if victim == skip && len(ps) > 1 {
+			victim = ps[1]
+		}
+		w.logf("SIGKILL redis primary %s (pid %d)", victim.Addr, victim.Pid())
+		if err := syscall.Kill(victim.Pid(), syscall.SIGKILL); err != nil {
+			t.Error(err)
+		}
+		victim.Kill() // reaps it
+		for {
+			if ps, err := c.Primaries(ctx); err == nil && len(ps) == 3 {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Error("no failover")
+				return victim
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		w.logf("a replica took over from %s", victim.Addr)
+		w.pause(500 * time.Millisecond)
+		if err := victim.StartAgain(); err != nil {
+			t.Error(err)
+		}
+		if err := c.WaitHealthy(30 * time.Second); err != nil {
+			t.Error(err)
+		}
+		w.logf("%s is back, as a replica", victim.Addr)
+		return victim
+	}
+	w.load(func() {
+		w.pause(1500 * time.Millisecond)
+		first := killPrimary(nil)
+		w.pause(1500 * time.Millisecond)
+		killPrimary(first)
+		w.pause(1500 * time.Millisecond)
+	})
+	w.settleAndCheck()
+}
+
 // faultArgs are every test node's flags: no request rate limit (a device
 // acks every push), a history that keeps every message, so that the check
 // sees every seq, and a short drain on SIGTERM.

@@ -12,11 +12,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/loopchat/loopchat/internal/admin"
 	"github.com/loopchat/loopchat/loadbalance"
+	"github.com/loopchat/loopchat/server"
 )
 
 func newLBCmd() *cobra.Command {
@@ -46,12 +46,11 @@ when the set changed. See docs/load-balancing.md.`,
 			o.Logger = log
 			routeRedisLogs(log)
 			if redisURL != "" {
-				ropts, err := redis.ParseURL(redisURL)
+				rdb, _, err := server.NewRedisClient(redisURL)
 				if err != nil {
 					return fmt.Errorf("--redis: %w", err)
 				}
-				ropts.DialTimeout, ropts.ReadTimeout, ropts.MaxRetries = time.Second, time.Second, -1
-				o.Redis = redis.NewClient(ropts)
+				o.Redis = rdb
 				defer o.Redis.Close()
 			}
 			reg := prometheus.NewRegistry()
@@ -80,7 +79,7 @@ when the set changed. See docs/load-balancing.md.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&redisURL, "redis", "", "Redis URL of the cluster registry to discover nodes from")
+	f.StringVar(&redisURL, "redis", "", "Redis URL of the cluster registry to discover nodes from (redis://host:port/db, or redis-cluster://host:port,... for a Redis Cluster)")
 	f.StringVar(&o.Prefix, "redis-prefix", "loopchat:", "prefix of the registry keys")
 	f.StringSliceVar(&o.Nodes, "nodes", nil, "node addresses to balance besides (or instead of) the registry's")
 	f.DurationVar(&o.Interval, "probe-interval", time.Second, "time between probe rounds")

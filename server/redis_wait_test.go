@@ -1,0 +1,84 @@
+package server
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/loopchat/loopchat/internal/testproc"
+	chatpb "github.com/loopchat/loopchat/proto"
+)
+
+// On a Redis Cluster with a replica per primary, a write is acknowledged
+// only once a replica has it (--redis-min-replicas defaults to 1 there).
+// With the replica of the recipient's shard down, a send fails
+// (UNAVAILABLE, no SendOK) after --redis-replica-timeout; once the replica
+// is back, the same send (client_msg_id) goes through, once.
+func TestWritesWaitForAReplica(t *testing.T) {
+	c := testproc.StartCluster(t)
+	rb := &redisBackend{name: "cluster", url: c.URL, c: c, prefix: "w:"}
+	cc := c.Client()
+	defer cc.Close()
+	rb.client = cc
+	nodes := backendNodes(t, rb, 1, EngineGnet, func(o *Options) { o.RedisReplicaTimeout = 300 * time.Millisecond })
+	alice, _ := nodes[0].user(t, "alice")
+	bob, bobOK := nodes[0].user(t, "bob")
+	send := func(cid, text string) *chatpb.Frame {
+		return alice.do(&chatpb.Frame{Body: &chatpb.Frame_Send{Send: &chatpb.Send{
+			To: &chatpb.Send_Username{Username: "bob"}, Text: text, ClientMsgId: cid}}})
+	}
+	expectOK(t, send("c0", "replicated"))
+	if m := bob.nextMessage(); m.Text != "replicated" {
+		t.Fatalf("bob got %v", m)
+	}
+
+	ctx := testproc.Ctx(t, time.Minute)
+	primary, err := c.SlotOwner(ctx, keySlot(rb.store(t).userKey(bobOK.UserId)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica := c.ReplicaOf(ctx, primary)
+	if replica == nil {
+		t.Fatal("no replica of bob's shard")
+	}
+	replica.Kill()
+	start := time.Now()
+	expectCode(t, send("c1", "not replicated"), chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("refused after %v, before the replica timeout", d)
+	}
+	if n := testutil.ToFloat64(nodes[0].metrics.redisErrors.WithLabelValues("wait")); n < 1 {
+		t.Fatalf("%v short WAITs counted", n)
+	}
+	if err := replica.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitHealthy(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	resp := send("c1", "not replicated")
+	expectOK(t, resp)
+	// The retry delivered it; the first attempt's push (its step ran on
+	// the primary before the WAIT came back short) may have come too.
+	for {
+		m := bob.nextMessage()
+		if m.MsgId == resp.GetSendOk().MsgId {
+			break
+		}
+	}
+	page := bob.do(historyWith("alice")).GetHistoryPage()
+	if len(page.GetMessages()) != 2 {
+		t.Fatalf("history holds %d messages, want 2 (the retry is the first attempt's)", len(page.GetMessages()))
+	}
+	// The replica has what was acknowledged.
+	rc := replica.Client()
+	defer rc.Close()
+	if err := rc.Do(ctx, "READONLY").Err(); err != nil {
+		t.Fatal(err)
+	}
+	inbox := rb.store(t).inboxKey(boxOf(bobOK.UserId, 0))
+	if n, err := rc.ZCard(ctx, inbox).Result(); err != nil || n != 2 {
+		t.Fatalf("the replica holds %d messages of bob's inbox (%v), want both", n, err)
+	}
+}
