@@ -614,7 +614,14 @@ func (w *faultWorld) settleAndCheck() {
 	// Pong to the next request.
 	final := map[*faultDevice]*client.Client{}
 	for _, d := range w.devs {
+		// UNAVAILABLE says "retry later", and a client does: just after a
+		// failover the store may still be catching up (a replica resyncing
+		// for WAIT).
 		c, err := d.login(w.addrs[(d.home+1)%len(w.addrs)])
+		for retry := time.Now().Add(15 * time.Second); err != nil && protocol.HasCode(err, chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE) && time.Now().Before(retry); {
+			time.Sleep(200 * time.Millisecond)
+			c, err = d.login(w.addrs[(d.home+1)%len(w.addrs)])
+		}
 		if err != nil {
 			t.Fatalf("%s: last login: %v", d, err)
 		}
