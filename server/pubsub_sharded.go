@@ -196,6 +196,10 @@ func (s *shardedSubs) ownerOf(ctx context.Context, slot int) (string, error) {
 		s.mu.Unlock()
 	}
 	if owners[slot] == "" {
+		// Learned mid-failover (a failed primary is no owner): ask again
+		// next time rather than keep the gap until a MOVED, which a slot
+		// never asked cannot bring.
+		s.forgetOwners()
 		return "", fmt.Errorf("slot %d is not served", slot)
 	}
 	return owners[slot], nil
