@@ -15,6 +15,10 @@
 # nodes and of the Redis servers (/proc/PID/stat) and the messages the
 # nodes accepted (loopchat_messages_sent_total): CPU per message, by part.
 #
+# Then, once per setup, a login storm (LOGINS users at LOGIN_RATE/s, each
+# with FRIENDS friends): CPU per login of the nodes and of Redis, each
+# read by `loopchat bench login` over the storm (--server-pid, --cpu-pid).
+#
 #   scripts/bench-redis-cluster.sh
 #   ROUNDS=3 RATE=2000 DURATION=20s scripts/bench-redis-cluster.sh
 #
@@ -27,6 +31,9 @@ duration=${DURATION:-16s}
 window=${WINDOW:-8}
 conns=${CONNS:-2000}
 pairs=${PAIRS:-999}
+logins=${LOGINS:-3000}
+login_rate=${LOGIN_RATE:-1000}
+friends=${FRIENDS:-10}
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$(mktemp -d -t loopchat-bench-rc.XXXXXX)
 pids=()
@@ -163,4 +170,28 @@ print(f"{name:<15} {rnd:>5} {r['msgs_per_sec']:>8.0f} {r['p50_ms']:>9.2f} {r['p9
       f"{us(nt):>10.1f} {us(rt):>10.1f} {us(nt + rt):>10.1f} {users_mem / conns:>9.0f} {per_msg:>9.0f} {load:>6}")
 EOF
 	done
+done
+
+csv() { local IFS=,; echo "$*"; }
+printf '\n%-15s %9s %9s %9s %11s %11s %11s\n' setup "logins/s" "p50 ms" "p99 ms" "nodes µs" "redis µs" "total µs"
+for name in redis cluster cluster-nowait; do
+	read -r -a nodes <<<"${setup_nodes[$name]}"
+	read -r -a redis <<<"${setup_redis[$name]}"
+	# The nodes' CPU in one storm, Redis's in another (the same users
+	# logging in again).
+	users="l$RANDOM"
+	pidargs() { echo "--server-pid $1"; [ $# -gt 1 ] && { shift; echo "--cpu-pid $(csv "$@")"; }; }
+	# shellcheck disable=SC2046
+	"$bin" bench login --addr "${setup_addrs[$name]}" --conns "$logins" --rate "$login_rate" --friends "$friends" \
+		--users "$users" $(pidargs "${nodes[@]}") --json >"$dir/ln.json" 2>"$dir/bench.err" || { cat "$dir/bench.err" >&2; exit 1; }
+	# shellcheck disable=SC2046
+	"$bin" bench login --addr "${setup_addrs[$name]}" --conns "$logins" --rate "$login_rate" \
+		--users "$users" $(pidargs "${redis[@]}") --json >"$dir/lr.json" 2>"$dir/bench.err" || { cat "$dir/bench.err" >&2; exit 1; }
+	python3 - "$dir/ln.json" "$dir/lr.json" "$name" <<'EOF'
+import json, sys
+one = lambda f: (lambda r: r[0] if isinstance(r, list) else r)(json.load(open(f)))
+n, r = one(sys.argv[1]), one(sys.argv[2])
+nu, ru = n.get('cpu_us_per_msg', 0), r.get('cpu_us_per_msg', 0)
+print(f"{sys.argv[3]:<15} {n['msgs_per_sec']:>9.0f} {n['p50_ms']:>9.2f} {n['p99_ms']:>9.2f} {nu:>11.1f} {ru:>11.1f} {nu + ru:>11.1f}")
+EOF
 done
