@@ -89,6 +89,9 @@ type Config struct {
 	RedisPrefix string
 	// ServerPID, when set, is sampled for RSS and CPU.
 	ServerPID int
+	// ServerAdmin, when set, is the server's --admin-addr, which conns
+	// asks for the memory its Go runtime holds live (Result.LiveBytesPerConn).
+	ServerAdmin string
 	// Server names the target in results ("gnet", "net", "echo", ...).
 	Server string
 	// Users prefixes user names, so runs do not collide. Empty means "b".
