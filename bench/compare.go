@@ -186,6 +186,7 @@ type serverProc struct {
 	cmd    *exec.Cmd
 	addr   string
 	wsAddr string // the WebSocket listener, when asked for
+	admin  string // a loopchat server's --admin-addr
 	done   chan error
 }
 
@@ -206,9 +207,14 @@ func startServerProc(cc *CompareConfig, binary, kind, dataDir string, ws bool) (
 	if err != nil {
 		return nil, err
 	}
-	var wsAddr string
+	var wsAddr, admin string
 	if ws {
 		if wsAddr, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	if kind != "echo" {
+		if admin, err = freePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -227,6 +233,8 @@ func startServerProc(cc *CompareConfig, binary, kind, dataDir string, ws bool) (
 		if ws {
 			args = append(args, "--ws-listen", wsAddr)
 		}
+		// For conns' live memory (liveBytes); idle otherwise.
+		args = append(args, "--admin-addr", admin)
 	}
 	name := binary
 	if cc.ServerCPUs != "" {
@@ -241,7 +249,7 @@ func startServerProc(cc *CompareConfig, binary, kind, dataDir string, ws bool) (
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &serverProc{cmd: cmd, addr: addr, wsAddr: wsAddr, done: make(chan error, 1)}
+	p := &serverProc{cmd: cmd, addr: addr, wsAddr: wsAddr, admin: admin, done: make(chan error, 1)}
 	go func() { p.done <- cmd.Wait() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -327,6 +335,7 @@ func compareRun(ctx context.Context, cc *CompareConfig, r run, scenario func(con
 	cfg := cc.Config
 	// taskset execs the server in place, so the PID is the server's.
 	cfg.Addrs, cfg.Server, cfg.ServerPID, cfg.Transport = []string{p.addr}, r.Server, p.cmd.Process.Pid, r.Transport
+	cfg.ServerAdmin = p.admin
 	if r.Transport == TransportWS {
 		cfg.Addrs = []string{p.wsAddr}
 	}
@@ -368,8 +377,11 @@ func RunLine(r Result) string {
 	if r.LateP99ms > 0 {
 		fmt.Fprintf(b, " (generator late p99 %.2f)", r.LateP99ms)
 	}
-	if r.RSSBytesPerConn > 0 {
+	if r.RSSBytesPerConn != 0 {
 		fmt.Fprintf(b, ", %.0f B/conn", r.RSSBytesPerConn)
+	}
+	if r.LiveBytesPerConn != 0 {
+		fmt.Fprintf(b, " (live %.0f B/conn)", r.LiveBytesPerConn)
 	}
 	// Busy CPUs (µs per message × messages per second) say who was the
 	// limit of a saturated run: the server near 1 (its pinned CPU), or

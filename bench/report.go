@@ -21,16 +21,16 @@ import (
 // pages where the header says msgs, and a line under the table says so.
 func WriteTable(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "server\tscenario\tconns\toffered/s\tmsgs/s\tp50 ms\tp99 ms\tp99.9 ms\tSendOK p99\tlate p99\tRSS B/conn\tCPU µs/msg\tgen µs/msg\tlost\tdup\terrors\t")
+	fmt.Fprintln(tw, "server\tscenario\tconns\toffered/s\tmsgs/s\tp50 ms\tp99 ms\tp99.9 ms\tSendOK p99\tlate p99\tRSS B/conn\tlive B/conn\tCPU µs/msg\tgen µs/msg\tlost\tdup\terrors\t")
 	for _, r := range results {
 		offered := optional(r.OfferedRate, "%.0f")
 		if r.Window > 0 {
 			offered = "saturated" // closed loop: as much as got through
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t\n",
 			r.Server, r.Scenario, r.Conns, offered, r.MsgsPerSec, r.P50ms, r.P99ms, r.P999ms,
 			optional(r.SendOKP99ms, "%.2f"), optional(r.LateP99ms, "%.2f"),
-			optional(r.RSSBytesPerConn, "%.0f"), optional(r.CPUMicrosPerMsg, "%.1f"), optional(r.GenCPUMicrosPerMsg, "%.1f"), r.Lost, r.Duplicates, r.Errors)
+			optional(r.RSSBytesPerConn, "%.0f"), optional(r.LiveBytesPerConn, "%.0f"), optional(r.CPUMicrosPerMsg, "%.1f"), optional(r.GenCPUMicrosPerMsg, "%.1f"), r.Lost, r.Duplicates, r.Errors)
 	}
 	tw.Flush()
 	for _, r := range results {

@@ -44,6 +44,12 @@ type Result struct {
 	// RSSBytesPerConn is the server's resident memory growth per
 	// connection after settling (conns scenario).
 	RSSBytesPerConn float64 `json:"rss_bytes_per_conn,omitempty"`
+	// LiveBytesPerConn is the growth per connection of what the server's
+	// Go runtime holds in use (heap and stacks) right after a collection,
+	// from its admin server (conns scenario, Config.ServerAdmin): what a
+	// connection costs, without the resident size's dependence on when
+	// the runtime last collected and returned pages.
+	LiveBytesPerConn float64 `json:"live_bytes_per_conn,omitempty"`
 	// CPUMicrosPerMsg is server CPU time per delivered message (or login,
 	// or page).
 	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg,omitempty"`

@@ -92,6 +92,9 @@ type Config struct {
 	// CPUPIDs are more processes whose CPU counts as the server's (in
 	// CPUMicrosPerMsg): a cluster's other nodes and its Redis servers.
 	CPUPIDs []int
+	// ServerAdmin, when set, is the server's --admin-addr, which conns
+	// asks for the memory its Go runtime holds live (Result.LiveBytesPerConn).
+	ServerAdmin string
 	// Server names the target in results ("gnet", "net", "echo", ...).
 	Server string
 	// Users prefixes user names, so runs do not collide. Empty means "b".

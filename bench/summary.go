@@ -50,6 +50,7 @@ type Summary struct {
 	P50ms              Spread `json:"p50_ms"`
 	P99ms              Spread `json:"p99_ms"`
 	RSSBytesPerConn    Spread `json:"rss_bytes_per_conn"`
+	LiveBytesPerConn   Spread `json:"live_bytes_per_conn"`
 	// Lost, Duplicates and Errors add up over the runs: any of them makes
 	// the figures suspect, whichever run it was.
 	Lost       int64 `json:"lost"`
@@ -87,6 +88,7 @@ func Summarize(results []Result) []Summary {
 			P50ms:              fig(func(r Result) float64 { return r.P50ms }),
 			P99ms:              fig(func(r Result) float64 { return r.P99ms }),
 			RSSBytesPerConn:    fig(func(r Result) float64 { return r.RSSBytesPerConn }),
+			LiveBytesPerConn:   fig(func(r Result) float64 { return r.LiveBytesPerConn }),
 		}
 		for _, r := range rs {
 			s.Lost += r.Lost
@@ -152,17 +154,20 @@ func Ratios(sums []Summary) map[string]float64 {
 		ratio(prefix+"gnet_over_net_msgs_per_sec", g.MsgsPerSec.Median, n.MsgsPerSec.Median)
 		ratio(prefix+"gnet_over_net_cpu_per_msg", g.CPUMicrosPerMsg.Median, n.CPUMicrosPerMsg.Median)
 		ratio(prefix+"net_over_gnet_rss_per_conn", n.RSSBytesPerConn.Median, g.RSSBytesPerConn.Median)
+		ratio(prefix+"net_over_gnet_live_per_conn", n.LiveBytesPerConn.Median, g.LiveBytesPerConn.Median)
 		ratio(prefix+"chat_over_echo_msgs_per_sec", g.MsgsPerSec.Median, e.MsgsPerSec.Median)
 		ratio(prefix+"chat_over_echo_cpu_per_msg", g.CPUMicrosPerMsg.Median, e.CPUMicrosPerMsg.Median)
 		gw, nw := findOver(b, "gnet", TransportWS), findOver(b, "net", TransportWS)
 		ratio(prefix+"ws_gnet_over_net_msgs_per_sec", gw.MsgsPerSec.Median, nw.MsgsPerSec.Median)
 		ratio(prefix+"ws_gnet_over_net_cpu_per_msg", gw.CPUMicrosPerMsg.Median, nw.CPUMicrosPerMsg.Median)
 		ratio(prefix+"ws_net_over_gnet_rss_per_conn", nw.RSSBytesPerConn.Median, gw.RSSBytesPerConn.Median)
+		ratio(prefix+"ws_net_over_gnet_live_per_conn", nw.LiveBytesPerConn.Median, gw.LiveBytesPerConn.Median)
 		for _, server := range []string{"gnet", "net"} {
 			t, w := find(b, server), findOver(b, server, TransportWS)
 			ratio(prefix+server+"_ws_over_tcp_msgs_per_sec", w.MsgsPerSec.Median, t.MsgsPerSec.Median)
 			ratio(prefix+server+"_ws_over_tcp_cpu_per_msg", w.CPUMicrosPerMsg.Median, t.CPUMicrosPerMsg.Median)
 			ratio(prefix+server+"_ws_over_tcp_rss_per_conn", w.RSSBytesPerConn.Median, t.RSSBytesPerConn.Median)
+			ratio(prefix+server+"_ws_over_tcp_live_per_conn", w.LiveBytesPerConn.Median, t.LiveBytesPerConn.Median)
 		}
 	}
 	for _, b := range builds[min(1, len(builds)):] {
@@ -183,12 +188,13 @@ func WriteSummary(w io.Writer, sums []Summary) {
 	if len(sums) == 0 {
 		return
 	}
-	named, rss, ws := false, false, false
+	named, rss, live, ws := false, false, false, false
 	runs := 0
 	for _, s := range sums {
 		named = named || s.Build != ""
 		ws = ws || s.Transport == TransportWS
-		rss = rss || s.RSSBytesPerConn.Median > 0
+		rss = rss || s.RSSBytesPerConn.Median != 0
+		live = live || s.LiveBytesPerConn.Median != 0
 		runs = max(runs, s.Runs)
 	}
 	how := sums[0].Scenario
@@ -213,6 +219,9 @@ func WriteSummary(w io.Writer, sums []Summary) {
 	if rss {
 		head = append(head, "RSS B/conn")
 	}
+	if live {
+		head = append(head, "live B/conn")
+	}
 	head = append(head, "lost/dup/err")
 	fmt.Fprintln(tw, strings.Join(head, "\t"))
 	for _, s := range sums {
@@ -228,6 +237,9 @@ func WriteSummary(w io.Writer, sums []Summary) {
 			s.GenCPUMicrosPerMsg.format("%.1f"), s.P50ms.format("%.2f"), s.P99ms.format("%.2f"))
 		if rss {
 			row = append(row, s.RSSBytesPerConn.format("%.0f"))
+		}
+		if live {
+			row = append(row, s.LiveBytesPerConn.format("%.0f"))
 		}
 		row = append(row, fmt.Sprintf("%d/%d/%d", s.Lost, s.Duplicates, s.Errors))
 		fmt.Fprintln(tw, strings.Join(row, "\t"))
@@ -297,6 +309,8 @@ func orDash(s string) string {
 var ratioNotes = []struct{ suffix, note string }{
 	{"chat_over_echo_cpu_per_msg", "floor ~2: a chat message is two reads and two writes, an echo one each"},
 	{"net_over_gnet_rss_per_conn", "gnet holds 1/x of net's memory per connection"},
+	{"net_over_gnet_live_per_conn", "gnet holds 1/x of net's memory per connection"},
+	{"live_per_conn", "lower is better"},
 	{"cpu_per_msg", "lower is better"},
 	{"rss_per_conn", "lower is better"},
 	{"msgs_per_sec", "higher is better"},

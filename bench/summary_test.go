@@ -100,21 +100,24 @@ func TestRatiosFromMedians(t *testing.T) {
 // over net among the WebSocket runs; the TCP ratios keep their names.
 func TestRatiosOverWebSocket(t *testing.T) {
 	sums := []Summary{
-		{Server: "gnet", Transport: TransportTCP, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 40}, RSSBytesPerConn: Spread{Median: 1000}},
-		{Server: "gnet", Transport: TransportWS, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 50}, RSSBytesPerConn: Spread{Median: 1200}},
+		{Server: "gnet", Transport: TransportTCP, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 40}, RSSBytesPerConn: Spread{Median: 1000},
+			LiveBytesPerConn: Spread{Median: 1200}},
+		{Server: "gnet", Transport: TransportWS, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 50}, RSSBytesPerConn: Spread{Median: 1200},
+			LiveBytesPerConn: Spread{Median: 1500}},
 		{Server: "net", Transport: TransportTCP, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 60}, RSSBytesPerConn: Spread{Median: 20000}},
 		{Server: "net", Transport: TransportWS, Scenario: "conns", CPUMicrosPerMsg: Spread{Median: 75}, RSSBytesPerConn: Spread{Median: 24000}},
 	}
 	got := Ratios(sums)
 	for k, v := range map[string]float64{
-		"gnet_over_net_cpu_per_msg":     40.0 / 60,
-		"net_over_gnet_rss_per_conn":    20,
-		"ws_gnet_over_net_cpu_per_msg":  50.0 / 75,
-		"ws_net_over_gnet_rss_per_conn": 20,
-		"gnet_ws_over_tcp_cpu_per_msg":  1.25,
-		"gnet_ws_over_tcp_rss_per_conn": 1.2,
-		"net_ws_over_tcp_cpu_per_msg":   1.25,
-		"net_ws_over_tcp_rss_per_conn":  1.2,
+		"gnet_over_net_cpu_per_msg":      40.0 / 60,
+		"net_over_gnet_rss_per_conn":     20,
+		"ws_gnet_over_net_cpu_per_msg":   50.0 / 75,
+		"ws_net_over_gnet_rss_per_conn":  20,
+		"gnet_ws_over_tcp_cpu_per_msg":   1.25,
+		"gnet_ws_over_tcp_rss_per_conn":  1.2,
+		"net_ws_over_tcp_cpu_per_msg":    1.25,
+		"net_ws_over_tcp_rss_per_conn":   1.2,
+		"gnet_ws_over_tcp_live_per_conn": 1.25,
 	} {
 		if !near(got[k], v) {
 			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
@@ -122,7 +125,7 @@ func TestRatiosOverWebSocket(t *testing.T) {
 	}
 	var b strings.Builder
 	WriteSummary(&b, sums)
-	if !strings.Contains(b.String(), "transport") || !strings.Contains(b.String(), "gnet    ws") {
+	if !strings.Contains(b.String(), "transport") || !strings.Contains(b.String(), "gnet    ws") || !strings.Contains(b.String(), "live B/conn") {
 		t.Errorf("summary without its transport column:\n%s", b.String())
 	}
 }

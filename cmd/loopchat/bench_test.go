@@ -199,6 +199,37 @@ func TestBenchCompareOverWebSocket(t *testing.T) {
 	}
 }
 
+// conns over WebSocket reports the memory a connection holds: the
+// server's resident growth, and what its Go runtime holds live after a
+// collection, asked of the --admin-addr compare gives it.
+func TestBenchCompareConnsMemory(t *testing.T) {
+	out, err := exec.Command(binary, "bench", "compare", "--scenario", "conns", "--transport", "ws", "--servers", "gnet",
+		"--conns", "200", "--duration", "1s", "--json", "--server-cpus", "", "--gen-cpus", "").Output()
+	if err != nil {
+		t.Fatalf("compare --scenario conns --transport ws: %v", err)
+	}
+	var cmp struct {
+		Results []struct {
+			benchResult
+			Transport string  `json:"transport"`
+			Live      float64 `json:"live_bytes_per_conn"`
+			RSS       float64 `json:"rss_bytes_per_conn"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(out, &cmp); err != nil {
+		t.Fatalf("stdout is not the JSON report: %v\n%s", err, out)
+	}
+	if len(cmp.Results) != 1 {
+		t.Fatalf("results %+v", cmp.Results)
+	}
+	// A connection holds at least its session; the resident growth may be
+	// anything at 200 connections (when the runtime returns pages decides
+	// it), so only that it was measured.
+	if r := cmp.Results[0]; r.Transport != "ws" || r.Delivered != 200 || r.Live < 200 || r.RSS == 0 {
+		t.Fatalf("conns over WebSocket: %+v", r)
+	}
+}
+
 // Command lines that cannot measure anything are refused at once, before
 // a server starts or users are made.
 func TestBenchFlagsRefused(t *testing.T) {
