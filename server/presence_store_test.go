@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -29,9 +28,14 @@ func presenceOn(t *testing.T, ps *redis.PubSub) *protocol.ChannelEvent {
 	return ev
 }
 
-func subscribed(t *testing.T, rdb *redis.Client, channel string) *redis.PubSub {
+func subscribed(t *testing.T, rb *redisBackend, prefix string, uid uint64) *redis.PubSub {
 	t.Helper()
-	ps := rdb.Subscribe(context.Background(), channel)
+	var ps *redis.PubSub
+	if rb.c != nil {
+		ps = rb.client.SSubscribe(context.Background(), protocol.ShardUserChannel(prefix, uid))
+	} else {
+		ps = rb.client.Subscribe(context.Background(), protocol.UserChannel(prefix, uid))
+	}
 	t.Cleanup(func() { ps.Close() })
 	if _, err := ps.Receive(context.Background()); err != nil { // the confirmation
 		t.Fatal(err)
@@ -48,14 +52,19 @@ func nothingOn(t *testing.T, ps *redis.PubSub) {
 	}
 }
 
-// The Redis store publishes each presence change to the user's friends in
-// the script that makes it (so friends see changes in the order they were
-// made), and to no one else; a dead instance's users are settled by the
-// sweep of a live one, last seen at the dead one's last heartbeat.
+// The Redis store publishes each presence change to the user's friends (on
+// one Redis in the script that makes it, so friends see changes in the
+// order they were made; on a cluster right after), and to no one else; a
+// dead instance's users are settled by the sweep of a live one, last seen
+// at the dead one's last heartbeat.
 func TestRedisStorePresencePublishAndSweep(t *testing.T) {
+	forEachRedis(t, testRedisStorePresencePublishAndSweep)
+}
+
+func testRedisStorePresencePublishAndSweep(t *testing.T, rb *redisBackend) {
 	ctx := context.Background()
-	_, rdb := testRedis(t)
-	s := NewRedisStore(RedisConfig{Client: rdb, Prefix: "pr:", PublishMessages: true})
+	prefix := rb.newPrefix()
+	s := NewRedisStore(RedisConfig{Client: rb.client, Prefix: prefix, PublishMessages: true})
 	defer s.Close()
 	ann, _ := s.CreateUser(ctx, "ann", nil)
 	ben, _ := s.CreateUser(ctx, "ben", nil)
@@ -63,8 +72,8 @@ func TestRedisStorePresencePublishAndSweep(t *testing.T) {
 	if err := s.AddFriend(ctx, ann.ID, ben.ID, Limits{}); err != nil {
 		t.Fatal(err)
 	}
-	benCh := subscribed(t, rdb, fmt.Sprint("pr:user:", ben.ID))
-	catCh := subscribed(t, rdb, fmt.Sprint("pr:user:", cat.ID))
+	benCh := subscribed(t, rb, prefix, ben.ID)
+	catCh := subscribed(t, rb, prefix, cat.ID)
 
 	ch, err := s.PresenceJoin(ctx, ann.ID, "i1")
 	if err != nil || !ch.Announce || !ch.Published {
@@ -137,7 +146,7 @@ func TestRedisStorePresencePublishAndSweep(t *testing.T) {
 	if swept, more, err := s.PresenceSweep(ctx, ttl.Milliseconds(), 100); err != nil || more || len(swept) != 0 {
 		t.Fatalf("second sweep = %v, %v, %v", swept, more, err)
 	}
-	if n, _ := rdb.ZCard(ctx, "pr:presence:dead").Result(); n != 0 {
+	if n, _ := rb.client.ZCard(ctx, s.metaKey("presence:dead")).Result(); n != 0 {
 		t.Fatalf("%d dead instances left after sweeping", n)
 	}
 	if ok, err := s.PresenceBeat(ctx, "dead", false); err != nil || ok {
