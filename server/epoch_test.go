@@ -122,14 +122,14 @@ func TestRedisStoreEpochGuard(t *testing.T) {
 	}
 }
 
-// A Redis wiped under a running two-node cluster hands no one's identity
+// A Redis (or a Redis Cluster) wiped under a running two-node cluster
+// hands no one's identity
 // or messages to anyone else: sessions are kicked, sends fail instead of
 // being acknowledged, old tokens are refused, and the ids handed out again
 // do not inherit what the old users were sent.
 func TestWipedRedisUnderACluster(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, engine string) {
-		r := testproc.StartRedis(t)
-		nodes := clusterNodes(t, r, 2, engine)
+	forEachRedisEngine(t, func(t *testing.T, rb *redisBackend, engine string) {
+		nodes := backendNodes(t, rb, 2, engine, nil)
 		alice, aliceOK := nodes[0].user(t, "alice")
 		bob, bobOK := nodes[1].user(t, "bob")
 		_, carolOK := nodes[1].user(t, "carol") // stays connected
@@ -138,11 +138,7 @@ func TestWipedRedisUnderACluster(t *testing.T) {
 			t.Fatalf("bob got %v", m)
 		}
 
-		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-		t.Cleanup(func() { rdb.Close() })
-		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
-			t.Fatal(err)
-		}
+		rb.wipe(t)
 		// Whatever a session sends now is refused, never acknowledged: its
 		// recipient no longer exists.
 		seq := alice.sendFrame(sendTo("bob", "into the void"))
@@ -165,8 +161,13 @@ func TestWipedRedisUnderACluster(t *testing.T) {
 		}
 		bob.expectKicked(chatpb.KickReason_KICK_REASON_STORE_RESET)
 
-		// Once the nodes serve again, the users of the new store get the
-		// old ids, and nothing of the old users.
+		// Once the nodes serve again (both: on a cluster, shards flushed
+		// one after another may take the nodes through a second reset),
+		// the users of the new store get the old ids, and nothing of the
+		// old users.
+		waitFor(t, "both nodes on the new epoch", func() bool {
+			return !nodes[0].storeResetting() && !nodes[1].storeResetting() && nodes[0].epoch() == nodes[1].epoch()
+		})
 		var dave *rawConn
 		var daveOK *chatpb.LoginOK
 		testproc.WaitUntil(t, "a node to serve registrations again", 10*time.Second, func() bool {

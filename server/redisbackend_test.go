@@ -166,3 +166,24 @@ func (rb *redisBackend) killPubSub(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// wipe loses every key: FLUSHALL on one Redis, on every primary of the
+// cluster at once (their replicas follow). The shared cluster's other
+// tests are done by then: each keeps to its own prefix, and none comes
+// back to it.
+func (rb *redisBackend) wipe(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	if rb.c == nil {
+		if err := rb.client.FlushAll(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	err := rb.client.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		return c.FlushAll(ctx).Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
