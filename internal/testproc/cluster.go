@@ -111,14 +111,21 @@ func NewCluster(dir string, primaries, replicas int, nodeTimeout time.Duration) 
 	return c, nil
 }
 
-// StartCluster is NewCluster (3 primaries, 1 replica each) for one test,
-// stopped at its cleanup; it skips the test (fails it under CI) when
-// redis-server or redis-cli is missing.
+// StartCluster is NewCluster (3 primaries, 1 replica each, the short
+// ClusterNodeTimeout) for one test, stopped at its cleanup; it skips the
+// test (fails it under CI) when redis-server or redis-cli is missing.
 func StartCluster(t testing.TB) *Cluster {
+	t.Helper()
+	return StartClusterWithTimeout(t, ClusterNodeTimeout)
+}
+
+// StartClusterWithTimeout is StartCluster with another cluster-node-timeout
+// (SharedNodeTimeout for a test that expects no failover).
+func StartClusterWithTimeout(t testing.TB, nodeTimeout time.Duration) *Cluster {
 	t.Helper()
 	Need(t, "redis-server")
 	Need(t, "redis-cli")
-	c, err := NewCluster(t.TempDir(), 3, 1, ClusterNodeTimeout)
+	c, err := NewCluster(t.TempDir(), 3, 1, nodeTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
