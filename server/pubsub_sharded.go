@@ -196,6 +196,9 @@ func (s *shardedSubs) ownerOf(ctx context.Context, slot int) (string, error) {
 		s.mu.Unlock()
 	}
 	if owners[slot] == "" {
+		// Asked in the middle of a failover: ask again next time, rather
+		// than remember a hole.
+		s.forgetOwners()
 		return "", fmt.Errorf("slot %d is not served", slot)
 	}
 	return owners[slot], nil
