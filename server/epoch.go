@@ -247,8 +247,17 @@ func (s *RedisStore) runEpochScript(ctx context.Context, known, quietOnCreate st
 	if replace {
 		force = "1"
 	}
-	e, err := scriptEpoch.Run(ctx, s.rdb, keys,
-		newEpoch(), known, s.maxUID.Load(), s.cfg.ResetQuiet.Milliseconds(), quietOnCreate, redisSchema, force).Text()
+	// Through the batcher, a pipeline: a new epoch waits for the replicas
+	// like any write (--redis-min-replicas), so a failover right after does
+	// not lose it and reset the store a second time.
+	cmds, err := s.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		return []redis.Cmder{scriptEpoch.EvalSha(ctx, p, keys,
+			newEpoch(), known, s.maxUID.Load(), s.cfg.ResetQuiet.Milliseconds(), quietOnCreate, redisSchema, force)}
+	})
+	var e string
+	if len(cmds) == 1 {
+		e, err = cmds[0].(*redis.Cmd).Text()
+	}
 	if err != nil {
 		if v, ok := strings.CutPrefix(err.Error(), schemaErrPrefix+" "); ok {
 			return "", fmt.Errorf("store: the Redis keyspace %q has schema version %s, but this loopchat knows versions up to %d: "+

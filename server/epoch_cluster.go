@@ -31,10 +31,12 @@ import (
 // A missing copy, once they are done, means the shard holding it lost
 // its data (restarted empty, both its primary and its replicas): the
 // store's contents are no longer whole. Epoch looks at one copy in every
-// slot range of the cluster each time, and replaces the epoch when one is
-// gone or differs, as a store reset: every session is kicked, every token
-// refused, as when one Redis comes back empty. Slots that move between
-// shards take their copies along (MIGRATE moves every key of the slot).
+// slot range of the cluster each time, and at the copy of every slot
+// where a script was refused since (keys deleted by hand lose less than a
+// shard), and replaces the epoch when one is gone or differs, as a store
+// reset: every session is kicked, every token refused, as when one Redis
+// comes back empty. Slots that move between shards take their copies
+// along (MIGRATE moves every key of the slot).
 
 // scriptEpochCopy writes one slot's copy of the epoch unless a newer
 // generation's is there. KEYS: the slot's epoch, quiet and generation
@@ -85,10 +87,16 @@ func (s *RedisStore) epochCopies(ctx context.Context, e string) (string, error) 
 		}
 		e = cur
 		if copied != gen {
-			if err := s.writeEpochCopies(ctx, e, gen, max(quiet, 0)); err != nil {
-				return "", err
+			// Some 0.2 s, once per epoch, and every write waits for it: not
+			// cut short by the caller's deadline (a heartbeat's, which may be
+			// shorter; the start's 5 s on a loaded machine), or the copies
+			// would be written again and again, never marked done.
+			wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			err := s.writeEpochCopies(wctx, e, gen, max(quiet, 0))
+			if err == nil {
+				err = scriptEpochCopied.Run(wctx, s.rdb, []string{s.metaKey("epoch:gen"), s.metaKey("epoch:copied")}, gen).Err()
 			}
-			err := scriptEpochCopied.Run(ctx, s.rdb, []string{s.metaKey("epoch:gen"), s.metaKey("epoch:copied")}, gen).Err()
+			cancel()
 			return e, redisErr(err)
 		}
 		lost, err := s.epochCopyLost(ctx, e)
@@ -108,11 +116,6 @@ func (s *RedisStore) epochCopies(ctx context.Context, e string) (string, error) 
 // writeEpochCopies writes epoch e of generation gen into every slot, with
 // the quiet period's quietMs left, in pipelines of a few thousand.
 func (s *RedisStore) writeEpochCopies(ctx context.Context, e string, gen, quietMs int64) error {
-	// Some 0.2 s, but once per epoch, and every write waits for it: not
-	// cut short by the caller's deadline (a heartbeat's, the start's 5 s)
-	// on a loaded machine.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
 	// Loaded on every primary first: a pipeline of EVALSHAs cannot fall
 	// back to EVAL one by one.
 	if err := scriptEpochCopy.Load(ctx, s.rdb).Err(); err != nil {
@@ -147,6 +150,12 @@ func (s *RedisStore) epochCopyLost(ctx context.Context, e string) (bool, error) 
 			cmds = append(cmds, pipe.Get(ctx, s.slotKey(slot, "epoch")))
 		}
 	}
+	s.suspectMu.Lock()
+	for k := range s.suspects {
+		cmds = append(cmds, pipe.Get(ctx, k))
+	}
+	clear(s.suspects)
+	s.suspectMu.Unlock()
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return false, redisErr(err)
 	}
@@ -156,4 +165,33 @@ func (s *RedisStore) epochCopyLost(ctx context.Context, e string) (bool, error) 
 		}
 	}
 	return false, nil
+}
+
+// maxSuspects bounds the copies remembered between two Epochs.
+const maxSuspects = 64
+
+// noteRefused remembers the copy of the epoch that refused cmd (a guarded
+// script: its epoch copy is the last but one of its keys), for the next
+// Epoch to look at.
+func (s *RedisStore) noteRefused(cmd redis.Cmder) {
+	args := cmd.Args()
+	if len(args) < 3 {
+		return
+	}
+	n, ok := args[2].(int)
+	if !ok || n < 2 || len(args) < 3+n {
+		return
+	}
+	key, ok := args[3+n-2].(string)
+	if !ok {
+		return
+	}
+	s.suspectMu.Lock()
+	defer s.suspectMu.Unlock()
+	if s.suspects == nil {
+		s.suspects = make(map[string]struct{})
+	}
+	if len(s.suspects) < maxSuspects {
+		s.suspects[key] = struct{}{}
+	}
 }

@@ -122,93 +122,106 @@ func TestRedisStoreEpochGuard(t *testing.T) {
 	}
 }
 
-// A Redis wiped under a running two-node cluster hands no one's identity
+// A Redis (or a Redis Cluster) wiped under a running two-node cluster
+// hands no one's identity
 // or messages to anyone else: sessions are kicked, sends fail instead of
 // being acknowledged, old tokens are refused, and the ids handed out again
 // do not inherit what the old users were sent.
 func TestWipedRedisUnderACluster(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, engine string) {
-		r := testproc.StartRedis(t)
-		nodes := clusterNodes(t, r, 2, engine)
-		alice, aliceOK := nodes[0].user(t, "alice")
-		bob, bobOK := nodes[1].user(t, "bob")
-		_, carolOK := nodes[1].user(t, "carol") // stays connected
-		expectOK(t, alice.do(sendTo("bob", "before the wipe")))
-		if m := bob.nextMessage(); m.Text != "before the wipe" {
-			t.Fatalf("bob got %v", m)
-		}
-
-		rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
-		t.Cleanup(func() { rdb.Close() })
-		if err := rdb.FlushAll(context.Background()).Err(); err != nil {
-			t.Fatal(err)
-		}
-		// Whatever a session sends now is refused, never acknowledged: its
-		// recipient no longer exists.
-		seq := alice.sendFrame(sendTo("bob", "into the void"))
-		for {
-			f := alice.read()
-			if f.GetKicked() != nil {
-				if f.GetKicked().Reason != chatpb.KickReason_KICK_REASON_STORE_RESET {
-					t.Fatalf("alice kicked with %v", f.GetKicked())
+	for _, backend := range []string{"redis", "cluster"} {
+		t.Run(backend, func(t *testing.T) {
+			forEachEngine(t, func(t *testing.T, engine string) {
+				rb := oneRedis(t)
+				if backend == "cluster" {
+					rb = privateCluster(t) // wiped: not the shared one
 				}
-				break
-			}
-			if f.Seq == seq {
-				if f.GetSendOk() != nil {
-					t.Fatalf("a send after the wipe was acknowledged: %v", f)
-				}
-				expectCode(t, f, chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE)
-				alice.expectKicked(chatpb.KickReason_KICK_REASON_STORE_RESET)
-				break
-			}
-		}
-		bob.expectKicked(chatpb.KickReason_KICK_REASON_STORE_RESET)
-
-		// Once the nodes serve again, the users of the new store get the
-		// old ids, and nothing of the old users.
-		var dave *rawConn
-		var daveOK *chatpb.LoginOK
-		testproc.WaitUntil(t, "a node to serve registrations again", 10*time.Second, func() bool {
-			rc := dial(t, nodes[1].addr)
-			resp := rc.do(registerReq("dave", pw))
-			if resp.GetError().GetCode() == chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE {
-				return false
-			}
-			expectOK(t, resp)
-			resp = rc.do(loginReq("dave", pw))
-			expectOK(t, resp)
-			dave, daveOK = rc, resp.GetLoginOk()
-			return true
+				testWipedRedisUnderACluster(t, rb, engine)
+			})
 		})
-		if daveOK.UserId != aliceOK.UserId {
-			t.Fatalf("dave got id %d; the test expects the wiped store to hand out alice's %d again", daveOK.UserId, aliceOK.UserId)
-		}
-		mallory, malloryOK := nodes[0].user(t, "mallory")
-		if malloryOK.UserId != bobOK.UserId {
-			t.Fatalf("mallory got id %d, want bob's old %d", malloryOK.UserId, bobOK.UserId)
-		}
-		// Old tokens name old users: refused on both nodes, whoever holds
-		// their ids now.
-		for _, n := range nodes {
-			for _, tok := range []string{aliceOK.Token, bobOK.Token, carolOK.Token} {
-				expectCode(t, dial(t, n.addr).do(tokenReq(tok)), chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED)
+	}
+}
+
+func testWipedRedisUnderACluster(t *testing.T, rb *redisBackend, engine string) {
+	nodes := backendNodes(t, rb, 2, engine, nil)
+	alice, aliceOK := nodes[0].user(t, "alice")
+	bob, bobOK := nodes[1].user(t, "bob")
+	_, carolOK := nodes[1].user(t, "carol") // stays connected
+	expectOK(t, alice.do(sendTo("bob", "before the wipe")))
+	if m := bob.nextMessage(); m.Text != "before the wipe" {
+		t.Fatalf("bob got %v", m)
+	}
+
+	rb.wipe(t)
+	// Whatever a session sends now is refused, never acknowledged: its
+	// recipient no longer exists.
+	seq := alice.sendFrame(sendTo("bob", "into the void"))
+	for {
+		f := alice.read()
+		if f.GetKicked() != nil {
+			if f.GetKicked().Reason != chatpb.KickReason_KICK_REASON_STORE_RESET {
+				t.Fatalf("alice kicked with %v", f.GetKicked())
 			}
+			break
 		}
-		// Old names are gone, on the node that cached them too.
-		for _, n := range nodes {
-			rc, _ := n.user(t, fmt.Sprintf("probe-%s", n.NodeID()))
-			expectCode(t, rc.do(sendTo("bob", "to the old bob")), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
-			expectCode(t, rc.do(sendTo("carol", "to the old carol")), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
+		if f.Seq == seq {
+			if f.GetSendOk() != nil {
+				t.Fatalf("a send after the wipe was acknowledged: %v", f)
+			}
+			expectCode(t, f, chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+			alice.expectKicked(chatpb.KickReason_KICK_REASON_STORE_RESET)
+			break
 		}
-		dave.noPush(300 * time.Millisecond)
-		mallory.noPush(0)
-		// And the new store works across nodes.
-		expectOK(t, dave.do(sendTo("mallory", "fresh start")))
-		if m := mallory.nextMessage(); m.Text != "fresh start" || m.FromUsername != "dave" {
-			t.Fatalf("mallory got %v", m)
-		}
+	}
+	bob.expectKicked(chatpb.KickReason_KICK_REASON_STORE_RESET)
+
+	// Once the nodes serve again (both: on a cluster, shards flushed
+	// one after another may take the nodes through a second reset),
+	// the users of the new store get the old ids, and nothing of the
+	// old users.
+	waitFor(t, "both nodes on the new epoch", func() bool {
+		return !nodes[0].storeResetting() && !nodes[1].storeResetting() && nodes[0].epoch() == nodes[1].epoch()
 	})
+	var dave *rawConn
+	var daveOK *chatpb.LoginOK
+	testproc.WaitUntil(t, "a node to serve registrations again", 10*time.Second, func() bool {
+		rc := dial(t, nodes[1].addr)
+		resp := rc.do(registerReq("dave", pw))
+		if resp.GetError().GetCode() == chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE {
+			return false
+		}
+		expectOK(t, resp)
+		resp = rc.do(loginReq("dave", pw))
+		expectOK(t, resp)
+		dave, daveOK = rc, resp.GetLoginOk()
+		return true
+	})
+	if daveOK.UserId != aliceOK.UserId {
+		t.Fatalf("dave got id %d; the test expects the wiped store to hand out alice's %d again", daveOK.UserId, aliceOK.UserId)
+	}
+	mallory, malloryOK := nodes[0].user(t, "mallory")
+	if malloryOK.UserId != bobOK.UserId {
+		t.Fatalf("mallory got id %d, want bob's old %d", malloryOK.UserId, bobOK.UserId)
+	}
+	// Old tokens name old users: refused on both nodes, whoever holds
+	// their ids now.
+	for _, n := range nodes {
+		for _, tok := range []string{aliceOK.Token, bobOK.Token, carolOK.Token} {
+			expectCode(t, dial(t, n.addr).do(tokenReq(tok)), chatpb.ErrorCode_ERROR_CODE_UNAUTHENTICATED)
+		}
+	}
+	// Old names are gone, on the node that cached them too.
+	for _, n := range nodes {
+		rc, _ := n.user(t, fmt.Sprintf("probe-%s", n.NodeID()))
+		expectCode(t, rc.do(sendTo("bob", "to the old bob")), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
+		expectCode(t, rc.do(sendTo("carol", "to the old carol")), chatpb.ErrorCode_ERROR_CODE_NOT_FOUND)
+	}
+	dave.noPush(300 * time.Millisecond)
+	mallory.noPush(0)
+	// And the new store works across nodes.
+	expectOK(t, dave.do(sendTo("mallory", "fresh start")))
+	if m := mallory.nextMessage(); m.Text != "fresh start" || m.FromUsername != "dave" {
+		t.Fatalf("mallory got %v", m)
+	}
 }
 
 // A single node whose --data was replaced refuses the tokens of the old

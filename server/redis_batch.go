@@ -27,6 +27,9 @@ type redisBatcher struct {
 	ops     *opQueue[*pipeOp]
 	max     int
 	scripts []*redis.Script // loaded again when Redis restarts without them
+	// refused, when set (before the first op), is told of each command a
+	// script's epoch guard refused (epoch_cluster.go).
+	refused func(redis.Cmder)
 	wg      sync.WaitGroup
 }
 
@@ -87,6 +90,13 @@ func (b *redisBatcher) exec(batch []*pipeOp, retryNoScript bool) {
 	var again []*pipeOp
 	for _, op := range batch {
 		err := firstErr(op.cmds)
+		if b.refused != nil && err != nil && strings.HasPrefix(err.Error(), epochErrPrefix) {
+			for _, c := range op.cmds {
+				if c.Err() != nil && strings.HasPrefix(c.Err().Error(), epochErrPrefix) {
+					b.refused(c)
+				}
+			}
+		}
 		if retryNoScript && isNoScript(err) {
 			// Redis restarted and lost its script cache; the script never
 			// ran, so running the op again is safe.

@@ -64,6 +64,14 @@ func onCluster(t *testing.T) *redisBackend {
 	return rb
 }
 
+// privateCluster is a Redis Cluster of t's own, for a test that wipes it.
+func privateCluster(t *testing.T) *redisBackend {
+	c := testproc.StartClusterWithTimeout(t, testproc.SharedNodeTimeout)
+	rdb := c.Client()
+	t.Cleanup(func() { rdb.Close() })
+	return &redisBackend{name: "cluster", url: c.URL, client: rdb, c: c}
+}
+
 // forEachRedis runs fn on one Redis and on the Redis Cluster: what works
 // on one works on the other.
 func forEachRedis(t *testing.T, fn func(t *testing.T, rb *redisBackend)) {
@@ -161,6 +169,29 @@ func (rb *redisBackend) killPubSub(t *testing.T) {
 	}
 	err := rb.client.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
 		return c.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wipe loses every key: FLUSHALL on one Redis, on every primary of the
+// cluster at once (their replicas follow). Never on the shared cluster:
+// other tests run on it at the same time (privateCluster).
+func (rb *redisBackend) wipe(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	if rb.c == nil {
+		if err := rb.client.FlushAll(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if rb.c == sharedCluster.Get(t) {
+		t.Fatal("wipe of the shared cluster: other tests are using it")
+	}
+	err := rb.client.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		return c.FlushAll(ctx).Err()
 	})
 	if err != nil {
 		t.Fatal(err)

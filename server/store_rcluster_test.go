@@ -316,4 +316,26 @@ func TestClusterShardLossResetsTheEpoch(t *testing.T) {
 			t.Fatalf("a session under the old epoch = %v, want refused", err)
 		}
 	}
+
+	// Less than a shard: one slot's keys deleted by hand. The copy there
+	// is gone, a write in that slot is refused, and the next Epoch looks
+	// at that slot's copy too, and replaces the epoch.
+	s.UseEpoch(e2)
+	u, err := s.CreateUser(withEpoch(ctx, e2), "after", []byte("h"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := keySlot(s.userKey(u.ID))
+	if err := rb.client.Del(ctx, s.slotKey(slot, "epoch")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := s.Epoch(ctx); err != nil || again != e2 {
+		t.Fatalf("Epoch before any refusal = %q, %v (it samples the first slot of each range only)", again, err)
+	}
+	if err := s.SetBan(withEpoch(ctx, e2), u.ID, 1); !errors.Is(err, ErrStoreReset) {
+		t.Fatalf("a write where the copy is gone = %v, want refused", err)
+	}
+	if e3, err := s.Epoch(ctx); err != nil || e3 == e2 {
+		t.Fatalf("Epoch after a refusal in a slot that lost its copy = %q, %v; want a new one", e3, err)
+	}
 }

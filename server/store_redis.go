@@ -496,7 +496,7 @@ return out`)
 	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
 		scriptNewSession, scriptLatestSession, scriptMarkRead, scriptDeviceOnline, scriptDeviceOffline,
-		scriptRegisterDevice, scriptConvTail, scriptSetBan, scriptRevokeTokens}
+		scriptRegisterDevice, scriptConvTail, scriptSetBan, scriptRevokeTokens, scriptEpoch}
 )
 
 // redisSchema is the version of the key layout this code writes (the
@@ -573,6 +573,10 @@ type RedisStore struct {
 	// convsIndexed: the keyspace has its conversation index
 	// (migrateConvIndex); checked once per process.
 	convsIndexed atomic.Bool
+	// suspects are the copies of the epoch whose slots refused a script
+	// lately (a cluster's: epoch_cluster.go), for Epoch to look at.
+	suspectMu sync.Mutex
+	suspects  map[string]struct{}
 }
 
 // NewRedisStore returns a store on cfg.Client.
@@ -595,6 +599,7 @@ func NewRedisStore(cfg RedisConfig) *RedisStore {
 	if _, ok := cfg.Client.(*redis.ClusterClient); ok {
 		s.cluster = true
 		s.tags = slotTags()
+		s.batch.refused = s.noteRefused
 		// A cluster keyspace starts with the layout's latest schema: there
 		// is nothing older to index.
 		s.convsIndexed.Store(true)

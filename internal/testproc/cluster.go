@@ -23,10 +23,15 @@ import (
 // `redis-cli --cluster create`. The cluster node timeout is short, so a
 // killed primary is failed over within a couple of seconds.
 
-// ClusterNodeTimeout is the cluster-node-timeout the test cluster runs
-// with: a primary silent this long is marked failing, and its replica
-// takes over soon after.
+// ClusterNodeTimeout is the cluster-node-timeout a test cluster of
+// StartCluster runs with: a primary silent this long is marked failing,
+// and its replica takes over soon after (the fault tests kill primaries).
 const ClusterNodeTimeout = 1000 * time.Millisecond
+
+// SharedNodeTimeout is the shared cluster's: long enough that a busy
+// machine (a primary slow to answer the others for a second) does not set
+// off a failover under tests that do not expect one.
+const SharedNodeTimeout = 5000 * time.Millisecond
 
 // ClusterNode is one redis-server of a test cluster.
 type ClusterNode struct {
@@ -35,6 +40,7 @@ type ClusterNode struct {
 	Addr    string
 	dir     string
 	bin     string
+	timeout time.Duration // cluster-node-timeout
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -52,10 +58,10 @@ type Cluster struct {
 
 // NewCluster starts primaries+primaries*replicas redis-servers in fresh
 // directories under dir and joins them into one cluster, each primary
-// with replicas replicas, returning once every node reports cluster_state
+// with replicas replicas and the given cluster-node-timeout, returning once every node reports cluster_state
 // ok and every primary has its replicas online. It needs no testing.TB, so
 // a package's TestMain can share one cluster between tests (see Shared).
-func NewCluster(dir string, primaries, replicas int) (*Cluster, error) {
+func NewCluster(dir string, primaries, replicas int, nodeTimeout time.Duration) (*Cluster, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, err
@@ -72,7 +78,7 @@ func NewCluster(dir string, primaries, replicas int) (*Cluster, error) {
 	}
 	addrs := make([]string, n)
 	for i := range n {
-		node := &ClusterNode{Port: ports[2*i], BusPort: ports[2*i+1], bin: bin,
+		node := &ClusterNode{Port: ports[2*i], BusPort: ports[2*i+1], bin: bin, timeout: nodeTimeout,
 			dir: filepath.Join(dir, "node"+strconv.Itoa(i))}
 		node.Addr = "127.0.0.1:" + strconv.Itoa(node.Port)
 		if err := os.MkdirAll(node.dir, 0o755); err != nil {
@@ -105,14 +111,21 @@ func NewCluster(dir string, primaries, replicas int) (*Cluster, error) {
 	return c, nil
 }
 
-// StartCluster is NewCluster (3 primaries, 1 replica each) for one test,
-// stopped at its cleanup; it skips the test (fails it under CI) when
-// redis-server or redis-cli is missing.
+// StartCluster is NewCluster (3 primaries, 1 replica each, the short
+// ClusterNodeTimeout) for one test, stopped at its cleanup; it skips the
+// test (fails it under CI) when redis-server or redis-cli is missing.
 func StartCluster(t testing.TB) *Cluster {
+	t.Helper()
+	return StartClusterWithTimeout(t, ClusterNodeTimeout)
+}
+
+// StartClusterWithTimeout is StartCluster with another cluster-node-timeout
+// (SharedNodeTimeout for a test that expects no failover).
+func StartClusterWithTimeout(t testing.TB, nodeTimeout time.Duration) *Cluster {
 	t.Helper()
 	Need(t, "redis-server")
 	Need(t, "redis-cli")
-	c, err := NewCluster(t.TempDir(), 3, 1)
+	c, err := NewCluster(t.TempDir(), 3, 1, nodeTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +160,7 @@ func (s *Shared) Get(t testing.TB) *Cluster {
 	s.once.Do(func() {
 		s.dir, s.err = os.MkdirTemp("", "loopchat-cluster-")
 		if s.err == nil {
-			s.c, s.err = NewCluster(s.dir, 3, 1)
+			s.c, s.err = NewCluster(s.dir, 3, 1, SharedNodeTimeout)
 		}
 	})
 	if s.err != nil {
@@ -283,7 +296,7 @@ func (n *ClusterNode) Start() error {
 		"--port", strconv.Itoa(n.Port), "--cluster-port", strconv.Itoa(n.BusPort),
 		"--bind", "127.0.0.1", "--dir", n.dir, "--protected-mode", "no", "--daemonize", "no",
 		"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-		"--cluster-node-timeout", strconv.Itoa(int(ClusterNodeTimeout.Milliseconds())),
+		"--cluster-node-timeout", strconv.Itoa(int(n.timeout.Milliseconds())),
 		// A replica takes over however long ago it last heard its
 		// primary: the tests kill primaries under load.
 		"--cluster-replica-validity-factor", "0",
