@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -170,7 +171,7 @@ func TestBenchCompareOverWebSocket(t *testing.T) {
 		"--conns", "40", "--rate", "200", "--duration", "1s", "--warmup", "0",
 		"--json", "--server-cpus", "", "--gen-cpus", "").Output()
 	if err != nil {
-		t.Fatalf("compare --transport tcp,ws: %v", err)
+		t.Fatalf("compare --transport tcp,ws: %v\n%s", err, stderrOf(err))
 	}
 	var cmp struct {
 		Results []struct {
@@ -204,9 +205,9 @@ func TestBenchCompareOverWebSocket(t *testing.T) {
 // collection, asked of the --admin-addr compare gives it.
 func TestBenchCompareConnsMemory(t *testing.T) {
 	out, err := exec.Command(binary, "bench", "compare", "--scenario", "conns", "--transport", "ws", "--servers", "gnet",
-		"--conns", "200", "--duration", "1s", "--json", "--server-cpus", "", "--gen-cpus", "").Output()
+		"--conns", "400", "--duration", "1s", "--json", "--server-cpus", "", "--gen-cpus", "").Output()
 	if err != nil {
-		t.Fatalf("compare --scenario conns --transport ws: %v", err)
+		t.Fatalf("compare --scenario conns --transport ws: %v\n%s", err, stderrOf(err))
 	}
 	var cmp struct {
 		Results []struct {
@@ -223,11 +224,20 @@ func TestBenchCompareConnsMemory(t *testing.T) {
 		t.Fatalf("results %+v", cmp.Results)
 	}
 	// A connection holds at least its session; the resident growth may be
-	// anything at 200 connections (when the runtime returns pages decides
+	// anything at 400 connections (when the runtime returns pages decides
 	// it), so only that it was measured.
-	if r := cmp.Results[0]; r.Transport != "ws" || r.Delivered != 200 || r.Live < 200 || r.RSS == 0 {
+	if r := cmp.Results[0]; r.Transport != "ws" || r.Delivered != 400 || r.Live < 200 || r.RSS == 0 {
 		t.Fatalf("conns over WebSocket: %+v", r)
 	}
+}
+
+// stderrOf is what a command run with Output wrote to stderr before it failed.
+func stderrOf(err error) []byte {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.Stderr
+	}
+	return nil
 }
 
 // Command lines that cannot measure anything are refused at once, before
