@@ -639,8 +639,15 @@ type keyValue struct {
 }
 
 // copyChunk is how many keys' values are held at once: a conversation
-// log may be megabytes.
-const copyChunk = 64
+// log may be megabytes. inboxChunk is how many inboxes, each with up to
+// the inbox limit of bodies (10,000 by default, some 200 bytes each).
+// probeChunk bounds the log reads of one pipeline while dedup entries
+// look for their conversation.
+const (
+	copyChunk  = 64
+	inboxChunk = 8
+	probeChunk = 5000
+)
 
 // copyPlain copies keys whole under their cluster names; groups also get
 // their join counter.
@@ -819,7 +826,7 @@ func bodiesOf(inbox string) string {
 // their shared msg:<id>.
 func (m *migration) copyInboxes(ctx context.Context, keys []srcKey) error {
 	for len(keys) > 0 {
-		n := min(len(keys), copyChunk)
+		n := min(len(keys), inboxChunk)
 		chunk := keys[:n]
 		keys = keys[n:]
 		pipe := m.from.Pipeline()
@@ -994,38 +1001,46 @@ func (m *migration) findInLogs(ctx context.Context, es []*dedupEntry) error {
 	type probe struct {
 		e    *dedupEntry
 		conv Conversation
-		cmd  *redis.StringCmd
 	}
 	var probes []probe
-	pipe = m.from.Pipeline()
 	for i, e := range es {
-		var cands []Conversation
 		for _, k := range convs[i].Val() {
 			if c, err := ParseConversationKey(k); err == nil {
-				cands = append(cands, c)
+				probes = append(probes, probe{e, c})
 			}
 		}
 		for _, gid := range parseIDs(groups[i].Val()) {
-			cands = append(cands, GroupConversation(gid))
-		}
-		for _, c := range cands {
-			cmd := pipe.HGet(ctx, m.src+"{c:"+c.Key()+"}:log", strconv.FormatUint(e.seq, 10))
-			probes = append(probes, probe{e, c, cmd})
+			probes = append(probes, probe{e, GroupConversation(gid)})
 		}
 	}
-	if len(probes) == 0 {
-		return nil
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("migrate: read conversation logs: %w", err)
-	}
-	for _, pr := range probes {
-		v, err := pr.cmd.Bytes()
-		msg := new(chatpb.Message)
-		if err != nil || len(v) < 8 || proto.Unmarshal(v[8:], msg) != nil || msg.MsgId != pr.e.id {
+	for len(probes) > 0 {
+		n := min(len(probes), probeChunk)
+		chunk := probes[:n]
+		probes = probes[n:]
+		pipe = m.from.Pipeline()
+		cmds := make([]*redis.StringCmd, n)
+		for i, pr := range chunk {
+			if !pr.e.found {
+				cmds[i] = pipe.HGet(ctx, m.src+"{c:"+pr.conv.Key()+"}:log", strconv.FormatUint(pr.e.seq, 10))
+			}
+		}
+		if pipe.Len() == 0 {
 			continue
 		}
-		pr.e.conv, pr.e.found = pr.conv, true
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("migrate: read conversation logs: %w", err)
+		}
+		for i, pr := range chunk {
+			if cmds[i] == nil {
+				continue
+			}
+			v, err := cmds[i].Bytes()
+			msg := new(chatpb.Message)
+			if err != nil || len(v) < 8 || proto.Unmarshal(v[8:], msg) != nil || msg.MsgId != pr.e.id {
+				continue
+			}
+			pr.e.conv, pr.e.found = pr.conv, true
+		}
 	}
 	return nil
 }

@@ -181,6 +181,19 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 	if m := alice.nextChat(); m.Text != "hi alice" {
 		t.Fatalf("alice got %+v", m)
 	}
+	// Carol acks alice's message at once: its body is in no inbox any
+	// more, and its dedup entry finds its conversation in the log.
+	k2 := alice.do(sendWithID("carol", "to carol", "k2"))
+	expectOK(t, k2)
+	for {
+		if m := carol.nextChat(); m.MsgId == k2.GetSendOk().MsgId {
+			carol.sendFrame(ackReq(m.MsgId))
+			break
+		}
+	}
+	testproc.WaitUntil(t, "carol's ack stored", 5*time.Second, func() bool {
+		return src.client.Exists(ctx, src.prefix+"msg:"+msgMember(k2.GetSendOk().MsgId)).Val() == 0
+	})
 	// Bob's first device reads and acks the first two, and marks them read.
 	b1, _ = node.device(t, "bob", "b1")
 	var got []uint64
@@ -233,6 +246,14 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 		}
 		return err != nil
 	})
+	// A dedup entry whose message is nowhere (cannot be carried), and a
+	// key no loopchat wrote (not copied).
+	if err := src.client.Set(ctx, src.prefix+"dedup:1:ghost", "123:9", time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.client.Set(ctx, src.prefix+"mystery", "x", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
 	names := []string{"alice", "bob", "carol", "dave"}
 	before := storeView(t, srcStore, names)
 	if n := strings.Count(before["bob Inbox b1"], "id="); n != 3 {
@@ -274,7 +295,7 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 	if err != nil {
 		t.Fatalf("migration: %v (report %+v)", err, rep)
 	}
-	if !rep.Resumed || rep.AlreadyDone || rep.Epoch != aliceOK.StoreEpoch || len(rep.Unknown) != 0 {
+	if !rep.Resumed || rep.AlreadyDone || rep.Epoch != aliceOK.StoreEpoch || !slices.Equal(rep.Unknown, []string{"one:mystery"}) {
 		t.Fatalf("report %+v", rep)
 	}
 	counts := make(map[string]MigrateCount)
@@ -293,7 +314,7 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 	if k := counts[kindMessages]; k.Dropped != 0 || k.Copied != 5+3+1+2 {
 		t.Fatalf("messages %+v: want 11 bodies", k)
 	}
-	if k := counts[kindDedup]; k.Source != 5 || k.Target != 5 || k.Dropped != 0 {
+	if k := counts[kindDedup]; k.Source != 7 || k.Target != 6 || k.Dropped != 1 || k.Want != 6 {
 		t.Fatalf("dedup %+v", k)
 	}
 
@@ -356,6 +377,14 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 	expectOK(t, again)
 	if ok := again.GetSendOk(); ok.MsgId != group[1].MsgId {
 		t.Fatalf("a resend of g2 on the cluster = %+v, want the first %+v", ok, group[1])
+	}
+	again = a2.do(sendWithID("carol", "to carol", "k2"))
+	expectOK(t, again)
+	if ok := again.GetSendOk(); ok.MsgId != k2.GetSendOk().MsgId {
+		t.Fatalf("a resend of k2 (acked) on the cluster = %+v, want the first %+v", ok, k2.GetSendOk())
+	}
+	if k := counts[kindUnknown]; k.Source != 1 || k.Target != 0 {
+		t.Fatalf("unknown %+v", k)
 	}
 	fresh := a2.do(sendTo("carol", "after the move"))
 	expectOK(t, fresh)
