@@ -92,6 +92,9 @@ type MigrateReport struct {
 	// Unknown names (some of) the source keys under the prefix that no
 	// loopchat layout explains; they are not copied.
 	Unknown []string
+	// LiveNodes says what showed nodes still running on the source: the
+	// run went on only as a dry run, or with Force.
+	LiveNodes []string
 	// Mismatches describes each kind whose count on the cluster differs
 	// from what the check expected (then the error is ErrMigrateCheck).
 	Mismatches []string
@@ -393,10 +396,11 @@ func MigrateToCluster(ctx context.Context, cfg MigrateConfig) (*MigrateReport, e
 	if strings.ContainsAny(m.dst, "{}") {
 		return nil, fmt.Errorf("migrate: the target prefix %q has a brace, which breaks the cluster's hash tags", m.dst)
 	}
-	if err := m.checkSource(ctx); err != nil {
+	live, err := m.checkSource(ctx)
+	if err != nil {
 		return nil, err
 	}
-	rep := &MigrateReport{Epoch: m.epoch, DryRun: cfg.DryRun}
+	rep := &MigrateReport{Epoch: m.epoch, DryRun: cfg.DryRun, LiveNodes: live}
 	state, err := m.checkTarget(ctx)
 	if err != nil {
 		return nil, err
@@ -423,13 +427,17 @@ func MigrateToCluster(ctx context.Context, cfg MigrateConfig) (*MigrateReport, e
 	if err := m.writeEpoch(ctx); err != nil {
 		return nil, err
 	}
-	report, _ := json.Marshal(m.sortedCounts())
+	m.logf("copied", "took", time.Since(started).Round(time.Millisecond))
+	if err := m.finish(ctx, rep, false); err != nil {
+		// Left "copying": the next run copies and checks again.
+		return rep, err
+	}
+	report, _ := json.Marshal(rep.Kinds)
 	if err := m.to.HSet(ctx, m.migrationKey(), "state", "done", "finished", time.Now().UnixMilli(),
 		"report", report).Err(); err != nil {
-		return nil, fmt.Errorf("migrate: mark the target done: %w", err)
+		return rep, fmt.Errorf("migrate: mark the target done: %w", err)
 	}
-	m.logf("copied", "took", time.Since(started).Round(time.Millisecond))
-	return rep, m.finish(ctx, rep, false)
+	return rep, nil
 }
 
 // cmpPrefix is p, or the default prefix.
@@ -443,8 +451,9 @@ func cmpPrefix(p string) string {
 // checkSource reads the source's epoch and schema and looks for live
 // nodes: registry entries (they expire a node TTL after the last
 // heartbeat), pub/sub subscribers, presence heartbeats younger than the
-// live window.
-func (m *migration) checkSource(ctx context.Context) error {
+// live window. It returns what it found of them, and refuses to go on
+// with any but for a dry run or with Force.
+func (m *migration) checkSource(ctx context.Context) ([]string, error) {
 	pipe := m.from.Pipeline()
 	epoch := pipe.Get(ctx, m.src+"epoch")
 	schema := pipe.Get(ctx, m.src+"schema")
@@ -452,14 +461,14 @@ func (m *migration) checkSource(ctx context.Context) error {
 	chans := pipe.PubSubChannels(ctx, globEscape(m.src)+"*")
 	now := pipe.Time(ctx)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("migrate: read the source: %w", err)
+		return nil, fmt.Errorf("migrate: read the source: %w", err)
 	}
 	m.epoch = epoch.Val()
 	if m.epoch == "" {
-		return fmt.Errorf("migrate: no store epoch under %q (never used by loopchat, or another prefix): %w", m.src, ErrMigrateSource)
+		return nil, fmt.Errorf("migrate: no store epoch under %q (never used by loopchat, or another prefix): %w", m.src, ErrMigrateSource)
 	}
 	if v := schema.Val(); v != strconv.Itoa(redisSchema) {
-		return fmt.Errorf("migrate: the source keyspace has schema %q, this loopchat moves schema %d only: "+
+		return nil, fmt.Errorf("migrate: the source keyspace has schema %q, this loopchat moves schema %d only: "+
 			"start one node of this version on it once (it upgrades the keyspace), stop it, then migrate: %w",
 			v, redisSchema, ErrMigrateSource)
 	}
@@ -471,7 +480,7 @@ func (m *migration) checkSource(ctx context.Context) error {
 			exists[i] = p.Exists(ctx, protocol.NodeKey(m.src, id))
 		}
 		if _, err := p.Exec(ctx); err != nil {
-			return fmt.Errorf("migrate: read the registry: %w", err)
+			return nil, fmt.Errorf("migrate: read the registry: %w", err)
 		}
 		for i, id := range ids.Val() {
 			if exists[i].Val() == 1 {
@@ -486,18 +495,21 @@ func (m *migration) checkSource(ctx context.Context) error {
 	inst, err := m.from.ZRangeByScore(ctx, m.src+"presence:nodes",
 		&redis.ZRangeBy{Min: strconv.FormatInt(since, 10), Max: "+inf"}).Result()
 	if err != nil {
-		return fmt.Errorf("migrate: read presence: %w", err)
+		return nil, fmt.Errorf("migrate: read presence: %w", err)
 	}
 	for _, i := range inst {
 		live = append(live, fmt.Sprintf("presence instance %s beat within %v", i, m.cfg.LiveWindow))
 	}
-	if len(live) > 0 {
-		if !m.cfg.Force {
-			return fmt.Errorf("migrate: %s: %w", strings.Join(live, "; "), ErrMigrateLiveNodes)
-		}
+	switch {
+	case len(live) == 0:
+	case m.cfg.DryRun:
+		m.logf("nodes are still running: stop them before the migration", "found", strings.Join(live, "; "))
+	case !m.cfg.Force:
+		return live, fmt.Errorf("migrate: %s: %w", strings.Join(live, "; "), ErrMigrateLiveNodes)
+	default:
 		m.logf("copying with live nodes (--force)", "found", strings.Join(live, "; "))
 	}
-	return nil
+	return live, nil
 }
 
 // checkTarget reads what the cluster holds under the target prefix: ""

@@ -107,6 +107,9 @@ func printMigrateReport(w io.Writer, rep *server.MigrateReport) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t\n", k.Kind, k.Source, k.Copied, k.Dropped, k.Target, check)
 	}
 	_ = tw.Flush()
+	for _, l := range rep.LiveNodes {
+		fmt.Fprintf(w, "still running on the source: %s\n", l)
+	}
 	for _, u := range rep.Unknown {
 		fmt.Fprintf(w, "not copied (no loopchat key): %s\n", u)
 	}
