@@ -524,7 +524,19 @@ func (m *migration) checkTarget(ctx context.Context) (string, error) {
 	}
 	state, markEpoch, e := mark.Val()["state"], mark.Val()["epoch"], epoch.Val()
 	switch {
-	case markEpoch == m.epoch && (e == "" || e == m.epoch) && (state == "copying" || state == "done" && e == m.epoch):
+	case markEpoch == m.epoch && state == "copying" && e == m.epoch:
+		// Cut off after the epoch was written (or its check failed):
+		// nodes could have served since, and their writes must not be
+		// copied over.
+		served, err := m.targetServed(ctx)
+		if err != nil {
+			return "", err
+		}
+		if served != "" && !m.cfg.Force {
+			return "", fmt.Errorf("migrate: nodes have run on the half-migrated cluster (%s): %w", served, ErrMigrateTargetInUse)
+		}
+		return state, nil
+	case markEpoch == m.epoch && (state == "copying" && e == "" || state == "done" && e == m.epoch):
 		return state, nil
 	case e != "" && e != m.epoch:
 		if !m.cfg.Force {
@@ -547,6 +559,46 @@ func (m *migration) checkTarget(ctx context.Context) (string, error) {
 	}
 	if m.cfg.Force {
 		m.logf("writing over what the cluster holds (--force)")
+	}
+	return "", nil
+}
+
+// targetServed says what shows a node ran on the cluster under the
+// target prefix ("": nothing): a registry index, or a presence instance
+// the source never had.
+func (m *migration) targetServed(ctx context.Context) (string, error) {
+	pipe := m.to.Pipeline()
+	nodes := pipe.ZRange(ctx, protocol.NodesKey(m.dst), 0, -1)
+	var inst []*redis.StringSliceCmd
+	for _, k := range []string{"presence:nodes", "presence:dead"} {
+		inst = append(inst, pipe.ZRange(ctx, m.dst+"{meta}:"+k, 0, -1))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return "", fmt.Errorf("migrate: read the target's registry: %w", err)
+	}
+	if len(nodes.Val()) > 0 {
+		return "node " + nodes.Val()[0] + " registered", nil
+	}
+	pipe = m.from.Pipeline()
+	var known []*redis.FloatCmd
+	var names []string
+	for _, c := range inst {
+		for _, i := range c.Val() {
+			names = append(names, i)
+			known = append(known, pipe.ZScore(ctx, m.src+"presence:nodes", i),
+				pipe.ZScore(ctx, m.src+"presence:dead", i))
+		}
+	}
+	if len(names) == 0 {
+		return "", nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return "", fmt.Errorf("migrate: read the source's presence: %w", err)
+	}
+	for i, name := range names {
+		if known[2*i].Err() != nil && known[2*i+1].Err() != nil {
+			return "presence instance " + name, nil
+		}
 	}
 	return "", nil
 }

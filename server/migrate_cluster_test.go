@@ -413,6 +413,16 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 		t.Fatalf("after the second run, the newest message is %v (%v)", msgLines(page.Messages), err)
 	}
 
+	// Had the check failed (the migration left "copying" with its epoch
+	// written), a node started anyway: the next run must not copy over
+	// what it wrote.
+	if err := to.HSet(ctx, toPrefix+"{meta}:migration", "state", "copying").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := MigrateToCluster(ctx, cfg); !errors.Is(err, ErrMigrateTargetInUse) {
+		t.Fatalf("a run over a cluster a node served = %v, want ErrMigrateTargetInUse", err)
+	}
+
 	// A cluster prefix holding something else is refused.
 	other := (&redisBackend{}).newPrefix()
 	if err := to.Set(ctx, other+"{u:1}:user", "x", time.Minute).Err(); err != nil {
