@@ -434,3 +434,83 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 		t.Fatalf("migration onto data = %v, want ErrMigrateTargetInUse", err)
 	}
 }
+
+// TestMigrateKeyKinds: every one-Redis key name maps to a cluster name
+// the cluster layout counts as the same kind, hashed by its tag.
+func TestMigrateKeyKinds(t *testing.T) {
+	for _, tc := range []struct{ src, kind, dst string }{
+		{"user:seq", "user:seq", "{meta}:user:seq"},
+		{"user:12", "users", "{u:12}:user"},
+		{"user:12:groups", "user groups", "{u:12}:groups"},
+		{"username:ann.b", "usernames", "{n:ann.b}:username"},
+		{"friends:12", "friends", "{u:12}:friends"},
+		{"group:3", kindGroups, "{c:g3}:group"},
+		{"group:3:members", "group members", "{c:g3}:group:members"},
+		{"group:3:joined", "group joined", "{c:g3}:group:joined"},
+		{"inbox:12", kindInboxes, "{u:12}:inbox"},
+		{"inbox:12:4", kindInboxes, "{u:12}:inbox:4"},
+		{"session:12", "sessions", "{u:12}:session"},
+		{"presence:nodes", "presence instances", "{meta}:presence:nodes"},
+		{"presence:node:n1-ab", "presence instances", "{i:n1-ab}:presence:node"},
+		{"presence:dead:n1-ab", "presence instances", "{i:n1-ab}:presence:dead"},
+		{"{u:12}:read", "read state", "{u:12}:read"},
+		{"{u:12}:pnodes", "presence nodes", "{u:12}:pnodes"},
+		{"{c:d1:2}:log", "conversation logs", "{c:d1:2}:log"},
+		{"{c:g3}:seq", "conversation seqs", "{c:g3}:seq"},
+		{"token-secret", "token secret", "token-secret"},
+	} {
+		kind, dst, how := classifyOneRedis(tc.src)
+		if kind != tc.kind || dst != tc.dst || how == howSkip || how == howUnknown {
+			t.Errorf("%s: %s -> %s (%d), want %s -> %s", tc.src, kind, dst, how, tc.kind, tc.dst)
+		}
+		if k := classifyCluster(dst); k != kind {
+			t.Errorf("%s: the cluster counts %s as %q, want %q", tc.src, dst, k, kind)
+		}
+	}
+	for src, kind := range map[string]string{"msg:0123456789abcdef": kindMessages, "dedup:12:c-1:x": kindDedup,
+		"epoch": kindEpoch, "schema": kindSchema, "node:n1": kindRegistry, "nodenum:7": kindRegistry, "nodes": kindRegistry,
+		"member:seq": "member:seq", "user:x": kindUnknown, "{u:12}:nonsense": kindUnknown, "inbox:12:x": kindUnknown} {
+		if k, _, _ := classifyOneRedis(src); k != kind {
+			t.Errorf("%s is %q, want %q", src, k, kind)
+		}
+	}
+	for dst, kind := range map[string]string{"{u:12}:bodies:4": kindBodies, "{c:d1:2}:dedup:1:c-1": kindDedup,
+		"{s1a}:epoch": kindCopies, "{meta}:migration": kindState, "{u:12}:fpend": "pending friends"} {
+		if k := classifyCluster(dst); k != kind {
+			t.Errorf("%s is %q, want %q", dst, k, kind)
+		}
+	}
+	if got := bodiesOf("p:{u:12}:inbox:4"); got != "p:{u:12}:bodies:4" {
+		t.Errorf("bodiesOf = %s", got)
+	}
+}
+
+// TestMigrateRefusesWhatItCannotMove: no store epoch (never used, or
+// another prefix), a layout of another schema, a cluster as the source.
+func TestMigrateRefusesWhatItCannotMove(t *testing.T) {
+	ctx := context.Background()
+	src := oneRedis(t)
+	to := sharedCluster.Get(t).Client()
+	t.Cleanup(func() { to.Close() })
+	cfg := MigrateConfig{From: src.client, To: to, ToPrefix: (&redisBackend{}).newPrefix()}
+	if _, err := MigrateToCluster(ctx, cfg); !errors.Is(err, ErrMigrateSource) || !strings.Contains(err.Error(), "no store epoch") {
+		t.Fatalf("an empty Redis = %v", err)
+	}
+	if err := src.client.Set(ctx, "loopchat:epoch", "e1", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, schema := range []string{"", "2", "4"} {
+		if schema != "" {
+			if err := src.client.Set(ctx, "loopchat:schema", schema, 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := MigrateToCluster(ctx, cfg); !errors.Is(err, ErrMigrateSource) || !strings.Contains(err.Error(), "schema") {
+			t.Fatalf("schema %q = %v", schema, err)
+		}
+	}
+	cfg.From = to
+	if _, err := MigrateToCluster(ctx, cfg); !errors.Is(err, ErrMigrateSource) {
+		t.Fatalf("a cluster as the source = %v", err)
+	}
+}
