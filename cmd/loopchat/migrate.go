@@ -85,6 +85,11 @@ docs/operations.md, "Moving from one Redis to Redis Cluster".`,
 	f.DurationVar(&cfg.LiveWindow, "live-window", 10*time.Second, "a presence heartbeat younger than this means a node is still running")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	// Variables of their own: a stray $LOOPCHAT_FORCE or $LOOPCHAT_FROM
+	// meant for something else must not steer a migration.
+	for _, name := range []string{"from", "to", "from-prefix", "to-prefix", "dry-run", "force", "batch", "live-window"} {
+		_ = f.SetAnnotation(name, envAnnotation, []string{"LOOPCHAT_MIGRATE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))})
+	}
 	_ = cmd.MarkFlagRequired("from")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
