@@ -87,12 +87,23 @@ func (s *Server) joinCluster() error {
 // moved) and tries a command once more on a failing node, and reloads
 // the cluster's layout every second, so a failover is found quickly.
 func NewRedisClient(url string) (redis.UniversalClient, string, error) {
+	return newRedisClient(url, redisIOTimeout)
+}
+
+// NewRedisToolClient is NewRedisClient for an offline tool (redis-migrate),
+// whose reads of whole keys (a conversation's log, a big group) may take
+// longer than a request's.
+func NewRedisToolClient(url string) (redis.UniversalClient, string, error) {
+	return newRedisClient(url, 30*time.Second)
+}
+
+func newRedisClient(url string, ioTimeout time.Duration) (redis.UniversalClient, string, error) {
 	if rest, ok := strings.CutPrefix(url, "redis-cluster://"); ok {
 		copts, err := parseClusterURL(rest)
 		if err != nil {
 			return nil, "", err
 		}
-		copts.DialTimeout, copts.ReadTimeout, copts.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+		copts.DialTimeout, copts.ReadTimeout, copts.WriteTimeout = redisDialTimeout, ioTimeout, ioTimeout
 		copts.MaxRetries, copts.DialerRetries, copts.DialerRetryTimeout = -1, 1, 10*time.Millisecond
 		copts.PoolSize = max(copts.PoolSize, redisPool)
 		copts.MaxRedirects, copts.ClusterStateReloadInterval = 8, time.Second
@@ -102,7 +113,7 @@ func NewRedisClient(url string) (redis.UniversalClient, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+	ropts.DialTimeout, ropts.ReadTimeout, ropts.WriteTimeout = redisDialTimeout, ioTimeout, ioTimeout
 	ropts.MaxRetries, ropts.DialerRetries, ropts.DialerRetryTimeout = -1, 1, 10*time.Millisecond
 	ropts.PoolSize = max(ropts.PoolSize, redisPool)
 	return redis.NewClient(ropts), ropts.Addr, nil

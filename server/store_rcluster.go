@@ -29,7 +29,8 @@ import (
 //	P{c:<conv>}:seq, :log, :first, :dedup:<uid>:<client id>
 //	P{c:g<gid>}:group, :group:members, :group:roles, :group:joined
 //	P{meta}:user:seq, group:seq, friend:seq, epoch, epoch:quiet, epoch:gen,
-//	    epoch:copied, schema, presence:nodes, presence:dead
+//	    epoch:copied, schema, presence:nodes, presence:dead, migration
+//	    (migrate_cluster.go)
 //	P{i:<instance>}:presence:node, :presence:dead
 //	P{s<base 36>}:epoch, :epoch:quiet, :epoch:gen   (epoch_cluster.go)
 //

@@ -29,7 +29,7 @@ func newRoot() *cobra.Command {
 			return applyEnv(cmd.Flags())
 		},
 	}
-	root.AddCommand(newServeCmd(), newClientCmd(), newLBCmd(), newBenchCmd(), newAPICmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newClientCmd(), newLBCmd(), newBenchCmd(), newAPICmd(), newMigrateCmd(), newVersionCmd())
 	for _, c := range root.Commands() {
 		describeEnv(c.Flags())
 		describeEnv(c.PersistentFlags())
