@@ -727,14 +727,20 @@ type broadcastRequest struct {
 	IdempotencyKey string `json:"idempotency_key"`
 }
 
+// broadcastResponse answers a durable broadcast.
 type broadcastResponse struct {
-	// Recipients: users a durable broadcast stored the message for.
+	// Recipients: users the message was stored for.
 	Recipients int `json:"recipients"`
-	// Online: of those, how many were online (durable only).
+	// Online: of those, how many were online.
 	Online int `json:"online"`
-	// Nodes: how many nodes a transient broadcast reached, each of which
-	// pushed it to every session logged in there.
-	Nodes int `json:"nodes,omitempty"`
+}
+
+// liveBroadcastResponse answers a transient broadcast: it has no
+// recipients to count (a "recipients": 0 would read as "nobody got it").
+type liveBroadcastResponse struct {
+	// Nodes: how many nodes it reached, each of which pushed it to every
+	// session logged in there.
+	Nodes int `json:"nodes"`
 }
 
 // broadcast sends a message to every user: durable, stored for each
@@ -771,7 +777,7 @@ func (a *api) broadcast(r *http.Request) (int, any, error) {
 		if err != nil {
 			return 0, nil, err
 		}
-		return http.StatusOK, broadcastResponse{Nodes: nodes}, nil
+		return http.StatusOK, liveBroadcastResponse{Nodes: nodes}, nil
 	}
 	select {
 	case a.durable <- struct{}{}:

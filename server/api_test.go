@@ -704,3 +704,32 @@ func TestAPIJSONEscapes(t *testing.T) {
 		}
 	}
 }
+
+// A broadcast's answer has the fields of its kind only (docs/api.md):
+// the transient kind {"nodes":N} — a "recipients":0 beside it would tell
+// a backend that nobody got a message every online session was pushed —
+// and the durable kind its recipients and how many were online.
+func TestAPIBroadcastAnswers(t *testing.T) {
+	ts := startServer(t, apiOptions(t))
+	api := newAPIClient(t, ts)
+	alice, _ := ts.user(t, "alice")
+
+	answer := func(body map[string]any) map[string]any {
+		t.Helper()
+		var out map[string]any
+		api.ok("POST", "/api/v1/broadcast", body, http.StatusOK, &out)
+		return out
+	}
+	if got := answer(map[string]any{"text": "live"}); len(got) != 1 || got["nodes"] != float64(1) {
+		t.Fatalf("transient broadcast answered %v, want {\"nodes\":1}", got)
+	}
+	if m := alice.nextMessage(); m.Text != "live" {
+		t.Fatalf("alice got %v", m)
+	}
+	if got := answer(map[string]any{"text": "stored", "durable": true}); len(got) != 2 || got["recipients"] != float64(1) || got["online"] != float64(1) {
+		t.Fatalf("durable broadcast answered %v, want {\"recipients\":1,\"online\":1}", got)
+	}
+	if m := alice.nextMessage(); m.Text != "stored" {
+		t.Fatalf("alice got %v", m)
+	}
+}
