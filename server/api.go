@@ -380,7 +380,9 @@ func decodeBody(r *http.Request, v any) error {
 		return ErrAPIBodyTooLarge
 	case err != nil:
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "reading the body: %v", err)
-	case len(bytes.TrimSpace(body)) == 0:
+	case !bytes.HasPrefix(bytes.TrimSpace(body), []byte("{")):
+		// Empty, or null, an array, a string: the decoder would take a
+		// null as an object of defaults (a ban until lifted, for one).
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "the body must be a JSON object")
 	case !utf8.Valid(body) || !escapesValid(body):
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "the body is not valid UTF-8")

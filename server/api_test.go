@@ -303,7 +303,9 @@ func TestAPIBadBodies(t *testing.T) {
 		want string // in the message
 	}{
 		{"malformed", []byte(`{"to_user": "alice", "text": `), "malformed JSON"},
-		{"not an object", []byte(`["alice"]`), "malformed JSON"},
+		{"not an object", []byte(`["alice"]`), "JSON object"},
+		{"null", []byte(` null `), "JSON object"},
+		{"a string", []byte(`"alice"`), "JSON object"},
 		{"empty", []byte(``), "JSON object"},
 		{"trailing", []byte(`{"to_user":"alice","text":"a"} {}`), "more after"},
 		{"unknown field", []byte(`{"to_user":"alice","text":"a","priority":1}`), "priority"},
