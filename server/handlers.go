@@ -851,6 +851,9 @@ func (c *session) markRead(ctx context.Context, req *chatpb.MarkRead) (*chatpb.F
 	if err != nil || !moved {
 		return okFrame(), err
 	}
+	// This session is told no receipt of its own mark, but must not be
+	// told a lower one of a racing mark afterwards either.
+	c.readMoved(readerConv{reader: u.id, conv: conv}, seq, nil)
 	to := []uint64{u.id}
 	if conv.GroupID == 0 && conv.A != conv.B {
 		to = append(to, conv.A+conv.B-u.id) // the other of the pair
