@@ -332,6 +332,15 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	// a friend's change from here on reaches this session after LoginOK
 	// (pushes wait for the replay), and the list is never newer than it.
 	ok.PresenceHidden = c.srv.presence.join(ctx, info, friends)
+	// The groups' members were read before this session counted: list the
+	// user as a ListGroups now would, online unless hidden.
+	for _, g := range ok.Groups {
+		for _, m := range g.Members {
+			if m.UserId == u.ID {
+				m.Online = !ok.PresenceHidden
+			}
+		}
+	}
 	c.srv.metrics.logins.Inc()
 	c.loggedInOnce.Store(true)
 	c.srv.releaseAnonymous(c)
