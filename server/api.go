@@ -13,6 +13,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -387,6 +388,9 @@ func decodeBody(r *http.Request, v any) error {
 	case !utf8.Valid(body) || !escapesValid(body):
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "the body is not valid UTF-8")
 	}
+	if err := exactFields(body, v); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -394,6 +398,46 @@ func decodeBody(r *http.Request, v any) error {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "malformed JSON body: more after the object")
+	}
+	return nil
+}
+
+// exactFields checks the names in the JSON object body against v, a
+// pointer to a flat struct: each spelled as a json tag of v's, and none
+// twice. encoding/json would take the last of a name given twice, and
+// match names ignoring case (folding ſ to s and K to k besides), so
+// "TO_USER", or a second "to_user", would pass for what nobody meant.
+// Whatever is malformed is left for the decoder to refuse.
+func exactFields(body []byte, v any) error {
+	t := reflect.TypeOf(v).Elem()
+	known := make(map[string]bool, t.NumField())
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			known[name] = true
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != nil { // the object's '{'
+		return nil
+	}
+	seen := make(map[string]bool, len(known))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		name, _ := tok.(string)
+		switch {
+		case !known[name]:
+			return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "malformed JSON body: unknown field %q", name)
+		case seen[name]:
+			return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "malformed JSON body: field %q twice", name)
+		}
+		seen[name] = true
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return nil
+		}
 	}
 	return nil
 }

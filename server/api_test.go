@@ -309,6 +309,11 @@ func TestAPIBadBodies(t *testing.T) {
 		{"empty", []byte(``), "JSON object"},
 		{"trailing", []byte(`{"to_user":"alice","text":"a"} {}`), "more after"},
 		{"unknown field", []byte(`{"to_user":"alice","text":"a","priority":1}`), "priority"},
+		{"a field twice", []byte(`{"to_user":"alice","text":"a","to_user":"system"}`), `"to_user" twice`},
+		{"a field twice, escaped", []byte(`{"to_user":"alice","text":"a","te\u0078t":"b"}`), `"text" twice`},
+		// encoding/json matches names ignoring case, and folds ſ to s.
+		{"a field in capitals", []byte(`{"TO_USER":"alice","text":"a"}`), `"TO_USER"`},
+		{"a field folded", []byte(`{"to_user":"alice","text":"a","\u017fext":"b"}`), `"ſext"`},
 		{"invalid UTF-8", []byte("{\"to_user\":\"alice\",\"text\":\"caf\xe9\"}"), "UTF-8"},
 		{"lone surrogate", []byte(`{"to_user":"alice","text":"\ud800 x"}`), "UTF-8"},
 		{"empty text", map[string]any{"to_user": "alice", "text": ""}, "text"},
