@@ -13,6 +13,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -380,10 +381,15 @@ func decodeBody(r *http.Request, v any) error {
 		return ErrAPIBodyTooLarge
 	case err != nil:
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "reading the body: %v", err)
-	case len(bytes.TrimSpace(body)) == 0:
+	case !bytes.HasPrefix(bytes.TrimSpace(body), []byte("{")):
+		// Empty, or null, an array, a string: the decoder would take a
+		// null as an object of defaults (a ban until lifted, for one).
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "the body must be a JSON object")
 	case !utf8.Valid(body) || !escapesValid(body):
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "the body is not valid UTF-8")
+	}
+	if err := exactFields(body, v); err != nil {
+		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -392,6 +398,46 @@ func decodeBody(r *http.Request, v any) error {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "malformed JSON body: more after the object")
+	}
+	return nil
+}
+
+// exactFields checks the names in the JSON object body against v, a
+// pointer to a flat struct: each spelled as a json tag of v's, and none
+// twice. encoding/json would take the last of a name given twice, and
+// match names ignoring case (folding ſ to s and K to k besides), so
+// "TO_USER", or a second "to_user", would pass for what nobody meant.
+// Whatever is malformed is left for the decoder to refuse.
+func exactFields(body []byte, v any) error {
+	t := reflect.TypeOf(v).Elem()
+	known := make(map[string]bool, t.NumField())
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			known[name] = true
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != nil { // the object's '{'
+		return nil
+	}
+	seen := make(map[string]bool, len(known))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		name, _ := tok.(string)
+		switch {
+		case !known[name]:
+			return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "malformed JSON body: unknown field %q", name)
+		case seen[name]:
+			return protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "malformed JSON body: field %q twice", name)
+		}
+		seen[name] = true
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return nil
+		}
 	}
 	return nil
 }
@@ -727,14 +773,20 @@ type broadcastRequest struct {
 	IdempotencyKey string `json:"idempotency_key"`
 }
 
+// broadcastResponse answers a durable broadcast.
 type broadcastResponse struct {
-	// Recipients: users a durable broadcast stored the message for.
+	// Recipients: users the message was stored for.
 	Recipients int `json:"recipients"`
-	// Online: of those, how many were online (durable only).
+	// Online: of those, how many were online.
 	Online int `json:"online"`
-	// Nodes: how many nodes a transient broadcast reached, each of which
-	// pushed it to every session logged in there.
-	Nodes int `json:"nodes,omitempty"`
+}
+
+// liveBroadcastResponse answers a transient broadcast: it has no
+// recipients to count (a "recipients": 0 would read as "nobody got it").
+type liveBroadcastResponse struct {
+	// Nodes: how many nodes it reached, each of which pushed it to every
+	// session logged in there.
+	Nodes int `json:"nodes"`
 }
 
 // broadcast sends a message to every user: durable, stored for each
@@ -771,7 +823,7 @@ func (a *api) broadcast(r *http.Request) (int, any, error) {
 		if err != nil {
 			return 0, nil, err
 		}
-		return http.StatusOK, broadcastResponse{Nodes: nodes}, nil
+		return http.StatusOK, liveBroadcastResponse{Nodes: nodes}, nil
 	}
 	select {
 	case a.durable <- struct{}{}:

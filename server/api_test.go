@@ -303,10 +303,17 @@ func TestAPIBadBodies(t *testing.T) {
 		want string // in the message
 	}{
 		{"malformed", []byte(`{"to_user": "alice", "text": `), "malformed JSON"},
-		{"not an object", []byte(`["alice"]`), "malformed JSON"},
+		{"not an object", []byte(`["alice"]`), "JSON object"},
+		{"null", []byte(` null `), "JSON object"},
+		{"a string", []byte(`"alice"`), "JSON object"},
 		{"empty", []byte(``), "JSON object"},
 		{"trailing", []byte(`{"to_user":"alice","text":"a"} {}`), "more after"},
 		{"unknown field", []byte(`{"to_user":"alice","text":"a","priority":1}`), "priority"},
+		{"a field twice", []byte(`{"to_user":"alice","text":"a","to_user":"system"}`), `"to_user" twice`},
+		{"a field twice, escaped", []byte(`{"to_user":"alice","text":"a","te\u0078t":"b"}`), `"text" twice`},
+		// encoding/json matches names ignoring case, and folds ſ to s.
+		{"a field in capitals", []byte(`{"TO_USER":"alice","text":"a"}`), `"TO_USER"`},
+		{"a field folded", []byte(`{"to_user":"alice","text":"a","\u017fext":"b"}`), `"ſext"`},
 		{"invalid UTF-8", []byte("{\"to_user\":\"alice\",\"text\":\"caf\xe9\"}"), "UTF-8"},
 		{"lone surrogate", []byte(`{"to_user":"alice","text":"\ud800 x"}`), "UTF-8"},
 		{"empty text", map[string]any{"to_user": "alice", "text": ""}, "text"},
@@ -702,5 +709,34 @@ func TestAPIJSONEscapes(t *testing.T) {
 		if got := escapesValid([]byte(in)); got != want {
 			t.Errorf("escapesValid(%s) = %v, want %v", in, got, want)
 		}
+	}
+}
+
+// A broadcast's answer has the fields of its kind only (docs/api.md):
+// the transient kind {"nodes":N} — a "recipients":0 beside it would tell
+// a backend that nobody got a message every online session was pushed —
+// and the durable kind its recipients and how many were online.
+func TestAPIBroadcastAnswers(t *testing.T) {
+	ts := startServer(t, apiOptions(t))
+	api := newAPIClient(t, ts)
+	alice, _ := ts.user(t, "alice")
+
+	answer := func(body map[string]any) map[string]any {
+		t.Helper()
+		var out map[string]any
+		api.ok("POST", "/api/v1/broadcast", body, http.StatusOK, &out)
+		return out
+	}
+	if got := answer(map[string]any{"text": "live"}); len(got) != 1 || got["nodes"] != float64(1) {
+		t.Fatalf("transient broadcast answered %v, want {\"nodes\":1}", got)
+	}
+	if m := alice.nextMessage(); m.Text != "live" {
+		t.Fatalf("alice got %v", m)
+	}
+	if got := answer(map[string]any{"text": "stored", "durable": true}); len(got) != 2 || got["recipients"] != float64(1) || got["online"] != float64(1) {
+		t.Fatalf("durable broadcast answered %v, want {\"recipients\":1,\"online\":1}", got)
+	}
+	if m := alice.nextMessage(); m.Text != "stored" {
+		t.Fatalf("alice got %v", m)
 	}
 }

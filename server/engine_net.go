@@ -385,6 +385,45 @@ func (t *netTransport) close() {
 	})
 }
 
+// After the last frame the writer half-closes, then reads and drops what
+// the client still sends, until it closes its end, is quiet for
+// drainQuiet, or drainMax (or the last frame's give-up time) has passed.
+const (
+	drainQuiet = 250 * time.Millisecond
+	drainMax   = 2 * time.Second
+)
+
+// finish closes once the last frame is in the kernel. A close with input
+// left unread (a broken frame's payload, requests after a kick) is a TCP
+// reset, and a reset discards what the kernel has not sent yet: the
+// answers and the Kicked could be lost on a slow network, and the client
+// would read a reset, not the clean end of stream it is promised. So:
+// FIN after everything written, then drain, then close. The session's
+// reader may read concurrently; a kicked session ignores what it reads.
+func (t *netTransport) finish() {
+	tc, ok := t.conn.(*net.TCPConn)
+	if !ok || tc.CloseWrite() != nil {
+		t.close()
+		return
+	}
+	end := time.Now().Add(drainMax)
+	if g := t.giveUp.Load(); g != 0 && time.Unix(0, g).Before(end) {
+		end = time.Unix(0, g)
+	}
+	var buf [512]byte
+	for now := time.Now(); now.Before(end); now = time.Now() {
+		quiet := now.Add(drainQuiet)
+		if end.Before(quiet) {
+			quiet = end
+		}
+		_ = tc.SetReadDeadline(quiet)
+		if _, err := tc.Read(buf[:]); err != nil {
+			break // the client's end of stream, quiet, or gone
+		}
+	}
+	t.close()
+}
+
 // reset closes the connection with a TCP reset, discarding what the kernel
 // still holds: for giving up with a frame part-written, where a plain close
 // would let the client read a clean end of stream inside a frame.
@@ -456,7 +495,7 @@ func (t *netTransport) writeLoop() {
 			return
 		}
 		if last {
-			t.close() // everything up to the last frame is in the kernel
+			t.finish() // everything up to the last frame is in the kernel
 			return
 		}
 	}

@@ -332,6 +332,15 @@ func (c *session) login(ctx context.Context, req *chatpb.Login) (*chatpb.Frame, 
 	// a friend's change from here on reaches this session after LoginOK
 	// (pushes wait for the replay), and the list is never newer than it.
 	ok.PresenceHidden = c.srv.presence.join(ctx, info, friends)
+	// The groups' members were read before this session counted: list the
+	// user as a ListGroups now would, online unless hidden.
+	for _, g := range ok.Groups {
+		for _, m := range g.Members {
+			if m.UserId == u.ID {
+				m.Online = !ok.PresenceHidden
+			}
+		}
+	}
 	c.srv.metrics.logins.Inc()
 	c.loggedInOnce.Store(true)
 	c.srv.releaseAnonymous(c)
@@ -851,6 +860,9 @@ func (c *session) markRead(ctx context.Context, req *chatpb.MarkRead) (*chatpb.F
 	if err != nil || !moved {
 		return okFrame(), err
 	}
+	// This session is told no receipt of its own mark, but must not be
+	// told a lower one of a racing mark afterwards either.
+	c.readMoved(readerConv{reader: u.id, conv: conv}, seq, nil)
 	to := []uint64{u.id}
 	if conv.GroupID == 0 && conv.A != conv.B {
 		to = append(to, conv.A+conv.B-u.id) // the other of the pair

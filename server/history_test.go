@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
@@ -187,5 +188,51 @@ func onOneNodeAndTwoWith(t *testing.T, tweak func(*Options), run func(t *testing
 			nodes := backendNodes(t, onCluster(t), 2, engine, tweak)
 			run(t, nodes[0], nodes[1])
 		})
+	})
+}
+
+// Receipts never go back. Marks of one reader racing on two devices are
+// stored in one order and published in any (an outside client saw bob
+// told 9, then 2, then 10); a session is pushed a receipt only when it
+// is above the highest it was told, or marked itself, for that reader
+// and conversation. The late receipt is published here as the losing
+// device's node would have.
+func TestReadReceiptsNeverGoBack(t *testing.T) {
+	onOneNodeAndTwo(t, func(t *testing.T, a, b *testServer) {
+		alice, aliceOK := a.user(t, "alice")
+		phone, bobOK := b.device(t, "bob", "phone")
+		laptop, _ := a.device(t, "bob", "laptop")
+		for i := 1; i <= 10; i++ {
+			expectOK(t, alice.do(sendTo("bob", fmt.Sprint(i))))
+			phone.nextMessage()
+			laptop.nextMessage()
+		}
+		mark := func(rc *rawConn, upTo uint64) {
+			t.Helper()
+			expectOK(t, rc.do(&chatpb.Frame{Body: &chatpb.Frame_MarkRead{MarkRead: &chatpb.MarkRead{PeerUsername: "alice", UpToSeq: upTo}}}))
+		}
+		receipt := func(rc *rawConn, want uint64) {
+			t.Helper()
+			if rr := rc.nextPush().GetReadReceipt(); rr == nil || rr.ReaderUserId != bobOK.UserId || rr.UpToSeq != want {
+				t.Fatalf("receipt %v, want bob up to %d", rr, want)
+			}
+		}
+		mark(phone, 9)
+		receipt(alice, 9)
+		receipt(laptop, 9)
+		// The laptop's racing mark up to 2, moved first, published last.
+		conv := DirectConversation(aliceOK.UserId, bobOK.UserId)
+		late := Event{Epoch: bobOK.StoreEpoch, Read: &ReadNotice{Reader: bobOK.UserId, Conv: conv, UpTo: 2, NodeID: a.opts.NodeID, ConnID: 1 << 40}}
+		if _, err := a.broker.Publish(context.Background(), []uint64{aliceOK.UserId, bobOK.UserId}, late); err != nil {
+			t.Fatal(err)
+		}
+		// Nobody is told bob read less than he had: not alice, not the
+		// laptop told 9, not the phone that marked 9.
+		alice.noPush(200 * time.Millisecond)
+		laptop.noPush(50 * time.Millisecond)
+		phone.noPush(50 * time.Millisecond)
+		mark(laptop, 10)
+		receipt(alice, 10)
+		receipt(phone, 10)
 	})
 }

@@ -110,3 +110,38 @@ func TestPipelinedInvalidFrameKeepsAnswerOrder(t *testing.T) {
 		}
 	})
 }
+
+// A protocol error ends the stream cleanly even when the client sent more
+// than the server read: the answers, Error{PROTOCOL}, Kicked, then the end
+// of stream, never a reset. A close with unread input is a TCP reset, which
+// discards what the server's kernel has not sent yet (on a slow network,
+// the answers and the Kicked themselves); an outside client saw it on the
+// net engine after a frame over the limit with its payload behind it.
+func TestProtocolErrorWithUnreadInputEndsCleanly(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		ts := startServer(t, testOptions(t, engine))
+		alice, _ := ts.user(t, "alice")
+		seq := alice.seq + 1
+		batch := encodeSeq(t, pingReq(), seq)
+		over := ts.opts.MaxFrame + 1
+		if over <= 1 {
+			over = codec.DefaultMaxFrame + 1
+		}
+		batch = codec.AppendHeader(batch, over)
+		batch = append(batch, make([]byte, 64<<10)...) // the oversized frame's payload, unread
+		alice.writeRaw(batch)
+		if f := alice.read(); f.Seq != seq || f.GetPong() == nil {
+			t.Fatalf("first answer %v, want Pong for seq %d", f, seq)
+		}
+		if f := alice.read(); f.GetError().GetCode() != codeProtocol {
+			t.Fatalf("second frame %v, want Error{PROTOCOL}", f)
+		}
+		if f := alice.read(); f.GetKicked().GetReason() != chatpb.KickReason_KICK_REASON_PROTOCOL_ERROR {
+			t.Fatalf("third frame %v, want Kicked{PROTOCOL_ERROR}", f)
+		}
+		f, err := alice.tryRead(10 * time.Second)
+		if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+			t.Fatalf("after Kicked: %v, %v; want a clean end of stream", f, err)
+		}
+	})
+}

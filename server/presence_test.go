@@ -255,3 +255,42 @@ func testPresenceNodeDeclaredDead(t *testing.T, rb *redisBackend) {
 		t.Fatalf("bob in alice's list: %v", f)
 	}
 }
+
+// LoginOK lists the user's groups with the members' presence as
+// ListGroups does right after: the user who just logged in among them
+// online (an outside client saw itself offline there, its first device
+// not yet counted), or offline while it hides its presence.
+func TestLoginOKGroupsShowYouOnline(t *testing.T) {
+	onOneNodeAndTwo(t, func(t *testing.T, a, b *testServer) {
+		alice, _ := a.user(t, "alice")
+		gid := alice.do(&chatpb.Frame{Body: &chatpb.Frame_CreateGroup{CreateGroup: &chatpb.CreateGroup{Name: "g"}}}).GetGroupCreated().GetGroupId()
+		bob, _ := b.user(t, "bob")
+		expectOK(t, bob.do(&chatpb.Frame{Body: &chatpb.Frame_JoinGroup{JoinGroup: &chatpb.JoinGroup{GroupId: gid}}}))
+		bob.c.Close()
+		time.Sleep(a.opts.PresenceGrace + 500*time.Millisecond) // offline now
+		self := func(ok *chatpb.LoginOK) *chatpb.Member {
+			t.Helper()
+			for _, g := range ok.Groups {
+				for _, m := range g.Members {
+					if m.UserId == ok.UserId {
+						return m
+					}
+				}
+			}
+			t.Fatalf("LoginOK groups %v do not list the user", ok.Groups)
+			return nil
+		}
+		// bob's first device, then a second one on the other node.
+		phone, ok := b.device(t, "bob", "phone")
+		if !self(ok).Online {
+			t.Fatalf("bob's LoginOK lists him offline: %v", ok.Groups)
+		}
+		if _, ok := a.device(t, "bob", "laptop"); !self(ok).Online {
+			t.Fatalf("bob's second LoginOK lists him offline: %v", ok.Groups)
+		}
+		expectOK(t, phone.do(&chatpb.Frame{Body: &chatpb.Frame_SetPresenceVisible{SetPresenceVisible: &chatpb.SetPresenceVisible{Visible: false}}}))
+		if _, ok := a.device(t, "bob", "tablet"); self(ok).Online || !ok.PresenceHidden {
+			t.Fatalf("bob hidden, his LoginOK lists him online: %v", ok)
+		}
+	})
+}

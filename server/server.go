@@ -554,7 +554,7 @@ func (s *Server) deliver(c *session, ev Event) {
 		if r.Conv.GroupID == 0 {
 			rr.PeerUserId = r.Conv.A + r.Conv.B - u.id // the other of the pair, from this user's side
 		}
-		c.write(&chatpb.Frame{Body: &chatpb.Frame_ReadReceipt{ReadReceipt: rr}})
+		c.readMoved(readerConv{reader: r.Reader, conv: r.Conv}, r.UpTo, rr)
 	case ev.Presence != nil:
 		if ev.Presence.UserID == u.id {
 			return // your own presence is not news to you

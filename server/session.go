@@ -157,7 +157,26 @@ type session struct {
 	// transient holds presence and typing pushes (under pushMu) until the
 	// transient flusher writes them together (transient.go).
 	transient []byte
+
+	// reads is, per reader and conversation, the highest seq this session
+	// was told (ReadReceipt) or marked itself (under readsMu; made at the
+	// first). Racing marks of one reader (two devices) are stored in one
+	// order but published in any, so a lower receipt after a higher one is
+	// stale: it is dropped, and receipts never go back.
+	readsMu sync.Mutex
+	reads   map[readerConv]uint64
 }
+
+// readerConv names a read seq: a reader's, in a conversation.
+type readerConv struct {
+	reader uint64
+	conv   Conversation
+}
+
+// maxReadsKept bounds session.reads. A stale receipt is in flight for
+// milliseconds at most, so the map starts again once full: a receipt
+// slips through only if it is stale at that very moment.
+const maxReadsKept = 64
 
 // A resync that could not read the user's latest session generation tries
 // again after minResyncRetry, doubling up to maxResyncRetry.
@@ -399,6 +418,26 @@ func (c *session) write(f *chatpb.Frame) {
 		return
 	}
 	c.out.send(buf)
+}
+
+// readMoved records that k's read seq is at least upTo, and reports
+// whether that is news to this session: above what it was told or marked.
+// With rr set, rr is written when it is news, under the same lock, so
+// receipts delivered at once go out in the order they were let through.
+func (c *session) readMoved(k readerConv, upTo uint64, rr *chatpb.ReadReceipt) bool {
+	c.readsMu.Lock()
+	defer c.readsMu.Unlock()
+	if upTo <= c.reads[k] {
+		return false
+	}
+	if c.reads == nil || len(c.reads) >= maxReadsKept {
+		c.reads = make(map[readerConv]uint64)
+	}
+	c.reads[k] = upTo
+	if rr != nil {
+		c.write(&chatpb.Frame{Body: &chatpb.Frame_ReadReceipt{ReadReceipt: rr}})
+	}
+	return true
 }
 
 func (c *session) fail(seq uint64, kind string, err error) {
