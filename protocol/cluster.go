@@ -182,8 +182,8 @@ const maxConvKey = 48
 // ParseChannelEvent decodes and validates a user channel payload. Anyone
 // who can PUBLISH to Redis can send one, so every field that reaches a
 // client is checked as strictly as a client's own request would be.
-func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
-	ev, err := parseEvent(payload, MaxChannelEvent)
+func ParseChannelEvent[T string | []byte](payload T) (*ChannelEvent, error) {
+	ev, err := parseEvent(string(payload), MaxChannelEvent)
 	if err != nil {
 		return nil, err
 	}
@@ -196,8 +196,8 @@ func ParseChannelEvent(payload []byte) (*ChannelEvent, error) {
 // ParseGroupEvent decodes and validates a payload on the channel of group
 // gid: a message or typing notice of that group, checked as on a user
 // channel, with the users it is for (1 to MaxGroupRecipients ids, none 0).
-func ParseGroupEvent(payload []byte, gid uint64) (*ChannelEvent, error) {
-	ev, err := parseEvent(payload, MaxGroupChannelEvent)
+func ParseGroupEvent[T string | []byte](payload T, gid uint64) (*ChannelEvent, error) {
+	ev, err := parseEvent(string(payload), MaxGroupChannelEvent)
 	if err != nil {
 		return nil, err
 	}
@@ -220,8 +220,8 @@ func ParseGroupEvent(payload []byte, gid uint64) (*ChannelEvent, error) {
 // ParseBroadcastEvent decodes and validates a payload on the broadcast
 // channel: a message, checked as on a user channel, for no one in
 // particular (no to_user_id, group_id or "to").
-func ParseBroadcastEvent(payload []byte) (*ChannelEvent, error) {
-	ev, err := parseEvent(payload, MaxChannelEvent)
+func ParseBroadcastEvent[T string | []byte](payload T) (*ChannelEvent, error) {
+	ev, err := parseEvent(string(payload), MaxChannelEvent)
 	if err != nil {
 		return nil, err
 	}
@@ -232,14 +232,19 @@ func ParseBroadcastEvent(payload []byte) (*ChannelEvent, error) {
 }
 
 // parseEvent decodes a channel payload of at most limit bytes and checks
-// what every channel requires of its type.
-func parseEvent(payload []byte, limit int) (*ChannelEvent, error) {
+// what every channel requires of its type. The payload is a string (what
+// the Redis client hands over) so that the event's strings can be its
+// substrings (decodeEventFast).
+func parseEvent(payload string, limit int) (*ChannelEvent, error) {
 	if len(payload) > limit {
 		return nil, fmt.Errorf("protocol: channel event of %d bytes, over %d", len(payload), limit)
 	}
 	var ev ChannelEvent
-	if err := json.Unmarshal(payload, &ev); err != nil {
-		return nil, fmt.Errorf("protocol: channel event: %w", err)
+	if !decodeEventFast(payload, &ev) {
+		ev = ChannelEvent{}
+		if err := json.Unmarshal([]byte(payload), &ev); err != nil {
+			return nil, fmt.Errorf("protocol: channel event: %w", err)
+		}
 	}
 	if len(ev.To) == 0 {
 		ev.To = nil // "to":[] says what no "to" says

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -251,7 +250,7 @@ func (b *RedisBroker) Unsubscribe(ctx context.Context, uid uint64) error {
 	return redisErr(b.ps.Unsubscribe(ctx, protocol.UserChannel(b.p, uid)))
 }
 
-// EncodeChannelEvent is the JSON an Event travels as.
+// encodeChannelEvent is the JSON an Event travels as.
 func encodeChannelEvent(ev Event) ([]byte, error) {
 	var ce protocol.ChannelEvent
 	switch {
@@ -287,11 +286,11 @@ func encodeChannelEvent(ev Event) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("broker: nothing to publish")
 	}
-	return json.Marshal(ce)
+	return protocol.AppendChannelEvent(make([]byte, 0, 192+len(ce.Text)), &ce), nil
 }
 
 // decodeChannelEvent reads a user channel's payload.
-func decodeChannelEvent(payload []byte) (Event, error) {
+func decodeChannelEvent[T string | []byte](payload T) (Event, error) {
 	ce, err := protocol.ParseChannelEvent(payload)
 	if err != nil {
 		return Event{}, err
@@ -301,7 +300,7 @@ func decodeChannelEvent(payload []byte) (Event, error) {
 
 // decodeGroupEvent reads a payload on the channel of group gid: a message
 // or typing notice for the users in Event.To.
-func decodeGroupEvent(payload []byte, gid uint64) (Event, error) {
+func decodeGroupEvent[T string | []byte](payload T, gid uint64) (Event, error) {
 	ce, err := protocol.ParseGroupEvent(payload, gid)
 	if err != nil {
 		return Event{}, err
@@ -313,7 +312,7 @@ func decodeGroupEvent(payload []byte, gid uint64) (Event, error) {
 
 // decodeBroadcastEvent reads a payload on the broadcast channel: a message
 // that is never stored, so it has no seq whatever it says.
-func decodeBroadcastEvent(payload []byte) (Event, error) {
+func decodeBroadcastEvent[T string | []byte](payload T) (Event, error) {
 	ce, err := protocol.ParseBroadcastEvent(payload)
 	if err != nil {
 		return Event{}, err
@@ -523,11 +522,11 @@ func (b *RedisBroker) deliver(m *redis.Message) {
 	var err error
 	if id, ok := protocol.ParseUserChannel(b.p, m.Channel); ok {
 		uid = id
-		ev, err = decodeChannelEvent([]byte(m.Payload))
+		ev, err = decodeChannelEvent(m.Payload)
 	} else if gid, ok := protocol.ParseGroupChannel(b.p, m.Channel); ok {
-		ev, err = decodeGroupEvent([]byte(m.Payload), gid)
+		ev, err = decodeGroupEvent(m.Payload, gid)
 	} else if m.Channel == b.bcast {
-		ev, err = decodeBroadcastEvent([]byte(m.Payload))
+		ev, err = decodeBroadcastEvent(m.Payload)
 	} else {
 		return
 	}
