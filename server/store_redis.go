@@ -28,6 +28,17 @@ import (
 // maxmsgs messages and the age cutoff (0: none), with a TTL of ttl ms
 // (0: none) on the log and its first key. It leaves seq, seqs (its
 // decimal), body and htrimmed (how many the log dropped).
+//
+// The TTL is not set again by every append (issue 21: two writes of the
+// ~20 commands of a message): it is set to ttl + ttl/64 and refreshed
+// once what is left of it falls below ttl, that is at most every ttl/64
+// (1.4 days at the default 90-day MaxAge). The log and its first key so
+// expire between MaxAge and MaxAge + MaxAge/64 after the last append, when
+// everything in them is older than MaxAge, as when each append set it;
+// readers skip messages past MaxAge (scriptHistory, ListConversations), so
+// the extra while is never shown. The first key is written only when its
+// value or TTL changes. Without a TTL (ttl 0), one left by an earlier
+// MaxAge is removed.
 const luaSeqAndLog = `
 local seq = redis.call('INCR', seqKey)
 local seqs = string.format('%d', seq)
@@ -40,7 +51,8 @@ vi[#vi + 1] = string.char(v)
 local body = bodyIn .. '\64' .. table.concat(vi)
 
 redis.call('HSET', logKey, seqs, sentAt .. body)
-local low = tonumber(redis.call('GET', firstKey) or '0')
+local firstWas = redis.call('GET', firstKey)
+local low = tonumber(firstWas or '0')
 if low == 0 then low = seq end
 local htrimmed, budget = 0, 64
 if maxmsgs > 0 and seq - low + 1 > maxmsgs then
@@ -65,12 +77,17 @@ if cutoff > 0 then
     budget = budget - 1
   end
 end
-if ttl > 0 then
-  redis.call('SET', firstKey, string.format('%d', low), 'PX', ttl)
-  redis.call('PEXPIRE', logKey, ttl)
-else
-  redis.call('SET', firstKey, string.format('%d', low))
+local lows = string.format('%d', low)
+local left = redis.call('PTTL', logKey)
+if ttl > 0 and (left < ttl or not firstWas) then
+  local px = ttl + math.floor(ttl / 64)
+  redis.call('SET', firstKey, lows, 'PX', px)
+  redis.call('PEXPIRE', logKey, px)
+elseif ttl <= 0 and left >= 0 then
+  redis.call('SET', firstKey, lows)
   redis.call('PERSIST', logKey)
+elseif lows ~= firstWas then
+  redis.call('SET', firstKey, lows, 'KEEPTTL')
 end
 `
 
@@ -388,8 +405,10 @@ for _, inbox in ipairs(inboxes) do
 end
 if ARGV[14] ~= '0' then
   -- Sending marks the conversation read up to it (readstate.go).
-  local rk = p .. '{u:' .. ARGV[14] .. '}:read'
-  if tonumber(redis.call('HGET', rk, ARGV[12]) or '0') < seq then redis.call('HSET', rk, ARGV[12], seqs) end
+  -- No read first: a read seq is at most the conversation's last seq
+  -- (MarkRead clamps to it; appends set their own), and this seq was just
+  -- taken above it, in this script.
+  redis.call('HSET', p .. '{u:' .. ARGV[14] .. '}:read', ARGV[12], seqs)
 end
 if dedup then redis.call('SET', KEYS[2], ARGV[5] .. ':' .. seqs, 'EX', ARGV[4]) end
 if ARGV[7] ~= '' then
