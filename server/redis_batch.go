@@ -22,6 +22,13 @@ type pipeOp struct {
 // (message appends, acks, publishes) into pipelines: a few pipelines in
 // flight, each carrying whatever was queued when it left. Under load one
 // round trip serves many messages; a lone command still leaves at once.
+//
+// With a gather window, a pipeline that follows another closely (within
+// gatherBusy windows) waits up to the window for more commands before it
+// leaves: Redis then runs several in one event-loop iteration, and with
+// appendfsync always each iteration that writes costs a write and an
+// fdatasync of the AOF (issue 21). One worker gathers at a time, so the
+// window's commands go together rather than to whichever worker was free.
 type redisBatcher struct {
 	rdb     redis.UniversalClient
 	ops     *opQueue[*pipeOp]
@@ -31,10 +38,25 @@ type redisBatcher struct {
 	// script's epoch guard refused (epoch_cluster.go).
 	refused func(redis.Cmder)
 	wg      sync.WaitGroup
+	gather  time.Duration
+	// recv is held by the worker taking the next batch off the queue;
+	// last (under it) is when the previous batch left.
+	recv sync.Mutex
+	last time.Time
 }
 
+// gatherBusy: a pipeline gathers when the one before left less than this
+// many windows ago; a command after a quiet spell leaves at once.
+const gatherBusy = 4
+
 func newRedisBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, scripts ...*redis.Script) *redisBatcher {
-	b := &redisBatcher{rdb: rdb, ops: newOpQueue[*pipeOp]("redis batcher", maxBatch), max: maxBatch, scripts: scripts}
+	return newGatheringBatcher(rdb, inFlight, maxBatch, 0, scripts...)
+}
+
+// newGatheringBatcher is newRedisBatcher with a gather window (0: none).
+func newGatheringBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, gather time.Duration, scripts ...*redis.Script) *redisBatcher {
+	b := &redisBatcher{rdb: rdb, ops: newOpQueue[*pipeOp]("redis batcher", maxBatch), max: maxBatch, scripts: scripts,
+		gather: gather}
 	for range inFlight {
 		b.wg.Add(1)
 		go b.run()
@@ -73,10 +95,45 @@ func (b *redisBatcher) close() {
 func (b *redisBatcher) run() {
 	defer b.wg.Done()
 	batch := make([]*pipeOp, 0, b.max)
-	for op := range b.ops.ch {
+	var timer *time.Timer
+	for {
+		b.recv.Lock()
+		op, ok := <-b.ops.ch
+		if !ok {
+			b.recv.Unlock()
+			return
+		}
 		batch = b.ops.fill(append(batch[:0], op), b.max)
+		if now := time.Now(); b.gather > 0 && len(batch) < b.max && now.Sub(b.last) < gatherBusy*b.gather {
+			if timer == nil {
+				timer = time.NewTimer(b.gather)
+			} else {
+				timer.Reset(b.gather)
+			}
+			batch = b.gatherUntil(batch, timer.C)
+			timer.Stop()
+		}
+		b.last = time.Now()
+		b.recv.Unlock()
 		b.exec(batch, true)
 	}
+}
+
+// gatherUntil adds queued ops to batch until it is full, the queue
+// closes, or done fires.
+func (b *redisBatcher) gatherUntil(batch []*pipeOp, done <-chan time.Time) []*pipeOp {
+	for len(batch) < b.max {
+		select {
+		case op, ok := <-b.ops.ch:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, op)
+		case <-done:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (b *redisBatcher) exec(batch []*pipeOp, retryNoScript bool) {

@@ -551,6 +551,10 @@ type RedisConfig struct {
 	DedupWindow time.Duration
 	// Pipelines is how many batched pipelines may be in flight. Zero means 4.
 	Pipelines int
+	// Gather is how long a pipeline that follows another closely waits for
+	// more commands before it leaves (redisBatcher). Zero means none;
+	// negative means none.
+	Gather time.Duration
 	// History bounds what each conversation keeps (zero: the defaults).
 	// What retention drops is counted in AppendResult.HistoryTrimmed.
 	History HistoryLimits
@@ -614,7 +618,7 @@ func NewRedisStore(cfg RedisConfig) *RedisStore {
 	}
 	cfg.History = cfg.History.withDefaults()
 	s := &RedisStore{rdb: cfg.Client, p: cfg.Prefix, cfg: cfg,
-		batch: newRedisBatcher(cfg.Client, cfg.Pipelines, 512, slices.Concat(redisStoreScripts, presenceScripts, clusterScripts)...)}
+		batch: newGatheringBatcher(cfg.Client, cfg.Pipelines, 512, max(cfg.Gather, 0), slices.Concat(redisStoreScripts, presenceScripts, clusterScripts)...)}
 	if _, ok := cfg.Client.(*redis.ClusterClient); ok {
 		s.cluster = true
 		s.tags = slotTags()
