@@ -44,7 +44,7 @@ port() { # a port nothing listens on
 		(echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }
 	done
 }
-wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port() { for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 # wait_warmup LOG: until the generator (PID $gen) reports its warm-up;
 # fails if it exits first (its log says why).
@@ -107,8 +107,11 @@ delivered() { awk '$1 == "server" && $2 == "chat" {r = $5} END {print r}' "$1"; 
 # latency LOG: its p50 and p99 columns (ms).
 latency() { awk '$1 == "server" && $2 == "chat" {l = $6 " " $7} END {print l}' "$1"; }
 
-run() { # NAME BINARY ROUND
+run() { # NAME BINARY ROUND (in a subshell of its own: | tee below)
 	local name=$1 bin=$2 round=$3 d
+	# A failed run stops its own processes: the main shell's PIDS never
+	# sees what this subshell starts.
+	trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 	d=$(mktemp -d "$WORK/run.XXXX")
 	local rp p1 p2 p0
 	rp=$(port) p1=$(port) p2=$(port) p0=$(port)
@@ -127,6 +130,7 @@ run() { # NAME BINARY ROUND
 	taskset -c 1 "$GEN" bench chat --addr "127.0.0.1:$p1,127.0.0.1:$p2" --conns 2000 --pairs 999 --rate "$RATE" \
 		--duration 10s >"$d/cluster.log" 2>&1 &
 	local gen=$!
+	PIDS+=("$gen")
 	local m stats=""
 	if [ -n "${STATS:-}" ]; then
 		redis_stats "$d/cluster.log" "$rp" "$redis" >"$d/stats" &
@@ -152,6 +156,7 @@ run() { # NAME BINARY ROUND
 	taskset -c 1 "$GEN" bench chat --addr "127.0.0.1:$p0" --conns 2000 --pairs 999 --rate "$RATE" \
 		--duration 10s >"$d/local.log" 2>&1 &
 	gen=$!
+	PIDS+=("$gen")
 	local m1
 	m1=$(measure "$d/local.log" "$n0")
 	wait "$gen" || { echo "$name round $round: the one-node run failed" >&2; tail -5 "$d/local.log" >&2; exit 1; }
@@ -159,6 +164,7 @@ run() { # NAME BINARY ROUND
 	lrate=$(delivered "$d/local.log")
 	kill "$n0"
 	wait "$n0" 2>/dev/null || true
+	PIDS=()
 	rm -rf "$d"
 
 	# name round redis n1 n2 cluster local ratio (µs per message), rates,
