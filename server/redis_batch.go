@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -11,11 +12,51 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// pipeOp is one caller's commands waiting for a shared pipeline.
+// pipeOp is one caller's commands waiting for a shared pipeline: build's,
+// or an ack, which goes with the others of its pipeline.
 type pipeOp struct {
 	build func(redis.Pipeliner) []redis.Cmder
+	ack   *ackOp
 	cmds  []redis.Cmder
 	done  chan error
+}
+
+// ackOp is an Ack on one Redis (scriptAck). The acks in one pipeline under
+// the same epoch are one script call, in the place of the first of them:
+// each caller still waits for that call, so its ack is durable before it
+// is answered, and none goes later than it would alone.
+type ackOp struct {
+	inbox     string
+	members   []any    // 16 hex digits each (msgMember)
+	guardKeys []string // the epoch and quiet keys (RedisStore.guard)
+	prefix    string
+	epoch     string // the epoch the ack is made under ("": none)
+}
+
+// sameCall tells whether a and b can go in one scriptAck call.
+func (a *ackOp) sameCall(b *ackOp) bool {
+	return a.prefix == b.prefix && a.epoch == b.epoch && slices.Equal(a.guardKeys, b.guardKeys)
+}
+
+// buildAcks queues one scriptAck call for batch[first].ack and every later
+// ack in batch that can go with it, and gives each of them that command.
+func buildAcks(ctx context.Context, p redis.Pipeliner, batch []*pipeOp, first int) {
+	lead := batch[first].ack
+	var with []*pipeOp
+	keys := []string{}
+	args := []any{lead.prefix}
+	for _, op := range batch[first:] {
+		if op.ack == nil || op.cmds != nil || !lead.sameCall(op.ack) {
+			continue
+		}
+		with = append(with, op)
+		keys = append(keys, op.ack.inbox)
+		args = append(append(args, len(op.ack.members)), op.ack.members...)
+	}
+	cmd := scriptAck.EvalSha(ctx, p, append(keys, lead.guardKeys...), append(args, lead.epoch)...)
+	for _, op := range with {
+		op.cmds = []redis.Cmder{cmd}
+	}
 }
 
 // redisBatcher packs the hot-path commands of many concurrent requests
@@ -68,7 +109,12 @@ func newGatheringBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, gath
 // commands (each with its own result) and the first error among them,
 // redis.Nil excepted.
 func (b *redisBatcher) do(ctx context.Context, build func(redis.Pipeliner) []redis.Cmder) ([]redis.Cmder, error) {
-	op := &pipeOp{build: build, done: make(chan error, 1)}
+	return b.doOp(ctx, &pipeOp{build: build})
+}
+
+// doOp is do with the op made by the caller (an ack).
+func (b *redisBatcher) doOp(ctx context.Context, op *pipeOp) ([]redis.Cmder, error) {
+	op.done = make(chan error, 1)
 	if err := b.ops.send(ctx, op); err != nil {
 		return nil, err
 	}
@@ -141,7 +187,15 @@ func (b *redisBatcher) exec(batch []*pipeOp, retryNoScript bool) {
 	defer cancel()
 	pipe := b.rdb.Pipeline()
 	for _, op := range batch {
-		op.cmds = op.build(pipe)
+		op.cmds = nil // a retry builds them again
+	}
+	for i, op := range batch {
+		switch {
+		case op.ack == nil:
+			op.cmds = op.build(pipe)
+		case op.cmds == nil: // not gone with an earlier ack
+			buildAcks(ctx, pipe, batch, i)
+		}
 	}
 	_, _ = pipe.Exec(ctx)
 	var again []*pipeOp

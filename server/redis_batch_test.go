@@ -2,12 +2,17 @@ package server
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	chatpb "github.com/loopchat/loopchat/proto"
 )
 
 // pipelineSizes records how many commands each pipeline of INCRs a
@@ -91,5 +96,107 @@ func TestRedisBatcherGathers(t *testing.T) {
 	}
 	if s := sizes.take(); !slices.Equal(s, []int{1, 1, 1}) {
 		t.Fatalf("pipelines of %v commands without a window, want 1 1 1", s)
+	}
+}
+
+// evalshaCalls is how many EVALSHA calls Redis has run.
+func evalshaCalls(t *testing.T, rdb *redis.Client) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls="); ok {
+			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+			return n
+		}
+	}
+	return 0
+}
+
+// Acks waiting in one pipeline are one script call per epoch: each
+// caller gets its own answer (one made under another epoch is refused
+// alone), and every acked message leaves its inbox, its body with the
+// last inbox holding it.
+func TestRedisAcksGoTogether(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := testRedis(t)
+	const window = 200 * time.Millisecond
+	s := NewRedisStore(RedisConfig{Client: rdb, Prefix: "acks:", Gather: window})
+	t.Cleanup(func() { s.Close() })
+	ids := newMsgIDGen(0)
+	var users []User
+	for _, n := range []string{"a", "b", "c", "d"} {
+		u, err := s.CreateUser(ctx, n, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, u)
+	}
+	a := users[0]
+	// b and c each get one message of their own and one to both.
+	var own [3]*chatpb.Message
+	for i, u := range users[1:] {
+		own[i] = testMessage(ids, a, "own")
+		own[i].ToUserId = u.ID
+		if _, err := s.AppendMessage(ctx, own[i], []uint64{u.ID}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	both := testMessage(ids, a, "both")
+	if _, err := s.AppendMessage(ctx, both, []uint64{users[1].ID, users[2].ID}, ""); err != nil {
+		t.Fatal(err)
+	}
+
+	before := evalshaCalls(t, rdb)
+	stale := withEpoch(ctx, "some-older-epoch")
+	acks := []struct {
+		ctx  context.Context
+		box  uint64
+		ids  []uint64
+		want error
+	}{
+		{ctx, users[1].ID, []uint64{own[0].MsgId, both.MsgId}, nil},
+		{ctx, users[2].ID, []uint64{own[1].MsgId}, nil},
+		{stale, users[3].ID, []uint64{own[2].MsgId}, ErrStoreReset},
+		{ctx, users[2].ID, []uint64{both.MsgId}, nil},
+	}
+	errs := make([]error, len(acks))
+	var wg sync.WaitGroup
+	for i, ack := range acks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.Ack(ack.ctx, ack.box, ack.ids)
+		}()
+		time.Sleep(time.Millisecond)
+	}
+	wg.Wait()
+	for i, ack := range acks {
+		if !errors.Is(errs[i], ack.want) || (ack.want == nil) != (errs[i] == nil) {
+			t.Fatalf("ack %d: %v, want %v", i, errs[i], ack.want)
+		}
+	}
+	if n := evalshaCalls(t, rdb) - before; n != 2 {
+		t.Fatalf("%d script calls for the acks, want 2 (one per epoch)", n)
+	}
+	for i, u := range users[1:] {
+		msgs, err := s.Inbox(ctx, u.ID, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 0
+		if i == 2 {
+			want = 1 // the refused ack's
+		}
+		if len(msgs) != want {
+			t.Fatalf("%s's inbox holds %d after the acks, want %d", u.Name, len(msgs), want)
+		}
+	}
+	for _, m := range []*chatpb.Message{own[0], own[1], both} {
+		if n := rdb.Exists(ctx, "acks:msg:"+msgMember(m.MsgId)).Val(); n != 0 {
+			t.Fatalf("the body of %d outlived its last inbox", m.MsgId)
+		}
 	}
 }
