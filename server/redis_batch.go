@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -64,12 +65,15 @@ func buildAcks(ctx context.Context, p redis.Pipeliner, batch []*pipeOp, first in
 // flight, each carrying whatever was queued when it left. Under load one
 // round trip serves many messages; a lone command still leaves at once.
 //
-// With a gather window, a pipeline that follows another closely (within
-// gatherBusy windows) waits up to the window for more commands before it
-// leaves: Redis then runs several in one event-loop iteration, and with
-// appendfsync always each iteration that writes costs a write and an
-// fdatasync of the AOF (issue 21). One worker gathers at a time, so the
-// window's commands go together rather than to whichever worker was free.
+// With a gather window, a pipeline that would leave while another is in
+// flight first waits up to the window for more commands: Redis then runs
+// several in one event-loop iteration, and with appendfsync always each
+// iteration that writes costs Redis a write and an fdatasync of the AOF,
+// and each side a round trip's system calls and wake-ups (issue 21). A
+// command while none is in flight (a lone request, or one client's
+// requests one after another) leaves at once. One worker gathers at a
+// time, so the window's commands go together rather than to whichever
+// worker was free.
 type redisBatcher struct {
 	rdb     redis.UniversalClient
 	ops     *opQueue[*pipeOp]
@@ -80,15 +84,12 @@ type redisBatcher struct {
 	refused func(redis.Cmder)
 	wg      sync.WaitGroup
 	gather  time.Duration
-	// recv is held by the worker taking the next batch off the queue;
-	// last (under it) is when the previous batch left.
-	recv sync.Mutex
-	last time.Time
+	// recv is held by the worker taking the next batch off the queue
+	// (with a gather window); inflight counts pipelines sent and not yet
+	// answered.
+	recv     sync.Mutex
+	inflight atomic.Int32
 }
-
-// gatherBusy: a pipeline gathers when the one before left less than this
-// many windows ago; a command after a quiet spell leaves at once.
-const gatherBusy = 4
 
 func newRedisBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, scripts ...*redis.Script) *redisBatcher {
 	return newGatheringBatcher(rdb, inFlight, maxBatch, 0, scripts...)
@@ -141,7 +142,15 @@ func (b *redisBatcher) close() {
 func (b *redisBatcher) run() {
 	defer b.wg.Done()
 	batch := make([]*pipeOp, 0, b.max)
-	var timer *time.Timer
+	if b.gather <= 0 {
+		for op := range b.ops.ch {
+			batch = b.ops.fill(append(batch[:0], op), b.max)
+			b.exec(batch, true)
+		}
+		return
+	}
+	timer := time.NewTimer(b.gather)
+	timer.Stop()
 	for {
 		b.recv.Lock()
 		op, ok := <-b.ops.ch
@@ -150,16 +159,12 @@ func (b *redisBatcher) run() {
 			return
 		}
 		batch = b.ops.fill(append(batch[:0], op), b.max)
-		if now := time.Now(); b.gather > 0 && len(batch) < b.max && now.Sub(b.last) < gatherBusy*b.gather {
-			if timer == nil {
-				timer = time.NewTimer(b.gather)
-			} else {
-				timer.Reset(b.gather)
-			}
+		if len(batch) < b.max && b.inflight.Load() > 0 {
+			timer.Reset(b.gather)
 			batch = b.gatherUntil(batch, timer.C)
 			timer.Stop()
 		}
-		b.last = time.Now()
+		b.inflight.Add(1) // exec takes it off once Redis answered
 		b.recv.Unlock()
 		b.exec(batch, true)
 	}
@@ -198,6 +203,11 @@ func (b *redisBatcher) exec(batch []*pipeOp, retryNoScript bool) {
 		}
 	}
 	_, _ = pipe.Exec(ctx)
+	if retryNoScript && b.gather > 0 {
+		// No longer in flight: before its callers hear, so that one
+		// asking again at once does not wait for a window.
+		b.inflight.Add(-1)
+	}
 	var again []*pipeOp
 	for _, op := range batch {
 		err := firstErr(op.cmds)

@@ -43,17 +43,35 @@ func (p *pipelineSizes) take() []int {
 	return out
 }
 
-// With a gather window, commands that follow a pipeline closely wait for
-// the window and leave together, in one pipeline (one Redis event-loop
-// iteration); a command after a quiet spell leaves alone, and every
-// caller gets its own result.
+// holdPipeline keeps one of b's pipelines in flight for a while (a BLPOP
+// that times out) and returns a wait for its end.
+func holdPipeline(t *testing.T, b *redisBatcher, d time.Duration) func() {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.do(context.Background(), func(p redis.Pipeliner) []redis.Cmder {
+			return []redis.Cmder{p.BLPop(context.Background(), d, "nothing-here")}
+		})
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // it left: nothing else was queued or in flight
+	return func() {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// With a gather window, commands that would leave while another pipeline
+// is in flight wait for the window and leave together, in one pipeline
+// (one Redis event-loop iteration); a command while none is in flight
+// leaves alone, and every caller gets its own result.
 func TestRedisBatcherGathers(t *testing.T) {
 	ctx := context.Background()
 	_, rdb := testRedis(t)
 	sizes := &pipelineSizes{}
 	rdb.AddHook(sizes)
-	const window = 200 * time.Millisecond
-	b := newGatheringBatcher(rdb, 4, 512, window)
+	b := newGatheringBatcher(rdb, 4, 512, 200*time.Millisecond)
 	defer b.close()
 	incr := func(key string) int64 {
 		t.Helper()
@@ -64,7 +82,8 @@ func TestRedisBatcherGathers(t *testing.T) {
 		return cmds[0].(*redis.IntCmd).Val()
 	}
 
-	incr("first") // after nothing: alone
+	incr("alone") // nothing in flight
+	wait := holdPipeline(t, b, time.Second)
 	var wg sync.WaitGroup
 	got := make([]int64, 4)
 	for i := range got {
@@ -76,14 +95,16 @@ func TestRedisBatcherGathers(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	wg.Wait()
+	wait()
 	slices.Sort(got)
 	if !slices.Equal(got, []int64{1, 2, 3, 4}) {
 		t.Fatalf("the gathered INCRs returned %v, want 1 2 3 4", got)
 	}
-	time.Sleep(gatherBusy*window + 100*time.Millisecond)
-	incr("quiet")
-	if s := sizes.take(); !slices.Equal(s, []int{1, 4, 1}) {
-		t.Fatalf("pipelines of %v commands, want 1 (the first), 4 (gathered), 1 (after a quiet spell)", s)
+	for range 2 {
+		incr("one after another")
+	}
+	if s := sizes.take(); !slices.Equal(s, []int{1, 4, 1, 1}) {
+		t.Fatalf("pipelines of %v commands, want 1 (alone), 4 (gathered while one was in flight), 1 and 1 (one after another)", s)
 	}
 
 	// Without a window each goes as soon as a pipeline is free.
@@ -122,8 +143,7 @@ func evalshaCalls(t *testing.T, rdb *redis.Client) int {
 func TestRedisAcksGoTogether(t *testing.T) {
 	ctx := context.Background()
 	_, rdb := testRedis(t)
-	const window = 200 * time.Millisecond
-	s := NewRedisStore(RedisConfig{Client: rdb, Prefix: "acks:", Gather: window})
+	s := NewRedisStore(RedisConfig{Client: rdb, Prefix: "acks:", Gather: 200 * time.Millisecond})
 	t.Cleanup(func() { s.Close() })
 	ids := newMsgIDGen(0)
 	var users []User
@@ -150,6 +170,8 @@ func TestRedisAcksGoTogether(t *testing.T) {
 	}
 
 	before := evalshaCalls(t, rdb)
+	wait := holdPipeline(t, s.batch, time.Second)
+	defer wait()
 	stale := withEpoch(ctx, "some-older-epoch")
 	acks := []struct {
 		ctx  context.Context
