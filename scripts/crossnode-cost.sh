@@ -40,7 +40,9 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 port() { # a port nothing listens on
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 20000))
+		# below the ephemeral range (32768-60999 here), where a port in use
+		# by some connection would not show as listening but fail the bind
+		p=$((20000 + RANDOM % 12000))
 		(echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }
 	done
 }

@@ -162,8 +162,9 @@ end
 // users. The braces are a Redis Cluster hash tag: a conversation's keys
 // hash to one slot, whatever the conversation (P must not contain '{' for
 // that to hold). A log is trimmed as messages are appended (scriptAppend),
-// and its log and first keys expire together HistoryLimits.MaxAge after the
-// last append: by then every message in them is older than that.
+// and its log and first keys expire together MaxAge to MaxAge + MaxAge/64
+// after the last append (luaSeqAndLog): by then every message in them is
+// older than MaxAge.
 //
 // Writes that touch several keys are Lua scripts, so each is atomic, and
 // each first checks the store epoch (guardedScript: the caller appends
