@@ -578,9 +578,10 @@ type RedisConfig struct {
 	PublishMessages bool
 }
 
-// DefaultRedisGather is RedisConfig.Gather's default: on a 2,000 msgs/s
-// cross-node run it cut Redis's CPU per message by ~15% and the nodes' by
-// ~10%, at +0.4 ms p50 (docs/BENCHMARKS.md, "Redis's share").
+// DefaultRedisGather is RedisConfig.Gather's default. At 2,000 cross-node
+// msgs/s it halved Redis's reads (wake-ups) per message; its CPU gain was
+// ~11% of Redis's and of the nodes' in one session and within the spread in
+// another, at ~0.4 ms more p50 (docs/BENCHMARKS.md, "Redis's share").
 const DefaultRedisGather = 500 * time.Microsecond
 
 // RedisStore is the cluster Store: every node shares it. Hot-path writes
