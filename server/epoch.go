@@ -62,14 +62,19 @@ const epochErrPrefix = "LOOPCHAT_EPOCH"
 // epoch key to KEYS and the expected epoch to ARGV, and the guard takes
 // them off again so the script's own KEYS and ARGV are as they were. An
 // empty expected epoch (a store not yet bound to one) checks nothing.
+//
+// Both keys are strings (the quiet key is SET with a TTL), so one MGET
+// reads them: every guarded script pays one command for the guard, not two
+// (each redis.call costs Redis more than the command itself; issue 21).
 const epochGuard = `
 local want = table.remove(ARGV)
 local quietKey = table.remove(KEYS)
 local epochKey = table.remove(KEYS)
-if want ~= '' and redis.call('GET', epochKey) ~= want then
+local guard = redis.call('MGET', epochKey, quietKey)
+if want ~= '' and guard[1] ~= want then
   return redis.error_reply('` + epochErrPrefix + ` the store epoch changed')
 end
-if redis.call('EXISTS', quietKey) == 1 then
+if guard[2] then
   return redis.error_reply('` + quietErrPrefix + ` the store epoch is new; nodes are adopting it')
 end
 `

@@ -4,24 +4,76 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// pipeOp is one caller's commands waiting for a shared pipeline.
+// pipeOp is one caller's commands waiting for a shared pipeline: build's,
+// or an ack, which goes with the others of its pipeline.
 type pipeOp struct {
 	build func(redis.Pipeliner) []redis.Cmder
+	ack   *ackOp
 	cmds  []redis.Cmder
 	done  chan error
+}
+
+// ackOp is an Ack on one Redis (scriptAck). The acks in one pipeline under
+// the same epoch are one script call, in the place of the first of them:
+// each caller still waits for that call, so its ack is durable before it
+// is answered, and none goes later than it would alone.
+type ackOp struct {
+	inbox     string
+	members   []any    // 16 hex digits each (msgMember)
+	guardKeys []string // the epoch and quiet keys (RedisStore.guard)
+	prefix    string
+	epoch     string // the epoch the ack is made under ("": none)
+}
+
+// sameCall tells whether a and b can go in one scriptAck call.
+func (a *ackOp) sameCall(b *ackOp) bool {
+	return a.prefix == b.prefix && a.epoch == b.epoch && slices.Equal(a.guardKeys, b.guardKeys)
+}
+
+// buildAcks queues one scriptAck call for batch[first].ack and every later
+// ack in batch that can go with it, and gives each of them that command.
+func buildAcks(ctx context.Context, p redis.Pipeliner, batch []*pipeOp, first int) {
+	lead := batch[first].ack
+	var with []*pipeOp
+	keys := []string{}
+	args := []any{lead.prefix}
+	for _, op := range batch[first:] {
+		if op.ack == nil || op.cmds != nil || !lead.sameCall(op.ack) {
+			continue
+		}
+		with = append(with, op)
+		keys = append(keys, op.ack.inbox)
+		args = append(append(args, len(op.ack.members)), op.ack.members...)
+	}
+	cmd := scriptAck.EvalSha(ctx, p, append(keys, lead.guardKeys...), append(args, lead.epoch)...)
+	for _, op := range with {
+		op.cmds = []redis.Cmder{cmd}
+	}
 }
 
 // redisBatcher packs the hot-path commands of many concurrent requests
 // (message appends, acks, publishes) into pipelines: a few pipelines in
 // flight, each carrying whatever was queued when it left. Under load one
 // round trip serves many messages; a lone command still leaves at once.
+//
+// With a gather window, a pipeline that would leave while another is in
+// flight first waits up to the window for more commands: Redis then runs
+// several in one event-loop iteration, and with appendfsync always each
+// iteration that writes costs Redis a write and an fdatasync of the AOF,
+// and each side a round trip's system calls and wake-ups (issue 21). A
+// command while none is in flight (a lone request, or one client's
+// requests one after another) leaves at once. One worker gathers at a
+// time, so the window's commands go together rather than to whichever
+// worker was free.
 type redisBatcher struct {
 	rdb     redis.UniversalClient
 	ops     *opQueue[*pipeOp]
@@ -31,10 +83,22 @@ type redisBatcher struct {
 	// script's epoch guard refused (epoch_cluster.go).
 	refused func(redis.Cmder)
 	wg      sync.WaitGroup
+	gather  time.Duration
+	// recv is held by the worker taking the next batch off the queue
+	// (with a gather window); inflight counts pipelines sent and not yet
+	// answered.
+	recv     sync.Mutex
+	inflight atomic.Int32
 }
 
 func newRedisBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, scripts ...*redis.Script) *redisBatcher {
-	b := &redisBatcher{rdb: rdb, ops: newOpQueue[*pipeOp]("redis batcher", maxBatch), max: maxBatch, scripts: scripts}
+	return newGatheringBatcher(rdb, inFlight, maxBatch, 0, scripts...)
+}
+
+// newGatheringBatcher is newRedisBatcher with a gather window (0: none).
+func newGatheringBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, gather time.Duration, scripts ...*redis.Script) *redisBatcher {
+	b := &redisBatcher{rdb: rdb, ops: newOpQueue[*pipeOp]("redis batcher", maxBatch), max: maxBatch, scripts: scripts,
+		gather: gather}
 	for range inFlight {
 		b.wg.Add(1)
 		go b.run()
@@ -46,7 +110,12 @@ func newRedisBatcher(rdb redis.UniversalClient, inFlight, maxBatch int, scripts 
 // commands (each with its own result) and the first error among them,
 // redis.Nil excepted.
 func (b *redisBatcher) do(ctx context.Context, build func(redis.Pipeliner) []redis.Cmder) ([]redis.Cmder, error) {
-	op := &pipeOp{build: build, done: make(chan error, 1)}
+	return b.doOp(ctx, &pipeOp{build: build})
+}
+
+// doOp is do with the op made by the caller (an ack).
+func (b *redisBatcher) doOp(ctx context.Context, op *pipeOp) ([]redis.Cmder, error) {
+	op.done = make(chan error, 1)
 	if err := b.ops.send(ctx, op); err != nil {
 		return nil, err
 	}
@@ -73,10 +142,49 @@ func (b *redisBatcher) close() {
 func (b *redisBatcher) run() {
 	defer b.wg.Done()
 	batch := make([]*pipeOp, 0, b.max)
-	for op := range b.ops.ch {
+	if b.gather <= 0 {
+		for op := range b.ops.ch {
+			batch = b.ops.fill(append(batch[:0], op), b.max)
+			b.exec(batch, true)
+		}
+		return
+	}
+	timer := time.NewTimer(b.gather)
+	timer.Stop()
+	for {
+		b.recv.Lock()
+		op, ok := <-b.ops.ch
+		if !ok {
+			b.recv.Unlock()
+			return
+		}
 		batch = b.ops.fill(append(batch[:0], op), b.max)
+		if len(batch) < b.max && b.inflight.Load() > 0 {
+			timer.Reset(b.gather)
+			batch = b.gatherUntil(batch, timer.C)
+			timer.Stop()
+		}
+		b.inflight.Add(1) // exec takes it off once Redis answered
+		b.recv.Unlock()
 		b.exec(batch, true)
 	}
+}
+
+// gatherUntil adds queued ops to batch until it is full, the queue
+// closes, or done fires.
+func (b *redisBatcher) gatherUntil(batch []*pipeOp, done <-chan time.Time) []*pipeOp {
+	for len(batch) < b.max {
+		select {
+		case op, ok := <-b.ops.ch:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, op)
+		case <-done:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (b *redisBatcher) exec(batch []*pipeOp, retryNoScript bool) {
@@ -84,9 +192,22 @@ func (b *redisBatcher) exec(batch []*pipeOp, retryNoScript bool) {
 	defer cancel()
 	pipe := b.rdb.Pipeline()
 	for _, op := range batch {
-		op.cmds = op.build(pipe)
+		op.cmds = nil // a retry builds them again
+	}
+	for i, op := range batch {
+		switch {
+		case op.ack == nil:
+			op.cmds = op.build(pipe)
+		case op.cmds == nil: // not gone with an earlier ack
+			buildAcks(ctx, pipe, batch, i)
+		}
 	}
 	_, _ = pipe.Exec(ctx)
+	if retryNoScript && b.gather > 0 {
+		// No longer in flight: before its callers hear, so that one
+		// asking again at once does not wait for a window.
+		b.inflight.Add(-1)
+	}
 	var again []*pipeOp
 	for _, op := range batch {
 		err := firstErr(op.cmds)

@@ -265,8 +265,32 @@ func TestRedisStoreHistoryRetention(t *testing.T) {
 		}
 		ck := "age:{c:" + conv.Key() + "}:"
 		for _, k := range []string{"log", "first"} {
-			if ttl := rdb.PTTL(ctx, ck+k).Val(); ttl <= 0 || ttl > time.Hour {
-				t.Fatalf("%s has TTL %v, want up to MaxAge", k, ttl)
+			// After an append: at least MaxAge, at most MaxAge/64 more
+			// (luaSeqAndLog).
+			if ttl := rdb.PTTL(ctx, ck+k).Val(); ttl < time.Hour-time.Second || ttl > time.Hour+time.Hour/64 {
+				t.Fatalf("%s has TTL %v, want MaxAge to MaxAge + MaxAge/64", k, ttl)
+			}
+		}
+		// The TTL is set again only once less than MaxAge is left: an
+		// append with more left does not touch it (nor the first key,
+		// unchanged), one with less sets both to MaxAge + MaxAge/64.
+		high := time.Hour + 30*time.Second
+		for _, k := range []string{"log", "first"} {
+			rdb.PExpire(ctx, ck+k, high)
+		}
+		send(s, b, a, time.Now())
+		for _, k := range []string{"log", "first"} {
+			if ttl := rdb.PTTL(ctx, ck+k).Val(); ttl > high || ttl < high-10*time.Second {
+				t.Fatalf("%s has TTL %v after an append with %v left, want it left alone", k, ttl, high)
+			}
+		}
+		for _, k := range []string{"log", "first"} {
+			rdb.PExpire(ctx, ck+k, time.Hour-time.Second)
+		}
+		send(s, a, b, time.Now())
+		for _, k := range []string{"log", "first"} {
+			if ttl := rdb.PTTL(ctx, ck+k).Val(); ttl < time.Hour+time.Hour/64-10*time.Second || ttl > time.Hour+time.Hour/64 {
+				t.Fatalf("%s has TTL %v after an append with less than MaxAge left, want MaxAge + MaxAge/64", k, ttl)
 			}
 		}
 		// Idle past MaxAge both go (as their TTL does it): the seq goes
@@ -277,14 +301,21 @@ func TestRedisStoreHistoryRetention(t *testing.T) {
 		if got, more := seqsOf(s, HistoryQuery{Conv: conv, Newest: true, Limit: 10}); len(got) != 0 || more {
 			t.Fatalf("history of an expired log %v more %v", got, more)
 		}
-		if res := send(s, a, b, time.Now()); res.Message.Seq != 4 || res.HistoryTrimmed != 0 {
-			t.Fatalf("after expiry: seq %d trimmed %d, want seq 4", res.Message.Seq, res.HistoryTrimmed)
+		if res := send(s, a, b, time.Now()); res.Message.Seq != 6 || res.HistoryTrimmed != 0 {
+			t.Fatalf("after expiry: seq %d trimmed %d, want seq 6", res.Message.Seq, res.HistoryTrimmed)
 		}
-		if got, more := seqsOf(s, HistoryQuery{Conv: conv, After: 0, Limit: 10}); !slices.Equal(got, []uint64{4}) || more {
-			t.Fatalf("history after expiry %v more %v, want 4", got, more)
+		if got, more := seqsOf(s, HistoryQuery{Conv: conv, After: 0, Limit: 10}); !slices.Equal(got, []uint64{6}) || more {
+			t.Fatalf("history after expiry %v more %v, want 6", got, more)
 		}
-		if got, more := seqsOf(s, HistoryQuery{Conv: conv, Newest: true, Before: 4, Limit: 10}); len(got) != 0 || more {
+		if got, more := seqsOf(s, HistoryQuery{Conv: conv, Newest: true, Before: 6, Limit: 10}); len(got) != 0 || more {
 			t.Fatalf("history below the expired seqs %v more %v", got, more)
+		}
+		// A node without MaxAge removes the TTL an earlier one left.
+		send(open("age:", HistoryLimits{MaxMessages: -1, MaxAge: -1}), b, a, time.Now())
+		for _, k := range []string{"log", "first"} {
+			if ttl := rdb.PTTL(ctx, ck+k).Val(); ttl != -1 {
+				t.Fatalf("%s has TTL %v after an append without MaxAge", k, ttl)
+			}
 		}
 	})
 }
