@@ -58,7 +58,7 @@ func (s *Server) joinCluster() error {
 	// The store publishes each new message in its append script: one
 	// round trip (and one AOF fsync wait) per cross-node send, not two.
 	s.store = NewRedisStore(RedisConfig{Client: s.rdb, Prefix: o.RedisPrefix, InboxLimit: o.InboxLimit, History: o.History,
-		PublishMessages: true, ResetQuiet: o.NodeTTL})
+		PublishMessages: true, ResetQuiet: o.NodeTTL, Gather: o.RedisGather})
 	s.ownsStore = true
 	s.storePublishes = true // group_member notices too
 	s.broker = NewRedisBroker(RedisBrokerConfig{

@@ -190,7 +190,7 @@ func (s *RedisStore) guard(ctx context.Context, keys []string, args ...any) ([]s
 		tag := s.p + "{" + s.tags[keySlot(keys[0])] + "}:"
 		return append(keys, tag+"epoch", tag+"epoch:quiet"), append(args, s.requestOrStoreEpoch(ctx))
 	}
-	return append(keys, s.p+"epoch", s.p+"epoch:quiet"), append(args, s.requestOrStoreEpoch(ctx))
+	return append(keys, s.guardKeys[0], s.guardKeys[1]), append(args, s.requestOrStoreEpoch(ctx))
 }
 
 // sawUser records that user id exists in the store.

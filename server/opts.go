@@ -144,6 +144,11 @@ type Options struct {
 	// RedisReplicaTimeout bounds that wait: a write not on enough replicas
 	// by then fails (UNAVAILABLE). Zero means 1s.
 	RedisReplicaTimeout time.Duration
+	// RedisGather is how long the store's next pipeline waits for more
+	// commands while another is in flight, so Redis runs them in one
+	// event-loop iteration (one AOF write and fsync): CPU against latency
+	// (docs/cluster.md). Zero means DefaultRedisGather; negative means none.
+	RedisGather time.Duration
 	// Heartbeat is how often a cluster node refreshes its registry entry.
 	// Zero means 1s.
 	Heartbeat time.Duration

@@ -593,10 +593,13 @@ type RedisStore struct {
 	// each slot, for the slots' copies of the epoch (epoch_cluster.go).
 	cluster bool
 	tags    []string
-	cfg     RedisConfig
-	batch   *redisBatcher
-	names   idCache[uint64, string] // user id -> name
-	ids     idCache[string, uint64] // lower-case name -> user id
+	// guardKeys are one Redis's epoch and quiet keys, named once: every
+	// guarded script on the hot path takes them (guard).
+	guardKeys [2]string
+	cfg       RedisConfig
+	batch     *redisBatcher
+	names     idCache[uint64, string] // user id -> name
+	ids       idCache[string, uint64] // lower-case name -> user id
 	// epoch is the store epoch writes are made under (UseEpoch; epoch.go),
 	// nil until set; maxUID the highest user id this node has seen exist in
 	// it, to notice a store rolled back to an older snapshot.
@@ -635,7 +638,7 @@ func NewRedisStore(cfg RedisConfig) *RedisStore {
 		cfg.Gather = DefaultRedisGather
 	}
 	cfg.History = cfg.History.withDefaults()
-	s := &RedisStore{rdb: cfg.Client, p: cfg.Prefix, cfg: cfg,
+	s := &RedisStore{rdb: cfg.Client, p: cfg.Prefix, cfg: cfg, guardKeys: [2]string{cfg.Prefix + "epoch", cfg.Prefix + "epoch:quiet"},
 		batch: newGatheringBatcher(cfg.Client, cfg.Pipelines, 512, max(cfg.Gather, 0), slices.Concat(redisStoreScripts, presenceScripts, clusterScripts)...)}
 	if _, ok := cfg.Client.(*redis.ClusterClient); ok {
 		s.cluster = true

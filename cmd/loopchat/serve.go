@@ -135,6 +135,7 @@ one of the --api-key values.`,
 	f.StringVar(&o.RedisPrefix, "redis-prefix", "loopchat:", "prefix of every Redis key and pub/sub channel")
 	f.IntVar(&o.RedisMinReplicas, "redis-min-replicas", 0, "Redis replicas a write must reach before it is acknowledged (WAIT); 0 means 1 when every Redis primary has a replica at start, else none; -1 means never wait")
 	f.DurationVar(&o.RedisReplicaTimeout, "redis-replica-timeout", time.Second, "how long a write waits for --redis-min-replicas; a write not replicated by then fails (UNAVAILABLE)")
+	f.DurationVar(&o.RedisGather, "redis-gather", 0, "how long the store's next Redis pipeline waits for more commands while another is in flight (fewer Redis wake-ups and AOF fsyncs per message, a little latency); 0 means "+server.DefaultRedisGather.String()+", negative means none")
 	f.DurationVar(&o.Heartbeat, "heartbeat", time.Second, "how often a cluster node refreshes its registry entry")
 	f.DurationVar(&o.NodeTTL, "node-ttl", 0, "how long a registry entry outlives the last heartbeat; 0 means 3×--heartbeat")
 	f.StringVar(&o.AdvertiseAddr, "advertise-addr", "", "client address of this node in the registry; empty means the --listen address")
