@@ -116,7 +116,7 @@ func (s *shardedSubs) Subscribe(ctx context.Context, channels ...string) error {
 		case <-ctx.Done():
 			err = ctx.Err()
 		case <-s.stop:
-			err = errors.New("broker closed")
+			err = errShardedSubsClosed
 		}
 	}
 	if err != nil {
@@ -239,6 +239,10 @@ func (s *shardedSubs) client(addr string) *redis.Client {
 	return c
 }
 
+// errShardedSubsClosed is what a subscription gets once the subscriber is
+// closing.
+var errShardedSubsClosed = errors.New("broker closed")
+
 // placeSlot subscribes channels of one slot on its primary.
 func (s *shardedSubs) placeSlot(ctx context.Context, chs []string) error {
 	addr, err := s.ownerOf(ctx, keySlot(chs[0]))
@@ -246,6 +250,14 @@ func (s *shardedSubs) placeSlot(ctx context.Context, chs []string) error {
 		return err
 	}
 	s.mu.Lock()
+	select {
+	case <-s.stop:
+		// Close has taken its list of connections to close: one made now
+		// would never be closed, and Close would wait on its reader.
+		s.mu.Unlock()
+		return errShardedSubsClosed
+	default:
+	}
 	c := s.conns[addr]
 	if c == nil {
 		c = &shardConn{addr: addr, ps: s.client(addr).SSubscribe(context.Background()), chans: make(map[string]struct{})}
