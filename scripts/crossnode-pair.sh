@@ -20,29 +20,7 @@ set -euo pipefail
 [ $# -eq 4 ] || { sed -n 2,19p "$0" >&2; exit 2; }
 RATE=$1 ROUNDS=$2
 shift 2
-GEN=${GEN:-${1#*=}}
-HZ=$(getconf CLK_TCK)
-FLAGS=(--engine gnet --loops 1 --bcrypt-cost 4 --rate-limit 1e9 --rate-burst 1000000000
-	--max-outbound 67108864 --idle-timeout 10m --log-level error)
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-port() { # a port nothing listens on
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 12000)) # below the ephemeral ports the generators take
-		(echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }
-	done
-}
-wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-delivered() { awk '$1 == "server" && $2 == "chat" {r = $5} END {print r}' "$1"; }
+. "$(dirname "$0")/crossnode-common.sh"
 
 # start NAME BINARY DIR: a cluster and its generator; sets CL_PIDS (redis
 # n1 n2) and CL_GEN.
