@@ -269,18 +269,29 @@ func plainJSONString(p string, i int) (string, int, bool) {
 	return "", i, false
 }
 
-// jsonUint reads an unsigned JSON integer without sign, fraction or
-// exponent (those make json.Unmarshal fail for a uint64, or succeed in
-// ways not worth copying) that fits in 64 bits.
-func jsonUint(p string, i int) (uint64, int, bool) {
+// jsonDigits scans the digits of a JSON integer from i: at most max of
+// them, no leading zero, and no fraction or exponent after (those make
+// json.Unmarshal fail for an integer, or succeed in ways not worth
+// copying). It returns where they end.
+func jsonDigits(p string, i, max int) (int, bool) {
 	j := i
 	for j < len(p) && p[j] >= '0' && p[j] <= '9' {
 		j++
 	}
-	if j == i || j-i > 20 || p[i] == '0' && j-i > 1 {
-		return 0, i, false
+	if j == i || j-i > max || p[i] == '0' && j-i > 1 {
+		return i, false
 	}
 	if j < len(p) && (p[j] == '.' || p[j] == 'e' || p[j] == 'E') {
+		return i, false
+	}
+	return j, true
+}
+
+// jsonUint reads an unsigned JSON integer without sign that fits in 64
+// bits.
+func jsonUint(p string, i int) (uint64, int, bool) {
+	j, ok := jsonDigits(p, i, 20)
+	if !ok {
 		return 0, i, false
 	}
 	v, err := strconv.ParseUint(p[i:j], 10, 64)
@@ -293,14 +304,8 @@ func jsonInt(p string, i int) (int64, int, bool) {
 	if j < len(p) && p[j] == '-' {
 		j++
 	}
-	k := j
-	for k < len(p) && p[k] >= '0' && p[k] <= '9' {
-		k++
-	}
-	if k == j || k-j > 19 || p[j] == '0' && k-j > 1 {
-		return 0, i, false
-	}
-	if k < len(p) && (p[k] == '.' || p[k] == 'e' || p[k] == 'E') {
+	k, ok := jsonDigits(p, j, 19)
+	if !ok {
 		return 0, i, false
 	}
 	v, err := strconv.ParseInt(p[i:k], 10, 64)
