@@ -244,7 +244,7 @@ func newScenarioCmd(name string) *cobra.Command {
 	scenarioFlags(f, &c)
 	f.IntVar(&c.ServerPID, "server-pid", 0, "PID of the server, to sample its RSS (conns) and CPU (every scenario)")
 	f.IntSliceVar(&c.CPUPIDs, "cpu-pid", nil, "more PIDs whose CPU counts as the server's (repeated or comma-separated): a cluster's other nodes and Redis servers")
-	f.StringVar(&c.ServerAdmin, "server-admin", "", "the server's --admin-addr, for conns to report the live memory per connection (Go heap and stacks in use after a collection)")
+	f.StringVar(&c.ServerAdmin, "server-admin", "", "the server's --admin-addr, for conns to report the live memory per connection (Go heap objects and stacks live after a collection)")
 	f.IntVar(&procs, "procs", 1, "generator processes (each may hold ~19,000 connections); their results are merged")
 	f.IntVar(&c.SourceOffset, "source-offset", 0, "first source address index (set for each --procs child)")
 	f.BoolVar(&worker, "worker", false, "internal: run as a --procs child")
