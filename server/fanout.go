@@ -585,7 +585,7 @@ func (s *Server) fanout(ev Event) {
 	ev = s.shared(ev)
 	for _, uid := range ev.To {
 		for _, c := range s.users.get(uid) {
-			s.deliver(c, ev)
+			s.deliver(c, uid, ev)
 		}
 	}
 }
@@ -606,7 +606,7 @@ func (s *Server) fanoutAll(ev Event) {
 		}
 		st.mu.RUnlock()
 		for _, c := range cs {
-			s.deliver(c, ev)
+			s.deliver(c, 0, ev)
 		}
 		cs = cs[:0]
 	}

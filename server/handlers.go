@@ -487,6 +487,7 @@ func groupList(groups []Group, pres map[uint64]PresenceState) []*chatpb.Group {
 func (c *session) logout(ctx context.Context) (*chatpb.Frame, error) {
 	if u := c.user.Swap(nil); u != nil {
 		c.srv.unbindUser(ctx, u, c)
+		c.dropUserState()
 		c.debug("logged out", "user_id", u.id)
 	}
 	return okFrame(), nil
@@ -862,7 +863,7 @@ func (c *session) markRead(ctx context.Context, req *chatpb.MarkRead) (*chatpb.F
 	}
 	// This session is told no receipt of its own mark, but must not be
 	// told a lower one of a racing mark afterwards either.
-	c.readMoved(readerConv{reader: u.id, conv: conv}, seq, nil)
+	c.readMoved(u, readerConv{reader: u.id, conv: conv}, seq, nil)
 	to := []uint64{u.id}
 	if conv.GroupID == 0 && conv.A != conv.B {
 		to = append(to, conv.A+conv.B-u.id) // the other of the pair

@@ -497,14 +497,18 @@ func (s *Server) onEvent(uid uint64, ev Event) {
 		ev = s.shared(ev) // once for all the user's devices here
 	}
 	for _, c := range cs {
-		s.deliver(c, ev)
+		s.deliver(c, uid, ev)
 	}
 }
 
-// deliver hands one event to one session of its user.
-func (s *Server) deliver(c *session, ev Event) {
+// deliver hands one event to one session of user uid (0: of whoever is
+// logged in on it, a broadcast). The session was looked up before this
+// call, and may have logged out since — and in again, as someone else:
+// the connection stays open after a Logout. So the user is checked here,
+// and again under the lock that pushes take (session.holds).
+func (s *Server) deliver(c *session, uid uint64, ev Event) {
 	u := c.user.Load()
-	if u == nil {
+	if u == nil || uid != 0 && u.id != uid {
 		return
 	}
 	if ev.Epoch != "" && ev.Epoch != u.epoch {
@@ -536,7 +540,7 @@ func (s *Server) deliver(c *session, ev Event) {
 			m.MsgId, m.SentAtMs = s.ids.next(time.Now())
 			s.metrics.externalPushes.Inc()
 		}
-		c.push(m, ev.frame)
+		c.push(u, m, ev.frame)
 	case ev.Read != nil:
 		r := ev.Read
 		if r.NodeID == s.opts.NodeID && r.ConnID == c.id {
@@ -554,7 +558,7 @@ func (s *Server) deliver(c *session, ev Event) {
 		if r.Conv.GroupID == 0 {
 			rr.PeerUserId = r.Conv.A + r.Conv.B - u.id // the other of the pair, from this user's side
 		}
-		c.readMoved(readerConv{reader: r.Reader, conv: r.Conv}, r.UpTo, rr)
+		c.readMoved(u, readerConv{reader: r.Reader, conv: r.Conv}, r.UpTo, rr)
 	case ev.Presence != nil:
 		if ev.Presence.UserID == u.id {
 			return // your own presence is not news to you
@@ -563,7 +567,7 @@ func (s *Server) deliver(c *session, ev Event) {
 		if frame == nil {
 			frame = ev.Presence.encode()
 		}
-		c.pushTransient(frame)
+		c.pushTransient(u, frame)
 	case ev.Typing != nil:
 		if ev.Typing.UserID == u.id {
 			return // your own typing, from another device
@@ -572,9 +576,11 @@ func (s *Server) deliver(c *session, ev Event) {
 		if frame == nil {
 			frame = ev.Typing.encode()
 		}
-		c.pushTransient(frame)
+		c.pushTransient(u, frame)
 	case ev.Kick != nil:
-		c.kick(kickFor(ev.Kick))
+		if c.holds(u) {
+			c.kick(kickFor(ev.Kick))
+		}
 	case ev.DeviceKick != nil:
 		if ev.DeviceKick.Device == u.device && u.gen <= ev.DeviceKick.Gen {
 			c.kick(chatpb.KickReason_KICK_REASON_DEVICE_LIMIT,

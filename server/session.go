@@ -401,6 +401,26 @@ func (c *session) isGone() bool {
 	return c.gone
 }
 
+// holds tells whether u is still the user logged in on c. Pushes check it
+// under the lock dropUserState takes after a Logout swapped the user out,
+// so a push for the user who left is either in what that drops or not
+// taken at all: never written to whoever logs in next on the connection.
+func (c *session) holds(u *sessionUser) bool { return c.user.Load() == u }
+
+// dropUserState forgets what the session gathered for the user who just
+// logged out of it: presence and typing pushes waiting for the transient
+// flusher, the ids of the last replay, the read seqs it was told. The
+// connection stays open, and the next user on it must see none of that.
+func (c *session) dropUserState() {
+	c.pushMu.Lock()
+	c.transient = nil
+	c.replayedLate = nil
+	c.pushMu.Unlock()
+	c.readsMu.Lock()
+	c.reads = nil
+	c.readsMu.Unlock()
+}
+
 // cleanup logs the user out of this node when the connection ends.
 func (c *session) cleanup() {
 	if u := c.user.Swap(nil); u != nil {
@@ -424,10 +444,10 @@ func (c *session) write(f *chatpb.Frame) {
 // whether that is news to this session: above what it was told or marked.
 // With rr set, rr is written when it is news, under the same lock, so
 // receipts delivered at once go out in the order they were let through.
-func (c *session) readMoved(k readerConv, upTo uint64, rr *chatpb.ReadReceipt) bool {
+func (c *session) readMoved(u *sessionUser, k readerConv, upTo uint64, rr *chatpb.ReadReceipt) bool {
 	c.readsMu.Lock()
 	defer c.readsMu.Unlock()
-	if upTo <= c.reads[k] {
+	if !c.holds(u) || upTo <= c.reads[k] {
 		return false
 	}
 	if c.reads == nil || len(c.reads) >= maxReadsKept {
@@ -479,9 +499,12 @@ func (c *session) slowConsumer() {
 }
 
 // push delivers a live message, or holds it while the inbox replays.
-func (c *session) push(m *chatpb.Message, frame []byte) {
+func (c *session) push(u *sessionUser, m *chatpb.Message, frame []byte) {
 	c.pushMu.Lock()
 	defer c.pushMu.Unlock()
+	if !c.holds(u) {
+		return
+	}
 	if r := c.replay; r != nil {
 		if len(r.held) < maxHeldPushes {
 			r.held = append(r.held, Event{Message: m, frame: frame})
@@ -506,11 +529,15 @@ func (c *session) push(m *chatpb.Message, frame []byte) {
 // flusher (transient.go), or holds it while the inbox replays: a login's
 // LoginOK goes first, and a push that changes a friend's presence after it
 // must not come before it.
-func (c *session) pushTransient(frame []byte) {
+func (c *session) pushTransient(u *sessionUser, frame []byte) {
 	if frame == nil {
 		return
 	}
 	c.pushMu.Lock()
+	if !c.holds(u) {
+		c.pushMu.Unlock()
+		return
+	}
 	if r := c.replay; r != nil {
 		if len(r.frames) < maxHeldPushes {
 			r.frames = append(r.frames, frame)

@@ -120,3 +120,29 @@ func TestTypingRateLimit(t *testing.T) {
 		bob.nextTyping()
 	})
 }
+
+// TestLogoutLeavesNothingForTheNextUser: after a Logout the connection
+// stays open, and whoever logs in on it next gets nothing meant for the
+// user who left — here a typing notice to alice that was still waiting
+// for the transient flusher (50 ms) when she logged out and bob logged in.
+func TestLogoutLeavesNothingForTheNextUser(t *testing.T) {
+	onOneNodeAndTwo(t, func(t *testing.T, a, b *testServer) {
+		bobFirst, bobOK := a.user(t, "bob")
+		bobFirst.c.Close()
+		shared, _ := a.user(t, "alice")
+		carol, _ := b.user(t, "carol")
+
+		expectOK(t, carol.do(typingReq(&chatpb.Typing{PeerUsername: "alice"})))
+		time.Sleep(10 * time.Millisecond) // delivered (across nodes too), not yet flushed
+		logout := shared.sendFrame(&chatpb.Frame{Body: &chatpb.Frame_Logout{Logout: &chatpb.Logout{}}})
+		login := shared.sendFrame(tokenReq(bobOK.Token))
+		for _, want := range []uint64{logout, login} {
+			f := shared.read()
+			if f.Seq != want {
+				t.Fatalf("got %v while waiting for the answer to %d", f, want)
+			}
+			expectOK(t, f)
+		}
+		shared.noPush(300 * time.Millisecond)
+	})
+}
