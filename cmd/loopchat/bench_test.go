@@ -33,7 +33,7 @@ func TestBenchCompareJSON(t *testing.T) {
 	out, err := exec.Command(binary, "bench", "compare", "--conns", "60", "--rate", "300", "--duration", "1s",
 		"--json", "--plot", plot, "--server-cpus", "", "--gen-cpus", "", "--trace", traced).Output()
 	if err != nil {
-		t.Fatalf("compare: %v", err)
+		t.Fatalf("compare: %v\n%s", err, stderrOf(err))
 	}
 	// --trace leaves an execution trace that go tool trace reads.
 	if b, err := os.ReadFile(traced); err != nil || !bytes.HasPrefix(b, []byte("go 1.")) || len(b) < 1024 {
@@ -89,7 +89,7 @@ func TestBenchCompareHistory(t *testing.T) {
 	out, err := exec.Command(binary, "bench", "compare", "--scenario", "history", "--conns", "20", "--seed-messages", "60",
 		"--rate", "200", "--duration", "1s", "--warmup", "0", "--json", "--server-cpus", "", "--gen-cpus", "").Output()
 	if err != nil {
-		t.Fatalf("compare --scenario history: %v", err)
+		t.Fatalf("compare --scenario history: %v\n%s", err, stderrOf(err))
 	}
 	var cmp struct {
 		Results []benchResult `json:"results"`
@@ -116,7 +116,7 @@ func TestBenchCompareRepeatBuilds(t *testing.T) {
 		"--saturate", "--repeat", "2", "--servers", "gnet,echo", "--binary", "a="+binary, "--binary", "b="+binary,
 		"--json", "--server-cpus", "", "--gen-cpus", "").Output()
 	if err != nil {
-		t.Fatalf("compare --repeat 2 --saturate --binary a --binary b: %v", err)
+		t.Fatalf("compare --repeat 2 --saturate --binary a --binary b: %v\n%s", err, stderrOf(err))
 	}
 	var cmp struct {
 		Results []struct {
