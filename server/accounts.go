@@ -46,10 +46,19 @@ func loginAllowed(u User, now time.Time, byToken bool) error {
 }
 
 // disconnect kicks every session of uid on every node with
-// DISCONNECTED_BY_SERVER and msg, and reports whether uid had one.
+// DISCONNECTED_BY_SERVER and msg, and reports whether uid had one. That
+// is asked of the broker (Online: the user's channel has a subscriber),
+// not read from the publish's count, which on Redis includes pattern
+// subscribers: a PSUBSCRIBE watching the channels is nobody's session.
 func (s *Server) disconnect(ctx context.Context, uid uint64, msg string) (bool, error) {
-	n, err := s.broker.Publish(ctx, []uint64{uid}, Event{Epoch: requestEpoch(ctx), Kick: &KickNotice{Message: msg}})
-	return n > 0, err
+	online, err := s.broker.Online(ctx, []uint64{uid})
+	if err != nil {
+		return false, err
+	}
+	if _, err := s.broker.Publish(ctx, []uint64{uid}, Event{Epoch: requestEpoch(ctx), Kick: &KickNotice{Message: msg}}); err != nil {
+		return false, err
+	}
+	return online[0], nil
 }
 
 // SetBan rewrites uid's record with the ban.

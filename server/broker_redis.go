@@ -404,10 +404,28 @@ func (b *RedisBroker) PublishGroup(ctx context.Context, gid uint64, to []uint64,
 	return b.publishOne(ctx, protocol.GroupChannel(b.p, gid), ev)
 }
 
-// Broadcast sends one PUBLISH to the broadcast channel.
+// Broadcast sends one PUBLISH to the broadcast channel, and counts the
+// nodes by the channel's subscribers (every node subscribes it), not by
+// PUBLISH's receivers: those include pattern subscribers (a PSUBSCRIBE
+// watching the channels), which are no node. Sharded pub/sub has no
+// patterns, so there SPUBLISH's count is the nodes.
 func (b *RedisBroker) Broadcast(ctx context.Context, ev Event) (int, error) {
 	ev.To = nil
-	return b.publishOne(ctx, b.bcast, ev)
+	if b.sharded != nil {
+		return b.publishOne(ctx, b.bcast, ev)
+	}
+	payload, err := encodeChannelEvent(ev)
+	if err != nil {
+		return 0, err
+	}
+	cmds, err := b.batch.do(ctx, func(p redis.Pipeliner) []redis.Cmder {
+		return []redis.Cmder{p.Publish(ctx, b.bcast, payload), p.PubSubNumSub(ctx, b.bcast)}
+	})
+	if err != nil {
+		return 0, err
+	}
+	counts, err := cmds[1].(*redis.MapStringIntCmd).Result()
+	return int(counts[b.bcast]), redisErr(err)
 }
 
 // publishOne publishes ev to channel, through the shared pipelines, and

@@ -67,6 +67,19 @@ func refusalFrame(e *protocol.Error) []byte {
 	return b
 }
 
+// drainedFrame is the one frame a connection arriving while the node
+// drains reads before it is closed: the Kicked{SERVER_SHUTTING_DOWN} that
+// the connections already open get, so a client tells a node going away
+// (reconnect, through the load balancer, to another) from a broken one.
+func drainedFrame() []byte {
+	b, err := protocol.Encode(&chatpb.Frame{Body: &chatpb.Frame_Kicked{Kicked: &chatpb.Kicked{
+		Reason: chatpb.KickReason_KICK_REASON_SERVER_SHUTTING_DOWN, Message: "server shutting down"}}})
+	if err != nil {
+		panic(err) // a constant frame
+	}
+	return b
+}
+
 // ErrAddressBusy: a connection from an address that already has
 // MaxAnonymousPerAddress connections not yet logged in.
 var ErrAddressBusy = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many connections from your address have not logged in; log in on those or retry later")

@@ -142,10 +142,13 @@ func (e *gnetEngine) OnBoot(eng gnet.Engine) gnet.Action {
 }
 
 func (e *gnetEngine) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
-	if e.srv.closing.Load() {
-		return nil, gnet.Close
-	}
 	isWS := isWSConn(e.wsBound, c)
+	if e.srv.closing.Load() {
+		if isWS {
+			return wsShuttingDown, gnet.Close
+		}
+		return e.srv.shuttingDown, gnet.Close
+	}
 	if !e.srv.admit() {
 		if isWS {
 			return wsServerFull, gnet.Close

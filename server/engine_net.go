@@ -82,9 +82,9 @@ func (e *netEngine) start() (net.Addr, error) {
 // accept serves ln's connections: WebSocket ones when isWS.
 func (e *netEngine) accept(ln net.Listener, isWS bool) {
 	defer e.wg.Done()
-	serverFull := e.srv.serverFull
+	serverFull, shuttingDown := e.srv.serverFull, e.srv.shuttingDown
 	if isWS {
-		serverFull = wsServerFull
+		serverFull, shuttingDown = wsServerFull, wsShuttingDown
 	}
 	var backoff time.Duration
 	for {
@@ -100,14 +100,17 @@ func (e *netEngine) accept(ln net.Listener, isWS bool) {
 			continue
 		}
 		backoff = 0
-		if e.srv.closing.Load() {
-			conn.Close()
-			continue
+		var refused []byte
+		switch {
+		case e.srv.closing.Load():
+			refused = shuttingDown
+		case !e.srv.admit():
+			refused = serverFull
 		}
-		if !e.srv.admit() {
+		if refused != nil {
 			// A fresh socket's send buffer is empty: this write does not wait.
 			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = conn.Write(serverFull)
+			_, _ = conn.Write(refused)
 			conn.Close()
 			continue
 		}

@@ -82,6 +82,7 @@ type Server struct {
 	anon         *anonymous    // connections not logged in, per address
 	serverFull   []byte        // what a connection past MaxConns reads (refusalFrame)
 	addressBusy  []byte        // what a connection refused for its address reads
+	shuttingDown []byte        // what a connection arriving during the drain reads (drainedFrame)
 	web          *webPage      // --web's responses; nil when off
 	gcDone       chan struct{} // the GC tuner has put GOGC back; nil without one
 	shutdownOnce sync.Once
@@ -114,21 +115,22 @@ func New(o Options) (*Server, error) {
 			"largest_login_ok_bytes", n, "max_outbound", opts.MaxOutbound, "client_max_frame", protocol.ClientMaxFrame)
 	}
 	s := &Server{
-		opts:        opts,
-		log:         opts.Logger.With("node", opts.NodeID),
-		hasher:      newHasher(opts.BcryptCost, max(1, opts.Loops)),
-		guard:       newLoginGuard(opts.LoginFailures),
-		ids:         newMsgIDGen(0),
-		metrics:     newMetrics(),
-		conns:       make(map[uint64]*session),
-		startedAt:   time.Now(),
-		sweepStop:   make(chan struct{}),
-		sweepDone:   make(chan struct{}),
-		failed:      make(chan error, 1),
-		anon:        newAnonymous(opts.MaxAnonymousPerAddress),
-		epochPoke:   make(chan struct{}, 1),
-		serverFull:  refusalFrame(ErrServerFull),
-		addressBusy: refusalFrame(ErrAddressBusy),
+		opts:         opts,
+		log:          opts.Logger.With("node", opts.NodeID),
+		hasher:       newHasher(opts.BcryptCost, max(1, opts.Loops)),
+		guard:        newLoginGuard(opts.LoginFailures),
+		ids:          newMsgIDGen(0),
+		metrics:      newMetrics(),
+		conns:        make(map[uint64]*session),
+		startedAt:    time.Now(),
+		sweepStop:    make(chan struct{}),
+		sweepDone:    make(chan struct{}),
+		failed:       make(chan error, 1),
+		anon:         newAnonymous(opts.MaxAnonymousPerAddress),
+		epochPoke:    make(chan struct{}, 1),
+		serverFull:   refusalFrame(ErrServerFull),
+		addressBusy:  refusalFrame(ErrAddressBusy),
+		shuttingDown: drainedFrame(),
 	}
 	if opts.Web {
 		if s.web, err = newWebPage(); err != nil {

@@ -415,8 +415,19 @@ if dedup then redis.call('SET', KEYS[2], ARGV[5] .. ':' .. seqs, 'EX', ARGV[4]) 
 if ARGV[7] ~= '' then
   local payload = string.sub(ARGV[7], 1, -2) .. ',"seq":' .. seqs .. '}'
   if not group then
+    local chans = {}
     for _, u in ipairs(rcpts) do
-      if redis.call('PUBLISH', p .. 'user:' .. u, payload) > 0 then online = online + 1 end
+      chans[#chans + 1] = p .. 'user:' .. u
+      redis.call('PUBLISH', chans[#chans], payload)
+    end
+    -- Online counts channel subscribers (sessions), not PUBLISH's
+    -- receivers: those include pattern subscribers, a PSUBSCRIBE
+    -- watching the channels, which is nobody's session.
+    if #chans > 0 then
+      local subs = redis.call('PUBSUB', 'NUMSUB', unpack(chans))
+      for j = 2, #subs, 2 do
+        if subs[j] > 0 then online = online + 1 end
+      end
     end
     if senderCopies > 0 then redis.call('PUBLISH', p .. 'user:' .. ARGV[14], payload) end
   else
