@@ -82,3 +82,54 @@ func TestWritesWaitForAReplica(t *testing.T) {
 		t.Fatalf("the replica holds %d messages of bob's inbox (%v), want both", n, err)
 	}
 }
+
+// TestAckNotReplicatedIsUnavailable: on a Redis Cluster, an Ack whose
+// write does not reach a replica in time is answered UNAVAILABLE, as
+// protocol.md says of a failed ack ("send it again"), not INTERNAL; the
+// same comes of a primary that dies under it (the outside fault run saw
+// INTERNAL for acks when a primary was SIGKILLed). The retry, once the
+// replica is back, is stored: the message is not pushed again at the next
+// login.
+func TestAckNotReplicatedIsUnavailable(t *testing.T) {
+	c := testproc.StartCluster(t)
+	rb := &redisBackend{name: "cluster", url: c.URL, c: c, prefix: "a:"}
+	cc := c.Client()
+	defer cc.Close()
+	rb.client = cc
+	nodes := backendNodes(t, rb, 1, EngineGnet, func(o *Options) { o.RedisReplicaTimeout = 300 * time.Millisecond })
+	alice, _ := nodes[0].user(t, "alice")
+	bob, bobOK := nodes[0].user(t, "bob")
+	expectOK(t, alice.do(sendTo("bob", "ack me")))
+	m := bob.nextMessage()
+
+	ctx := testproc.Ctx(t, time.Minute)
+	primary, err := c.SlotOwner(ctx, keySlot(rb.store(t).inboxKey(boxOf(bobOK.UserId, 0))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica := c.ReplicaOf(ctx, primary)
+	if replica == nil {
+		t.Fatal("no replica of bob's shard")
+	}
+	replica.Kill()
+	seq := bob.sendFrame(ackReq(m.MsgId))
+	resp := bob.read()
+	if resp.Seq != seq {
+		t.Fatalf("answer %v, want the ack's error (seq %d)", resp, seq)
+	}
+	expectCode(t, resp, chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+
+	if err := replica.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitHealthy(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	bob.sendFrame(ackReq(m.MsgId))
+	if pong := bob.do(pingReq()); pong.GetPong() == nil {
+		t.Fatalf("after the ack: %v", pong)
+	}
+	again := dial(t, nodes[0].addr)
+	expectOK(t, again.do(tokenReq(bobOK.Token)))
+	again.noPush(500 * time.Millisecond)
+}

@@ -1053,7 +1053,9 @@ func (s *RedisStore) clusterAck(ctx context.Context, box uint64, ids []uint64) e
 	for i, id := range ids {
 		args[i] = msgMember(id)
 	}
-	return s.run(ctx, scriptClusterAck, []string{s.inboxKey(box), s.bodiesKey(box)}, args...).Err()
+	// redisErr, as every other step: a Redis fault (a primary gone, a
+	// WAIT short of replicas) is UNAVAILABLE to the client, who acks again.
+	return redisErr(s.run(ctx, scriptClusterAck, []string{s.inboxKey(box), s.bodiesKey(box)}, args...).Err())
 }
 
 // ---- presence ----
