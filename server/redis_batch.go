@@ -218,9 +218,7 @@ func (b *redisBatcher) exec(batch []*pipeOp, retryNoScript bool) {
 				}
 			}
 		}
-		if retryNoScript && isNoScript(err) {
-			// Redis restarted and lost its script cache; the script never
-			// ran, so running the op again is safe.
+		if retryNoScript && hasNoScript(op.cmds) {
 			again = append(again, op)
 			continue
 		}
@@ -230,7 +228,31 @@ func (b *redisBatcher) exec(batch []*pipeOp, retryNoScript bool) {
 		for _, s := range b.scripts {
 			_ = s.Load(ctx, b.rdb).Err()
 		}
-		b.exec(again, false)
+		b.rerunNoScript(ctx, again)
+	}
+}
+
+// rerunNoScript runs again the commands of batch that Redis answered
+// NOSCRIPT (it restarted, or a replica took over: the script cache is not
+// copied), and only those: they never ran, while the others of the same
+// op ran already, on their own primaries of a cluster, and must not run
+// twice (a message's inbox step would publish it twice, and put it back
+// in an inbox that acked it meanwhile).
+func (b *redisBatcher) rerunNoScript(ctx context.Context, batch []*pipeOp) {
+	pipe := b.rdb.Pipeline()
+	queued := make(map[redis.Cmder]bool)
+	for _, op := range batch {
+		for _, c := range op.cmds {
+			if !queued[c] && isNoScript(c.Err()) {
+				queued[c] = true // an ack's call is shared by the acks it carries
+				c.SetErr(nil)
+				_ = pipe.Process(ctx, c)
+			}
+		}
+	}
+	_, _ = pipe.Exec(ctx)
+	for _, op := range batch {
+		op.done <- redisErr(firstErr(op.cmds))
 	}
 }
 
@@ -241,6 +263,11 @@ func firstErr(cmds []redis.Cmder) error {
 		}
 	}
 	return nil
+}
+
+// hasNoScript tells whether Redis answered NOSCRIPT to one of cmds.
+func hasNoScript(cmds []redis.Cmder) bool {
+	return slices.ContainsFunc(cmds, func(c redis.Cmder) bool { return isNoScript(c.Err()) })
 }
 
 func isNoScript(err error) bool {
