@@ -18,11 +18,7 @@ import (
 // (the outside fault run found 2–8 messages a failover back at the next
 // login, after a durable ack).
 func TestNoScriptRerunsOnlyWhatDidNotRun(t *testing.T) {
-	c := testproc.StartCluster(t)
-	rb := &redisBackend{name: "cluster", url: c.URL, c: c, prefix: "ns:"}
-	cc := c.Client()
-	defer cc.Close()
-	rb.client = cc
+	c, rb := startClusterBackend(t, "ns:")
 	nodes := backendNodes(t, rb, 1, EngineGnet, nil)
 	ctx := testproc.Ctx(t, time.Minute)
 	st := rb.store(t)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -16,11 +17,7 @@ import (
 // (UNAVAILABLE, no SendOK) after --redis-replica-timeout; once the replica
 // is back, the same send (client_msg_id) goes through, once.
 func TestWritesWaitForAReplica(t *testing.T) {
-	c := testproc.StartCluster(t)
-	rb := &redisBackend{name: "cluster", url: c.URL, c: c, prefix: "w:"}
-	cc := c.Client()
-	defer cc.Close()
-	rb.client = cc
+	c, rb := startClusterBackend(t, "w:")
 	nodes := backendNodes(t, rb, 1, EngineGnet, func(o *Options) { o.RedisReplicaTimeout = 300 * time.Millisecond })
 	alice, _ := nodes[0].user(t, "alice")
 	bob, bobOK := nodes[0].user(t, "bob")
@@ -34,15 +31,7 @@ func TestWritesWaitForAReplica(t *testing.T) {
 	}
 
 	ctx := testproc.Ctx(t, time.Minute)
-	primary, err := c.SlotOwner(ctx, keySlot(rb.store(t).userKey(bobOK.UserId)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	replica := c.ReplicaOf(ctx, primary)
-	if replica == nil {
-		t.Fatal("no replica of bob's shard")
-	}
-	replica.Kill()
+	replica := killReplicaOf(ctx, t, c, rb.store(t).userKey(bobOK.UserId))
 	start := time.Now()
 	expectCode(t, send("c1", "not replicated"), chatpb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 	if d := time.Since(start); d < 300*time.Millisecond {
@@ -91,11 +80,7 @@ func TestWritesWaitForAReplica(t *testing.T) {
 // replica is back, is stored: the message is not pushed again at the next
 // login.
 func TestAckNotReplicatedIsUnavailable(t *testing.T) {
-	c := testproc.StartCluster(t)
-	rb := &redisBackend{name: "cluster", url: c.URL, c: c, prefix: "a:"}
-	cc := c.Client()
-	defer cc.Close()
-	rb.client = cc
+	c, rb := startClusterBackend(t, "a:")
 	nodes := backendNodes(t, rb, 1, EngineGnet, func(o *Options) { o.RedisReplicaTimeout = 300 * time.Millisecond })
 	alice, _ := nodes[0].user(t, "alice")
 	bob, bobOK := nodes[0].user(t, "bob")
@@ -103,15 +88,7 @@ func TestAckNotReplicatedIsUnavailable(t *testing.T) {
 	m := bob.nextMessage()
 
 	ctx := testproc.Ctx(t, time.Minute)
-	primary, err := c.SlotOwner(ctx, keySlot(rb.store(t).inboxKey(boxOf(bobOK.UserId, 0))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	replica := c.ReplicaOf(ctx, primary)
-	if replica == nil {
-		t.Fatal("no replica of bob's shard")
-	}
-	replica.Kill()
+	replica := killReplicaOf(ctx, t, c, rb.store(t).inboxKey(boxOf(bobOK.UserId, 0)))
 	seq := bob.sendFrame(ackReq(m.MsgId))
 	resp := bob.read()
 	if resp.Seq != seq {
@@ -132,4 +109,30 @@ func TestAckNotReplicatedIsUnavailable(t *testing.T) {
 	again := dial(t, nodes[0].addr)
 	expectOK(t, again.do(tokenReq(bobOK.Token)))
 	again.noPush(500 * time.Millisecond)
+}
+
+// startClusterBackend starts a Redis Cluster (3 primaries, a replica each)
+// for nodes made with backendNodes, keys under prefix.
+func startClusterBackend(t *testing.T, prefix string) (*testproc.Cluster, *redisBackend) {
+	t.Helper()
+	c := testproc.StartCluster(t)
+	cc := c.Client()
+	t.Cleanup(func() { cc.Close() })
+	return c, &redisBackend{name: "cluster", url: c.URL, c: c, prefix: prefix, client: cc}
+}
+
+// killReplicaOf kills the replica of the shard holding key, and returns it
+// (to start again).
+func killReplicaOf(ctx context.Context, t *testing.T, c *testproc.Cluster, key string) *testproc.ClusterNode {
+	t.Helper()
+	primary, err := c.SlotOwner(ctx, keySlot(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica := c.ReplicaOf(ctx, primary)
+	if replica == nil {
+		t.Fatalf("no replica of the shard of %s", key)
+	}
+	replica.Kill()
+	return replica
 }
