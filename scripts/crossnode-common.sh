@@ -28,3 +28,26 @@ port() { # a port nothing listens on
 wait_port() { for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 # delivered LOG: the msgs/s column of the generator's result line.
 delivered() { awk '$1 == "server" && $2 == "chat" {r = $5} END {print r}' "$1"; }
+
+# start_cluster BINARY DIR: Redis (AOF, appendfsync always, REDIS_ARGS
+# added) and two nodes of BINARY on it, all pinned to CPU 0, data in DIR;
+# their PIDs join PIDS. Sets CL_REDIS CL_N1 CL_N2 (PIDs), CL_PIDS (the
+# three), CL_RPORT (Redis's port) and CL_ADDR (both nodes, for --addr).
+start_cluster() {
+	local bin=$1 d=$2 p1 p2
+	CL_RPORT=$(port) p1=$(port) p2=$(port)
+	# shellcheck disable=SC2086 # REDIS_ARGS is a list of flags
+	taskset -c 0 redis-server --port "$CL_RPORT" --dir "$d" --appendonly yes --appendfsync always --save '' ${REDIS_ARGS:-} >"$d/redis.log" 2>&1 &
+	CL_REDIS=$!
+	PIDS+=("$CL_REDIS")
+	wait_port "$CL_RPORT"
+	taskset -c 0 "$bin" serve --listen "127.0.0.1:$p1" --redis "redis://127.0.0.1:$CL_RPORT/0" --node-id n1 --data "$d/n1" "${FLAGS[@]}" &
+	CL_N1=$!
+	taskset -c 0 "$bin" serve --listen "127.0.0.1:$p2" --redis "redis://127.0.0.1:$CL_RPORT/0" --node-id n2 --data "$d/n2" "${FLAGS[@]}" &
+	CL_N2=$!
+	PIDS+=("$CL_N1" "$CL_N2")
+	wait_port "$p1"
+	wait_port "$p2"
+	CL_PIDS="$CL_REDIS $CL_N1 $CL_N2"
+	CL_ADDR="127.0.0.1:$p1,127.0.0.1:$p2"
+}

@@ -89,21 +89,11 @@ run() { # NAME BINARY ROUND (in a subshell of its own: | tee below)
 	# sees what this subshell starts.
 	trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 	d=$(mktemp -d "$WORK/run.XXXX")
-	local rp p1 p2 p0
-	rp=$(port) p1=$(port) p2=$(port) p0=$(port)
-	# shellcheck disable=SC2086 # REDIS_ARGS is a list of flags
-	taskset -c 0 redis-server --port "$rp" --dir "$d" --appendonly yes --appendfsync always --save '' ${REDIS_ARGS:-} >"$d/redis.log" 2>&1 &
-	local redis=$!
-	PIDS+=("$redis")
-	wait_port "$rp"
-	taskset -c 0 "$bin" serve --listen "127.0.0.1:$p1" --redis "redis://127.0.0.1:$rp/0" --node-id n1 --data "$d/n1" "${FLAGS[@]}" &
-	local n1=$!
-	taskset -c 0 "$bin" serve --listen "127.0.0.1:$p2" --redis "redis://127.0.0.1:$rp/0" --node-id n2 --data "$d/n2" "${FLAGS[@]}" &
-	local n2=$!
-	PIDS+=("$n1" "$n2")
-	wait_port "$p1"
-	wait_port "$p2"
-	taskset -c 1 "$GEN" bench chat --addr "127.0.0.1:$p1,127.0.0.1:$p2" --conns 2000 --pairs 999 --rate "$RATE" \
+	local p0
+	p0=$(port)
+	start_cluster "$bin" "$d"
+	local rp=$CL_RPORT redis=$CL_REDIS n1=$CL_N1 n2=$CL_N2
+	taskset -c 1 "$GEN" bench chat --addr "$CL_ADDR" --conns 2000 --pairs 999 --rate "$RATE" \
 		--duration 10s >"$d/cluster.log" 2>&1 &
 	local gen=$!
 	PIDS+=("$gen")

@@ -22,32 +22,12 @@ RATE=$1 ROUNDS=$2
 shift 2
 . "$(dirname "$0")/crossnode-common.sh"
 
-# start NAME BINARY DIR: a cluster and its generator; sets CL_PIDS (redis
-# n1 n2) and CL_GEN.
-start() {
-	local bin=$2 d=$3 rp p1 p2
-	rp=$(port) p1=$(port) p2=$(port)
-	taskset -c 0 redis-server --port "$rp" --dir "$d" --appendonly yes --appendfsync always --save '' >"$d/redis.log" 2>&1 &
-	local redis=$!
-	PIDS+=("$redis")
-	wait_port "$rp"
-	taskset -c 0 "$bin" serve --listen "127.0.0.1:$p1" --redis "redis://127.0.0.1:$rp/0" --node-id n1 --data "$d/n1" "${FLAGS[@]}" &
-	local n1=$!
-	taskset -c 0 "$bin" serve --listen "127.0.0.1:$p2" --redis "redis://127.0.0.1:$rp/0" --node-id n2 --data "$d/n2" "${FLAGS[@]}" &
-	local n2=$!
-	PIDS+=("$n1" "$n2")
-	wait_port "$p1"
-	wait_port "$p2"
-	CL_PIDS="$redis $n1 $n2"
-	CL_ADDR="127.0.0.1:$p1,127.0.0.1:$p2"
-}
-
 round() { # ROUND NAME_A BIN_A NAME_B BIN_B
 	local r=$1 na=$2 ba=$3 nb=$4 bb=$5 da db pa pb ga gb
 	da=$(mktemp -d "$WORK/a.XXXX") db=$(mktemp -d "$WORK/b.XXXX")
-	start "$na" "$ba" "$da"
+	start_cluster "$ba" "$da"
 	pa=$CL_PIDS aa=$CL_ADDR
-	start "$nb" "$bb" "$db"
+	start_cluster "$bb" "$db"
 	pb=$CL_PIDS ab=$CL_ADDR
 	taskset -c 1 "$GEN" bench chat --addr "$aa" --conns 2000 --pairs 999 --rate "$RATE" --duration 10s >"$da/gen.log" 2>&1 &
 	ga=$!
