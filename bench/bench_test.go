@@ -96,9 +96,9 @@ func TestTinyScenarios(t *testing.T) {
 	})
 	// A login storm of users with friends: the ring is set up first.
 	t.Run("login-friends", func(t *testing.T) {
-		defer bench.SetSettleAfterFriends(50 * time.Millisecond)()
 		cfg := tiny(addr)
 		cfg.Users, cfg.Conns, cfg.Friends = "tfriends", 30, 6
+		cfg.FriendsSettle = 50 * time.Millisecond
 		r, err := bench.Login(ctx, cfg)
 		check(t, r, err)
 		c, err := client.Dial(ctx, client.Options{Addr: addr})

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -82,6 +83,12 @@ type Config struct {
 	// i+Friends/2, wrapping around, so every user has Friends friends
 	// (fewer when Conns is smaller). Zero means none.
 	Friends int
+	// FriendsSettle is how long the login scenario waits after befriending
+	// its users (each logged in and out again for it) before the storm: a
+	// server may still be working through those logouts (friends are told
+	// of a user going offline only after a grace of a few seconds), and that
+	// work must not land in the measured storm. Zero means 6 s.
+	FriendsSettle time.Duration
 	// Redis is the cluster's Redis URL, to which the broadcast scenario
 	// publishes its broadcasts; RedisPrefix its key and channel prefix
 	// (empty: "loopchat:").
@@ -208,14 +215,6 @@ func eachUser(ctx context.Context, cfg *Config, n int, fn func(ctx context.Conte
 	return g.Wait()
 }
 
-// settleAfterFriends is how long the login scenario waits after
-// befriending its users (each logged in and out again for it) before the
-// storm: a server may still be working through those logouts (friends are
-// told of a user going offline only after a grace of a few seconds), and
-// that work must not land in the measured storm. A variable for the tiny
-// test.
-var settleAfterFriends = 6 * time.Second
-
 // befriend makes each of the n users friends with the next half of
 // cfg.Friends users (wrapping), logging each in with its token and out
 // again. A friendship that exists already is fine.
@@ -245,7 +244,7 @@ func befriend(ctx context.Context, cfg *Config, toks []string) error {
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-time.After(settleAfterFriends):
+	case <-time.After(cmp.Or(cfg.FriendsSettle, 6*time.Second)):
 	}
 	return nil
 }
