@@ -252,6 +252,7 @@ type Frame struct {
 	//	*Frame_ListConversations
 	//	*Frame_Typing
 	//	*Frame_SetPresenceVisible
+	//	*Frame_RemoveFriend
 	//	*Frame_RegisterOk
 	//	*Frame_LoginOk
 	//	*Frame_Ok
@@ -465,6 +466,15 @@ func (x *Frame) GetSetPresenceVisible() *SetPresenceVisible {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_SetPresenceVisible); ok {
 			return x.SetPresenceVisible
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetRemoveFriend() *RemoveFriend {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_RemoveFriend); ok {
+			return x.RemoveFriend
 		}
 	}
 	return nil
@@ -687,6 +697,10 @@ type Frame_SetPresenceVisible struct {
 	SetPresenceVisible *SetPresenceVisible `protobuf:"bytes,26,opt,name=set_presence_visible,json=setPresenceVisible,proto3,oneof"`
 }
 
+type Frame_RemoveFriend struct {
+	RemoveFriend *RemoveFriend `protobuf:"bytes,27,opt,name=remove_friend,json=removeFriend,proto3,oneof"`
+}
+
 type Frame_RegisterOk struct {
 	// Responses (server to client, echoing seq), field numbers 40-69.
 	RegisterOk *RegisterOK `protobuf:"bytes,40,opt,name=register_ok,json=registerOk,proto3,oneof"`
@@ -786,6 +800,8 @@ func (*Frame_ListConversations) isFrame_Body() {}
 func (*Frame_Typing) isFrame_Body() {}
 
 func (*Frame_SetPresenceVisible) isFrame_Body() {}
+
+func (*Frame_RemoveFriend) isFrame_Body() {}
 
 func (*Frame_RegisterOk) isFrame_Body() {}
 
@@ -1761,6 +1777,53 @@ func (x *SetPresenceVisible) GetVisible() bool {
 	return false
 }
 
+// RemoveFriend ends a friendship, on both sides: neither is told of the
+// other's presence from then on. The conversation and its history stay.
+// Answered with OK.
+type RemoveFriend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Username      string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveFriend) Reset() {
+	*x = RemoveFriend{}
+	mi := &file_chat_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveFriend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveFriend) ProtoMessage() {}
+
+func (x *RemoveFriend) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveFriend.ProtoReflect.Descriptor instead.
+func (*RemoveFriend) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RemoveFriend) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
 type RegisterOK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1770,7 +1833,7 @@ type RegisterOK struct {
 
 func (x *RegisterOK) Reset() {
 	*x = RegisterOK{}
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1845,7 @@ func (x *RegisterOK) String() string {
 func (*RegisterOK) ProtoMessage() {}
 
 func (x *RegisterOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1858,7 @@ func (x *RegisterOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterOK.ProtoReflect.Descriptor instead.
 func (*RegisterOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RegisterOK) GetUserId() uint64 {
@@ -1831,7 +1894,7 @@ type LoginOK struct {
 
 func (x *LoginOK) Reset() {
 	*x = LoginOK{}
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +1906,7 @@ func (x *LoginOK) String() string {
 func (*LoginOK) ProtoMessage() {}
 
 func (x *LoginOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +1919,7 @@ func (x *LoginOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginOK.ProtoReflect.Descriptor instead.
 func (*LoginOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LoginOK) GetUserId() uint64 {
@@ -1937,7 +2000,7 @@ type OK struct {
 
 func (x *OK) Reset() {
 	*x = OK{}
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1949,7 +2012,7 @@ func (x *OK) String() string {
 func (*OK) ProtoMessage() {}
 
 func (x *OK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1962,7 +2025,7 @@ func (x *OK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OK.ProtoReflect.Descriptor instead.
 func (*OK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_proto_rawDescGZIP(), []int{21}
 }
 
 type Pong struct {
@@ -1974,7 +2037,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2049,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2062,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Pong) GetServerTimeMs() int64 {
@@ -2024,7 +2087,7 @@ type SendOK struct {
 
 func (x *SendOK) Reset() {
 	*x = SendOK{}
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2036,7 +2099,7 @@ func (x *SendOK) String() string {
 func (*SendOK) ProtoMessage() {}
 
 func (x *SendOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2049,7 +2112,7 @@ func (x *SendOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendOK.ProtoReflect.Descriptor instead.
 func (*SendOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SendOK) GetMsgId() uint64 {
@@ -2095,7 +2158,7 @@ type Friend struct {
 
 func (x *Friend) Reset() {
 	*x = Friend{}
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2170,7 @@ func (x *Friend) String() string {
 func (*Friend) ProtoMessage() {}
 
 func (x *Friend) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2183,7 @@ func (x *Friend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Friend.ProtoReflect.Descriptor instead.
 func (*Friend) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Friend) GetUserId() uint64 {
@@ -2160,7 +2223,7 @@ type FriendList struct {
 
 func (x *FriendList) Reset() {
 	*x = FriendList{}
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2235,7 @@ func (x *FriendList) String() string {
 func (*FriendList) ProtoMessage() {}
 
 func (x *FriendList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2248,7 @@ func (x *FriendList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FriendList.ProtoReflect.Descriptor instead.
 func (*FriendList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FriendList) GetFriends() []*Friend {
@@ -2204,7 +2267,7 @@ type GroupCreated struct {
 
 func (x *GroupCreated) Reset() {
 	*x = GroupCreated{}
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2279,7 @@ func (x *GroupCreated) String() string {
 func (*GroupCreated) ProtoMessage() {}
 
 func (x *GroupCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2292,7 @@ func (x *GroupCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCreated.ProtoReflect.Descriptor instead.
 func (*GroupCreated) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GroupCreated) GetGroupId() uint64 {
@@ -2251,7 +2314,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2326,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2339,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Member) GetUserId() uint64 {
@@ -2319,7 +2382,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2394,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2407,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{27}
+	return file_chat_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Group) GetGroupId() uint64 {
@@ -2384,7 +2447,7 @@ type GroupList struct {
 
 func (x *GroupList) Reset() {
 	*x = GroupList{}
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +2459,7 @@ func (x *GroupList) String() string {
 func (*GroupList) ProtoMessage() {}
 
 func (x *GroupList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +2472,7 @@ func (x *GroupList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupList.ProtoReflect.Descriptor instead.
 func (*GroupList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{28}
+	return file_chat_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GroupList) GetGroups() []*Group {
@@ -2431,7 +2494,7 @@ type HistoryPage struct {
 
 func (x *HistoryPage) Reset() {
 	*x = HistoryPage{}
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2443,7 +2506,7 @@ func (x *HistoryPage) String() string {
 func (*HistoryPage) ProtoMessage() {}
 
 func (x *HistoryPage) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2456,7 +2519,7 @@ func (x *HistoryPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryPage.ProtoReflect.Descriptor instead.
 func (*HistoryPage) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{29}
+	return file_chat_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *HistoryPage) GetMessages() []*Message {
@@ -2486,7 +2549,7 @@ type ConversationList struct {
 
 func (x *ConversationList) Reset() {
 	*x = ConversationList{}
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2561,7 @@ func (x *ConversationList) String() string {
 func (*ConversationList) ProtoMessage() {}
 
 func (x *ConversationList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2574,7 @@ func (x *ConversationList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationList.ProtoReflect.Descriptor instead.
 func (*ConversationList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{30}
+	return file_chat_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConversationList) GetConversations() []*ConversationSummary {
@@ -2557,7 +2620,7 @@ type ConversationSummary struct {
 
 func (x *ConversationSummary) Reset() {
 	*x = ConversationSummary{}
-	mi := &file_chat_proto_msgTypes[31]
+	mi := &file_chat_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2569,7 +2632,7 @@ func (x *ConversationSummary) String() string {
 func (*ConversationSummary) ProtoMessage() {}
 
 func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[31]
+	mi := &file_chat_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2582,7 +2645,7 @@ func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationSummary.ProtoReflect.Descriptor instead.
 func (*ConversationSummary) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{31}
+	return file_chat_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ConversationSummary) GetPeerUserId() uint64 {
@@ -2653,7 +2716,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_chat_proto_msgTypes[32]
+	mi := &file_chat_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2665,7 +2728,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[32]
+	mi := &file_chat_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2678,7 +2741,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{32}
+	return file_chat_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2715,7 +2778,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_chat_proto_msgTypes[33]
+	mi := &file_chat_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2727,7 +2790,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[33]
+	mi := &file_chat_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2740,7 +2803,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{33}
+	return file_chat_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Message) GetMsgId() uint64 {
@@ -2816,7 +2879,7 @@ type ReadReceipt struct {
 
 func (x *ReadReceipt) Reset() {
 	*x = ReadReceipt{}
-	mi := &file_chat_proto_msgTypes[34]
+	mi := &file_chat_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2828,7 +2891,7 @@ func (x *ReadReceipt) String() string {
 func (*ReadReceipt) ProtoMessage() {}
 
 func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[34]
+	mi := &file_chat_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2841,7 +2904,7 @@ func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadReceipt.ProtoReflect.Descriptor instead.
 func (*ReadReceipt) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{34}
+	return file_chat_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ReadReceipt) GetPeerUserId() uint64 {
@@ -2888,7 +2951,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_chat_proto_msgTypes[35]
+	mi := &file_chat_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2900,7 +2963,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[35]
+	mi := &file_chat_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2913,7 +2976,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{35}
+	return file_chat_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Presence) GetUserId() uint64 {
@@ -2959,7 +3022,7 @@ type TypingNotice struct {
 
 func (x *TypingNotice) Reset() {
 	*x = TypingNotice{}
-	mi := &file_chat_proto_msgTypes[36]
+	mi := &file_chat_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2971,7 +3034,7 @@ func (x *TypingNotice) String() string {
 func (*TypingNotice) ProtoMessage() {}
 
 func (x *TypingNotice) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[36]
+	mi := &file_chat_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2984,7 +3047,7 @@ func (x *TypingNotice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypingNotice.ProtoReflect.Descriptor instead.
 func (*TypingNotice) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{36}
+	return file_chat_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TypingNotice) GetUserId() uint64 {
@@ -3019,7 +3082,7 @@ type Kicked struct {
 
 func (x *Kicked) Reset() {
 	*x = Kicked{}
-	mi := &file_chat_proto_msgTypes[37]
+	mi := &file_chat_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3094,7 @@ func (x *Kicked) String() string {
 func (*Kicked) ProtoMessage() {}
 
 func (x *Kicked) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[37]
+	mi := &file_chat_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3107,7 @@ func (x *Kicked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kicked.ProtoReflect.Descriptor instead.
 func (*Kicked) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{37}
+	return file_chat_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Kicked) GetReason() KickReason {
@@ -3066,7 +3129,7 @@ var File_chat_proto protoreflect.FileDescriptor
 const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"chat.proto\x12\vloopchat.v1\"\xc0\x0e\n" +
+	"chat.proto\x12\vloopchat.v1\"\x82\x0f\n" +
 	"\x05Frame\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\bregister\x18\n" +
@@ -3090,7 +3153,8 @@ const file_chat_proto_rawDesc = "" +
 	"\tmark_read\x18\x17 \x01(\v2\x15.loopchat.v1.MarkReadH\x00R\bmarkRead\x12O\n" +
 	"\x12list_conversations\x18\x18 \x01(\v2\x1e.loopchat.v1.ListConversationsH\x00R\x11listConversations\x12-\n" +
 	"\x06typing\x18\x19 \x01(\v2\x13.loopchat.v1.TypingH\x00R\x06typing\x12S\n" +
-	"\x14set_presence_visible\x18\x1a \x01(\v2\x1f.loopchat.v1.SetPresenceVisibleH\x00R\x12setPresenceVisible\x12:\n" +
+	"\x14set_presence_visible\x18\x1a \x01(\v2\x1f.loopchat.v1.SetPresenceVisibleH\x00R\x12setPresenceVisible\x12@\n" +
+	"\rremove_friend\x18\x1b \x01(\v2\x19.loopchat.v1.RemoveFriendH\x00R\fremoveFriend\x12:\n" +
 	"\vregister_ok\x18( \x01(\v2\x17.loopchat.v1.RegisterOKH\x00R\n" +
 	"registerOk\x121\n" +
 	"\blogin_ok\x18) \x01(\v2\x14.loopchat.v1.LoginOKH\x00R\aloginOk\x12!\n" +
@@ -3169,7 +3233,9 @@ const file_chat_proto_rawDesc = "" +
 	"\rpeer_username\x18\x02 \x01(\tR\fpeerUsername\x12\x19\n" +
 	"\bgroup_id\x18\x03 \x01(\x04R\agroupId\".\n" +
 	"\x12SetPresenceVisible\x12\x18\n" +
-	"\avisible\x18\x01 \x01(\bR\avisible\"%\n" +
+	"\avisible\x18\x01 \x01(\bR\avisible\"*\n" +
+	"\fRemoveFriend\x12\x1a\n" +
+	"\busername\x18\x01 \x01(\tR\busername\"%\n" +
 	"\n" +
 	"RegisterOK\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\xde\x02\n" +
@@ -3310,7 +3376,7 @@ func file_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_chat_proto_goTypes = []any{
 	(Role)(0),                   // 0: loopchat.v1.Role
 	(ErrorCode)(0),              // 1: loopchat.v1.ErrorCode
@@ -3333,26 +3399,27 @@ var file_chat_proto_goTypes = []any{
 	(*ListConversations)(nil),   // 18: loopchat.v1.ListConversations
 	(*Typing)(nil),              // 19: loopchat.v1.Typing
 	(*SetPresenceVisible)(nil),  // 20: loopchat.v1.SetPresenceVisible
-	(*RegisterOK)(nil),          // 21: loopchat.v1.RegisterOK
-	(*LoginOK)(nil),             // 22: loopchat.v1.LoginOK
-	(*OK)(nil),                  // 23: loopchat.v1.OK
-	(*Pong)(nil),                // 24: loopchat.v1.Pong
-	(*SendOK)(nil),              // 25: loopchat.v1.SendOK
-	(*Friend)(nil),              // 26: loopchat.v1.Friend
-	(*FriendList)(nil),          // 27: loopchat.v1.FriendList
-	(*GroupCreated)(nil),        // 28: loopchat.v1.GroupCreated
-	(*Member)(nil),              // 29: loopchat.v1.Member
-	(*Group)(nil),               // 30: loopchat.v1.Group
-	(*GroupList)(nil),           // 31: loopchat.v1.GroupList
-	(*HistoryPage)(nil),         // 32: loopchat.v1.HistoryPage
-	(*ConversationList)(nil),    // 33: loopchat.v1.ConversationList
-	(*ConversationSummary)(nil), // 34: loopchat.v1.ConversationSummary
-	(*Error)(nil),               // 35: loopchat.v1.Error
-	(*Message)(nil),             // 36: loopchat.v1.Message
-	(*ReadReceipt)(nil),         // 37: loopchat.v1.ReadReceipt
-	(*Presence)(nil),            // 38: loopchat.v1.Presence
-	(*TypingNotice)(nil),        // 39: loopchat.v1.TypingNotice
-	(*Kicked)(nil),              // 40: loopchat.v1.Kicked
+	(*RemoveFriend)(nil),        // 21: loopchat.v1.RemoveFriend
+	(*RegisterOK)(nil),          // 22: loopchat.v1.RegisterOK
+	(*LoginOK)(nil),             // 23: loopchat.v1.LoginOK
+	(*OK)(nil),                  // 24: loopchat.v1.OK
+	(*Pong)(nil),                // 25: loopchat.v1.Pong
+	(*SendOK)(nil),              // 26: loopchat.v1.SendOK
+	(*Friend)(nil),              // 27: loopchat.v1.Friend
+	(*FriendList)(nil),          // 28: loopchat.v1.FriendList
+	(*GroupCreated)(nil),        // 29: loopchat.v1.GroupCreated
+	(*Member)(nil),              // 30: loopchat.v1.Member
+	(*Group)(nil),               // 31: loopchat.v1.Group
+	(*GroupList)(nil),           // 32: loopchat.v1.GroupList
+	(*HistoryPage)(nil),         // 33: loopchat.v1.HistoryPage
+	(*ConversationList)(nil),    // 34: loopchat.v1.ConversationList
+	(*ConversationSummary)(nil), // 35: loopchat.v1.ConversationSummary
+	(*Error)(nil),               // 36: loopchat.v1.Error
+	(*Message)(nil),             // 37: loopchat.v1.Message
+	(*ReadReceipt)(nil),         // 38: loopchat.v1.ReadReceipt
+	(*Presence)(nil),            // 39: loopchat.v1.Presence
+	(*TypingNotice)(nil),        // 40: loopchat.v1.TypingNotice
+	(*Kicked)(nil),              // 41: loopchat.v1.Kicked
 }
 var file_chat_proto_depIdxs = []int32{
 	4,  // 0: loopchat.v1.Frame.register:type_name -> loopchat.v1.Register
@@ -3372,38 +3439,39 @@ var file_chat_proto_depIdxs = []int32{
 	18, // 14: loopchat.v1.Frame.list_conversations:type_name -> loopchat.v1.ListConversations
 	19, // 15: loopchat.v1.Frame.typing:type_name -> loopchat.v1.Typing
 	20, // 16: loopchat.v1.Frame.set_presence_visible:type_name -> loopchat.v1.SetPresenceVisible
-	21, // 17: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
-	22, // 18: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
-	23, // 19: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
-	24, // 20: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
-	25, // 21: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
-	27, // 22: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
-	28, // 23: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
-	31, // 24: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
-	35, // 25: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
-	32, // 26: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
-	33, // 27: loopchat.v1.Frame.conversation_list:type_name -> loopchat.v1.ConversationList
-	36, // 28: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
-	40, // 29: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
-	37, // 30: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
-	38, // 31: loopchat.v1.Frame.presence:type_name -> loopchat.v1.Presence
-	39, // 32: loopchat.v1.Frame.typing_notice:type_name -> loopchat.v1.TypingNotice
-	26, // 33: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
-	30, // 34: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
-	26, // 35: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
-	0,  // 36: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
-	29, // 37: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
-	30, // 38: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
-	36, // 39: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
-	34, // 40: loopchat.v1.ConversationList.conversations:type_name -> loopchat.v1.ConversationSummary
-	36, // 41: loopchat.v1.ConversationSummary.last_message:type_name -> loopchat.v1.Message
-	1,  // 42: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
-	2,  // 43: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
-	44, // [44:44] is the sub-list for method output_type
-	44, // [44:44] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	21, // 17: loopchat.v1.Frame.remove_friend:type_name -> loopchat.v1.RemoveFriend
+	22, // 18: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
+	23, // 19: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
+	24, // 20: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
+	25, // 21: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
+	26, // 22: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
+	28, // 23: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
+	29, // 24: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
+	32, // 25: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
+	36, // 26: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
+	33, // 27: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
+	34, // 28: loopchat.v1.Frame.conversation_list:type_name -> loopchat.v1.ConversationList
+	37, // 29: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
+	41, // 30: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
+	38, // 31: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
+	39, // 32: loopchat.v1.Frame.presence:type_name -> loopchat.v1.Presence
+	40, // 33: loopchat.v1.Frame.typing_notice:type_name -> loopchat.v1.TypingNotice
+	27, // 34: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
+	31, // 35: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
+	27, // 36: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
+	0,  // 37: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
+	30, // 38: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
+	31, // 39: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
+	37, // 40: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
+	35, // 41: loopchat.v1.ConversationList.conversations:type_name -> loopchat.v1.ConversationSummary
+	37, // 42: loopchat.v1.ConversationSummary.last_message:type_name -> loopchat.v1.Message
+	1,  // 43: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
+	2,  // 44: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_chat_proto_init() }
@@ -3429,6 +3497,7 @@ func file_chat_proto_init() {
 		(*Frame_ListConversations)(nil),
 		(*Frame_Typing)(nil),
 		(*Frame_SetPresenceVisible)(nil),
+		(*Frame_RemoveFriend)(nil),
 		(*Frame_RegisterOk)(nil),
 		(*Frame_LoginOk)(nil),
 		(*Frame_Ok)(nil),
@@ -3458,7 +3527,7 @@ func file_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_proto_rawDesc), len(file_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

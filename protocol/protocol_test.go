@@ -140,6 +140,7 @@ func TestRequestClassification(t *testing.T) {
 		"typing":             {Body: &chatpb.Frame_Typing{}},
 
 		"set_presence_visible": {Body: &chatpb.Frame_SetPresenceVisible{}},
+		"remove_friend":        {Body: &chatpb.Frame_RemoveFriend{}},
 	}
 	for kind, f := range reqs {
 		if !IsRequest(f) || Kind(f) != kind {
@@ -154,7 +155,8 @@ func TestRequestClassification(t *testing.T) {
 	if !NeedsLogin(&chatpb.Frame{Body: &chatpb.Frame_Send{}}) {
 		t.Error("send does not need login")
 	}
-	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_ListConversations{}}, {Body: &chatpb.Frame_Typing{}}, {Body: &chatpb.Frame_SetPresenceVisible{}}} {
+	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_ListConversations{}}, {Body: &chatpb.Frame_Typing{}}, {Body: &chatpb.Frame_SetPresenceVisible{}},
+		{Body: &chatpb.Frame_RemoveFriend{}}} {
 		if !NeedsLogin(f) {
 			t.Errorf("%s does not need login", Kind(f))
 		}

@@ -30,6 +30,10 @@ var (
 	ErrFriendSelf = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "you cannot befriend yourself")
 	// ErrAlreadyFriends: AddFriend for an existing friendship.
 	ErrAlreadyFriends = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, "already friends")
+	// ErrUnfriendSelf: RemoveFriend naming the caller.
+	ErrUnfriendSelf = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "you cannot unfriend yourself")
+	// ErrNotFriends: RemoveFriend for someone who is not the caller's friend.
+	ErrNotFriends = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "not friends")
 	// ErrGroupNotFound: no group has that id.
 	ErrGroupNotFound = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "no such group")
 	// ErrAlreadyMember: JoinGroup for a group the caller is in.

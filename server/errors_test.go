@@ -26,7 +26,7 @@ func TestServerErrorsMatchByIdentity(t *testing.T) {
 	}
 
 	all := []*protocol.Error{ErrUsernameTaken, ErrUserNotFound, ErrBadCredentials, ErrBadToken,
-		ErrNotLoggedIn, ErrAlreadyLoggedIn, ErrFriendSelf, ErrAlreadyFriends, ErrGroupNotFound,
+		ErrNotLoggedIn, ErrAlreadyLoggedIn, ErrFriendSelf, ErrAlreadyFriends, ErrUnfriendSelf, ErrNotFriends, ErrGroupNotFound,
 		ErrAlreadyMember, ErrNotMember, ErrTooManyFriends, ErrTooManyGroups, ErrGroupFull,
 		ErrNoRecipient, ErrNotARequest, ErrTooManyPending, ErrLoginThrottled, ErrFanoutLimited,
 		ErrRateLimited, ErrServerFull, ErrAddressBusy}

@@ -74,6 +74,8 @@ func (c *session) handle(f *chatpb.Frame) {
 		err = c.ack(ctx, b.Ack)
 	case *chatpb.Frame_AddFriend:
 		resp, err = c.addFriend(ctx, b.AddFriend)
+	case *chatpb.Frame_RemoveFriend:
+		resp, err = c.removeFriend(ctx, b.RemoveFriend)
 	case *chatpb.Frame_ListFriends:
 		resp, err = c.listFriends(ctx)
 	case *chatpb.Frame_CreateGroup:
@@ -711,6 +713,27 @@ func (c *session) addFriend(ctx context.Context, req *chatpb.AddFriend) (*chatpb
 		return nil, ErrFriendSelf
 	}
 	if err := c.srv.store.AddFriend(ctx, u.id, target.ID, c.srv.opts.limits()); err != nil {
+		return nil, err
+	}
+	return okFrame(), nil
+}
+
+// removeFriend ends a friendship. Nothing is pushed to either side:
+// presence is announced to the friends the store lists at each change, so
+// the next change of either is no longer told to the other.
+func (c *session) removeFriend(ctx context.Context, req *chatpb.RemoveFriend) (*chatpb.Frame, error) {
+	if err := protocol.ValidateUsername(req.Username); err != nil {
+		return nil, err
+	}
+	u := c.user.Load()
+	target, err := c.srv.store.UserByName(ctx, req.Username)
+	if err != nil {
+		return nil, err
+	}
+	if target.ID == u.id {
+		return nil, ErrUnfriendSelf
+	}
+	if err := c.srv.store.RemoveFriend(ctx, u.id, target.ID); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil

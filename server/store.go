@@ -160,6 +160,10 @@ type Store interface {
 	// AddFriend makes a and b friends of each other, unless either already
 	// has lim.FriendsPerUser friends (ErrTooManyFriends).
 	AddFriend(ctx context.Context, a, b uint64, lim Limits) error
+	// RemoveFriend ends the friendship of a and b, on both sides
+	// (ErrNotFriends when neither side has the other; ErrUnfriendSelf when
+	// a is b). Their conversation and its history stay.
+	RemoveFriend(ctx context.Context, a, b uint64) error
 	// Friends lists uid's friends in the order they were added.
 	Friends(ctx context.Context, uid uint64) ([]User, error)
 

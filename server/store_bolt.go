@@ -476,6 +476,38 @@ func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) erro
 	})
 }
 
+// RemoveFriend deletes both sides in one transaction. The friends
+// bucket is keyed by add order, so each side's entry is found by a scan
+// of that user's friends: at most the friend limit, and removals are rare.
+func (s *BoltStore) RemoveFriend(ctx context.Context, a, b uint64) error {
+	if a == b {
+		return ErrUnfriendSelf
+	}
+	return s.committer.do(ctx, func(tx *bolt.Tx) error {
+		idx := tx.Bucket(bucketFriendIdx)
+		if idx.Get(key2(a, b)) == nil && idx.Get(key2(b, a)) == nil {
+			return ErrNotFriends
+		}
+		friends := tx.Bucket(bucketFriends)
+		for _, p := range [][2]uint64{{a, b}, {b, a}} {
+			if err := idx.Delete(key2(p[0], p[1])); err != nil {
+				return err
+			}
+			prefix := u64(p[0])
+			c := friends.Cursor()
+			for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+				if binary.BigEndian.Uint64(v) == p[1] {
+					if err := c.Delete(); err != nil {
+						return err
+					}
+					break
+				}
+			}
+		}
+		return nil
+	})
+}
+
 // Friends names each friend from the name cache, as UserByID does, and
 // reads (and caches) only the records of those it misses: a login reads
 // every friend, and decoding each one's record, password hash included,

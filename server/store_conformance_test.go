@@ -240,6 +240,75 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		}
 	})
 
+	t.Run("remove friend", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		c, _ := s.CreateUser(ctx, "c", nil)
+		for _, p := range [][2]User{{a, b}, {a, c}, {c, b}} {
+			if err := s.AddFriend(ctx, p[0].ID, p[1].ID, Limits{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m := testMessage(newMsgIDGen(0), a, "before")
+		m.ToUserId = b.ID
+		if _, err := s.AppendMessage(ctx, m, []uint64{b.ID}, ""); err != nil {
+			t.Fatal(err)
+		}
+		// Removed by the side that did not add: both sides go.
+		if err := s.RemoveFriend(ctx, b.ID, a.ID); err != nil {
+			t.Fatal(err)
+		}
+		if got := userIDs(t, s, a.ID); !slices.Equal(got, []uint64{c.ID}) {
+			t.Fatalf("a's friends = %v, want c only", got)
+		}
+		if got := userIDs(t, s, b.ID); !slices.Equal(got, []uint64{c.ID}) {
+			t.Fatalf("b's friends = %v, want c only", got)
+		}
+		if err := s.RemoveFriend(ctx, a.ID, b.ID); !errors.Is(err, ErrNotFriends) {
+			t.Fatalf("again = %v, want ErrNotFriends", err)
+		}
+		if err := s.RemoveFriend(ctx, a.ID, a.ID); !errors.Is(err, ErrUnfriendSelf) {
+			t.Fatalf("self = %v", err)
+		}
+		if err := s.RemoveFriend(ctx, a.ID, 999999); !errors.Is(err, ErrNotFriends) {
+			t.Fatalf("unknown = %v", err)
+		}
+		// The conversation and its history stay.
+		page, err := s.History(ctx, HistoryQuery{Conv: DirectConversation(a.ID, b.ID), Newest: true, Limit: 10})
+		if err != nil || len(page.Messages) != 1 || page.Messages[0].Text != "before" {
+			t.Fatalf("history after the removal = %+v, %v", page, err)
+		}
+		if cs, _, err := s.ListConversations(ctx, b.ID, 10); err != nil || len(cs) != 1 {
+			t.Fatalf("b's conversations after the removal = %+v, %v", cs, err)
+		}
+		// Friends again, last in the add order now.
+		if err := s.AddFriend(ctx, a.ID, b.ID, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := userIDs(t, s, a.ID); !slices.Equal(got, []uint64{c.ID, b.ID}) {
+			t.Fatalf("a's friends after befriending again = %v", got)
+		}
+		if got := userIDs(t, s, b.ID); !slices.Equal(got, []uint64{c.ID, a.ID}) {
+			t.Fatalf("b's friends after befriending again = %v", got)
+		}
+		// A removal makes room under the limit.
+		lim := Limits{FriendsPerUser: 2}
+		if err := s.AddFriend(ctx, b.ID, c.ID, lim); !errors.Is(err, ErrAlreadyFriends) {
+			t.Fatal(err)
+		}
+		d, _ := s.CreateUser(ctx, "d", nil)
+		if err := s.AddFriend(ctx, a.ID, d.ID, lim); !errors.Is(err, ErrTooManyFriends) {
+			t.Fatalf("at the limit = %v", err)
+		}
+		if err := s.RemoveFriend(ctx, a.ID, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddFriend(ctx, a.ID, d.ID, lim); err != nil {
+			t.Fatalf("after a removal = %v", err)
+		}
+	})
+
 	t.Run("groups", func(t *testing.T) {
 		s := open(t, 100)
 		a, _ := s.CreateUser(ctx, "a", nil)
@@ -1028,6 +1097,20 @@ func TestMsgIDsAreOrderedAndUnique(t *testing.T) {
 }
 
 // inboxIDs lists the msg_ids of uid's inbox, oldest first (at most 100).
+// userIDs is uid's friends' ids, in Friends' order.
+func userIDs(t *testing.T, s Store, uid uint64) []uint64 {
+	t.Helper()
+	fs, err := s.Friends(context.Background(), uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := []uint64{}
+	for _, f := range fs {
+		out = append(out, f.ID)
+	}
+	return out
+}
+
 func inboxIDs(t *testing.T, s Store, uid uint64) []uint64 {
 	t.Helper()
 	got, err := s.Inbox(context.Background(), uid, 0, 100)

@@ -106,6 +106,20 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 if ARGV[2] ~= '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 1`)
 
+	// KEYS: {u:<a>}:friends, :fpend. ARGV: b, now ms. The first step of
+	// a RemoveFriend: a's side of the friendship marked pending (hidden
+	// from a's list and presence) if a has b. Returns 1 if a had b, else 0.
+	scriptClusterFriendUnpropose = guardedScript(`
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1`)
+
+	// KEYS: {u:<x>}:friends, :fpend. ARGV: y. Drops y from x's side of a
+	// friendship, pending or not. Returns 1 if x had y, else 0.
+	scriptClusterFriendDrop = guardedScript(`
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('ZREM', KEYS[1], ARGV[1])`)
+
 	// KEYS: {u:<uid>}:groups. ARGV: gid, group limit (0: none), the
 	// user's channel, a group_member event ("": none). Adds the group to
 	// the user's set (-2: at the limit) and publishes the event on the
@@ -347,6 +361,7 @@ return 0`)
 
 	clusterScripts = []*redis.Script{scriptClusterIncr, scriptClusterUserRecord, scriptClusterClaimName,
 		scriptClusterUserSettle, scriptClusterFriendPropose, scriptClusterFriendAccept, scriptClusterFriendSettle,
+		scriptClusterFriendUnpropose, scriptClusterFriendDrop,
 		scriptClusterUserGroupAdd, scriptClusterUserGroupRemove, scriptClusterGroupCreate, scriptClusterGroupJoin,
 		scriptClusterGroupLeave, scriptClusterAppendConv, scriptClusterAppendUser, scriptClusterAck,
 		scriptClusterGroupPublish, scriptClusterInflight, scriptClusterDedupDone,
@@ -528,6 +543,36 @@ func (s *RedisStore) clusterAddFriend(ctx context.Context, a, b uint64, lim Limi
 	}
 	if r == -2 {
 		return ErrTooManyFriends
+	}
+	return nil
+}
+
+// clusterRemoveFriend ends a's friendship with b in steps: (1) a's side
+// marked pending (a's slot: from then on a does not list b, nor tell b of
+// a's presence); (2) a dropped from b's friends (b's slot); (3) b dropped
+// from a's (a's slot). Neither side having the other is ErrNotFriends; a
+// call that finds one side only (a crash's leftover) finishes the other.
+// A crash after 1 leaves a's side pending while b's still has a: a's next
+// Friends, once it is older than friendRepairAfter, makes it final again
+// (the removal did not happen, and was not answered OK). A crash after 2
+// leaves a's side pending while b's lacks a: that read takes it back,
+// finishing the removal. Either way neither lists the other one-sidedly
+// for longer than friendRepairAfter after a's next Friends, and a retry
+// of the RemoveFriend finishes it at once.
+func (s *RedisStore) clusterRemoveFriend(ctx context.Context, a, b uint64) error {
+	had, err := s.runInt(ctx, scriptClusterFriendUnpropose, []string{s.friendsKey(a), s.userTagKey(a, "fpend")}, b, time.Now().UnixMilli())
+	if err != nil {
+		return err
+	}
+	other, err := s.runInt(ctx, scriptClusterFriendDrop, []string{s.friendsKey(b), s.userTagKey(b, "fpend")}, a)
+	if err != nil {
+		return err
+	}
+	if _, err := s.runInt(ctx, scriptClusterFriendDrop, []string{s.friendsKey(a), s.userTagKey(a, "fpend")}, b); err != nil {
+		return err
+	}
+	if had == 0 && other == 0 {
+		return ErrNotFriends
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -136,6 +137,75 @@ func TestClusterFriendshipCutOff(t *testing.T) {
 	}
 	if got := ids(b.ID); len(got) != 1 || got[0] != a.ID {
 		t.Fatalf("b's friends = %v", got)
+	}
+}
+
+func TestClusterUnfriendCutOff(t *testing.T) {
+	s, rb := clusterStore(t)
+	ctx := context.Background()
+	var us []User
+	for _, n := range []string{"a", "b", "c", "d"} {
+		u, err := s.CreateUser(ctx, n, []byte("h"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		us = append(us, u)
+	}
+	a, b, c, d := us[0], us[1], us[2], us[3]
+	for _, o := range []User{b, c, d} {
+		if err := s.AddFriend(ctx, a.ID, o.ID, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step := func(script *redis.Script, x, y uint64, args ...any) {
+		t.Helper()
+		if _, err := s.runInt(ctx, script, []string{s.friendsKey(x), s.userTagKey(x, "fpend")}, append([]any{y}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a unfriends b, stopped after step 1; c, after step 2; d, after
+	// step 1 too, and then retried.
+	for _, o := range []User{b, c, d} {
+		step(scriptClusterFriendUnpropose, a.ID, o.ID, time.Now().UnixMilli())
+	}
+	step(scriptClusterFriendDrop, c.ID, a.ID)
+	// a lists none of them at once; b and d still list a, c does not.
+	if got := userIDs(t, s, a.ID); len(got) != 0 {
+		t.Fatalf("a lists %v during the removals", got)
+	}
+	for _, o := range []User{b, d} {
+		if got := userIDs(t, s, o.ID); !slices.Equal(got, []uint64{a.ID}) {
+			t.Fatalf("%s's friends = %v", o.Name, got)
+		}
+	}
+	if got := userIDs(t, s, c.ID); len(got) != 0 {
+		t.Fatalf("c's friends = %v", got)
+	}
+	// The retry finishes d's removal at once.
+	if err := s.RemoveFriend(ctx, a.ID, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := userIDs(t, s, d.ID); len(got) != 0 {
+		t.Fatalf("d's friends after the retry = %v", got)
+	}
+	// Older than any call under way: a's read mends the rest. b's side
+	// still has a, so that removal never happened; c's lacks a, so it
+	// is finished.
+	old := float64(time.Now().Add(-2 * friendRepairAfter).UnixMilli())
+	for _, o := range []User{b, c} {
+		z := redis.Z{Score: old, Member: strconv.FormatUint(o.ID, 10)}
+		if err := rb.client.ZAdd(ctx, s.userTagKey(a.ID, "fpend"), z).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := userIDs(t, s, a.ID); !slices.Equal(got, []uint64{b.ID}) {
+		t.Fatalf("a's friends after the repair = %v, want b", got)
+	}
+	if n, _ := rb.client.ZCard(ctx, s.userTagKey(a.ID, "fpend")).Result(); n != 0 {
+		t.Fatalf("%d sides still pending", n)
+	}
+	if err := s.RemoveFriend(ctx, a.ID, c.ID); !errors.Is(err, ErrNotFriends) {
+		t.Fatalf("removing c again = %v, want ErrNotFriends", err)
 	}
 }
 

@@ -196,6 +196,11 @@ redis.call('ZADD', KEYS[3], s, ARGV[2])
 redis.call('ZADD', KEYS[4], s, ARGV[1])
 return 1`)
 
+	// KEYS: friends:<a>, friends:<b>. ARGV: a, b. Each its own slot.
+	// Returns the number of sides removed (0: not friends).
+	scriptRemoveFriend = guardedScript(`
+return redis.call('ZREM', KEYS[1], ARGV[2]) + redis.call('ZREM', KEYS[2], ARGV[1])`)
+
 	// KEYS: user:<uid>, group:seq, member:seq, user:<uid>:groups; computes
 	// group:<gid>, :members, :roles. The creator's JoinedSeq is 0 (nothing
 	// written): the group's conversation starts with the group. Several
@@ -532,7 +537,7 @@ return out`)
 	// KEYS: {c:<conv>}:seq. Guarded like scriptHistory.
 	scriptLastSeq = guardedScript(`return tonumber(redis.call('GET', KEYS[1]) or '0')`)
 
-	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
+	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptRemoveFriend, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
 		scriptNewSession, scriptLatestSession, scriptMarkRead, scriptDeviceOnline, scriptDeviceOffline,
 		scriptRegisterDevice, scriptConvTail, scriptSetBan, scriptRevokeTokens, scriptEpoch}
@@ -936,6 +941,23 @@ func (s *RedisStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) err
 		return ErrTooManyFriends
 	case r == 0:
 		return ErrAlreadyFriends
+	}
+	return nil
+}
+
+func (s *RedisStore) RemoveFriend(ctx context.Context, a, b uint64) error {
+	if a == b {
+		return ErrUnfriendSelf
+	}
+	if s.cluster {
+		return s.clusterRemoveFriend(ctx, a, b)
+	}
+	n, err := s.runInt(ctx, scriptRemoveFriend, []string{s.friendsKey(a), s.friendsKey(b)}, a, b)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrNotFriends
 	}
 	return nil
 }
