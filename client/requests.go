@@ -98,6 +98,14 @@ func (c *Client) AddFriend(ctx context.Context, username string) error {
 	return err
 }
 
+// RemoveFriend ends a friendship (both ways): neither side is told of the
+// other's presence any more. The conversation and its history stay. Not
+// friends (or no such user) is a NOT_FOUND error.
+func (c *Client) RemoveFriend(ctx context.Context, username string) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_RemoveFriend{RemoveFriend: &chatpb.RemoveFriend{Username: username}}})
+	return err
+}
+
 // ListFriends lists friends with their presence: online, or when last seen.
 func (c *Client) ListFriends(ctx context.Context) ([]*chatpb.Friend, error) {
 	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}})

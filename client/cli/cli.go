@@ -27,6 +27,7 @@ const Usage = `/register USERNAME PASSWORD
 /logout
 /msg USERNAME TEXT...
 /friend add USERNAME
+/unfriend USERNAME
 /friends
 /group create NAME [DESCRIPTION...]
 /group join GROUP_ID
@@ -367,6 +368,15 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 			s.names.addFriend(0, args[0])
 		}
 		return map[string]any{}, args[0] + " is now your friend", err
+	case "unfriend":
+		if len(args) != 1 {
+			return nil, "", usage("/unfriend USERNAME")
+		}
+		err := s.c.RemoveFriend(ctx, args[0])
+		if err == nil {
+			s.names.removeFriend(args[0])
+		}
+		return map[string]any{}, args[0] + " is no longer your friend", err
 	case "friends":
 		fl, err := s.c.ListFriends(ctx)
 		if err == nil {

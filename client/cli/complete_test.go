@@ -23,6 +23,9 @@ func TestComplete(t *testing.T) {
 		{line: "/friend a|", want: "/friend add |"},
 		{line: "/friend add c|", want: "/friend add carol |"},
 		{line: "/presence h|", want: "/presence hidden |"},
+		{line: "/unf|", want: "/unfriend |"},
+		{line: "/unfriend c|", want: "/unfriend carol |"},
+		{line: "/unfriend g|", want: "/unfriend g|"}, // a user, never a group
 		{line: "/msg c|", want: "/msg carol |"},
 		{line: "/msg b|", want: "/msg bob|"},
 		{line: "/msg bob|", want: "/msg bob|", list: []string{"bob", "bobby"}},
