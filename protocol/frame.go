@@ -257,6 +257,14 @@ func Kind(f *chatpb.Frame) string {
 		return "set_presence_visible"
 	case *chatpb.Frame_RemoveFriend:
 		return "remove_friend"
+	case *chatpb.Frame_Block:
+		return "block"
+	case *chatpb.Frame_Unblock:
+		return "unblock"
+	case *chatpb.Frame_ListBlocked:
+		return "list_blocked"
+	case *chatpb.Frame_BlockList:
+		return "block_list"
 	case *chatpb.Frame_ConversationList:
 		return "conversation_list"
 	case *chatpb.Frame_ReadReceipt:
@@ -301,7 +309,7 @@ func IsRequest(f *chatpb.Frame) bool {
 		*chatpb.Frame_CreateGroup, *chatpb.Frame_JoinGroup, *chatpb.Frame_LeaveGroup,
 		*chatpb.Frame_ListGroups, *chatpb.Frame_History, *chatpb.Frame_MarkRead,
 		*chatpb.Frame_ListConversations, *chatpb.Frame_Typing, *chatpb.Frame_SetPresenceVisible,
-		*chatpb.Frame_RemoveFriend:
+		*chatpb.Frame_RemoveFriend, *chatpb.Frame_Block, *chatpb.Frame_Unblock, *chatpb.Frame_ListBlocked:
 		return true
 	}
 	return false

@@ -1,6 +1,9 @@
 package server
 
 import (
+	"context"
+	"errors"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -105,4 +108,33 @@ func TestRemoveFriend(t *testing.T) {
 			t.Fatalf("alice got %v, want bob offline", p)
 		}
 	})
+}
+
+// The embedded store checks sends against blocks it keeps in memory:
+// they are read back from bbolt when it opens.
+func TestBoltBlocksSurviveReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "test.db")
+	s, err := OpenBoltStore(BoltConfig{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := s.CreateUser(ctx, "a", []byte("h"))
+	b, _ := s.CreateUser(ctx, "b", []byte("h"))
+	if err := s.Block(ctx, a.ID, b.ID, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = OpenBoltStore(BoltConfig{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m := testMessage(newMsgIDGen(0), b, "after the reopen")
+	m.ToUserId = a.ID
+	if _, err := s.AppendMessage(ctx, m, []uint64{a.ID}, ""); !errors.Is(err, ErrBlocked) {
+		t.Fatalf("send after reopen = %v, want ErrBlocked", err)
+	}
 }

@@ -209,6 +209,41 @@ func TestClusterUnfriendCutOff(t *testing.T) {
 	}
 }
 
+// A Block cut off after its first step (the block) left the friendship:
+// AddFriend and sends are refused at once, and the retry ends it.
+func TestClusterBlockCutOff(t *testing.T) {
+	s, _ := clusterStore(t)
+	ctx := context.Background()
+	a, _ := s.CreateUser(ctx, "a", []byte("h"))
+	b, _ := s.CreateUser(ctx, "b", []byte("h"))
+	if err := s.AddFriend(ctx, a.ID, b.ID, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.runInt(ctx, scriptClusterBlockAdd, []string{s.blockedKey(a.ID)}, b.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddFriend(ctx, b.ID, a.ID, Limits{}); !errors.Is(err, ErrAlreadyFriends) {
+		t.Fatalf("AddFriend = %v (still friends)", err)
+	}
+	m := testMessage(newMsgIDGen(0), b, "x")
+	m.ToUserId = a.ID
+	if _, err := s.AppendMessage(ctx, m, []uint64{a.ID}, ""); !errors.Is(err, ErrBlocked) {
+		t.Fatalf("send = %v, want ErrBlocked", err)
+	}
+	if err := s.Block(ctx, a.ID, b.ID, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := userIDs(t, s, a.ID); len(got) != 0 {
+		t.Fatalf("a's friends after the retry = %v", got)
+	}
+	if got := userIDs(t, s, b.ID); len(got) != 0 {
+		t.Fatalf("b's friends after the retry = %v", got)
+	}
+	if err := s.AddFriend(ctx, b.ID, a.ID, Limits{}); !errors.Is(err, ErrBlocked) {
+		t.Fatalf("AddFriend after = %v, want ErrBlocked", err)
+	}
+}
+
 func TestClusterSendCutOffAfterTheLog(t *testing.T) {
 	s, _ := clusterStore(t)
 	ctx := context.Background()
