@@ -26,7 +26,7 @@ func TestComplete(t *testing.T) {
 		{line: "/unf|", want: "/unfriend |"},
 		{line: "/unfriend c|", want: "/unfriend carol |"},
 		{line: "/unfriend g|", want: "/unfriend g|"}, // a user, never a group
-		{line: "/bl|", want: "/block|"}, // /block and /blocked agree that far
+		{line: "/bl|", want: "/block|"},              // /block and /blocked agree that far
 		{line: "/block z|", want: "/block zo|"},
 		{line: "/unb|", want: "/unblock |"},
 		{line: "/unblock b|", want: "/unblock bob|"},
