@@ -64,6 +64,7 @@ var (
 	// bucketReadSeqs (readstate.go): uid|convKey -> the user's read seq
 	// bucketUserConvs (convlist.go): uid|convKey -> empty, the user's 1:1 conversations
 	// bucketPresence, bucketPresenceHidden (presence_store.go): last seen, and who hides their presence
+	// bucketBlocked (block.go): uid|target -> empty, uid blocks target
 	bucketMeta = []byte("meta") // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
 	allBuckets = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,

@@ -23,7 +23,7 @@ import (
 // A script there touches the keys of one hash slot, so every key of one
 // atomic step shares a hash tag:
 //
-//	P{u:<uid>}:user, :friends, :fpend, :groups, :inbox[:<slot>],
+//	P{u:<uid>}:user, :friends, :fpend, :blocked, :groups, :inbox[:<slot>],
 //	    :bodies[:<slot>], :session, and the {u:<uid>} keys of one Redis
 //	P{n:<lower name>}:username
 //	P{c:<conv>}:seq, :log, :first, :dedup:<uid>:<client id>

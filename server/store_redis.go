@@ -152,6 +152,8 @@ end
 //	                           below the next one
 //	P {u:<uid>}:convs          SET the user's 1:1 conversations (<conv>), added to by every
 //	                           1:1 append (schema 3; convlist.go)
+//	P {u:<uid>}:blocked        SET the users the user blocks (block.go), read by every 1:1
+//	                           append and AddFriend
 //
 //	P schema                   STRING the layout's version (redisSchema), set by Epoch
 //	P epoch                    STRING the store epoch (epoch.go)
