@@ -107,6 +107,30 @@ func TestChatThroughTheSDK(t *testing.T) {
 	if fl, err := bob.ListFriends(ctx); err != nil || len(fl) != 1 || !fl[0].Online {
 		t.Fatalf("friends = %v, %v", fl, err)
 	}
+	if err := bob.RemoveFriend(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if fl, err := alice.ListFriends(ctx); err != nil || len(fl) != 0 {
+		t.Fatalf("alice's friends after bob's RemoveFriend = %v, %v", fl, err)
+	}
+	if err := bob.RemoveFriend(ctx, "alice"); protocol.CodeOf(err) != chatpb.ErrorCode_ERROR_CODE_NOT_FOUND {
+		t.Fatalf("RemoveFriend again = %v, want NOT_FOUND", err)
+	}
+	if err := bob.Block(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if bl, err := bob.ListBlocked(ctx); err != nil || len(bl) != 1 || bl[0].Username != "alice" {
+		t.Fatalf("ListBlocked = %v, %v", bl, err)
+	}
+	if _, err := alice.SendToUser(ctx, "bob", "blocked?"); protocol.CodeOf(err) != chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED {
+		t.Fatalf("a send to who blocks you = %v, want PERMISSION_DENIED", err)
+	}
+	if err := bob.Unblock(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.Unblock(ctx, "alice"); protocol.CodeOf(err) != chatpb.ErrorCode_ERROR_CODE_NOT_FOUND {
+		t.Fatalf("Unblock again = %v, want NOT_FOUND", err)
+	}
 	if _, err := alice.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}

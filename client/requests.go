@@ -98,6 +98,38 @@ func (c *Client) AddFriend(ctx context.Context, username string) error {
 	return err
 }
 
+// RemoveFriend ends a friendship (both ways): neither side is told of the
+// other's presence any more. The conversation and its history stay. Not
+// friends (or no such user) is a NOT_FOUND error.
+func (c *Client) RemoveFriend(ctx context.Context, username string) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_RemoveFriend{RemoveFriend: &chatpb.RemoveFriend{Username: username}}})
+	return err
+}
+
+// Block blocks a user: while either of two users blocks the other, 1:1
+// messages and friend requests between them are refused
+// (PERMISSION_DENIED) and typing notices dropped; it ends the friendship.
+// Group messages are not affected.
+func (c *Client) Block(ctx context.Context, username string) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Block{Block: &chatpb.Block{Username: username}}})
+	return err
+}
+
+// Unblock lifts a block; NOT_FOUND if the user was not blocked.
+func (c *Client) Unblock(ctx context.Context, username string) error {
+	_, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_Unblock{Unblock: &chatpb.Unblock{Username: username}}})
+	return err
+}
+
+// ListBlocked lists the users this user blocks, by user id.
+func (c *Client) ListBlocked(ctx context.Context) ([]*chatpb.BlockedUser, error) {
+	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListBlocked{ListBlocked: &chatpb.ListBlocked{}}})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetBlockList().GetUsers(), nil
+}
+
 // ListFriends lists friends with their presence: online, or when last seen.
 func (c *Client) ListFriends(ctx context.Context) ([]*chatpb.Friend, error) {
 	resp, err := c.Do(ctx, &chatpb.Frame{Body: &chatpb.Frame_ListFriends{ListFriends: &chatpb.ListFriends{}}})

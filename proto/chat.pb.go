@@ -252,6 +252,10 @@ type Frame struct {
 	//	*Frame_ListConversations
 	//	*Frame_Typing
 	//	*Frame_SetPresenceVisible
+	//	*Frame_RemoveFriend
+	//	*Frame_Block
+	//	*Frame_Unblock
+	//	*Frame_ListBlocked
 	//	*Frame_RegisterOk
 	//	*Frame_LoginOk
 	//	*Frame_Ok
@@ -263,6 +267,7 @@ type Frame struct {
 	//	*Frame_Error
 	//	*Frame_HistoryPage
 	//	*Frame_ConversationList
+	//	*Frame_BlockList
 	//	*Frame_Message
 	//	*Frame_Kicked
 	//	*Frame_ReadReceipt
@@ -470,6 +475,42 @@ func (x *Frame) GetSetPresenceVisible() *SetPresenceVisible {
 	return nil
 }
 
+func (x *Frame) GetRemoveFriend() *RemoveFriend {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_RemoveFriend); ok {
+			return x.RemoveFriend
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetBlock() *Block {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Block); ok {
+			return x.Block
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetUnblock() *Unblock {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Unblock); ok {
+			return x.Unblock
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetListBlocked() *ListBlocked {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_ListBlocked); ok {
+			return x.ListBlocked
+		}
+	}
+	return nil
+}
+
 func (x *Frame) GetRegisterOk() *RegisterOK {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_RegisterOk); ok {
@@ -564,6 +605,15 @@ func (x *Frame) GetConversationList() *ConversationList {
 	if x != nil {
 		if x, ok := x.Body.(*Frame_ConversationList); ok {
 			return x.ConversationList
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetBlockList() *BlockList {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_BlockList); ok {
+			return x.BlockList
 		}
 	}
 	return nil
@@ -687,6 +737,22 @@ type Frame_SetPresenceVisible struct {
 	SetPresenceVisible *SetPresenceVisible `protobuf:"bytes,26,opt,name=set_presence_visible,json=setPresenceVisible,proto3,oneof"`
 }
 
+type Frame_RemoveFriend struct {
+	RemoveFriend *RemoveFriend `protobuf:"bytes,27,opt,name=remove_friend,json=removeFriend,proto3,oneof"`
+}
+
+type Frame_Block struct {
+	Block *Block `protobuf:"bytes,28,opt,name=block,proto3,oneof"`
+}
+
+type Frame_Unblock struct {
+	Unblock *Unblock `protobuf:"bytes,29,opt,name=unblock,proto3,oneof"`
+}
+
+type Frame_ListBlocked struct {
+	ListBlocked *ListBlocked `protobuf:"bytes,30,opt,name=list_blocked,json=listBlocked,proto3,oneof"`
+}
+
 type Frame_RegisterOk struct {
 	// Responses (server to client, echoing seq), field numbers 40-69.
 	RegisterOk *RegisterOK `protobuf:"bytes,40,opt,name=register_ok,json=registerOk,proto3,oneof"`
@@ -730,6 +796,10 @@ type Frame_HistoryPage struct {
 
 type Frame_ConversationList struct {
 	ConversationList *ConversationList `protobuf:"bytes,50,opt,name=conversation_list,json=conversationList,proto3,oneof"`
+}
+
+type Frame_BlockList struct {
+	BlockList *BlockList `protobuf:"bytes,51,opt,name=block_list,json=blockList,proto3,oneof"`
 }
 
 type Frame_Message struct {
@@ -787,6 +857,14 @@ func (*Frame_Typing) isFrame_Body() {}
 
 func (*Frame_SetPresenceVisible) isFrame_Body() {}
 
+func (*Frame_RemoveFriend) isFrame_Body() {}
+
+func (*Frame_Block) isFrame_Body() {}
+
+func (*Frame_Unblock) isFrame_Body() {}
+
+func (*Frame_ListBlocked) isFrame_Body() {}
+
 func (*Frame_RegisterOk) isFrame_Body() {}
 
 func (*Frame_LoginOk) isFrame_Body() {}
@@ -808,6 +886,8 @@ func (*Frame_Error) isFrame_Body() {}
 func (*Frame_HistoryPage) isFrame_Body() {}
 
 func (*Frame_ConversationList) isFrame_Body() {}
+
+func (*Frame_BlockList) isFrame_Body() {}
 
 func (*Frame_Message) isFrame_Body() {}
 
@@ -1761,6 +1841,184 @@ func (x *SetPresenceVisible) GetVisible() bool {
 	return false
 }
 
+// RemoveFriend ends a friendship, on both sides: neither is told of the
+// other's presence from then on. The conversation and its history stay.
+// Answered with OK.
+type RemoveFriend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Username      string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveFriend) Reset() {
+	*x = RemoveFriend{}
+	mi := &file_chat_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveFriend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveFriend) ProtoMessage() {}
+
+func (x *RemoveFriend) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveFriend.ProtoReflect.Descriptor instead.
+func (*RemoveFriend) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RemoveFriend) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+// Block blocks a user: while either of two users blocks the other, 1:1
+// messages between them are refused (PERMISSION_DENIED), typing notices
+// in their conversation are dropped, and neither can befriend the other.
+// It ends their friendship, as RemoveFriend. Group messages are not
+// affected. Answered with OK.
+type Block struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Username      string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Block) Reset() {
+	*x = Block{}
+	mi := &file_chat_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Block) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Block) ProtoMessage() {}
+
+func (x *Block) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Block.ProtoReflect.Descriptor instead.
+func (*Block) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Block) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+// Unblock lifts the caller's block of a user; NOT_FOUND if there was none.
+type Unblock struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Username      string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Unblock) Reset() {
+	*x = Unblock{}
+	mi := &file_chat_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Unblock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Unblock) ProtoMessage() {}
+
+func (x *Unblock) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Unblock.ProtoReflect.Descriptor instead.
+func (*Unblock) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Unblock) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+// ListBlocked lists the users the caller blocks (BlockList).
+type ListBlocked struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBlocked) Reset() {
+	*x = ListBlocked{}
+	mi := &file_chat_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBlocked) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBlocked) ProtoMessage() {}
+
+func (x *ListBlocked) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBlocked.ProtoReflect.Descriptor instead.
+func (*ListBlocked) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{21}
+}
+
 type RegisterOK struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1770,7 +2028,7 @@ type RegisterOK struct {
 
 func (x *RegisterOK) Reset() {
 	*x = RegisterOK{}
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +2040,7 @@ func (x *RegisterOK) String() string {
 func (*RegisterOK) ProtoMessage() {}
 
 func (x *RegisterOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[18]
+	mi := &file_chat_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +2053,7 @@ func (x *RegisterOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterOK.ProtoReflect.Descriptor instead.
 func (*RegisterOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{18}
+	return file_chat_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RegisterOK) GetUserId() uint64 {
@@ -1831,7 +2089,7 @@ type LoginOK struct {
 
 func (x *LoginOK) Reset() {
 	*x = LoginOK{}
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2101,7 @@ func (x *LoginOK) String() string {
 func (*LoginOK) ProtoMessage() {}
 
 func (x *LoginOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[19]
+	mi := &file_chat_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2114,7 @@ func (x *LoginOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginOK.ProtoReflect.Descriptor instead.
 func (*LoginOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{19}
+	return file_chat_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LoginOK) GetUserId() uint64 {
@@ -1937,7 +2195,7 @@ type OK struct {
 
 func (x *OK) Reset() {
 	*x = OK{}
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1949,7 +2207,7 @@ func (x *OK) String() string {
 func (*OK) ProtoMessage() {}
 
 func (x *OK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[20]
+	mi := &file_chat_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1962,7 +2220,7 @@ func (x *OK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OK.ProtoReflect.Descriptor instead.
 func (*OK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{20}
+	return file_chat_proto_rawDescGZIP(), []int{24}
 }
 
 type Pong struct {
@@ -1974,7 +2232,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2244,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[21]
+	mi := &file_chat_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2257,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{21}
+	return file_chat_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Pong) GetServerTimeMs() int64 {
@@ -2024,7 +2282,7 @@ type SendOK struct {
 
 func (x *SendOK) Reset() {
 	*x = SendOK{}
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2036,7 +2294,7 @@ func (x *SendOK) String() string {
 func (*SendOK) ProtoMessage() {}
 
 func (x *SendOK) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[22]
+	mi := &file_chat_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2049,7 +2307,7 @@ func (x *SendOK) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendOK.ProtoReflect.Descriptor instead.
 func (*SendOK) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{22}
+	return file_chat_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SendOK) GetMsgId() uint64 {
@@ -2095,7 +2353,7 @@ type Friend struct {
 
 func (x *Friend) Reset() {
 	*x = Friend{}
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2365,7 @@ func (x *Friend) String() string {
 func (*Friend) ProtoMessage() {}
 
 func (x *Friend) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[23]
+	mi := &file_chat_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2378,7 @@ func (x *Friend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Friend.ProtoReflect.Descriptor instead.
 func (*Friend) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{23}
+	return file_chat_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Friend) GetUserId() uint64 {
@@ -2160,7 +2418,7 @@ type FriendList struct {
 
 func (x *FriendList) Reset() {
 	*x = FriendList{}
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2430,7 @@ func (x *FriendList) String() string {
 func (*FriendList) ProtoMessage() {}
 
 func (x *FriendList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[24]
+	mi := &file_chat_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,12 +2443,109 @@ func (x *FriendList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FriendList.ProtoReflect.Descriptor instead.
 func (*FriendList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{24}
+	return file_chat_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FriendList) GetFriends() []*Friend {
 	if x != nil {
 		return x.Friends
+	}
+	return nil
+}
+
+type BlockedUser struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        uint64                 `protobuf:"varint,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockedUser) Reset() {
+	*x = BlockedUser{}
+	mi := &file_chat_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockedUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockedUser) ProtoMessage() {}
+
+func (x *BlockedUser) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockedUser.ProtoReflect.Descriptor instead.
+func (*BlockedUser) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *BlockedUser) GetUserId() uint64 {
+	if x != nil {
+		return x.UserId
+	}
+	return 0
+}
+
+func (x *BlockedUser) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+// BlockList answers ListBlocked: the users the caller blocks, by user id.
+type BlockList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Users         []*BlockedUser         `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockList) Reset() {
+	*x = BlockList{}
+	mi := &file_chat_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockList) ProtoMessage() {}
+
+func (x *BlockList) ProtoReflect() protoreflect.Message {
+	mi := &file_chat_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockList.ProtoReflect.Descriptor instead.
+func (*BlockList) Descriptor() ([]byte, []int) {
+	return file_chat_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *BlockList) GetUsers() []*BlockedUser {
+	if x != nil {
+		return x.Users
 	}
 	return nil
 }
@@ -2204,7 +2559,7 @@ type GroupCreated struct {
 
 func (x *GroupCreated) Reset() {
 	*x = GroupCreated{}
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2571,7 @@ func (x *GroupCreated) String() string {
 func (*GroupCreated) ProtoMessage() {}
 
 func (x *GroupCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[25]
+	mi := &file_chat_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2584,7 @@ func (x *GroupCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCreated.ProtoReflect.Descriptor instead.
 func (*GroupCreated) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{25}
+	return file_chat_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GroupCreated) GetGroupId() uint64 {
@@ -2251,7 +2606,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2618,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[26]
+	mi := &file_chat_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2631,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{26}
+	return file_chat_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Member) GetUserId() uint64 {
@@ -2319,7 +2674,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2686,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[27]
+	mi := &file_chat_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2699,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{27}
+	return file_chat_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Group) GetGroupId() uint64 {
@@ -2384,7 +2739,7 @@ type GroupList struct {
 
 func (x *GroupList) Reset() {
 	*x = GroupList{}
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +2751,7 @@ func (x *GroupList) String() string {
 func (*GroupList) ProtoMessage() {}
 
 func (x *GroupList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[28]
+	mi := &file_chat_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +2764,7 @@ func (x *GroupList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupList.ProtoReflect.Descriptor instead.
 func (*GroupList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{28}
+	return file_chat_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GroupList) GetGroups() []*Group {
@@ -2431,7 +2786,7 @@ type HistoryPage struct {
 
 func (x *HistoryPage) Reset() {
 	*x = HistoryPage{}
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2443,7 +2798,7 @@ func (x *HistoryPage) String() string {
 func (*HistoryPage) ProtoMessage() {}
 
 func (x *HistoryPage) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[29]
+	mi := &file_chat_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2456,7 +2811,7 @@ func (x *HistoryPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryPage.ProtoReflect.Descriptor instead.
 func (*HistoryPage) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{29}
+	return file_chat_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *HistoryPage) GetMessages() []*Message {
@@ -2486,7 +2841,7 @@ type ConversationList struct {
 
 func (x *ConversationList) Reset() {
 	*x = ConversationList{}
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2853,7 @@ func (x *ConversationList) String() string {
 func (*ConversationList) ProtoMessage() {}
 
 func (x *ConversationList) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[30]
+	mi := &file_chat_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2866,7 @@ func (x *ConversationList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationList.ProtoReflect.Descriptor instead.
 func (*ConversationList) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{30}
+	return file_chat_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ConversationList) GetConversations() []*ConversationSummary {
@@ -2557,7 +2912,7 @@ type ConversationSummary struct {
 
 func (x *ConversationSummary) Reset() {
 	*x = ConversationSummary{}
-	mi := &file_chat_proto_msgTypes[31]
+	mi := &file_chat_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2569,7 +2924,7 @@ func (x *ConversationSummary) String() string {
 func (*ConversationSummary) ProtoMessage() {}
 
 func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[31]
+	mi := &file_chat_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2582,7 +2937,7 @@ func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationSummary.ProtoReflect.Descriptor instead.
 func (*ConversationSummary) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{31}
+	return file_chat_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ConversationSummary) GetPeerUserId() uint64 {
@@ -2653,7 +3008,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_chat_proto_msgTypes[32]
+	mi := &file_chat_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2665,7 +3020,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[32]
+	mi := &file_chat_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2678,7 +3033,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{32}
+	return file_chat_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2715,7 +3070,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_chat_proto_msgTypes[33]
+	mi := &file_chat_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2727,7 +3082,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[33]
+	mi := &file_chat_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2740,7 +3095,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{33}
+	return file_chat_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Message) GetMsgId() uint64 {
@@ -2816,7 +3171,7 @@ type ReadReceipt struct {
 
 func (x *ReadReceipt) Reset() {
 	*x = ReadReceipt{}
-	mi := &file_chat_proto_msgTypes[34]
+	mi := &file_chat_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2828,7 +3183,7 @@ func (x *ReadReceipt) String() string {
 func (*ReadReceipt) ProtoMessage() {}
 
 func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[34]
+	mi := &file_chat_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2841,7 +3196,7 @@ func (x *ReadReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadReceipt.ProtoReflect.Descriptor instead.
 func (*ReadReceipt) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{34}
+	return file_chat_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ReadReceipt) GetPeerUserId() uint64 {
@@ -2888,7 +3243,7 @@ type Presence struct {
 
 func (x *Presence) Reset() {
 	*x = Presence{}
-	mi := &file_chat_proto_msgTypes[35]
+	mi := &file_chat_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2900,7 +3255,7 @@ func (x *Presence) String() string {
 func (*Presence) ProtoMessage() {}
 
 func (x *Presence) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[35]
+	mi := &file_chat_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2913,7 +3268,7 @@ func (x *Presence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Presence.ProtoReflect.Descriptor instead.
 func (*Presence) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{35}
+	return file_chat_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Presence) GetUserId() uint64 {
@@ -2959,7 +3314,7 @@ type TypingNotice struct {
 
 func (x *TypingNotice) Reset() {
 	*x = TypingNotice{}
-	mi := &file_chat_proto_msgTypes[36]
+	mi := &file_chat_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2971,7 +3326,7 @@ func (x *TypingNotice) String() string {
 func (*TypingNotice) ProtoMessage() {}
 
 func (x *TypingNotice) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[36]
+	mi := &file_chat_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2984,7 +3339,7 @@ func (x *TypingNotice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypingNotice.ProtoReflect.Descriptor instead.
 func (*TypingNotice) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{36}
+	return file_chat_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *TypingNotice) GetUserId() uint64 {
@@ -3019,7 +3374,7 @@ type Kicked struct {
 
 func (x *Kicked) Reset() {
 	*x = Kicked{}
-	mi := &file_chat_proto_msgTypes[37]
+	mi := &file_chat_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3386,7 @@ func (x *Kicked) String() string {
 func (*Kicked) ProtoMessage() {}
 
 func (x *Kicked) ProtoReflect() protoreflect.Message {
-	mi := &file_chat_proto_msgTypes[37]
+	mi := &file_chat_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3399,7 @@ func (x *Kicked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kicked.ProtoReflect.Descriptor instead.
 func (*Kicked) Descriptor() ([]byte, []int) {
-	return file_chat_proto_rawDescGZIP(), []int{37}
+	return file_chat_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Kicked) GetReason() KickReason {
@@ -3066,7 +3421,7 @@ var File_chat_proto protoreflect.FileDescriptor
 const file_chat_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"chat.proto\x12\vloopchat.v1\"\xc0\x0e\n" +
+	"chat.proto\x12\vloopchat.v1\"\xd8\x10\n" +
 	"\x05Frame\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\bregister\x18\n" +
@@ -3090,7 +3445,11 @@ const file_chat_proto_rawDesc = "" +
 	"\tmark_read\x18\x17 \x01(\v2\x15.loopchat.v1.MarkReadH\x00R\bmarkRead\x12O\n" +
 	"\x12list_conversations\x18\x18 \x01(\v2\x1e.loopchat.v1.ListConversationsH\x00R\x11listConversations\x12-\n" +
 	"\x06typing\x18\x19 \x01(\v2\x13.loopchat.v1.TypingH\x00R\x06typing\x12S\n" +
-	"\x14set_presence_visible\x18\x1a \x01(\v2\x1f.loopchat.v1.SetPresenceVisibleH\x00R\x12setPresenceVisible\x12:\n" +
+	"\x14set_presence_visible\x18\x1a \x01(\v2\x1f.loopchat.v1.SetPresenceVisibleH\x00R\x12setPresenceVisible\x12@\n" +
+	"\rremove_friend\x18\x1b \x01(\v2\x19.loopchat.v1.RemoveFriendH\x00R\fremoveFriend\x12*\n" +
+	"\x05block\x18\x1c \x01(\v2\x12.loopchat.v1.BlockH\x00R\x05block\x120\n" +
+	"\aunblock\x18\x1d \x01(\v2\x14.loopchat.v1.UnblockH\x00R\aunblock\x12=\n" +
+	"\flist_blocked\x18\x1e \x01(\v2\x18.loopchat.v1.ListBlockedH\x00R\vlistBlocked\x12:\n" +
 	"\vregister_ok\x18( \x01(\v2\x17.loopchat.v1.RegisterOKH\x00R\n" +
 	"registerOk\x121\n" +
 	"\blogin_ok\x18) \x01(\v2\x14.loopchat.v1.LoginOKH\x00R\aloginOk\x12!\n" +
@@ -3104,7 +3463,9 @@ const file_chat_proto_rawDesc = "" +
 	"group_list\x18/ \x01(\v2\x16.loopchat.v1.GroupListH\x00R\tgroupList\x12*\n" +
 	"\x05error\x180 \x01(\v2\x12.loopchat.v1.ErrorH\x00R\x05error\x12=\n" +
 	"\fhistory_page\x181 \x01(\v2\x18.loopchat.v1.HistoryPageH\x00R\vhistoryPage\x12L\n" +
-	"\x11conversation_list\x182 \x01(\v2\x1d.loopchat.v1.ConversationListH\x00R\x10conversationList\x120\n" +
+	"\x11conversation_list\x182 \x01(\v2\x1d.loopchat.v1.ConversationListH\x00R\x10conversationList\x127\n" +
+	"\n" +
+	"block_list\x183 \x01(\v2\x16.loopchat.v1.BlockListH\x00R\tblockList\x120\n" +
 	"\amessage\x18F \x01(\v2\x14.loopchat.v1.MessageH\x00R\amessage\x12-\n" +
 	"\x06kicked\x18G \x01(\v2\x13.loopchat.v1.KickedH\x00R\x06kicked\x12=\n" +
 	"\fread_receipt\x18H \x01(\v2\x18.loopchat.v1.ReadReceiptH\x00R\vreadReceipt\x123\n" +
@@ -3169,7 +3530,14 @@ const file_chat_proto_rawDesc = "" +
 	"\rpeer_username\x18\x02 \x01(\tR\fpeerUsername\x12\x19\n" +
 	"\bgroup_id\x18\x03 \x01(\x04R\agroupId\".\n" +
 	"\x12SetPresenceVisible\x12\x18\n" +
-	"\avisible\x18\x01 \x01(\bR\avisible\"%\n" +
+	"\avisible\x18\x01 \x01(\bR\avisible\"*\n" +
+	"\fRemoveFriend\x12\x1a\n" +
+	"\busername\x18\x01 \x01(\tR\busername\"#\n" +
+	"\x05Block\x12\x1a\n" +
+	"\busername\x18\x01 \x01(\tR\busername\"%\n" +
+	"\aUnblock\x12\x1a\n" +
+	"\busername\x18\x01 \x01(\tR\busername\"\r\n" +
+	"\vListBlocked\"%\n" +
 	"\n" +
 	"RegisterOK\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\x04R\x06userId\"\xde\x02\n" +
@@ -3203,7 +3571,12 @@ const file_chat_proto_rawDesc = "" +
 	"lastSeenMs\";\n" +
 	"\n" +
 	"FriendList\x12-\n" +
-	"\afriends\x18\x01 \x03(\v2\x13.loopchat.v1.FriendR\afriends\")\n" +
+	"\afriends\x18\x01 \x03(\v2\x13.loopchat.v1.FriendR\afriends\"B\n" +
+	"\vBlockedUser\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\x04R\x06userId\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\";\n" +
+	"\tBlockList\x12.\n" +
+	"\x05users\x18\x01 \x03(\v2\x18.loopchat.v1.BlockedUserR\x05users\")\n" +
 	"\fGroupCreated\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\"|\n" +
 	"\x06Member\x12\x17\n" +
@@ -3310,7 +3683,7 @@ func file_chat_proto_rawDescGZIP() []byte {
 }
 
 var file_chat_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_chat_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_chat_proto_goTypes = []any{
 	(Role)(0),                   // 0: loopchat.v1.Role
 	(ErrorCode)(0),              // 1: loopchat.v1.ErrorCode
@@ -3333,26 +3706,32 @@ var file_chat_proto_goTypes = []any{
 	(*ListConversations)(nil),   // 18: loopchat.v1.ListConversations
 	(*Typing)(nil),              // 19: loopchat.v1.Typing
 	(*SetPresenceVisible)(nil),  // 20: loopchat.v1.SetPresenceVisible
-	(*RegisterOK)(nil),          // 21: loopchat.v1.RegisterOK
-	(*LoginOK)(nil),             // 22: loopchat.v1.LoginOK
-	(*OK)(nil),                  // 23: loopchat.v1.OK
-	(*Pong)(nil),                // 24: loopchat.v1.Pong
-	(*SendOK)(nil),              // 25: loopchat.v1.SendOK
-	(*Friend)(nil),              // 26: loopchat.v1.Friend
-	(*FriendList)(nil),          // 27: loopchat.v1.FriendList
-	(*GroupCreated)(nil),        // 28: loopchat.v1.GroupCreated
-	(*Member)(nil),              // 29: loopchat.v1.Member
-	(*Group)(nil),               // 30: loopchat.v1.Group
-	(*GroupList)(nil),           // 31: loopchat.v1.GroupList
-	(*HistoryPage)(nil),         // 32: loopchat.v1.HistoryPage
-	(*ConversationList)(nil),    // 33: loopchat.v1.ConversationList
-	(*ConversationSummary)(nil), // 34: loopchat.v1.ConversationSummary
-	(*Error)(nil),               // 35: loopchat.v1.Error
-	(*Message)(nil),             // 36: loopchat.v1.Message
-	(*ReadReceipt)(nil),         // 37: loopchat.v1.ReadReceipt
-	(*Presence)(nil),            // 38: loopchat.v1.Presence
-	(*TypingNotice)(nil),        // 39: loopchat.v1.TypingNotice
-	(*Kicked)(nil),              // 40: loopchat.v1.Kicked
+	(*RemoveFriend)(nil),        // 21: loopchat.v1.RemoveFriend
+	(*Block)(nil),               // 22: loopchat.v1.Block
+	(*Unblock)(nil),             // 23: loopchat.v1.Unblock
+	(*ListBlocked)(nil),         // 24: loopchat.v1.ListBlocked
+	(*RegisterOK)(nil),          // 25: loopchat.v1.RegisterOK
+	(*LoginOK)(nil),             // 26: loopchat.v1.LoginOK
+	(*OK)(nil),                  // 27: loopchat.v1.OK
+	(*Pong)(nil),                // 28: loopchat.v1.Pong
+	(*SendOK)(nil),              // 29: loopchat.v1.SendOK
+	(*Friend)(nil),              // 30: loopchat.v1.Friend
+	(*FriendList)(nil),          // 31: loopchat.v1.FriendList
+	(*BlockedUser)(nil),         // 32: loopchat.v1.BlockedUser
+	(*BlockList)(nil),           // 33: loopchat.v1.BlockList
+	(*GroupCreated)(nil),        // 34: loopchat.v1.GroupCreated
+	(*Member)(nil),              // 35: loopchat.v1.Member
+	(*Group)(nil),               // 36: loopchat.v1.Group
+	(*GroupList)(nil),           // 37: loopchat.v1.GroupList
+	(*HistoryPage)(nil),         // 38: loopchat.v1.HistoryPage
+	(*ConversationList)(nil),    // 39: loopchat.v1.ConversationList
+	(*ConversationSummary)(nil), // 40: loopchat.v1.ConversationSummary
+	(*Error)(nil),               // 41: loopchat.v1.Error
+	(*Message)(nil),             // 42: loopchat.v1.Message
+	(*ReadReceipt)(nil),         // 43: loopchat.v1.ReadReceipt
+	(*Presence)(nil),            // 44: loopchat.v1.Presence
+	(*TypingNotice)(nil),        // 45: loopchat.v1.TypingNotice
+	(*Kicked)(nil),              // 46: loopchat.v1.Kicked
 }
 var file_chat_proto_depIdxs = []int32{
 	4,  // 0: loopchat.v1.Frame.register:type_name -> loopchat.v1.Register
@@ -3372,38 +3751,44 @@ var file_chat_proto_depIdxs = []int32{
 	18, // 14: loopchat.v1.Frame.list_conversations:type_name -> loopchat.v1.ListConversations
 	19, // 15: loopchat.v1.Frame.typing:type_name -> loopchat.v1.Typing
 	20, // 16: loopchat.v1.Frame.set_presence_visible:type_name -> loopchat.v1.SetPresenceVisible
-	21, // 17: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
-	22, // 18: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
-	23, // 19: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
-	24, // 20: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
-	25, // 21: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
-	27, // 22: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
-	28, // 23: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
-	31, // 24: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
-	35, // 25: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
-	32, // 26: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
-	33, // 27: loopchat.v1.Frame.conversation_list:type_name -> loopchat.v1.ConversationList
-	36, // 28: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
-	40, // 29: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
-	37, // 30: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
-	38, // 31: loopchat.v1.Frame.presence:type_name -> loopchat.v1.Presence
-	39, // 32: loopchat.v1.Frame.typing_notice:type_name -> loopchat.v1.TypingNotice
-	26, // 33: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
-	30, // 34: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
-	26, // 35: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
-	0,  // 36: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
-	29, // 37: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
-	30, // 38: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
-	36, // 39: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
-	34, // 40: loopchat.v1.ConversationList.conversations:type_name -> loopchat.v1.ConversationSummary
-	36, // 41: loopchat.v1.ConversationSummary.last_message:type_name -> loopchat.v1.Message
-	1,  // 42: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
-	2,  // 43: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
-	44, // [44:44] is the sub-list for method output_type
-	44, // [44:44] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	21, // 17: loopchat.v1.Frame.remove_friend:type_name -> loopchat.v1.RemoveFriend
+	22, // 18: loopchat.v1.Frame.block:type_name -> loopchat.v1.Block
+	23, // 19: loopchat.v1.Frame.unblock:type_name -> loopchat.v1.Unblock
+	24, // 20: loopchat.v1.Frame.list_blocked:type_name -> loopchat.v1.ListBlocked
+	25, // 21: loopchat.v1.Frame.register_ok:type_name -> loopchat.v1.RegisterOK
+	26, // 22: loopchat.v1.Frame.login_ok:type_name -> loopchat.v1.LoginOK
+	27, // 23: loopchat.v1.Frame.ok:type_name -> loopchat.v1.OK
+	28, // 24: loopchat.v1.Frame.pong:type_name -> loopchat.v1.Pong
+	29, // 25: loopchat.v1.Frame.send_ok:type_name -> loopchat.v1.SendOK
+	31, // 26: loopchat.v1.Frame.friend_list:type_name -> loopchat.v1.FriendList
+	34, // 27: loopchat.v1.Frame.group_created:type_name -> loopchat.v1.GroupCreated
+	37, // 28: loopchat.v1.Frame.group_list:type_name -> loopchat.v1.GroupList
+	41, // 29: loopchat.v1.Frame.error:type_name -> loopchat.v1.Error
+	38, // 30: loopchat.v1.Frame.history_page:type_name -> loopchat.v1.HistoryPage
+	39, // 31: loopchat.v1.Frame.conversation_list:type_name -> loopchat.v1.ConversationList
+	33, // 32: loopchat.v1.Frame.block_list:type_name -> loopchat.v1.BlockList
+	42, // 33: loopchat.v1.Frame.message:type_name -> loopchat.v1.Message
+	46, // 34: loopchat.v1.Frame.kicked:type_name -> loopchat.v1.Kicked
+	43, // 35: loopchat.v1.Frame.read_receipt:type_name -> loopchat.v1.ReadReceipt
+	44, // 36: loopchat.v1.Frame.presence:type_name -> loopchat.v1.Presence
+	45, // 37: loopchat.v1.Frame.typing_notice:type_name -> loopchat.v1.TypingNotice
+	30, // 38: loopchat.v1.LoginOK.friends:type_name -> loopchat.v1.Friend
+	36, // 39: loopchat.v1.LoginOK.groups:type_name -> loopchat.v1.Group
+	30, // 40: loopchat.v1.FriendList.friends:type_name -> loopchat.v1.Friend
+	32, // 41: loopchat.v1.BlockList.users:type_name -> loopchat.v1.BlockedUser
+	0,  // 42: loopchat.v1.Member.role:type_name -> loopchat.v1.Role
+	35, // 43: loopchat.v1.Group.members:type_name -> loopchat.v1.Member
+	36, // 44: loopchat.v1.GroupList.groups:type_name -> loopchat.v1.Group
+	42, // 45: loopchat.v1.HistoryPage.messages:type_name -> loopchat.v1.Message
+	40, // 46: loopchat.v1.ConversationList.conversations:type_name -> loopchat.v1.ConversationSummary
+	42, // 47: loopchat.v1.ConversationSummary.last_message:type_name -> loopchat.v1.Message
+	1,  // 48: loopchat.v1.Error.code:type_name -> loopchat.v1.ErrorCode
+	2,  // 49: loopchat.v1.Kicked.reason:type_name -> loopchat.v1.KickReason
+	50, // [50:50] is the sub-list for method output_type
+	50, // [50:50] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_chat_proto_init() }
@@ -3429,6 +3814,10 @@ func file_chat_proto_init() {
 		(*Frame_ListConversations)(nil),
 		(*Frame_Typing)(nil),
 		(*Frame_SetPresenceVisible)(nil),
+		(*Frame_RemoveFriend)(nil),
+		(*Frame_Block)(nil),
+		(*Frame_Unblock)(nil),
+		(*Frame_ListBlocked)(nil),
 		(*Frame_RegisterOk)(nil),
 		(*Frame_LoginOk)(nil),
 		(*Frame_Ok)(nil),
@@ -3440,6 +3829,7 @@ func file_chat_proto_init() {
 		(*Frame_Error)(nil),
 		(*Frame_HistoryPage)(nil),
 		(*Frame_ConversationList)(nil),
+		(*Frame_BlockList)(nil),
 		(*Frame_Message)(nil),
 		(*Frame_Kicked)(nil),
 		(*Frame_ReadReceipt)(nil),
@@ -3458,7 +3848,7 @@ func file_chat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chat_proto_rawDesc), len(file_chat_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -28,6 +28,9 @@ func FuzzDecodeFrame(f *testing.F) {
 		{Seq: 7, Body: &chatpb.Frame_SetPresenceVisible{SetPresenceVisible: &chatpb.SetPresenceVisible{Visible: true}}},
 		{Seq: 8, Body: &chatpb.Frame_Typing{Typing: &chatpb.Typing{PeerUsername: "bob"}}},
 		{Seq: 9, Body: &chatpb.Frame_Typing{Typing: &chatpb.Typing{GroupId: 3}}},
+		{Seq: 10, Body: &chatpb.Frame_RemoveFriend{RemoveFriend: &chatpb.RemoveFriend{Username: "bob"}}},
+		{Seq: 11, Body: &chatpb.Frame_Block{Block: &chatpb.Block{Username: "bob"}}},
+		{Seq: 12, Body: &chatpb.Frame_BlockList{BlockList: &chatpb.BlockList{Users: []*chatpb.BlockedUser{{UserId: 2, Username: "bob"}}}}},
 		{Body: &chatpb.Frame_TypingNotice{TypingNotice: &chatpb.TypingNotice{UserId: 2, Username: "bob", GroupId: 3}}},
 		{Body: &chatpb.Frame_Presence{Presence: &chatpb.Presence{UserId: 2, Username: "bob", LastSeenMs: 1795315268512}}},
 	} {

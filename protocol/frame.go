@@ -255,6 +255,16 @@ func Kind(f *chatpb.Frame) string {
 		return "typing"
 	case *chatpb.Frame_SetPresenceVisible:
 		return "set_presence_visible"
+	case *chatpb.Frame_RemoveFriend:
+		return "remove_friend"
+	case *chatpb.Frame_Block:
+		return "block"
+	case *chatpb.Frame_Unblock:
+		return "unblock"
+	case *chatpb.Frame_ListBlocked:
+		return "list_blocked"
+	case *chatpb.Frame_BlockList:
+		return "block_list"
 	case *chatpb.Frame_ConversationList:
 		return "conversation_list"
 	case *chatpb.Frame_ReadReceipt:
@@ -298,7 +308,8 @@ func IsRequest(f *chatpb.Frame) bool {
 		*chatpb.Frame_Send, *chatpb.Frame_Ack, *chatpb.Frame_AddFriend, *chatpb.Frame_ListFriends,
 		*chatpb.Frame_CreateGroup, *chatpb.Frame_JoinGroup, *chatpb.Frame_LeaveGroup,
 		*chatpb.Frame_ListGroups, *chatpb.Frame_History, *chatpb.Frame_MarkRead,
-		*chatpb.Frame_ListConversations, *chatpb.Frame_Typing, *chatpb.Frame_SetPresenceVisible:
+		*chatpb.Frame_ListConversations, *chatpb.Frame_Typing, *chatpb.Frame_SetPresenceVisible,
+		*chatpb.Frame_RemoveFriend, *chatpb.Frame_Block, *chatpb.Frame_Unblock, *chatpb.Frame_ListBlocked:
 		return true
 	}
 	return false

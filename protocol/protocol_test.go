@@ -140,6 +140,10 @@ func TestRequestClassification(t *testing.T) {
 		"typing":             {Body: &chatpb.Frame_Typing{}},
 
 		"set_presence_visible": {Body: &chatpb.Frame_SetPresenceVisible{}},
+		"remove_friend":        {Body: &chatpb.Frame_RemoveFriend{}},
+		"block":                {Body: &chatpb.Frame_Block{}},
+		"unblock":              {Body: &chatpb.Frame_Unblock{}},
+		"list_blocked":         {Body: &chatpb.Frame_ListBlocked{}},
 	}
 	for kind, f := range reqs {
 		if !IsRequest(f) || Kind(f) != kind {
@@ -154,13 +158,14 @@ func TestRequestClassification(t *testing.T) {
 	if !NeedsLogin(&chatpb.Frame{Body: &chatpb.Frame_Send{}}) {
 		t.Error("send does not need login")
 	}
-	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_ListConversations{}}, {Body: &chatpb.Frame_Typing{}}, {Body: &chatpb.Frame_SetPresenceVisible{}}} {
+	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_ListConversations{}}, {Body: &chatpb.Frame_Typing{}}, {Body: &chatpb.Frame_SetPresenceVisible{}},
+		{Body: &chatpb.Frame_RemoveFriend{}}, {Body: &chatpb.Frame_Block{}}, {Body: &chatpb.Frame_Unblock{}}, {Body: &chatpb.Frame_ListBlocked{}}} {
 		if !NeedsLogin(f) {
 			t.Errorf("%s does not need login", Kind(f))
 		}
 	}
 	for _, f := range []*chatpb.Frame{{Body: &chatpb.Frame_Pong{}}, {Body: &chatpb.Frame_Message{}}, {Body: &chatpb.Frame_Kicked{}},
-		{Body: &chatpb.Frame_ConversationList{}}, {Body: &chatpb.Frame_Presence{}}, {Body: &chatpb.Frame_TypingNotice{}}, {}} {
+		{Body: &chatpb.Frame_ConversationList{}}, {Body: &chatpb.Frame_Presence{}}, {Body: &chatpb.Frame_TypingNotice{}}, {Body: &chatpb.Frame_BlockList{}}, {}} {
 		if IsRequest(f) {
 			t.Errorf("%s counted as a request", Kind(f))
 		}

@@ -558,8 +558,9 @@ func idempotencyKey(key, kind string, id uint64) string {
 // each (its own conversation, its own seq), apiFanout at a time, and
 // returns each one's receipt. It stops at the first failure, and returns
 // it with how many it stored before: a retry with the same key stores
-// only the rest.
-func (a *api) sendEach(ctx context.Context, from User, text, key string, to []uint64) ([]sendReceipt, int, error) {
+// only the rest. With skipBlocked, a recipient who blocks from (or whom
+// from blocks) is left out, with a zero receipt, rather than failing it.
+func (a *api) sendEach(ctx context.Context, from User, text, key string, to []uint64, skipBlocked bool) ([]sendReceipt, int, error) {
 	receipts := make([]sendReceipt, len(to))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -578,6 +579,9 @@ func (a *api) sendEach(ctx context.Context, from User, text, key string, to []ui
 				r, err := a.s.storeAndPush(sctx, outgoing{msg: m, recipients: to[i : i+1],
 					clientMsgID: idempotencyKey(key, "u", to[i]), epoch: ep})
 				done()
+				if skipBlocked && errors.Is(err, ErrBlocked) {
+					continue
+				}
 				if err != nil {
 					cancel(err)
 					return
@@ -713,7 +717,7 @@ func (a *api) publish(r *http.Request) (int, any, error) {
 	for i, u := range users {
 		ids[i] = u.ID
 	}
-	receipts, stored, err := a.sendEach(ctx, from, req.Text, req.IdempotencyKey, ids)
+	receipts, stored, err := a.sendEach(ctx, from, req.Text, req.IdempotencyKey, ids, false)
 	if err != nil {
 		return 0, nil, partial(err, stored)
 	}
@@ -849,11 +853,14 @@ func (a *api) broadcast(r *http.Request) (int, any, error) {
 				ids = append(ids, u.ID)
 			}
 		}
-		receipts, stored, err := a.sendEach(ctx, from, req.Text, req.IdempotencyKey, ids)
+		receipts, stored, err := a.sendEach(ctx, from, req.Text, req.IdempotencyKey, ids, true)
 		if err != nil {
 			return 0, nil, partial(err, resp.Recipients+stored)
 		}
 		for _, rc := range receipts {
+			if rc.msgID == 0 {
+				continue // blocked: not a recipient
+			}
 			resp.Recipients++
 			if rc.online {
 				resp.Online++

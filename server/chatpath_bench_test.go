@@ -32,15 +32,20 @@ import (
 // gather. pairs=16 sends on 16 conversations at once, as a loaded server
 // sees them: per-loop work (a write task serving several connections) is
 // shared between messages.
+//
+// blocks: the store holds a block (of two users who do not send), so
+// every 1:1 send takes the block check's slow path (block.go), not the
+// empty index's one atomic load.
 func BenchmarkChatPath(b *testing.B) {
 	for _, engine := range engines {
 		for _, pairs := range []int{1, 16} {
-			b.Run(fmt.Sprintf("%s/pairs=%d", engine, pairs), func(b *testing.B) { benchChatPath(b, engine, pairs) })
+			b.Run(fmt.Sprintf("%s/pairs=%d", engine, pairs), func(b *testing.B) { benchChatPath(b, engine, pairs, false) })
 		}
+		b.Run(engine+"/pairs=16/blocks", func(b *testing.B) { benchChatPath(b, engine, 16, true) })
 	}
 }
 
-func benchChatPath(b *testing.B, engine string, pairs int) {
+func benchChatPath(b *testing.B, engine string, pairs int, blocks bool) {
 	srv, err := New(Options{
 		Listen: "127.0.0.1:0", DataDir: b.TempDir(), Engine: engine, Loops: 1,
 		BcryptCost: bcrypt.MinCost, Logger: slog.New(slog.DiscardHandler),
@@ -74,6 +79,20 @@ func benchChatPath(b *testing.B, engine string, pairs int) {
 		p.frame = len(send)
 		for range window {
 			p.burst = append(p.burst, send...)
+		}
+	}
+	if blocks {
+		var ids [2]uint64
+		for i, name := range []string{"eve", "mallory"} {
+			benchLogin(b, addr.String(), name)
+			u, err := srv.store.UserByName(b.Context(), name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids[i] = u.ID
+		}
+		if err := srv.store.Block(b.Context(), ids[0], ids[1], Limits{}); err != nil {
+			b.Fatal(err)
 		}
 	}
 	errs := make(chan error, 2*pairs)

@@ -30,6 +30,20 @@ var (
 	ErrFriendSelf = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "you cannot befriend yourself")
 	// ErrAlreadyFriends: AddFriend for an existing friendship.
 	ErrAlreadyFriends = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_ALREADY_EXISTS, "already friends")
+	// ErrUnfriendSelf: RemoveFriend naming the caller.
+	ErrUnfriendSelf = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "you cannot unfriend yourself")
+	// ErrNotFriends: RemoveFriend for someone who is not the caller's friend.
+	ErrNotFriends = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "not friends")
+	// ErrBlockSelf: Block or Unblock naming the caller.
+	ErrBlockSelf = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "you cannot block yourself")
+	// ErrBlockSystem: Block naming the account the server API sends as.
+	ErrBlockSystem = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "the server's own account cannot be blocked")
+	// ErrNotBlocked: Unblock for someone the caller does not block.
+	ErrNotBlocked = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "you do not block this user")
+	// ErrBlocked: a 1:1 Send or an AddFriend between two users one of whom blocks the other.
+	ErrBlocked = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "blocked: one of you blocks the other, so you cannot message or befriend each other")
+	// ErrTooManyBlocked: Block by a user who blocks as many users as the server allows.
+	ErrTooManyBlocked = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED, "you block as many users as allowed; unblock one first")
 	// ErrGroupNotFound: no group has that id.
 	ErrGroupNotFound = protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_NOT_FOUND, "no such group")
 	// ErrAlreadyMember: JoinGroup for a group the caller is in.

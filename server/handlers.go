@@ -74,6 +74,14 @@ func (c *session) handle(f *chatpb.Frame) {
 		err = c.ack(ctx, b.Ack)
 	case *chatpb.Frame_AddFriend:
 		resp, err = c.addFriend(ctx, b.AddFriend)
+	case *chatpb.Frame_RemoveFriend:
+		resp, err = c.removeFriend(ctx, b.RemoveFriend)
+	case *chatpb.Frame_Block:
+		resp, err = c.block(ctx, b.Block.Username, true)
+	case *chatpb.Frame_Unblock:
+		resp, err = c.block(ctx, b.Unblock.Username, false)
+	case *chatpb.Frame_ListBlocked:
+		resp, err = c.listBlocked(ctx)
 	case *chatpb.Frame_ListFriends:
 		resp, err = c.listFriends(ctx)
 	case *chatpb.Frame_CreateGroup:
@@ -714,6 +722,66 @@ func (c *session) addFriend(ctx context.Context, req *chatpb.AddFriend) (*chatpb
 		return nil, err
 	}
 	return okFrame(), nil
+}
+
+// removeFriend ends a friendship. Nothing is pushed to either side:
+// presence is announced to the friends the store lists at each change, so
+// the next change of either is no longer told to the other.
+func (c *session) removeFriend(ctx context.Context, req *chatpb.RemoveFriend) (*chatpb.Frame, error) {
+	if err := protocol.ValidateUsername(req.Username); err != nil {
+		return nil, err
+	}
+	u := c.user.Load()
+	target, err := c.srv.store.UserByName(ctx, req.Username)
+	if err != nil {
+		return nil, err
+	}
+	if target.ID == u.id {
+		return nil, ErrUnfriendSelf
+	}
+	if err := c.srv.store.RemoveFriend(ctx, u.id, target.ID); err != nil {
+		return nil, err
+	}
+	return okFrame(), nil
+}
+
+// block blocks (on) or unblocks the user named. The API's own account
+// cannot be blocked: its durable broadcasts go to every user.
+func (c *session) block(ctx context.Context, name string, on bool) (*chatpb.Frame, error) {
+	if err := protocol.ValidateUsername(name); err != nil {
+		return nil, err
+	}
+	u := c.user.Load()
+	target, err := c.srv.store.UserByName(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case target.ID == u.id:
+		return nil, ErrBlockSelf
+	case !on:
+		err = c.srv.store.Unblock(ctx, u.id, target.ID)
+	case strings.EqualFold(target.Name, c.srv.opts.APISystemUser):
+		return nil, ErrBlockSystem
+	default:
+		err = c.srv.store.Block(ctx, u.id, target.ID, c.srv.opts.limits())
+	}
+	if err != nil {
+		return nil, err
+	}
+	return okFrame(), nil
+}
+
+func (c *session) listBlocked(ctx context.Context) (*chatpb.Frame, error) {
+	users, err := c.srv.store.BlockedUsers(ctx, c.user.Load().id)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*chatpb.BlockedUser, len(users))
+	for i, b := range users {
+		out[i] = &chatpb.BlockedUser{UserId: b.ID, Username: b.Name}
+	}
+	return &chatpb.Frame{Body: &chatpb.Frame_BlockList{BlockList: &chatpb.BlockList{Users: out}}}, nil
 }
 
 func (c *session) listFriends(ctx context.Context) (*chatpb.Frame, error) {

@@ -135,7 +135,7 @@ func newMetrics() *metrics {
 		presenceErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "loopchat_presence_errors_total", Help: "Presence changes not recorded or not told (the store or Redis failed); a failed settle is retried."}),
 		typingNotices: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "loopchat_typing_notices_total", Help: "Typing requests, by result: sent (published to the other side), dropped (over the typing rate)."},
+			Name: "loopchat_typing_notices_total", Help: "Typing requests, by result: sent (published to the other side), dropped (over the typing rate), blocked (one of a 1:1 conversation's two blocks the other)."},
 			[]string{"result"}),
 		storeCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "loopchat_store_commit_seconds", Help: "Embedded store group-commit duration (one fsync'd transaction).",

@@ -148,6 +148,7 @@ const (
 var userTagKinds = map[string]string{
 	"convs": "conversation indexes", "devices": "devices", "devgen": "device generations",
 	"online": "online devices", "read": "read state", "presence": "presence", "pnodes": "presence nodes",
+	"blocked": "blocks",
 }
 
 // convKinds are a conversation's keys, by suffix, named the same in both

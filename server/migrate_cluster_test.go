@@ -103,6 +103,8 @@ func storeView(t *testing.T, s *RedisStore, names []string) map[string]string {
 		put(name+" Account", fmt.Sprintf("%+v", a), err)
 		fs, err := s.Friends(ctx, uid)
 		put(name+" Friends", fs, err)
+		bs, err := s.BlockedUsers(ctx, uid)
+		put(name+" BlockedUsers", bs, err)
 		gs, err := s.GroupsOf(ctx, uid)
 		put(name+" GroupsOf", fmt.Sprintf("%+v", gs), err)
 		devs, err := s.Devices(ctx, uid)
@@ -220,6 +222,12 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 	if err := srcStore.RevokeTokens(ctx, carolU.ID, time.Now().Add(time.Hour).UnixMilli()); err != nil {
 		t.Fatal(err)
 	}
+	// Dave blocks carol and alice.
+	for _, u := range []uint64{carolU.ID, aliceOK.UserId} {
+		if err := srcStore.Block(ctx, dave.ID, u, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	c := sharedCluster.Get(t)
 	to := c.Client()
@@ -325,6 +333,9 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 	if k := counts[kindDedup]; k.Source != 7 || k.Target != 6 || k.Dropped != 1 || k.Want != 6 {
 		t.Fatalf("dedup %+v", k)
 	}
+	if k := counts["blocks"]; k.Source != 1 || k.Target != 1 {
+		t.Fatalf("blocks %+v", k)
+	}
 
 	dst := NewRedisStore(RedisConfig{Client: to, Prefix: toPrefix})
 	t.Cleanup(func() { dst.Close() })
@@ -401,6 +412,8 @@ func TestMigrateOneRedisToCluster(t *testing.T) {
 	}
 	fresh := a2.do(sendTo("carol", "after the move"))
 	expectOK(t, fresh)
+	// Dave's block came along: alice cannot write to him.
+	expectCode(t, a2.do(sendTo("dave", "hello?")), chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED)
 
 	// Another run leaves the cluster as it is: the message sent on it
 	// stays.
@@ -455,6 +468,7 @@ func TestMigrateKeyKinds(t *testing.T) {
 		{"presence:dead:n1-ab", "presence instances", "{i:n1-ab}:presence:dead"},
 		{"{u:12}:read", "read state", "{u:12}:read"},
 		{"{u:12}:pnodes", "presence nodes", "{u:12}:pnodes"},
+		{"{u:12}:blocked", "blocks", "{u:12}:blocked"},
 		{"{c:d1:2}:log", "conversation logs", "{c:d1:2}:log"},
 		{"{c:g3}:seq", "conversation seqs", "{c:g3}:seq"},
 		{"token-secret", "token secret", "token-secret"},

@@ -107,6 +107,8 @@ type Options struct {
 	History HistoryLimits
 	// MaxFriends caps each user's friends. Zero means 5,000.
 	MaxFriends int
+	// MaxBlocked caps the users each user may block. Zero means 1,000.
+	MaxBlocked int
 	// MaxGroups caps the groups one user is in, created or joined. Zero
 	// means 100.
 	MaxGroups int
@@ -318,6 +320,9 @@ func (o *Options) withDefaults() (Options, error) {
 	if c.MaxFriends <= 0 {
 		c.MaxFriends = 5000
 	}
+	if c.MaxBlocked <= 0 {
+		c.MaxBlocked = 1000
+	}
 	if c.MaxGroups <= 0 {
 		c.MaxGroups = 100
 	}
@@ -382,5 +387,6 @@ func (o *Options) storePath() string { return filepath.Join(o.DataDir, "loopchat
 
 // limits is what the store checks when a friendship or membership is added.
 func (o *Options) limits() Limits {
-	return Limits{FriendsPerUser: o.MaxFriends, GroupsPerUser: o.MaxGroups, MembersPerGroup: o.MaxGroupMembers}
+	return Limits{FriendsPerUser: o.MaxFriends, GroupsPerUser: o.MaxGroups, MembersPerGroup: o.MaxGroupMembers,
+		BlockedPerUser: o.MaxBlocked}
 }

@@ -119,6 +119,7 @@ type Limits struct {
 	FriendsPerUser  int
 	GroupsPerUser   int
 	MembersPerGroup int
+	BlockedPerUser  int
 }
 
 // Store keeps users, friendships, groups and inboxes. Every method is safe
@@ -160,8 +161,28 @@ type Store interface {
 	// AddFriend makes a and b friends of each other, unless either already
 	// has lim.FriendsPerUser friends (ErrTooManyFriends).
 	AddFriend(ctx context.Context, a, b uint64, lim Limits) error
+	// RemoveFriend ends the friendship of a and b, on both sides
+	// (ErrNotFriends when neither side has the other; ErrUnfriendSelf when
+	// a is b). Their conversation and its history stay.
+	RemoveFriend(ctx context.Context, a, b uint64) error
 	// Friends lists uid's friends in the order they were added.
 	Friends(ctx context.Context, uid uint64) ([]User, error)
+
+	// Block records that uid blocks target (block.go) and ends their
+	// friendship, both sides, in the same write (on a Redis Cluster, the
+	// steps of docs/cluster.md), unless uid already blocks
+	// lim.BlockedPerUser users (ErrTooManyBlocked). Blocking someone
+	// blocked already changes nothing. While either of two users blocks
+	// the other, AddFriend between them is ErrBlocked, and so is a 1:1
+	// AppendMessage between them, checked in the write that would take
+	// its seq (on a Redis Cluster, just before it).
+	Block(ctx context.Context, uid, target uint64, lim Limits) error
+	// Unblock lifts uid's block of target (ErrNotBlocked: there was none).
+	Unblock(ctx context.Context, uid, target uint64) error
+	// BlockedUsers lists the users uid blocks, by id.
+	BlockedUsers(ctx context.Context, uid uint64) ([]User, error)
+	// Blocked reports whether a blocks b or b blocks a.
+	Blocked(ctx context.Context, a, b uint64) (bool, error)
 
 	// CreateGroup makes a group whose first member, with role creator, is
 	// creator, unless creator is already in lim.GroupsPerUser groups

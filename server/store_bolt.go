@@ -64,11 +64,12 @@ var (
 	// bucketReadSeqs (readstate.go): uid|convKey -> the user's read seq
 	// bucketUserConvs (convlist.go): uid|convKey -> empty, the user's 1:1 conversations
 	// bucketPresence, bucketPresenceHidden (presence_store.go): last seen, and who hides their presence
+	// bucketBlocked (block.go): uid|target -> empty, uid blocks target
 	bucketMeta = []byte("meta") // keyWALApplied -> walPos, keyEpoch -> store epoch, keySchema -> version
 	allBuckets = [][]byte{bucketUsers, bucketUsernames, bucketFriends, bucketFriendIdx, bucketGroups,
 		bucketMembers, bucketMemberSeq, bucketUserGroups, bucketInbox, bucketInboxCount, bucketDedup,
 		bucketDedupAge, bucketMessages, bucketConvLog, bucketConvMeta, bucketReadSeqs, bucketDevices, bucketUserConvs,
-		bucketPresence, bucketPresenceHidden, bucketMeta}
+		bucketPresence, bucketPresenceHidden, bucketBlocked, bucketMeta}
 	// keyWALApplied is where the message log has been copied up to:
 	// every record before it is in bbolt, inbox and history copies both.
 	keyWALApplied = []byte("wal_applied")
@@ -218,6 +219,7 @@ type BoltStore struct {
 	localSessions
 	presence localPresence
 	devices  boltDevices
+	blocks   blockIndex
 	epoch    string // made when the file was created (epoch.go)
 }
 
@@ -306,6 +308,9 @@ func OpenBoltStore(cfg BoltConfig) (*BoltStore, error) {
 	s.unappliedFrom, s.histFor = map[uint64]int{}, map[uint64]int{}
 	if err := db.View(func(tx *bolt.Tx) error {
 		if err := s.devices.load(tx); err != nil {
+			return err
+		}
+		if err := s.blocks.load(tx); err != nil {
 			return err
 		}
 		return s.presence.loadHidden(tx)
@@ -456,6 +461,9 @@ func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) erro
 		if idx.Get(key2(a, b)) != nil {
 			return ErrAlreadyFriends
 		}
+		if blockedTx(tx, a, b) {
+			return ErrBlocked
+		}
 		if reached(idx, a, lim.FriendsPerUser) || reached(idx, b, lim.FriendsPerUser) {
 			return ErrTooManyFriends
 		}
@@ -474,6 +482,48 @@ func (s *BoltStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) erro
 		}
 		return nil
 	})
+}
+
+// RemoveFriend deletes both sides in one transaction.
+func (s *BoltStore) RemoveFriend(ctx context.Context, a, b uint64) error {
+	if a == b {
+		return ErrUnfriendSelf
+	}
+	return s.committer.do(ctx, func(tx *bolt.Tx) error {
+		had, err := dropFriendship(tx, a, b)
+		if err == nil && !had {
+			err = ErrNotFriends
+		}
+		return err
+	})
+}
+
+// dropFriendship deletes a's and b's friendship, both sides, and reports
+// whether there was one. The friends bucket is keyed by add order, so
+// each side's entry is found by a scan of that user's friends: at most
+// the friend limit, and removals are rare.
+func dropFriendship(tx *bolt.Tx, a, b uint64) (bool, error) {
+	idx := tx.Bucket(bucketFriendIdx)
+	if idx.Get(key2(a, b)) == nil && idx.Get(key2(b, a)) == nil {
+		return false, nil
+	}
+	friends := tx.Bucket(bucketFriends)
+	for _, p := range [][2]uint64{{a, b}, {b, a}} {
+		if err := idx.Delete(key2(p[0], p[1])); err != nil {
+			return false, err
+		}
+		prefix := u64(p[0])
+		c := friends.Cursor()
+		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+			if binary.BigEndian.Uint64(v) == p[1] {
+				if err := c.Delete(); err != nil {
+					return false, err
+				}
+				break
+			}
+		}
+	}
+	return true, nil
 }
 
 // Friends names each friend from the name cache, as UserByID does, and

@@ -302,6 +302,7 @@ func (s *BoltStore) writeLog() {
 // and hands them to the committer. buf is scratch space, returned for reuse.
 func (s *BoltStore) logBatch(batch []*appendOp, buf []byte) []byte {
 	s.findDuplicates(batch)
+	s.refuseBlocked(batch)
 	s.convStates(batch)
 	var logged []*appendOp
 	for _, op := range batch {

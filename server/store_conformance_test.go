@@ -240,6 +240,207 @@ func testStoreConformance(t *testing.T, open storeFactory) {
 		}
 	})
 
+	t.Run("remove friend", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		c, _ := s.CreateUser(ctx, "c", nil)
+		for _, p := range [][2]User{{a, b}, {a, c}, {c, b}} {
+			if err := s.AddFriend(ctx, p[0].ID, p[1].ID, Limits{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m := testMessage(newMsgIDGen(0), a, "before")
+		m.ToUserId = b.ID
+		if _, err := s.AppendMessage(ctx, m, []uint64{b.ID}, ""); err != nil {
+			t.Fatal(err)
+		}
+		// Removed by the side that did not add: both sides go.
+		if err := s.RemoveFriend(ctx, b.ID, a.ID); err != nil {
+			t.Fatal(err)
+		}
+		if got := userIDs(t, s, a.ID); !slices.Equal(got, []uint64{c.ID}) {
+			t.Fatalf("a's friends = %v, want c only", got)
+		}
+		if got := userIDs(t, s, b.ID); !slices.Equal(got, []uint64{c.ID}) {
+			t.Fatalf("b's friends = %v, want c only", got)
+		}
+		if err := s.RemoveFriend(ctx, a.ID, b.ID); !errors.Is(err, ErrNotFriends) {
+			t.Fatalf("again = %v, want ErrNotFriends", err)
+		}
+		if err := s.RemoveFriend(ctx, a.ID, a.ID); !errors.Is(err, ErrUnfriendSelf) {
+			t.Fatalf("self = %v", err)
+		}
+		if err := s.RemoveFriend(ctx, a.ID, 999999); !errors.Is(err, ErrNotFriends) {
+			t.Fatalf("unknown = %v", err)
+		}
+		// The conversation and its history stay.
+		page, err := s.History(ctx, HistoryQuery{Conv: DirectConversation(a.ID, b.ID), Newest: true, Limit: 10})
+		if err != nil || len(page.Messages) != 1 || page.Messages[0].Text != "before" {
+			t.Fatalf("history after the removal = %+v, %v", page, err)
+		}
+		if cs, _, err := s.ListConversations(ctx, b.ID, 10); err != nil || len(cs) != 1 {
+			t.Fatalf("b's conversations after the removal = %+v, %v", cs, err)
+		}
+		// Friends again, last in the add order now.
+		if err := s.AddFriend(ctx, a.ID, b.ID, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := userIDs(t, s, a.ID); !slices.Equal(got, []uint64{c.ID, b.ID}) {
+			t.Fatalf("a's friends after befriending again = %v", got)
+		}
+		if got := userIDs(t, s, b.ID); !slices.Equal(got, []uint64{c.ID, a.ID}) {
+			t.Fatalf("b's friends after befriending again = %v", got)
+		}
+		// A removal makes room under the limit.
+		lim := Limits{FriendsPerUser: 2}
+		if err := s.AddFriend(ctx, b.ID, c.ID, lim); !errors.Is(err, ErrAlreadyFriends) {
+			t.Fatal(err)
+		}
+		d, _ := s.CreateUser(ctx, "d", nil)
+		if err := s.AddFriend(ctx, a.ID, d.ID, lim); !errors.Is(err, ErrTooManyFriends) {
+			t.Fatalf("at the limit = %v", err)
+		}
+		if err := s.RemoveFriend(ctx, a.ID, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddFriend(ctx, a.ID, d.ID, lim); err != nil {
+			t.Fatalf("after a removal = %v", err)
+		}
+	})
+
+	t.Run("block", func(t *testing.T) {
+		s := open(t, 100)
+		a, _ := s.CreateUser(ctx, "a", nil)
+		b, _ := s.CreateUser(ctx, "b", nil)
+		c, _ := s.CreateUser(ctx, "c", nil)
+		ids := newMsgIDGen(0)
+		send := func(from, to User) (AppendResult, error) {
+			m := testMessage(ids, from, "x")
+			m.ToUserId = to.ID
+			return s.AppendMessage(ctx, m, []uint64{to.ID}, "")
+		}
+		blocked := func(x, y User) bool {
+			t.Helper()
+			v, err := s.Blocked(ctx, x.ID, y.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		blockedBy := func(u User) []uint64 {
+			t.Helper()
+			us, err := s.BlockedUsers(ctx, u.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := []uint64{}
+			for _, x := range us {
+				out = append(out, x.ID)
+			}
+			return out
+		}
+		for _, o := range []User{b, c} {
+			if err := s.AddFriend(ctx, a.ID, o.ID, Limits{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := send(a, b); err != nil {
+			t.Fatal(err)
+		}
+		conv := DirectConversation(a.ID, b.ID)
+
+		// A block ends the friendship, both sides, and is mutual in effect.
+		if err := s.Block(ctx, b.ID, a.ID, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := userIDs(t, s, a.ID); !slices.Equal(got, []uint64{c.ID}) {
+			t.Fatalf("a's friends after b blocked a = %v, want c", got)
+		}
+		if got := userIDs(t, s, b.ID); len(got) != 0 {
+			t.Fatalf("b's friends = %v", got)
+		}
+		if !blocked(a, b) || !blocked(b, a) || blocked(a, c) {
+			t.Fatal("Blocked is not what was blocked")
+		}
+		if got := blockedBy(b); !slices.Equal(got, []uint64{a.ID}) {
+			t.Fatalf("b blocks %v", got)
+		}
+		if got := blockedBy(a); len(got) != 0 {
+			t.Fatalf("a blocks %v", got)
+		}
+		for _, p := range [][2]User{{a, b}, {b, a}} {
+			if err := s.AddFriend(ctx, p[0].ID, p[1].ID, Limits{}); !errors.Is(err, ErrBlocked) {
+				t.Fatalf("AddFriend %s -> %s = %v, want ErrBlocked", p[0].Name, p[1].Name, err)
+			}
+			if _, err := send(p[0], p[1]); !errors.Is(err, ErrBlocked) {
+				t.Fatalf("send %s -> %s = %v, want ErrBlocked", p[0].Name, p[1].Name, err)
+			}
+		}
+		// Nothing of the refused sends: no seq taken, not in history, no inbox.
+		if last, err := s.LastSeq(ctx, conv); err != nil || last != 1 {
+			t.Fatalf("last seq after refused sends = %d, %v; want 1", last, err)
+		}
+		if in := inboxIDs(t, s, a.ID); len(in) != 0 {
+			t.Fatalf("a's inbox = %v", in)
+		}
+		if _, err := send(a, c); err != nil {
+			t.Fatalf("a to c = %v", err)
+		}
+		// Twice changes nothing; the other side blocking too is its own.
+		if err := s.Block(ctx, b.ID, a.ID, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Block(ctx, a.ID, b.ID, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Unblock(ctx, b.ID, a.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Unblock(ctx, b.ID, a.ID); !errors.Is(err, ErrNotBlocked) {
+			t.Fatalf("unblock again = %v", err)
+		}
+		if _, err := send(b, a); !errors.Is(err, ErrBlocked) || !blocked(b, a) {
+			t.Fatalf("send while a still blocks b = %v", err)
+		}
+		if err := s.Unblock(ctx, a.ID, b.ID); err != nil {
+			t.Fatal(err)
+		}
+		r, err := send(b, a)
+		if err != nil || r.Message.Seq != 2 {
+			t.Fatalf("send after both unblocked = %+v, %v; want seq 2", r.Message, err)
+		}
+		if err := s.AddFriend(ctx, a.ID, b.ID, Limits{}); err != nil {
+			t.Fatalf("AddFriend after = %v", err)
+		}
+		if err := s.Block(ctx, a.ID, a.ID, Limits{}); !errors.Is(err, ErrBlockSelf) {
+			t.Fatalf("self = %v", err)
+		}
+		if err := s.Block(ctx, a.ID, 999999, Limits{}); !errors.Is(err, ErrUserNotFound) {
+			t.Fatalf("unknown = %v", err)
+		}
+		if err := s.Unblock(ctx, a.ID, 999999); !errors.Is(err, ErrNotBlocked) {
+			t.Fatalf("unblock unknown = %v", err)
+		}
+		// The limit counts one's own blocks; blocking again at it is fine.
+		lim := Limits{BlockedPerUser: 1}
+		if err := s.Block(ctx, c.ID, a.ID, lim); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Block(ctx, c.ID, b.ID, lim); !errors.Is(err, ErrTooManyBlocked) {
+			t.Fatalf("past the limit = %v", err)
+		}
+		if err := s.Block(ctx, c.ID, a.ID, lim); err != nil {
+			t.Fatalf("again at the limit = %v", err)
+		}
+		if err := s.Block(ctx, b.ID, c.ID, lim); err != nil {
+			t.Fatalf("another user's block = %v", err)
+		}
+		if got := blockedBy(c); !slices.Equal(got, []uint64{a.ID}) {
+			t.Fatalf("c blocks %v", got)
+		}
+	})
+
 	t.Run("groups", func(t *testing.T) {
 		s := open(t, 100)
 		a, _ := s.CreateUser(ctx, "a", nil)
@@ -1028,6 +1229,20 @@ func TestMsgIDsAreOrderedAndUnique(t *testing.T) {
 }
 
 // inboxIDs lists the msg_ids of uid's inbox, oldest first (at most 100).
+// userIDs is uid's friends' ids, in Friends' order.
+func userIDs(t *testing.T, s Store, uid uint64) []uint64 {
+	t.Helper()
+	fs, err := s.Friends(context.Background(), uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := []uint64{}
+	for _, f := range fs {
+		out = append(out, f.ID)
+	}
+	return out
+}
+
 func inboxIDs(t *testing.T, s Store, uid uint64) []uint64 {
 	t.Helper()
 	got, err := s.Inbox(context.Background(), uid, 0, 100)

@@ -23,7 +23,7 @@ import (
 // A script there touches the keys of one hash slot, so every key of one
 // atomic step shares a hash tag:
 //
-//	P{u:<uid>}:user, :friends, :fpend, :groups, :inbox[:<slot>],
+//	P{u:<uid>}:user, :friends, :fpend, :blocked, :groups, :inbox[:<slot>],
 //	    :bodies[:<slot>], :session, and the {u:<uid>} keys of one Redis
 //	P{n:<lower name>}:username
 //	P{c:<conv>}:seq, :log, :first, :dedup:<uid>:<client id>
@@ -74,22 +74,26 @@ if redis.call('HGET', KEYS[1], 'pend') ~= '1' then return 0 end
 if ARGV[1] == '1' then redis.call('HDEL', KEYS[1], 'pend') else redis.call('DEL', KEYS[1]) end
 return 1`)
 
-	// KEYS: {u:<a>}:friends, :fpend. ARGV: b, order score, friend limit,
-	// now ms. a's side of a new friendship, pending. Returns 0 if a
-	// already has b (not pending), -2 if a has the limit, else 1.
+	// KEYS: {u:<a>}:friends, :fpend, :blocked. ARGV: b, order score,
+	// friend limit, now ms. a's side of a new friendship, pending.
+	// Returns 0 if a already has b (not pending), -3 if a blocks b, -2
+	// if a has the limit, else 1.
 	scriptClusterFriendPropose = guardedScript(`
 local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if cur and not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+if KEYS[3] and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return -3 end
 local lim = tonumber(ARGV[3])
 if not cur and lim > 0 and redis.call('ZCARD', KEYS[1]) >= lim then return -2 end
 if not cur then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 return 1`)
 
-	// KEYS: {u:<b>}:friends, :fpend. ARGV: a, order score, friend limit.
-	// b's side, final (and b's own pending proposal to a, if any, with
-	// it). Returns -2 if b has the limit, else 1.
+	// KEYS: {u:<b>}:friends, :fpend, :blocked. ARGV: a, order score,
+	// friend limit. b's side, final (and b's own pending proposal to a,
+	// if any, with it). Returns -3 if b blocks a, -2 if b has the limit,
+	// else 1.
 	scriptClusterFriendAccept = guardedScript(`
+if KEYS[3] and redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return -3 end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   local lim = tonumber(ARGV[3])
   if lim > 0 and redis.call('ZCARD', KEYS[1]) >= lim then return -2 end
@@ -105,6 +109,20 @@ if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if ARGV[2] ~= '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 1`)
+
+	// KEYS: {u:<a>}:friends, :fpend. ARGV: b, now ms. The first step of
+	// a RemoveFriend: a's side of the friendship marked pending (hidden
+	// from a's list and presence) if a has b. Returns 1 if a had b, else 0.
+	scriptClusterFriendUnpropose = guardedScript(`
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1`)
+
+	// KEYS: {u:<x>}:friends, :fpend. ARGV: y. Drops y from x's side of a
+	// friendship, pending or not. Returns 1 if x had y, else 0.
+	scriptClusterFriendDrop = guardedScript(`
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('ZREM', KEYS[1], ARGV[1])`)
 
 	// KEYS: {u:<uid>}:groups. ARGV: gid, group limit (0: none), the
 	// user's channel, a group_member event ("": none). Adds the group to
@@ -347,6 +365,7 @@ return 0`)
 
 	clusterScripts = []*redis.Script{scriptClusterIncr, scriptClusterUserRecord, scriptClusterClaimName,
 		scriptClusterUserSettle, scriptClusterFriendPropose, scriptClusterFriendAccept, scriptClusterFriendSettle,
+		scriptClusterFriendUnpropose, scriptClusterFriendDrop, scriptClusterBlockAdd,
 		scriptClusterUserGroupAdd, scriptClusterUserGroupRemove, scriptClusterGroupCreate, scriptClusterGroupJoin,
 		scriptClusterGroupLeave, scriptClusterAppendConv, scriptClusterAppendUser, scriptClusterAck,
 		scriptClusterGroupPublish, scriptClusterInflight, scriptClusterDedupDone,
@@ -489,8 +508,8 @@ const friendRepairAfter = 10 * time.Second
 // clusterAddFriend makes a and b friends in steps: (1) the order score
 // ({meta}); (2) b into a's friends, pending (a's slot; a pending friend is
 // not listed, and not told of presence); (3) a into b's friends (b's
-// slot), final; (4) a's side final. The limits are checked in 2 and 3; a
-// refusal in 3 takes 2 back. A crash after 2 or 3 leaves a's side pending:
+// slot), final; (4) a's side final. The limits and blocks (a's, b's) are
+// checked in 2 and 3; a refusal in 3 takes 2 back. A crash after 2 or 3 leaves a's side pending:
 // a's next Friends, once it is older than friendRepairAfter, makes it
 // final if b's side has a, and takes it back if not. Until then b lists a
 // and a does not list b.
@@ -506,28 +525,63 @@ func (s *RedisStore) clusterAddFriend(ctx context.Context, a, b uint64, lim Limi
 	if err != nil {
 		return err
 	}
-	switch r, err := s.runInt(ctx, scriptClusterFriendPropose, []string{s.friendsKey(a), s.userTagKey(a, "fpend")},
+	switch r, err := s.runInt(ctx, scriptClusterFriendPropose, []string{s.friendsKey(a), s.userTagKey(a, "fpend"), s.blockedKey(a)},
 		b, score, lim.FriendsPerUser, time.Now().UnixMilli()); {
 	case err != nil:
 		return err
 	case r == 0:
 		return ErrAlreadyFriends
+	case r == -3:
+		return ErrBlocked
 	case r == -2:
 		return ErrTooManyFriends
 	}
-	r, err := s.runInt(ctx, scriptClusterFriendAccept, []string{s.friendsKey(b), s.userTagKey(b, "fpend")}, a, score, lim.FriendsPerUser)
+	r, err := s.runInt(ctx, scriptClusterFriendAccept, []string{s.friendsKey(b), s.userTagKey(b, "fpend"), s.blockedKey(b)}, a, score, lim.FriendsPerUser)
 	if err != nil {
 		return err
 	}
 	keep := "1"
-	if r == -2 {
+	if r < 0 {
 		keep = "0"
 	}
 	if _, err := s.runInt(ctx, scriptClusterFriendSettle, []string{s.friendsKey(a), s.userTagKey(a, "fpend")}, b, keep); err != nil {
 		return err
 	}
-	if r == -2 {
+	switch r {
+	case -2:
 		return ErrTooManyFriends
+	case -3:
+		return ErrBlocked
+	}
+	return nil
+}
+
+// clusterRemoveFriend ends a's friendship with b in steps: (1) a's side
+// marked pending (a's slot: from then on a does not list b, nor tell b of
+// a's presence); (2) a dropped from b's friends (b's slot); (3) b dropped
+// from a's (a's slot). Neither side having the other is ErrNotFriends; a
+// call that finds one side only (a crash's leftover) finishes the other.
+// A crash after 1 leaves a's side pending while b's still has a: a's next
+// Friends, once it is older than friendRepairAfter, makes it final again
+// (the removal did not happen, and was not answered OK). A crash after 2
+// leaves a's side pending while b's lacks a: that read takes it back,
+// finishing the removal. Either way neither lists the other one-sidedly
+// for longer than friendRepairAfter after a's next Friends, and a retry
+// of the RemoveFriend finishes it at once.
+func (s *RedisStore) clusterRemoveFriend(ctx context.Context, a, b uint64) error {
+	had, err := s.runInt(ctx, scriptClusterFriendUnpropose, []string{s.friendsKey(a), s.userTagKey(a, "fpend")}, b, time.Now().UnixMilli())
+	if err != nil {
+		return err
+	}
+	other, err := s.runInt(ctx, scriptClusterFriendDrop, []string{s.friendsKey(b), s.userTagKey(b, "fpend")}, a)
+	if err != nil {
+		return err
+	}
+	if _, err := s.runInt(ctx, scriptClusterFriendDrop, []string{s.friendsKey(a), s.userTagKey(a, "fpend")}, b); err != nil {
+		return err
+	}
+	if had == 0 && other == 0 {
+		return ErrNotFriends
 	}
 	return nil
 }
@@ -795,7 +849,20 @@ func (s *RedisStore) awaitGroupPublishes(ctx context.Context, gid uint64, seq in
 // again for it (idempotent; a push that arrives twice is dropped by the
 // client by msg_id). Without a client_msg_id a resend is a new message,
 // as on one Redis when a reply is lost.
+//
+// Before step 1, a 1:1 message reads both users' block sets (their two
+// slots, one round trip: Blocked) and is refused if either blocks the
+// other. The read is not atomic with step 1: a Block that lands between
+// them lets that one message through, as if it had come first.
 func (s *RedisStore) clusterAppendMessage(ctx context.Context, m *chatpb.Message, recipients []uint64, clientMsgID string) (AppendResult, error) {
+	if m.GroupId == 0 && m.ToUserId != 0 {
+		switch blocked, err := s.Blocked(ctx, m.FromUserId, m.ToUserId); {
+		case err != nil:
+			return AppendResult{}, err
+		case blocked:
+			return AppendResult{}, ErrBlocked
+		}
+	}
 	m.Seq = 0
 	body, err := proto.Marshal(m)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -136,6 +137,110 @@ func TestClusterFriendshipCutOff(t *testing.T) {
 	}
 	if got := ids(b.ID); len(got) != 1 || got[0] != a.ID {
 		t.Fatalf("b's friends = %v", got)
+	}
+}
+
+func TestClusterUnfriendCutOff(t *testing.T) {
+	s, rb := clusterStore(t)
+	ctx := context.Background()
+	var us []User
+	for _, n := range []string{"a", "b", "c", "d"} {
+		u, err := s.CreateUser(ctx, n, []byte("h"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		us = append(us, u)
+	}
+	a, b, c, d := us[0], us[1], us[2], us[3]
+	for _, o := range []User{b, c, d} {
+		if err := s.AddFriend(ctx, a.ID, o.ID, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step := func(script *redis.Script, x, y uint64, args ...any) {
+		t.Helper()
+		if _, err := s.runInt(ctx, script, []string{s.friendsKey(x), s.userTagKey(x, "fpend")}, append([]any{y}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a unfriends b, stopped after step 1; c, after step 2; d, after
+	// step 1 too, and then retried.
+	for _, o := range []User{b, c, d} {
+		step(scriptClusterFriendUnpropose, a.ID, o.ID, time.Now().UnixMilli())
+	}
+	step(scriptClusterFriendDrop, c.ID, a.ID)
+	// a lists none of them at once; b and d still list a, c does not.
+	if got := userIDs(t, s, a.ID); len(got) != 0 {
+		t.Fatalf("a lists %v during the removals", got)
+	}
+	for _, o := range []User{b, d} {
+		if got := userIDs(t, s, o.ID); !slices.Equal(got, []uint64{a.ID}) {
+			t.Fatalf("%s's friends = %v", o.Name, got)
+		}
+	}
+	if got := userIDs(t, s, c.ID); len(got) != 0 {
+		t.Fatalf("c's friends = %v", got)
+	}
+	// The retry finishes d's removal at once.
+	if err := s.RemoveFriend(ctx, a.ID, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := userIDs(t, s, d.ID); len(got) != 0 {
+		t.Fatalf("d's friends after the retry = %v", got)
+	}
+	// Older than any call under way: a's read mends the rest. b's side
+	// still has a, so that removal never happened; c's lacks a, so it
+	// is finished.
+	old := float64(time.Now().Add(-2 * friendRepairAfter).UnixMilli())
+	for _, o := range []User{b, c} {
+		z := redis.Z{Score: old, Member: strconv.FormatUint(o.ID, 10)}
+		if err := rb.client.ZAdd(ctx, s.userTagKey(a.ID, "fpend"), z).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := userIDs(t, s, a.ID); !slices.Equal(got, []uint64{b.ID}) {
+		t.Fatalf("a's friends after the repair = %v, want b", got)
+	}
+	if n, _ := rb.client.ZCard(ctx, s.userTagKey(a.ID, "fpend")).Result(); n != 0 {
+		t.Fatalf("%d sides still pending", n)
+	}
+	if err := s.RemoveFriend(ctx, a.ID, c.ID); !errors.Is(err, ErrNotFriends) {
+		t.Fatalf("removing c again = %v, want ErrNotFriends", err)
+	}
+}
+
+// A Block cut off after its first step (the block) left the friendship:
+// AddFriend and sends are refused at once, and the retry ends it.
+func TestClusterBlockCutOff(t *testing.T) {
+	s, _ := clusterStore(t)
+	ctx := context.Background()
+	a, _ := s.CreateUser(ctx, "a", []byte("h"))
+	b, _ := s.CreateUser(ctx, "b", []byte("h"))
+	if err := s.AddFriend(ctx, a.ID, b.ID, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.runInt(ctx, scriptClusterBlockAdd, []string{s.blockedKey(a.ID)}, b.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddFriend(ctx, b.ID, a.ID, Limits{}); !errors.Is(err, ErrAlreadyFriends) {
+		t.Fatalf("AddFriend = %v (still friends)", err)
+	}
+	m := testMessage(newMsgIDGen(0), b, "x")
+	m.ToUserId = a.ID
+	if _, err := s.AppendMessage(ctx, m, []uint64{a.ID}, ""); !errors.Is(err, ErrBlocked) {
+		t.Fatalf("send = %v, want ErrBlocked", err)
+	}
+	if err := s.Block(ctx, a.ID, b.ID, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := userIDs(t, s, a.ID); len(got) != 0 {
+		t.Fatalf("a's friends after the retry = %v", got)
+	}
+	if got := userIDs(t, s, b.ID); len(got) != 0 {
+		t.Fatalf("b's friends after the retry = %v", got)
+	}
+	if err := s.AddFriend(ctx, b.ID, a.ID, Limits{}); !errors.Is(err, ErrBlocked) {
+		t.Fatalf("AddFriend after = %v, want ErrBlocked", err)
 	}
 }
 

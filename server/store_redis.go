@@ -152,6 +152,8 @@ end
 //	                           below the next one
 //	P {u:<uid>}:convs          SET the user's 1:1 conversations (<conv>), added to by every
 //	                           1:1 append (schema 3; convlist.go)
+//	P {u:<uid>}:blocked        SET the users the user blocks (block.go), read by every 1:1
+//	                           append and AddFriend
 //
 //	P schema                   STRING the layout's version (redisSchema), set by Epoch
 //	P epoch                    STRING the store epoch (epoch.go)
@@ -184,17 +186,25 @@ redis.call('HSET', ARGV[3] .. 'user:' .. id, 'name', ARGV[1], 'hash', ARGV[2], '
 redis.call('SET', KEYS[1], id)
 return id`)
 
-	// KEYS: user:<a>, user:<b>, friends:<a>, friends:<b>, friend:seq.
-	// Each its own slot.
+	// KEYS: user:<a>, user:<b>, friends:<a>, friends:<b>, friend:seq,
+	// {u:<a>}:blocked, {u:<b>}:blocked (block.go). Each its own slot.
+	// Returns -1 (a user missing), 0 (friends already), -3 (one blocks
+	// the other), -2 (a limit), else 1.
 	scriptAddFriend = guardedScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return 0 end
+if redis.call('SISMEMBER', KEYS[6], ARGV[2]) == 1 or redis.call('SISMEMBER', KEYS[7], ARGV[1]) == 1 then return -3 end
 local lim = tonumber(ARGV[3])
 if lim > 0 and (redis.call('ZCARD', KEYS[3]) >= lim or redis.call('ZCARD', KEYS[4]) >= lim) then return -2 end
 local s = redis.call('INCR', KEYS[5])
 redis.call('ZADD', KEYS[3], s, ARGV[2])
 redis.call('ZADD', KEYS[4], s, ARGV[1])
 return 1`)
+
+	// KEYS: friends:<a>, friends:<b>. ARGV: a, b. Each its own slot.
+	// Returns the number of sides removed (0: not friends).
+	scriptRemoveFriend = guardedScript(`
+return redis.call('ZREM', KEYS[1], ARGV[2]) + redis.call('ZREM', KEYS[2], ARGV[1])`)
 
 	// KEYS: user:<uid>, group:seq, member:seq, user:<uid>:groups; computes
 	// group:<gid>, :members, :roles. The creator's JoinedSeq is 0 (nothing
@@ -260,7 +270,8 @@ if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1`)
 
 	// KEYS: msg key, dedup key, {c:<conv>}:seq, :log, :first, and for a
-	// 1:1 conversation both users' {u:<uid>}:convs, for a group message
+	// 1:1 conversation both users' {u:<uid>}:convs and then the sender's
+	// and the recipient's {u:<uid>}:blocked (block.go), for a group message
 	// group:<gid>:members. ARGV: body (without
 	// seq), member, inbox limit, dedup TTL seconds (0: no dedup), msg_id,
 	// prefix, channel payload ("": do not publish), sent_at (8 bytes),
@@ -281,7 +292,10 @@ return 1`)
 	// the sender when it went to another of their devices. Returns {1, dedup
 	// value} for a duplicate (nothing stored or published), else {0, inbox
 	// trimmed, online recipients, seq, history trimmed, boxes of the
-	// sender's other devices, recipients}.
+	// sender's other devices, recipients}, or {2, ""} for a 1:1 message
+	// between two users one of whom blocks the other: checked after the
+	// dedup (a resend of a message stored before the block still gets its
+	// first SendOK) and before anything is written, two SISMEMBERs.
 	//
 	// A group message is one PUBLISH however many members and nodes:
 	// Redis forwards it to each node subscribed to the group's channel (a
@@ -358,6 +372,9 @@ if dedup then
     redis.call('SET', KEYS[2], prev, 'KEEPTTL')
     return {1, prev}
   end
+end
+if KEYS[8] and (redis.call('SISMEMBER', KEYS[8], ARGV[18]) == 1 or redis.call('SISMEMBER', KEYS[9], ARGV[17]) == 1) then
+  return {2, ''} -- blocked (block.go): nothing stored, no seq taken
 end
 local seqKey, logKey, firstKey = KEYS[3], KEYS[4], KEYS[5]
 local bodyIn, sentAt = ARGV[1], ARGV[8]
@@ -532,7 +549,7 @@ return out`)
 	// KEYS: {c:<conv>}:seq. Guarded like scriptHistory.
 	scriptLastSeq = guardedScript(`return tonumber(redis.call('GET', KEYS[1]) or '0')`)
 
-	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptCreateGroup,
+	redisStoreScripts = []*redis.Script{scriptCreateUser, scriptAddFriend, scriptRemoveFriend, scriptBlock, scriptUnblock, scriptCreateGroup,
 		scriptJoinGroup, scriptLeaveGroup, scriptAppend, scriptAck, scriptHistory, scriptLastSeq,
 		scriptNewSession, scriptLatestSession, scriptMarkRead, scriptDeviceOnline, scriptDeviceOffline,
 		scriptRegisterDevice, scriptConvTail, scriptSetBan, scriptRevokeTokens, scriptEpoch}
@@ -924,8 +941,8 @@ func (s *RedisStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) err
 	if s.cluster {
 		return s.clusterAddFriend(ctx, a, b, lim)
 	}
-	keys, args := s.guard(ctx, []string{s.userKey(a), s.userKey(b), s.friendsKey(a), s.friendsKey(b), s.metaKey("friend:seq")},
-		a, b, lim.FriendsPerUser)
+	keys, args := s.guard(ctx, []string{s.userKey(a), s.userKey(b), s.friendsKey(a), s.friendsKey(b), s.metaKey("friend:seq"),
+		s.blockedKey(a), s.blockedKey(b)}, a, b, lim.FriendsPerUser)
 	r, err := s.runGuarded(ctx, scriptAddFriend, keys, args...).Int()
 	switch {
 	case err != nil:
@@ -934,8 +951,27 @@ func (s *RedisStore) AddFriend(ctx context.Context, a, b uint64, lim Limits) err
 		return ErrUserNotFound
 	case r == -2:
 		return ErrTooManyFriends
+	case r == -3:
+		return ErrBlocked
 	case r == 0:
 		return ErrAlreadyFriends
+	}
+	return nil
+}
+
+func (s *RedisStore) RemoveFriend(ctx context.Context, a, b uint64) error {
+	if a == b {
+		return ErrUnfriendSelf
+	}
+	if s.cluster {
+		return s.clusterRemoveFriend(ctx, a, b)
+	}
+	n, err := s.runInt(ctx, scriptRemoveFriend, []string{s.friendsKey(a), s.friendsKey(b)}, a, b)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrNotFriends
 	}
 	return nil
 }
@@ -1207,7 +1243,7 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	ck := s.convKey(conv)
 	keys := []string{s.p + "msg:" + member, dedupKey, ck + "seq", ck + "log", ck + "first"}
 	if conv.GroupID == 0 {
-		keys = append(keys, s.convsKey(conv.A), s.convsKey(conv.B))
+		keys = append(keys, s.convsKey(conv.A), s.convsKey(conv.B), s.blockedKey(m.FromUserId), s.blockedKey(m.ToUserId))
 	} else {
 		keys = append(keys, s.groupKey(conv.GroupID)+":members")
 	}
@@ -1221,6 +1257,9 @@ func (s *RedisStore) AppendMessage(ctx context.Context, m *chatpb.Message, recip
 	res, err := cmds[0].(*redis.Cmd).Slice()
 	if err != nil || len(res) < 2 {
 		return AppendResult{}, fmt.Errorf("store: append reply %v: %w", res, err)
+	}
+	if r0, _ := res[0].(int64); r0 == 2 {
+		return AppendResult{}, ErrBlocked
 	}
 	if dup, _ := res[0].(int64); dup == 1 {
 		v, _ := res[1].(string)

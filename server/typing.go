@@ -77,6 +77,18 @@ func (c *session) typingNotice(ctx context.Context, req *chatpb.Typing) (*chatpb
 		c.srv.metrics.typingNotices.WithLabelValues("dropped").Inc()
 		return okFrame(), nil
 	}
+	if n.GroupID == 0 && len(to) == 1 {
+		// Dropped between two users one of whom blocks the other, as
+		// quietly as over the rate: the blocker's block is not revealed.
+		blocked, err := c.srv.store.Blocked(ctx, u.id, to[0])
+		if err != nil {
+			return nil, err
+		}
+		if blocked {
+			c.srv.metrics.typingNotices.WithLabelValues("blocked").Inc()
+			return okFrame(), nil
+		}
+	}
 	if len(to) > 0 {
 		ev := Event{Typing: n, Epoch: u.epoch, frame: n.encode()}
 		var err error

@@ -27,7 +27,11 @@ const Usage = `/register USERNAME PASSWORD
 /logout
 /msg USERNAME TEXT...
 /friend add USERNAME
+/unfriend USERNAME
 /friends
+/block USERNAME
+/unblock USERNAME
+/blocked
 /group create NAME [DESCRIPTION...]
 /group join GROUP_ID
 /group leave GROUP_ID
@@ -367,6 +371,37 @@ func (s *shell) dispatch(ctx context.Context, name string, args []string, line s
 			s.names.addFriend(0, args[0])
 		}
 		return map[string]any{}, args[0] + " is now your friend", err
+	case "unfriend":
+		if len(args) != 1 {
+			return nil, "", usage("/unfriend USERNAME")
+		}
+		err := s.c.RemoveFriend(ctx, args[0])
+		if err == nil {
+			s.names.removeFriend(args[0])
+		}
+		return map[string]any{}, args[0] + " is no longer your friend", err
+	case "block", "unblock":
+		if len(args) != 1 {
+			return nil, "", usage("/" + name + " USERNAME")
+		}
+		if name == "block" {
+			err := s.c.Block(ctx, args[0])
+			if err == nil {
+				s.names.removeFriend(args[0])
+			}
+			return map[string]any{}, "blocked " + args[0] + ": neither of you can message or befriend the other", err
+		}
+		return map[string]any{}, "unblocked " + args[0], s.c.Unblock(ctx, args[0])
+	case "blocked":
+		bl, err := s.c.ListBlocked(ctx)
+		var b strings.Builder
+		users := make([]map[string]any, 0, len(bl))
+		fmt.Fprintf(&b, "%d blocked", len(bl))
+		for _, u := range bl {
+			fmt.Fprintf(&b, "\n  %s (user %d)", u.Username, u.UserId)
+			users = append(users, map[string]any{"user_id": u.UserId, "username": u.Username})
+		}
+		return map[string]any{"users": users}, b.String(), err
 	case "friends":
 		fl, err := s.c.ListFriends(ctx)
 		if err == nil {

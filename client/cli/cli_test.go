@@ -281,3 +281,60 @@ func TestTypingCommandAndEvents(t *testing.T) {
 	<-done
 	<-done
 }
+
+// /unfriend ends a friendship: neither lists the other after, a second
+// /unfriend is the server's NOT_FOUND, and a name is needed.
+func TestUnfriendCommand(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	runJSON(ctx, t, addr, "/register alice hunter2hunter2\n/register bob hunter2hunter2\n/login bob hunter2hunter2\n/friend add alice\n")
+	out := runJSON(ctx, t, addr, "/login alice hunter2hunter2\n/unfriend bob\n/unfriend bob\n/unfriend\n/friends\n")
+	for _, want := range []string{
+		`{"event":"response","cmd":"unfriend","ok":true}`,
+		`{"event":"response","cmd":"unfriend","ok":false,"error":{"code":"not_found","message":"not friends"}}`,
+		`"code":"usage"`,
+		`{"event":"response","cmd":"friends","ok":true,"friends":[]}`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("alice's script lacks %s:\n%s", want, out)
+		}
+	}
+	var human bytes.Buffer
+	if err := Run(ctx, strings.NewReader("/login bob hunter2hunter2\n/friends\n"), Options{Client: client.Options{Addr: addr}, Out: &human}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(human.String(), "0 friends") {
+		t.Fatalf("bob's /friends:\n%s", human.String())
+	}
+}
+
+// /block refuses messages both ways (the server's PERMISSION_DENIED),
+// /blocked lists, /unblock lifts it.
+func TestBlockCommands(t *testing.T) {
+	_, addr := testnode.Start(t, server.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	runJSON(ctx, t, addr, "/register alice hunter2hunter2\n/register bob hunter2hunter2\n")
+	out := runJSON(ctx, t, addr, "/login alice hunter2hunter2\n/block bob\n/blocked\n/msg bob hello\n/unblock bob\n/unblock bob\n/block\n/blocked\n")
+	for _, want := range []string{
+		`{"event":"response","cmd":"block","ok":true}`,
+		`{"event":"response","cmd":"blocked","ok":true,"users":[{"user_id":2,"username":"bob"}]}`,
+		`{"event":"response","cmd":"msg","ok":false,"error":{"code":"permission_denied"`,
+		`{"event":"response","cmd":"unblock","ok":true}`,
+		`{"event":"response","cmd":"unblock","ok":false,"error":{"code":"not_found"`,
+		`"message":"usage: /block USERNAME"`,
+		`{"event":"response","cmd":"blocked","ok":true,"users":[]}`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("alice's script lacks %s:\n%s", want, out)
+		}
+	}
+	var human bytes.Buffer
+	if err := Run(ctx, strings.NewReader("/login bob hunter2hunter2\n/block alice\n/blocked\n"), Options{Client: client.Options{Addr: addr}, Out: &human}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(human.String(), "1 blocked\n  alice (user 1)") {
+		t.Fatalf("bob's /blocked:\n%s", human.String())
+	}
+}

@@ -8,9 +8,9 @@ import (
 
 // commands are what Tab completes at the start of a line.
 var commands = []string{
-	"/close", "/conversations", "/friend", "/friends", "/group", "/groups", "/help", "/history",
+	"/block", "/blocked", "/close", "/conversations", "/friend", "/friends", "/group", "/groups", "/help", "/history",
 	"/login", "/logout", "/msg", "/open", "/ping", "/presence", "/quit", "/read", "/register",
-	"/typing", "/wait",
+	"/typing", "/unblock", "/unfriend", "/wait",
 }
 
 // subcommands complete a command's first argument.
@@ -47,7 +47,8 @@ func complete(line string, pos int, names []string) (newLine string, newPos int,
 		cands = subcommands[before[0]]
 	case len(before) == 1 && takesTarget[before[0]]:
 		cands = append(slices.Clip(names), "group")
-	case len(before) == 2 && before[0] == "/friend" && before[1] == "add":
+	case len(before) == 2 && before[0] == "/friend" && before[1] == "add",
+		len(before) == 1 && (before[0] == "/unfriend" || before[0] == "/block" || before[0] == "/unblock"):
 		cands = names
 	}
 	var matches []string

@@ -23,6 +23,13 @@ func TestComplete(t *testing.T) {
 		{line: "/friend a|", want: "/friend add |"},
 		{line: "/friend add c|", want: "/friend add carol |"},
 		{line: "/presence h|", want: "/presence hidden |"},
+		{line: "/unf|", want: "/unfriend |"},
+		{line: "/unfriend c|", want: "/unfriend carol |"},
+		{line: "/unfriend g|", want: "/unfriend g|"}, // a user, never a group
+		{line: "/bl|", want: "/block|"},              // /block and /blocked agree that far
+		{line: "/block z|", want: "/block zo|"},
+		{line: "/unb|", want: "/unblock |"},
+		{line: "/unblock b|", want: "/unblock bob|"},
 		{line: "/msg c|", want: "/msg carol |"},
 		{line: "/msg b|", want: "/msg bob|"},
 		{line: "/msg bob|", want: "/msg bob|", list: []string{"bob", "bobby"}},

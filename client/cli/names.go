@@ -2,6 +2,7 @@ package cli
 
 import (
 	"slices"
+	"strings"
 	"sync"
 
 	chatpb "github.com/loopchat/loopchat/proto"
@@ -50,6 +51,22 @@ func (n *nameSet) addFriend(id uint64, name string) {
 	}
 	n.friends[name] = true
 	delete(n.others, name)
+}
+
+// removeFriend records that name is no longer a friend: still a name
+// seen, completed after the friends.
+func (n *nameSet) removeFriend(name string) {
+	if n == nil || name == "" {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for f := range n.friends {
+		if strings.EqualFold(f, name) { // the server matches names ignoring case
+			delete(n.friends, f)
+			n.others[f] = true
+		}
+	}
 }
 
 // setFriends replaces the friends with a full list (a login's, or

@@ -125,6 +125,7 @@ one of the --api-key values.`,
 	f.IntVar(&o.History.MaxMessages, "history-max-messages", server.DefaultHistoryMaxMessages, "messages each conversation keeps for History, the latest; -1 keeps all")
 	f.DurationVar(&o.History.MaxAge, "history-max-age", server.DefaultHistoryMaxAge, "messages older than this leave History; -1s keeps them all")
 	f.IntVar(&o.MaxFriends, "max-friends", 5000, "friends one user may have")
+	f.IntVar(&o.MaxBlocked, "max-blocked", 1000, "users one user may block")
 	f.IntVar(&o.MaxGroups, "max-groups", 100, "groups one user may be in, created or joined")
 	f.IntVar(&o.MaxGroupMembers, "max-group-members", 1000, "members one group may have, its creator included")
 	f.IntVar(&o.Workers, "workers", 0, "goroutines running requests off the event loops; 0 means 64 per CPU")

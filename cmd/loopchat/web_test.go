@@ -434,3 +434,63 @@ func TestWebPageTalksToTerminalUserAcrossNodes(t *testing.T) {
 	}
 	web.waitFriend("terry", false)
 }
+
+// TestWebPageUnfriendAndBlock: above a 1:1 conversation the page offers
+// Unfriend (for a friend) and Block; a block refuses messages both ways,
+// shown as not sent, and hides the blocked user's group messages on the
+// blocker's page; Unblock lets messages through again.
+func TestWebPageUnfriendAndBlock(t *testing.T) {
+	wsAddr := freeAddr(t)
+	startNode(t, t.TempDir(), "--ws-listen", wsAddr, "--web")
+	url := "http://" + wsAddr + "/"
+	b := startBrowser(t)
+	alice, bob := b.page("alice"), b.page("bob")
+	alice.open(url, "alice", true)
+	bob.open(url, "bob", true)
+	alice.addFriend("bob")
+	alice.waitFriend("bob", true)
+	alice.openConv("friends", "bob")
+	alice.send("hi bob")
+
+	alice.wait("Unfriend offered", visible("unfriend"))
+	evalIn[chromedp.Void](alice, `document.getElementById("unfriend").click()`)
+	alice.wait("bob gone from the friends", `!document.querySelector('#friends li[data-username="bob"]') && !`+visible("unfriend"))
+	alice.waitShown("hi bob") // the conversation stays
+
+	// A group they share, before the block.
+	alice.do("create a group",
+		chromedp.SendKeys(chromedp.ID("create-group-name"), "team"),
+		chromedp.Click(chromedp.ID("create-group-submit")))
+	alice.wait("the group open", `document.getElementById("chat-title").textContent === "team" && !`+visible("peer-actions"))
+	gid := evalIn[string](alice, `document.querySelector("#groups li").dataset.groupId`)
+	bob.do("join the group",
+		chromedp.SendKeys(chromedp.ID("join-group-id"), gid),
+		chromedp.Click(chromedp.ID("join-group-submit")))
+	bob.wait("the group open", `document.getElementById("chat-title").textContent === "team"`)
+
+	alice.openConv("conversations", "bob")
+	evalIn[chromedp.Void](alice, `window.confirm = () => true; document.getElementById("block").click()`)
+	alice.wait("bob blocked", `document.getElementById("block").dataset.blocked === "true" && document.getElementById("block").textContent === "Unblock"`)
+
+	notSent := func(p *page, text string) {
+		p.t.Helper()
+		p.do("send "+text, chromedp.SendKeys(chromedp.ID("composer-text"), text), chromedp.Click(chromedp.ID("composer-send")))
+		p.wait(text+" refused", fmt.Sprintf(`[...document.querySelectorAll('#messages li[data-state="failed"]')].some(li => li.querySelector(".text").textContent === %q && li.querySelector(".receipt").textContent.includes("block"))`, text))
+	}
+	notSent(alice, "still there?")
+	bob.openConv("conversations", "alice")
+	notSent(bob, "why?")
+
+	// In the group bob's message arrives, its text hidden on alice's page.
+	bob.openConv("groups", "team")
+	bob.send("bob in the team")
+	alice.openConv("groups", "team")
+	alice.wait("bob's group message hidden", `[...document.querySelectorAll('#messages li[data-blocked="true"] .text')].some(e => e.textContent === "(hidden: you blocked bob)")`)
+
+	alice.openConv("conversations", "bob")
+	evalIn[chromedp.Void](alice, `document.getElementById("block").click()`)
+	alice.wait("bob unblocked", `document.getElementById("block").dataset.blocked === "false"`)
+	bob.openConv("conversations", "alice")
+	bob.send("hello again")
+	alice.waitShown("hello again")
+}

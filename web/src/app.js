@@ -52,6 +52,7 @@ const st = {
   pongTimer: 0,
   friends: new Map(), // user id string -> {id, name, online, lastSeenMs}
   groups: new Map(), // group id string -> {id, name}
+  blocked: new Set(), // user id strings of the users this user blocks
   convs: new Map(), // key -> conversation (see conv())
   open: "", // key of the open conversation
   outbox: new Map(), // client_msg_id -> {key, text}: sent, no SendOK yet
@@ -240,6 +241,7 @@ async function login(creds) {
   // Messages sent while the connection was down go again, with the same
   // client_msg_id: the server stores each once.
   for (const [id, m] of st.outbox) sendNow(id, m);
+  await refreshBlocked();
   await refreshConversations();
   const key = st.open || saved.getItem("loopchat.open");
   if (key) await openConversation(key, true);
@@ -247,6 +249,8 @@ async function login(creds) {
 
 function resetData() {
   st.convs.clear();
+  st.blocked.clear();
+  $("peer-actions").hidden = true;
   st.open = "";
   st.outbox.clear();
   $("messages").replaceChildren();
@@ -382,6 +386,7 @@ async function openConversation(key, resuming) {
   saved.setItem("loopchat.open", key);
   $("chat-title").textContent = c.title;
   $("composer").hidden = false;
+  renderPeerActions();
   if (switching) {
     $("messages").replaceChildren();
     for (const m of c.msgs || []) $("messages").append(messageItem(c, m));
@@ -485,6 +490,12 @@ function messageItem(c, m) {
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = m.text;
+  if (c.key[0] === "g" && st.blocked.has(m.fromUserId.toString())) {
+    // Blocking does not reach into groups (the server still delivers):
+    // the page hides the text, and says why.
+    li.dataset.blocked = "true";
+    text.textContent = "(hidden: you blocked " + m.fromUsername + ")";
+  }
   const at = document.createElement("time");
   const when = new Date(Number(m.sentAtMs));
   at.dateTime = when.toISOString();
@@ -689,11 +700,68 @@ async function addFriend(ev) {
   }
 }
 
+// The open 1:1 conversation's peer: {id (string), name}, or null.
+function openPeer() {
+  if (!st.open || st.open[0] !== "u") return null;
+  const id = st.open.slice(2);
+  const c = st.convs.get(st.open);
+  return { id, name: (c && c.title) || titleOf(st.open) };
+}
+
+// renderPeerActions shows Unfriend (for a friend) and Block or Unblock
+// above a 1:1 conversation.
+function renderPeerActions() {
+  const peer = openPeer();
+  $("peer-actions").hidden = !peer || (st.me && peer.id === st.me.id.toString());
+  if (!peer) return;
+  $("unfriend").hidden = !st.friends.has(peer.id);
+  const blocked = st.blocked.has(peer.id);
+  $("block").textContent = blocked ? "Unblock" : "Block";
+  $("block").dataset.blocked = String(blocked);
+}
+
+async function unfriend() {
+  const peer = openPeer();
+  if (!peer) return;
+  try {
+    await request("removeFriend", { username: peer.name });
+    await refreshFriends();
+  } catch (e) {
+    sidebarError(e);
+  }
+}
+
+async function toggleBlock() {
+  const peer = openPeer();
+  if (!peer) return;
+  const blocked = st.blocked.has(peer.id);
+  if (!blocked && !confirmBlock(peer.name)) return;
+  try {
+    await request(blocked ? "unblock" : "block", { username: peer.name });
+    await refreshBlocked();
+    await refreshFriends(); // a block ends the friendship
+  } catch (e) {
+    sidebarError(e);
+  }
+}
+
+// confirmBlock asks before blocking.
+function confirmBlock(name) {
+  return window.confirm(`Block ${name}? Neither of you can message or befriend the other until you unblock.`);
+}
+
+async function refreshBlocked() {
+  const list = await request("listBlocked");
+  st.blocked = new Set(list.users.map((u) => u.userId.toString()));
+  renderPeerActions();
+}
+
 async function refreshFriends() {
   const list = await request("listFriends");
   st.friends.clear();
   for (const f of list.friends) setFriend(f);
   renderFriends();
+  renderPeerActions();
 }
 
 async function refreshGroups() {
@@ -818,6 +886,8 @@ function start() {
     if ($("messages").scrollTop < 20 && c && c.hasMore && !$("load-older").disabled) loadOlder();
   });
   $("add-friend-form").addEventListener("submit", addFriend);
+  $("unfriend").addEventListener("click", unfriend);
+  $("block").addEventListener("click", toggleBlock);
   $("create-group-form").addEventListener("submit", createGroup);
   $("join-group-form").addEventListener("submit", joinGroup);
   document.addEventListener("visibilitychange", () => {
