@@ -203,7 +203,7 @@ func TestRestartKeepsTheUpstream(t *testing.T) {
 	var addrs []string
 	for _, id := range []string{"n1", "n2"} {
 		srv, err := server.New(server.Options{Listen: "127.0.0.1:0", WSListen: "127.0.0.1:0", DataDir: t.TempDir(),
-			Redis: r.URL, NodeID: id, Heartbeat: 100 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+			Redis: r.URL, NodeID: id, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -227,12 +227,14 @@ func TestRestartKeepsTheUpstream(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	// run starts an lb (the defaults but a faster interval) and returns
-	// its reload counter and a stop.
+	// run starts an lb (the defaults but a faster interval; probes may take
+	// long on a busy machine, and nodes heartbeat at the default 1 s, so no
+	// node goes down or leaves the registry unless it stops) and returns its
+	// reload counter and a stop.
 	run := func() (reloads func() float64, stop func()) {
 		reg := prometheus.NewRegistry()
 		b, err := loadbalance.New(loadbalance.Options{Redis: rdb, UpstreamFile: ng.Upstream, WSUpstreamFile: ng.WSUpstream,
-			NginxConf: ng.Conf, NginxBin: ng.Bin, Interval: 100 * time.Millisecond,
+			NginxConf: ng.Conf, NginxBin: ng.Bin, Interval: 100 * time.Millisecond, Timeout: 2 * time.Second,
 			Logger: slog.New(slog.DiscardHandler), Registerer: reg})
 		if err != nil {
 			t.Fatal(err)
