@@ -79,6 +79,10 @@ type Balancer struct {
 	rendered   []string              // the set in the include, nil before the first render
 	renderedWS []string              // the WebSocket addresses in WSUpstreamFile
 	lastErr    error                 // of the last render, for /readyz
+	// resumed: started from a previous lb's includes, whose WebSocket
+	// addresses are matched to nodes only by the registry; no render
+	// until it has been read once (nginx keeps what it has meanwhile).
+	resumed bool
 }
 
 // New checks the options; Run starts the work.
@@ -118,7 +122,46 @@ func New(o Options) (*Balancer, error) {
 	for _, a := range o.Nodes {
 		b.nodes[a] = &NodeState{Addr: a, Static: true, Since: time.Now()}
 	}
+	b.resume()
 	return b, nil
+}
+
+// resume starts from the includes a previous lb left, which nginx serves:
+// their nodes count as up and in service, so they go out only after Fall
+// missed probes (or when the registry no longer lists them), like nodes
+// that failed under a running lb. Starting from nothing instead, the first
+// rounds — before any node had answered Rise probes — rendered an upstream
+// with no node and reloaded nginx, turning away every client that
+// connected in that second, and each restart cost a reload.
+func (b *Balancer) resume() {
+	set, ok := readUpstream(b.o.UpstreamFile)
+	if !ok {
+		return
+	}
+	var wsSet []string
+	if b.o.WSUpstreamFile != "" {
+		if wsSet, ok = readUpstream(b.o.WSUpstreamFile); !ok {
+			return
+		}
+	}
+	var kept []string
+	for _, a := range set {
+		n, known := b.nodes[a]
+		if !known {
+			if b.o.Redis == nil {
+				continue // no longer in --nodes and no registry to find it in
+			}
+			n = &NodeState{Addr: a}
+			b.nodes[a] = n
+		}
+		n.Up, n.InService, n.Since = true, true, time.Now()
+		kept = append(kept, a)
+	}
+	slices.Sort(kept)
+	slices.Sort(wsSet)
+	b.rendered, b.renderedWS = append([]string{}, kept...), wsSet
+	b.resumed = b.o.Redis != nil
+	b.log.Info("lb resuming from the rendered upstream", "servers", kept, "ws_servers", wsSet)
 }
 
 // Run probes and renders every Interval until ctx ends.
@@ -161,6 +204,7 @@ func (b *Balancer) discover(ctx context.Context) {
 	seen := make(map[string]bool, len(infos))
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.resumed = false
 	for _, info := range infos {
 		seen[info.Addr] = true
 		n, ok := b.nodes[info.Addr]
@@ -247,6 +291,7 @@ func (b *Balancer) apply(ctx context.Context) {
 	slices.Sort(set)
 	slices.Sort(wsSet)
 	unchanged := b.rendered != nil && slices.Equal(set, b.rendered) && slices.Equal(wsSet, b.renderedWS) && b.lastErr == nil
+	unchanged = unchanged || b.resumed
 	b.updateGauges()
 	b.mu.Unlock()
 	if unchanged {

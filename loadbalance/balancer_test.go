@@ -190,3 +190,100 @@ func TestWSUpstreamFromRegistry(t *testing.T) {
 		t.Fatalf("nginx -t after the renders: %v\n%s", err, out)
 	}
 }
+
+// A restarted lb starts from the include nginx serves: its first rounds,
+// before a node has answered --rise probes, neither take the nodes out
+// nor reload nginx (that left nginx with no node for a second, and every
+// client connecting then was turned away). A node that is gone by then
+// still goes out.
+func TestRestartKeepsTheUpstream(t *testing.T) {
+	r := testproc.StartRedis(t)
+	ng := testproc.StartNginxWith(t, testproc.NginxUpstreams{})
+	var nodes []*server.Server
+	var addrs []string
+	for _, id := range []string{"n1", "n2"} {
+		srv, err := server.New(server.Options{Listen: "127.0.0.1:0", WSListen: "127.0.0.1:0", DataDir: t.TempDir(),
+			Redis: r.URL, NodeID: id, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr, err := srv.Start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+		nodes, addrs = append(nodes, srv), append(addrs, addr.String())
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	servers := func(path string) []string {
+		data, _ := os.ReadFile(path)
+		var out []string
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "server" && !strings.Contains(line, "down;") {
+				out = append(out, f[1])
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	// run starts an lb (the defaults but a faster interval; probes may take
+	// long on a busy machine, and nodes heartbeat at the default 1 s, so no
+	// node goes down or leaves the registry unless it stops) and returns its
+	// reload counter and a stop.
+	run := func() (reloads func() float64, stop func()) {
+		reg := prometheus.NewRegistry()
+		b, err := loadbalance.New(loadbalance.Options{Redis: rdb, UpstreamFile: ng.Upstream, WSUpstreamFile: ng.WSUpstream,
+			NginxConf: ng.Conf, NginxBin: ng.Bin, Interval: 100 * time.Millisecond, Timeout: 2 * time.Second,
+			Logger: slog.New(slog.DiscardHandler), Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { _ = b.Run(ctx); close(done) }()
+		reloads = func() float64 {
+			fams, _ := reg.Gather()
+			for _, f := range fams {
+				if f.GetName() == "loopchat_lb_reloads_total" {
+					return f.Metric[0].GetCounter().GetValue()
+				}
+			}
+			return -1
+		}
+		return reloads, func() { cancel(); <-done }
+	}
+
+	_, stop := run()
+	testproc.WaitUntil(t, "both nodes in both includes", 10*time.Second, func() bool {
+		return len(servers(ng.Upstream)) == 2 && len(servers(ng.WSUpstream)) == 2
+	})
+	stop()
+	want, wantWS := servers(ng.Upstream), servers(ng.WSUpstream)
+
+	// lb is killed and started again: over its first rounds (rise 2, fall
+	// 3, ten rounds) the includes keep both nodes all along.
+	reloads, stop := run()
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		if got, gotWS := servers(ng.Upstream), servers(ng.WSUpstream); !slices.Equal(got, want) || !slices.Equal(gotWS, wantWS) {
+			stop()
+			t.Fatalf("the restarted lb rendered %v and %v, want %v and %v", got, gotWS, want, wantWS)
+		}
+	}
+	if n := reloads(); n != 0 {
+		t.Errorf("the restarted lb reloaded nginx %v times for the same nodes, want 0", n)
+	}
+	stop()
+
+	// n2 stops while no lb runs; the next lb takes it out.
+	gone := addrs[1]
+	if err := nodes[1].Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, stop = run()
+	defer stop()
+	testproc.WaitUntil(t, "the stopped node out of the include", 10*time.Second, func() bool {
+		got := servers(ng.Upstream)
+		return len(got) == 1 && got[0] != gone && len(servers(ng.WSUpstream)) == 1
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -26,6 +27,24 @@ func renderUpstream(addrs []string, params string, now time.Time) []byte {
 		fmt.Fprintf(&b, "server %s %s;\n", a, params)
 	}
 	return b.Bytes()
+}
+
+// readUpstream is the node addresses in an include renderUpstream wrote
+// (the placeholder marked down is none); ok is false when the file cannot
+// be read.
+func readUpstream(path string) (addrs []string, ok bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(strings.ReplaceAll(line, ";", " ; "))
+		if len(f) < 2 || f[0] != "server" || slices.Contains(f, "down") {
+			continue
+		}
+		addrs = append(addrs, f[1])
+	}
+	return addrs, true
 }
 
 // writeAtomic replaces path with data so that nginx never reads half a

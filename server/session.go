@@ -146,6 +146,11 @@ type session struct {
 	queued  int // bytes of the frames in queue
 	running bool
 	gone    bool
+	// resyncQueued: a resync waits in queue. Another is not queued: the
+	// waiting one reads the inbox later than either notice (a cluster
+	// failover sends one per batch of channels subscribed again, and each
+	// replay pushed every unacked message again).
+	resyncQueued bool
 
 	pushMu sync.Mutex
 	replay *replayState
@@ -328,6 +333,13 @@ func (c *session) enqueue(it mailItem) bool {
 		c.mu.Unlock()
 		return false
 	}
+	if it.resync {
+		if c.resyncQueued {
+			c.mu.Unlock()
+			return true
+		}
+		c.resyncQueued = true
+	}
 	c.queue = append(c.queue, it)
 	c.queued += it.size
 	start := !c.running
@@ -353,6 +365,9 @@ func (c *session) drain() {
 		c.queue[0] = mailItem{}
 		c.queue = c.queue[1:]
 		c.queued -= it.size
+		if it.resync {
+			c.resyncQueued = false
+		}
 		gone := c.gone
 		c.mu.Unlock()
 		switch {
