@@ -562,16 +562,25 @@ func idempotencyKey(key, kind string, id uint64) string {
 // from blocks) is left out, with a zero receipt, rather than failing it.
 func (a *api) sendEach(ctx context.Context, from User, text, key string, to []uint64, skipBlocked bool) ([]sendReceipt, int, error) {
 	receipts := make([]sendReceipt, len(to))
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	ep := requestEpoch(ctx)
 	var next atomic.Int64
+	// A failure stops the workers from starting more sends, but does not
+	// cancel the ones under way: cut off between their steps (on a Redis
+	// Cluster), they would leave a message in history that reached no
+	// inbox, and one that finished would go uncounted in the answer.
+	var failMu sync.Mutex
+	var failure error
+	failed := func() bool {
+		failMu.Lock()
+		defer failMu.Unlock()
+		return failure != nil
+	}
 	var wg sync.WaitGroup
 	for range min(apiFanout, len(to)) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(to) || ctx.Err() != nil {
+				if i >= len(to) || ctx.Err() != nil || failed() {
 					return
 				}
 				m := &chatpb.Message{FromUserId: from.ID, FromUsername: from.Name, ToUserId: to[i], Text: text}
@@ -583,7 +592,11 @@ func (a *api) sendEach(ctx context.Context, from User, text, key string, to []ui
 					continue
 				}
 				if err != nil {
-					cancel(err)
+					failMu.Lock()
+					if failure == nil {
+						failure = err
+					}
+					failMu.Unlock()
 					return
 				}
 				receipts[i] = r
@@ -597,8 +610,11 @@ func (a *api) sendEach(ctx context.Context, from User, text, key string, to []ui
 			stored++
 		}
 	}
-	if ctx.Err() != nil {
-		return nil, stored, context.Cause(ctx)
+	if failure == nil && ctx.Err() != nil {
+		failure = context.Cause(ctx)
+	}
+	if failure != nil {
+		return nil, stored, failure
 	}
 	return receipts, stored, nil
 }

@@ -1,0 +1,63 @@
+package server
+
+import (
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"testing"
+)
+
+// A publish to a list that names a user who blocks the sender fails with
+// 403 and says how many of the others it stored first. Each of those
+// others either has the message (in history, and pushed to their online
+// device) or has nothing: the refusal of one recipient must not cut the
+// sends to the others that were already under way half-way through (on a
+// Redis Cluster, a message logged in history that reached no inbox).
+func TestAPIPublishListStopsAtABlockWhole(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, rb *redisBackend) {
+		nodes := backendNodes(t, rb, 1, EngineGnet, func(o *Options) {
+			o.APIAddr = "127.0.0.1:0"
+			o.APIKeys = []APIKey{testAPIKey}
+		})
+		ts := nodes[0]
+		api := newAPIClient(t, ts)
+		ts.user(t, "alice")
+		bob, _ := ts.user(t, "bob")
+		expectOK(t, bob.do(blockReq("alice")))
+		var to []string
+		var conns []*rawConn
+		for i := range 12 {
+			name := fmt.Sprintf("carol%d", i)
+			rc, _ := ts.user(t, name)
+			to = append(to, name)
+			conns = append(conns, rc)
+		}
+		to = append(to, "bob")
+		msg := api.fails("POST", "/api/v1/publish", map[string]any{"from": "alice", "to_users": to, "text": "sale"},
+			http.StatusForbidden, "PERMISSION_DENIED")
+		m := regexp.MustCompile(`stored for (\d+) recipients`).FindStringSubmatch(msg)
+		if m == nil {
+			t.Fatalf("message %q says nothing of how many were stored", msg)
+		}
+		stored, _ := strconv.Atoi(m[1])
+		have := 0
+		for i, rc := range conns {
+			page := rc.do(historyWith("alice")).GetHistoryPage()
+			switch n := len(page.GetMessages()); n {
+			case 0:
+				rc.noPush(50e6)
+			case 1:
+				have++
+				if got := rc.nextMessage(); got.MsgId != page.Messages[0].MsgId {
+					t.Fatalf("carol%d was pushed %v, history has %v", i, got, page.Messages[0])
+				}
+			default:
+				t.Fatalf("carol%d's history with alice = %v", i, page)
+			}
+		}
+		if have != stored {
+			t.Fatalf("%d carols have the message, the answer says %d were stored (%q)", have, stored, msg)
+		}
+	})
+}
