@@ -6,6 +6,9 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+	"time"
+
+	chatpb "github.com/loopchat/loopchat/proto"
 )
 
 // A publish to a list that names a user who blocks the sender fails with
@@ -58,6 +61,47 @@ func TestAPIPublishListStopsAtABlockWhole(t *testing.T) {
 		}
 		if have != stored {
 			t.Fatalf("%d carols have the message, the answer says %d were stored (%q)", have, stored, msg)
+		}
+	})
+}
+
+// While either of two users blocks the other, reading their 1:1
+// conversation tells the other side nothing (as typing does not), whoever
+// reads: only the reader's own devices get the ReadReceipt. Unblocking
+// brings the receipts back.
+func TestBlockDropsReadReceipts(t *testing.T) {
+	onOneNodeAndTwo(t, func(t *testing.T, a, b *testServer) {
+		alice, _ := a.user(t, "alice")
+		bob, bobOK := b.device(t, "bob", "phone")
+		bobLaptop, _ := a.device(t, "bob", "laptop")
+		carol, _ := b.user(t, "carol")
+		for i := range 3 {
+			expectOK(t, alice.do(sendTo("bob", fmt.Sprint(i))))
+			bob.nextMessage()
+			bobLaptop.nextMessage()
+			expectOK(t, bob.do(sendTo("carol", fmt.Sprint(i))))
+			carol.nextMessage()
+			bobLaptop.nextMessage() // the sender's other device gets a copy
+		}
+		markRead := func(rc *rawConn, peer string, upTo uint64) {
+			t.Helper()
+			expectOK(t, rc.do(&chatpb.Frame{Body: &chatpb.Frame_MarkRead{MarkRead: &chatpb.MarkRead{PeerUsername: peer, UpToSeq: upTo}}}))
+		}
+		expectOK(t, bob.do(blockReq("alice")))
+		expectOK(t, bob.do(blockReq("carol")))
+		markRead(bob, "alice", 2) // the blocker reads
+		if rr := bobLaptop.nextPush().GetReadReceipt(); rr == nil || rr.UpToSeq != 2 {
+			t.Fatalf("bob's other device: %v", rr)
+		}
+		markRead(carol, "bob", 3) // the blocked user reads
+		alice.noPush(300 * time.Millisecond)
+		bob.noPush(0)
+		bobLaptop.noPush(0)
+
+		expectOK(t, bob.do(unblockReq("alice")))
+		markRead(bob, "alice", 3)
+		if rr := alice.nextPush().GetReadReceipt(); rr == nil || rr.ReaderUserId != bobOK.UserId || rr.UpToSeq != 3 {
+			t.Fatalf("alice's receipt after the unblock: %v", rr)
 		}
 	})
 }

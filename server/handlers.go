@@ -934,7 +934,17 @@ func (c *session) markRead(ctx context.Context, req *chatpb.MarkRead) (*chatpb.F
 	c.readMoved(u, readerConv{reader: u.id, conv: conv}, seq, nil)
 	to := []uint64{u.id}
 	if conv.GroupID == 0 && conv.A != conv.B {
-		to = append(to, conv.A+conv.B-u.id) // the other of the pair
+		peer := conv.A + conv.B - u.id // the other of the pair
+		// Between two users one of whom blocks the other, a read is no
+		// more told than typing is: a receipt is a sign of activity the
+		// block withholds. If the check fails, the peer is not told
+		// either (receipts are live only; the read seq is stored).
+		blocked, err := c.srv.store.Blocked(ctx, u.id, peer)
+		if err != nil {
+			c.logger().Warn("read receipt not sent to the peer: block check failed", "err", err)
+		} else if !blocked {
+			to = append(to, peer)
+		}
 	}
 	ev := Event{Epoch: u.epoch, Read: &ReadNotice{Reader: u.id, Conv: conv, UpTo: seq, NodeID: c.srv.opts.NodeID, ConnID: c.id}}
 	if _, err := c.srv.broker.Publish(ctx, to, ev); err != nil {
