@@ -594,7 +594,7 @@ func (a *api) sendEach(ctx context.Context, from User, text, key string, to []ui
 				if err != nil {
 					failMu.Lock()
 					if failure == nil {
-						failure = err
+						failure = &recipientError{index: i, err: err}
 					}
 					failMu.Unlock()
 					return
@@ -619,12 +619,37 @@ func (a *api) sendEach(ctx context.Context, from User, text, key string, to []ui
 	return receipts, stored, nil
 }
 
+// recipientError is the failure of sendEach's send to to[index].
+type recipientError struct {
+	index int
+	err   error
+}
+
+func (e *recipientError) Error() string { return e.err.Error() }
+func (e *recipientError) Unwrap() error { return e.err }
+
+// namingBlocked names the recipient of users whose block (theirs or the
+// sender's) failed a sendEach: a retry must leave them out, and in a long
+// list the caller could not tell whom otherwise.
+func namingBlocked(err error, field string, users []User) error {
+	var re *recipientError
+	if !errors.Is(err, ErrBlocked) || !errors.As(err, &re) || re.index >= len(users) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", protocol.Errorf(chatpb.ErrorCode_ERROR_CODE_PERMISSION_DENIED,
+		"%s %q: %s", field, users[re.index].Name, ErrBlocked.Message), err)
+}
+
 // partial is err, telling the caller how far a fan-out got before it.
 func partial(err error, stored int) error {
 	err = unavailableIfDone(err)
 	pe := clientError(err)
+	retry := "retry with the same idempotency_key to reach only the rest"
+	if errors.Is(err, ErrBlocked) {
+		retry = "retry without that user, with the same idempotency_key, to reach only the rest"
+	}
 	return fmt.Errorf("%w: %w", protocol.Errorf(pe.Code,
-		"%s (stored for %d recipients first; retry with the same idempotency_key to reach only the rest)", pe.Message, stored), err)
+		"%s (stored for %d recipients first; %s)", pe.Message, stored, retry), err)
 }
 
 // unavailableIfDone marks a call's timeout or cancellation as the
@@ -735,7 +760,7 @@ func (a *api) publish(r *http.Request) (int, any, error) {
 	}
 	receipts, stored, err := a.sendEach(ctx, from, req.Text, req.IdempotencyKey, ids, false)
 	if err != nil {
-		return 0, nil, partial(err, stored)
+		return 0, nil, partial(namingBlocked(err, field, users), stored)
 	}
 	out := make([]publishResult, len(users))
 	for i, rc := range receipts {

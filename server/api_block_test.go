@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +13,7 @@ import (
 )
 
 // A publish to a list that names a user who blocks the sender fails with
-// 403 and says how many of the others it stored first. Each of those
+// 403, names that user, and says how many of the others it stored first. Each of those
 // others either has the message (in history, and pushed to their online
 // device) or has nothing: the refusal of one recipient must not cut the
 // sends to the others that were already under way half-way through (on a
@@ -39,6 +40,15 @@ func TestAPIPublishListStopsAtABlockWhole(t *testing.T) {
 		to = append(to, "bob")
 		msg := api.fails("POST", "/api/v1/publish", map[string]any{"from": "alice", "to_users": to, "text": "sale"},
 			http.StatusForbidden, "PERMISSION_DENIED")
+		// The caller must learn whom to leave out of a retry.
+		if !strings.Contains(msg, `"bob"`) {
+			t.Fatalf("message %q does not name the user who blocks the sender", msg)
+		}
+		single := api.fails("POST", "/api/v1/publish", map[string]any{"from": "alice", "to_user": "bob", "text": "sale"},
+			http.StatusForbidden, "PERMISSION_DENIED")
+		if !strings.Contains(single, `"bob"`) {
+			t.Fatalf("message %q does not name the user who blocks the sender", single)
+		}
 		m := regexp.MustCompile(`stored for (\d+) recipients`).FindStringSubmatch(msg)
 		if m == nil {
 			t.Fatalf("message %q says nothing of how many were stored", msg)
