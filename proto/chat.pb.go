@@ -1890,7 +1890,8 @@ func (x *RemoveFriend) GetUsername() string {
 
 // Block blocks a user: while either of two users blocks the other, 1:1
 // messages between them are refused (PERMISSION_DENIED), typing notices
-// in their conversation are dropped, and neither can befriend the other.
+// and read receipts in their conversation are dropped, and neither can
+// befriend the other.
 // It ends their friendship, as RemoveFriend. Group messages are not
 // affected. Answered with OK.
 type Block struct {
