@@ -706,19 +706,28 @@ func (c *session) ack(ctx context.Context, req *chatpb.Ack) error {
 	return c.srv.store.Ack(ctx, c.user.Load().box, req.MsgIds)
 }
 
-func (c *session) addFriend(ctx context.Context, req *chatpb.AddFriend) (*chatpb.Frame, error) {
-	if err := protocol.ValidateUsername(req.Username); err != nil {
-		return nil, err
+// otherUser looks up the user a friend or block request names, answering
+// self when it names the session's own user.
+func (c *session) otherUser(ctx context.Context, name string, self error) (uid uint64, target User, err error) {
+	if err := protocol.ValidateUsername(name); err != nil {
+		return 0, User{}, err
 	}
-	u := c.user.Load()
-	target, err := c.srv.store.UserByName(ctx, req.Username)
+	uid = c.user.Load().id
+	if target, err = c.srv.store.UserByName(ctx, name); err != nil {
+		return 0, User{}, err
+	}
+	if target.ID == uid {
+		return 0, User{}, self
+	}
+	return uid, target, nil
+}
+
+func (c *session) addFriend(ctx context.Context, req *chatpb.AddFriend) (*chatpb.Frame, error) {
+	uid, target, err := c.otherUser(ctx, req.Username, ErrFriendSelf)
 	if err != nil {
 		return nil, err
 	}
-	if target.ID == u.id {
-		return nil, ErrFriendSelf
-	}
-	if err := c.srv.store.AddFriend(ctx, u.id, target.ID, c.srv.opts.limits()); err != nil {
+	if err := c.srv.store.AddFriend(ctx, uid, target.ID, c.srv.opts.limits()); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil
@@ -728,18 +737,11 @@ func (c *session) addFriend(ctx context.Context, req *chatpb.AddFriend) (*chatpb
 // presence is announced to the friends the store lists at each change, so
 // the next change of either is no longer told to the other.
 func (c *session) removeFriend(ctx context.Context, req *chatpb.RemoveFriend) (*chatpb.Frame, error) {
-	if err := protocol.ValidateUsername(req.Username); err != nil {
-		return nil, err
-	}
-	u := c.user.Load()
-	target, err := c.srv.store.UserByName(ctx, req.Username)
+	uid, target, err := c.otherUser(ctx, req.Username, ErrUnfriendSelf)
 	if err != nil {
 		return nil, err
 	}
-	if target.ID == u.id {
-		return nil, ErrUnfriendSelf
-	}
-	if err := c.srv.store.RemoveFriend(ctx, u.id, target.ID); err != nil {
+	if err := c.srv.store.RemoveFriend(ctx, uid, target.ID); err != nil {
 		return nil, err
 	}
 	return okFrame(), nil
@@ -748,23 +750,17 @@ func (c *session) removeFriend(ctx context.Context, req *chatpb.RemoveFriend) (*
 // block blocks (on) or unblocks the user named. The API's own account
 // cannot be blocked: its durable broadcasts go to every user.
 func (c *session) block(ctx context.Context, name string, on bool) (*chatpb.Frame, error) {
-	if err := protocol.ValidateUsername(name); err != nil {
-		return nil, err
-	}
-	u := c.user.Load()
-	target, err := c.srv.store.UserByName(ctx, name)
+	uid, target, err := c.otherUser(ctx, name, ErrBlockSelf)
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case target.ID == u.id:
-		return nil, ErrBlockSelf
 	case !on:
-		err = c.srv.store.Unblock(ctx, u.id, target.ID)
+		err = c.srv.store.Unblock(ctx, uid, target.ID)
 	case strings.EqualFold(target.Name, c.srv.opts.APISystemUser):
 		return nil, ErrBlockSystem
 	default:
-		err = c.srv.store.Block(ctx, u.id, target.ID, c.srv.opts.limits())
+		err = c.srv.store.Block(ctx, uid, target.ID, c.srv.opts.limits())
 	}
 	if err != nil {
 		return nil, err
